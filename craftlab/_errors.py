@@ -1,0 +1,50 @@
+"""Input validation shared by the core: clear errors that name the problem."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -> ValueError:
+    """A ValueError for an unknown `name`, suggesting the closest of `choices`."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    msg = f"unknown {kind} {name!r}"
+    if close:
+        msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+    elif len(choices) <= 12:
+        msg += f"; choose from {', '.join(repr(c) for c in choices)}"
+    if hint:
+        msg += f". {hint}"
+    return ValueError(msg)
+
+
+def check_sparsity(sparsity: float) -> float:
+    """Sparsity must be a fraction in [0, 1)."""
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    return s
+
+
+def check_bits(bits, what: str = "bits", allow_none: bool = True):
+    """Bit-width must be one of 2..8 or 16 (or None = float, when allowed)."""
+    if bits is None or (isinstance(bits, str) and bits.lower() in ("none", "float", "fp", "fp32", "32")):
+        if allow_none:
+            return None
+        raise ValueError(f"{what} must be one of {ALLOWED_BITS}, got None")
+    try:
+        b = int(bits)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be one of {ALLOWED_BITS} or None, got {bits!r}") from None
+    if b != bits and not isinstance(bits, str):
+        raise ValueError(f"{what} must be an integer, got {bits!r}")
+    if b not in ALLOWED_BITS:
+        raise ValueError(f"{what} must be one of {ALLOWED_BITS}" + (" or None (float)" if allow_none else "") + f", got {bits!r}")
+    return b

@@ -1,0 +1,199 @@
+"""Model factory: an offline zoo of tiny timm architectures, plus any timm model by name.
+
+Zoo models are real timm classes (``VisionTransformer``, ``ResNet``) sized for 28x28 grayscale
+input. Their "foundation" weights come from craftlab pretraining them on ``mnist5k`` (the source
+task); they are looked up in the cache (``$CRAFTLAB_HOME/zoo``), then in the weights shipped with
+the package (made by ``craftlab pretrain --ship``), and pretrained on demand when neither exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import timm
+import torch
+from torch import nn
+
+from ._errors import unknown_name
+
+SHIPPED_ZOO_DIR = Path(__file__).parent / "zoo"
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """An offline zoo entry: how to build it and what input it expects."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    description: str
+    input_size: tuple[int, int, int] = (1, 28, 28)
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+
+
+def _vit_tiny(num_classes: int) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=28, patch_size=4, in_chans=1, num_classes=num_classes,
+        embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+    )
+
+
+def _resnet_tiny(num_classes: int) -> nn.Module:
+    from timm.models.resnet import BasicBlock, ResNet
+
+    return ResNet(
+        block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 48, 64), stem_width=16,
+        in_chans=1, num_classes=num_classes,
+    )
+
+
+ZOO: dict[str, ZooSpec] = {
+    "vit-tiny": ZooSpec(
+        "vit-tiny", _vit_tiny,
+        "timm VisionTransformer: 28x28x1 input, 4x4 patches (49 tokens + CLS), dim 64, depth 4, 4 heads",
+        pretrain={"epochs": 8, "lr": 2e-3},
+    ),
+    "resnet-tiny": ZooSpec(
+        "resnet-tiny", _resnet_tiny,
+        "timm ResNet: BasicBlock x (1,1,1,1), channels (16,32,48,64), 28x28x1 input",
+        pretrain={"epochs": 4, "lr": 2e-3},
+    ),
+}
+
+
+def zoo_names() -> list[str]:
+    """Names of the offline zoo models."""
+    return sorted(ZOO)
+
+
+@lru_cache(maxsize=1)
+def _timm_names() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def is_known_model(name: str) -> bool:
+    """True for a zoo name or any architecture timm knows."""
+    return name in ZOO or name in _timm_names()
+
+
+def _attach_info(model: nn.Module, name: str, spec: ZooSpec | None) -> nn.Module:
+    model.craftlab_name = name  # type: ignore[attr-defined]
+    if spec is not None:
+        # Same keys timm uses, so ``timm.data.resolve_model_data_config`` works on zoo models too.
+        model.pretrained_cfg = {  # type: ignore[attr-defined]
+            "input_size": spec.input_size, "mean": spec.mean, "std": spec.std,
+            "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+        }
+    return model
+
+
+def zoo_checkpoint_dir(name: str) -> Path | None:
+    """Where the pretrained weights of a zoo model are: cache first, then the shipped copy."""
+    from . import cache
+
+    for root in (cache.home() / "zoo", SHIPPED_ZOO_DIR):
+        if (root / name / "craftlab.json").exists():
+            return root / name
+    return None
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    seed: int | None = 0,
+    progress: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a model by name.
+
+    Args:
+        name: a zoo name (``vit-tiny``, ``resnet-tiny``) or any timm architecture name.
+        num_classes: classes of a fresh classifier head. ``None`` keeps the pretrained head
+            (zoo: the 10 MNIST classes of the source task; timm: its own default).
+        pretrained: zoo: load (or make) the mnist5k-pretrained weights; timm: fetch hub weights.
+        seed: seeds the initialisation of new parameters (the head), for reproducible runs.
+        kwargs: passed to ``timm.create_model`` for timm names.
+
+    Returns:
+        The model in eval mode, with ``model.craftlab_name`` set.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    gen_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        if name in ZOO:
+            model = _create_zoo(name, num_classes, pretrained, progress)
+        else:
+            model = _create_timm(name, num_classes, pretrained, **kwargs)
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(gen_state)
+    return model.eval()
+
+
+def _create_zoo(name: str, num_classes: int | None, pretrained: bool, progress: bool) -> nn.Module:
+    spec = ZOO[name]
+    if not pretrained:
+        return _attach_info(spec.build(num_classes or 10), name, spec)
+    from .checkpoint import load_checkpoint
+
+    ckpt = zoo_checkpoint_dir(name)
+    if ckpt is None:
+        from .train import pretrain
+
+        ckpt = pretrain(name, progress=progress)
+    model = load_checkpoint(ckpt, expected_architecture=name)
+    if num_classes is not None:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def _create_timm(name: str, num_classes: int | None, pretrained: bool, **kwargs: Any) -> nn.Module:
+    if name not in _timm_names():
+        raise unknown_name("model", name, [*ZOO, *_timm_names()],
+                           hint=f"zoo models: {', '.join(zoo_names())}; or any name from timm.list_models()")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"could not fetch pretrained weights for timm model {name!r} ({type(err).__name__}: {err}). "
+            "The network may be unreachable: use pretrained=False, put the weights in the Hugging Face "
+            "cache, or use an offline zoo model (" + ", ".join(zoo_names()) + ")."
+        ) from err
+    return _attach_info(model, name, None)
+
+
+def input_config(model: nn.Module) -> dict[str, Any]:
+    """timm's data config of `model`: ``input_size`` (C, H, W), ``mean``, ``std``, ..."""
+    from timm.data import resolve_model_data_config
+
+    return resolve_model_data_config(model)
+
+
+def head_and_stem(model: nn.Module) -> tuple[str | None, str | None]:
+    """Module names of the stem (first Conv2d/Linear) and the classifier head (last one / timm's)."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        return None, None
+    head = layers[-1]
+    if hasattr(model, "get_classifier"):
+        clf = model.get_classifier()
+        for n, m in model.named_modules():
+            if m is clf and isinstance(m, (nn.Conv2d, nn.Linear)):
+                head = n
+    return layers[0], head
