@@ -234,7 +234,7 @@ def _loss_and_grad(model: nn.Module, batches: list[Batch], ps: list[torch.Tensor
         for acc, g in zip(grads, gs):
             if g is not None:
                 acc.add_(g)
-        total += float(loss)
+        total += float(loss.detach())
     return total, grads
 
 
@@ -267,7 +267,8 @@ class _HessianOperator:
                     if g is not None:
                         acc.add_(g.detach())
 
-    def _graph(self, x: torch.Tensor, y: torch.Tensor, w: float) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+    def _graph(self, x: torch.Tensor, y: torch.Tensor,
+               w: float) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
         with _math_attention():
             loss = mean_loss(self.model, [(x, y)], self.loss_fn) * w
             gs = torch.autograd.grad(loss, self.ps, create_graph=True, allow_unused=True)
@@ -393,10 +394,13 @@ def hessian_vector_product(model: nn.Module, batches: Any, vec_list: Sequence[to
     return {n: h for (n, _), h in zip(sel, hv)} if as_dict else hv
 
 
-def _eig_lanczos(op: _HessianOperator, k: int, max_iter: int, tol: float, gen: torch.Generator,
-                 vectors: bool, idx: Sequence[int] | None = None) -> tuple[list[float], torch.Tensor | None, bool]:
+def _eig_lanczos(op: _HessianOperator, k: int, max_iter: int, tol: float, gen: torch.Generator, vectors: bool,
+                 idx: Sequence[int] | None = None,
+                 v0: torch.Tensor | None = None) -> tuple[list[float], torch.Tensor | None, bool, float]:
+    """Top-k by magnitude via Lanczos; also returns the first Rayleigh quotient q1ᵀHq1 (q1 = v0/‖v0‖)."""
     like = op.ps if idx is None else [op.ps[i] for i in idx]
-    v0 = _flat([torch.randn(p.shape, generator=gen, dtype=op.dtype).to(p.device) for p in like])
+    if v0 is None:
+        v0 = _flat([torch.randn(p.shape, generator=gen, dtype=op.dtype).to(p.device) for p in like])
     alphas, betas, q_basis, converged = _lanczos(op.flat_matvec(idx), v0, max_iter, k=k, tol=tol)
     theta, s = torch.linalg.eigh(_tridiag(alphas, betas))
     order = _top_by_magnitude(theta, k)
@@ -404,7 +408,7 @@ def _eig_lanczos(op: _HessianOperator, k: int, max_iter: int, tol: float, gen: t
     if vectors:
         vecs = (s[:, order].to(q_basis.dtype).T @ q_basis)  # (k, n) Ritz vectors
         vecs = vecs / vecs.norm(dim=1, keepdim=True)
-    return [float(t) for t in theta[order]], vecs, converged
+    return [float(t) for t in theta[order]], vecs, converged, alphas[0]
 
 
 def _eig_power(op: _HessianOperator, k: int, max_iter: int, tol: float,
@@ -459,7 +463,7 @@ def top_hessian_eigenvalues(model: nn.Module, batches: Any, k: int = 1, max_iter
         op = _HessianOperator(model, _on_device(batches, model), ps, loss_fn)
         k = min(k, op.n)
         if method == "lanczos":
-            values, vecs, converged = _eig_lanczos(op, k, max_iter, tol, gen, return_eigenvectors)
+            values, vecs, converged, _ = _eig_lanczos(op, k, max_iter, tol, gen, return_eigenvectors)
         else:
             values, vecs, converged = _eig_power(op, k, max_iter, tol, gen)
         eigvecs = None
@@ -666,15 +670,19 @@ def density_on_grid(nodes: torch.Tensor, weights: torch.Tensor, n_grid: int = 10
 
 
 def sharpness_summary(model: nn.Module, batches: Any, rho: float = 0.05, adaptive: bool = False,
-                      n_samples: int = 4, max_iter: int = 12, tol: float = 1e-2, seed: int = 0,
+                      n_samples: int = 4, max_iter: int = 10, tol: float = 1e-2, seed: int = 0,
                       params: Sequence[str] | None = None, loss_fn: LossFn = F.cross_entropy) -> dict[str, Any]:
-    """Quick sharpness read-out for display: one gradient graph shared by all measures.
+    """Quick sharpness read-out for display; one gradient graph is shared by all three measures.
 
-    Returns a dict with ``loss``, ``lambda_max`` (Lanczos, ≤ `max_iter` products, relative tol `tol`),
-    ``lambda_max_converged``, ``trace`` and ``trace_stderr`` (Hutchinson, `n_samples` Rademacher
-    products), ``eps_sharpness`` (one-step SAM/ASAM ε̂ with radius `rho`), ``perturbed_loss``,
-    ``n_hvp`` and ``seconds``. Defaults are sized for a few seconds on the zoo models with one
-    128-image batch on 2 CPU cores; raise `n_samples` / `max_iter` for tighter numbers.
+    Returns a dict with ``loss``; ``lambda_max`` (largest-magnitude Hessian eigenvalue by Lanczos, at
+    most `max_iter` products, relative tolerance `tol`) and ``lambda_max_converged``; ``trace`` and
+    ``trace_stderr`` (Hutchinson with `n_samples` Rademacher probes, the first of which is the Lanczos
+    start vector, so it costs `n_samples` − 1 extra products); ``eps_sharpness`` and ``perturbed_loss``
+    (one-step SAM ε̂, or ASAM's with ``adaptive=True``, radius `rho`); ``n_hvp``; ``seconds``.
+
+    With the defaults (≤ 13 products) this takes about 1–3 s on the zoo models with one 128-image
+    batch on 2 CPU cores (see benchmarks/bench_hessian.py); raise `n_samples` / `max_iter` and lower
+    `tol` for tighter numbers (the trace in particular is rough: read it with its stderr).
     """
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -682,8 +690,14 @@ def sharpness_summary(model: nn.Module, batches: Any, rho: float = 0.05, adaptiv
         ps = [p for _, p in sel]
         bs = _on_device(batches, model)
         op = _HessianOperator(model, bs, ps, loss_fn)
-        values, _, converged = _eig_lanczos(op, 1, max_iter, tol, gen, False)
-        samples = [s[0] for s in _hutchinson(op, n_samples, gen, "rademacher")] if n_samples > 0 else []
+        samples: list[float] = []
+        if n_samples > 0:
+            v0 = _flat([_random_like(p, gen, "rademacher") for p in ps])
+            values, _, converged, alpha0 = _eig_lanczos(op, 1, max_iter, tol, gen, False, v0=v0)
+            samples = [alpha0 * float(v0.double().norm()) ** 2]  # v0ᵀHv0 = ‖v0‖² q1ᵀHq1
+            samples += [s[0] for s in _hutchinson(op, n_samples - 1, gen, "rademacher")]
+        else:
+            values, _, converged, _ = _eig_lanczos(op, 1, max_iter, tol, gen, False)
         n_hvp = op.n_hvp
         if op.grad is not None:
             loss0, g = op.loss, op.grad
@@ -691,7 +705,7 @@ def sharpness_summary(model: nn.Module, batches: Any, rho: float = 0.05, adaptiv
             loss0, g = _loss_and_grad(model, bs, ps, loss_fn)
         del op  # free the graphs before the weights are perturbed in place
         w0 = [p.detach().clone() for p in ps]
-        ts = [(w.abs()) if adaptive else None for w in w0]
+        ts = [w.abs() if adaptive else None for w in w0]
         u = _eps_from_grad(ts, [torch.zeros_like(p) for p in ps], g, rho, rho)
         with torch.no_grad():
             for p, w, t, u_i in zip(ps, w0, ts, u):
@@ -701,5 +715,6 @@ def sharpness_summary(model: nn.Module, batches: Any, rho: float = 0.05, adaptiv
     return {
         "loss": loss0, "lambda_max": values[0], "lambda_max_converged": converged,
         "trace": trace, "trace_stderr": stderr, "eps_sharpness": perturbed - loss0,
-        "perturbed_loss": perturbed, "rho": rho, "adaptive": adaptive, "n_hvp": n_hvp, "seconds": time.perf_counter() - t0,
+        "perturbed_loss": perturbed, "rho": rho, "adaptive": adaptive, "n_hvp": n_hvp,
+        "seconds": time.perf_counter() - t0,
     }
