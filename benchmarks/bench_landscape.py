@@ -58,25 +58,33 @@ def _model(name: str) -> tuple[nn.Module, str]:
     return model, "random init (zero 1-D params jittered)"
 
 
-def floor(model: nn.Module, x: torch.Tensor, n: int) -> float:
-    """Seconds for `n` plain eval forward passes under inference_mode."""
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> dict[str, float]:
+    return {"wall_s": time.perf_counter() - start[0], "cpu_s": time.process_time() - start[1]}
+
+
+def floor(model: nn.Module, x: torch.Tensor, n: int) -> tuple[dict[str, float], dict]:
+    """Wall and process-CPU seconds for `n` plain eval forward passes under inference_mode."""
     model.eval()
     with torch.inference_mode():
-        t0 = time.perf_counter()
+        start = _clock()
         for _ in range(n):
             model(x)
-        return time.perf_counter() - t0
+        return _since(start), {}
 
 
-def run_craftlab(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> tuple[float, dict]:
+def run_craftlab(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> tuple[dict, dict]:
     from craftlab import landscape
 
-    t0 = time.perf_counter()
+    start = _clock()
     res = landscape.plane(model, batch, steps=steps, distance=1.0, normalization="filter", seed=0)
-    return time.perf_counter() - t0, res.meta["timing"]
+    return _since(start), res.meta["timing"]
 
 
-def run_loss_landscapes(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> tuple[float, dict]:
+def run_loss_landscapes(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> tuple[dict, dict]:
     import loss_landscapes
     from loss_landscapes.metrics import Loss
 
@@ -91,14 +99,17 @@ def run_loss_landscapes(model: nn.Module, batch: tuple[torch.Tensor, torch.Tenso
 
     TimedLoss.forward_s = 0.0
     torch.manual_seed(0)
-    t0 = time.perf_counter()
+    start = _clock()
     loss_landscapes.random_plane(model.eval(), TimedLoss(F.cross_entropy, *batch), distance=1, steps=steps,
                                  normalization="filter", deepcopy_model=True)
-    total = time.perf_counter() - t0
-    return total, {"total_s": total, "forward_s": TimedLoss.forward_s, "other_s": total - TimedLoss.forward_s}
+    took = _since(start)
+    return took, {"total_s": took["wall_s"], "forward_s": TimedLoss.forward_s,
+                  "other_s": took["wall_s"] - TimedLoss.forward_s}
 
 
 def _median_timing(timings: list[dict]) -> dict:
+    if not timings or not timings[0]:
+        return {}
     keys = [k for k in timings[0] if isinstance(timings[0][k], float)]
     return {k: statistics.median(t[k] for t in timings) for k in keys}
 
@@ -107,45 +118,48 @@ def bench_model(name: str, batch: tuple[torch.Tensor, torch.Tensor], steps: int,
     model, weights = _model(name)
     n = steps * steps
     floor(model, batch[0], 3)  # warm-up
-    runs: dict[str, list[float]] = {"floor": [], "craftlab": [], "loss_landscapes": []}
-    timings: dict[str, list[dict]] = {"craftlab": [], "loss_landscapes": []}
-    order = ["floor", "craftlab", "loss_landscapes"]
+    fns = {"floor": lambda: floor(model, batch[0], n), "craftlab": lambda: run_craftlab(model, batch, steps),
+           "loss_landscapes": lambda: run_loss_landscapes(model, batch, steps)}
+    runs: dict[str, list[dict]] = {k: [] for k in fns}
+    timings: dict[str, list[dict]] = {k: [] for k in fns}
+    order = list(fns)
     for r in range(repeats):
         for what in order[r % 3:] + order[:r % 3]:  # rotate so drift in machine load hits all alike
-            if what == "floor":
-                runs["floor"].append(floor(model, batch[0], n))
-            elif what == "craftlab":
-                s, t = run_craftlab(model, batch, steps)
-                runs["craftlab"].append(s)
-                timings["craftlab"].append(t)
-            else:
-                s, t = run_loss_landscapes(model, batch, steps)
-                runs["loss_landscapes"].append(s)
-                timings["loss_landscapes"].append(t)
-    med = {k: statistics.median(v) for k, v in runs.items()}
+            took, timing = fns[what]()
+            runs[what].append(took)
+            timings[what].append(timing)
+    med = {k: {c: statistics.median(t[c] for t in v) for c in ("wall_s", "cpu_s")} for k, v in runs.items()}
+
+    def ratio(a: str, b: str) -> dict[str, float]:
+        return {c: med[a][c] / med[b][c] for c in ("wall_s", "cpu_s")}
+
+    ct = _median_timing(timings["craftlab"])
     return {
         "model": name, "weights": weights, "num_params": sum(p.numel() for p in model.parameters()),
-        "points": n, "runs_s": runs, "median_s": med,
-        "craftlab_over_floor": med["craftlab"] / med["floor"],
-        "craftlab_over_loss_landscapes": med["craftlab"] / med["loss_landscapes"],
-        "loss_landscapes_over_floor": med["loss_landscapes"] / med["floor"],
-        "floor_ms_per_forward": 1e3 * med["floor"] / n,
-        "craftlab_timing_median": _median_timing(timings["craftlab"]),
+        "points": n, "runs": runs, "median": med,
+        "craftlab_over_floor": ratio("craftlab", "floor"),
+        "craftlab_over_loss_landscapes": ratio("craftlab", "loss_landscapes"),
+        "loss_landscapes_over_floor": ratio("loss_landscapes", "floor"),
+        "floor_ms_per_forward": {c: 1e3 * med["floor"][c] / n for c in ("wall_s", "cpu_s")},
+        "craftlab_timing_median": ct,
+        "craftlab_non_forward_fraction": (ct["write_s"] + ct["other_s"]) / ct["total_s"],
         "loss_landscapes_timing_median": _median_timing(timings["loss_landscapes"]),
     }
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | params | floor: 441 fwd (s) | craftlab `plane` (s) | craftlab / floor | "
-            "`loss_landscapes.random_plane` (s) | craftlab / loss_landscapes | craftlab forward+loss (s) | "
-            "craftlab param writes (s) | craftlab other (s) |")
-    lines = [head.replace("441", str(rows[0]["points"]) if rows else "441"), "|" + "---|" * 10]
+    """Markdown table; times are process CPU seconds (wall seconds in brackets)."""
+    lines = ["| model | params | points | floor: plain forwards (s) | craftlab `plane` (s) | "
+             "`loss_landscapes.random_plane` (s) | craftlab / floor | craftlab / loss_landscapes | "
+             "craftlab time split: forward+loss / param writes / other |", "|" + "---|" * 9]
     for r in rows:
-        m, t = r["median_s"], r["craftlab_timing_median"]
-        lines.append(f"| {r['model']} | {r['num_params']:,} | {m['floor']:.2f} | {m['craftlab']:.2f} | "
-                     f"{r['craftlab_over_floor']:.3f} | {m['loss_landscapes']:.2f} | "
-                     f"{r['craftlab_over_loss_landscapes']:.3f} | {t['forward_s']:.2f} | {t['write_s']:.3f} | "
-                     f"{t['other_s']:.3f} |")
+        m, t = r["median"], r["craftlab_timing_median"]
+        times = [f"{m[k]['cpu_s']:.2f} ({m[k]['wall_s']:.2f})" for k in ("floor", "craftlab", "loss_landscapes")]
+        ratios = [f"{r[k]['cpu_s']:.3f} ({r[k]['wall_s']:.3f})"
+                  for k in ("craftlab_over_floor", "craftlab_over_loss_landscapes")]
+        split = " / ".join(f"{100 * t[k] / t['total_s']:.2f}%" for k in ("forward_s", "write_s", "other_s"))
+        lines.append(f"| {r['model']} | {r['num_params']:,} | {r['points']} | " + " | ".join(times + ratios)
+                     + f" | {split} |")
     return "\n".join(lines)
 
 
@@ -178,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(report["table"])
-    print(f"\nthreads={report['environment']['threads']}  loadavg before {load_before[0]:.2f}, "
+    print("\ntimes: median process CPU seconds (wall seconds); CPU time is robust to other processes sharing "
+          "the cores when --threads 1")
+    print(f"threads={report['environment']['threads']}  loadavg before {load_before[0]:.2f}, "
           f"after {report['environment']['loadavg_after'][0]:.2f}  -> {args.out}")
     return report
 

@@ -592,7 +592,7 @@ def _plane_loss_landscapes(model: nn.Module, batch_list: list[tuple[torch.Tensor
         out[i] = z[i, :n] if i % 2 == 0 else z[i, 1:]
     total = time.perf_counter() - t_start
     fwd = metric.evaluator.forward_s if metric.evaluator is not None else 0.0
-    timing = {"total_s": total, "forward_s": fwd, "write_s": float("nan"), "other_s": total - fwd,
+    timing = {"total_s": total, "forward_s": fwd, "write_s": None, "other_s": total - fwd,
               "points": int(n * n), "backend_points": int(k * k)}
     return out[..., 0], out[..., 1], timing
 
