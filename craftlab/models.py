@@ -39,7 +39,7 @@ def _vit_tiny(num_classes: int) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(
-        img_size=28, patch_size=4, in_chans=1, num_classes=num_classes,
+        img_size=28, patch_size=7, in_chans=1, num_classes=num_classes,
         embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
     )
 
@@ -56,13 +56,13 @@ def _resnet_tiny(num_classes: int) -> nn.Module:
 ZOO: dict[str, ZooSpec] = {
     "vit-tiny": ZooSpec(
         "vit-tiny", _vit_tiny,
-        "timm VisionTransformer: 28x28x1 input, 4x4 patches (49 tokens + CLS), dim 64, depth 4, 4 heads",
-        pretrain={"epochs": 8, "lr": 2e-3},
+        "timm VisionTransformer: 28x28x1 input, 7x7 patches (16 tokens + CLS), dim 64, depth 4, 4 heads",
+        pretrain={"epochs": 15, "lr": 3e-3, "warmup_epochs": 1},
     ),
     "resnet-tiny": ZooSpec(
         "resnet-tiny", _resnet_tiny,
         "timm ResNet: BasicBlock x (1,1,1,1), channels (16,32,48,64), 28x28x1 input",
-        pretrain={"epochs": 4, "lr": 2e-3},
+        pretrain={"epochs": 6, "lr": 2e-3},
     ),
 }
 
@@ -97,9 +97,16 @@ def zoo_checkpoint_dir(name: str) -> Path | None:
     """Where the pretrained weights of a zoo model are: cache first, then the shipped copy."""
     from . import cache
 
+    import json
+
     for root in (cache.home() / "zoo", SHIPPED_ZOO_DIR):
-        if (root / name / "craftlab.json").exists():
-            return root / name
+        sidecar = root / name / "craftlab.json"
+        if sidecar.exists():
+            try:
+                if json.loads(sidecar.read_text()).get("zoo_spec") == ZOO[name].description:
+                    return root / name
+            except (OSError, ValueError):
+                pass  # damaged or stale: pretrain again
     return None
 
 

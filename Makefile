@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make demo`  (set up + run the main job)  and  `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench lint zoo clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-all: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[all]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed-all
+	$(BIN)/craftlab demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks.run
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+# Re-make the pretrained zoo weights shipped in craftlab/zoo (maintainers).
+zoo: $(VENV)/.installed-dev
+	$(BIN)/craftlab pretrain --model all --ship
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

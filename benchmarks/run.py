@@ -1,0 +1,73 @@
+"""Re-run every benchmark and rewrite benchmarks/RESULTS.md.
+
+    python -m benchmarks.run            # all
+    python -m benchmarks.run sam craft  # a subset (sections of the others are kept from the last run)
+
+Each section records the command and the machine it ran on. Ratios are measured in one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+RESULTS_MD = HERE / "RESULTS.md"
+BENCHES = {
+    "sam": ("bench_sam", "SAM step time vs the base optimizer"),
+    "craft": ("bench_craft", "The CrAFT table on the embedded default"),
+    "hessian": ("bench_hessian", "Top-2 Hessian eigenvalues: craftlab vs PyHessian"),
+    "landscape": ("bench_landscape", "21x21 loss plane: craftlab vs loss-landscapes vs the forward-pass floor"),
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, {platform.system()}")
+
+
+def _sections() -> dict[str, str]:
+    if not RESULTS_MD.exists():
+        return {}
+    parts = re.split(r"^## ", RESULTS_MD.read_text(), flags=re.M)[1:]
+    return {p.split("\n", 1)[0].split(" — ")[0].strip(): "## " + p for p in parts}
+
+
+def main(names: list[str]) -> None:
+    sections = _sections()
+    for key in names:
+        module, title = BENCHES[key]
+        mod = importlib.import_module(f"benchmarks.{module}")
+        buf = io.StringIO()
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(buf):
+            mod.main()
+        wall = time.perf_counter() - t0
+        out = buf.getvalue()
+        sys.stdout.write(out)
+        body = "\n".join(line for line in out.splitlines() if not line.startswith("  "))  # drop progress lines
+        sections[key] = (f"## {key} — {title}\n\nCommand: `python -m benchmarks.run {key}` "
+                         f"({wall:.0f} s on {machine()}; {time.strftime('%Y-%m-%d')}).\n\n{body}\n\n")
+    order = [k for k in BENCHES if k in sections]
+    RESULTS_MD.write_text("# Benchmark results\n\nRe-run all: `python -m benchmarks.run` (or `make bench`). "
+                          "Each section names its command and machine; ratios are taken within one run.\n\n"
+                          + "".join(sections[k] for k in order))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(BENCHES))

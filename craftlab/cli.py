@@ -1,0 +1,242 @@
+"""The ``craftlab`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = """\
+examples:
+  craftlab demo                                   # CrAFT on the embedded default (AdamW vs AdamW+SAM)
+  craftlab pretrain --model all                   # (re)make the mnist5k-pretrained zoo models
+  craftlab finetune --model vit-tiny --data digits --sam-rho 0.05 --epochs 8 --out runs/vit-sam
+  craftlab compress --checkpoint runs/vit-sam --method wanda --sparsity 0.5 --json
+  craftlab compress --checkpoint runs/vit-sam --pattern 2:4
+  craftlab compress --checkpoint runs/vit-sam --w-bits 4 --a-bits 8
+  craftlab sweep --checkpoint runs/vit-adamw runs/vit-sam --sparsities 0.5 0.7 --bits 8,8 4,4 --out sweep.csv
+"""
+
+
+def _bits(value: str) -> int | None:
+    return None if value.lower() in ("none", "float", "fp32", "32") else int(value)
+
+
+def _bit_pair(value: str) -> tuple[int | None, int | None]:
+    try:
+        w, a = value.split(",")
+        return _bits(w), _bits(a)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected W,A bits like 8,8 or 4,none; got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="craftlab", description="Compression-aware fine-tuning (CrAFT) lab.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"craftlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("pretrain", help="pretrain zoo models on the source task (mnist5k)")
+    s.add_argument("--model", default="all", help="zoo model name or 'all' (default)")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="folder (default: $CRAFTLAB_HOME/zoo/<model>)")
+    s.add_argument("--ship", action="store_true", help="write into the package's zoo folder (maintainers)")
+
+    s = sub.add_parser("finetune", help="fine-tune a model, optionally with SAM/ASAM (the CrAFT recipe)")
+    s.add_argument("--model", default="vit-tiny", help="zoo name or timm name (default vit-tiny)")
+    s.add_argument("--data", default="digits", help="dataset name (default digits)")
+    s.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--sam-rho", type=float, default=0.0, help="SAM radius; 0 = plain fine-tuning")
+    s.add_argument("--adaptive", action="store_true", help="ASAM (use a ~10x larger rho)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--amp", default=None, choices=["bf16", "fp16"])
+    s.add_argument("--no-pretrained", action="store_true", help="start from random weights")
+    s.add_argument("--out", required=True, help="checkpoint folder to write")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("compress", help="prune and/or quantize a checkpoint and report accuracy")
+    _compress_args(s)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--out", default=None, help="save the compressed model's weights here")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    s = sub.add_parser("sweep", help="checkpoints x sparsities x bit settings -> table (CSV + JSON)")
+    s.add_argument("--checkpoint", nargs="+", required=True)
+    s.add_argument("--data", default=None)
+    s.add_argument("--methods", nargs="+", default=["magnitude", "wanda"])
+    s.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
+    s.add_argument("--patterns", nargs="+", default=["2:4"])
+    s.add_argument("--bits", nargs="+", type=_bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)])
+    s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
+    s.add_argument("--quiet", action="store_true")
+
+    s = sub.add_parser("demo", help="the CrAFT demo on the embedded default (runs are cached)")
+    s.add_argument("--models", nargs="+", default=["vit-tiny", "resnet-tiny"])
+    s.add_argument("--data", default="digits")
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--sam-rho", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _compress_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    s.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "random"])
+    s.add_argument("--sparsity", type=float, default=0.0)
+    s.add_argument("--scope", default=None, choices=["global", "layer", "row"])
+    s.add_argument("--pattern", default=None, help="N:M, e.g. 2:4")
+    s.add_argument("--w-bits", type=_bits, default=None, help="2-8 or 16 (default: float)")
+    s.add_argument("--a-bits", type=_bits, default=None, help="2-8 or 16 (default: float)")
+    s.add_argument("--quant-method", default="minmax", choices=["minmax", "percentile", "mse"])
+
+
+def _data_for(meta: dict[str, Any], model, name: str | None):
+    from .data import load_data
+
+    data = meta.get("data") or {}
+    return load_data(name or data.get("name") or "digits", model=model, seed=data.get("seed", 0))
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from .models import SHIPPED_ZOO_DIR, zoo_names
+    from .train import pretrain
+
+    names = zoo_names() if a.model == "all" else [a.model]
+    for name in names:
+        out = a.out if a.out and len(names) == 1 else (SHIPPED_ZOO_DIR / name if a.ship else None)
+        path = pretrain(name, epochs=a.epochs, seed=a.seed, out=out)
+        meta = json.loads((Path(path) / "craftlab.json").read_text())
+        print(f"{name}: test accuracy on mnist5k {meta['metrics']['test_accuracy']:.4f} -> {path}")
+    return 0
+
+
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from .data import load_data
+    from .evaluate import evaluate
+    from .models import create_model
+    from .train import finetune
+
+    data = load_data(a.data, model=create_model(a.model, pretrained=False))
+    model = create_model(a.model, num_classes=data.num_classes, pretrained=not a.no_pretrained, seed=a.seed)
+    res = finetune(model, data, optimizer=a.optimizer, lr=a.lr, epochs=a.epochs, sam_rho=a.sam_rho,
+                   adaptive=a.adaptive, seed=a.seed, device=a.device, amp=a.amp, batch_size=a.batch_size,
+                   progress=not a.quiet)
+    test = evaluate(res.model, data.test)
+    res.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+    res.config["classes"] = data.classes
+    path = res.save(a.out)
+    print(json.dumps({"checkpoint": str(path), "train_time_s": round(res.train_time_s, 2), **res.metrics}))
+    return 0
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .compress import compress, compress_and_evaluate
+
+    model = load_checkpoint(a.checkpoint)
+    data = _data_for(model.craftlab_meta, model, a.data)
+    settings = dict(method=a.method, sparsity=a.sparsity, scope=a.scope, pattern=a.pattern, w_bits=a.w_bits,
+                    a_bits=a.a_bits, quant_method=a.quant_method)
+    res = compress_and_evaluate(model, data, **settings)
+    res["checkpoint"] = str(a.checkpoint)
+    if a.out:
+        compressed = compress(model, calib=data.calib, **settings)
+        save_checkpoint(compressed, a.out, {**model.craftlab_meta, "compression": settings,
+                                            "metrics": {"test_accuracy": res["accuracy"]}})
+        res["out"] = a.out
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"{a.checkpoint}: accuracy {res['fp_accuracy']:.4f} -> {res['accuracy']:.4f} "
+              f"(drop {res['accuracy_drop']:+.4f}); sparsity {res['sparsity_measured']:.3f}, "
+              f"size {res['size_mb']:.3f} MB, {res['bitops'] / 1e9:.3f} GBitOPs")
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .sweep import sweep
+
+    models = {c: load_checkpoint(c) for c in a.checkpoint}
+    first = next(iter(models.values()))
+    data = _data_for(first.craftlab_meta, first, a.data)
+    df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
+               patterns=a.patterns, bits=a.bits)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .checkpoint import load_checkpoint
+    from .runs import RunSpec, get_run
+    from .sweep import settings_grid, sweep
+
+    print("CrAFT demo: fine-tune each zoo model with AdamW and with AdamW+SAM (same schedule, same seed),\n"
+          "then prune and quantize without retraining. Runs are cached under $CRAFTLAB_HOME/runs.\n")
+    frames = []
+    for name in a.models:
+        models, extra = {}, {}
+        for rho in (0.0, a.sam_rho):
+            spec = RunSpec(model=name, data=a.data, epochs=a.epochs, sam_rho=rho, seed=a.seed)
+            path = get_run(spec, progress=not a.quiet)
+            model = load_checkpoint(path)
+            models[f"{name} {spec.arm}"] = model
+            extra[f"{name} {spec.arm}"] = {"arm": spec.arm,
+                                           "train_time_s": sum(h["time_s"] for h in model.craftlab_meta["history"])}
+        data = _data_for(model.craftlab_meta, model, None)
+        frames.append(sweep(models, data, settings_grid(methods=["magnitude", "wanda"], sparsities=[0.5, 0.7],
+                                                        patterns=["2:4"], bits=[(8, 8), (4, 8), (4, 4)]),
+                            progress=not a.quiet, extra_columns=extra))
+    df = pd.concat(frames)
+    df["setting"] = df.apply(_setting_label, axis=1)
+    table = df.pivot_table(index="setting", columns="model", values="accuracy", sort=False)
+    print("test accuracy (fraction):")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    times = df.groupby("model")["train_time_s"].first()
+    print("\nfine-tuning time (s): " + ", ".join(f"{k}: {v:.1f}" for k, v in times.items()))
+    print("\nNext: craftlab --help, and the notebooks in notebooks/.")
+    return 0
+
+
+def _setting_label(row) -> str:
+    if row["kind"] == "fp":
+        return "FP32"
+    if row["kind"] == "prune":
+        return f"{row['method']} {row['pattern']}" if isinstance(row["pattern"], str) else f"{row['method']} {row['sparsity']:.0%}"
+    return f"W{row['w_bits']}A{row['a_bits']}"
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "compress": cmd_compress, "sweep": cmd_sweep,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:
+        print(f"craftlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""One-shot unstructured and N:M pruning: magnitude, Wanda (Sun et al. 2023) and random.
+
+``prune`` returns a new model with zeroed weights; the model passed in is never changed.
+Targets default to every Conv2d/Linear weight except the stem (first conv / patch embedding) and
+the classifier head.
+
+Scores: magnitude ``|W|``; Wanda ``|W_ij| · ‖X_j‖₂`` with ``‖X_j‖₂`` the norm of input feature j over
+all calibration tokens/pixels (for a Conv2d, j is the input channel: the norm is taken over batch and
+spatial positions, a per-channel reconstruction of Wanda's linear-layer rule); random: seeded uniform.
+Scopes: ``global`` (one ranking over all targets), ``layer`` (per weight tensor), ``row`` (per output
+row — Wanda's comparison group). ``pattern="N:M"`` zeroes N of every M consecutive weights along the
+input dimension (input channels for a Conv2d), e.g. ``2:4``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from ._errors import check_sparsity, unknown_name
+from .data import iter_inputs
+
+METHODS = ("magnitude", "wanda", "random")
+SCOPES = ("global", "layer", "row")
+DEFAULT_SCOPE = {"magnitude": "global", "wanda": "row", "random": "global"}
+Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
+
+
+def target_layers(model: nn.Module, targets: Targets = None) -> dict[str, nn.Module]:
+    """Conv2d/Linear modules to compress, by name.
+
+    ``None``: all but the stem and the head; ``"all"``: all of them; a list of module names; or a
+    predicate ``f(name, module) -> bool``.
+    """
+    from .models import head_and_stem
+
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if targets is None:
+        stem, head = head_and_stem(model)
+        return {n: m for n, m in layers.items() if n not in (stem, head)}
+    if targets == "all":
+        return layers
+    if callable(targets):
+        return {n: m for n, m in layers.items() if targets(n, m)}
+    names = [targets] if isinstance(targets, str) else list(targets)
+    missing = [n for n in names if n not in layers]
+    if missing:
+        raise unknown_name("layer", missing[0], layers, hint="targets must name Conv2d/Linear modules")
+    return {n: layers[n] for n in names}
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """``"N:M"`` -> (N, M), requiring 1 <= N < M."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+    if not m:
+        raise ValueError(f"pattern must look like 'N:M' (e.g. '2:4'), got {pattern!r}")
+    n, mm = int(m.group(1)), int(m.group(2))
+    if not 1 <= n < mm:
+        raise ValueError(f"impossible N:M pattern {pattern!r}: need 1 <= N < M (N weights of every M are zeroed)")
+    return n, mm
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, layers: dict[str, nn.Module], calib: Iterable[Any],
+                max_samples: int | None = None) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ per input feature j of each layer over the calibration inputs (Wanda's ``scaler_row``).
+
+    Returns name -> tensor of shape (in_features,) or (in_channels,).
+    """
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(mod, inputs, _out):
+            x = inputs[0].detach().float()
+            if isinstance(mod, nn.Conv2d):
+                sq = x.pow(2).sum(dim=(0, 2, 3))
+            else:
+                sq = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+            sums[name] = sums.get(name, 0) + sq
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        device = next(model.parameters()).device
+        for x in iter_inputs(calib, limit=max_samples):
+            model(x.to(device))
+            seen += len(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("the calibration set is empty: Wanda needs calibration images (calib=...)")
+    return {n: s.sqrt() for n, s in sums.items()}
+
+
+def _scores(method: str, layers: dict[str, nn.Module], norms: dict[str, torch.Tensor] | None,
+            gen: torch.Generator) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, m in layers.items():
+        w = m.weight.detach()
+        if method == "magnitude":
+            s = w.abs()
+        elif method == "random":
+            s = torch.rand(w.shape, generator=gen).to(w.device)
+        else:  # wanda
+            norm = norms[name].to(w.device)
+            if isinstance(m, nn.Conv2d):
+                groups = m.groups
+                per_group = norm.view(groups, -1)  # (G, C_in/G)
+                rows = per_group.repeat_interleave(w.shape[0] // groups, dim=0)  # (O, C_in/G)
+                s = w.abs() * rows[:, :, None, None]
+            else:
+                s = w.abs() * norm[None, :]
+        out[name] = s.float()
+    return out
+
+
+def _mask_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (same shape as `scores`) that is True at its k lowest entries (ties: lower index first)."""
+    flat = scores.reshape(-1)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        idx = torch.argsort(flat, stable=True)[:k]
+        mask[idx] = True
+    return mask.view_as(scores)
+
+
+def _nm_mask(scores: torch.Tensor, n: int, m: int, name: str, conv: bool) -> torch.Tensor:
+    """Zero N lowest of every M consecutive inputs: Linear groups along in_features, Conv2d along C_in."""
+    s = scores.permute(0, 2, 3, 1) if conv else scores  # conv: (O, kh, kw, C_in)
+    size = s.shape[-1]
+    if size % m:
+        raise ValueError(f"impossible N:M pattern {n}:{m} for layer {name!r}: its input dimension {size} "
+                         f"is not a multiple of M={m}")
+    groups = s.reshape(-1, m)
+    idx = torch.topk(groups, n, dim=1, largest=False).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, idx, True).view_as(s)
+    return mask.permute(0, 3, 1, 2) if conv else mask
+
+
+def prune(
+    model: nn.Module,
+    sparsity: float | None = None,
+    method: str = "magnitude",
+    scope: str | None = None,
+    pattern: str | None = None,
+    calib: Iterable[Any] | None = None,
+    targets: Targets = None,
+    seed: int = 0,
+    calib_samples: int | None = None,
+) -> nn.Module:
+    """Return a pruned copy of `model`.
+
+    Args:
+        sparsity: fraction in [0, 1) of targeted weights to zero (not needed with `pattern`).
+        method: ``magnitude``, ``wanda`` (needs `calib`) or ``random``.
+        scope: ``global``, ``layer`` or ``row``; default ``global`` for magnitude/random, ``row`` for Wanda.
+        pattern: ``"N:M"`` semi-structured sparsity (zero N of every M); overrides scope.
+        calib: calibration batches for Wanda: a DataLoader / iterable of (x, y) or of tensors.
+        targets: which layers (see :func:`target_layers`).
+        seed: for ``random``.
+        calib_samples: cap on calibration images.
+
+    Global scope zeroes exactly ``round(sparsity * N)`` of the N targeted weights (lowest scores,
+    ties broken by position); layer and row scope do the same per tensor / per output row.
+    """
+    if method not in METHODS:
+        raise unknown_name("pruning method", method, METHODS)
+    if pattern is None:
+        if sparsity is None:
+            raise ValueError("give a sparsity in [0, 1) or an N:M pattern")
+        sparsity = check_sparsity(sparsity)
+        scope = scope or DEFAULT_SCOPE[method]
+        if scope not in SCOPES:
+            raise unknown_name("pruning scope", scope, SCOPES)
+    else:
+        n, m = parse_pattern(pattern)
+        if sparsity is not None and abs(check_sparsity(sparsity) - n / m) > 1e-9:
+            raise ValueError(f"sparsity {sparsity} contradicts pattern {pattern!r} (which means {n / m:g}); give one")
+    pruned = copy.deepcopy(model)
+    layers = target_layers(pruned, targets)
+    if not layers:
+        raise ValueError("no layers to prune: targets selected no Conv2d/Linear module")
+    norms = None
+    if method == "wanda":
+        if calib is None:
+            raise ValueError("method='wanda' needs calibration data: pass calib=<DataLoader or batches>")
+        norms = input_norms(pruned, layers, calib, max_samples=calib_samples)
+    gen = torch.Generator().manual_seed(seed)
+    scores = _scores(method, layers, norms, gen)
+
+    masks: dict[str, torch.Tensor] = {}
+    if pattern is not None:
+        for name, mod in layers.items():
+            masks[name] = _nm_mask(scores[name], n, m, name, isinstance(mod, nn.Conv2d))
+    elif scope == "global":
+        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        mask = _mask_lowest(flat, round(sparsity * flat.numel()))
+        for name, part in zip(scores, torch.split(mask, [s.numel() for s in scores.values()])):
+            masks[name] = part.view_as(scores[name])
+    elif scope == "layer":
+        masks = {name: _mask_lowest(s, round(sparsity * s.numel())) for name, s in scores.items()}
+    else:  # row
+        for name, s in scores.items():
+            rows = s.reshape(s.shape[0], -1)
+            k = round(sparsity * rows.shape[1])
+            idx = torch.argsort(rows, dim=1, stable=True)[:, :k]
+            masks[name] = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, idx, True).view_as(s)
+    with torch.no_grad():
+        for name, mod in layers.items():
+            mod.weight.masked_fill_(masks[name].to(mod.weight.device), 0.0)
+    info = {"method": method, "sparsity": None if pattern else sparsity, "scope": None if pattern else scope,
+            "pattern": pattern, "layers": list(layers)}
+    pruned.craftlab_compression = {**getattr(model, "craftlab_compression", {}), "prune": info}
+    return pruned
+
+
+def sparsity_report(model: nn.Module, targets: Targets = None) -> dict[str, Any]:
+    """Per-layer and overall fraction of zero weights.
+
+    Returns ``{"layers": {name: {"zeros", "total", "sparsity", "targeted"}}, "overall": s_targets,
+    "overall_all": s_all_conv_linear}`` where ``overall`` counts the targeted layers only.
+    """
+    chosen = set(target_layers(model, targets))
+    layers, z_t, n_t, z_a, n_a = {}, 0, 0, 0, 0
+    for name, mod in target_layers(model, "all").items():
+        zeros, total = int((mod.weight == 0).sum()), mod.weight.numel()
+        layers[name] = {"zeros": zeros, "total": total, "sparsity": zeros / total, "targeted": name in chosen}
+        z_a, n_a = z_a + zeros, n_a + total
+        if name in chosen:
+            z_t, n_t = z_t + zeros, n_t + total
+    return {"layers": layers, "overall": z_t / max(n_t, 1), "overall_all": z_a / max(n_a, 1)}

@@ -1,0 +1,311 @@
+"""Post-training quantization by fake quantization (round to the integer grid and back).
+
+``quantize_tensor`` is the primitive. ``quantize`` returns a new model whose targeted Conv2d/Linear
+layers are replaced by :class:`QuantConv2d` / :class:`QuantLinear` (subclasses, same names and
+parameters): their ``weight`` holds the fake-quantized weights (per output channel by default) and,
+with ``a_bits``, their input is fake-quantized with a scale calibrated on ``calib``.
+
+Grids: symmetric ``q ∈ [-2^(b-1), 2^(b-1)-1]``, zero point 0, scale = range / (2^(b-1)-1);
+asymmetric ``q ∈ [0, 2^b-1]`` with the range widened to include 0. This is the convention of
+``torch.fake_quantize_per_channel_affine`` (``x * (1/scale)``, round half to even, clamp).
+Range estimators: ``minmax``; ``percentile`` (clip at the given percentile of the values);
+``mse`` (clip ratio in (0, 1] minimising the squared error, searched over a grid).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._errors import check_bits, unknown_name
+from .data import iter_inputs
+from .prune import Targets, target_layers
+
+METHODS = ("minmax", "percentile", "mse")
+GRANULARITIES = ("tensor", "channel")
+
+
+def grid(bits: int, symmetric: bool) -> tuple[int, int]:
+    """(qmin, qmax) of a b-bit integer grid."""
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+
+
+def _reduce_dims(x: torch.Tensor, axis: int | None) -> list[int]:
+    return [d for d in range(x.ndim) if axis is None or d != axis % x.ndim]
+
+
+def _range(x: torch.Tensor, axis: int | None, method: str, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) of x per channel along `axis` (or over the whole tensor)."""
+    dims = _reduce_dims(x, axis)
+    if method == "percentile":
+        flat = x.movedim(axis, 0).reshape(x.shape[axis], -1) if axis is not None else x.reshape(1, -1)
+        q = torch.tensor([1 - percentile / 100, percentile / 100], dtype=flat.dtype, device=flat.device)
+        if flat.shape[1] > 2**24:  # torch.quantile's size limit: use an evenly spaced subsample
+            flat = flat[:, :: flat.shape[1] // 2**23 + 1]
+        lo, hi = torch.quantile(flat.float(), q.float(), dim=1).to(x.dtype)
+        shape = [1] * x.ndim
+        if axis is not None:
+            shape[axis % x.ndim] = -1
+        return lo.view(shape), hi.view(shape)
+    return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+
+
+def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
+    qmin, qmax = grid(bits, symmetric)
+    tiny = torch.finfo(torch.float32).tiny * 1e6
+    if symmetric:
+        scale = torch.maximum(lo.abs(), hi.abs()).clamp_min(tiny) / qmax
+        zero_point = torch.zeros_like(scale)
+    else:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        scale = (hi - lo).clamp_min(tiny) / (qmax - qmin)
+        zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
+    return scale, zero_point
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``(clamp(round(x / s) + z, qmin, qmax) - z) * s`` with broadcastable scale/zero point."""
+    inv = 1.0 / scale
+    return (torch.clamp(torch.round(x * inv) + zero_point, qmin, qmax) - zero_point) * scale
+
+
+def qparams(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool = True,
+            method: str = "minmax", percentile: float = 99.99, mse_grid: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for `x` (shapes broadcastable to x: per channel along `axis`, or scalar-like)."""
+    bits = check_bits(bits, allow_none=False)
+    if method not in METHODS:
+        raise unknown_name("range method", method, METHODS)
+    if not 50.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+    x = x.detach()
+    lo, hi = _range(x, axis, method, percentile)
+    scale, zp = _qparams_from_range(lo, hi, bits, symmetric)
+    if method == "mse":
+        qmin, qmax = grid(bits, symmetric)
+        dims = _reduce_dims(x, axis)
+        best = torch.full_like(scale, float("inf"))
+        for r in torch.linspace(1.0 / mse_grid, 1.0, mse_grid).tolist():
+            s, z = _qparams_from_range(lo * r, hi * r, bits, symmetric)
+            err = (fake_quant(x, s, z, qmin, qmax) - x).pow(2).sum(dim=dims, keepdim=True)
+            better = err < best
+            best = torch.where(better, err, best)
+            scale, zp = torch.where(better, s, scale), torch.where(better, z, zp)
+    return scale, zp
+
+
+def quantize_tensor(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool = True,
+                    method: str = "minmax", percentile: float = 99.99) -> torch.Tensor:
+    """Fake-quantize `x` to a `bits`-bit grid (per channel along `axis`, per tensor if None); same shape/dtype."""
+    bits = check_bits(bits, allow_none=False)
+    scale, zp = qparams(x, bits, axis, symmetric, method, percentile)
+    qmin, qmax = grid(bits, symmetric)
+    return fake_quant(x.detach(), scale, zp, qmin, qmax)
+
+
+class _QuantMixin:
+    """Shared state of quantized layers: bits, and the activation grid (buffers a_scale, a_zero_point)."""
+
+    w_bits: int | None
+    a_bits: int | None
+
+    def _init_quant(self, w_bits, a_bits, a_symmetric):
+        self.w_bits, self.a_bits, self.a_symmetric = w_bits, a_bits, a_symmetric
+        self.register_buffer("a_scale", torch.ones(()))
+        self.register_buffer("a_zero_point", torch.zeros(()))
+
+    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a_bits is None:
+            return x
+        qmin, qmax = grid(self.a_bits, self.a_symmetric)
+        return fake_quant(x, self.a_scale, self.a_zero_point, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", w_bits={self.w_bits}, a_bits={self.a_bits}"
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """nn.Linear with fake-quantized weight (stored in ``weight``) and optionally quantized input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quant_input(x), self.weight, self.bias)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """nn.Conv2d with fake-quantized weight (stored in ``weight``) and optionally quantized input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quant_input(x), self.weight, self.bias)
+
+
+def _swap(parent: nn.Module, child_name: str, old: nn.Module, w_bits, a_bits, a_symmetric) -> nn.Module:
+    cls = QuantConv2d if isinstance(old, nn.Conv2d) else QuantLinear
+    new = copy.copy(old)  # shares parameters/buffers dicts' values; re-class and re-register below
+    new.__class__ = cls
+    new._parameters = dict(old._parameters)
+    new._buffers = dict(old._buffers)
+    new._init_quant(w_bits, a_bits, a_symmetric)
+    setattr(parent, child_name, new)
+    return new
+
+
+def quantize(
+    model: nn.Module,
+    w_bits: int | None = 8,
+    a_bits: int | None = None,
+    w_granularity: str = "channel",
+    a_granularity: str = "tensor",
+    method: str = "minmax",
+    a_method: str | None = None,
+    calib: Iterable[Any] | None = None,
+    targets: Targets = None,
+    w_symmetric: bool = True,
+    a_symmetric: bool = False,
+    percentile: float = 99.99,
+    calib_samples: int | None = None,
+) -> nn.Module:
+    """Return a post-training-quantized copy of `model` (fake quantization).
+
+    Args:
+        w_bits: weight bits (2-8 or 16; None keeps float weights).
+        a_bits: bits of the targeted layers' inputs (None = float); needs `calib`.
+        w_granularity: ``channel`` (per output channel) or ``tensor``.
+        a_granularity: ``tensor`` or ``channel`` (per input feature / channel).
+        method: range estimator for weights (``minmax``, ``percentile``, ``mse``);
+            `a_method` for activations (default: the same).
+        calib: calibration batches (DataLoader or iterable of (x, y) / tensors) for activation ranges.
+        targets: layers to quantize (default: all Conv2d/Linear but stem and head; ``"all"`` for every one).
+    """
+    w_bits = check_bits(w_bits, "w_bits")
+    a_bits = check_bits(a_bits, "a_bits")
+    for name, value, allowed in (("w_granularity", w_granularity, GRANULARITIES),
+                                 ("a_granularity", a_granularity, GRANULARITIES),
+                                 ("method", method, METHODS), ("a_method", a_method or method, METHODS)):
+        if value not in allowed:
+            raise unknown_name(name, value, allowed)
+    a_method = a_method or method
+    if a_bits is not None and calib is None:
+        raise ValueError("a_bits needs calibration data to set activation ranges: pass calib=<DataLoader or batches>")
+    qmodel = copy.deepcopy(model)
+    layers = target_layers(qmodel, targets)
+    if not layers:
+        raise ValueError("no layers to quantize: targets selected no Conv2d/Linear module")
+
+    ranges: dict[str, Any] = {}
+    if a_bits is not None:
+        ranges = _calibrate(qmodel, layers, calib, a_bits, a_granularity, a_symmetric, a_method, percentile,
+                            calib_samples)
+    named = dict(qmodel.named_modules())
+    for name, mod in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        new = _swap(named[parent_name] if parent_name else qmodel, child, mod, w_bits, a_bits, a_symmetric)
+        if w_bits is not None:
+            with torch.no_grad():
+                new.weight.copy_(quantize_tensor(new.weight, w_bits, axis=0 if w_granularity == "channel" else None,
+                                                 symmetric=w_symmetric, method=method, percentile=percentile))
+        if a_bits is not None:
+            scale, zp = ranges[name]
+            new.a_scale, new.a_zero_point = scale, zp
+    info = {"w_bits": w_bits, "a_bits": a_bits, "w_granularity": w_granularity, "a_granularity": a_granularity,
+            "method": method, "a_method": a_method, "layers": list(layers)}
+    qmodel.craftlab_compression = {**getattr(model, "craftlab_compression", {}), "quant": info}
+    return qmodel
+
+
+@torch.no_grad()
+def _calibrate(model, layers, calib, bits, granularity, symmetric, method, percentile, calib_samples,
+               max_values: int = 2**20):
+    """Collect each layer's inputs on the float model; return name -> (scale, zero_point)."""
+    store: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+
+    def hook(name):
+        def fn(mod, inputs, _out):
+            x = inputs[0].detach().float()
+            # channel axis last: Linear (..., C); Conv2d (B, C, H, W) -> (B, H, W, C)
+            x = x.movedim(1, -1) if isinstance(mod, nn.Conv2d) else x
+            x = x.reshape(-1, x.shape[-1])
+            kept = sum(t.shape[0] for t in store[name]) * x.shape[1]
+            if kept < max_values:
+                store[name].append(x[: max(1, (max_values - kept) // x.shape[1])].cpu())
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        device = next(model.parameters()).device
+        for x in iter_inputs(calib, limit=calib_samples):
+            model(x.to(device))
+            seen += len(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("the calibration set is empty: activation quantization needs calibration images")
+    out = {}
+    for name, mod in layers.items():
+        vals = torch.cat(store[name])  # (N, C)
+        axis = 1 if granularity == "channel" else None
+        scale, zp = qparams(vals, bits, axis=axis, symmetric=symmetric, method=method, percentile=percentile)
+        if granularity == "channel":
+            shape = (1, -1, 1, 1) if isinstance(mod, nn.Conv2d) else (-1,)
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        else:
+            scale, zp = scale.reshape(()), zp.reshape(())
+        dev = mod.weight.device
+        out[name] = (scale.to(dev), zp.to(dev))
+    return out
+
+
+def model_stats(model: nn.Module, example_input: torch.Tensor | None = None) -> dict[str, float]:
+    """Size and compute of a (possibly quantized / pruned) model.
+
+    Returns ``params``, ``nonzero_params``, ``size_bits`` (quantized layers' weights at w_bits, every
+    other parameter at 32 bits), ``size_mb`` (size_bits / 8 / 2**20), and with `example_input` (one
+    image, shape (1, C, H, W) or (C, H, W)): ``macs`` of the Conv2d/Linear layers (attention matmuls
+    are not counted) and ``bitops`` = Σ MACs · w_bits · a_bits (32 for float).
+    """
+    size_bits, params, nonzero = 0, 0, 0
+    weight_bits = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, _QuantMixin) and mod.w_bits is not None:
+            weight_bits[f"{name}.weight" if name else "weight"] = mod.w_bits
+    for name, p in model.named_parameters():
+        bits = weight_bits.get(name, 32 if p.dtype == torch.float32 else torch.finfo(p.dtype).bits)
+        size_bits += p.numel() * bits
+        params += p.numel()
+        nonzero += int((p != 0).sum())
+    stats = {"params": params, "nonzero_params": nonzero, "size_bits": size_bits, "size_mb": size_bits / 8 / 2**20}
+    if example_input is not None:
+        x = example_input if example_input.ndim == 4 else example_input[None]
+        macs, bitops = 0, 0
+
+        def hook(mod, inputs, out):
+            nonlocal macs, bitops
+            if isinstance(mod, nn.Conv2d):
+                m = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+            else:
+                m = out.numel() // out.shape[0] * mod.in_features
+            wb = getattr(mod, "w_bits", None) or 32
+            ab = getattr(mod, "a_bits", None) or 32
+            macs += m
+            bitops += m * wb * ab
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                model(x[:1].to(next(model.parameters()).device))
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        stats.update(macs=macs, bitops=bitops)
+    return stats

@@ -1,0 +1,82 @@
+"""The craftlab CLI end to end on digits, and its error messages."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from craftlab.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "craftlab.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "vit-sam"
+    r = run("finetune", "--model", "vit-tiny", "--data", "digits", "--sam-rho", "0.05", "--epochs", "1",
+            "--seed", "0", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0.0 <= info["test_accuracy"] <= 1.0
+    return out
+
+
+def test_help_shows_examples():
+    r = run("--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and "craftlab compress" in r.stdout
+
+
+def test_finetune_writes_checkpoint_with_recipe(checkpoint):
+    meta = json.loads((checkpoint / "craftlab.json").read_text())
+    assert meta["architecture"] == "vit-tiny" and meta["sam_rho"] == 0.05 and meta["optimizer"] == "adamw"
+    assert meta["seed"] == 0 and meta["data"]["name"] == "digits" and len(meta["history"]) == 1
+
+
+def test_compress_json(checkpoint, capsys):
+    assert main(["compress", "--checkpoint", str(checkpoint), "--method", "wanda", "--sparsity", "0.5",
+                 "--w-bits", "8", "--a-bits", "8", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 <= res["accuracy"] <= 1 and 0 <= res["fp_accuracy"] <= 1
+    assert res["sparsity_measured"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_compress_saves_compressed_model(checkpoint, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(["compress", "--checkpoint", str(checkpoint), "--pattern", "2:4", "--out", str(out)]) == 0
+    import craftlab
+
+    assert craftlab.sparsity_report(craftlab.load_checkpoint(out))["overall"] == pytest.approx(0.5)
+
+
+def test_sweep_writes_table(checkpoint, tmp_path, capsys):
+    out = tmp_path / "sweep.csv"
+    assert main(["sweep", "--checkpoint", str(checkpoint), "--methods", "magnitude", "--sparsities", "0.5",
+                 "--patterns", "2:4", "--bits", "8,8", "4,none", "--out", str(out), "--quiet"]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert len(df) == 1 + 2 + 2  # fp, 50%, 2:4, W8A8, W4
+    assert (tmp_path / "sweep.json").exists()
+    assert df.loc[df.kind == "fp", "accuracy"].item() == pytest.approx(df.fp_accuracy.iloc[0])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+    (["--w-bits", "33"], "w_bits must be one of"),
+    (["--a-bits", "1"], "a_bits must be one of"),
+    (["--pattern", "4:2"], "impossible N:M pattern"),
+])
+def test_bad_input_is_one_clear_line(checkpoint, args, message):
+    r = run("compress", "--checkpoint", str(checkpoint), *args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_model_and_bad_checkpoint(tmp_path):
+    r = run("finetune", "--model", "vit-tiniest", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "did you mean 'vit-tiny'" in r.stderr and "Traceback" not in r.stderr
+    r = run("compress", "--checkpoint", str(tmp_path))
+    assert r.returncode == 2 and "not a craftlab checkpoint" in r.stderr
