@@ -320,13 +320,28 @@ def _rel_change(new: float, old: float) -> float:
     return abs(new - old) / (abs(old) + 1e-6)
 
 
+def _ritz_error(theta: torch.Tensor, s_last: torch.Tensor, beta: float, i: int) -> float:
+    """A-posteriori error estimate of Ritz value i: min(r, r²/gap), r = β|s_mi| the residual norm ‖Hx − θx‖.
+
+    r bounds the distance to the nearest eigenvalue; r²/gap is the sharper (Kato–Temple type) estimate,
+    with the gap to the other Ritz values standing in for the gap to the rest of the spectrum.
+    """
+    r = abs(beta * float(s_last[i]))
+    others = torch.cat([theta[:i], theta[i + 1:]])
+    gap = float((others - theta[i]).abs().min()) if len(others) else math.inf
+    return min(r, r * r / gap) if gap > 0 else r
+
+
 def _lanczos(mv: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, max_iter: int, k: int = 0,
              tol: float = 0.0) -> tuple[list[float], list[float], torch.Tensor, bool]:
     """Lanczos with full reorthogonalisation, on flat vectors.
 
     Stops after `max_iter` steps, on breakdown (an invariant subspace was found: exact), or — when
-    ``k > 0`` and ``tol > 0`` — once the k largest-magnitude Ritz values all change by less than
-    `tol` (relative) from one step to the next. Returns (alphas, betas, Q (m × n basis), converged).
+    ``k > 0`` and ``tol > 0`` — once each of the k largest-magnitude Ritz values θ both changed by less
+    than `tol` (relative, PyHessian's test) since the previous step and has an estimated error
+    (:func:`_ritz_error`) below tol·|θ|. The second condition guards against stopping on a plateau:
+    with clustered eigenvalues a Ritz value can move by < tol for a step while still far off.
+    Returns (alphas, betas, Q (m × n basis), converged).
     """
     n = v0.numel()
     m_max = max(1, min(max_iter, n))
@@ -350,10 +365,12 @@ def _lanczos(mv: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, max_i
         alphas.append(a)
         b = float(w.norm())
         if k > 0 and tol > 0 and j + 1 >= k:
-            theta = torch.linalg.eigvalsh(_tridiag(alphas, betas))
-            top = theta[_top_by_magnitude(theta, k)]
+            theta, s = torch.linalg.eigh(_tridiag(alphas, betas))
+            idx = _top_by_magnitude(theta, k)
+            top = theta[idx]
             if prev is not None and len(prev) == len(top) and \
-                    all(_rel_change(float(t), float(p)) < tol for t, p in zip(top, prev)):
+                    all(_rel_change(float(t), float(p)) < tol for t, p in zip(top, prev)) and \
+                    all(_ritz_error(theta, s[-1], b, int(i)) <= tol * abs(float(theta[i])) for i in idx):
                 converged = True
                 break
             prev = top
