@@ -8,17 +8,18 @@ from collections.abc import Iterable
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
-def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -> ValueError:
-    """A ValueError for an unknown `name`, suggesting the closest of `choices`."""
+def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "",
+                 suggestions: list[str] | None = None) -> ValueError:
+    """A ValueError for an unknown `name`, suggesting the closest of `choices` (or the given `suggestions`)."""
     choices = list(choices)
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    close = suggestions if suggestions is not None else difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
     msg = f"unknown {kind} {name!r}"
     if close:
-        msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
-    elif len(choices) <= 12:
-        msg += f"; choose from {', '.join(repr(c) for c in choices)}"
+        msg += f" (did you mean {', '.join(repr(c) for c in close)}?)"
+    elif choices and len(choices) <= 12:
+        msg += f" (choose from {', '.join(repr(c) for c in choices)})"
     if hint:
-        msg += f". {hint}"
+        msg += f"; {hint}"
     return ValueError(msg)
 
 

@@ -168,7 +168,11 @@ def _create_zoo(name: str, num_classes: int | None, pretrained: bool, progress: 
 
 def _create_timm(name: str, num_classes: int | None, pretrained: bool, **kwargs: Any) -> nn.Module:
     if name not in _timm_names():
-        raise unknown_name("model", name, [*ZOO, *_timm_names()],
+        import difflib
+
+        close = difflib.get_close_matches(name, ZOO, n=2, cutoff=0.6)  # zoo names first
+        close += difflib.get_close_matches(name, _timm_names(), n=3 - len(close), cutoff=0.6)
+        raise unknown_name("model", name, (), suggestions=close,
                            hint=f"zoo models: {', '.join(zoo_names())}; or any name from timm.list_models()")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

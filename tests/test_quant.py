@@ -72,7 +72,7 @@ def test_quantize_model_keeps_names_and_quantizes_weights(digits, unchanged):
     # activation grid: the quantized input takes at most 2^8 values
     x = next(iter(digits.test))[0]
     seen = {}
-    h = qkv.register_forward_hook(lambda m, i, o: seen.setdefault("x", m.quant_input(i[0])))
+    h = qkv.register_forward_pre_hook(lambda m, i: seen.update(x=m.quant_input(i[0])))
     q(x)
     h.remove()
     assert seen["x"].unique().numel() <= 256
