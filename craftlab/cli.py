@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
     s.add_argument("--quiet", action="store_true")
 
+    s = sub.add_parser("app", help="serve the CraftLab Gradio app (needs the 'app' extra)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7860)
+
     s = sub.add_parser("demo", help="the CrAFT demo on the embedded default (runs are cached)")
     s.add_argument("--models", nargs="+", default=["vit-tiny", "resnet-tiny"])
     s.add_argument("--data", default="digits")
@@ -218,7 +222,16 @@ def _setting_label(row) -> str:
     return f"W{row['w_bits']}A{row['a_bits']}"
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "compress": cmd_compress, "sweep": cmd_sweep,
+def cmd_app(a: argparse.Namespace) -> int:
+    try:
+        from app.main import launch
+    except ImportError as err:
+        raise RuntimeError(f"the app needs the 'app' extra (pip install 'craftlab[app]'): {err}") from err
+    launch(host=a.host, port=a.port)
+    return 0
+
+
+COMMANDS = {"app": cmd_app, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "compress": cmd_compress, "sweep": cmd_sweep,
             "demo": cmd_demo}
 
 
