@@ -293,7 +293,8 @@ def sharpness_scatter_figure(df: Any, x: str = "lambda_max", y: str = "accuracy_
     if color and pd.api.types.is_numeric_dtype(df[color]):
         fig.add_trace(go.Scatter(x=df[x], y=df[y], mode="markers", name="models", text=text,
                                  marker={"size": 11, "color": df[color], "colorscale": "Viridis", "showscale": True,
-                                         "colorbar": {"title": {"text": color}}, "line": {"width": 1, "color": "black"}},
+                                         "colorbar": {"title": {"text": color}},
+                                         "line": {"width": 1, "color": "black"}},
                                  hovertemplate=hover + f"<br>{color}=%{{marker.color}}<extra></extra>"))
     elif color:
         for k, (cat, sub) in enumerate(df.groupby(color, sort=False)):
