@@ -16,20 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 import craftlab
+from craftlab.sweep import setting_label
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = {"AdamW": (0.0, False), "SAM 0.05": (0.05, False), "SAM 0.1": (0.1, False), "ASAM 0.5": (0.5, True)}
 MODELS = ("vit-tiny", "resnet-tiny")
 SEEDS = (0, 1, 2)
 EPOCHS = 8
-
-
-def setting_label(row) -> str:
-    if row["kind"] == "fp":
-        return "FP32"
-    if row["kind"] == "prune":
-        return f"{row['method']} {row['pattern']}" if isinstance(row["pattern"], str) else f"{row['method']} {row['sparsity']:.0%}"
-    return f"W{row['w_bits']}A{row['a_bits']}"
 
 
 def run(models=MODELS, seeds=SEEDS, arms=ARMS, epochs=EPOCHS) -> pd.DataFrame:

@@ -59,7 +59,8 @@ def main(batch_size: int = 64) -> list[dict]:
     print("| model | batch | AdamW step (ms) | AdamW+SAM step (ms) | SAM / AdamW |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['adamw_step_ms']:.1f} | {r['sam_step_ms']:.1f} | {r['ratio']:.2f}x |")
+        print(f"| {r['model']} | {r['batch']} | {r['adamw_step_ms']:.1f} | {r['sam_step_ms']:.1f} "
+              f"| {r['ratio']:.2f}x |")
     return rows
 
 

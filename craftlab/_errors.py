@@ -47,5 +47,6 @@ def check_bits(bits, what: str = "bits", allow_none: bool = True):
     if b != bits and not isinstance(bits, str):
         raise ValueError(f"{what} must be an integer, got {bits!r}")
     if b not in ALLOWED_BITS:
-        raise ValueError(f"{what} must be one of {ALLOWED_BITS}" + (" or None (float)" if allow_none else "") + f", got {bits!r}")
+        also = " or None (float)" if allow_none else ""
+        raise ValueError(f"{what} must be one of {ALLOWED_BITS}{also}, got {bits!r}")
     return b

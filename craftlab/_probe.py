@@ -45,8 +45,8 @@ def preserved(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
 
 def as_batches(batches: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Materialise `batches` (a DataLoader, a list of (x, y), or one (x, y) pair) as a list of pairs."""
-    if isinstance(batches, (tuple, list)) and len(batches) == 2 and torch.is_tensor(batches[0]) and torch.is_tensor(batches[1]) \
-            and batches[0].ndim >= 2 and batches[1].ndim == 1 and len(batches[0]) == len(batches[1]):
+    pair = isinstance(batches, (tuple, list)) and len(batches) == 2 and all(torch.is_tensor(b) for b in batches)
+    if pair and batches[0].ndim >= 2 and batches[1].ndim == 1 and len(batches[0]) == len(batches[1]):
         return [(batches[0], batches[1])]
     out = [(b[0], b[1]) for b in batches]
     if not out:

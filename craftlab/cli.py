@@ -17,6 +17,9 @@ examples:
   craftlab compress --checkpoint runs/vit-sam --pattern 2:4
   craftlab compress --checkpoint runs/vit-sam --w-bits 4 --a-bits 8
   craftlab sweep --checkpoint runs/vit-adamw runs/vit-sam --sparsities 0.5 0.7 --bits 8,8 4,4 --out sweep.csv
+  craftlab sharpness --checkpoint runs/vit-sam --json
+  craftlab landscape --checkpoint runs/vit-sam --kind plane --steps 21 --out plane.json    # + plane.html
+  craftlab landscape --checkpoint runs/vit-sam --kind compression --w-bits 4 --a-bits 4 --out path.html
 """
 
 
@@ -78,6 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", nargs="+", type=_bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)])
     s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
     s.add_argument("--quiet", action="store_true")
+
+    s = sub.add_parser("sharpness", help="Hessian lambda_max, trace and eps-sharpness of a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    s.add_argument("--batch-size", type=int, default=128, help="images of the val split probed (default 128)")
+    s.add_argument("--rho", type=float, default=0.05, help="radius of the eps-sharpness ball")
+    s.add_argument("--adaptive", action="store_true", help="ASAM's scale-invariant ball")
+    s.add_argument("--samples", type=int, default=20, help="Hutchinson probes for the trace")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("landscape", help="loss landscape around a checkpoint: line, plane or compression slice")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--kind", default="plane", choices=["line", "plane", "compression"])
+    s.add_argument("--steps", type=int, default=None, help="grid points per axis (line 51, plane 21, path 41)")
+    s.add_argument("--distance", type=float, default=1.0, help="half-width of line/plane in filter-normalized units")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--surface", action="store_true", help="plane as a 3-D surface instead of contours")
+    _compress_args(s)
+    s.add_argument("--out", required=True, help="FILE.json or FILE.html; both are written")
 
     s = sub.add_parser("app", help="serve the CraftLab Gradio app (needs the 'app' extra)")
     s.add_argument("--host", default="127.0.0.1")
@@ -185,7 +208,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     from .checkpoint import load_checkpoint
     from .runs import RunSpec, get_run
-    from .sweep import settings_grid, sweep
+    from .sweep import setting_label, settings_grid, sweep
 
     print("CrAFT demo: fine-tune each zoo model with AdamW and with AdamW+SAM (same schedule, same seed),\n"
           "then prune and quantize without retraining. Runs are cached under $CRAFTLAB_HOME/runs.\n")
@@ -204,7 +227,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
                                                         patterns=["2:4"], bits=[(8, 8), (4, 8), (4, 4)]),
                             progress=not a.quiet, extra_columns=extra))
     df = pd.concat(frames)
-    df["setting"] = df.apply(_setting_label, axis=1)
+    df["setting"] = df.apply(setting_label, axis=1)
     table = df.pivot_table(index="setting", columns="model", values="accuracy", sort=False)
     print("test accuracy (fraction):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -214,12 +237,55 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def _setting_label(row) -> str:
-    if row["kind"] == "fp":
-        return "FP32"
-    if row["kind"] == "prune":
-        return f"{row['method']} {row['pattern']}" if isinstance(row["pattern"], str) else f"{row['method']} {row['sparsity']:.0%}"
-    return f"W{row['w_bits']}A{row['a_bits']}"
+def _probe_batch(a: argparse.Namespace):
+    """The checkpoint's model and the first `--batch-size` images of its validation split."""
+    from .checkpoint import load_checkpoint
+
+    model = load_checkpoint(a.checkpoint)
+    data = _data_for(model.craftlab_meta, model, a.data)
+    return model, data, next(iter(data.loader("val", batch_size=a.batch_size)))
+
+
+def cmd_sharpness(a: argparse.Namespace) -> int:
+    from .sharpness import sharpness_summary
+
+    model, _, batch = _probe_batch(a)
+    res = sharpness_summary(model, batch, rho=a.rho, adaptive=a.adaptive, n_samples=a.samples, max_iter=40, tol=1e-3)
+    res = {"checkpoint": str(a.checkpoint), "batch_size": len(batch[1]), "rho": a.rho, "adaptive": a.adaptive, **res}
+    if a.json:
+        print(json.dumps(res, default=float))
+    else:
+        print(f"{a.checkpoint}: loss {res['loss']:.4f}, lambda_max {res['lambda_max']:.4g}, "
+              f"trace {res['trace']:.4g} ± {res['trace_stderr']:.2g}, eps-sharpness(rho={a.rho}) "
+              f"{res['eps_sharpness']:.4g}  [{res['seconds']:.1f} s, {len(batch[1])} images]")
+    return 0
+
+
+def cmd_landscape(a: argparse.Namespace) -> int:
+    from . import landscape, plots
+    from .compress import compress
+
+    model, data, batch = _probe_batch(a)
+    if a.kind == "line":
+        res = landscape.line(model, batch, distance=a.distance, steps=a.steps or 51, seed=a.seed)
+        fig = plots.line_figure({Path(a.checkpoint).name: res})
+    elif a.kind == "plane":
+        res = landscape.plane(model, batch, distance=a.distance, steps=a.steps or 21, seed=a.seed)
+        fig = plots.plane_figure(res, kind="surface" if a.surface else "contour")
+    else:
+        if not (a.sparsity or a.pattern or a.w_bits or a.a_bits):
+            raise ValueError("--kind compression needs a compression: --sparsity, --pattern, --w-bits or --a-bits")
+        compressed = compress(model, method=a.method, sparsity=a.sparsity, scope=a.scope, pattern=a.pattern,
+                              w_bits=a.w_bits, a_bits=a.a_bits, quant_method=a.quant_method, calib=data.calib)
+        res = landscape.compression_path(model, compressed, batch, steps=a.steps or 41)
+        fig = plots.compression_path_figure(res)
+    out = Path(a.out)
+    base = out.with_suffix("") if out.suffix in (".json", ".html") else out
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(res.to_dict()))
+    fig.write_html(str(base.with_suffix(".html")), include_plotlyjs=True)
+    print(f"wrote {base.with_suffix('.json')} and {base.with_suffix('.html')}")
+    return 0
 
 
 def cmd_app(a: argparse.Namespace) -> int:
@@ -231,8 +297,8 @@ def cmd_app(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"app": cmd_app, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "compress": cmd_compress, "sweep": cmd_sweep,
-            "demo": cmd_demo}
+COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "compress": cmd_compress, "sweep": cmd_sweep,
+            "sharpness": cmd_sharpness, "landscape": cmd_landscape, "demo": cmd_demo, "app": cmd_app}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,8 @@ class DataBundle:
 
     def __repr__(self) -> str:
         d = self.describe()
-        return f"DataBundle({self.name!r}, classes={self.num_classes}, input={tuple(self.input_size)}, sizes={d['sizes']})"
+        return (f"DataBundle({self.name!r}, classes={self.num_classes}, input={tuple(self.input_size)}, "
+                f"sizes={d['sizes']})")
 
 
 def dataset_names() -> list[str]:
@@ -144,7 +145,8 @@ def from_tensors(
     """
     x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-        raise ValueError(f"expected x of shape (N, C, H, W) and y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"expected x of shape (N, C, H, W) and y of shape (N,), "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
     if len(x) == 0:
         raise ValueError("from_tensors got an empty dataset")
     num_classes = len(classes) if classes is not None else int(y.max()) + 1
@@ -276,7 +278,8 @@ def _torchvision(name, image_size, channels, cfg, root, download, *, seed, batch
         calib_base = train_eval
     else:
         tr, va, _ = _split(labels, seed, (0.9, 0.1, 0.0))
-        train_set, val_set, calib_base = Subset(train_full, tr.tolist()), Subset(train_eval, va.tolist()), Subset(train_eval, tr.tolist())
+        train_set, val_set = Subset(train_full, tr.tolist()), Subset(train_eval, va.tolist())
+        calib_base = Subset(train_eval, tr.tolist())
     classes = [str(c) for c in getattr(train_full, "classes", range(int(labels.max()) + 1))]
     return DataBundle(name, train_set, val_set, test_set, _calib_subset(calib_base, calib_size, seed),
                       len(classes), classes, (channels, image_size, image_size), batch_size=batch_size,
@@ -313,7 +316,8 @@ def _imagefolder(path, image_size, channels, cfg, *, seed, batch_size, calib_siz
             raise ValueError(f"imagefolder {str(p)!r} holds no images in class sub-folders: {err}") from err
         full_eval = ImageFolder(p, transform=t_eval, loader=loader)
         tr, va, te = _split(np.asarray(full_train.targets), seed, (0.7, 0.15, 0.15))
-        train_set, val_set, test_set = Subset(full_train, tr.tolist()), Subset(full_eval, va.tolist()), Subset(full_eval, te.tolist())
+        train_set = Subset(full_train, tr.tolist())
+        val_set, test_set = Subset(full_eval, va.tolist()), Subset(full_eval, te.tolist())
         calib_base = Subset(full_eval, tr.tolist())
         classes = full_train.classes
     return DataBundle(f"imagefolder:{p}", train_set, val_set, test_set, _calib_subset(calib_base, calib_size, seed),

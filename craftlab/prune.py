@@ -28,7 +28,7 @@ from .data import iter_inputs
 METHODS = ("magnitude", "wanda", "random")
 SCOPES = ("global", "layer", "row")
 DEFAULT_SCOPE = {"magnitude": "global", "wanda": "row", "random": "global"}
-Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
+Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]  # noqa: UP007 (runtime alias, py3.10)
 
 
 def target_layers(model: nn.Module, targets: Targets = None) -> dict[str, nn.Module]:

@@ -75,7 +75,8 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
 
 
 def qparams(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool = True,
-            method: str = "minmax", percentile: float = 99.99, mse_grid: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+            method: str = "minmax", percentile: float = 99.99,
+            mse_grid: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for `x` (shapes broadcastable to x: per channel along `axis`, or scalar-like)."""
     bits = check_bits(bits, allow_none=False)
     if method not in METHODS:
@@ -289,7 +290,8 @@ def model_stats(model: nn.Module, example_input: torch.Tensor | None = None) -> 
         def hook(mod, inputs, out):
             nonlocal macs, bitops
             if isinstance(mod, nn.Conv2d):
-                m = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+                kh, kw = mod.kernel_size
+                m = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * kh * kw
             else:
                 m = out.numel() // out.shape[0] * mod.in_features
             wb = getattr(mod, "w_bits", None) or 32

@@ -38,7 +38,8 @@ class RunSpec:
     @property
     def key(self) -> str:
         lr = "" if self.lr is None else f"-lr{self.lr:g}"
-        return f"{self.model}-{self.data.replace(':', '_').replace('/', '_')}-{self.arm}{lr}-e{self.epochs}-s{self.seed}"
+        data = self.data.replace(":", "_").replace("/", "_")
+        return f"{self.model}-{data}-{self.arm}{lr}-e{self.epochs}-s{self.seed}"
 
 
 def run_dir(spec: RunSpec) -> Path:

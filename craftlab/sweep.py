@@ -31,6 +31,16 @@ def settings_grid(
     return grid
 
 
+def setting_label(row: Mapping[str, Any]) -> str:
+    """Short label of a sweep row: ``FP32``, ``magnitude 50%``, ``wanda 2:4``, ``W4A8``."""
+    if row["kind"] == "fp":
+        return "FP32"
+    if row["kind"] == "prune":
+        what = row["pattern"] if isinstance(row["pattern"], str) else f"{row['sparsity']:.0%}"
+        return f"{row['method']} {what}"
+    return f"W{row['w_bits']}A{row['a_bits']}"
+
+
 def sweep(
     models: Mapping[str, nn.Module | str | os.PathLike] | Iterable[str | os.PathLike],
     data: DataBundle,

@@ -80,3 +80,27 @@ def test_unknown_model_and_bad_checkpoint(tmp_path):
     assert r.returncode == 2 and "did you mean 'vit-tiny'" in r.stderr and "Traceback" not in r.stderr
     r = run("compress", "--checkpoint", str(tmp_path))
     assert r.returncode == 2 and "not a craftlab checkpoint" in r.stderr
+
+
+def test_sharpness_json(checkpoint, capsys):
+    assert main(["sharpness", "--checkpoint", str(checkpoint), "--batch-size", "32", "--samples", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["batch_size"] == 32 and res["lambda_max"] > 0 and res["eps_sharpness"] >= 0
+
+
+@pytest.mark.parametrize("kind,extra", [("plane", ["--steps", "5"]),
+                                        ("compression", ["--w-bits", "4", "--steps", "5"])])
+def test_landscape_writes_json_and_html(checkpoint, tmp_path, capsys, kind, extra):
+    out = tmp_path / f"{kind}.json"
+    assert main(["landscape", "--checkpoint", str(checkpoint), "--kind", kind, "--batch-size", "32", *extra,
+                 "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "loss" in data
+    html = (tmp_path / f"{kind}.html").read_text()
+    assert "plotly" in html.lower()
+
+
+def test_landscape_compression_needs_a_setting(checkpoint, tmp_path, capsys):
+    assert main(["landscape", "--checkpoint", str(checkpoint), "--kind", "compression", "--out",
+                 str(tmp_path / "x.json")]) == 2
+    assert "needs a compression" in capsys.readouterr().err
