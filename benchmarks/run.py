@@ -2,6 +2,7 @@
 
     python -m benchmarks.run            # all
     python -m benchmarks.run sam craft  # a subset (sections of the others are kept from the last run)
+    python -m benchmarks.run --threads 1 craft   # pin torch's intra-op threads (a shared, busy machine)
 
 Each section records the command and the machine it ran on. Ratios are measured in one run.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import os
 import platform
@@ -55,8 +57,9 @@ def main(names: list[str]) -> None:
         mod = importlib.import_module(f"benchmarks.{module}")
         buf = io.StringIO()
         t0 = time.perf_counter()
+        takes_argv = "argv" in inspect.signature(mod.main).parameters
         with contextlib.redirect_stdout(buf):
-            mod.main()
+            mod.main([]) if takes_argv else mod.main()
         wall = time.perf_counter() - t0
         out = buf.getvalue()
         sys.stdout.write(out)
@@ -70,4 +73,8 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(BENCHES))
+    args = sys.argv[1:]
+    if args[:1] == ["--threads"]:
+        torch.set_num_threads(int(args[1]))
+        args = args[2:]
+    main(args or list(BENCHES))
