@@ -8,7 +8,7 @@ through torchvision (downloaded into ``$CRAFTLAB_HOME/data``), and ``imagefolder
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,16 +337,3 @@ def _gray_loader(path):
 
     with open(path, "rb") as f:
         return Image.open(f).convert("L")
-
-
-def iter_inputs(batches: Iterable[Any], limit: int | None = None) -> Iterator[torch.Tensor]:
-    """Inputs of an iterable of batches: ``(x, y)`` tuples, ``{"x": ...}`` dicts or bare tensors."""
-    seen = 0
-    for b in batches:
-        x = b[0] if isinstance(b, (tuple, list)) else (b["x"] if isinstance(b, dict) else b)
-        if not torch.is_tensor(x):
-            raise ValueError(f"calibration batches must be tensors or (x, y) pairs, got {type(x).__name__}")
-        yield x
-        seen += len(x)
-        if limit is not None and seen >= limit:
-            return

@@ -22,8 +22,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from ._calib import for_each_layer_input
 from ._errors import check_sparsity, unknown_name
-from .data import iter_inputs
 
 METHODS = ("magnitude", "wanda", "random")
 SCOPES = ("global", "layer", "row")
@@ -74,31 +74,10 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], calib: Iterable[
     """
     sums: dict[str, torch.Tensor] = {}
 
-    def hook(name):
-        def fn(mod, inputs, _out):
-            x = inputs[0].detach().float()
-            if isinstance(mod, nn.Conv2d):
-                sq = x.pow(2).sum(dim=(0, 2, 3))
-            else:
-                sq = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
-            sums[name] = sums.get(name, 0) + sq
-        return fn
+    def accumulate(name: str, rows: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0) + rows.pow(2).sum(0)
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        device = next(model.parameters()).device
-        for x in iter_inputs(calib, limit=max_samples):
-            model(x.to(device))
-            seen += len(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("the calibration set is empty: Wanda needs calibration images (calib=...)")
+    for_each_layer_input(model, layers, calib, accumulate, limit=max_samples, purpose="Wanda")
     return {n: s.sqrt() for n, s in sums.items()}
 
 

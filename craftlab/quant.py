@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._calib import for_each_layer_input
 from ._errors import check_bits, unknown_name
-from .data import iter_inputs
 from .prune import Targets, target_layers
 
 METHODS = ("minmax", "percentile", "mse")
@@ -223,32 +223,12 @@ def _calibrate(model, layers, calib, bits, granularity, symmetric, method, perce
     """Collect each layer's inputs on the float model; return name -> (scale, zero_point)."""
     store: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
 
-    def hook(name):
-        def fn(mod, inputs, _out):
-            x = inputs[0].detach().float()
-            # channel axis last: Linear (..., C); Conv2d (B, C, H, W) -> (B, H, W, C)
-            x = x.movedim(1, -1) if isinstance(mod, nn.Conv2d) else x
-            x = x.reshape(-1, x.shape[-1])
-            kept = sum(t.shape[0] for t in store[name]) * x.shape[1]
-            if kept < max_values:
-                store[name].append(x[: max(1, (max_values - kept) // x.shape[1])].cpu())
-        return fn
+    def keep(name: str, rows: torch.Tensor) -> None:
+        kept = sum(t.shape[0] for t in store[name]) * rows.shape[1]
+        if kept < max_values:
+            store[name].append(rows[: max(1, (max_values - kept) // rows.shape[1])].cpu())
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        device = next(model.parameters()).device
-        for x in iter_inputs(calib, limit=calib_samples):
-            model(x.to(device))
-            seen += len(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("the calibration set is empty: activation quantization needs calibration images")
+    for_each_layer_input(model, layers, calib, keep, limit=calib_samples, purpose="activation quantization")
     out = {}
     for name, mod in layers.items():
         vals = torch.cat(store[name])  # (N, C)
