@@ -56,16 +56,18 @@ def main(names: list[str]) -> None:
         module, title = BENCHES[key]
         mod = importlib.import_module(f"benchmarks.{module}")
         buf = io.StringIO()
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         takes_argv = "argv" in inspect.signature(mod.main).parameters
         with contextlib.redirect_stdout(buf):
             mod.main([]) if takes_argv else mod.main()
         wall = time.perf_counter() - t0
+        load = "load average before/after {:.1f}/{:.1f}".format(load0, os.getloadavg()[0])
         out = buf.getvalue()
         sys.stdout.write(out)
         body = "\n".join(line for line in out.splitlines() if not line.startswith("  "))  # drop progress lines
         sections[key] = (f"## {key} — {title}\n\nCommand: `python -m benchmarks.run {key}` "
-                         f"({wall:.0f} s on {machine()}; {time.strftime('%Y-%m-%d')}).\n\n{body}\n\n")
+                         f"({wall:.0f} s on {machine()}; {load}; {time.strftime('%Y-%m-%d')}).\n\n{body}\n\n")
     order = [k for k in BENCHES if k in sections]
     RESULTS_MD.write_text("# Benchmark results\n\nRe-run all: `python -m benchmarks.run` (or `make bench`). "
                           "Each section names its command and machine; ratios are taken within one run.\n\n"

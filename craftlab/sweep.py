@@ -38,7 +38,8 @@ def setting_label(row: Mapping[str, Any]) -> str:
     if row["kind"] == "prune":
         what = row["pattern"] if isinstance(row["pattern"], str) else f"{row['sparsity']:.0%}"
         return f"{row['method']} {what}"
-    return f"W{row['w_bits']}A{row['a_bits']}"
+    bits = [None if b is None or b != b else int(b) for b in (row["w_bits"], row["a_bits"])]  # NaN/None: float
+    return "W{}A{}".format(*(b if b is not None else "FP" for b in bits))
 
 
 def sweep(
