@@ -62,7 +62,7 @@ def main(names: list[str]) -> None:
         with contextlib.redirect_stdout(buf):
             mod.main([]) if takes_argv else mod.main()
         wall = time.perf_counter() - t0
-        load = "load average before/after {:.1f}/{:.1f}".format(load0, os.getloadavg()[0])
+        load = f"load average before/after {load0:.1f}/{os.getloadavg()[0]:.1f}"
         out = buf.getvalue()
         sys.stdout.write(out)
         body = "\n".join(line for line in out.splitlines() if not line.startswith("  "))  # drop progress lines
