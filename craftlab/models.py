@@ -8,10 +8,11 @@ the package (made by ``craftlab pretrain --ship``), and pretrained on demand whe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
@@ -95,9 +96,9 @@ def _attach_info(model: nn.Module, name: str, spec: ZooSpec | None) -> nn.Module
 
 def zoo_checkpoint_dir(name: str) -> Path | None:
     """Where the pretrained weights of a zoo model are: cache first, then the shipped copy."""
-    from . import cache
-
     import json
+
+    from . import cache
 
     for root in (cache.home() / "zoo", SHIPPED_ZOO_DIR):
         sidecar = root / name / "craftlab.json"
