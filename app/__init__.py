@@ -1,0 +1,1 @@
+"""The CraftLab Gradio app: ``craftlab app`` or ``python -m app`` (see :func:`app.main.launch`)."""
