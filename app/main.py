@@ -162,6 +162,8 @@ class Callbacks:
         if not result or "arms" not in result:
             return "", "", ""
         arms = _by_role(result["arms"])
+        setting = result.get("setting", {})
+        quantized = setting.get("w_bits") is not None or setting.get("a_bits") is not None
         cards = []
         for role in ROLES:
             a = arms.get(role)
@@ -173,8 +175,9 @@ class Callbacks:
                 f"### {a['label']}\n"
                 f"<span class='big'>{_pct(a['compressed_accuracy'])}</span> compressed &nbsp;·&nbsp; "
                 f"FP {_pct(a['fp_accuracy'])} &nbsp;·&nbsp; drop **{100 * a['accuracy_drop']:+.1f} pts**\n\n"
-                f"{result['setting_label']} · measured sparsity {a['sparsity_measured']:.1%} · "
-                f"{a['size_mb']:.3f} MB (FP {a['fp_size_mb']:.3f} MB) · `{a['checkpoint']}`")
+                f"{result['setting_label']} · measured sparsity {a['sparsity_measured']:.1%}"
+                + (f" · weights {a['size_mb']:.3f} MB (FP {a['fp_size_mb']:.3f} MB)" if quantized else "")
+                + f" · `{a['checkpoint']}`")
         summary = f"**{result['model']}** — {result['setting_label']}"
         if "plain" in arms and "craft" in arms:
             p, c = arms["plain"], arms["craft"]
@@ -234,11 +237,11 @@ class Callbacks:
         training = [r for r in st["runs"] if not r["done"]]
         if st["stage"] == "ready" or (st["stage"] == "idle" and not training):
             extra = f" · {st['pending']} curve points computing in the background" if st["pending"] else ""
-            return f"✅ Ready{extra}.", gr.Timer(active=bool(st["pending"]))
+            return f"**Ready**{extra}.", gr.Timer(active=bool(st["pending"]))
         if st["stage"] == "failed":
-            return f"⚠️ Preparing the default models failed: {st['error']}", gr.Timer(active=False)
-        runs = " · ".join(f"{r['label']} epoch {r['epochs_done']}/{r['epochs']}" for r in training)
-        return (f"⏳ Preparing the default models ({st['stage']}; first start only, cached afterwards): "
+            return f"**Preparing the default models failed:** {st['error']}", gr.Timer(active=False)
+        runs = " · ".join(r["text"] for r in training)
+        return (f"**Preparing the default models** ({st['stage']}; first start only, cached afterwards): "
                 f"{runs or 'loading…'}"), gr.Timer(active=True)
 
     # --- train ---------------------------------------------------------------------------------
@@ -263,10 +266,10 @@ class Callbacks:
                 lines = []
                 for r in st["runs"]:
                     state = ("cached" if r["cached"] else "done") if r["done"] else \
-                        f"epoch {len(r['history'])}/{r['epochs']}"
+                        (f"epoch {len(r['history'])}/{r['epochs']}" if r.get("running") else "queued")
                     acc = f", test accuracy {_pct(r['test_accuracy'])}" if r.get("test_accuracy") is not None else ""
                     lines.append(f"* `{r['key']}` ({r['label']}): {state}{acc}")
-                head = "✅ Done — pick it in **Explore**." if st["done"] else "⏳ Fine-tuning…"
+                head = "**Done** — pick it in **Explore**." if st["done"] else "**Fine-tuning…**"
                 picker = (gr.Dropdown(choices=self.ex.model_choices(), value=st["key"]) if st["done"]
                           else gr.Dropdown())
                 yield head + "\n\n" + "\n".join(lines), figs.training_figure(st), picker
@@ -305,7 +308,7 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                     "A plain fine-tuned model (**AdamW**, blue) and its **CrAFT** twin (same schedule + SAM, red), "
                     "side by side: move a slider and see how accuracy, sharpness and the loss landscape respond "
                     "to pruning and quantization.")
-        status = gr.Markdown("⏳ starting…", elem_id="status")
+        status = gr.Markdown("starting…", elem_id="status")
         status_timer = gr.Timer(1.0, active=warm)
 
         with gr.Tab("Explore", id="explore"):
@@ -313,7 +316,8 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                 with gr.Column(scale=1, min_width=260):
                     model = gr.Dropdown(choices=explorer.model_choices(), value=models[0], label="model",
                                         allow_custom_value=True, elem_id="model",
-                                        info="zoo model (both arms), a cached run, or a timm name (online)")
+                                        info=f"zoo model (both arms, {explorer.epochs} epochs on {explorer.data}), "
+                                             "a cached run, or a timm name (online)")
                     method = gr.Radio(["magnitude", "wanda", "N:M"], value=INITIAL["method"], label="pruning method",
                                       elem_id="method")
                     sparsity = gr.Slider(0.0, 0.95, value=INITIAL["sparsity"], step=0.05, label="sparsity",
@@ -416,8 +420,7 @@ def _report_startup(explorer: Explorer, stop: threading.Event) -> None:
     while not stop.is_set():
         st = explorer.status()
         runs = [r for r in st["runs"] if not r["done"]]
-        line = st["stage"] + ("" if not runs else ": " + ", ".join(
-            f"{r['label']} epoch {r['epochs_done']}/{r['epochs']}" for r in runs))
+        line = st["stage"] + ("" if not runs else ": " + ", ".join(r["text"] for r in runs))
         if line != last:
             print(f"[craftlab app] {line}", file=sys.stderr, flush=True)
             last = line

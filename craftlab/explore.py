@@ -73,6 +73,10 @@ EVAL_VERSION = 1
 """Bump when the way points are measured changes (invalidates the on-disk point caches)."""
 OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
 Progress = Callable[[float, str], None]
+_TRAIN_LOCK = threading.Lock()
+"""Fine-tuning runs in one process take turns: they seed torch's process-wide RNG (head initialisation,
+dropout), so two runs in parallel threads would draw from one stream in a racy order and a cached run
+would no longer be what its settings say."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,7 +363,11 @@ class _RunJob:
     done: threading.Event = field(default_factory=threading.Event)
     path: Path | None = None
     error: BaseException | None = None
-    started: float = field(default_factory=time.time)
+    running: bool = False
+
+    def describe(self) -> str:
+        where = f"epoch {len(self.history)}/{self.spec.epochs}" if self.running else "queued"
+        return f"{self.spec.model} [{_arm_label(self.spec)}] {where}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,10 +441,10 @@ class Explorer:
         """(label, value) pairs for a model picker: the zoo (both arms), then every cached run."""
         from .models import zoo_names
 
-        out = [(f"{z}  (AdamW vs CrAFT, {self.data}, {self.epochs} epochs)", z) for z in zoo_names()]
+        out = [(f"{z} (AdamW vs CrAFT)", z) for z in zoo_names()]
         for r in list_runs():
             acc = r.get("test_accuracy")
-            out.append((f"run: {r['key']}" + (f"  (test acc {acc:.1%})" if isinstance(acc, float) else ""), r["key"]))
+            out.append((f"{r['key']}" + (f" ({acc:.1%})" if isinstance(acc, float) else ""), r["key"]))
         return out
 
     def _run_keys(self) -> set[str]:
@@ -583,7 +591,9 @@ class Explorer:
 
         def work() -> None:
             try:
-                job.path = get_run(spec, progress=False, callback=job.history.append)
+                with _TRAIN_LOCK:  # one at a time: runs seed torch's process-wide RNG (see _TRAIN_LOCK)
+                    job.running = True
+                    job.path = get_run(spec, progress=False, callback=job.history.append)
             except BaseException as err:  # reported to every waiter
                 job.error = err
             finally:
@@ -593,15 +603,15 @@ class Explorer:
         return job
 
     def train_specs(self, specs: Sequence[RunSpec], progress: Progress | None = None) -> list[Path]:
-        """Fine-tune the uncached `specs` (in parallel, each once even if asked for concurrently); their paths."""
+        """Fine-tune the uncached `specs` (one after the other, each once even if asked for concurrently);
+        their checkpoint folders."""
         jobs = [None if self._is_cached(s) else self._start_run(s) for s in specs]
         live = [j for j in jobs if j is not None]
         while live and not all(j.done.is_set() for j in live):
             if progress is not None:
                 total = sum(j.spec.epochs for j in live)
                 done = sum(len(j.history) for j in live)
-                desc = ", ".join(f"{j.spec.model} [{_arm_label(j.spec)}] epoch {len(j.history)}/{j.spec.epochs}"
-                                 for j in live)
+                desc = ", ".join(j.describe() for j in live if not j.done.is_set())
                 progress(done / max(total, 1), f"fine-tuning {desc}")
             time.sleep(0.2)
         for j in live:
@@ -650,7 +660,7 @@ class Explorer:
                         test_acc = (read_meta(run_dir(s)).get("metrics") or {}).get("test_accuracy")
                     runs.append({"key": s.key, "label": _arm_label(s), "epochs": s.epochs,
                                  "history": list(job.history), "done": job.done.is_set(), "cached": False,
-                                 "test_accuracy": test_acc})
+                                 "running": job.running, "test_accuracy": test_acc})
             return {"runs": runs, "done": all(r["done"] for r in runs), "key": spec.key}
 
         while True:
@@ -878,7 +888,8 @@ class Explorer:
                 return self._landscapes.get_or_compute((*la.point_prefix, setting.key(), res), compute)
 
             results = self._map(one, loaded)
-        return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, **r} for la, r in zip(loaded, results)}
+        return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, "setting_label": setting.label(), **r}
+                for la, r in zip(loaded, results)}
 
     def has_landscape(self, model: str, setting: Setting) -> bool:
         """True when :meth:`landscape` of `model` under `setting` would answer from the cache."""
@@ -941,7 +952,7 @@ class Explorer:
 
     def warm(self, models: Sequence[str], setting: Setting | None = None, curves: bool = True,
              probes: bool = True) -> threading.Thread:
-        """Prepare `models` in the background: fine-tune missing arms (one model's arms in parallel), then
+        """Prepare `models` in the background: fine-tune missing arms, then
         the first model's sharpness and landscape at `setting`, then every model's curve points.
         Returns the thread; :meth:`status` reports progress."""
         setting = setting or DEFAULT_SETTING
@@ -978,7 +989,8 @@ class Explorer:
         """Warm-up stage, runs being fine-tuned (epochs done / total) and background jobs pending."""
         with self._lock:
             runs = [{"key": k, "label": f"{j.spec.model} [{_arm_label(j.spec)}]", "epochs_done": len(j.history),
-                     "epochs": j.spec.epochs, "done": j.done.is_set(),
+                     "epochs": j.spec.epochs, "done": j.done.is_set(), "running": j.running,
+                     "text": j.describe(),
                      "error": None if j.error is None else str(j.error)} for k, j in self._runs.items()]
             return {**self._warm_state, "runs": runs, "pending": len(self._queued)}
 

@@ -84,7 +84,7 @@ def sparsity_curve_figure(curves: Mapping[str, Any], setting: Setting,
     method = setting.method if setting.method in ("magnitude", "wanda") else "magnitude"
     df: pd.DataFrame = curves["sparsity"]
     df = df[df["method"] == method].assign(**{ACC: lambda d: 100 * d["accuracy"]})
-    title = f"Accuracy vs sparsity: {method} pruning, float weights{_progress_note(curves)}"
+    title = f"Accuracy vs sparsity ({method}, float){_progress_note(curves)}"
     if df.empty:
         return empty_figure("computing the accuracy-vs-sparsity curve…", height)
     x_now = setting.sparsity
@@ -103,8 +103,8 @@ def bits_curve_figure(curves: Mapping[str, Any], setting: Setting,
     mode = "W=A" if setting.a_bits is not None else "W-only"
     df: pd.DataFrame = curves["bits"]
     df = df[df["mode"] == mode].assign(**{ACC: lambda d: 100 * d["accuracy"]})
-    what = "weights and activations" if mode == "W=A" else "weights only (float activations)"
-    title = f"Accuracy vs bits: {what}, per-{setting.granularity}{_progress_note(curves)}"
+    what = "weight = activation bits" if mode == "W=A" else "weight bits (float activations)"
+    title = f"Accuracy vs {what}{_progress_note(curves)}"
     if df.empty:
         return empty_figure("computing the accuracy-vs-bits curve…", height)
     x_now = setting.w_bits if setting.w_bits is not None else setting.a_bits
@@ -112,7 +112,7 @@ def bits_curve_figure(curves: Mapping[str, Any], setting: Setting,
     _recolor(fig, dict(zip(df["label"], df["role"])))
     _current_marks(fig, compress_result, None if x_now is None else float(min(x_now, 9)))
     fig.update_yaxes(range=[0, 102])
-    fig.update_xaxes(dtick=1)
+    fig.update_xaxes(dtick=1, title=f"bits (weights per-{setting.granularity})")
     return fig
 
 
@@ -149,8 +149,10 @@ def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDS
         elif isinstance(res, LineResult):
             fig.add_trace(go.Scatter(x=np.asarray(res.alphas, float), y=np.asarray(res.loss, float), mode="lines",
                                      name=arm["label"], line={"color": color, "width": 2}, legendgroup=arm["role"]))
+    setting = next(iter(landscapes.values()), {}).get("setting_label", "")
     if is_path:
-        title = "Loss along the compression direction: w + t·(C(w) − w); ★ = compressed, dashed = 2nd-order"
+        title = (f"Loss along the compression direction w + t·(C(w) − w), {setting}: ★ = compressed, "
+                 "dashed = 2nd-order prediction")
         xt = "t  (0 = fine-tuned weights, 1 = compressed)"
         fig.add_vline(x=1.0, line={"dash": "dot", "color": "grey", "width": 1})
     else:
@@ -176,9 +178,13 @@ def plane_figures(landscapes: Mapping[str, Mapping[str, Any]], kind: str = "cont
     figs = []
     for arm, p in planes:
         compressed = p.meta.get("kind") == "compression_plane"
-        title = arm["label"] + (": plane of C(w) − w (α) and a random direction (β)" if compressed
-                                else ": random filter-normalized plane")
+        title = f"{arm['label']} · {arm.get('setting_label', '')}"
         fig = plane_figure(p, kind=kind, log=log, title=title, height=height)
+        ax = ("α  (along C(w) − w)", "β  (random, same length)") if compressed else ("α  (random)", "β  (random)")
+        if kind == "contour":
+            fig.update_layout(xaxis_title=ax[0], yaxis_title=ax[1])
+        else:
+            fig.update_layout(scene={"xaxis_title": ax[0], "yaxis_title": ax[1]})
         if kind == "contour":
             fig.update_traces(selector={"type": "contour"}, zmin=lo, zmax=hi, zauto=False, autocontour=False,
                               contours={"start": lo, "end": hi, "size": (hi - lo) / 20})
