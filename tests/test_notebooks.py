@@ -122,6 +122,10 @@ def test_interactive_figure_rerenders_in_place(monkeypatch):
 def test_interactive_figure_static_fallback(monkeypatch):
     from craftlab import widgets as cw
 
+    monkeypatch.delenv(cw.STATIC_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # as if not installed (the dev extras lack it)
+    assert not cw.have_widgets()
+    monkeypatch.undo()
     monkeypatch.setenv(cw.STATIC_ENV, "1")
     assert not cw.have_widgets()
     out = cw.interactive_figure(lambda bits: {"bits": bits}, bits=["W8A8", "W4A4"])
