@@ -15,6 +15,7 @@ intra-op threads, default 1: see :mod:`craftlab.explore` for why).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import threading
@@ -384,7 +385,8 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         dep = gr.on([demo.load, model.change, method.change, sparsity.release, w_bits.change, a_bits.change,
                      granularity.change, pattern.change],
                     cb.compress, inputs=setting_inputs, outputs=answer, api_name="compress",
-                    trigger_mode="always_last", concurrency_limit=4, show_progress="minimal")
+                    trigger_mode="always_last", concurrency_limit=4, show_progress="minimal",
+                    show_progress_on=summary)  # visible while a model's arms are fine-tuned
         dep = dep.success(cb.cards, inputs=answer, outputs=[summary, card_plain, card_craft], api_name="cards",
                           show_progress="hidden", queue=False)
         curve_outputs = [curve_sparsity, curve_bits, curve_timer]
@@ -440,11 +442,16 @@ def launch(host: str = "127.0.0.1", port: int = 7860, prevent_thread_lock: bool 
     t0 = time.perf_counter()
     demo = build_app(**build_kw)
     kw.setdefault("quiet", prevent_thread_lock)
-    kw.setdefault("ssr_mode", False)
+    if "ssr_mode" in inspect.signature(gr.Blocks.launch).parameters:
+        kw.setdefault("ssr_mode", False)  # no Node server: one process, offline
     stop = threading.Event()
     if build_kw.get("warm", True):
         threading.Thread(target=_report_startup, args=(demo.explorer, stop), daemon=True).start()  # type: ignore[attr-defined]
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, css=CSS, **kw)
+    if "css" in inspect.signature(demo.launch).parameters:  # Gradio 6 takes css at launch, older ones in Blocks
+        kw.setdefault("css", CSS)
+    else:
+        demo.css = CSS
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, **kw)
     if not kw["quiet"]:
         print(f"[craftlab app] serving on http://{host}:{port} ({time.perf_counter() - t0:.1f} s after start)",
               file=sys.stderr, flush=True)

@@ -69,6 +69,8 @@ SPARSITY_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """Sparsities of the accuracy-vs-sparsity curves (0.05 ... 0.95; 0 is the full-precision point)."""
 BITS_GRID = (8, 7, 6, 5, 4, 3, 2)
 """Bit-widths of the accuracy-vs-bits curves."""
+MAX_STORED_LANDSCAPES = 256
+"""Landscapes kept on disk (oldest dropped first); each is a few tens of KB."""
 EVAL_VERSION = 1
 """Bump when the way points are measured changes (invalidates the on-disk point caches)."""
 OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
@@ -872,6 +874,9 @@ class Explorer:
                 def compute() -> dict[str, Any]:
                     from .compress import compress
 
+                    stored = self._read_landscape(la, setting, res)
+                    if stored is not None:
+                        return stored
                     t0 = time.perf_counter()
                     base = copy.deepcopy(la.model).requires_grad_(True)
                     probe = la.ctx.probe
@@ -883,13 +888,47 @@ class Explorer:
                         path = L.compression_path(base, compressed, probe, steps=self.path_steps)
                         plane = L.compression_plane(base, compressed, probe, steps=self.landscape_steps,
                                                     distance=self.landscape_distance, seed=0)
-                    return {"path": path, "plane": plane, "seconds": time.perf_counter() - t0}
+                    out = {"path": path, "plane": plane, "seconds": time.perf_counter() - t0}
+                    self._write_landscape(la, setting, res, out)
+                    return out
 
                 return self._landscapes.get_or_compute((*la.point_prefix, setting.key(), res), compute)
 
             results = self._map(one, loaded)
         return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, "setting_label": setting.label(), **r}
                 for la, r in zip(loaded, results)}
+
+    def _landscape_file(self, la: _Loaded, setting: Setting, res: tuple) -> Path:
+        h = hashlib.sha1(json.dumps([setting.key(), list(res), self.probe_size]).encode()).hexdigest()[:16]
+        return cache.subdir("explore") / f"landscape-{la.fingerprint[:20]}-{la.ctx.key}-{h}.json"
+
+    def _read_landscape(self, la: _Loaded, setting: Setting, res: tuple) -> dict[str, Any] | None:
+        from .landscape import LineResult, PathResult, PlaneResult
+
+        if not self.persist:
+            return None
+        try:
+            d = json.loads(self._landscape_file(la, setting, res).read_text())
+            if d.get("version") != EVAL_VERSION:
+                return None
+            path_cls = PathResult if d["path"].get("kind") == "compression_path" else LineResult
+            return {"path": path_cls.from_dict(d["path"]), "plane": PlaneResult.from_dict(d["plane"]),
+                    "seconds": float(d["seconds"])}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _write_landscape(self, la: _Loaded, setting: Setting, res: tuple, out: dict[str, Any]) -> None:
+        if not self.persist:
+            return
+        try:
+            _atomic_write_json(self._landscape_file(la, setting, res),
+                               {"version": EVAL_VERSION, "path": out["path"].to_dict(),
+                                "plane": out["plane"].to_dict(), "seconds": out["seconds"]})
+            files = sorted(cache.subdir("explore").glob("landscape-*.json"), key=lambda f: f.stat().st_mtime)
+            for f in files[:-MAX_STORED_LANDSCAPES]:  # keep the disk cache bounded too
+                f.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def has_landscape(self, model: str, setting: Setting) -> bool:
         """True when :meth:`landscape` of `model` under `setting` would answer from the cache."""
