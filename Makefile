@@ -1,9 +1,9 @@
-# Two commands on a fresh machine:  `make demo`  (set up + run the main job)  and  `make test`.
+# Two commands on a fresh machine:  `make app`  (set up + serve the app on the embedded default)  and  `make test`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench lint zoo clean
+.PHONY: app demo test bench lint zoo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
+
+app: $(VENV)/.installed-all
+	$(BIN)/craftlab app
 
 demo: $(VENV)/.installed-all
 	$(BIN)/craftlab demo
