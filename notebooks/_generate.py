@@ -74,6 +74,9 @@ print(f"craftlab {craftlab.__version__}; cache: {cache.home()}")
 The target task is sklearn's `digits` (1,797 handwritten digits, 8×8 pixels upsampled to 28×28). The
 model is `vit-tiny`, a real timm `VisionTransformer` (4 blocks, width 64) that CraftLab pretrained on a
 different digit set (`mnist5k`); `create_model` loads those weights and puts a fresh 10-class head on it.
+
+*Try this:* `craftlab.zoo_names()` lists the offline models; `print(model)` shows the timm modules that
+pruning and quantization will target (every `Linear`/`Conv2d` except the patch embedding and the head).
 """),
     code(r"""
 data = craftlab.load_data("digits")
@@ -111,6 +114,9 @@ pd.DataFrame(plain.craftlab_meta["history"])[["epoch", "train_loss", "val_accura
   inputs (per tensor, ranges calibrated on 128 training images) to 4-bit integer grids.
 
 Both return a new model; the original is untouched.
+
+*Try this:* `craftlab.sparsity_report(pruned)["layers"]` shows the sparsity per layer; compare
+`craftlab.model_stats(w4a4, x[:1])["bitops"]` with the FP32 model's.
 """),
     code(r"""
 pruned = craftlab.prune(plain, 0.5, method="wanda", calib=data.calib)
@@ -243,6 +249,8 @@ the second pass. CrAFT's public code uses exactly this (default $\rho = 0.05$).
 Why should it help compression? Compression moves the weights: $w \to C(w) = w + \delta$. Near a
 minimum the loss rises by about $\tfrac12 \delta^\top H \delta$, so a flatter minimum (small Hessian $H$)
 should pay less for the same $\delta$. Notebook 02 tests that link directly.
+
+*Try this:* `help(craftlab.SAM)`: the optimizer wraps any base optimizer; `adaptive=True` is ASAM.
 """),
     md(r"""
 ## 2. The experiment
@@ -250,6 +258,8 @@ should pay less for the same $\delta$. Notebook 02 tests that link directly.
 All parameters are in the next cell. Every (arm, seed) is one cached fine-tuning run: it is trained
 the first time (≈ 8 s for AdamW, ≈ 15 s for SAM on 2 CPU cores) and loaded from the cache afterwards,
 also by notebooks 00 and 02.
+
+*Try this:* `craftlab.list_runs()` lists what is in the cache, with each run's test accuracy.
 """),
     code(r"""
 import time
@@ -299,6 +309,9 @@ summary
 
 Accuracy vs sparsity and vs bits, mean over seeds with a ±1 std band. The CrAFT claim predicts the SAM
 curve stays up longer (degrades at higher sparsity / fewer bits) from a similar FP32 starting point.
+
+*Try this:* where do the bands (seed-to-seed spread) overlap, and where not? `summary` above has the
+numbers behind every point.
 """),
     code(r"""
 interactive_figure(lambda method: ex.sparsity_figure(df, method=method, mark=0.5), method=["wanda", "magnitude"])
@@ -340,6 +353,8 @@ is the second-order prediction $L(w) + t\, g^\top\delta + \tfrac{t^2}{2}\,\delta
 Hessian-vector product). For W4A4 the compressed model also quantizes activations: that part of the
 damage is not a weight move and shows up as a jump between $t = 0$ on the compressed architecture and
 the original loss (`architecture_gap`).
+
+*Try this:* for which setting does the second-order prediction fail most, and is $\|\delta\|$ larger there?
 """),
     code(r"""
 def compression_slices(setting):
@@ -361,6 +376,9 @@ interactive_figure(compression_slices, setting=["wanda 70%", "magnitude 2:4", "W
 SAM doubles the forward/backward passes per step, so fine-tuning should take about twice as long.
 Times are those measured when each run was trained (a run loaded from the cache keeps its original
 time; on a shared machine they are noisy).
+
+*Try this:* `runs.groupby("arm")["train_time_s"].describe()`; in CrAFT the fine-tuning is minutes to hours
+on a GPU, so a 2× factor on it is small next to pretraining.
 """),
     code(r"""
 times = runs.groupby("arm", sort=False)["train_time_s"].median()
@@ -581,6 +599,9 @@ Spearman rank correlations (one point per model), with two-sided permutation p-v
 correlation means "sharper ⇒ loses more accuracy", as the claim predicts. Because larger ρ also lowers
 the FP32 accuracy here, we also show the correlation of sharpness with the FP32 accuracy itself and
 with the compressed accuracy: a flat model that starts lower has less to lose.
+
+*Try this:* in the scatter above, switch to `asam_sharpness`: why can a scale-invariant measure rank these
+models differently from λmax? (Hint: compare the `probe_loss` column of the table above.)
 """),
     code(r"""
 rows = []

@@ -62,6 +62,25 @@ def test_committed_notebooks_are_clean(path):
     assert any("claim-check" in c.metadata.get("tags", []) for c in nb.cells), f"{path.name} has no claim-check cell"
 
 
+def test_committed_notebooks_match_their_generator():
+    """The .ipynb files are what notebooks/_generate.py writes (edit the generator, then regenerate)."""
+    import importlib.util
+
+    pytest.importorskip("nbformat")
+    spec = importlib.util.spec_from_file_location("_generate_notebooks", NOTEBOOK_DIR / "_generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    import nbformat
+
+    assert sorted(gen.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+    for name, cells in gen.NOTEBOOKS.items():
+        want = gen.build(name, cells)
+        have = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        assert [(c.cell_type, c.source, c.metadata.get("tags")) for c in have.cells] == \
+            [(c.cell_type, c.source, c.metadata.get("tags")) for c in want.cells], \
+            f"{name} differs from notebooks/_generate.py: run `python notebooks/_generate.py`"
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
