@@ -3,7 +3,8 @@
 Each notebook is executed with nbclient in a kernel running this interpreter (so it works in the fresh
 virtual environment ``make test`` creates, whatever kernels are installed globally). They share the
 session's ``CRAFTLAB_HOME`` (see conftest.py) and run in order, so the fine-tuning runs made by one are
-reused by the next, as for a learner. Deselect with ``-m "not notebooks"`` (a few minutes on 2 cores).
+reused by the next, as for a learner. The kernel runs with one intra-op thread (``OMP_NUM_THREADS=1``
+unless set). Deselect with ``-m "not notebooks"`` (a few minutes on 2 cores).
 
 The committed notebooks carry no outputs (``test_committed_notebooks_are_clean``); the widget helper is
 tested on its own without a kernel.
@@ -83,10 +84,13 @@ def test_committed_notebooks_match_their_generator():
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    # The kernel inherits this environment. One intra-op thread: as fast as two for these tiny models on an
+    # idle machine, and 10x faster than two on a busy one (OpenMP workers spin against other processes).
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS") or "1")
 
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, km=_kernel_manager(), kernel_name="python3", timeout=CELL_TIMEOUT_S,
