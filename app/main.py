@@ -83,10 +83,12 @@ here looks at it from one side.
 
 ## Going further: the notebooks
 
-* `notebooks/00_quickstart.ipynb` — load data, fine-tune, prune, quantize and evaluate in ten cells.
-* `notebooks/01_craft.ipynb` — the CrAFT experiment: AdamW vs SAM, then a sparsity and bit-width sweep.
-* `notebooks/02_sharpness_compressibility.ipynb` — does flatness predict compressibility? λmax, trace and
-  ε-sharpness against the accuracy drop over many runs, with rank correlations.
+* `notebooks/00_quickstart.ipynb` — fine-tune a small pretrained vision transformer on a new task,
+  prune and quantize it, and measure what each costs in accuracy, in a few minutes on a laptop CPU.
+* `notebooks/01_craft.ipynb` — CrAFT tested: fine-tune with and without SAM (same schedule), then
+  compress both and compare, over several seeds.
+* `notebooks/02_sharpness_compressibility.ipynb` — do flat minima compress well? The second-order
+  argument (ΔL ≈ g·δ + ½δᵀHδ), and sharpness measures against the accuracy lost to compression.
 
 Open them with `jupyter lab notebooks/` (install the `notebooks` extra: `pip install -e ".[notebooks]"`).
 Everything the app shows is one call away in Python: `craftlab.explore.Explorer().compress("vit-tiny",
@@ -317,7 +319,8 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                 with gr.Column(scale=1, min_width=260):
                     model = gr.Dropdown(choices=explorer.model_choices(), value=models[0], label="model",
                                         allow_custom_value=True, elem_id="model",
-                                        info=f"zoo model (both arms, {explorer.epochs} epochs on {explorer.data}), "
+                                        info=f"zoo model (both arms, {explorer.epochs} epoch"
+                                             f"{'s' if explorer.epochs != 1 else ''} on {explorer.data}), "
                                              "a cached run, or a timm name (online)")
                     method = gr.Radio(["magnitude", "wanda", "N:M"], value=INITIAL["method"], label="pruning method",
                                       elem_id="method")
@@ -381,7 +384,8 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         # ---------------------------------------------------------------- events
         _validated_by_craftlab(method, sparsity, granularity, kind)
         setting_inputs = [model, method, sparsity, w_bits, a_bits, granularity, pattern]
-        probe_kw = {"concurrency_limit": 1, "concurrency_id": "probe"}
+        sharp_kw = {"concurrency_limit": 1, "concurrency_id": "sharpness"}
+        probe_kw = {"concurrency_limit": 1, "concurrency_id": "landscape"}
         dep = gr.on([demo.load, model.change, method.change, sparsity.release, w_bits.change, a_bits.change,
                      granularity.change, pattern.change],
                     cb.compress, inputs=setting_inputs, outputs=answer, api_name="compress",
@@ -392,14 +396,15 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         curve_outputs = [curve_sparsity, curve_bits, curve_timer]
         dep = dep.success(cb.curves, inputs=[answer, *setting_inputs], outputs=curve_outputs, api_name="curves",
                           show_progress="hidden", concurrency_limit=None)
-        dep = dep.success(cb.sharpness, inputs=model, outputs=[sharp_plain, sharp_craft], api_name="sharpness",
-                          show_progress="minimal", **probe_kw)
+        # the probes run side by side; while one is busy, only the latest request waits (slider drags)
+        dep.success(cb.sharpness, inputs=model, outputs=[sharp_plain, sharp_craft], api_name="sharpness",
+                    show_progress="minimal", trigger_mode="always_last", **sharp_kw)
         dep.success(cb.landscape, inputs=[*setting_inputs, kind], outputs=[path_plot, plane_plain, plane_craft],
-                    api_name="landscape", show_progress="minimal", **probe_kw)
+                    api_name="landscape", show_progress="minimal", trigger_mode="always_last", **probe_kw)
         curve_timer.tick(cb.curves, inputs=[answer, *setting_inputs], outputs=curve_outputs,
                          api_name="curves_refresh", show_progress="hidden", concurrency_limit=None)
         kind.change(cb.landscape, inputs=[*setting_inputs, kind], outputs=[path_plot, plane_plain, plane_craft],
-                    api_name="landscape_kind", show_progress="minimal", **probe_kw)
+                    api_name="landscape_kind", show_progress="minimal", trigger_mode="always_last", **probe_kw)
         status_timer.tick(cb.status, outputs=[status, status_timer], api_name="status", show_progress="hidden",
                           queue=False)
         demo.load(cb.status, outputs=[status, status_timer], api_name="status_on_load", show_progress="hidden",

@@ -2,7 +2,9 @@
 
 Loads the page, moves the sparsity slider, checks that the accuracy text and a plot change, and keeps a
 full-page screenshot in ``test-artifacts/app.png``. Skipped (with the reason) when Playwright or a
-chromium executable is missing; ``.ci/run`` installs chromium with apt-get so it runs in CI.
+chromium executable is missing, unless ``CRAFTLAB_REQUIRE_BROWSER`` is set (then it fails): ``.ci/run``
+installs chromium with apt-get and sets it, so the test runs in CI. ``CRAFTLAB_CHROMIUM`` names another
+chromium executable.
 """
 
 from __future__ import annotations
@@ -38,12 +40,22 @@ def chromium_path() -> str | None:
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 
 
+def unavailable(reason: str):
+    """Skip, or fail where the browser test is required (CI sets CRAFTLAB_REQUIRE_BROWSER=1)."""
+    if os.environ.get("CRAFTLAB_REQUIRE_BROWSER"):
+        pytest.fail(f"CRAFTLAB_REQUIRE_BROWSER is set but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        unavailable("playwright is not installed (pip install playwright)")
     exe = chromium_path()
     if exe is None:
-        pytest.skip("no chromium executable (apt-get install chromium, or set CRAFTLAB_CHROMIUM)")
+        unavailable("no chromium executable (apt-get install chromium, or set CRAFTLAB_CHROMIUM)")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
         try:
