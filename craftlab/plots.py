@@ -225,7 +225,8 @@ def accuracy_curve_figure(df: Any, x: str = "sparsity", y: str = "accuracy", gro
                    if seed_col and seed_col in sub.columns else agg["count"].to_numpy())
         color = _color(k)
         fig.add_trace(go.Scatter(x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([mean + std, (mean - std)[::-1]]),
-                                 fill="toself", fillcolor=_rgba(color, 0.2), line={"width": 0}, hoverinfo="skip",
+                                 mode="lines", fill="toself", fillcolor=_rgba(color, 0.2), line={"width": 0},
+                                 hoverinfo="skip",
                                  name=f"{arm} ±1 std", legendgroup=str(arm), showlegend=False))
         fig.add_trace(go.Scatter(x=xs, y=mean, mode="lines+markers", name=str(arm), legendgroup=str(arm),
                                  line={"color": color, "width": 2}, customdata=np.stack([std, n_seeds], axis=1),
