@@ -585,6 +585,8 @@ class Explorer:
     def _start_run(self, spec: RunSpec) -> _RunJob:
         from .runs import get_run
 
+        _check_hub(spec.model)
+
         with self._lock:
             job = self._runs.get(spec.key)
             if job is not None and (not job.done.is_set() or job.error is None):
@@ -1001,7 +1003,7 @@ class Explorer:
             try:
                 for m in models:
                     with self._lock:
-                        self._warm_state.update(stage=f"fine-tuning {m}", models=models)
+                        self._warm_state.update(stage=f"loading or fine-tuning {m}", models=models)
                     self.arms(m)
                 with self._lock:
                     self._warm_state["stage"] = "ready"
@@ -1040,6 +1042,24 @@ class Explorer:
             self._worker.join(timeout=5)
         self.flush()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_hub(model: str, timeout: float = 3.0) -> None:
+    """Fail fast when a timm model's pretrained weights would have to come from an unreachable Hugging Face Hub
+    (the hub client otherwise retries for minutes). Zoo models and ``HF_HUB_OFFLINE=1`` skip the check."""
+    import socket
+
+    from .models import zoo_names
+
+    if model in zoo_names() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError as err:
+        raise RuntimeError(
+            f"timm model {model!r} needs its pretrained weights from the Hugging Face Hub, which is unreachable "
+            f"({err}); the zoo models ({', '.join(zoo_names())}) work offline, and HF_HUB_OFFLINE=1 uses weights "
+            "already in the Hugging Face cache") from None
 
 
 def _lower_priority(niceness: int = 10) -> None:

@@ -190,6 +190,22 @@ def test_errors_name_the_problem_and_later_answers_are_unchanged(callbacks, expl
     assert callbacks.compress(MODEL, "magnitude", 0.3, "8", "None") == good
 
 
+def test_timm_model_offline_is_a_fast_clear_error(callbacks, monkeypatch):
+    import socket as socket_mod
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket_mod, "create_connection", unreachable)
+    t0 = time.perf_counter()
+    with pytest.raises(gr.Error, match="resnet18.*Hugging Face Hub.*unreachable"):
+        callbacks.compress("resnet18", "magnitude", 0.5, None, None)
+    with pytest.raises(gr.Error, match="Hugging Face Hub"):
+        list(callbacks.train("resnet18", "digits", "adamw", 0.05, False, 1, 0, True))
+    assert time.perf_counter() - t0 < 10
+
+
 def damaged_copy(explorer, name: str, what: str = "weights") -> str:
     """Copy the plain run under a new key and damage its weights or its sidecar."""
     src = cache.home() / "runs" / explorer.arms(MODEL)[0].path.name
