@@ -12,7 +12,7 @@ Public API (everything a notebook or the app needs)::
 
 __version__ = "0.1.0"
 
-from . import landscape, plots, quant, sharpness
+from . import experiments, explore, landscape, plots, quant, sharpness, widgets
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from .compress import compress, compress_and_evaluate
 from .data import DataBundle, from_tensors, load_data
@@ -34,6 +34,7 @@ __all__ = [
     "create_model", "zoo_names",
     "prune", "sparsity_report",
     "landscape", "plots", "sharpness",
+    "experiments", "explore", "widgets",
     "quant", "quantize", "quantize_tensor", "model_stats",
     "RunSpec", "get_run", "list_runs",
     "SAM", "frozen_bn",
