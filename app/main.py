@@ -274,7 +274,7 @@ class Callbacks:
                     lines.append(f"* `{r['key']}` ({r['label']}): {state}{acc}")
                 head = "**Done** — pick it in **Explore**." if st["done"] else "**Fine-tuning…**"
                 picker = (gr.Dropdown(choices=self.ex.model_choices(), value=st["key"]) if st["done"]
-                          else gr.Dropdown())
+                          else gr.skip())
                 yield head + "\n\n" + "\n".join(lines), figs.training_figure(st), picker
 
 
