@@ -19,6 +19,8 @@ Prints a markdown table and writes ``benchmarks/results/app.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import random
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                api_name="/landscape_kind")
     res["landscape_grid"] = f"{ex.landscape_steps}x{ex.landscape_steps} plane + {ex.path_steps}-point path"
     res["sharpness_s"], _ = _timed(client.predict, model, api_name="/sharpness")
-    demo.close()
+    with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints "Closing server ..."
+        demo.close()
     ex.close()
 
     # ---- later start
