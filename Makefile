@@ -9,11 +9,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-all: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-all: pyproject.toml app/__init__.py | $(BIN)/python
 	$(BIN)/pip install -q -e ".[all]"
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml app/__init__.py | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
