@@ -93,7 +93,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS") or "1")
 
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, km=_kernel_manager(), kernel_name="python3", timeout=CELL_TIMEOUT_S,
+    km = _kernel_manager()
+    client = nbclient.NotebookClient(nb, km=km, kernel_name="python3", timeout=CELL_TIMEOUT_S,
                                      allow_errors=False, resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     t0 = time.perf_counter()
     try:
@@ -101,6 +102,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     except nbclient.exceptions.CellExecutionError as err:  # the message holds the cell and its traceback
         nbformat.write(nb, tmp_path / path.name)
         pytest.fail(f"{path.name} failed (executed copy: {tmp_path / path.name}):\n{err}")
+    finally:  # nbclient leaves a kernel it did not create running: shut it down
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     elapsed = time.perf_counter() - t0
     nbformat.write(nb, tmp_path / path.name)
 
