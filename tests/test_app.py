@@ -69,8 +69,9 @@ def accuracies(answer: dict) -> dict:
 
 
 def assert_same_answer(a: dict, b: dict) -> None:
-    """Identical answers: accuracies, settings and sizes exactly; losses to float rounding (another process or
-    explorer holds the tensors at other addresses, so the last bits of a float sum may differ)."""
+    """Identical answers: accuracies, settings and sizes exactly; losses to 1e-4 relative. Another process or
+    explorer sums in another order, and under activation quantization a last-bit difference can move a few
+    values across a rounding boundary (seen in CI: 1.4e-5 relative on a W7A7 setting), never an accuracy."""
     assert a.keys() == b.keys() and a["arms"].keys() == b["arms"].keys()
     assert {k: v for k, v in a.items() if k != "arms"} == {k: v for k, v in b.items() if k != "arms"}
     for name in a["arms"]:
@@ -78,7 +79,7 @@ def assert_same_answer(a: dict, b: dict) -> None:
         assert x.keys() == y.keys()
         for k in x:
             if k.endswith("_loss"):
-                assert x[k] == pytest.approx(y[k], rel=1e-5), (name, k)
+                assert x[k] == pytest.approx(y[k], rel=1e-4), (name, k)
             else:
                 assert x[k] == y[k], (name, k)
 
