@@ -174,10 +174,10 @@ def cmd_compress(a: argparse.Namespace) -> int:
     data = _data_for(model.craftlab_meta, model, a.data)
     settings = dict(method=a.method, sparsity=a.sparsity, scope=a.scope, pattern=a.pattern, w_bits=a.w_bits,
                     a_bits=a.a_bits, quant_method=a.quant_method)
-    res = compress_and_evaluate(model, data, **settings)
+    compressed = compress(model, calib=data.calib, **settings)  # once: evaluated, and saved with --out
+    res = compress_and_evaluate(model, data, compressed=compressed, calib=data.calib, **settings)
     res["checkpoint"] = str(a.checkpoint)
     if a.out:
-        compressed = compress(model, calib=data.calib, **settings)
         save_checkpoint(compressed, a.out, {**model.craftlab_meta, "compression": settings,
                                             "metrics": {"test_accuracy": res["accuracy"]}})
         res["out"] = a.out

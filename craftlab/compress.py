@@ -48,9 +48,11 @@ def compress(
     return copy.deepcopy(out) if out is model else out
 
 
-def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test", **settings: Any) -> dict[str, Any]:
+def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test",
+                          compressed: nn.Module | None = None, **settings: Any) -> dict[str, Any]:
     """Accuracy of `model` before and after :func:`compress` (calibrated on ``data.calib``).
 
+    Pass `compressed` (the result of ``compress(model, **settings)``) to evaluate a model already made.
     Returns ``fp_accuracy``, ``fp_loss``, ``accuracy``, ``loss``, ``accuracy_drop``, the settings,
     and the compressed model's ``size_mb``, ``sparsity`` and ``bitops``.
     """
@@ -59,7 +61,8 @@ def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test
     loader = data.loader(split)
     fp = evaluate(model, loader)
     settings.setdefault("calib", data.calib)
-    compressed = compress(model, **settings)
+    if compressed is None:
+        compressed = compress(model, **settings)
     res = evaluate(compressed, loader)
     x = next(iter(loader))[0][:1]
     stats = model_stats(compressed, x)
