@@ -1,10 +1,10 @@
-"""``python -m app [--host 127.0.0.1] [--port 7860]``: serve the CraftLab app (same as ``craftlab app``)."""
+"""``python -m craftlab_app [--host 127.0.0.1] [--port 7860]``: serve the CraftLab app (= ``craftlab app``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from app.main import launch
+from .ui import launch
 
 
 def main(argv: list[str] | None = None) -> int:

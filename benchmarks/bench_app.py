@@ -1,6 +1,6 @@
 """Benchmark: the CraftLab app as a user meets it, through its HTTP API (gradio_client).
 
-* start: in-process ``app.main.launch`` — server up, first ``/compress`` answer for the default model, all
+* start: in-process ``craftlab_app.ui.launch`` — server up, first ``/compress`` answer for the default model, all
   default models ready (with ``--fresh``, in an empty ``CRAFTLAB_HOME``: the arms are fine-tuned first);
   then a later start of ``python -m app`` in a subprocess (cold imports, cached runs) until ``/compress`` answers;
 * slider -> answer: ``/compress`` latency (p50 / p95) over ``--changes`` slider moves, in three regimes:
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv or [])
     if a.fresh:
         os.environ["CRAFTLAB_HOME"] = tempfile.mkdtemp(prefix="craftlab-bench-app-")
+    from craftlab_app.ui import launch
     from gradio_client import Client
 
-    from app.main import launch
     from craftlab import cache
 
     home = str(cache.home())

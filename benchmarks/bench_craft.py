@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import craftlab
-from craftlab.sweep import setting_label
+from craftlab.compression.sweep import setting_label
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = {"AdamW": (0.0, False), "SAM 0.05": (0.05, False), "SAM 0.1": (0.1, False), "ASAM 0.5": (0.5, True)}

@@ -77,7 +77,8 @@ def _model(name: str) -> tuple[nn.Module, str]:
     if name == "small-cnn":
         torch.manual_seed(0)
         return SmallCNN(), "random init (seed 0)"
-    from craftlab.models import create_model, zoo_checkpoint_dir
+    from craftlab import create_model
+    from craftlab.models import zoo_checkpoint_dir
 
     if zoo_checkpoint_dir(name) is not None:
         return create_model(name, num_classes=10, pretrained=True), "pretrained (mnist5k)"
@@ -92,7 +93,7 @@ def _math_sdpa():
 
 def run_craftlab(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], tol: float, max_iter: int,
                  seed: int) -> dict[str, Any]:
-    from craftlab.sharpness import top_hessian_eigenvalues
+    from craftlab.probes.sharpness import top_hessian_eigenvalues
 
     t0, c0 = time.perf_counter(), time.process_time()
     r = top_hessian_eigenvalues(model, batch, k=2, tol=tol, max_iter=max_iter, seed=seed)
@@ -142,7 +143,7 @@ def run_pyhessian(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], to
 
 def reference(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     """Top-2 eigenvalues of the float64 copy (Lanczos, tol 1e-9, up to 300 HVPs)."""
-    from craftlab.sharpness import top_hessian_eigenvalues
+    from craftlab.probes.sharpness import top_hessian_eigenvalues
 
     m = copy.deepcopy(model).double()
     t0 = time.perf_counter()
@@ -218,7 +219,7 @@ def table(rows: list[dict], tol: float) -> str:
 
 def bench_summary(names: list[str], batch: tuple[torch.Tensor, torch.Tensor], repeats: int) -> list[dict]:
     """Wall time of ``sharpness_summary`` with its defaults: first call on the model, then the median of warm calls."""
-    from craftlab.sharpness import sharpness_summary
+    from craftlab.probes.sharpness import sharpness_summary
 
     out = []
     for name in names:

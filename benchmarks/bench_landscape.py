@@ -45,7 +45,8 @@ def _model(name: str) -> tuple[nn.Module, str]:
     by zero (``ZeroDivisionError``); those are jittered with N(0, 0.01) so the baseline can run. Timing does
     not depend on the values.
     """
-    from craftlab.models import create_model, zoo_checkpoint_dir
+    from craftlab import create_model
+    from craftlab.models import zoo_checkpoint_dir
 
     if zoo_checkpoint_dir(name) is not None:
         return create_model(name, num_classes=10, pretrained=True), "pretrained"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import craftlab
-from craftlab.sam import SAM, frozen_bn
+from craftlab.train.sam import SAM, frozen_bn
 
 RESULTS = Path(__file__).parent / "results"
 

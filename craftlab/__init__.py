@@ -8,36 +8,58 @@ Public API (everything a notebook or the app needs)::
     pruned = craftlab.prune(res.model, 0.5, method="wanda", calib=data.calib)
     q = craftlab.quantize(res.model, w_bits=4, a_bits=8, calib=data.calib)
     craftlab.evaluate(q, data.test)                            # {"accuracy", "loss", "n"}
+
+``import craftlab`` is light: every name below is imported on first use (PEP 562), so a script that
+needs only the settings or the CLI's help does not pay for torch, pandas or plotly. The layers are
+described in ARCHITECTURE.md: ``train/`` (SAM, fine-tuning, pretraining, cached runs), ``compression/``
+(pruning, quantization, the prune-then-quantize pipeline, sweeps), ``probes/`` (Hessian, sharpness,
+landscapes), ``analysis/`` (statistics, multi-run experiments), ``viz/`` (figures, widgets).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from . import experiments, explore, landscape, plots, quant, sharpness, widgets
-from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
-from .compress import compress, compress_and_evaluate
-from .data import DataBundle, from_tensors, load_data
-from .evaluate import evaluate
-from .models import create_model, zoo_names
-from .prune import prune, sparsity_report
-from .quant import model_stats, quantize, quantize_tensor
-from .runs import RunSpec, get_run, list_runs
-from .sam import SAM, frozen_bn
-from .sweep import settings_grid, sweep
-from .train import FinetuneResult, finetune, pretrain
+# public name -> module that defines it (relative to this package)
+_NAMES: dict[str, str] = {
+    "CheckpointError": ".checkpoint", "load_checkpoint": ".checkpoint", "read_meta": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "Setting": ".settings", "make_setting": ".settings",
+    "compress": ".compression.pipeline", "compress_and_evaluate": ".compression.pipeline",
+    "DataBundle": ".data", "from_tensors": ".data", "load_data": ".data",
+    "evaluate": ".evaluation",
+    "build_model": ".models", "zoo_names": ".models",
+    "create_model": ".train.pretrain", "pretrain": ".train.pretrain",
+    "prune": ".compression.prune", "sparsity_report": ".compression.prune",
+    "model_stats": ".compression.quant", "quantize": ".compression.quant", "quantize_tensor": ".compression.quant",
+    "RunSpec": ".train.runs", "get_run": ".train.runs", "list_runs": ".train.runs",
+    "SAM": ".train.sam", "frozen_bn": ".train.sam",
+    "settings_grid": ".compression.sweep", "sweep": ".compression.sweep",
+    "FinetuneResult": ".train.finetune", "finetune": ".train.finetune",
+}
+# public module aliases kept from the flat layout: craftlab.sharpness, craftlab.landscape, ...
+_MODULES: dict[str, str] = {
+    "sharpness": ".probes.sharpness", "landscape": ".probes.landscape", "hessian": ".probes.hessian",
+    "quant": ".compression.quant", "plots": ".viz.plots", "widgets": ".viz.widgets",
+    "experiments": ".analysis.experiments", "stats": ".analysis.stats", "settings": ".settings",
+}
 
-__all__ = [
-    "__version__",
-    "CheckpointError", "load_checkpoint", "read_meta", "save_checkpoint",
-    "compress", "compress_and_evaluate",
-    "DataBundle", "from_tensors", "load_data",
-    "evaluate",
-    "create_model", "zoo_names",
-    "prune", "sparsity_report",
-    "landscape", "plots", "sharpness",
-    "experiments", "explore", "widgets",
-    "quant", "quantize", "quantize_tensor", "model_stats",
-    "RunSpec", "get_run", "list_runs",
-    "SAM", "frozen_bn",
-    "settings_grid", "sweep",
-    "FinetuneResult", "finetune", "pretrain",
-]
+__all__ = ["__version__", *_NAMES, *_MODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name], __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(_MODULES[name], __name__)
+    else:
+        raise AttributeError(f"module 'craftlab' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

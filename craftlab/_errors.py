@@ -32,21 +32,3 @@ def check_sparsity(sparsity: float) -> float:
     if not 0.0 <= s < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     return s
-
-
-def check_bits(bits, what: str = "bits", allow_none: bool = True):
-    """Bit-width must be one of 2..8 or 16 (or None = float, when allowed)."""
-    if bits is None or (isinstance(bits, str) and bits.lower() in ("none", "float", "fp", "fp32", "32")):
-        if allow_none:
-            return None
-        raise ValueError(f"{what} must be one of {ALLOWED_BITS}, got None")
-    try:
-        b = int(bits)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be one of {ALLOWED_BITS} or None, got {bits!r}") from None
-    if b != bits and not isinstance(bits, str):
-        raise ValueError(f"{what} must be an integer, got {bits!r}")
-    if b not in ALLOWED_BITS:
-        also = " or None (float)" if allow_none else ""
-        raise ValueError(f"{what} must be one of {ALLOWED_BITS}{also}, got {bits!r}")
-    return b

@@ -111,9 +111,9 @@ def load_checkpoint(
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint weights {str(wpath)!r} are damaged: {err}") from err
     if model is None:
-        from .models import create_model
+        from .models import build_model
 
-        model = create_model(arch, num_classes=meta.get("num_classes"), pretrained=False)
+        model = build_model(arch, num_classes=meta.get("num_classes"))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

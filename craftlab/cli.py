@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -24,14 +25,19 @@ examples:
 
 
 def _bits(value: str) -> int | None:
-    return None if value.lower() in ("none", "float", "fp32", "32") else int(value)
+    from .settings import parse_bits
+
+    try:
+        return parse_bits(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _bit_pair(value: str) -> tuple[int | None, int | None]:
     try:
         w, a = value.split(",")
         return _bits(w), _bits(a)
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"expected W,A bits like 8,8 or 4,none; got {value!r}") from None
 
 
@@ -85,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sharpness", help="Hessian lambda_max, trace and eps-sharpness of a checkpoint")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
-    s.add_argument("--batch-size", type=int, default=128, help="images of the val split probed (default 128)")
+    s.add_argument("--batch-size", type=int, default=128, help="probe batch: the first N training images (default 128)")
     s.add_argument("--rho", type=float, default=0.05, help="radius of the eps-sharpness ball")
     s.add_argument("--adaptive", action="store_true", help="ASAM's scale-invariant ball")
     s.add_argument("--samples", type=int, default=20, help="Hutchinson probes for the trace")
@@ -121,10 +127,23 @@ def _compress_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "random"])
     s.add_argument("--sparsity", type=float, default=0.0)
     s.add_argument("--scope", default=None, choices=["global", "layer", "row"])
-    s.add_argument("--pattern", default=None, help="N:M, e.g. 2:4")
-    s.add_argument("--w-bits", type=_bits, default=None, help="2-8 or 16 (default: float)")
-    s.add_argument("--a-bits", type=_bits, default=None, help="2-8 or 16 (default: float)")
+    s.add_argument("--pattern", default=None, help="N:M, N kept of every M (e.g. 2:4); scored by --method")
+    s.add_argument("--w-bits", default=None, help="2-8 or 16 (default: float)")
+    s.add_argument("--a-bits", default=None, help="2-8 or 16 (default: float)")
+    s.add_argument("--recalibrate-bn", action="store_true", help="re-estimate BatchNorm statistics after pruning")
     s.add_argument("--quant-method", default="minmax", choices=["minmax", "percentile", "mse"])
+
+
+def _setting(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The compression setting of the command line (validated once, here) and the compress() kwargs."""
+    from .settings import make_setting
+
+    setting = make_setting(a.pattern or a.method, a.sparsity, a.w_bits, a.a_bits,
+                           nm_score=a.method if a.pattern else "magnitude", recalibrate_bn=a.recalibrate_bn)
+    kwargs = {**setting.compress_kwargs(), "quant_method": a.quant_method}
+    if a.scope is not None and not a.pattern:
+        kwargs["scope"] = a.scope
+    return setting, kwargs
 
 
 def _data_for(meta: dict[str, Any], model, name: str | None):
@@ -136,7 +155,7 @@ def _data_for(meta: dict[str, Any], model, name: str | None):
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from .models import SHIPPED_ZOO_DIR, zoo_names
-    from .train import pretrain
+    from .train.pretrain import pretrain
 
     names = zoo_names() if a.model == "all" else [a.model]
     for name in names:
@@ -149,9 +168,9 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 def cmd_finetune(a: argparse.Namespace) -> int:
     from .data import load_data
-    from .evaluate import evaluate
-    from .models import create_model
-    from .train import finetune
+    from .evaluation import evaluate
+    from .train.finetune import finetune
+    from .train.pretrain import create_model
 
     data = load_data(a.data, model=create_model(a.model, pretrained=False))
     model = create_model(a.model, num_classes=data.num_classes, pretrained=not a.no_pretrained, seed=a.seed)
@@ -168,15 +187,14 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 
 def cmd_compress(a: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .compress import compress, compress_and_evaluate
+    from .compression.pipeline import compress, compress_and_evaluate
 
     model = load_checkpoint(a.checkpoint)
     data = _data_for(model.craftlab_meta, model, a.data)
-    settings = dict(method=a.method, sparsity=a.sparsity, scope=a.scope, pattern=a.pattern, w_bits=a.w_bits,
-                    a_bits=a.a_bits, quant_method=a.quant_method)
+    setting, settings = _setting(a)
     compressed = compress(model, calib=data.calib, **settings)  # once: evaluated, and saved with --out
     res = compress_and_evaluate(model, data, compressed=compressed, calib=data.calib, **settings)
-    res["checkpoint"] = str(a.checkpoint)
+    res.update(checkpoint=str(a.checkpoint), setting=setting.label())
     if a.out:
         save_checkpoint(compressed, a.out, {**model.craftlab_meta, "compression": settings,
                                             "metrics": {"test_accuracy": res["accuracy"]}})
@@ -184,7 +202,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"{a.checkpoint}: accuracy {res['fp_accuracy']:.4f} -> {res['accuracy']:.4f} "
+        print(f"{a.checkpoint} [{setting.describe()}]: accuracy {res['fp_accuracy']:.4f} -> {res['accuracy']:.4f} "
               f"(drop {res['accuracy_drop']:+.4f}); sparsity {res['sparsity_measured']:.3f}, "
               f"size {res['size_mb']:.3f} MB, {res['bitops'] / 1e9:.3f} GBitOPs")
     return 0
@@ -192,7 +210,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .sweep import sweep
+    from .compression.sweep import sweep
 
     models = {c: load_checkpoint(c) for c in a.checkpoint}
     first = next(iter(models.values()))
@@ -207,8 +225,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from .checkpoint import load_checkpoint
-    from .runs import RunSpec, get_run
-    from .sweep import setting_label, settings_grid, sweep
+    from .compression.sweep import setting_label, settings_grid, sweep
+    from .train.runs import RunSpec, get_run
 
     print("CrAFT demo: fine-tune each zoo model with AdamW and with AdamW+SAM (same schedule, same seed),\n"
           "then prune and quantize without retraining. Runs are cached under $CRAFTLAB_HOME/runs.\n")
@@ -238,16 +256,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _probe_batch(a: argparse.Namespace):
-    """The checkpoint's model and the first `--batch-size` images of its validation split."""
+    """The checkpoint's model and its data's probe batch (the first `--batch-size` training images, as in the
+    app and the notebooks)."""
     from .checkpoint import load_checkpoint
 
     model = load_checkpoint(a.checkpoint)
     data = _data_for(model.craftlab_meta, model, a.data)
-    return model, data, next(iter(data.loader("val", batch_size=a.batch_size)))
+    return model, data, data.probe_batches(a.batch_size)[0]
 
 
 def cmd_sharpness(a: argparse.Namespace) -> int:
-    from .sharpness import sharpness_summary
+    from .probes.sharpness import sharpness_summary
 
     model, _, batch = _probe_batch(a)
     res = sharpness_summary(model, batch, rho=a.rho, adaptive=a.adaptive, n_samples=a.samples, max_iter=40, tol=1e-3)
@@ -262,8 +281,9 @@ def cmd_sharpness(a: argparse.Namespace) -> int:
 
 
 def cmd_landscape(a: argparse.Namespace) -> int:
-    from . import landscape, plots
-    from .compress import compress
+    from .compression.pipeline import compress
+    from .probes import landscape
+    from .viz import plots
 
     model, data, batch = _probe_batch(a)
     if a.kind == "line":
@@ -273,10 +293,10 @@ def cmd_landscape(a: argparse.Namespace) -> int:
         res = landscape.plane(model, batch, distance=a.distance, steps=a.steps or 21, seed=a.seed)
         fig = plots.plane_figure(res, kind="surface" if a.surface else "contour")
     else:
-        if not (a.sparsity or a.pattern or a.w_bits or a.a_bits):
+        setting, settings = _setting(a)
+        if setting.is_identity:
             raise ValueError("--kind compression needs a compression: --sparsity, --pattern, --w-bits or --a-bits")
-        compressed = compress(model, method=a.method, sparsity=a.sparsity, scope=a.scope, pattern=a.pattern,
-                              w_bits=a.w_bits, a_bits=a.a_bits, quant_method=a.quant_method, calib=data.calib)
+        compressed = compress(model, calib=data.calib, **settings)
         res = landscape.compression_path(model, compressed, batch, steps=a.steps or 41)
         fig = plots.compression_path_figure(res)
     out = Path(a.out)
@@ -290,7 +310,7 @@ def cmd_landscape(a: argparse.Namespace) -> int:
 
 def cmd_app(a: argparse.Namespace) -> int:
     try:
-        from app.main import launch
+        launch = importlib.import_module("craftlab_app.ui").launch
     except ImportError as err:
         raise RuntimeError(f"the app needs the 'app' extra (pip install 'craftlab[app]'): {err}") from err
     launch(host=a.host, port=a.port)

@@ -72,6 +72,24 @@ class DataBundle:
     def calib(self) -> DataLoader:
         return self.loader("calib")
 
+    def probe_batches(self, n_examples: int = 128, batch_size: int | None = None,
+                      split: str = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """THE probe batch: the first `n_examples` of `split` in dataset order (unshuffled), as batches of
+        `batch_size` (default: one batch). The CLI, the app and the notebooks probe sharpness and landscapes
+        on this, so they report the same numbers for the same checkpoint."""
+        if n_examples < 1:
+            raise ValueError(f"n_examples must be a positive integer, got {n_examples!r}")
+        xs, ys, have = [], [], 0
+        for x, y in self.loader(split, batch_size=min(n_examples, 512), shuffle=False):
+            xs.append(x)
+            ys.append(y)
+            have += len(y)
+            if have >= n_examples:
+                break
+        x, y = torch.cat(xs)[:n_examples], torch.cat(ys)[:n_examples]
+        step = batch_size or len(y)
+        return [(x[i:i + step], y[i:i + step]) for i in range(0, len(y), step)]
+
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (for checkpoint sidecars)."""
         return {"name": self.name, "num_classes": self.num_classes, "input_size": list(self.input_size),

@@ -1,9 +1,8 @@
-"""Model factory: an offline zoo of tiny timm architectures, plus any timm model by name.
+"""Architectures: an offline zoo of tiny timm architectures, plus any timm model by name (builds only).
 
 Zoo models are real timm classes (``VisionTransformer``, ``ResNet``) sized for 28x28 grayscale
-input. Their "foundation" weights come from craftlab pretraining them on ``mnist5k`` (the source
-task); they are looked up in the cache (``$CRAFTLAB_HOME/zoo``), then in the weights shipped with
-the package (made by ``craftlab pretrain --ship``), and pretrained on demand when neither exists.
+input. Their "foundation" weights are made by craftlab (pretraining on ``mnist5k``, the source task):
+:func:`craftlab.create_model` (in :mod:`craftlab.train.pretrain`) loads them. This module only builds.
 """
 
 from __future__ import annotations
@@ -111,23 +110,21 @@ def zoo_checkpoint_dir(name: str) -> Path | None:
     return None
 
 
-def create_model(
+def build_model(
     name: str,
     num_classes: int | None = None,
-    pretrained: bool = True,
+    pretrained: bool = False,
     seed: int | None = 0,
-    progress: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a model by name.
+    """Build an architecture by name (no craftlab weights: see :func:`craftlab.create_model` for those).
 
     Args:
         name: a zoo name (``vit-tiny``, ``resnet-tiny``) or any timm architecture name.
-        num_classes: classes of a fresh classifier head. ``None`` keeps the pretrained head
-            (zoo: the 10 MNIST classes of the source task; timm: its own default).
-        pretrained: zoo: load (or make) the mnist5k-pretrained weights; timm: fetch hub weights.
-        seed: seeds the initialisation of new parameters (the head), for reproducible runs.
-        kwargs: passed to ``timm.create_model`` for timm names.
+        num_classes: classifier classes (zoo default: 10; timm default: its own).
+        pretrained: timm names only: fetch timm's hub weights. Zoo weights are craftlab's own and are
+            loaded by :func:`craftlab.create_model`.
+        seed: seeds the initialisation (the caller's global RNG is restored afterwards).
 
     Returns:
         The model in eval mode, with ``model.craftlab_name`` set.
@@ -141,30 +138,13 @@ def create_model(
         torch.manual_seed(seed)
     try:
         if name in ZOO:
-            model = _create_zoo(name, num_classes, pretrained, progress)
+            model = _attach_info(ZOO[name].build(num_classes or 10), name, ZOO[name])
         else:
             model = _create_timm(name, num_classes, pretrained, **kwargs)
     finally:
         if seed is not None:
             torch.random.set_rng_state(gen_state)
     return model.eval()
-
-
-def _create_zoo(name: str, num_classes: int | None, pretrained: bool, progress: bool) -> nn.Module:
-    spec = ZOO[name]
-    if not pretrained:
-        return _attach_info(spec.build(num_classes or 10), name, spec)
-    from .checkpoint import load_checkpoint
-
-    ckpt = zoo_checkpoint_dir(name)
-    if ckpt is None:
-        from .train import pretrain
-
-        ckpt = pretrain(name, progress=progress)
-    model = load_checkpoint(ckpt, expected_architecture=name)
-    if num_classes is not None:
-        model.reset_classifier(num_classes)
-    return model
 
 
 def _create_timm(name: str, num_classes: int | None, pretrained: bool, **kwargs: Any) -> nn.Module:

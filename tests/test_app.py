@@ -19,9 +19,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
 
+from craftlab_app.service import Explorer, make_setting  # noqa: E402
+
 import craftlab  # noqa: E402
 from craftlab import cache  # noqa: E402
-from craftlab.explore import Explorer, make_setting  # noqa: E402
 
 MODEL = "vit-tiny"
 EPOCHS = 1
@@ -36,7 +37,7 @@ def small_explorer(**kw) -> Explorer:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """The app runs torch with one intra-op thread (see craftlab.explore); restore the suite's setting after."""
+    """The app runs torch with one intra-op thread (see craftlab_app.service); restore the suite's setting after."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -53,7 +54,7 @@ def explorer(one_thread):
 
 @pytest.fixture(scope="module")
 def callbacks(explorer):
-    from app.main import Callbacks
+    from craftlab_app.ui import Callbacks
 
     return Callbacks(explorer)
 
@@ -366,7 +367,7 @@ def test_train_streams_history_and_joins_the_model_list(callbacks, explorer):
 
 @pytest.fixture(scope="module")
 def served(explorer):
-    from app.main import launch
+    from craftlab_app.ui import launch
 
     demo = launch(port=free_port(), prevent_thread_lock=True, explorer=explorer, models=[MODEL], threads=1)
     try:

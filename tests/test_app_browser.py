@@ -66,8 +66,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def served():
-    from app.main import launch
-    from craftlab.explore import Explorer
+    from craftlab_app.service import Explorer
+    from craftlab_app.ui import launch
 
     before = torch.get_num_threads()
     ex = Explorer(epochs=1, sparsity_grid=(0.25, 0.5, 0.75, 0.9), bits_grid=(8, 6, 4, 3), landscape_steps=7,

@@ -15,7 +15,7 @@ from loss_landscapes.metrics import Loss
 from torch import nn
 
 from craftlab import landscape as L
-from craftlab._probe import mean_loss
+from craftlab.probes._probe import mean_loss
 
 
 class Net(nn.Module):
@@ -289,7 +289,7 @@ def test_second_order_prediction_close_for_small_delta() -> None:
 
 
 def test_second_order_on_vit_uses_math_attention() -> None:
-    from craftlab.models import create_model
+    from craftlab import create_model
 
     vit = create_model("vit-tiny", num_classes=10, pretrained=False)
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))

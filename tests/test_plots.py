@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import pytest
 
 from craftlab import plots as P
-from craftlab.landscape import LineResult, PathResult, PlaneResult
+from craftlab.probes.landscape import LineResult, PathResult, PlaneResult
 
 
 def line_result(scale: float = 1.0, kind: str = "line") -> LineResult:

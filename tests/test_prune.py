@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import craftlab
-from craftlab.prune import input_norms, target_layers
+from craftlab.compression.prune import input_norms, target_layers
 
 
 def _net(seed=0):

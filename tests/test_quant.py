@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import craftlab
-from craftlab.quant import QuantConv2d, QuantLinear, grid, qparams, quantize_tensor
+from craftlab.compression.quant import QuantConv2d, QuantLinear, grid, qparams, quantize_tensor
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

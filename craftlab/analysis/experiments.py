@@ -20,7 +20,6 @@ larger than two standard errors of the paired differences *and* than one test im
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -30,11 +29,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_meta
-from .data import DataBundle, load_data
-from .models import create_model
-from .runs import RunSpec, get_run, run_dir
-from .sweep import sweep
+from ..checkpoint import load_checkpoint, read_meta
+from ..compression.sweep import sweep
+from ..data import DataBundle, load_data
+from ..models import build_model
+from ..settings import Setting, bits_label, parse_setting
+from ..train.runs import RunSpec, get_run, run_dir
 
 __all__ = [
     "DEFAULT_BITS",
@@ -169,68 +169,26 @@ def load_data_for(runs: pd.DataFrame | str = "vit-tiny", data: str | None = None
         model_name, data_name = runs["model"].iloc[0], runs["data"].iloc[0]
     else:
         model_name, data_name = runs, data or "digits"
-    return load_data(data or data_name, model=create_model(model_name, pretrained=False), **kwargs)
+    return load_data(data or data_name, model=build_model(model_name), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
 # compression sweeps
 
 
-def bits_label(w_bits: Any, a_bits: Any) -> str:
-    """``W4A8``; ``W4A16`` style with ``16`` for a float side (``None``)."""
-    def b(v: Any) -> str:
-        return "16" if v is None or (isinstance(v, float) and math.isnan(v)) else str(int(v))
-
-    return f"W{b(w_bits)}A{b(a_bits)}"
-
-
 def setting_label(row: Mapping[str, Any]) -> str:
-    """``FP32``, ``magnitude 50%``, ``wanda 2:4``, ``W4A4`` for one sweep row."""
-    kind = row.get("kind")
-    if kind == "fp":
-        return "FP32"
-    if kind == "prune":
-        pattern = row.get("pattern")
-        if isinstance(pattern, str) and pattern:
-            return f"{row['method']} {pattern}"
-        return f"{row['method']} {float(row['sparsity']):.0%}"
-    if kind == "quant":
-        return bits_label(row.get("w_bits"), row.get("a_bits"))
-    return str(kind)
+    """The label of one sweep row (its ``setting`` column; :meth:`craftlab.settings.Setting.label`)."""
+    return str(row["setting"]) if row.get("setting") else parse_setting(dict(row)).label()
 
 
-def parse_setting(label: str | Mapping[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`setting_label`: ``"wanda 70%"`` -> ``{"kind": "prune", "method": "wanda",
-    "sparsity": 0.7}``, ``"magnitude 2:4"`` -> ``{..., "pattern": "2:4"}``, ``"W4A8"`` -> ``{"kind": "quant",
-    "w_bits": 4, "a_bits": 8}`` (``16`` = float), ``"FP32"`` -> ``{"kind": "fp"}``. A dict is returned as is."""
-    if isinstance(label, Mapping):
-        return dict(label)
-    text = str(label).strip()
-    if text.upper() in ("FP32", "FP"):
-        return {"kind": "fp"}
-    m = re.fullmatch(r"[Ww](\d+)\s*[Aa](\d+)", text)
-    if m:
-        w, a = (int(v) for v in m.groups())
-        return {"kind": "quant", "w_bits": None if w >= 16 else w, "a_bits": None if a >= 16 else a}
-    m = re.fullmatch(r"(\w+)\s+(\d+:\d+)", text)
-    if m:
-        return {"kind": "prune", "method": m.group(1), "pattern": m.group(2)}
-    m = re.fullmatch(r"(\w+)\s+(\d+(?:\.\d+)?)\s*%", text)
-    if m:
-        return {"kind": "prune", "method": m.group(1), "sparsity": round(float(m.group(2)) / 100, 6)}
-    raise ValueError(f"cannot read the compression setting {label!r}: use e.g. 'wanda 50%', 'magnitude 2:4', "
-                     "'W4A4' or 'FP32'")
-
-
-def compress_kwargs(setting: str | Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :func:`craftlab.compress` / :func:`craftlab.compress_and_evaluate` for a setting
-    (label or dict): :func:`parse_setting` without its ``kind``."""
-    return {k: v for k, v in parse_setting(setting).items() if k != "kind"}
+def compress_kwargs(setting: str | Mapping[str, Any] | Setting) -> dict[str, Any]:
+    """Keyword arguments of :func:`craftlab.compress` for a setting (label, dict or Setting)."""
+    return parse_setting(setting).compress_kwargs()
 
 
 def compress_setting(model: nn.Module, data: DataBundle, setting: str | Mapping[str, Any]) -> nn.Module:
     """``craftlab.compress`` of `model` under one setting (label or dict), calibrated on ``data.calib``."""
-    from .compress import compress
+    from ..compression.pipeline import compress
 
     return compress(model, calib=data.calib, **compress_kwargs(setting))
 
@@ -243,7 +201,6 @@ def sweep_runs(runs: pd.DataFrame, data: DataBundle, settings: Iterable[Mapping[
     see :func:`setting_label`), ``bits`` (``W4A8`` for quantization rows) and ``bitops_per_mac``
     (w_bits × a_bits, 16 for a float side; 32 × 32 for FP32 rows).
     """
-    settings = [parse_setting(x) for x in settings] if settings is not None else None
     frames = []
     for _, row in runs.iterrows():
         label = f"{row['arm']} / seed {row['seed']}"
@@ -251,7 +208,6 @@ def sweep_runs(runs: pd.DataFrame, data: DataBundle, settings: Iterable[Mapping[
         frames.append(sweep({label: load_run(row)}, data, settings=settings, split=split, progress=progress,
                             extra_columns=extra, **grid))
     df = pd.concat(frames, ignore_index=True)
-    df["setting"] = [setting_label(r) for r in df.to_dict("records")]
     df["n_test"] = len(data.loader(split).dataset)
     quant = df["kind"] == "quant"
     df["bits"] = [bits_label(w, a) if q else None for w, a, q in zip(df["w_bits"], df["a_bits"], quant)]
@@ -416,23 +372,10 @@ def claim_report(table: pd.DataFrame, claim: str = "fine-tuning with SAM makes t
 # sharpness of many runs
 
 
-def _first_examples(data: DataBundle, n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys, have = [], [], 0
-    for x, y in data.loader(split, shuffle=False):
-        xs.append(x)
-        ys.append(y)
-        have += len(y)
-        if have >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
-
-
 def probe_batches(data: DataBundle, n_examples: int = 256, batch_size: int = 128,
                   split: str = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `n_examples` of a split (unshuffled, so every model is probed on the same examples),
-    as a list of batches of `batch_size`."""
-    x, y = _first_examples(data, n_examples, split)
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    """:meth:`DataBundle.probe_batches`: the first `n_examples` of a split, in batches of `batch_size`."""
+    return data.probe_batches(n_examples, batch_size, split)
 
 
 def sharpness_table(runs: pd.DataFrame, data: DataBundle, n_examples: int = 256, rho: float = 0.05,
@@ -445,7 +388,7 @@ def sharpness_table(runs: pd.DataFrame, data: DataBundle, n_examples: int = 256,
     ``eps_sharpness`` (one-step SAM ε̂ of radius `rho`) and ``asam_sharpness`` (one-step ASAM ε̂ of radius
     `asam_rho`), ``probe_s`` (seconds).
     """
-    from .sharpness import eps_sharpness, sharpness_summary
+    from ..probes.sharpness import eps_sharpness, sharpness_summary
 
     batches = probe_batches(data, n_examples, split=split)
     rows = []
@@ -508,7 +451,7 @@ def scale_invariance_table(model: nn.Module, data: DataBundle, alphas: Sequence[
     ``loss``, ``lambda_max``, ``eps_sharpness`` (SAM ball ρ), ``asam_sharpness`` (ASAM ball), and
     ``weight_norm``.
     """
-    from .sharpness import eps_sharpness, top_hessian_eigenvalues
+    from ..probes.sharpness import eps_sharpness, top_hessian_eigenvalues
 
     batches = probe_batches(data, n_examples)
     x = torch.cat([b[0] for b in batches])
@@ -531,7 +474,7 @@ def scale_invariance_table(model: nn.Module, data: DataBundle, alphas: Sequence[
 
 def spearman_table(df: pd.DataFrame, xs: Sequence[str], ys: Sequence[str]) -> pd.DataFrame:
     """Spearman rank correlation of every x column with every y column (rows x, columns y)."""
-    from .plots import spearman
+    from ..viz.plots import spearman
 
     return pd.DataFrame({y: [spearman(df[x], df[y]) for x in xs] for y in ys}, index=list(xs))
 
@@ -545,7 +488,7 @@ def finite(values: Iterable[float]) -> np.ndarray:
 def spearman_test(x: Iterable[float], y: Iterable[float], n_permutations: int = 10000,
                   seed: int = 0) -> tuple[float, float, int]:
     """Spearman ρ of the finite pairs, a two-sided permutation p-value and the number of pairs."""
-    from .plots import rankdata, spearman
+    from ..viz.plots import rankdata, spearman
 
     x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -578,7 +521,7 @@ def second_order_table(runs: pd.DataFrame, data: DataBundle, settings: Sequence[
     compressed model itself (for PTQ with ``a_bits`` it includes the activation quantization, which is not
     a weight move and which the prediction does not cover).
     """
-    from .landscape import compression_path
+    from ..probes.landscape import compression_path
 
     batches = probe_batches(data, n_examples, split=split)
     rows = []
@@ -605,7 +548,7 @@ def second_order_table(runs: pd.DataFrame, data: DataBundle, settings: Sequence[
 def sparsity_figure(df: pd.DataFrame, method: str = "wanda", title: str | None = None, **kwargs: Any) -> Any:
     """Accuracy vs unstructured sparsity for one pruning method, one line per arm, ±1 std band over seeds
     (the FP32 rows are drawn at sparsity 0)."""
-    from .plots import accuracy_curve_figure
+    from ..viz.plots import accuracy_curve_figure
 
     part = df[(df["kind"] == "fp") | ((df["kind"] == "prune") & (df["method"] == method) & df["pattern"].isna())]
     part = part.assign(sparsity=part["sparsity"].fillna(0.0).astype(float))
@@ -622,7 +565,7 @@ def _bands_without_markers(fig: Any) -> Any:
 
 def bits_figure(df: pd.DataFrame, title: str | None = None, **kwargs: Any) -> Any:
     """Accuracy vs bit setting (x = w_bits × a_bits, BitOPs per MAC, log axis, labelled W·A·), one line per arm."""
-    from .plots import accuracy_curve_figure
+    from ..viz.plots import accuracy_curve_figure
 
     part = df[df["kind"] == "quant"]
     fig = _bands_without_markers(accuracy_curve_figure(
@@ -640,7 +583,7 @@ def scatter_figure(df: pd.DataFrame, x: str, y: str, color: str = "arm", label: 
     """:func:`craftlab.plots.sharpness_scatter_figure` (points, least-squares line, Spearman ρ in the title)
     with one colour per arm and the legend to the right of the plot, where a long list of arms fits.
     ``identity=True`` adds the line y = x (for predicted-vs-measured plots)."""
-    from .plots import sharpness_scatter_figure
+    from ..viz.plots import sharpness_scatter_figure
 
     fig = sharpness_scatter_figure(df, x=x, y=y, color=color, label=label, title=title, **kwargs)
     if identity:
@@ -658,7 +601,7 @@ def paths_figure(paths: Mapping[str, Any], title: str | None = None, height: int
     prediction (dashed) per label, the compressed point (t = 1) starred."""
     import plotly.graph_objects as go
 
-    from .plots import PALETTE, TEMPLATE
+    from ..viz.plots import PALETTE, TEMPLATE
 
     fig = go.Figure()
     for k, (label, res) in enumerate(paths.items()):
@@ -686,7 +629,7 @@ def accuracy_bar_figure(df: pd.DataFrame, x: str = "setting", group: str = "arm"
     """Grouped bars of `y` per `x` (e.g. settings) and `group` (e.g. arms); values printed on the bars."""
     import plotly.graph_objects as go
 
-    from .plots import PALETTE, TEMPLATE
+    from ..viz.plots import PALETTE, TEMPLATE
 
     fig = go.Figure()
     for k, (g, part) in enumerate(df.groupby(group, sort=False)):

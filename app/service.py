@@ -39,7 +39,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import cache
-from ._errors import check_bits, check_sparsity, unknown_name
-from .checkpoint import SIDECAR, WEIGHTS, CheckpointError, load_checkpoint, read_meta
-from .runs import RunSpec, list_runs, run_dir
+from craftlab import cache
+from craftlab._errors import check_sparsity, unknown_name
+from craftlab.checkpoint import SIDECAR, WEIGHTS, CheckpointError, load_checkpoint, read_meta
+from craftlab.settings import DEFAULT_SETTING, Setting, make_setting, parse_bits
+from craftlab.train.runs import RunSpec, list_runs, run_dir
 
 __all__ = [
     "BITS_GRID",
@@ -79,122 +80,6 @@ _TRAIN_LOCK = threading.Lock()
 """Fine-tuning runs in one process take turns: they seed torch's process-wide RNG (head initialisation,
 dropout), so two runs in parallel threads would draw from one stream in a racy order and a cached run
 would no longer be what its settings say."""
-
-
-# ----------------------------------------------------------------------------------------------
-# settings
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One compression setting, normalized so that equivalent settings compare (and cache) equal.
-
-    ``method`` is ``"none"`` (no pruning), ``"magnitude"``, ``"wanda"``, ``"random"`` or ``"N:M"``
-    (``pattern`` then says which, e.g. ``"2:4"``: 2 of every 4 weights zeroed, sparsity 0.5).
-    ``granularity`` is the weight-quantization granularity (``"channel"`` or ``"tensor"``), kept only
-    when weights are quantized; ``a_granularity`` likewise for activations.
-    """
-
-    method: str = "none"
-    sparsity: float = 0.0
-    pattern: str | None = None
-    w_bits: int | None = None
-    a_bits: int | None = None
-    granularity: str = "channel"
-    a_granularity: str = "tensor"
-
-    @property
-    def is_identity(self) -> bool:
-        return self.method == "none" and self.w_bits is None and self.a_bits is None
-
-    @property
-    def prunes(self) -> bool:
-        return self.method != "none"
-
-    @property
-    def quantizes(self) -> bool:
-        return self.w_bits is not None or self.a_bits is not None
-
-    def compress_kwargs(self) -> dict[str, Any]:
-        """Arguments of :func:`craftlab.compress` (without ``calib``)."""
-        kw: dict[str, Any] = {"w_bits": self.w_bits, "a_bits": self.a_bits, "w_granularity": self.granularity,
-                              "a_granularity": self.a_granularity}
-        if self.method == "N:M":
-            kw.update(method="magnitude", pattern=self.pattern)
-        elif self.method != "none":
-            kw.update(method=self.method, sparsity=self.sparsity)
-        return kw
-
-    def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def label(self) -> str:
-        """Short human label, e.g. ``magnitude 50% · W4A8``."""
-        parts = []
-        if self.method == "N:M":
-            parts.append(f"N:M {self.pattern}")
-        elif self.method != "none":
-            parts.append(f"{self.method} {self.sparsity:.0%}")
-        if self.quantizes:
-            q = f"W{self.w_bits or 'fp'}A{self.a_bits or 'fp'}"
-            if self.w_bits is not None:
-                q += f" (per-{self.granularity})"
-            parts.append(q)
-        return " · ".join(parts) or "full precision"
-
-
-DEFAULT_SETTING = Setting()
-
-
-def _parse_bits(value: Any, what: str) -> int | None:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        v = value.strip()
-        if v.lower() in ("", "none", "float", "fp", "fp32", "32", "null"):
-            return None
-        value = v
-    return check_bits(value, what)
-
-
-def make_setting(method: str = "magnitude", sparsity: float = 0.0, w_bits: Any = None, a_bits: Any = None,
-                 granularity: str = "channel", pattern: str = "2:4", a_granularity: str = "tensor") -> Setting:
-    """Validate and normalize user input into a :class:`Setting` (raises ValueError naming the problem).
-
-    Args:
-        method: ``magnitude``, ``wanda``, ``random``, ``N:M`` (uses `pattern`) or a pattern like ``"2:4"``.
-        sparsity: fraction in [0, 1) of weights to zero (ignored for N:M, which fixes it at N/M).
-        w_bits, a_bits: 2-8 or 16; ``None`` / ``"None"`` / ``"float"`` = full precision.
-        granularity: weight quantization per ``"channel"`` or per ``"tensor"``.
-    """
-    from .prune import METHODS, parse_pattern
-    from .quant import GRANULARITIES
-
-    sparsity = round(check_sparsity(sparsity if sparsity is not None else 0.0), 6)
-    w_bits, a_bits = _parse_bits(w_bits, "w_bits"), _parse_bits(a_bits, "a_bits")
-    for name, value in (("granularity", granularity), ("a_granularity", a_granularity)):
-        if value not in GRANULARITIES:
-            raise unknown_name(name, value, GRANULARITIES)
-    m = str(method).strip() if method is not None else "none"
-    low = m.lower()
-    pat: str | None = None
-    if low in ("n:m", "nm", "n:m sparsity") or ":" in low:
-        pat = m if ":" in low and low != "n:m" else (pattern or "2:4")
-        n, mm = parse_pattern(pat)
-        pat = f"{n}:{mm}"
-        low, sparsity = "N:M", round(n / mm, 6)
-    elif low in ("", "none"):
-        low, sparsity = "none", 0.0
-    elif low not in METHODS:
-        raise unknown_name("pruning method", method, [*PRUNE_METHODS, "random"])
-    if low not in ("N:M", "none") and sparsity == 0.0:
-        low = "none"
-    return Setting(method=low, sparsity=sparsity if low != "none" else 0.0, pattern=pat, w_bits=w_bits, a_bits=a_bits,
-                   granularity=granularity if w_bits is not None else "channel",
-                   a_granularity=a_granularity if a_bits is not None else "tensor")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +289,7 @@ class Explorer:
             raise ValueError(f"sam_rho of the CrAFT twin must be > 0, got {sam_rho!r}")
         self.epochs, self.sam_rho, self.data, self.seed = epochs, float(sam_rho), data, seed
         self.sparsity_grid = tuple(float(check_sparsity(s)) for s in sparsity_grid)
-        self.bits_grid = tuple(int(check_bits(b, allow_none=False)) for b in bits_grid)
+        self.bits_grid = tuple(int(parse_bits(b, "bits_grid")) for b in bits_grid)
         self.probe_size = int(probe_size)
         self.landscape_steps, self.path_steps = int(landscape_steps), int(path_steps)
         self.landscape_distance = float(landscape_distance)
@@ -441,7 +326,7 @@ class Explorer:
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, value) pairs for a model picker: the zoo (both arms), then every cached run."""
-        from .models import zoo_names
+        from craftlab.models import zoo_names
 
         out = [(f"{z} (AdamW vs CrAFT)", z) for z in zoo_names()]
         for r in list_runs():
@@ -462,7 +347,7 @@ class Explorer:
         * the key of a cached run (see :func:`craftlab.list_runs`): that checkpoint, and its twin
           (the same run with ρ = 0, or with the explorer's ρ when the run itself is plain).
         """
-        from .models import is_known_model, zoo_names
+        from craftlab.models import is_known_model, zoo_names
 
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be a zoo name, a cached run or a timm name, got {model!r}")
@@ -484,7 +369,7 @@ class Explorer:
             return [_arm(base), _arm(replace(base, sam_rho=self.sam_rho))]
         import difflib
 
-        from .models import _timm_names
+        from craftlab.models import _timm_names
 
         choices = [*zoo_names(), *sorted(self._run_keys())]
         close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
@@ -514,8 +399,8 @@ class Explorer:
         return fp
 
     def _context(self, data_name: str, model: nn.Module) -> _Context:
-        from .data import load_data
-        from .models import input_config
+        from craftlab.data import load_data
+        from craftlab.models import input_config
 
         cfg = input_config(model)
         ckey = json.dumps([data_name, list(cfg.get("input_size", [])), list(cfg.get("mean", [])),
@@ -583,7 +468,7 @@ class Explorer:
             return False
 
     def _start_run(self, spec: RunSpec) -> _RunJob:
-        from .runs import get_run
+        from craftlab.train.runs import get_run
 
         _check_hub(spec.model)
 
@@ -629,8 +514,8 @@ class Explorer:
         Each yielded dict has ``runs``: a list of ``{"key", "label", "epochs", "history", "done", "cached"}``
         and ``done``. Cached runs report the history stored in their checkpoint. Raises what training raises.
         """
-        from .data import dataset_names
-        from .models import is_known_model
+        from craftlab.data import dataset_names
+        from craftlab.models import is_known_model
 
         if not is_known_model(spec.model):
             self.resolve(spec.model)  # raises the unknown-model message
@@ -726,10 +611,10 @@ class Explorer:
 
     def _point(self, loaded: _Loaded, setting: Setting) -> dict[str, Any]:
         """Accuracy/loss (and size, measured sparsity) of one arm under one setting; cached."""
-        from .compress import compress
-        from .evaluate import evaluate
-        from .prune import sparsity_report
-        from .quant import model_stats
+        from craftlab.compression.pipeline import compress
+        from craftlab.compression.prune import sparsity_report
+        from craftlab.compression.quant import model_stats
+        from craftlab.evaluation import evaluate
 
         def compute() -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -834,7 +719,7 @@ class Explorer:
 
         Measured on the fixed probe batch with :func:`craftlab.sharpness.sharpness_summary`; cached per checkpoint.
         """
-        from .sharpness import sharpness_summary
+        from craftlab.probes.sharpness import sharpness_summary
 
         with self._foreground():
             loaded = self.arms(model, progress)
@@ -864,7 +749,7 @@ class Explorer:
         a random filter-normalized ``line`` and ``plane``. Returns ``{arm_name: {"role", "label", "path",
         "plane", "seconds"}}``; cached per (checkpoint, setting, resolution).
         """
-        from . import landscape as L
+        from craftlab.probes import landscape as L
 
         if setting is None:
             setting = make_setting(**kwargs)
@@ -874,7 +759,7 @@ class Explorer:
 
             def one(la: _Loaded) -> dict[str, Any]:
                 def compute() -> dict[str, Any]:
-                    from .compress import compress
+                    from craftlab.compression.pipeline import compress
 
                     stored = self._read_landscape(la, setting, res)
                     if stored is not None:
@@ -905,7 +790,7 @@ class Explorer:
         return cache.subdir("explore") / f"landscape-{la.fingerprint[:20]}-{la.ctx.key}-{h}.json"
 
     def _read_landscape(self, la: _Loaded, setting: Setting, res: tuple) -> dict[str, Any] | None:
-        from .landscape import LineResult, PathResult, PlaneResult
+        from craftlab.probes.landscape import LineResult, PathResult, PlaneResult
 
         if not self.persist:
             return None
@@ -1049,7 +934,7 @@ def _check_hub(model: str, timeout: float = 3.0) -> None:
     (the hub client otherwise retries for minutes). Zoo models and ``HF_HUB_OFFLINE=1`` skip the check."""
     import socket
 
-    from .models import zoo_names
+    from craftlab.models import zoo_names
 
     if model in zoo_names() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return

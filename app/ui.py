@@ -26,8 +26,9 @@ from typing import Any
 import gradio as gr
 
 from craftlab import RunSpec
-from craftlab import explore_figures as figs
-from craftlab.explore import DEFAULT_SETTING, Explorer, make_setting
+
+from . import figures as figs
+from .service import DEFAULT_SETTING, Explorer, make_setting
 
 DEFAULT_MODELS = ("vit-tiny", "resnet-tiny")
 BITS_CHOICES = [("float (None)", "None"), ("16", "16"), ("8", "8"), ("7", "7"), ("6", "6"), ("5", "5"), ("4", "4"),

@@ -8,24 +8,25 @@ Scores: magnitude ``|W|``; Wanda ``|W_ij| · ‖X_j‖₂`` with ``‖X_j‖₂`
 all calibration tokens/pixels (for a Conv2d, j is the input channel: the norm is taken over batch and
 spatial positions, a per-channel reconstruction of Wanda's linear-layer rule); random: seeded uniform.
 Scopes: ``global`` (one ranking over all targets), ``layer`` (per weight tensor), ``row`` (per output
-row — Wanda's comparison group). ``pattern="N:M"`` zeroes N of every M consecutive weights along the
-input dimension (input channels for a Conv2d), e.g. ``2:4``.
+row — Wanda's comparison group). ``pattern="N:M"`` keeps the N highest-scoring of every M consecutive weights
+along the input dimension (input channels for a Conv2d) and zeroes the other M − N, e.g. ``2:4``
+(the sparse-tensor-core reading; see :mod:`craftlab.settings`).
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
 import torch
 from torch import nn
 
+from .._errors import check_sparsity, unknown_name
+from ..settings import PRUNE_METHODS, parse_pattern
 from ._calib import for_each_layer_input
-from ._errors import check_sparsity, unknown_name
 
-METHODS = ("magnitude", "wanda", "random")
+METHODS = PRUNE_METHODS
 SCOPES = ("global", "layer", "row")
 DEFAULT_SCOPE = {"magnitude": "global", "wanda": "row", "random": "global"}
 Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]  # noqa: UP007 (runtime alias, py3.10)
@@ -37,7 +38,7 @@ def target_layers(model: nn.Module, targets: Targets = None) -> dict[str, nn.Mod
     ``None``: all but the stem and the head; ``"all"``: all of them; a list of module names; or a
     predicate ``f(name, module) -> bool``.
     """
-    from .models import head_and_stem
+    from ..models import head_and_stem
 
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     if targets is None:
@@ -52,17 +53,6 @@ def target_layers(model: nn.Module, targets: Targets = None) -> dict[str, nn.Mod
     if missing:
         raise unknown_name("layer", missing[0], layers, hint="targets must name Conv2d/Linear modules")
     return {n: layers[n] for n in names}
-
-
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    """``"N:M"`` -> (N, M), requiring 1 <= N < M."""
-    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
-    if not m:
-        raise ValueError(f"pattern must look like 'N:M' (e.g. '2:4'), got {pattern!r}")
-    n, mm = int(m.group(1)), int(m.group(2))
-    if not 1 <= n < mm:
-        raise ValueError(f"impossible N:M pattern {pattern!r}: need 1 <= N < M (N weights of every M are zeroed)")
-    return n, mm
 
 
 @torch.no_grad()
@@ -114,7 +104,7 @@ def _mask_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _nm_mask(scores: torch.Tensor, n: int, m: int, name: str, conv: bool) -> torch.Tensor:
-    """Zero N lowest of every M consecutive inputs: Linear groups along in_features, Conv2d along C_in."""
+    """Zero the n lowest of every m consecutive inputs: Linear groups along in_features, Conv2d along C_in."""
     s = scores.permute(0, 2, 3, 1) if conv else scores  # conv: (O, kh, kw, C_in)
     size = s.shape[-1]
     if size % m:
@@ -143,7 +133,7 @@ def prune(
         sparsity: fraction in [0, 1) of targeted weights to zero (not needed with `pattern`).
         method: ``magnitude``, ``wanda`` (needs `calib`) or ``random``.
         scope: ``global``, ``layer`` or ``row``; default ``global`` for magnitude/random, ``row`` for Wanda.
-        pattern: ``"N:M"`` semi-structured sparsity (zero N of every M); overrides scope.
+        pattern: ``"N:M"`` semi-structured sparsity (keep N of every M); overrides scope.
         calib: calibration batches for Wanda: a DataLoader / iterable of (x, y) or of tensors.
         targets: which layers (see :func:`target_layers`).
         seed: for ``random``.
@@ -162,7 +152,8 @@ def prune(
         if scope not in SCOPES:
             raise unknown_name("pruning scope", scope, SCOPES)
     else:
-        n, m = parse_pattern(pattern)
+        keep, m = parse_pattern(pattern)
+        n = m - keep  # zeroed per group
         if sparsity is not None and abs(check_sparsity(sparsity) - n / m) > 1e-9:
             raise ValueError(f"sparsity {sparsity} contradicts pattern {pattern!r} (which means {n / m:g}); give one")
     pruned = copy.deepcopy(model)

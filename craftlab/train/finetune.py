@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._errors import unknown_name
-from .data import DataBundle, load_data
-from .evaluate import evaluate
+from .._errors import unknown_name
+from ..data import DataBundle
+from ..evaluation import evaluate
 from .sam import SAM, frozen_bn
 
 OPTIMIZERS = {
@@ -48,7 +48,7 @@ class FinetuneResult:
 
     def save(self, directory: str | Path) -> Path:
         """Checkpoint the model with the config, history and metrics in the sidecar."""
-        from .checkpoint import save_checkpoint
+        from ..checkpoint import save_checkpoint
 
         return save_checkpoint(self.model, directory, {**self.config, "history": self.history, "metrics": self.metrics})
 
@@ -195,34 +195,3 @@ def finetune(
     model.eval()
     return FinetuneResult(model=model, history=history, config=config,
                           metrics={"val_accuracy": history[-1]["val_accuracy"]})
-
-
-def pretrain(
-    name: str,
-    data: str = "mnist5k",
-    epochs: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> Path:
-    """Pretrain a zoo model on the source task (default ``mnist5k``) and save it as its "foundation".
-
-    Saves to `out`, by default ``$CRAFTLAB_HOME/zoo/<name>`` (where :func:`craftlab.create_model`
-    looks first). Returns the checkpoint folder. Takes well under 2 minutes on 2 CPU cores.
-    """
-    from . import cache
-    from .models import ZOO, create_model
-
-    if name not in ZOO:
-        raise unknown_name("zoo model", name, ZOO, hint="only zoo models are pretrained by craftlab")
-    spec = ZOO[name]
-    model = create_model(name, num_classes=10, pretrained=False, seed=seed)
-    bundle = load_data(data, model=model, seed=seed)
-    result = finetune(model, bundle, optimizer="adamw", lr=lr or spec.pretrain.get("lr", 1e-3),
-                      epochs=epochs or spec.pretrain.get("epochs", 5),
-                      warmup_epochs=spec.pretrain.get("warmup_epochs", 0.0), seed=seed, device="cpu", progress=progress)
-    test = evaluate(result.model, bundle.test)
-    result.metrics.update({"test_accuracy": test["accuracy"], "test_loss": test["loss"]})
-    result.config.update(role="foundation (source-task pretraining)", zoo_spec=spec.description)
-    return result.save(out or cache.home() / "zoo" / name)

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .explore import Setting
-from .landscape import LineResult, PathResult, PlaneResult
-from .plots import PALETTE, TEMPLATE, accuracy_curve_figure, plane_figure
+from craftlab.probes.landscape import LineResult, PathResult, PlaneResult
+from craftlab.viz.plots import PALETTE, TEMPLATE, accuracy_curve_figure, plane_figure
+
+from .service import Setting
 
 __all__ = ["ROLE_COLORS", "bits_curve_figure", "empty_figure", "path_figure", "plane_figures",
            "sparsity_curve_figure", "training_figure"]

@@ -22,13 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._errors import unknown_name
+from ..settings import GRANULARITIES, parse_bits
 from ._calib import for_each_layer_input
-from ._errors import check_bits, unknown_name
 from .prune import Targets, target_layers
 
 METHODS = ("minmax", "percentile", "mse")
-GRANULARITIES = ("tensor", "channel")
 
+
+
+def _int_bits(bits: object) -> int:
+    b = parse_bits(bits)
+    if b is None:
+        raise ValueError("bits must be one of 2..8 or 16 here, got None (float)")
+    return b
 
 def grid(bits: int, symmetric: bool) -> tuple[int, int]:
     """(qmin, qmax) of a b-bit integer grid."""
@@ -78,7 +85,7 @@ def qparams(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool
             method: str = "minmax", percentile: float = 99.99,
             mse_grid: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for `x` (shapes broadcastable to x: per channel along `axis`, or scalar-like)."""
-    bits = check_bits(bits, allow_none=False)
+    bits = _int_bits(bits)
     if method not in METHODS:
         raise unknown_name("range method", method, METHODS)
     if not 50.0 < percentile <= 100.0:
@@ -102,7 +109,7 @@ def qparams(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool
 def quantize_tensor(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool = True,
                     method: str = "minmax", percentile: float = 99.99) -> torch.Tensor:
     """Fake-quantize `x` to a `bits`-bit grid (per channel along `axis`, per tensor if None); same shape/dtype."""
-    bits = check_bits(bits, allow_none=False)
+    bits = _int_bits(bits)
     scale, zp = qparams(x, bits, axis, symmetric, method, percentile)
     qmin, qmax = grid(bits, symmetric)
     return fake_quant(x.detach(), scale, zp, qmin, qmax)
@@ -181,8 +188,8 @@ def quantize(
         calib: calibration batches (DataLoader or iterable of (x, y) / tensors) for activation ranges.
         targets: layers to quantize (default: all Conv2d/Linear but stem and head; ``"all"`` for every one).
     """
-    w_bits = check_bits(w_bits, "w_bits")
-    a_bits = check_bits(a_bits, "a_bits")
+    w_bits = parse_bits(w_bits, "w_bits")
+    a_bits = parse_bits(a_bits, "a_bits")
     for name, value, allowed in (("w_granularity", w_granularity, GRANULARITIES),
                                  ("a_granularity", a_granularity, GRANULARITIES),
                                  ("method", method, METHODS), ("a_method", a_method or method, METHODS)):

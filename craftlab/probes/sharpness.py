@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._errors import unknown_name
+from .._errors import unknown_name
 from ._probe import LossFn, as_batches, mean_loss, preserved
 
 __all__ = [

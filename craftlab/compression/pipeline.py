@@ -6,10 +6,11 @@ from typing import Any
 
 from torch import nn
 
-from ._errors import check_bits, check_sparsity
-from .data import DataBundle
-from .evaluate import evaluate
-from .prune import parse_pattern, prune
+from .._errors import check_sparsity
+from ..data import DataBundle
+from ..evaluation import evaluate
+from ..settings import parse_bits, parse_pattern
+from .prune import prune
 from .quant import model_stats, quantize
 
 
@@ -35,7 +36,7 @@ def compress(
     import copy
 
     sparsity = check_sparsity(sparsity or 0.0)
-    w_bits, a_bits = check_bits(w_bits, "w_bits"), check_bits(a_bits, "a_bits")
+    w_bits, a_bits = parse_bits(w_bits, "w_bits"), parse_bits(a_bits, "a_bits")
     if pattern:
         parse_pattern(pattern)
     out = model

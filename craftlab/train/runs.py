@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cache
-from .checkpoint import read_meta
+from .. import cache
+from ..checkpoint import read_meta
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,13 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
         return path
     except ValueError:
         pass
-    from .data import load_data
-    from .evaluate import evaluate
-    from .models import create_model
-    from .train import finetune
+    from ..data import load_data
+    from ..evaluation import evaluate
+    from ..models import build_model
+    from .finetune import finetune
+    from .pretrain import create_model
 
-    data = load_data(spec.data, model=create_model(spec.model, pretrained=False))  # input config only
+    data = load_data(spec.data, model=build_model(spec.model))  # input config only
     model = create_model(spec.model, num_classes=data.num_classes, pretrained=True, seed=spec.seed)
     result = finetune(model, data, optimizer=spec.optimizer, lr=spec.lr, epochs=spec.epochs, sam_rho=spec.sam_rho,
                       adaptive=spec.adaptive, seed=spec.seed, progress=progress, callback=callback)

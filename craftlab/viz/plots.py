@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from .landscape import LineResult, PathResult, PlaneResult
+from ..probes.landscape import LineResult, PathResult, PlaneResult
 
 TEMPLATE = "plotly_white"
 HEIGHT = 420

@@ -12,8 +12,9 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from .compress import compress_and_evaluate
-from .data import DataBundle
+from ..data import DataBundle
+from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_setting
+from .pipeline import compress_and_evaluate
 
 
 def settings_grid(
@@ -21,25 +22,20 @@ def settings_grid(
     sparsities: Iterable[float] = (0.5, 0.7, 0.9),
     patterns: Iterable[str] = ("2:4",),
     bits: Iterable[tuple[int | None, int | None]] = ((8, 8), (6, 6), (4, 8), (4, 4), (3, 8)),
-) -> list[dict[str, Any]]:
-    """The compression settings of a sweep: each pruning setting and each (w_bits, a_bits) alone."""
-    grid: list[dict[str, Any]] = [{"kind": "fp"}]
+    recalibrate_bn: bool = False,
+) -> list[Setting]:
+    """The compression settings of a sweep: FP32, each pruning setting alone and each (w_bits, a_bits) alone."""
+    grid: list[Setting] = [DEFAULT_SETTING]
     for method in methods:
-        grid += [{"kind": "prune", "method": method, "sparsity": float(s)} for s in sparsities]
-        grid += [{"kind": "prune", "method": method, "pattern": p} for p in patterns]
-    grid += [{"kind": "quant", "w_bits": w, "a_bits": a} for w, a in bits]
+        grid += [make_setting(method, s, recalibrate_bn=recalibrate_bn) for s in sparsities]
+        grid += [make_setting(p, nm_score=method, recalibrate_bn=recalibrate_bn) for p in patterns]
+    grid += [make_setting("none", 0.0, w, a) for w, a in bits]
     return grid
 
 
-def setting_label(row: Mapping[str, Any]) -> str:
-    """Short label of a sweep row: ``FP32``, ``magnitude 50%``, ``wanda 2:4``, ``W4A8``."""
-    if row["kind"] == "fp":
-        return "FP32"
-    if row["kind"] == "prune":
-        what = row["pattern"] if isinstance(row["pattern"], str) else f"{row['sparsity']:.0%}"
-        return f"{row['method']} {what}"
-    bits = [None if b is None or b != b else int(b) for b in (row["w_bits"], row["a_bits"])]  # NaN/None: float
-    return "W{}A{}".format(*(b if b is not None else "FP" for b in bits))
+def _kind(s: Setting) -> str:
+    return {(False, False): "fp", (True, False): "prune", (False, True): "quant"}.get((s.prunes, s.quantizes),
+                                                                                       "prune+quant")
 
 
 def sweep(
@@ -57,32 +53,33 @@ def sweep(
     Args:
         models: label -> model or checkpoint folder (or a list of checkpoint folders, labelled by path).
         data: the bundle whose `split` is evaluated and whose ``calib`` split calibrates Wanda / PTQ.
-        settings: dicts of :func:`craftlab.compress.compress` arguments (plus a ``kind`` label);
-            default :func:`settings_grid` (``**grid`` is passed to it).
+        settings: :class:`~craftlab.settings.Setting` objects, their labels (``"wanda 70%"``, ``"W4A8"``)
+            or dicts of :func:`~craftlab.settings.make_setting` arguments; default :func:`settings_grid`
+            (``**grid`` is passed to it).
         out: ``NAME.csv`` / ``NAME.json`` writes both files; any other path is a folder that gets
             ``sweep.csv`` and ``sweep.json``.
         extra_columns: label -> columns to add to that model's rows (e.g. optimizer, rho, seed).
 
     Returns:
-        One row per (model, setting): ``model, kind, method, sparsity, pattern, w_bits, a_bits,
-        fp_accuracy, accuracy, accuracy_drop, loss, size_mb, bitops, sparsity_measured``.
+        One row per (model, setting): ``model, setting`` (its label), ``kind`` (fp / prune / quant /
+        prune+quant), ``method, sparsity, pattern, w_bits, a_bits, fp_accuracy, accuracy, accuracy_drop,
+        loss, size_mb, bitops, sparsity_measured``.
     """
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     if not isinstance(models, Mapping):
         models = {str(p): p for p in models}
-    settings = list(settings) if settings is not None else settings_grid(**grid)
+    settings = [parse_setting(s) for s in settings] if settings is not None else settings_grid(**grid)
     rows = []
     total = len(models) * len(settings)
     bar = tqdm(total=total, desc="sweep", disable=not progress, leave=False)
     for label, m in models.items():
         model = m if isinstance(m, nn.Module) else load_checkpoint(m)
         for s in settings:
-            kwargs = {k: v for k, v in s.items() if k != "kind"}
-            res = compress_and_evaluate(model, data, split=split, **kwargs)
-            rows.append({"model": label, "kind": s.get("kind", "custom"), "method": kwargs.get("method"),
-                         "sparsity": kwargs.get("sparsity", 0.0), "pattern": kwargs.get("pattern"),
-                         "w_bits": kwargs.get("w_bits"), "a_bits": kwargs.get("a_bits"),
+            res = compress_and_evaluate(model, data, split=split, **s.compress_kwargs())
+            rows.append({"model": label, "setting": s.label(), "kind": _kind(s),
+                         "method": s.nm_score if s.method == "N:M" else (s.method if s.prunes else None),
+                         "sparsity": s.sparsity, "pattern": s.pattern, "w_bits": s.w_bits, "a_bits": s.a_bits,
                          **{k: res[k] for k in ("fp_accuracy", "accuracy", "accuracy_drop", "loss", "size_mb",
                                                 "bitops", "sparsity_measured")},
                          **(extra_columns or {}).get(label, {})})

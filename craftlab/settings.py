@@ -1,0 +1,242 @@
+"""THE compression setting: one type that the CLI, the app, sweeps and the notebooks parse, validate,
+label and turn into :func:`craftlab.compress` arguments.
+
+Validation happens once, when a :class:`Setting` is made (:func:`make_setting` from loose user input,
+:func:`parse_setting` from a label); code that receives a ``Setting`` trusts it.
+
+Conventions:
+
+* **N:M** means **N weights kept of every M** (the reading of sparse tensor cores and of most papers):
+  ``"2:4"`` keeps 2 of 4 (50 % sparse), ``"1:4"`` keeps 1 of 4 (75 % sparse). ``"keep N of M"`` and
+  ``"zero K of M"`` are accepted as explicit spellings.
+* **Bits** are 2..8 or 16; ``None`` (spelled ``None``, ``""``, ``"fp"``, ``"float"``, ``"fp32"``) is full
+  precision. Anything else (1, 9, 32, ``"abc"``) is an error.
+* **Labels**: ``magnitude 50%``, ``wanda 2:4``, ``W4A8``, ``magnitude 50% + W4A4``, ``FP32``; a
+  non-default granularity is appended (``W4A8 per-tensor``). :func:`parse_setting` inverts them.
+
+Example::
+
+    >>> s = make_setting("wanda", 0.7, w_bits=4, a_bits=8)
+    >>> s.label()
+    'wanda 70% + W4A8'
+    >>> parse_setting("wanda 70% + W4A8") == s
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._errors import ALLOWED_BITS, check_sparsity, unknown_name
+
+__all__ = [
+    "ALLOWED_BITS", "GRANULARITIES", "PRUNE_METHODS", "Setting", "DEFAULT_SETTING",
+    "make_setting", "parse_bits", "parse_pattern", "parse_setting", "bits_label",
+]
+
+PRUNE_METHODS = ("magnitude", "wanda", "random")
+"""Unstructured / per-row pruning criteria (N:M patterns use magnitude or Wanda scores too)."""
+GRANULARITIES = ("tensor", "channel")
+_FLOAT_WORDS = ("", "none", "null", "fp", "float", "fp32", "full precision")
+
+
+def parse_bits(value: Any, what: str = "bits") -> int | None:
+    """A bit-width from user input: 2..8 or 16, or None (float). ValueError names anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _FLOAT_WORDS:
+            return None
+        if not re.fullmatch(r"[0-9]+", v):
+            raise ValueError(f"{what} must be one of {ALLOWED_BITS} or None (float), got {value!r}")
+        value = int(v)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{what} must be an integer, got {value!r}")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in ALLOWED_BITS:
+        raise ValueError(f"{what} must be one of {ALLOWED_BITS} or None (float), got {value!r}")
+    return value
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """``"N:M"`` (N kept of every M) -> (N, M) with 1 <= N < M. Also ``"keep N of M"``, ``"zero K of M"``."""
+    text = str(pattern).strip().lower()
+    m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", text) or re.fullmatch(r"keep\s+(\d+)\s+of\s+(\d+)", text)
+    if m:
+        keep, size = int(m.group(1)), int(m.group(2))
+    elif z := re.fullmatch(r"zero\s+(\d+)\s+of\s+(\d+)", text):
+        size = int(z.group(2))
+        keep = size - int(z.group(1))
+    else:
+        raise ValueError(f"N:M pattern must look like '2:4' (keep 2 of every 4), got {pattern!r}")
+    if not 1 <= keep < size:
+        raise ValueError(f"impossible N:M pattern {pattern!r}: need 1 <= N < M (N weights kept of every M)")
+    return keep, size
+
+
+def bits_label(w_bits: int | None, a_bits: int | None) -> str:
+    """``W4A8``; float is ``FP`` (``W4AFP``: weights only)."""
+    return f"W{'FP' if w_bits is None else w_bits}A{'FP' if a_bits is None else a_bits}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One compression setting, normalized so that equivalent settings compare (and cache) equal.
+
+    ``method`` is ``"none"`` (no pruning), ``"magnitude"``, ``"wanda"``, ``"random"`` or ``"N:M"``
+    (``pattern`` then says which, e.g. ``"2:4"``: 2 of every 4 weights kept, sparsity 0.5, scored by
+    ``nm_score``). ``granularity`` is the weight-quantization granularity, ``a_granularity`` that of
+    activations; each is kept only when that side is quantized. ``recalibrate_bn`` re-estimates
+    BatchNorm statistics on the calibration set after pruning.
+    """
+
+    method: str = "none"
+    sparsity: float = 0.0
+    pattern: str | None = None
+    w_bits: int | None = None
+    a_bits: int | None = None
+    granularity: str = "channel"
+    a_granularity: str = "tensor"
+    nm_score: str = "magnitude"
+    recalibrate_bn: bool = False
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.prunes and not self.quantizes
+
+    @property
+    def prunes(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def quantizes(self) -> bool:
+        return self.w_bits is not None or self.a_bits is not None
+
+    def compress_kwargs(self) -> dict[str, Any]:
+        """Arguments of :func:`craftlab.compress` (without ``calib``)."""
+        kw: dict[str, Any] = {"w_bits": self.w_bits, "a_bits": self.a_bits, "w_granularity": self.granularity,
+                              "a_granularity": self.a_granularity}
+        if self.method == "N:M":
+            kw.update(method=self.nm_score, pattern=self.pattern)
+        elif self.prunes:
+            kw.update(method=self.method, sparsity=self.sparsity)
+        if self.recalibrate_bn and self.prunes:
+            kw["recalibrate_bn"] = True
+        return kw
+
+    def key(self) -> str:
+        import json
+
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def prune_label(self) -> str:
+        if self.method == "N:M":
+            return f"{self.nm_score} {self.pattern}"
+        return f"{self.method} {self.sparsity:.0%}" if self.prunes else ""
+
+    def label(self) -> str:
+        """``magnitude 50%``, ``wanda 2:4``, ``W4A8``, ``wanda 70% + W4A4``, ``FP32`` (see module doc)."""
+        parts = []
+        if self.prunes:
+            parts.append(self.prune_label() + (" +BN" if self.recalibrate_bn else ""))
+        if self.quantizes:
+            q = bits_label(self.w_bits, self.a_bits)
+            if self.w_bits is not None and self.granularity != "channel":
+                q += f" per-{self.granularity}"
+            if self.a_bits is not None and self.a_granularity != "tensor":
+                q += f" act-per-{self.a_granularity}"
+            parts.append(q)
+        return " + ".join(parts) or "FP32"
+
+    def describe(self) -> str:
+        """A longer label for people: N:M spelled out (``keep 2 of 4``)."""
+        text = self.label()
+        if self.method == "N:M":
+            n, m = parse_pattern(self.pattern or "")
+            text = text.replace(f"{self.pattern}", f"{self.pattern} (keep {n} of {m})", 1)
+        return text
+
+
+DEFAULT_SETTING = Setting()
+
+
+def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: Any = None, a_bits: Any = None,
+                 granularity: str = "channel", pattern: str | None = "2:4", a_granularity: str = "tensor",
+                 nm_score: str = "magnitude", recalibrate_bn: bool = False) -> Setting:
+    """Validate and normalize user input into a :class:`Setting` (ValueError naming the problem).
+
+    Args:
+        method: ``magnitude``, ``wanda``, ``random``, ``none``, ``N:M`` (uses `pattern`) or a pattern
+            like ``"2:4"`` itself.
+        sparsity: fraction in [0, 1) of weights to zero (ignored for N:M, which fixes it at 1 − N/M).
+        w_bits, a_bits: 2-8 or 16; None / "None" / "float" = full precision.
+        granularity, a_granularity: ``"channel"`` or ``"tensor"``.
+        nm_score: the score N:M keeps the largest of (``magnitude`` or ``wanda``).
+    """
+    if sparsity is None or (isinstance(sparsity, str) and not sparsity.strip()):
+        sparsity = 0.0
+    sparsity = round(check_sparsity(sparsity), 6)
+    w_bits, a_bits = parse_bits(w_bits, "w_bits"), parse_bits(a_bits, "a_bits")
+    for name, value in (("granularity", granularity), ("a_granularity", a_granularity)):
+        if value not in GRANULARITIES:
+            raise unknown_name(name, value, GRANULARITIES)
+    if nm_score not in ("magnitude", "wanda"):
+        raise unknown_name("N:M score", nm_score, ("magnitude", "wanda"))
+    low = "none" if method is None else str(method).strip().lower()
+    pat: str | None = None
+    if low in ("n:m", "nm") or ":" in low or low.startswith(("keep ", "zero ")):
+        n, m = parse_pattern(pattern or "2:4" if low in ("n:m", "nm") else low)
+        pat, low, sparsity = f"{n}:{m}", "N:M", round(1 - n / m, 6)
+    elif low in ("", "none"):
+        low, sparsity = "none", 0.0
+    elif low not in PRUNE_METHODS:
+        raise unknown_name("pruning method", method, [*PRUNE_METHODS, "N:M", "none"])
+    if low not in ("N:M", "none") and sparsity == 0.0:
+        low = "none"
+    return Setting(method=low, sparsity=sparsity if low != "none" else 0.0, pattern=pat, w_bits=w_bits, a_bits=a_bits,
+                   granularity=granularity if w_bits is not None else "channel",
+                   a_granularity=a_granularity if a_bits is not None else "tensor",
+                   nm_score=nm_score if low == "N:M" else "magnitude",
+                   recalibrate_bn=bool(recalibrate_bn) and low != "none")
+
+
+_LABEL_PART = re.compile(r"^(?P<method>\w+) (?:(?P<pct>[0-9.]+)%|(?P<pat>\d+:\d+))(?P<bn> \+BN)?$")
+_BITS_PART = re.compile(r"^W(?P<w>FP|\d+)A(?P<a>FP|\d+)(?: per-(?P<g>\w+))?(?: act-per-(?P<ag>\w+))?$")
+
+
+def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
+    """The inverse of :meth:`Setting.label` (also takes a Setting, or a dict of make_setting arguments)."""
+    if isinstance(label, Setting):
+        return label
+    if isinstance(label, dict):
+        kw = {k: v for k, v in label.items() if k != "kind"}
+        if kw.get("pattern"):
+            kw["nm_score"], kw["method"] = kw.get("method") or "magnitude", kw.pop("pattern")
+        return make_setting(**kw)
+    text = str(label).strip()
+    if text.upper() in ("FP32", "FP", "FULL PRECISION", "NONE", ""):
+        return DEFAULT_SETTING
+    kw: dict[str, Any] = {"method": "none"}
+    for part in (p.strip() for p in text.split("+") if p.strip()):
+        if part == "BN":
+            kw["recalibrate_bn"] = True
+        elif b := _BITS_PART.match(part):
+            kw.update(w_bits=b["w"], a_bits=b["a"], granularity=b["g"] or "channel", a_granularity=b["ag"] or "tensor")
+        elif p := _LABEL_PART.match(part):
+            if p["pat"]:
+                kw.update(method=p["pat"], nm_score=p["method"])
+            else:
+                kw.update(method=p["method"], sparsity=float(p["pct"]) / 100)
+            if p["bn"]:
+                kw["recalibrate_bn"] = True
+        else:
+            raise ValueError(f"cannot read compression setting {label!r}: expected labels like 'magnitude 50%', "
+                             "'wanda 2:4', 'W4A8', 'wanda 70% + W4A4' or 'FP32'")
+    return make_setting(**kw)

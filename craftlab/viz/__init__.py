@@ -1,0 +1,1 @@
+"""Views: plotly figures (:mod:`.plots`) and notebook widgets (:mod:`.widgets`)."""
