@@ -1,0 +1,150 @@
+"""The layout ARCHITECTURE.md promises: layers that only import downwards, no import circle, no module
+that grows past ~450 lines, a light ``import craftlab``, and a core that never imports the app."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "craftlab"
+MAX_LINES = 460
+
+# module (dotted, without the "craftlab." prefix) or package prefix -> layer; a module imports its own
+# layer or lower ones only. Keep in sync with ARCHITECTURE.md.
+LAYERS = [
+    (0, ("_errors", "cache", "settings")),
+    (1, ("models", "checkpoint", "data", "evaluation")),
+    (2, ("train.sam", "compression.prune", "compression.quant", "compression._calib", "compression.bn",
+         "compression.compensate", "probes", "analysis.stats", "transforms")),
+    (3, ("train", "compression", "analysis", "adapt", "supernet")),
+    (4, ("viz",)),
+    (5, ("cli", "__init__")),
+]
+
+
+def layer_of(module: str) -> int:
+    best: tuple[int, int] | None = None  # (prefix length, layer): the most specific prefix wins
+    for layer, prefixes in LAYERS:
+        for p in prefixes:
+            if module == p or module.startswith(p + "."):
+                if best is None or len(p) > best[0]:
+                    best = (len(p), layer)
+    assert best is not None, f"craftlab.{module} is in no layer: add it to LAYERS and ARCHITECTURE.md"
+    return best[1]
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """craftlab modules that `module` imports anywhere (module level or inside functions)."""
+    is_pkg = path.name == "__init__.py"
+    package = module.split(".") if is_pkg else module.split(".")[:-1]
+    if module == "__init__":
+        package = []
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else list(package)
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and (node.module == "craftlab" or node.module.startswith("craftlab.")):
+                target = node.module[len("craftlab."):] if node.module != "craftlab" else ""
+            else:
+                continue
+            names = [f"{target}.{a.name}".strip(".") for a in node.names] + [target]
+        elif isinstance(node, ast.Import):
+            names = [a.name[len("craftlab."):] for a in node.names if a.name.startswith("craftlab.")]
+        for n in names:
+            while n and n not in known:
+                n = n.rpartition(".")[0]
+            if n and n != module:
+                found.add(n)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {m: imports(m, p, known) for m, p in mods.items()}
+
+
+def test_layers_import_downwards_only():
+    bad = []
+    for mod, deps in graph().items():
+        if mod == "__init__":
+            continue
+        for dep in deps:
+            if layer_of(dep) > layer_of(mod):
+                bad.append(f"craftlab.{mod} (layer {layer_of(mod)}) imports craftlab.{dep} (layer {layer_of(dep)})")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_circle():
+    g = {m: d - {"__init__"} for m, d in graph().items() if m != "__init__"}
+    # packages import nothing of their own children here, so edges from a package to its modules are circles too
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g.get(m, ())):
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d):] + [d]
+                pytest.fail("import circle: " + " -> ".join(f"craftlab.{c}" for c in cycle))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m)
+
+
+def test_core_never_imports_the_app():
+    for path in PKG.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for n in names:
+                assert n.split(".")[0] not in ("app", "craftlab_app", "gradio"), f"{path} imports {n}"
+
+
+def test_modules_stay_short():
+    long = {str(p.relative_to(ROOT)): n for p in [*PKG.rglob("*.py"), *(ROOT / "app").glob("*.py")]
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_import_craftlab_is_light():
+    code = ("import sys, craftlab; heavy = [m for m in ('gradio', 'pandas', 'plotly', 'torch', 'timm', 'ipywidgets') "
+            "if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "", f"import craftlab pulled in: {out.stdout.strip()}"
+
+
+def test_public_names_resolve():
+    import craftlab
+
+    for name in craftlab.__all__:
+        assert getattr(craftlab, name) is not None, name
+    # names the README and the notebooks use, kept across the move
+    assert callable(craftlab.sharpness.top_hessian_eigenvalues) and callable(craftlab.landscape.plane)
+    assert callable(craftlab.compress) and callable(craftlab.evaluate) and callable(craftlab.sweep)
