@@ -1,0 +1,105 @@
+"""The one compression setting: parsing, validation, N:M reading, labels and round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from craftlab.settings import (
+    DEFAULT_SETTING,
+    bits_label,
+    make_setting,
+    parse_bits,
+    parse_pattern,
+    parse_setting,
+)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (4, 4), ("4", 4), (" 8 ", 8), (16, 16), (4.0, 4), (None, None), ("", None), ("None", None), ("float", None),
+    ("fp32", None), ("FP", None),
+])
+def test_bits_spellings(value, expected):
+    assert parse_bits(value) == expected
+
+
+@pytest.mark.parametrize("value", [1, "1", 9, 32, "32", 4.5, "abc", True, -4, "4bit"])
+def test_bad_bits_are_errors_naming_the_value(value):
+    with pytest.raises(ValueError, match="w_bits must be"):
+        parse_bits(value, "w_bits")
+
+
+@pytest.mark.parametrize("text,keep,m", [("2:4", 2, 4), ("1:4", 1, 4), (" 4 : 8 ", 4, 8), ("keep 1 of 4", 1, 4),
+                                         ("zero 3 of 4", 1, 4), ("zero 2 of 4", 2, 4)])
+def test_nm_means_n_kept_of_m(text, keep, m):
+    assert parse_pattern(text) == (keep, m)
+
+
+@pytest.mark.parametrize("text", ["4:2", "0:4", "4:4", "2-4", "keep 4 of 4", "zero 4 of 4"])
+def test_impossible_patterns(text):
+    with pytest.raises(ValueError, match="N:M"):
+        parse_pattern(text)
+
+
+def test_nm_sparsity_is_one_minus_n_over_m():
+    assert make_setting("1:4").sparsity == 0.75
+    assert make_setting("N:M", 0.9, pattern="2:4").sparsity == 0.5  # the slider value is ignored for N:M
+    s = make_setting("2:8", nm_score="wanda")
+    assert (s.method, s.pattern, s.sparsity, s.nm_score) == ("N:M", "2:8", 0.75, "wanda")
+    assert "keep 2 of 8" in s.describe()
+
+
+def test_equivalent_inputs_normalize_to_equal_settings():
+    assert make_setting("magnitude", 0.0) == DEFAULT_SETTING  # no sparsity: no pruning
+    assert make_setting("none", 0.7) == DEFAULT_SETTING
+    assert make_setting("magnitude", 0.5, "4", "float") == make_setting("magnitude", 0.5, 4.0, None)
+    # granularity of a side that is not quantized is irrelevant, so it is normalized away
+    assert make_setting("wanda", 0.5, None, 8, granularity="tensor") == make_setting("wanda", 0.5, None, 8)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="wanda", sparsity=1.0), "sparsity"), (dict(method="wanda", sparsity=-0.1), "sparsity"),
+    (dict(method="wanda", sparsity="lots"), "sparsity"), (dict(method="snip", sparsity=0.5), "pruning method"),
+    (dict(method="magnitude", sparsity=0.5, granularity="row"), "granularity"),
+    (dict(method="2:4", nm_score="random"), "N:M score"),
+])
+def test_bad_input_names_the_problem(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_setting(**kwargs)
+
+
+@pytest.mark.parametrize("setting,label", [
+    (DEFAULT_SETTING, "FP32"),
+    (make_setting("magnitude", 0.5), "magnitude 50%"),
+    (make_setting("2:4", nm_score="wanda"), "wanda 2:4"),
+    (make_setting("none", 0, 4, 8), "W4A8"),
+    (make_setting("none", 0, 4, None), "W4AFP"),
+    (make_setting("wanda", 0.7, 4, 4), "wanda 70% + W4A4"),
+    (make_setting("none", 0, 4, 8, granularity="tensor"), "W4A8 per-tensor"),
+    (make_setting("magnitude", 0.5, recalibrate_bn=True), "magnitude 50% +BN"),
+])
+def test_labels_and_their_inverse(setting, label):
+    assert setting.label() == label
+    assert parse_setting(label) == setting
+
+
+def test_parse_setting_accepts_dicts_and_settings():
+    s = make_setting("wanda", 0.7)
+    assert parse_setting(s) is s
+    assert parse_setting({"method": "wanda", "sparsity": 0.7}) == s
+    # the sweep's older dict form (kind + pattern) still reads
+    assert parse_setting({"kind": "prune", "method": "wanda", "pattern": "2:4"}) == make_setting("2:4", nm_score="wanda")
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_setting("half the weights")
+
+
+def test_compress_kwargs():
+    assert make_setting("2:4", nm_score="wanda").compress_kwargs()["method"] == "wanda"
+    assert make_setting("2:4").compress_kwargs()["pattern"] == "2:4"
+    kw = make_setting("magnitude", 0.5, 4, 8).compress_kwargs()
+    assert (kw["method"], kw["sparsity"], kw["w_bits"], kw["a_bits"]) == ("magnitude", 0.5, 4, 8)
+    assert "pattern" not in kw and "recalibrate_bn" not in kw
+    assert make_setting("magnitude", 0.5, recalibrate_bn=True).compress_kwargs()["recalibrate_bn"] is True
+
+
+def test_bits_label():
+    assert bits_label(4, 8) == "W4A8" and bits_label(None, 8) == "WFPA8"
