@@ -19,9 +19,8 @@ MAX_LINES = 460
 LAYERS = [
     (0, ("_errors", "cache", "settings")),
     (1, ("models", "checkpoint", "data", "evaluation")),
-    (2, ("train.sam", "compression.prune", "compression.quant", "compression._calib", "compression.bn",
-         "compression.compensate", "probes", "analysis.stats", "transforms")),
-    (3, ("train", "compression", "analysis", "adapt", "supernet")),
+    (2, ("train.sam", "compression", "probes", "analysis.stats", "transforms")),
+    (3, ("train", "compression.pipeline", "compression.sweep", "analysis", "adapt", "supernet")),
     (4, ("viz",)),
     (5, ("cli", "__init__")),
 ]

@@ -1,18 +1,9 @@
 """Statistics of the claim checks: paired tests, multiplicity correction, effect sizes, verdicts, rank correlation.
 
-Every paper's claim check compares two arms (e.g. AdamW vs AdamW+SAM) over the same seeds at several settings
-(e.g. compression settings). :func:`compare_arms` runs one paired test per setting and corrects the p-values
-across the settings of that one claim (Holm by default, which controls the family-wise error rate);
-:func:`claim_verdict` turns that table into a status and plain sentences, with a power statement saying what
-the design could have detected.
-
-Only numpy and scipy are imported here (pandas inside the functions that take or return tables). Randomness
-comes from local ``np.random.default_rng(seed)`` generators: the caller's global random state is never touched.
-
-Typical use::
-
-    table = compare_arms(df, "AdamW", "SAM ρ=0.05", value="accuracy")   # one row per setting
-    print(claim_verdict(table, claim="SAM makes compression cost less accuracy").text)
+A claim check compares two arms (AdamW vs AdamW+SAM) over the same seeds at several settings: :func:`compare_arms`
+runs one paired test per setting and corrects across the settings of that claim (Holm: family-wise error rate);
+:func:`claim_verdict` turns that table into a status and sentences with a power statement. numpy and scipy only
+(pandas inside the table functions); randomness from local ``default_rng(seed)``, never the caller's RNG.
 """
 
 from __future__ import annotations
@@ -27,11 +18,9 @@ import numpy as np
 from scipy import optimize, special
 from scipy import stats as _st
 
-__all__ = [
-    "Comparison", "Verdict", "adjust", "benjamini_hochberg", "claim_verdict", "cohens_dz", "compare_arms",
-    "compare_paired", "detectable_effect", "holm", "mean_ci", "min_attainable_p", "paired_t", "rankdata",
-    "sign_flip_pvalue", "spearman", "spearman_test",
-]
+__all__ = ["Comparison", "Verdict", "adjust", "benjamini_hochberg", "claim_verdict", "cohens_dz", "compare_arms",
+           "compare_paired", "detectable_effect", "holm", "mean_ci", "min_attainable_p", "paired_t", "rankdata",
+           "sign_flip_pvalue", "spearman", "spearman_test"]
 
 EXACT_MAX_N = 16
 """The sign-flip test enumerates all 2^n sign patterns up to this many non-zero differences."""
@@ -47,17 +36,13 @@ def _diffs(diffs: Any) -> np.ndarray:
     return d
 
 
-# ----------------------------------------------------------------------------------------------
-# paired tests
-
-
 def sign_flip_pvalue(diffs: Any, n_resamples: int = 20000, seed: int = 0) -> float:
     """Two-sided paired sign-flip permutation p-value of the mean difference.
 
-    Under the null each difference is as likely to have either sign. With ≤ ``EXACT_MAX_N`` non-zero
-    differences all 2^n sign patterns are enumerated (exact p); above, `n_resamples` random patterns from a
-    local ``default_rng(seed)`` give ``(b + 1) / (m + 1)``. Zero differences are dropped: flipping a zero
-    changes nothing, so this is the same p as counting them. All zeros (or no pairs) -> 1.0.
+    Under the null each difference is as likely to have either sign. Up to ``EXACT_MAX_N`` non-zero differences
+    all 2^n sign patterns are enumerated (exact p); above, `n_resamples` random ones from a local
+    ``default_rng(seed)`` give ``(b + 1) / (m + 1)``. Zeros are dropped (flipping them changes nothing, so the p
+    is the same as counting them); all zeros or no pairs -> 1.0.
 
     >>> sign_flip_pvalue([1.0, 2.0, 3.0])   # 2 of the 8 patterns are as extreme: all + and all -
     0.25
@@ -72,22 +57,18 @@ def sign_flip_pvalue(diffs: Any, n_resamples: int = 20000, seed: int = 0) -> flo
     if n <= EXACT_MAX_N:
         signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
         return float(np.mean(np.abs(signs @ d) >= obs - tol))
-    rng = np.random.default_rng(seed)
-    b, left = 0, int(n_resamples)
-    while left > 0:
-        m = min(left, 4096)
-        signs = 1 - 2 * rng.integers(0, 2, size=(m, n), dtype=np.int8)
+    rng, b = np.random.default_rng(seed), 0
+    for start in range(0, n_resamples, 4096):
+        signs = 1 - 2 * rng.integers(0, 2, size=(min(4096, n_resamples - start), n), dtype=np.int8)
         b += int((np.abs(signs @ d) >= obs - tol).sum())
-        left -= m
-    return (b + 1) / (int(n_resamples) + 1)
+    return (b + 1) / (n_resamples + 1)
 
 
 def paired_t(diffs: Any) -> tuple[float, float, int]:
     """Paired t test of mean difference 0: ``(t, p two-sided, df)``.
 
-    Fewer than 2 pairs: t and p are NaN. Zero variance (all differences equal): the t statistic is undefined;
-    this returns ``(0.0, 1.0, df)`` when they are all 0 and ``(±inf, 0.0, df)`` otherwise (every seed moved
-    by exactly the same non-zero amount: the data show no noise at all).
+    Fewer than 2 pairs: t and p are NaN. Zero variance (all differences equal), where t is undefined:
+    ``(0.0, 1.0, df)`` if they are all 0, else ``(±inf, 0.0, df)`` (every seed moved by the same amount).
 
     >>> t, p, df = paired_t([1.0, 2.0, 3.0]); round(t, 3), round(p, 4), df
     (3.464, 0.0742, 2)
@@ -106,8 +87,7 @@ def paired_t(diffs: Any) -> tuple[float, float, int]:
 def min_attainable_p(n: int, test: str = "t") -> float:
     """The smallest two-sided p the test can give with `n` (non-zero) pairs, whatever the data.
 
-    Sign-flip: ``2 / 2^n`` (all differences of one sign); t: 0 for n ≥ 2. With fewer pairs than a test needs,
-    1.0 (it can never reject).
+    Sign-flip: ``2 / 2^n`` (all differences of one sign); t: 0 for n ≥ 2; 1.0 with too few pairs for the test.
 
     >>> min_attainable_p(3, "sign-flip"), min_attainable_p(3, "t")
     (0.25, 0.0)
@@ -123,16 +103,18 @@ def _check_test(test: str) -> None:
         raise ValueError(f"unknown test {test!r}; use one of {TESTS}")
 
 
-# ----------------------------------------------------------------------------------------------
-# multiplicity
-
-
-def _pvalues(pvalues: Any) -> tuple[np.ndarray, np.ndarray]:
+def _step(pvalues: Any, step: Any) -> np.ndarray:
+    """Apply ``step(sorted non-NaN p) -> adjusted`` and put the results back in place; NaN stays NaN."""
     p = np.asarray(pvalues, dtype=float).ravel()
     ok = ~np.isnan(p)
     if ((p[ok] < 0) | (p[ok] > 1)).any():
         raise ValueError(f"p-values must lie in [0, 1], got {p.tolist()}")
-    return p, ok
+    out, q = np.full(p.shape, np.nan), p[ok]
+    order = np.argsort(q, kind="stable")
+    vals = np.empty(len(q))
+    vals[order] = np.minimum(1.0, step(q[order], len(q))) if len(q) else q
+    out[ok] = vals
+    return out
 
 
 def holm(pvalues: Any) -> np.ndarray:
@@ -141,16 +123,7 @@ def holm(pvalues: Any) -> np.ndarray:
     >>> holm([0.01, 0.04, 0.03, 0.005]).round(4).tolist()
     [0.03, 0.06, 0.06, 0.02]
     """
-    p, ok = _pvalues(pvalues)
-    out = np.full(p.shape, np.nan)
-    q = p[ok]
-    m = len(q)
-    order = np.argsort(q, kind="stable")
-    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[order]))
-    vals = np.empty(m)
-    vals[order] = adj
-    out[ok] = vals
-    return out
+    return _step(pvalues, lambda q, m: np.maximum.accumulate((m - np.arange(m)) * q))
 
 
 def benjamini_hochberg(pvalues: Any) -> np.ndarray:
@@ -159,16 +132,7 @@ def benjamini_hochberg(pvalues: Any) -> np.ndarray:
     >>> benjamini_hochberg([0.01, 0.04, 0.03, 0.005]).round(4).tolist()
     [0.02, 0.04, 0.04, 0.02]
     """
-    p, ok = _pvalues(pvalues)
-    out = np.full(p.shape, np.nan)
-    q = p[ok]
-    m = len(q)
-    order = np.argsort(q, kind="stable")
-    adj = np.minimum(1.0, np.minimum.accumulate((m / np.arange(m, 0, -1)) * q[order][::-1])[::-1])
-    vals = np.empty(m)
-    vals[order] = adj
-    out[ok] = vals
-    return out
+    return _step(pvalues, lambda q, m: np.minimum.accumulate((m / np.arange(m, 0, -1)) * q[::-1])[::-1])
 
 
 def adjust(pvalues: Any, method: str = "holm") -> np.ndarray:
@@ -177,31 +141,20 @@ def adjust(pvalues: Any, method: str = "holm") -> np.ndarray:
     >>> adjust([0.01, 0.02], "none").tolist()
     [0.01, 0.02]
     """
-    if method == "holm":
-        return holm(pvalues)
-    if method == "bh":
-        return benjamini_hochberg(pvalues)
-    if method == "none":
-        return _pvalues(pvalues)[0].copy()
-    raise ValueError(f"unknown correction {method!r}; use 'holm', 'bh' or 'none'")
-
-
-# ----------------------------------------------------------------------------------------------
-# effect sizes and power
+    methods = {"holm": holm, "bh": benjamini_hochberg, "none": lambda p: _step(p, lambda q, m: q)}
+    if method not in methods:
+        raise ValueError(f"unknown correction {method!r}; use 'holm', 'bh' or 'none'")
+    return methods[method](pvalues)
 
 
 def mean_ci(diffs: Any, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean of the differences and its t-distribution confidence interval ``(mean, low, high)``.
-
-    Fewer than 2 pairs: the bounds are NaN.
+    """Mean of the differences and its t-distribution confidence interval ``(mean, low, high)`` (NaN bounds < 2 pairs).
 
     >>> [round(v, 3) for v in mean_ci([1.0, 2.0, 3.0])]
     [2.0, -0.484, 4.484]
     """
     d = _diffs(diffs)
-    if len(d) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(d.mean())
+    mean = float(d.mean()) if len(d) else float("nan")
     if len(d) < 2:
         return mean, float("nan"), float("nan")
     half = float(special.stdtrit(len(d) - 1, 0.5 + confidence / 2)) * float(d.std(ddof=1)) / math.sqrt(len(d))
@@ -215,9 +168,7 @@ def cohens_dz(diffs: Any) -> float:
     2.0
     """
     d = _diffs(diffs)
-    if len(d) < 2:
-        return float("nan")
-    sd = float(d.std(ddof=1))
+    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
     return float(d.mean()) / sd if sd > 0 else float("nan")
 
 
@@ -230,8 +181,8 @@ def _t_power(dz: float, n: int, level: float) -> float:
 
 @functools.lru_cache(maxsize=256)
 def detectable_effect(n: int, level: float, power: float = 0.8) -> float:
-    """The standardized effect d_z (mean / sd of the differences) a two-sided paired t test at `level` finds
-    with probability `power` from `n` pairs: exact, from the noncentral t distribution. NaN for n < 2.
+    """The d_z (mean / sd of the differences) a two-sided paired t test at `level` finds with probability `power`
+    from `n` pairs, from the noncentral t distribution (exact). NaN for n < 2.
 
     >>> round(detectable_effect(5, 0.05), 2)
     1.68
@@ -239,15 +190,9 @@ def detectable_effect(n: int, level: float, power: float = 0.8) -> float:
     if n < 2:
         return float("nan")
     hi = 1.0
-    while _t_power(hi, n, level) < power:
+    while _t_power(hi, n, level) < power and hi < 1e6:
         hi *= 2
-        if hi > 1e6:
-            return float("inf")
-    return float(optimize.brentq(lambda d: _t_power(d, n, level) - power, 0.0, hi, xtol=1e-6))
-
-
-# ----------------------------------------------------------------------------------------------
-# one comparison, many comparisons
+    return float("inf") if hi >= 1e6 else float(optimize.brentq(lambda d: _t_power(d, n, level) - power, 0, hi))
 
 
 @dataclass(frozen=True)
@@ -279,9 +224,8 @@ def compare_paired(baseline: Any, treatment: Any, *, setting: str = "", test: st
                    higher_is_better: bool = True, n_resamples: int = 20000, seed: int = 0) -> Comparison:
     """Paired test of treatment vs baseline at one setting (pair i of both arrays = same seed).
 
-    ``p_adjusted`` is ``p`` (one test); ``direction`` is ``gain``/``harm``/``none`` from the sign of the mean
-    difference, a gain being higher values (lower if ``higher_is_better=False``, e.g. an accuracy drop).
-    With fewer than 2 pairs p is NaN and the result is not significant.
+    ``p_adjusted`` is ``p`` (one test); ``direction``: ``gain``/``harm``/``none`` from the sign of the mean difference
+    (a gain is higher, or lower with ``higher_is_better=False``, e.g. for an accuracy drop). < 2 pairs: p is NaN.
 
     >>> compare_paired([0.80, 0.82, 0.81], [0.85, 0.86, 0.86]).direction
     'gain'
@@ -290,12 +234,8 @@ def compare_paired(baseline: Any, treatment: Any, *, setting: str = "", test: st
     b, t = _diffs(baseline), _diffs(treatment)
     if len(b) != len(t):
         raise ValueError(f"baseline and treatment must be paired: {len(b)} vs {len(t)} values")
-    d = t - b
-    n = len(d)
-    if n < 2:
-        p = float("nan")
-    else:
-        p = paired_t(d)[1] if test == "t" else sign_flip_pvalue(d, n_resamples=n_resamples, seed=seed)
+    d, n = t - b, len(b)
+    p = float("nan") if n < 2 else paired_t(d)[1] if test == "t" else sign_flip_pvalue(d, n_resamples, seed)
     mean, low, high = mean_ci(d, 1 - alpha)
     return Comparison(setting=str(setting), n=n, baseline_mean=float(b.mean()) if n else float("nan"),
                       treatment_mean=float(t.mean()) if n else float("nan"), mean_diff=mean,
@@ -337,16 +277,14 @@ def compare_arms(df: Any, baseline: str, treatment: str, *, value: str = "accura
     sub = df[df[arm].isin([baseline, treatment])]
     keys = pd.DataFrame({"g": sub[by] if by is not None else "all", "p": sub[pair], "a": sub[arm],
                          "v": pd.to_numeric(sub[value], errors="coerce")})
-    bad = keys[keys["v"].isna() | ~np.isfinite(keys["v"].to_numpy(float, na_value=np.nan))]
+    show = lambda v: repr(v.item() if isinstance(v, np.generic) else v)
+    where = lambda r: f"arm {show(r['a'])}, {pair} {show(r['p'])}" + (f", {by} {show(r['g'])}" if by else "")
+    bad = keys[~np.isfinite(keys["v"].to_numpy(float, na_value=np.nan))]
     if len(bad):
-        r = bad.iloc[0]
-        raise ValueError(f"{value!r} is NaN or not a finite number for arm {r['a']!r}, {pair} {r['p']!r}"
-                         + (f", {by} {r['g']!r}" if by is not None else "") + f" ({len(bad)} such row(s))")
-    dup = keys.duplicated(["g", "p", "a"])
-    if dup.any():
-        r = keys[dup].iloc[0]
-        raise ValueError(f"several rows for arm {r['a']!r}, {pair} {r['p']!r}"
-                         + (f", {by} {r['g']!r}" if by is not None else "") + f": cannot pair them by {pair!r}")
+        raise ValueError(f"{value!r} is NaN or not a finite number for {where(bad.iloc[0])} ({len(bad)} row(s))")
+    dup = keys[keys.duplicated(["g", "p", "a"])]
+    if len(dup):
+        raise ValueError(f"several rows for {where(dup.iloc[0])}: cannot pair them by {pair!r}")
     wide = keys.pivot(index=["g", "p"], columns="a", values="v").dropna()
     group_of = np.asarray(wide.index.get_level_values("g"), dtype=object)
     bv, tv = wide[baseline].to_numpy(float), wide[treatment].to_numpy(float)
@@ -366,14 +304,9 @@ def compare_arms(df: Any, baseline: str, treatment: str, *, value: str = "accura
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# the verdict
-
-
 @dataclass
 class Verdict:
-    """The outcome of a claim check: ``status`` (one of ``STATUSES``), the settings with a significant gain
-    and with a significant harm (after correction), and ``text``, plain sentences built from the numbers."""
+    """A claim check's ``status`` (``STATUSES``), settings with a significant gain / harm, and its sentences."""
 
     status: str
     gains: list[str] = field(default_factory=list)
@@ -398,29 +331,25 @@ def claim_verdict(table: Any, claim: str = "the treatment beats the baseline", a
     contradicts: ≥ 1 significant harm, no gain; mixed: both; inconclusive: none significant. `alpha` defaults
     to the table's. Numbers in the text are multiplied by `scale` and followed by `unit` (``100, " pp"``).
 
-    The power sentence: when even the smallest p the test can give (:func:`min_attainable_p`) is not below
-    α / (number of tested settings), the design cannot reach significance and the text says how many pairs
-    it would need. Otherwise it gives the effect found with ~80% power at α / k (Holm's first step; exact
-    for Bonferroni, a little conservative for Holm) for the median sd of the differences, from the
-    noncentral t distribution (for the sign-flip test, an approximation).
+    Power sentence: if the smallest p the test can give (:func:`min_attainable_p`) is not below α/k (k tested
+    settings), the design cannot reach significance: the text says so and how many pairs it needs. Otherwise: the
+    effect found with ~80% power at α/k (Holm's first step: exact for Bonferroni, slightly conservative for Holm)
+    given the median (non-zero) sd of the differences, from the noncentral t (:func:`detectable_effect`; approximate for
+    the sign-flip test).
     """
     a = table.attrs
     alpha = float(a.get("alpha", 0.05) if alpha is None else alpha)
     sig = table["p_adjusted"].to_numpy(float) < alpha
     gains = [s for s, ok, d in zip(table["setting"], sig, table["direction"]) if ok and d == "gain"]
     harms = [s for s, ok, d in zip(table["setting"], sig, table["direction"]) if ok and d == "harm"]
-    if gains and len(gains) == len(table):
-        status = "supports"
-    elif gains:
-        status = "mixed" if harms else "partly supports"
-    else:
-        status = "contradicts" if harms else "inconclusive"
+    status = (("supports" if len(gains) == len(table) else "mixed" if harms else "partly supports") if gains
+              else "contradicts" if harms else "inconclusive")
     tested = table[table["p"].notna()]
     k, test, corr = len(tested), a.get("test", str(table["test"].iloc[0])), a.get("correction", "holm")
     ns = sorted(set(tested["n"].astype(int)))
-    n_txt = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    n_txt = "no" if not ns else f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     fmt = lambda v: f"{scale * v:+.2g}{unit}" if abs(scale * v) < 1 else f"{scale * v:+.1f}{unit}"
-    pct = round(100 * (1 - alpha))
+    pct = round(100 * (1 - float(a.get("alpha", 0.05))))  # the CIs were computed at the table's α
     better = "higher" if a.get("higher_is_better", True) else "lower"
     lines = [f"Claim: {claim}.",
              f"Tested: {a.get('treatment', 'treatment')} vs {a.get('baseline', 'baseline')} on "
@@ -434,39 +363,33 @@ def claim_verdict(table: Any, claim: str = "the treatment beats the baseline", a
                          f"p_adj {r.p_adjusted:.2g})" for s, r in rows.iterrows())
 
     lines.append(f"Verdict: the measurements {_VERBS[status]}.")
-    lines.append(f"Significant gains at {len(gains)} of {len(table)} settings" + (f": {listing(gains)}." if gains
-                                                                                    else "."))
-    lines.append(f"Significant harms at {len(harms)} of {len(table)} settings" + (f": {listing(harms)}." if harms
-                                                                                    else "."))
+    for word, names in (("gains", gains), ("harms", harms)):
+        listed = f": {listing(names)}" if names else ""
+        lines.append(f"Significant {word} at {len(names)} of {len(table)} settings{listed}.")
     lines.append(_power_sentence(tested, test, alpha, corr, k, scale, unit))
     return Verdict(status=status, gains=gains, harms=harms, text="\n".join(lines))
 
 
-def _power_sentence(tested: Any, test: str, alpha: float, correction: str, k: int, scale: float,
-                    unit: str) -> str:
+def _power_sentence(tested: Any, test: str, alpha: float, correction: str, k: int, scale: float, unit: str) -> str:
     if k == 0:
         return "Power: no setting had 2 pairs: nothing could be tested."
-    level = alpha / k if correction != "none" else alpha
+    level, name = (alpha / k, f"the corrected level α/{k}") if correction != "none" else (alpha, "α")
     n = int(tested["n"].min())
     if min_attainable_p(n, test) >= level:
         need = next(m for m in range(2, 10_000) if min_attainable_p(m, test) < level)
         return (f"Power: this design cannot reach significance at all: with {n} pairs the smallest p the test can "
-                f"give is {min_attainable_p(n, test):.3g}, not below the corrected level α/{k} = {level:.2g}; "
+                f"give is {min_attainable_p(n, test):.3g}, not below {name} = {level:.2g}; "
                 f"it needs at least {need} pairs per setting (more to have power against a real effect).")
-    sd = float(np.nanmedian(tested["sd_diff"].to_numpy(float)))
-    dz = detectable_effect(n, level)
-    if not math.isfinite(sd) or sd == 0:
-        return (f"Power: the differences show no spread (median sd {sd:g}), so no power statement can be made; "
-                f"any consistent non-zero difference is flagged.")
-    eff = dz * sd * scale
+    sds = tested["sd_diff"].to_numpy(float)
+    sds = sds[np.isfinite(sds) & (sds > 0)]  # a setting where every seed gives the same difference says nothing
+    if not len(sds):
+        return ("Power: the differences show no spread at any setting, so no power statement can be made; "
+                "any consistent non-zero difference is flagged.")
+    sd, dz = float(np.median(sds)), detectable_effect(n, level)
+    approx = "" if test == "t" else ", approximate for the sign-flip test"
     return (f"Power: with {n} pairs and the median sd of the differences ({sd * scale:.2g}{unit}), an effect of "
-            f"about ±{eff:.2g}{unit} (d_z = {dz:.2g}) is found with ~80% power at the corrected level "
-            f"α/{k} = {level:.2g} (noncentral t{'' if test == 't' else ', approximate for the sign-flip test'}); "
-            f"smaller true effects will mostly be reported as inconclusive.")
-
-
-# ----------------------------------------------------------------------------------------------
-# rank correlation
+            f"about ±{dz * sd * scale:.2g}{unit} (d_z = {dz:.2g}) is found with ~80% power at {name} = {level:.2g} "
+            f"(noncentral t{approx}); smaller true effects will mostly be reported as inconclusive.")
 
 
 def rankdata(values: Any) -> np.ndarray:
@@ -510,8 +433,7 @@ def spearman_test(x: Sequence[float] | Any, y: Sequence[float] | Any, n_permutat
                   seed: int = 0) -> tuple[float, float, int]:
     """Spearman ρ of the finite pairs, a two-sided permutation p-value and the number of pairs.
 
-    The p-value is ``(b + 1) / (m + 1)`` over `n_permutations` random permutations of y from a local
-    ``default_rng(seed)``; NaN when ρ is.
+    p = ``(b + 1) / (m + 1)`` over `n_permutations` permutations of y from a local ``default_rng(seed)``.
 
     >>> rho, p, n = spearman_test([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5]); round(rho, 3), n
     (0.829, 6)

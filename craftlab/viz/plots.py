@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from ..analysis.stats import rankdata, spearman  # noqa: F401  (re-exported: plots.spearman)
 from ..probes.landscape import LineResult, PathResult, PlaneResult
 
 TEMPLATE = "plotly_white"
@@ -158,30 +159,38 @@ def plane_figure(result: PlaneResult, kind: str = "contour", mark: Any = None, m
                    scene={"xaxis_title": "α", "yaxis_title": "β", "zaxis_title": zname})
 
 
-def compression_path_figure(result: PathResult, metric: str = "loss", title: str | None = None,
-                            height: int = HEIGHT, template: str = TEMPLATE) -> go.Figure:
-    """Loss along ``w + t (C(w) − w)``: measured (solid), 2nd-order prediction (dashed, loss only),
-    the original (t = 0) and the compressed point (t = 1) marked.
+def compression_path_figure(result: PathResult | Mapping[str, PathResult], metric: str = "loss",
+                            title: str | None = None, height: int = HEIGHT, template: str = TEMPLATE) -> go.Figure:
+    """Loss along ``w + t (C(w) − w)``: measured (solid), 2nd-order prediction (dashed, loss only), the
+    original (t = 0) and the compressed point (t = 1) marked — THE compression-path figure.
 
-    Traces: measured, [prediction when available], original, compressed.
+    `result` is one :class:`PathResult` or a mapping label -> PathResult (e.g. one per fine-tuning arm),
+    drawn in one colour each. Traces per path: measured, [prediction when available], original, compressed.
     """
-    t = np.asarray(result.t, float)
-    y = _metric_values(result, metric)
+    paths = {"": result} if isinstance(result, PathResult) else dict(result)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t, y=y, mode="lines", name=f"measured {metric}", line={"color": _color(0), "width": 2}))
-    pred = np.asarray(result.predicted, float)
-    if metric == "loss" and np.isfinite(pred).any():
-        fig.add_trace(go.Scatter(x=t, y=pred, mode="lines", name="2nd-order prediction",
-                                 line={"color": _color(1), "dash": "dash", "width": 2}))
-    i0, i1 = result.index_original, result.index_compressed
-    fig.add_trace(go.Scatter(x=[t[i0]], y=[y[i0]], mode="markers", name="original (t = 0)",
-                             marker={"size": 11, "color": "black", "symbol": "circle"}))
-    fig.add_trace(go.Scatter(x=[t[i1]], y=[y[i1]], mode="markers", name="compressed (t = 1)",
-                             marker={"size": 14, "color": "red", "symbol": "star"}))
-    if title is None and metric == "loss" and "measured_jump" in result.meta:
-        title = f"compression path: ΔL measured {result.meta['measured_jump']:.4g}"
-        if "predicted_jump" in result.meta:
-            title += f", 2nd-order {result.meta['predicted_jump']:.4g}"
+    for k, (label, res) in enumerate(paths.items()):
+        t, y = np.asarray(res.t, float), _metric_values(res, metric)
+        name = f"{label}: " if label else ""
+        color = _color(k)
+        fig.add_trace(go.Scatter(x=t, y=y, mode="lines", name=f"{name}measured {metric}",
+                                 line={"color": color, "width": 2}))
+        pred = np.asarray(res.predicted, float)
+        if metric == "loss" and np.isfinite(pred).any():
+            fig.add_trace(go.Scatter(x=t, y=pred, mode="lines", name=f"{name}2nd-order prediction",
+                                     line={"color": _color(1) if not label else color, "dash": "dash", "width": 2}))
+        i0, i1 = res.index_original, res.index_compressed
+        fig.add_trace(go.Scatter(x=[t[i0]], y=[y[i0]], mode="markers", name=f"{name}original (t = 0)",
+                                 showlegend=not label, marker={"size": 11, "color": "black", "symbol": "circle"}))
+        fig.add_trace(go.Scatter(x=[t[i1]], y=[y[i1]], mode="markers", name=f"{name}compressed (t = 1)",
+                                 showlegend=not label,
+                                 marker={"size": 14, "color": "red" if not label else color, "symbol": "star",
+                                         "line": {"width": 1, "color": "black"}}))
+    only = next(iter(paths.values()))
+    if title is None and len(paths) == 1 and metric == "loss" and "measured_jump" in only.meta:
+        title = f"compression path: ΔL measured {only.meta['measured_jump']:.4g}"
+        if "predicted_jump" in only.meta:
+            title += f", 2nd-order {only.meta['predicted_jump']:.4g}"
     return _finish(fig, title, height, template, xaxis_title="t  (w + t·(C(w) − w))", yaxis_title=metric)
 
 
@@ -240,34 +249,6 @@ def accuracy_curve_figure(df: Any, x: str = "sparsity", y: str = "accuracy", gro
     if reverse_x:
         fig.update_xaxes(autorange="reversed")
     return fig
-
-
-def rankdata(values: Any) -> np.ndarray:
-    """Ranks 1..n of `values`, ties getting the mean of their ranks (as for Spearman's ρ)."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v), dtype=float)
-    sv = v[order]
-    start = 0
-    while start < len(v):
-        end = start
-        while end + 1 < len(v) and sv[end + 1] == sv[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
-        start = end + 1
-    return ranks
-
-
-def spearman(x: Any, y: Any) -> float:
-    """Spearman rank correlation of the finite pairs of `x` and `y` (NaN when < 3 pairs or a constant side)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3:
-        return float("nan")
-    rx, ry = rankdata(x[ok]), rankdata(y[ok])
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
 
 
 def sharpness_scatter_figure(df: Any, x: str = "lambda_max", y: str = "accuracy_drop", label: str | None = None,
