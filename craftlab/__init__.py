@@ -33,7 +33,7 @@ _NAMES: dict[str, str] = {
     "evaluate": ".evaluation",
     "build_model": ".models", "zoo_names": ".models",
     "create_model": ".train.pretrain", "pretrain": ".train.pretrain",
-    "prune": ".compression.prune", "sparsity_report": ".compression.prune",
+    "prune": ".compression.prune", "sparsity_report": ".compression.prune", "recalibrate_bn": ".compression.bn",
     "model_stats": ".compression.quant", "quantize": ".compression.quant", "quantize_tensor": ".compression.quant",
     "RunSpec": ".train.runs", "get_run": ".train.runs", "list_runs": ".train.runs",
     "SAM": ".train.sam", "frozen_bn": ".train.sam",

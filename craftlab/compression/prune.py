@@ -11,6 +11,22 @@ Scopes: ``global`` (one ranking over all targets), ``layer`` (per weight tensor)
 row — Wanda's comparison group). ``pattern="N:M"`` keeps the N highest-scoring of every M consecutive weights
 along the input dimension (input channels for a Conv2d) and zeroes the other M − N, e.g. ``2:4``
 (the sparse-tensor-core reading; see :mod:`craftlab.settings`).
+
+Wanda's input statistics (``wanda_inputs``):
+
+* ``"dense"`` (default): every layer's ‖X_j‖ comes from the unpruned model, in one calibration pass.
+  This is what Wanda's vision code does (``image_classifiers/prune_utils.py::prune_vit`` hooks each
+  block before pruning it, so all statistics are dense).
+* ``"sequential"``: layers are pruned one at a time in forward order (the order of their first call,
+  not of registration) and each layer's ‖X_j‖ is recomputed with every layer before it already
+  pruned, so its inputs are the pruned model's. Wanda's LLM code (``lib/prune.py::prune_wanda``)
+  does this per decoder block (the linears of one block share a pass on the block's input, then the
+  pruned block's outputs feed the next); here it is per Conv2d/Linear, one calibration pass each.
+  Needs a per-layer decision (``layer``/``row`` scope or a pattern).
+
+``recalibrate_bn=True`` re-estimates BatchNorm running statistics on `calib` after pruning
+(:func:`craftlab.compression.bn.recalibrate_bn`): pruning shifts every channel's mean and variance,
+and stale statistics can collapse a pruned ResNet to chance.
 """
 
 from __future__ import annotations
@@ -60,7 +76,8 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], calib: Iterable[
                 max_samples: int | None = None) -> dict[str, torch.Tensor]:
     """‖X_j‖₂ per input feature j of each layer over the calibration inputs (Wanda's ``scaler_row``).
 
-    Returns name -> tensor of shape (in_features,) or (in_channels,).
+    Returns name -> tensor of shape (in_features,) or (in_channels,), in the order the layers first
+    ran (forward order); a layer that never ran is absent.
     """
     sums: dict[str, torch.Tensor] = {}
 
@@ -69,6 +86,9 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], calib: Iterable[
 
     for_each_layer_input(model, layers, calib, accumulate, limit=max_samples, purpose="Wanda")
     return {n: s.sqrt() for n, s in sums.items()}
+
+
+WANDA_INPUTS = ("dense", "sequential")
 
 
 def _scores(method: str, layers: dict[str, nn.Module], norms: dict[str, torch.Tensor] | None,
@@ -81,6 +101,8 @@ def _scores(method: str, layers: dict[str, nn.Module], norms: dict[str, torch.Te
         elif method == "random":
             s = torch.rand(w.shape, generator=gen).to(w.device)
         else:  # wanda
+            if name not in norms:
+                raise ValueError(f"layer {name!r} never ran on the calibration images: no Wanda statistics for it")
             norm = norms[name].to(w.device)
             if isinstance(m, nn.Conv2d):
                 groups = m.groups
@@ -103,17 +125,65 @@ def _mask_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view_as(scores)
 
 
-def _nm_mask(scores: torch.Tensor, n: int, m: int, name: str, conv: bool) -> torch.Tensor:
-    """Zero the n lowest of every m consecutive inputs: Linear groups along in_features, Conv2d along C_in."""
+def _nm_mask(scores: torch.Tensor, keep: int, m: int, name: str, conv: bool) -> torch.Tensor:
+    """True at the m − keep lowest of every m consecutive inputs (Linear: along in_features, Conv2d: along C_in)."""
     s = scores.permute(0, 2, 3, 1) if conv else scores  # conv: (O, kh, kw, C_in)
     size = s.shape[-1]
     if size % m:
-        raise ValueError(f"impossible N:M pattern {n}:{m} for layer {name!r}: its input dimension {size} "
+        raise ValueError(f"impossible N:M pattern {keep}:{m} for layer {name!r}: its input dimension {size} "
                          f"is not a multiple of M={m}")
     groups = s.reshape(-1, m)
-    idx = torch.topk(groups, n, dim=1, largest=False).indices
+    idx = torch.topk(groups, m - keep, dim=1, largest=False).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, idx, True).view_as(s)
     return mask.permute(0, 3, 1, 2) if conv else mask
+
+
+def _layer_mask(name: str, mod: nn.Module, score: torch.Tensor, sparsity: float | None, scope: str | None,
+                nm: tuple[int, int] | None) -> torch.Tensor:
+    """The zero mask of one layer under a per-layer rule: an N:M pattern, ``layer`` or ``row`` scope."""
+    if nm is not None:
+        return _nm_mask(score, *nm, name, isinstance(mod, nn.Conv2d))
+    if scope == "layer":
+        return _mask_lowest(score, round(sparsity * score.numel()))
+    rows = score.reshape(score.shape[0], -1)
+    k = round(sparsity * rows.shape[1])
+    idx = torch.argsort(rows, dim=1, stable=True)[:, :k]
+    return torch.zeros_like(rows, dtype=torch.bool).scatter_(1, idx, True).view_as(score)
+
+
+def check_prune_args(sparsity: float | None, method: str, scope: str | None, pattern: str | None,
+                     calib: Any, wanda_inputs: str = "dense",
+                     recalibrate_bn: bool = False) -> tuple[float | None, str | None, tuple[int, int] | None]:
+    """Validate :func:`prune`'s arguments before any work; returns (sparsity, scope, (keep, M) or None)."""
+    if method not in METHODS:
+        raise unknown_name("pruning method", method, METHODS)
+    if wanda_inputs not in WANDA_INPUTS:
+        raise unknown_name("wanda_inputs", wanda_inputs, WANDA_INPUTS)
+    nm = None
+    if pattern is None:
+        if sparsity is None:
+            raise ValueError("give a sparsity in [0, 1) or an N:M pattern")
+        sparsity = check_sparsity(sparsity)
+        scope = scope or DEFAULT_SCOPE[method]
+        if scope not in SCOPES:
+            raise unknown_name("pruning scope", scope, SCOPES)
+    else:
+        nm = parse_pattern(pattern)
+        zeroed = (nm[1] - nm[0]) / nm[1]
+        if sparsity is not None and abs(check_sparsity(sparsity) - zeroed) > 1e-9:
+            raise ValueError(f"sparsity {sparsity} contradicts pattern {pattern!r} (which means {zeroed:g}); give one")
+        sparsity, scope = None, None
+    if method == "wanda" and calib is None:
+        raise ValueError("method='wanda' needs calibration data: pass calib=<DataLoader or batches>")
+    if wanda_inputs == "sequential":
+        if method != "wanda":
+            raise ValueError(f"wanda_inputs='sequential' applies to method='wanda', not {method!r}")
+        if scope == "global":
+            raise ValueError("wanda_inputs='sequential' prunes layer by layer: use scope='layer' or 'row', or a "
+                             "pattern (a global ranking needs every layer's scores at once)")
+    if recalibrate_bn and calib is None:
+        raise ValueError("recalibrate_bn=True needs calibration data: pass calib=<DataLoader or batches>")
+    return sparsity, scope, nm
 
 
 def prune(
@@ -126,6 +196,8 @@ def prune(
     targets: Targets = None,
     seed: int = 0,
     calib_samples: int | None = None,
+    wanda_inputs: str = "dense",
+    recalibrate_bn: bool = False,
 ) -> nn.Module:
     """Return a pruned copy of `model`.
 
@@ -134,62 +206,54 @@ def prune(
         method: ``magnitude``, ``wanda`` (needs `calib`) or ``random``.
         scope: ``global``, ``layer`` or ``row``; default ``global`` for magnitude/random, ``row`` for Wanda.
         pattern: ``"N:M"`` semi-structured sparsity (keep N of every M); overrides scope.
-        calib: calibration batches for Wanda: a DataLoader / iterable of (x, y) or of tensors.
+        calib: calibration batches (Wanda, BatchNorm re-estimation): a DataLoader / iterable of (x, y) or tensors.
         targets: which layers (see :func:`target_layers`).
         seed: for ``random``.
         calib_samples: cap on calibration images.
+        wanda_inputs: ``"dense"`` (statistics of the unpruned model, one pass; Wanda's vision code) or
+            ``"sequential"`` (each layer's statistics with the earlier layers pruned; Wanda's LLM code).
+        recalibrate_bn: re-estimate BatchNorm running statistics on `calib` after pruning.
 
     Global scope zeroes exactly ``round(sparsity * N)`` of the N targeted weights (lowest scores,
     ties broken by position); layer and row scope do the same per tensor / per output row.
     """
-    if method not in METHODS:
-        raise unknown_name("pruning method", method, METHODS)
-    if pattern is None:
-        if sparsity is None:
-            raise ValueError("give a sparsity in [0, 1) or an N:M pattern")
-        sparsity = check_sparsity(sparsity)
-        scope = scope or DEFAULT_SCOPE[method]
-        if scope not in SCOPES:
-            raise unknown_name("pruning scope", scope, SCOPES)
-    else:
-        keep, m = parse_pattern(pattern)
-        n = m - keep  # zeroed per group
-        if sparsity is not None and abs(check_sparsity(sparsity) - n / m) > 1e-9:
-            raise ValueError(f"sparsity {sparsity} contradicts pattern {pattern!r} (which means {n / m:g}); give one")
+    sparsity, scope, nm = check_prune_args(sparsity, method, scope, pattern, calib, wanda_inputs, recalibrate_bn)
     pruned = copy.deepcopy(model)
     layers = target_layers(pruned, targets)
     if not layers:
         raise ValueError("no layers to prune: targets selected no Conv2d/Linear module")
     norms = None
     if method == "wanda":
-        if calib is None:
-            raise ValueError("method='wanda' needs calibration data: pass calib=<DataLoader or batches>")
-        norms = input_norms(pruned, layers, calib, max_samples=calib_samples)
+        norms = input_norms(pruned, layers, calib, max_samples=calib_samples)  # dense; in forward order
     gen = torch.Generator().manual_seed(seed)
-    scores = _scores(method, layers, norms, gen)
 
-    masks: dict[str, torch.Tensor] = {}
-    if pattern is not None:
-        for name, mod in layers.items():
-            masks[name] = _nm_mask(scores[name], n, m, name, isinstance(mod, nn.Conv2d))
-    elif scope == "global":
-        flat = torch.cat([s.reshape(-1) for s in scores.values()])
-        mask = _mask_lowest(flat, round(sparsity * flat.numel()))
-        for name, part in zip(scores, torch.split(mask, [s.numel() for s in scores.values()])):
-            masks[name] = part.view_as(scores[name])
-    elif scope == "layer":
-        masks = {name: _mask_lowest(s, round(sparsity * s.numel())) for name, s in scores.items()}
-    else:  # row
-        for name, s in scores.items():
-            rows = s.reshape(s.shape[0], -1)
-            k = round(sparsity * rows.shape[1])
-            idx = torch.argsort(rows, dim=1, stable=True)[:, :k]
-            masks[name] = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, idx, True).view_as(s)
-    with torch.no_grad():
-        for name, mod in layers.items():
-            mod.weight.masked_fill_(masks[name].to(mod.weight.device), 0.0)
-    info = {"method": method, "sparsity": None if pattern else sparsity, "scope": None if pattern else scope,
-            "pattern": pattern, "layers": list(layers)}
+    def apply(name: str, mask: torch.Tensor) -> None:
+        with torch.no_grad():
+            layers[name].weight.masked_fill_(mask.to(layers[name].weight.device), 0.0)
+
+    if wanda_inputs == "sequential":
+        order = [n for n in norms if n in layers] + [n for n in layers if n not in norms]
+        for i, name in enumerate(order):
+            if i > 0:  # the layers before it are pruned now: its inputs are the pruned model's
+                norms = input_norms(pruned, {name: layers[name]}, calib, max_samples=calib_samples)
+            score = _scores(method, {name: layers[name]}, norms, gen)[name]
+            apply(name, _layer_mask(name, layers[name], score, sparsity, scope, nm))
+    else:
+        scores = _scores(method, layers, norms, gen)
+        if scope == "global":
+            flat = torch.cat([s.reshape(-1) for s in scores.values()])
+            mask = _mask_lowest(flat, round(sparsity * flat.numel()))
+            for name, part in zip(scores, torch.split(mask, [s.numel() for s in scores.values()])):
+                apply(name, part.view_as(scores[name]))
+        else:
+            for name, mod in layers.items():
+                apply(name, _layer_mask(name, mod, scores[name], sparsity, scope, nm))
+    if recalibrate_bn:
+        from .bn import recalibrate_bn_
+
+        recalibrate_bn_(pruned, calib, calib_samples=calib_samples)
+    info = {"method": method, "sparsity": sparsity, "scope": scope, "pattern": pattern, "layers": list(layers),
+            "wanda_inputs": wanda_inputs if method == "wanda" else None, "recalibrate_bn": bool(recalibrate_bn)}
     pruned.craftlab_compression = {**getattr(model, "craftlab_compression", {}), "prune": info}
     return pruned
 

@@ -10,6 +10,12 @@ asymmetric ``q ∈ [0, 2^b-1]`` with the range widened to include 0. This is the
 ``torch.fake_quantize_per_channel_affine`` (``x * (1/scale)``, round half to even, clamp).
 Range estimators: ``minmax``; ``percentile`` (clip at the given percentile of the values);
 ``mse`` (clip ratio in (0, 1] minimising the squared error, searched over a grid).
+
+Activation ranges use every calibration batch: min/max are exact running statistics; percentile and
+MSE read a uniform random subsample of at most 2**20 values per layer drawn across all batches (a
+seeded bottom-k reservoir, :class:`._calib.RangeObserver`), with MSE's clip ratios applied to the
+exact running range. The scale is floored at the smallest normal number of the tensor's dtype (its
+reciprocal is finite), so an all-zero channel quantizes to zeros in fp16/bf16 too.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from torch import nn
 
 from .._errors import unknown_name
 from ..settings import GRANULARITIES, parse_bits
-from ._calib import for_each_layer_input
+from ._calib import RangeObserver, for_each_layer_input
 from .prune import Targets, target_layers
 
 METHODS = ("minmax", "percentile", "mse")
-
+CALIB_SAMPLE_VALUES = 2**20
+"""Per layer: the most activation values kept for percentile/MSE calibration (a uniform subsample)."""
 
 
 def _int_bits(bits: object) -> int:
@@ -36,6 +43,12 @@ def _int_bits(bits: object) -> int:
     if b is None:
         raise ValueError("bits must be one of 2..8 or 16 here, got None (float)")
     return b
+
+
+def scale_floor(dtype: torch.dtype) -> float:
+    """Smallest scale used for `dtype`: its smallest normal number (1/that is finite in every float format)."""
+    return torch.finfo(dtype).tiny if dtype.is_floating_point else torch.finfo(torch.float32).tiny
+
 
 def grid(bits: int, symmetric: bool) -> tuple[int, int]:
     """(qmin, qmax) of a b-bit integer grid."""
@@ -64,13 +77,13 @@ def _range(x: torch.Tensor, axis: int | None, method: str, percentile: float) ->
 
 def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
     qmin, qmax = grid(bits, symmetric)
-    tiny = torch.finfo(torch.float32).tiny * 1e6
+    tiny = scale_floor(lo.dtype)  # floored after the division: a float32 floor underflows to 0 in fp16
     if symmetric:
-        scale = torch.maximum(lo.abs(), hi.abs()).clamp_min(tiny) / qmax
+        scale = (torch.maximum(lo.abs(), hi.abs()) / qmax).clamp_min(tiny)
         zero_point = torch.zeros_like(scale)
     else:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-        scale = (hi - lo).clamp_min(tiny) / (qmax - qmin)
+        scale = ((hi - lo) / (qmax - qmin)).clamp_min(tiny)
         zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
     return scale, zero_point
 
@@ -92,17 +105,24 @@ def qparams(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool
         raise ValueError(f"percentile must be in (50, 100], got {percentile}")
     x = x.detach()
     lo, hi = _range(x, axis, method, percentile)
-    scale, zp = _qparams_from_range(lo, hi, bits, symmetric)
     if method == "mse":
-        qmin, qmax = grid(bits, symmetric)
-        dims = _reduce_dims(x, axis)
-        best = torch.full_like(scale, float("inf"))
-        for r in torch.linspace(1.0 / mse_grid, 1.0, mse_grid).tolist():
-            s, z = _qparams_from_range(lo * r, hi * r, bits, symmetric)
-            err = (fake_quant(x, s, z, qmin, qmax) - x).pow(2).sum(dim=dims, keepdim=True)
-            better = err < best
-            best = torch.where(better, err, best)
-            scale, zp = torch.where(better, s, scale), torch.where(better, z, zp)
+        return _mse_search(x, axis, lo, hi, bits, symmetric, mse_grid)
+    return _qparams_from_range(lo, hi, bits, symmetric)
+
+
+def _mse_search(x: torch.Tensor, axis: int | None, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                symmetric: bool, mse_grid: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip ratio r of (lo, hi) in (0, 1] whose grid gives the least squared error on `x` (per channel)."""
+    qmin, qmax = grid(bits, symmetric)
+    dims = _reduce_dims(x, axis)
+    scale, zp = _qparams_from_range(lo, hi, bits, symmetric)
+    best = torch.full_like(scale, float("inf"))
+    for r in torch.linspace(1.0 / mse_grid, 1.0, mse_grid).tolist():
+        s, z = _qparams_from_range(lo * r, hi * r, bits, symmetric)
+        err = (fake_quant(x, s, z, qmin, qmax) - x).pow(2).sum(dim=dims, keepdim=True)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale, zp = torch.where(better, s, scale), torch.where(better, z, zp)
     return scale, zp
 
 
@@ -130,7 +150,10 @@ class _QuantMixin:
         if self.a_bits is None:
             return x
         qmin, qmax = grid(self.a_bits, self.a_symmetric)
-        return fake_quant(x, self.a_scale, self.a_zero_point, qmin, qmax)
+        scale, zp = self.a_scale, self.a_zero_point
+        if x.is_floating_point():  # the grid in the input's dtype, with a scale that does not underflow in it
+            scale, zp = scale.to(x.dtype).clamp_min(scale_floor(x.dtype)), zp.to(x.dtype)
+        return fake_quant(x, scale, zp, qmin, qmax)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}, a_bits={self.a_bits}"
@@ -161,6 +184,21 @@ def _swap(parent: nn.Module, child_name: str, old: nn.Module, w_bits, a_bits, a_
     return new
 
 
+def check_quant_args(w_bits: Any, a_bits: Any, w_granularity: str, a_granularity: str, method: str,
+                     a_method: str | None, calib: Any) -> tuple[int | None, int | None]:
+    """Validate :func:`quantize`'s arguments before any work; returns the parsed (w_bits, a_bits)."""
+    w_bits = parse_bits(w_bits, "w_bits")
+    a_bits = parse_bits(a_bits, "a_bits")
+    for name, value, allowed in (("w_granularity", w_granularity, GRANULARITIES),
+                                 ("a_granularity", a_granularity, GRANULARITIES),
+                                 ("method", method, METHODS), ("a_method", a_method or method, METHODS)):
+        if value not in allowed:
+            raise unknown_name(name, value, allowed)
+    if a_bits is not None and calib is None:
+        raise ValueError("a_bits needs calibration data to set activation ranges: pass calib=<DataLoader or batches>")
+    return w_bits, a_bits
+
+
 def quantize(
     model: nn.Module,
     w_bits: int | None = 8,
@@ -188,16 +226,8 @@ def quantize(
         calib: calibration batches (DataLoader or iterable of (x, y) / tensors) for activation ranges.
         targets: layers to quantize (default: all Conv2d/Linear but stem and head; ``"all"`` for every one).
     """
-    w_bits = parse_bits(w_bits, "w_bits")
-    a_bits = parse_bits(a_bits, "a_bits")
-    for name, value, allowed in (("w_granularity", w_granularity, GRANULARITIES),
-                                 ("a_granularity", a_granularity, GRANULARITIES),
-                                 ("method", method, METHODS), ("a_method", a_method or method, METHODS)):
-        if value not in allowed:
-            raise unknown_name(name, value, allowed)
+    w_bits, a_bits = check_quant_args(w_bits, a_bits, w_granularity, a_granularity, method, a_method, calib)
     a_method = a_method or method
-    if a_bits is not None and calib is None:
-        raise ValueError("a_bits needs calibration data to set activation ranges: pass calib=<DataLoader or batches>")
     qmodel = copy.deepcopy(model)
     layers = target_layers(qmodel, targets)
     if not layers:
@@ -226,22 +256,31 @@ def quantize(
 
 @torch.no_grad()
 def _calibrate(model, layers, calib, bits, granularity, symmetric, method, percentile, calib_samples,
-               max_values: int = 2**20):
-    """Collect each layer's inputs on the float model; return name -> (scale, zero_point)."""
-    store: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+               sample_values: int = CALIB_SAMPLE_VALUES, seed: int = 0):
+    """Observe each layer's inputs on the float model over ALL calibration batches; name -> (scale, zero_point).
 
-    def keep(name: str, rows: torch.Tensor) -> None:
-        kept = sum(t.shape[0] for t in store[name]) * rows.shape[1]
-        if kept < max_values:
-            store[name].append(rows[: max(1, (max_values - kept) // rows.shape[1])].cpu())
-
-    for_each_layer_input(model, layers, calib, keep, limit=calib_samples, purpose="activation quantization")
+    Min-max uses the exact running range; percentile/MSE a uniform subsample of `sample_values` values
+    per layer (see :class:`._calib.RangeObserver`), MSE clipping the exact range.
+    """
+    per_channel = granularity == "channel"
+    observers = {n: RangeObserver(per_channel, 0 if method == "minmax" else sample_values, seed=seed) for n in layers}
+    for_each_layer_input(model, layers, calib, lambda name, rows: observers[name].update(rows),
+                         limit=calib_samples, purpose="activation quantization")
     out = {}
     for name, mod in layers.items():
-        vals = torch.cat(store[name])  # (N, C)
-        axis = 1 if granularity == "channel" else None
-        scale, zp = qparams(vals, bits, axis=axis, symmetric=symmetric, method=method, percentile=percentile)
-        if granularity == "channel":
+        obs = observers[name]
+        if obs.lo is None:
+            raise ValueError(f"layer {name!r} never ran on the calibration images: cannot set its activation range")
+        axis = 1 if per_channel else None
+        lo, hi = (obs.lo[None, :], obs.hi[None, :]) if per_channel else (obs.lo.reshape(1, 1), obs.hi.reshape(1, 1))
+        if method == "minmax":
+            scale, zp = _qparams_from_range(lo, hi, bits, symmetric)
+        elif method == "percentile":
+            scale, zp = _qparams_from_range(*_range(obs.sample, axis, method, percentile), bits, symmetric)
+        else:
+            scale, zp = _mse_search(obs.sample, axis, lo.to(obs.sample.device), hi.to(obs.sample.device), bits,
+                                    symmetric)
+        if per_channel:
             shape = (1, -1, 1, 1) if isinstance(mod, nn.Conv2d) else (-1,)
             scale, zp = scale.reshape(shape), zp.reshape(shape)
         else:

@@ -76,7 +76,7 @@ def sweep(
     for label, m in models.items():
         model = m if isinstance(m, nn.Module) else load_checkpoint(m)
         for s in settings:
-            res = compress_and_evaluate(model, data, split=split, **s.compress_kwargs())
+            res = compress_and_evaluate(model, data, split=split, setting=s)
             rows.append({"model": label, "setting": s.label(), "kind": _kind(s),
                          "method": s.nm_score if s.method == "N:M" else (s.method if s.prunes else None),
                          "sparsity": s.sparsity, "pattern": s.pattern, "w_bits": s.w_bits, "a_bits": s.a_bits,
