@@ -1,12 +1,16 @@
 """Checkpoints: a folder with ``model.safetensors`` and a ``craftlab.json`` sidecar.
 
 The sidecar records the architecture (a zoo or timm name), the classes, the data, the optimizer, ρ,
-the seed and metrics. Writes are atomic (temp file + rename; the JSON is written last, so a folder
-with a sidecar always has matching weights). Loading never unpickles anything.
+the seed, metrics and the SHA-256 of the weights file (``weights_sha256``). Each file is written atomically
+(temp file + rename; both temp files are written before either is renamed, the sidecar renamed last), and
+loading checks the weights against the sidecar's hash: a save killed between the two renames (new weights
+under the old sidecar: another run's metadata and metrics) is refused, never loaded as a mix. Sidecars
+without the hash (older checkpoints) still load. Loading never unpickles anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 WEIGHTS = "model.safetensors"
@@ -26,7 +31,8 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, damaged or for another architecture."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def _temp_file(path: Path, write) -> str:
+    """Write `path`'s new content to a temp file beside it (removed if writing fails); its name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -34,11 +40,24 @@ def _atomic_write(path: Path, write) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)
         raise
+    return tmp
+
+
+def _unlink(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (what a sidecar's ``weights_sha256`` records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
@@ -69,8 +88,18 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[s
     from . import __version__
 
     sidecar.setdefault("craftlab_version", __version__)
-    _atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"architecture": name}))
-    _atomic_write(directory / SIDECAR, lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str)))
+    weights = _temp_file(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"architecture": name}))
+    meta_tmp = None
+    try:
+        sidecar["weights_sha256"] = sha256_file(weights)
+        text = json.dumps(sidecar, indent=2, default=str)
+        meta_tmp = _temp_file(directory / SIDECAR, lambda tmp: Path(tmp).write_text(text))
+        os.replace(weights, directory / WEIGHTS)
+        os.replace(meta_tmp, directory / SIDECAR)
+    finally:
+        for tmp in (weights, meta_tmp):
+            if tmp is not None:
+                _unlink(tmp)
     return directory
 
 
@@ -105,9 +134,20 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {str(directory)!r} holds a {arch!r} model, not {want!r}")
     wpath = Path(directory) / WEIGHTS
     try:
-        state = load_file(str(wpath))
+        blob = wpath.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(directory)!r} has no {WEIGHTS}") from None
+    except OSError as err:
+        raise CheckpointError(f"checkpoint weights {str(wpath)!r} cannot be read: {err}") from err
+    want_sha = meta.get("weights_sha256")
+    if want_sha is not None and hashlib.sha256(blob).hexdigest() != want_sha:
+        raise CheckpointError(
+            f"checkpoint weights {str(wpath)!r} do not match their sidecar (SHA-256 differs from weights_sha256): "
+            "damaged, or replaced after the sidecar was written (e.g. a save interrupted between the two files); "
+            "save the checkpoint again"
+        )
+    try:
+        state = load_bytes(blob)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint weights {str(wpath)!r} are damaged: {err}") from err
     if model is None:

@@ -54,7 +54,8 @@ class DataBundle:
         shuffle = (split == "train") if shuffle is None else shuffle
         gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
         return DataLoader(sets[split], batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          generator=gen if shuffle else None, num_workers=self.num_workers)
+                          generator=gen, num_workers=self.num_workers)  # a generator even unshuffled:
+        # without one every iteration draws its base seed from the caller's global RNG
 
     @property
     def train(self) -> DataLoader:

@@ -7,6 +7,8 @@ input. Their "foundation" weights are made by craftlab (pretraining on ``mnist5k
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,6 +22,54 @@ from torch import nn
 from ._errors import unknown_name
 
 SHIPPED_ZOO_DIR = Path(__file__).parent / "zoo"
+_RNG_LOCK = threading.RLock()
+
+
+class SeededRNG:
+    """A private, seeded stream of torch's process-wide RNG, for code that can only draw from that RNG
+    (timm's module initialisation, dropout, drop-path).
+
+    ``with stream:`` takes a process-wide lock, swaps this stream's state in and, on exit, keeps the
+    state it reached and puts the caller's state back. So the block draws the same numbers whatever the
+    caller (or another thread, between blocks) did with the global RNG, blocks in different threads take
+    turns, and the caller's RNG is left where it was. CPU always; the CUDA generator of `device` too.
+    (Code that draws from the global RNG *outside* such blocks while one runs in another thread still
+    interleaves with it: torch has one generator per device per process.)
+    """
+
+    def __init__(self, seed: int, device: str | torch.device | None = None):
+        dev = torch.device(device if device is not None else "cpu")
+        self._cuda: int | None = None
+        if dev.type == "cuda":
+            self._cuda = dev.index if dev.index is not None else torch.cuda.current_device()
+            cuda_gen = torch.Generator(device=torch.device("cuda", self._cuda)).manual_seed(seed)
+            self._cuda_state = cuda_gen.get_state()
+        self._cpu_state = torch.Generator().manual_seed(seed).get_state()
+        self._saved: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def __enter__(self) -> SeededRNG:
+        _RNG_LOCK.acquire()
+        try:
+            cuda = torch.cuda.get_rng_state(self._cuda) if self._cuda is not None else None
+            self._saved.append((torch.get_rng_state(), cuda))
+            torch.set_rng_state(self._cpu_state)
+            if self._cuda is not None:
+                torch.cuda.set_rng_state(self._cuda_state, self._cuda)
+        except BaseException:
+            _RNG_LOCK.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            cpu, cuda = self._saved.pop()
+            self._cpu_state = torch.get_rng_state()
+            torch.set_rng_state(cpu)
+            if self._cuda is not None:
+                self._cuda_state = torch.cuda.get_rng_state(self._cuda)
+                torch.cuda.set_rng_state(cuda, self._cuda)
+        finally:
+            _RNG_LOCK.release()
 
 
 @dataclass(frozen=True)
@@ -124,7 +174,8 @@ def build_model(
         num_classes: classifier classes (zoo default: 10; timm default: its own).
         pretrained: timm names only: fetch timm's hub weights. Zoo weights are craftlab's own and are
             loaded by :func:`craftlab.create_model`.
-        seed: seeds the initialisation (the caller's global RNG is restored afterwards).
+        seed: seeds the initialisation (drawn in a :class:`SeededRNG`: the caller's RNG is left alone, and
+            builds in other threads cannot change it). ``None``: draw from the caller's global RNG.
 
     Returns:
         The model in eval mode, with ``model.craftlab_name`` set.
@@ -133,17 +184,11 @@ def build_model(
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    gen_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
+    with SeededRNG(seed) if seed is not None else contextlib.nullcontext():
         if name in ZOO:
             model = _attach_info(ZOO[name].build(num_classes or 10), name, ZOO[name])
         else:
             model = _create_timm(name, num_classes, pretrained, **kwargs)
-    finally:
-        if seed is not None:
-            torch.random.set_rng_state(gen_state)
     return model.eval()
 
 

@@ -1,6 +1,7 @@
 """SAM/ASAM against hand computations with autograd, and the fixes over davda54/sam."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -153,3 +154,45 @@ def test_bad_arguments():
     opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1)
     with pytest.raises(ValueError, match="closure"):
         opt.step()
+
+
+def _sam_step(model, opt, x, y):
+    F.cross_entropy(model(x), y).backward()
+    opt.first_step(zero_grad=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.second_step(zero_grad=True)
+
+
+def test_state_dict_carries_the_base_optimizer_state_so_a_resume_is_exact():
+    model, x, y = _setup(3)
+    opt = SAM(model.parameters(), torch.optim.AdamW, rho=0.05, lr=1e-2, weight_decay=0.01)
+    for _ in range(3):
+        _sam_step(model, opt, x, y)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)  # plain tensors and dicts: loads with weights_only=True
+    twin = copy.deepcopy(model)
+    # other hyperparameters on purpose: the state dict restores ρ and lr too
+    resumed = SAM(twin.parameters(), torch.optim.AdamW, rho=0.5, lr=1.0, weight_decay=0.01)
+    buf.seek(0)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    first = next(twin.parameters())
+    assert {"exp_avg", "exp_avg_sq", "step"} <= set(resumed.base_optimizer.state[first])
+    assert resumed.param_groups is resumed.base_optimizer.param_groups  # still one list of groups
+    assert resumed.param_groups[0]["rho"] == 0.05 and resumed.param_groups[0]["lr"] == 1e-2
+    _sam_step(model, opt, x, y)
+    _sam_step(twin, resumed, x, y)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    sched = torch.optim.lr_scheduler.LambdaLR(resumed.base_optimizer, lambda s: 0.5)
+    assert resumed.param_groups[0]["lr"] == pytest.approx(5e-3) and sched.get_last_lr() == [pytest.approx(5e-3)]
+
+
+def test_state_dict_of_an_older_craftlab_still_loads():
+    model, x, y = _setup(4)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    _sam_step(model, opt, x, y)
+    old = {k: v for k, v in opt.state_dict().items() if k != "base_optimizer"}
+    fresh = SAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.3, momentum=0.9)
+    fresh.load_state_dict(old)
+    assert fresh.param_groups is fresh.base_optimizer.param_groups and fresh.param_groups[0]["lr"] == 0.1
+    _sam_step(model, fresh, x, y)

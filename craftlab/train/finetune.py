@@ -6,8 +6,10 @@ but the SAM wrapper around the same base optimizer: same schedule, same seed, sa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +19,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .._errors import unknown_name
 from ..data import DataBundle
 from ..evaluation import evaluate
+from ..models import SeededRNG
 from .sam import SAM, frozen_bn
 
 OPTIMIZERS = {
@@ -56,7 +60,81 @@ class FinetuneResult:
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
+
+
+def eval_loader(data: DataBundle, split: str, batch_size: int | None = None) -> DataLoader:
+    """An unshuffled loader over one split that draws nothing from torch's global RNG (a DataLoader without
+    a generator takes a seed from it at every pass, which would move the caller's RNG)."""
+    sets = {"train": data.train_set, "val": data.val_set, "test": data.test_set, "calib": data.calib_set}
+    if split not in sets:
+        raise unknown_name("split", split, sets)
+    return DataLoader(sets[split], batch_size=batch_size or data.batch_size, shuffle=False,
+                      generator=torch.Generator().manual_seed(0), num_workers=data.num_workers)
+
+
+def draws_randomness(model: nn.Module) -> bool:
+    """True when training `model` draws from torch's global RNG: dropout, drop-path, DropBlock, patch dropout
+    or a timm ``drop_rate`` above 0 (the zoo models have none)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        for attr in ("drop_prob", "drop_rate", "drop_path_rate", "prob"):
+            v = getattr(m, attr, None)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                return True
+    return False
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_real(name: str, v: Any, *, low: float = 0.0, strict: bool = False, high: float | None = None,
+                optional: bool = False) -> None:
+    if v is None and optional:
+        return
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > low if strict else v >= low) and (high is None or v < high)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise ValueError(f"{name} must be a finite number {bound}{' (or None)' if optional else ''}, got {v!r}")
+
+
+def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
+              weight_decay, batch_size, seed, amp, label_smoothing, callback) -> None:
+    """Every argument of :func:`finetune`, checked once, before anything is built."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(data, DataBundle):
+        raise TypeError("data must be a craftlab DataBundle (see craftlab.load_data / craftlab.from_tensors)")
+    if optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+    if schedule not in SCHEDULES:
+        raise unknown_name("schedule", schedule, SCHEDULES)
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    if not (_is_int(epochs) and epochs >= 1):
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    _check_real("lr", lr, strict=True, optional=True)
+    _check_real("warmup_epochs", warmup_epochs)
+    if warmup_epochs > epochs:
+        raise ValueError(f"warmup_epochs must be <= epochs ({epochs}), got {warmup_epochs!r}")
+    _check_real("sam_rho", sam_rho)
+    if adaptive and sam_rho == 0:
+        raise ValueError("adaptive=True (ASAM) needs sam_rho > 0")
+    _check_real("eta", eta)
+    _check_real("weight_decay", weight_decay, optional=True)
+    _check_real("label_smoothing", label_smoothing, high=1.0)
+    if batch_size is not None and not (_is_int(batch_size) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer (or None), got {batch_size!r}")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable (it gets each epoch's record)")
 
 
 def finetune(
@@ -81,38 +159,39 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` on `data.train`; `model` itself is not changed.
 
+    The result depends only on the arguments: the data order comes from a generator seeded by `seed`,
+    and a model that draws from torch's global RNG (dropout, drop-path: see :func:`draws_randomness`)
+    draws from a :class:`~craftlab.models.SeededRNG` stream seeded by `seed`, swapped in for each step.
+    The caller's RNG (torch, numpy, ``random``) is left as it was, and runs in several threads at once
+    give what each gives alone.
+
     Args:
         optimizer: ``"adamw"`` (default lr 1e-3, wd 0.05) or ``"sgd"`` (lr 0.05, momentum 0.9, wd 5e-4).
+        lr: peak learning rate (> 0); ``None``: the optimizer's default.
+        epochs: a positive integer. warmup_epochs: linear warm-up length, in [0, epochs].
         schedule: ``"cosine"`` (per step, to 0, after optional linear warm-up) or ``"constant"``.
-        sam_rho: SAM radius ρ; 0 trains with the base optimizer alone. Everything else stays identical.
-        adaptive: ASAM (scale-invariant neighbourhood; use a ~10x larger ρ).
+        sam_rho: SAM radius ρ >= 0; 0 trains with the base optimizer alone. Everything else stays identical.
+        adaptive: ASAM (scale-invariant neighbourhood; use a ~10x larger ρ). eta: ASAM's η >= 0.
         amp: ``None``, ``"bf16"`` (autocast, no scaler) or ``"fp16"`` (autocast + GradScaler; CUDA only).
         callback: called with each epoch's record (for live plots).
 
     Returns:
         :class:`FinetuneResult` with ``.model`` (eval mode, on `device`) and ``.history`` records
         ``epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time_s`` (seconds).
+
+    Raises:
+        ValueError (TypeError for a wrong type of model, data or callback) naming the bad argument.
     """
-    if optimizer not in OPTIMIZERS:
-        raise unknown_name("optimizer", optimizer, OPTIMIZERS)
-    if schedule not in SCHEDULES:
-        raise unknown_name("schedule", schedule, SCHEDULES)
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not sam_rho >= 0:
-        raise ValueError(f"sam_rho must be >= 0, got {sam_rho}")
-    if adaptive and sam_rho == 0:
-        raise ValueError("adaptive=True (ASAM) needs sam_rho > 0")
-    if not isinstance(data, DataBundle):
-        raise TypeError("data must be a craftlab DataBundle (see craftlab.load_data / craftlab.from_tensors)")
+    _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
+              weight_decay, batch_size, seed, amp, label_smoothing, callback)
+    epochs, seed = int(epochs), int(seed)  # numpy integers too
+    batch_size = None if batch_size is None else int(batch_size)
     dev = _resolve_device(device)
     if amp == "fp16" and dev.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' or None on CPU")
 
-    torch.manual_seed(seed)
     model = copy.deepcopy(model).to(dev)
+    rng = SeededRNG(seed, dev) if draws_randomness(model) else contextlib.nullcontext()
     opt_cls, default_lr, base_kwargs = OPTIMIZERS[optimizer]
     lr = default_lr if lr is None else lr
     kwargs = {**base_kwargs, "lr": lr}
@@ -125,6 +204,7 @@ def finetune(
     base = opt.base_optimizer if use_sam else opt
 
     loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    val_loader = eval_loader(data, "val")
     total_steps = epochs * len(loader)
     warmup = int(warmup_epochs * len(loader))
 
@@ -164,19 +244,20 @@ def finetune(
         seen, loss_sum, correct = 0, 0.0, 0
         for x, y in loader:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            loss, logits = forward_loss(x, y)
-            backward(loss)
-            if use_sam:
-                opt.first_step(zero_grad=True)
-                with frozen_bn(model):
-                    backward(forward_loss(x, y)[0])
-                opt.second_step(zero_grad=True, scaler=scaler)
-            else:
-                if scaler is not None:
-                    scaler.step(opt)
+            with rng:
+                loss, logits = forward_loss(x, y)
+                backward(loss)
+                if use_sam:
+                    opt.first_step(zero_grad=True)
+                    with frozen_bn(model):
+                        backward(forward_loss(x, y)[0])
+                    opt.second_step(zero_grad=True, scaler=scaler)
                 else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.step(opt)
+                    else:
+                        opt.step()
+                    opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.update()
             scheduler.step()
@@ -184,7 +265,7 @@ def finetune(
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
         elapsed = time.perf_counter() - t0
-        val = evaluate(model, data.val)
+        val = evaluate(model, val_loader)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": base.param_groups[0]["lr"],
                   "time_s": elapsed}

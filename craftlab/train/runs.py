@@ -3,16 +3,40 @@
 A run is keyed by every input that changes its result (model, data, optimizer, lr, epochs, ρ,
 ASAM, seed); its checkpoint lives in ``$CRAFTLAB_HOME/runs/<key>``. The CrAFT demo, the app and the
 notebooks share these, so a model fine-tuned once is reused everywhere.
+
+This module is the one place where an arm is named (:attr:`RunSpec.arm` for keys and tables,
+:func:`arm_label` / :attr:`RunSpec.label` for people) and where a run's twin (the same run with / without
+SAM) is made (:meth:`RunSpec.twin`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import cache
 from ..checkpoint import read_meta
+
+OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
+"""How people read the optimizer names (``finetune(optimizer=...)``)."""
+
+
+def _num(x: float) -> str:
+    """Shortest text that reads back as exactly `x` (``0.05``, ``1e-05``, ``0.5``, ``1``)."""
+    short = f"{x:g}"
+    return short if float(short) == float(x) else repr(float(x))
+
+
+def _slug(text: str) -> str:
+    """`text` made safe for a folder name; a short hash keeps two texts that differ only in replaced
+    characters (``imagefolder:/a/b`` vs ``imagefolder:/a_b``) apart."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+    if safe == text:
+        return text
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -30,43 +54,74 @@ class RunSpec:
 
     @property
     def arm(self) -> str:
-        """Short label: ``adamw``, ``adamw+sam0.05``, ``adamw+asam0.5``."""
+        """Short machine label: ``adamw``, ``adamw+sam0.05``, ``adamw+asam0.5`` (part of :attr:`key`)."""
         if self.sam_rho == 0:
             return self.optimizer
-        return f"{self.optimizer}+{'asam' if self.adaptive else 'sam'}{self.sam_rho:g}"
+        return f"{self.optimizer}+{'asam' if self.adaptive else 'sam'}{_num(self.sam_rho)}"
+
+    @property
+    def label(self) -> str:
+        """Human label of the arm: ``AdamW``, ``SAM ρ=0.05``, ``ASAM ρ=0.5``, ``SGD+SAM ρ=0.05``."""
+        return arm_label(self)
 
     @property
     def key(self) -> str:
-        lr = "" if self.lr is None else f"-lr{self.lr:g}"
-        data = self.data.replace(":", "_").replace("/", "_")
-        return f"{self.model}-{data}-{self.arm}{lr}-e{self.epochs}-s{self.seed}"
+        """Folder name of the run in the cache: different for any two specs that train differently."""
+        lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
+        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}-e{self.epochs}-s{self.seed}"
+
+    def twin(self, sam_rho: float = 0.05, adaptive: bool = False) -> RunSpec:
+        """The other arm of a CrAFT comparison, everything else the same: a plain run's twin trains with
+        SAM of radius `sam_rho` (ASAM with `adaptive`); a SAM run's twin is its plain run (the arguments
+        are then not used)."""
+        if self.sam_rho > 0:
+            return replace(self, sam_rho=0.0, adaptive=False)
+        if not sam_rho > 0:
+            raise ValueError(f"the SAM twin of a plain run needs sam_rho > 0, got {sam_rho!r}")
+        return replace(self, sam_rho=float(sam_rho), adaptive=bool(adaptive))
+
+
+def arm_label(spec: RunSpec) -> str:
+    """Human label of `spec`'s arm: ``AdamW``, ``SAM ρ=0.05``, ``ASAM ρ=0.5`` (AdamW is implied),
+    ``SGD``, ``SGD+SAM ρ=0.05``. For settings without a spec: ``arm_label(RunSpec(sam_rho=0.05))``."""
+    base = OPTIMIZER_LABELS.get(spec.optimizer, spec.optimizer)
+    if not spec.sam_rho:
+        return base
+    name = f"{'ASAM' if spec.adaptive else 'SAM'} ρ={_num(spec.sam_rho)}"
+    return name if spec.optimizer == "adamw" else f"{base}+{name}"
 
 
 def run_dir(spec: RunSpec) -> Path:
     return cache.home() / "runs" / spec.key
 
 
-def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
-    """The checkpoint folder of `spec`, fine-tuning it first if it is not cached."""
-    path = run_dir(spec)
+def _is_cached(path: Path, spec: RunSpec) -> bool:
     try:
-        read_meta(path)
-        return path
+        run = read_meta(path).get("run")
     except ValueError:
-        pass
+        return False
+    return run is None or run == asdict(spec)  # None: a run saved before specs were recorded
+
+
+def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
+    """The checkpoint folder of `spec`, fine-tuning it first if it is not cached (or if the cached
+    folder holds another spec's run)."""
+    path = run_dir(spec)
+    if _is_cached(path, spec):
+        return path
     from ..data import load_data
     from ..evaluation import evaluate
     from ..models import build_model
-    from .finetune import finetune
+    from .finetune import eval_loader, finetune
     from .pretrain import create_model
 
     data = load_data(spec.data, model=build_model(spec.model))  # input config only
     model = create_model(spec.model, num_classes=data.num_classes, pretrained=True, seed=spec.seed)
     result = finetune(model, data, optimizer=spec.optimizer, lr=spec.lr, epochs=spec.epochs, sam_rho=spec.sam_rho,
                       adaptive=spec.adaptive, seed=spec.seed, progress=progress, callback=callback)
-    test = evaluate(result.model, data.test)
+    test = evaluate(result.model, eval_loader(data, "test"))
     result.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
-    result.config.update(run=asdict(spec), arm=spec.arm, classes=data.classes)
+    result.config.update(run=asdict(spec), arm=spec.arm, label=spec.label, classes=data.classes)
     return result.save(path)
 
 

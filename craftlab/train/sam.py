@@ -132,6 +132,20 @@ class SAM(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        """SAM's own state and param groups (ρ, ``adaptive``, η and the base optimizer's hyperparameters), with
+        the base optimizer's state (Adam's moments, SGD's momentum buffers) under ``"base_optimizer"``."""
+        state = super().state_dict()
+        state["base_optimizer"] = self.base_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved, the base optimizer's state included (a state dict without it,
+        from an older craftlab, restores the param groups only)."""
+        state_dict = dict(state_dict)
+        base = state_dict.pop("base_optimizer", None)
         super().load_state_dict(state_dict)
         self.base_optimizer.param_groups = self.param_groups
+        if base is not None:
+            self.base_optimizer.load_state_dict(base)
+            self.param_groups = self.base_optimizer.param_groups  # one list of groups, shared again

@@ -1,0 +1,85 @@
+"""Run specs: keys that tell apart every run that trains differently, arm labels, twins; the run cache."""
+
+import json
+from dataclasses import asdict, fields, replace
+
+import pytest
+
+import craftlab.train.finetune as ft
+from craftlab.train.runs import RunSpec, arm_label, get_run, list_runs, run_dir
+
+BASE = RunSpec()
+# one other value per field: each changes what finetune does
+CHANGED = {"model": "resnet-tiny", "data": "mnist5k", "optimizer": "sgd", "lr": 3e-4, "epochs": 3, "sam_rho": 0.05,
+           "adaptive": True, "seed": 1}
+
+
+def test_every_field_is_in_the_key():
+    assert set(CHANGED) == {f.name for f in fields(RunSpec)}  # a new field must be added here (and to the key)
+    for name, value in CHANGED.items():
+        base = replace(BASE, sam_rho=0.5) if name == "adaptive" else BASE
+        assert replace(base, **{name: value}).key != base.key, name
+
+
+@pytest.mark.parametrize("a,b", [
+    ({"lr": 1e-3}, {"lr": 1.0000001e-3}),  # ':g' alone prints both as 0.001
+    ({"sam_rho": 0.05}, {"sam_rho": 0.05000001}),
+    ({"data": "imagefolder:/x/a_b"}, {"data": "imagefolder:/x/a/b"}),  # same text once '/' is replaced
+    ({"data": "imagefolder:/x/a b"}, {"data": "imagefolder:/x/a_b"}),
+])
+def test_keys_of_different_runs_never_collide(a, b):
+    ka, kb = RunSpec(**a).key, RunSpec(**b).key
+    assert ka != kb
+    assert "/" not in ka + kb and ":" not in ka + kb and " " not in ka + kb  # one folder name each
+
+
+def test_keys_of_existing_runs_are_stable():
+    """Caches made before keep their names."""
+    assert BASE.key == "vit-tiny-digits-adamw-e8-s0"
+    assert RunSpec(sam_rho=0.05).key == "vit-tiny-digits-adamw+sam0.05-e8-s0"
+    assert RunSpec(model="resnet-tiny", sam_rho=1.0, adaptive=True, lr=3e-4, seed=2).key == \
+        "resnet-tiny-digits-adamw+asam1-lr0.0003-e8-s2"
+    assert RunSpec(optimizer="sgd", sam_rho=0.05, epochs=3).arm == "sgd+sam0.05"
+
+
+@pytest.mark.parametrize("spec,label", [
+    (RunSpec(), "AdamW"),
+    (RunSpec(sam_rho=0.05), "SAM ρ=0.05"),
+    (RunSpec(sam_rho=0.5, adaptive=True), "ASAM ρ=0.5"),
+    (RunSpec(optimizer="sgd"), "SGD"),
+    (RunSpec(optimizer="sgd", sam_rho=0.05), "SGD+SAM ρ=0.05"),
+    (RunSpec(optimizer="sgd", sam_rho=2.0, adaptive=True), "SGD+ASAM ρ=2"),
+])
+def test_arm_labels(spec, label):
+    assert spec.label == arm_label(spec) == label
+
+
+def test_twins():
+    plain = RunSpec(model="resnet-tiny", lr=3e-4, epochs=3, seed=4)
+    sam = plain.twin(0.05)
+    assert sam == replace(plain, sam_rho=0.05) and sam.twin() == plain and sam.twin(0.5) == plain
+    asam = plain.twin(0.5, adaptive=True)
+    assert asam == replace(plain, sam_rho=0.5, adaptive=True) and asam.twin() == plain
+    assert {k: v for k, v in asdict(asam).items() if k not in ("sam_rho", "adaptive")} == \
+        {k: v for k, v in asdict(plain).items() if k not in ("sam_rho", "adaptive")}
+    with pytest.raises(ValueError, match="sam_rho > 0"):
+        plain.twin(0.0)
+
+
+def test_get_run_trains_once_and_rebuilds_a_folder_of_another_run(monkeypatch):
+    spec = RunSpec(model="resnet-tiny", epochs=1, seed=7)
+    path = get_run(spec, progress=False)
+    assert path == run_dir(spec)
+    meta = json.loads((path / "craftlab.json").read_text())
+    assert meta["run"] == asdict(spec) and meta["arm"] == "adamw" and meta["label"] == "AdamW"
+    assert 0 <= meta["metrics"]["test_accuracy"] <= 1
+    assert any(r["key"] == spec.key for r in list_runs())
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ft, "finetune", no_training)
+    assert get_run(spec, progress=False) == path  # cached
+    (path / "craftlab.json").write_text(json.dumps({**meta, "run": {**meta["run"], "lr": 0.1}}))
+    with pytest.raises(AssertionError, match="trained again"):  # holds another run: not reused
+        get_run(spec, progress=False)
