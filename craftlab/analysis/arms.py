@@ -32,12 +32,9 @@ _RUN_KEYS = ("optimizer", "lr", "sam_rho", "adaptive")
 
 
 def arm_label(sam_rho: float = 0.0, adaptive: bool = False, optimizer: str = "adamw") -> str:
-    """Human label of an arm: ``AdamW``, ``SAM ρ=0.05``, ``ASAM ρ=0.5`` (``SGD+SAM ρ=0.05`` for SGD)."""
-    base = {"adamw": "AdamW", "sgd": "SGD"}.get(optimizer, optimizer)
-    if not sam_rho:
-        return base
-    name = f"{'ASAM' if adaptive else 'SAM'} ρ={sam_rho:g}"
-    return name if optimizer == "adamw" else f"{base}+{name}"
+    """Human label of an arm: ``AdamW``, ``SAM ρ=0.05``, ``ASAM ρ=0.5`` (``SGD+SAM ρ=0.05`` for SGD);
+    :func:`craftlab.train.runs.arm_label` of the matching RunSpec."""
+    return RunSpec(optimizer=optimizer, sam_rho=sam_rho, adaptive=adaptive).label
 
 
 def _arm_items(arms: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]]) -> list[tuple[str, dict]]:
