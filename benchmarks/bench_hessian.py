@@ -2,7 +2,7 @@
 
 On one 128-image ``digits`` validation batch, for vit-tiny, resnet-tiny and a small CNN defined here:
 
-* craftlab: ``craftlab.sharpness.top_hessian_eigenvalues(k=2, method="lanczos", tol=TOL, max_iter=100)``;
+* craftlab: ``craftlab.hessian.top_hessian_eigenvalues(k=2, method="lanczos", tol=TOL, max_iter=100)``;
 * PyHessian (PyPI ``pyhessian`` 0.1): ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(top_n=2,
   maxIter=100, tol=TOL)``.
 
@@ -14,13 +14,15 @@ alternating order with seeds 0, 1, 2, ...; times are medians. A reference is com
 float64 (craftlab Lanczos, tol 1e-9) to say which of the two is more accurate. craftlab's Lanczos also
 requires its Ritz error estimate to be below tol (PyHessian's test alone can stop early, on a plateau),
 so it is usually more accurate at the same tol; one extra PyHessian run at ``--tight-tol`` shows what
-matching that accuracy costs PyHessian.
+matching that accuracy costs PyHessian. For k ≥ 2 craftlab's count includes the restarted Lanczos run in
+the orthogonal complement of the eigenvectors found, which is how it sees a repeated eigenvalue (a single
+Lanczos run cannot); PyHessian's deflated power iteration sees them by construction.
 
 Wrapper patches (nothing in site-packages is edited):
 
 * PyHessian builds its double-backward graph through timm's fused ``scaled_dot_product_attention``, whose
   backward has no derivative on CPU ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward
-  is not implemented"); it is run under ``sdpa_kernel(SDPBackend.MATH)``, as craftlab does internally.
+  is not implemented"); it is run under craftlab's own ``math_attention()`` (``sdpa_kernel(SDPBackend.MATH)``).
 * ``pyhessian.hessian.hessian_vector_product`` is wrapped to count HVPs.
 * PyHessian leaves ``.grad`` tensors holding the graph on the model (and calls ``model.eval()``), so it gets
   a deep copy per run (copy time excluded), whose grads are cleared afterwards.
@@ -85,15 +87,9 @@ def _model(name: str) -> tuple[nn.Module, str]:
     return create_model(name, num_classes=10, pretrained=False), "random init"
 
 
-def _math_sdpa():
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
-
-
 def run_craftlab(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], tol: float, max_iter: int,
                  seed: int) -> dict[str, Any]:
-    from craftlab.probes.sharpness import top_hessian_eigenvalues
+    from craftlab.probes.hessian import top_hessian_eigenvalues
 
     t0, c0 = time.perf_counter(), time.process_time()
     r = top_hessian_eigenvalues(model, batch, k=2, tol=tol, max_iter=max_iter, seed=seed)
@@ -123,12 +119,14 @@ def _pyhessian():
 
 def run_pyhessian(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], tol: float, max_iter: int,
                   seed: int) -> dict[str, Any]:
+    from craftlab.probes._probe import math_attention
+
     ph = _pyhessian()
     m = copy.deepcopy(model)
     _PYHESSIAN_HVP["count"] = 0
     torch.manual_seed(seed)
     t0, c0 = time.perf_counter(), time.process_time()
-    with _math_sdpa():
+    with math_attention():
         h = ph.hessian(m, nn.CrossEntropyLoss(), data=batch, cuda=False)
         values, _ = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=2)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
@@ -142,12 +140,12 @@ def run_pyhessian(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], to
 
 
 def reference(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
-    """Top-2 eigenvalues of the float64 copy (Lanczos, tol 1e-9, up to 300 HVPs)."""
-    from craftlab.probes.sharpness import top_hessian_eigenvalues
+    """Top-2 eigenvalues of the float64 copy (Lanczos, tol 1e-9, up to 600 HVPs over both Lanczos runs)."""
+    from craftlab.probes.hessian import top_hessian_eigenvalues
 
     m = copy.deepcopy(model).double()
     t0 = time.perf_counter()
-    r = top_hessian_eigenvalues(m, (batch[0].double(), batch[1]), k=2, tol=1e-9, max_iter=300, seed=123)
+    r = top_hessian_eigenvalues(m, (batch[0].double(), batch[1]), k=2, tol=1e-9, max_iter=600, seed=123)
     return {"eigenvalues": r.eigenvalues, "n_hvp": r.n_hvp, "converged": r.converged,
             "seconds": time.perf_counter() - t0}
 

@@ -289,12 +289,57 @@ def test_second_order_prediction_close_for_small_delta() -> None:
 
 
 def test_second_order_on_vit_uses_math_attention() -> None:
+    """timm's fused attention has no double backward: the HVP must run through the math kernel, and the
+    terms must be right (float64 central differences along the direction)."""
     from craftlab import create_model
 
-    vit = create_model("vit-tiny", num_classes=10, pretrained=False)
-    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    terms = L.second_order_terms(vit, (x, y), L.random_direction(vit, seed=0))
-    assert np.isfinite(terms["grad_dot_delta"]) and np.isfinite(terms["delta_H_delta"])
+    vit = create_model("vit-tiny", num_classes=10, pretrained=False).double()
+    assert vit.blocks[0].attn.fused_attn
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 1, 28, 28, generator=g, dtype=torch.float64), torch.randint(0, 10, (4,), generator=g)
+    d = L.random_direction(vit, seed=0)
+    terms = L.second_order_terms(vit, (x, y), d)
+    h = 1e-4
+    lm, l0, lp = L.line(vit, (x, y), direction=d, distance=h, steps=3, normalization=None).loss
+    assert terms["loss"] == pytest.approx(l0, rel=1e-12)
+    assert terms["grad_dot_delta"] == pytest.approx((lp - lm) / (2 * h), rel=1e-5)
+    assert terms["delta_H_delta"] == pytest.approx((lp - 2 * l0 + lm) / h ** 2, rel=1e-5)
+    assert abs(terms["delta_H_delta"]) > 1e-3  # not trivially zero
+
+
+def test_compression_path_against_dense_hessian_and_plain_forwards() -> None:
+    """Endpoints equal plain forwards of both models; the prediction equals g.delta and delta.H.delta
+    computed with a dense Hessian (torch.func), independently of craftlab's HVP."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 5)).double()
+    batch = make_batch(n=16, dtype=torch.float64)
+    comp = rounded(net, step=0.1)
+    res = L.compression_path(net, comp, batch, t_range=(-0.5, 1.5), steps=5)
+    assert res.loss[res.index_original] == pytest.approx(plain_loss(net, batch), rel=1e-14)
+    assert res.loss[res.index_compressed] == pytest.approx(plain_loss(comp, batch), rel=1e-14)
+
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    w = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    delta = torch.cat([(c.detach() - p.detach()).reshape(-1) for p, c in zip(net.parameters(), comp.parameters())])
+
+    def loss_of(flat_w: torch.Tensor) -> torch.Tensor:
+        ps, i = {}, 0
+        for n, s in zip(names, shapes):
+            ps[n] = flat_w[i:i + s.numel()].view(s)
+            i += s.numel()
+        return F.cross_entropy(functional_call(net, ps, (batch[0],)), batch[1])
+
+    w.requires_grad_(True)
+    gd = float(torch.autograd.grad(loss_of(w), w)[0] @ delta)
+    dhd = float(delta @ torch.autograd.functional.hessian(loss_of, w.detach()) @ delta)
+    assert res.meta["grad_dot_delta"] == pytest.approx(gd, rel=1e-10)
+    assert res.meta["delta_H_delta"] == pytest.approx(dhd, rel=1e-10)
+    expected = res.loss[res.index_original] + res.t * gd + 0.5 * res.t ** 2 * dhd
+    np.testing.assert_allclose(res.predicted, expected, rtol=1e-12)
+    assert res.meta["predicted_jump"] == pytest.approx(gd + 0.5 * dhd, rel=1e-10)
 
 
 def test_compression_plane_marks_compressed_point() -> None:

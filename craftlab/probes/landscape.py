@@ -1,7 +1,12 @@
-"""Loss landscapes: 1-D lines, 2-D planes, interpolations and compression paths in weight space.
+"""Loss landscapes: directions, 1-D lines, 2-D planes and interpolations in weight space.
+
+The compression slices (:func:`compression_path`, :func:`compression_plane`, :func:`second_order_terms`,
+:func:`compression_delta`) live in :mod:`craftlab.probes.compression` and are re-exported here, as are
+the result records (:mod:`craftlab.probes.results`) and :func:`evaluate`; the conventions below hold
+for all of them.
 
 Every function evaluates the model in eval mode (BatchNorm on running statistics, no dropout)
-inside :func:`craftlab._probe.preserved`, so the model comes back bit-identical: parameters,
+inside :func:`craftlab.probes._probe.preserved`, so the model comes back bit-identical: parameters,
 buffers, ``requires_grad``, ``.grad`` and train/eval flags.
 
 Conventions
@@ -19,19 +24,17 @@ Conventions
   output is not (B, C) logits with integer targets).
 
 Speed: grids are evaluated by writing parameters in place (``torch._foreach_copy_`` /
-``torch._foreach_add_`` from precomputed tensors, no model copies) with forward passes under
-``torch.inference_mode()``; the per-point overhead is a couple of memory passes over the
-parameters, small next to a forward pass. ``meta["timing"]`` says where the time went.
+``torch._foreach_add_`` from precomputed tensors, no model copies; see :mod:`craftlab.probes._grid`)
+with forward passes under ``torch.inference_mode()``; the per-point overhead is a couple of memory
+passes over the parameters, small next to a forward pass. ``meta["timing"]`` says where the time went.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,9 +42,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._probe import LossFn, as_batches, mean_loss, preserved
+from ._grid import (
+    Direction,
+    Evaluator,
+    check_same_params,
+    direction_dot,
+    direction_norm,
+    evaluate,
+    evaluate_grid,
+    model_info,
+    named_params,
+    symmetric_axis,
+    with_points,
+)
+from ._probe import LossFn, on_device, preserved
+from .compression import compression_delta, compression_path, compression_plane, second_order_terms
+from .results import LineResult, PathResult, PlaneResult
 
-Direction = dict[str, torch.Tensor]
 DirectionLike = Mapping[str, torch.Tensor] | nn.Module
 
 NORMALIZATIONS = ("filter", "layer", None)
@@ -63,282 +80,6 @@ __all__ = [
     "random_direction",
     "second_order_terms",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------------
-
-def _nan_to_none(a: np.ndarray) -> Any:
-    """Array -> nested lists with NaN as None (strict JSON has no NaN)."""
-    return [_nan_to_none(r) for r in a] if a.ndim > 1 else [None if not np.isfinite(v) else float(v) for v in a]
-
-
-def _from_list(v: Any) -> np.ndarray:
-    return np.array(v, dtype=float) if v is not None else np.array([], dtype=float)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Make `obj` JSON-serialisable (numpy scalars/arrays, tuples, tensors, non-finite floats)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _nan_to_none(obj.astype(float)) if obj.ndim else _jsonable(obj.item())
-    if torch.is_tensor(obj):
-        return _jsonable(obj.detach().cpu().numpy())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
-@dataclass
-class LineResult:
-    """A 1-D slice ``L(w + alpha * d)`` (or an interpolation, where ``alphas`` is ``t``).
-
-    Attributes:
-        alphas: (steps,) step sizes along the direction (units of the direction vector).
-        loss: (steps,) mean loss at each alpha.
-        accuracy: (steps,) top-1 accuracy in [0, 1] at each alpha.
-        meta: JSON-able details (seed, normalization, direction norms, timing, ...).
-    """
-
-    alphas: np.ndarray
-    loss: np.ndarray
-    accuracy: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    kind = "line"
-
-    @property
-    def centre_index(self) -> int:
-        """Index of the alpha closest to 0."""
-        return int(np.argmin(np.abs(self.alphas)))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (NaN stored as null)."""
-        return {"kind": self.kind, "alphas": _nan_to_none(np.asarray(self.alphas, float)),
-                "loss": _nan_to_none(np.asarray(self.loss, float)),
-                "accuracy": _nan_to_none(np.asarray(self.accuracy, float)), "meta": _jsonable(self.meta)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LineResult:
-        """Inverse of :meth:`to_dict`."""
-        return cls(_from_list(d["alphas"]), _from_list(d["loss"]), _from_list(d["accuracy"]), dict(d.get("meta", {})))
-
-
-@dataclass
-class PlaneResult:
-    """A 2-D slice ``L(w + alpha * d1 + beta * d2)``.
-
-    Attributes:
-        alphas: (n,) steps along the first direction (rows).
-        betas: (m,) steps along the second direction (columns).
-        loss: (n, m) mean loss, ``loss[i, j]`` at ``(alphas[i], betas[j])``.
-        accuracy: (n, m) top-1 accuracy in [0, 1].
-        meta: JSON-able details; ``meta["mark"]`` (if any) is ``{"alpha", "beta", "label"}``.
-    """
-
-    alphas: np.ndarray
-    betas: np.ndarray
-    loss: np.ndarray
-    accuracy: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    kind = "plane"
-
-    @property
-    def centre_index(self) -> tuple[int, int]:
-        """(i, j) of the grid point closest to (0, 0)."""
-        return int(np.argmin(np.abs(self.alphas))), int(np.argmin(np.abs(self.betas)))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (NaN stored as null)."""
-        return {"kind": self.kind, "alphas": _nan_to_none(np.asarray(self.alphas, float)),
-                "betas": _nan_to_none(np.asarray(self.betas, float)),
-                "loss": _nan_to_none(np.asarray(self.loss, float)),
-                "accuracy": _nan_to_none(np.asarray(self.accuracy, float)), "meta": _jsonable(self.meta)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PlaneResult:
-        """Inverse of :meth:`to_dict`."""
-        return cls(_from_list(d["alphas"]), _from_list(d["betas"]), _from_list(d["loss"]),
-                   _from_list(d["accuracy"]), dict(d.get("meta", {})))
-
-
-@dataclass
-class PathResult:
-    """Loss along the compression path ``w + t * delta`` with ``delta = C(w) - w``.
-
-    Attributes:
-        t: (n,) path positions; ``t[index_original] == 0.0`` and ``t[index_compressed] == 1.0`` exactly.
-        loss: (n,) measured mean loss.
-        accuracy: (n,) measured top-1 accuracy in [0, 1].
-        predicted: (n,) second-order prediction ``loss[index_original] + t g.delta + t^2/2 delta.H.delta``
-            (NaN when ``second_order=False``).
-        index_original: index of t = 0 (the original weights).
-        index_compressed: index of t = 1 (the compressed weights).
-        meta: JSON-able details (``grad_dot_delta``, ``delta_H_delta``, ``delta_norm``, losses of both models, ...).
-    """
-
-    t: np.ndarray
-    loss: np.ndarray
-    accuracy: np.ndarray
-    predicted: np.ndarray
-    index_original: int
-    index_compressed: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    kind = "compression_path"
-
-    @property
-    def predicted_delta(self) -> np.ndarray:
-        """(n,) predicted loss change ``t g.delta + t^2/2 delta.H.delta``."""
-        return self.predicted - self.loss[self.index_original]
-
-    @property
-    def measured_delta(self) -> np.ndarray:
-        """(n,) measured loss change relative to t = 0."""
-        return self.loss - self.loss[self.index_original]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (NaN stored as null)."""
-        return {"kind": self.kind, "t": _nan_to_none(np.asarray(self.t, float)),
-                "loss": _nan_to_none(np.asarray(self.loss, float)),
-                "accuracy": _nan_to_none(np.asarray(self.accuracy, float)),
-                "predicted": _nan_to_none(np.asarray(self.predicted, float)),
-                "index_original": int(self.index_original), "index_compressed": int(self.index_compressed),
-                "meta": _jsonable(self.meta)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PathResult:
-        """Inverse of :meth:`to_dict`."""
-        return cls(_from_list(d["t"]), _from_list(d["loss"]), _from_list(d["accuracy"]), _from_list(d["predicted"]),
-                   int(d["index_original"]), int(d["index_compressed"]), dict(d.get("meta", {})))
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation engine
-# --------------------------------------------------------------------------------------------
-
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _prepare_batches(model: nn.Module, batches: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    dev = _device(model)
-    return [(x.to(dev), y.to(dev)) for x, y in as_batches(batches)]
-
-
-class _Evaluator:
-    """Mean loss and accuracy of `model` on fixed batches, one forward per batch, no autograd."""
-
-    def __init__(self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn):
-        self.model, self.batches, self.loss_fn = model, batches, loss_fn
-        self.n = sum(len(y) for _, y in batches)
-        self.forward_s = 0.0
-
-    def __call__(self) -> tuple[float, float]:
-        correct, counted = 0, 0
-
-        def loss_and_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            nonlocal correct, counted
-            if out.ndim == 2 and not y.is_floating_point():
-                correct += int((out.argmax(1) == y).sum())
-                counted += len(y)
-            return self.loss_fn(out, y)
-
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            loss = float(mean_loss(self.model, self.batches, loss_and_accuracy))
-        self.forward_s += time.perf_counter() - t0
-        return loss, (correct / counted if counted else float("nan"))
-
-
-def evaluate(model: nn.Module, batches: Any, loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
-    """(mean loss, top-1 accuracy in [0, 1]) of `model` in eval mode on `batches`; the model is left untouched.
-
-    Uses the exact code path of the landscape grids, so ``line(...).loss[centre]`` equals this bit for bit.
-    """
-    with preserved(model):
-        return _Evaluator(model, _prepare_batches(model, batches), loss_fn)()
-
-
-def _axis(distance: float, steps: int) -> np.ndarray:
-    """Symmetric grid ``linspace(-distance, distance, steps)`` with an exact 0 centre for odd steps."""
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not (isinstance(distance, (int, float)) and math.isfinite(distance) and distance > 0):
-        raise ValueError(f"distance must be a positive finite number, got {distance!r}")
-    steps = int(steps)
-    if steps == 1:
-        return np.zeros(1)
-    a = np.linspace(-float(distance), float(distance), steps)
-    a = (a - a[::-1]) / 2.0  # exactly antisymmetric
-    if steps % 2:
-        a[steps // 2] = 0.0
-    return a
-
-
-def _with_points(axis: np.ndarray, points: Sequence[float]) -> np.ndarray:
-    """`axis` with each of `points` on it: snapped when within 1e-9 of a grid value, inserted otherwise."""
-    axis = np.asarray(axis, dtype=float).copy()
-    span = float(np.ptp(axis)) if len(axis) > 1 else 1.0
-    for p in points:
-        k = int(np.argmin(np.abs(axis - p)))
-        if abs(axis[k] - p) <= 1e-9 * max(span, 1.0):
-            axis[k] = p
-        else:
-            axis = np.sort(np.append(axis, p))
-    return axis
-
-
-def _grid(evaluator: _Evaluator, targets: list[torch.Tensor], base: list[torch.Tensor],
-          d1: list[torch.Tensor], d2: list[torch.Tensor] | None, alphas: np.ndarray, betas: np.ndarray,
-          anchors: Mapping[float, list[torch.Tensor]] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Evaluate ``base + a * d1 + b * d2`` written into `targets` for every (a, b).
-
-    `anchors` maps an alpha to exact tensors for ``base + alpha * d1`` (e.g. the compressed weights at 1.0),
-    so such points are evaluated at exactly those values, free of rounding. Returns (loss, accuracy, timing),
-    arrays of shape (len(alphas), len(betas)).
-    """
-    anchors = dict(anchors or {})
-    loss = np.full((len(alphas), len(betas)), np.nan)
-    acc = np.full_like(loss, np.nan)
-    write_s = 0.0
-    t_start = time.perf_counter()
-    evaluator.forward_s = 0.0
-    with torch.inference_mode():
-        for i, a in enumerate(alphas):
-            t0 = time.perf_counter()
-            a = float(a)
-            if a in anchors:
-                row = anchors[a]
-            elif a == 0.0:
-                row = base
-            else:
-                row = torch._foreach_add(base, d1, alpha=a)
-            write_s += time.perf_counter() - t0
-            for j, b in enumerate(betas):
-                t0 = time.perf_counter()
-                torch._foreach_copy_(targets, row)
-                if d2 is not None and float(b) != 0.0:
-                    torch._foreach_add_(targets, d2, alpha=float(b))
-                write_s += time.perf_counter() - t0
-                loss[i, j], acc[i, j] = evaluator()
-    total = time.perf_counter() - t_start
-    timing = {"total_s": total, "forward_s": evaluator.forward_s, "write_s": write_s,
-              "other_s": max(total - evaluator.forward_s - write_s, 0.0), "points": int(loss.size)}
-    return loss, acc, timing
-
-
-def _params(model: nn.Module) -> dict[str, nn.Parameter]:
-    return dict(model.named_parameters())
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +106,7 @@ def normalize_direction(direction: Mapping[str, torch.Tensor], model: nn.Module,
     (the paper's default), else rescaled as a whole to the parameter's norm (when normalizing).
     """
     _check(normalization, ignore)
-    params = _params(model)
+    params = named_params(model)
     out: Direction = {}
     for name, d in direction.items():
         w = params[name].detach()
@@ -410,7 +151,7 @@ def random_direction(model: nn.Module, seed: int = 0, normalization: str | None 
 
 def _as_direction(direction: DirectionLike, model: nn.Module) -> Direction:
     """A dict over all of `model`'s parameters (missing names -> zeros); validates names and shapes."""
-    params = _params(model)
+    params = named_params(model)
     if isinstance(direction, nn.Module):
         direction = {n: p.detach() for n, p in direction.named_parameters()}
     if not isinstance(direction, Mapping):
@@ -430,21 +171,8 @@ def _as_direction(direction: DirectionLike, model: nn.Module) -> Direction:
     return out
 
 
-def _norm(direction: Mapping[str, torch.Tensor]) -> float:
-    return float(math.sqrt(sum(float(d.double().pow(2).sum()) for d in direction.values())))
-
-
-def _dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    return float(sum(float((a[n].double() * b[n].double()).sum()) for n in a if n in b))
-
-
-def _model_info(model: nn.Module) -> dict[str, Any]:
-    return {"model": getattr(model, "craftlab_name", type(model).__name__),
-            "num_params": int(sum(p.numel() for p in model.parameters()))}
-
-
 # --------------------------------------------------------------------------------------------
-# lines and planes
+# lines, planes, interpolations
 # --------------------------------------------------------------------------------------------
 
 def _resolve(model: nn.Module, direction: DirectionLike | None, normalization: str | None, ignore: str | None,
@@ -468,18 +196,18 @@ def line(model: nn.Module, batches: Any, direction: DirectionLike | None = None,
         :class:`LineResult` with loss/accuracy of shape (steps,); the centre (odd steps) is the model's loss.
     """
     _check(normalization, ignore)
-    alphas = _axis(distance, steps)
+    alphas = symmetric_axis(distance, steps)
     with preserved(model):
         d = _resolve(model, direction, normalization, ignore, torch.Generator().manual_seed(int(seed)))
-        params = _params(model)
+        params = named_params(model)
         names = list(params)
         targets = [params[n] for n in names]
         base = [p.detach().clone() for p in targets]
-        ev = _Evaluator(model, _prepare_batches(model, batches), loss_fn)
-        loss, acc, timing = _grid(ev, targets, base, [d[n] for n in names], None, alphas, np.zeros(1))
-    meta = {**_model_info(model), "kind": "line", "distance": float(distance), "steps": int(steps),
+        ev = Evaluator(model, on_device(batches, model), loss_fn)
+        loss, acc, timing = evaluate_grid(ev, targets, base, [d[n] for n in names], None, alphas, np.zeros(1))
+    meta = {**model_info(model), "kind": "line", "distance": float(distance), "steps": int(steps),
             "normalization": normalization, "ignore": ignore, "seed": int(seed), "random": direction is None,
-            "direction_norm": _norm(d), "weight_norm": _norm({n: b for n, b in zip(names, base)}),
+            "direction_norm": direction_norm(d), "weight_norm": direction_norm({n: b for n, b in zip(names, base)}),
             "n_examples": ev.n, "timing": timing}
     return LineResult(alphas, loss[:, 0], acc[:, 0], meta)
 
@@ -506,26 +234,26 @@ def plane(model: nn.Module, batches: Any, directions: Sequence[DirectionLike | N
         directions = (None, None)
     if isinstance(directions, (Mapping, nn.Module)) or len(directions) != 2:
         raise ValueError("directions must be a pair (d1, d2)")
-    alphas = _axis(distance, steps)
+    alphas = symmetric_axis(distance, steps)
     with preserved(model):
         gen = torch.Generator().manual_seed(int(seed))
         d1 = _resolve(model, directions[0], normalization, ignore, gen)
         d2 = _resolve(model, directions[1], normalization, ignore, gen)
-        params = _params(model)
+        params = named_params(model)
         names = list(params)
-        batch_list = _prepare_batches(model, batches)
+        batch_list = on_device(batches, model)
         if backend == "native":
             targets = [params[n] for n in names]
             base = [p.detach().clone() for p in targets]
-            ev = _Evaluator(model, batch_list, loss_fn)
-            loss, acc, timing = _grid(ev, targets, base, [d1[n] for n in names], [d2[n] for n in names],
-                                      alphas, alphas)
+            ev = Evaluator(model, batch_list, loss_fn)
+            loss, acc, timing = evaluate_grid(ev, targets, base, [d1[n] for n in names], [d2[n] for n in names],
+                                              alphas, alphas)
         else:
             loss, acc, timing = _plane_loss_landscapes(model, batch_list, loss_fn, d1, d2, alphas)
-    meta = {**_model_info(model), "kind": "plane", "distance": float(distance), "steps": int(steps),
+    meta = {**model_info(model), "kind": "plane", "distance": float(distance), "steps": int(steps),
             "normalization": normalization, "ignore": ignore, "seed": int(seed), "backend": backend,
-            "random": [d is None for d in directions], "direction_norms": [_norm(d1), _norm(d2)],
-            "direction_cosine": _dot(d1, d2) / max(_norm(d1) * _norm(d2), 1e-300),
+            "random": [d is None for d in directions], "direction_norms": [direction_norm(d1), direction_norm(d2)],
+            "direction_cosine": direction_dot(d1, d2) / max(direction_norm(d1) * direction_norm(d2), 1e-300),
             "n_examples": sum(len(y) for _, y in batch_list), "timing": timing}
     return PlaneResult(alphas, alphas.copy(), loss, acc, meta)
 
@@ -559,7 +287,7 @@ def _plane_loss_landscapes(model: nn.Module, batch_list: list[tuple[torch.Tensor
         def __init__(self) -> None:
             super().__init__()
             self.calls = 0
-            self.evaluator: _Evaluator | None = None
+            self.evaluator: Evaluator | None = None
 
         def __call__(self, model_wrapper: Any) -> tuple[float, float]:
             c = self.calls
@@ -569,7 +297,7 @@ def _plane_loss_landscapes(model: nn.Module, batch_list: list[tuple[torch.Tensor
             if row >= n or (row % 2 == 0 and col >= n) or (row % 2 == 1 and col == 0):
                 return float("nan"), float("nan")
             if self.evaluator is None:
-                self.evaluator = _Evaluator(model_wrapper.modules[0], batch_list, loss_fn)
+                self.evaluator = Evaluator(model_wrapper.modules[0], batch_list, loss_fn)
             return self.evaluator()
 
     t_start = time.perf_counter()
@@ -597,21 +325,6 @@ def _plane_loss_landscapes(model: nn.Module, batch_list: list[tuple[torch.Tensor
     return out[..., 0], out[..., 1], timing
 
 
-# --------------------------------------------------------------------------------------------
-# interpolation and compression
-# --------------------------------------------------------------------------------------------
-
-def _check_same_params(a: nn.Module, b: nn.Module, what: str = "compressed_model") -> None:
-    pa, pb = _params(a), _params(b)
-    if set(pa) != set(pb):
-        missing, extra = sorted(set(pa) - set(pb)), sorted(set(pb) - set(pa))
-        raise ValueError(f"{what} must have the same parameter names as the model; missing {missing[:5]}, "
-                         f"extra {extra[:5]}")
-    for n in pa:
-        if pa[n].shape != pb[n].shape:
-            raise ValueError(f"parameter {n!r} has shape {tuple(pb[n].shape)} in {what}, {tuple(pa[n].shape)} in model")
-
-
 def interpolate(model_a: nn.Module, model_b: nn.Module, batches: Any, steps: int = 21, extend: float = 0.0,
                 loss_fn: LossFn = F.cross_entropy, buffers: bool = True) -> LineResult:
     """Loss along ``(1 - t) a + t b`` for ``t in linspace(-extend, 1 + extend, steps)`` (t = 0 and 1 always included).
@@ -620,14 +333,14 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, batches: Any, steps: int
     statistics) are interpolated too, as ``--dir_type states`` in Li et al.'s code, so that t = 1 reproduces
     `model_b`'s own loss exactly; with ``False`` model_a's buffers are used all along. ``alphas`` holds t.
     """
-    _check_same_params(model_a, model_b, "model_b")
+    check_same_params(model_a, model_b, "model_b")
     if extend < 0 or not math.isfinite(extend):
         raise ValueError(f"extend must be a finite number >= 0, got {extend!r}")
     if int(steps) != steps or steps < 2:
         raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
-    t = _with_points(np.linspace(-extend, 1.0 + extend, int(steps)), (0.0, 1.0))
+    t = with_points(np.linspace(-extend, 1.0 + extend, int(steps)), (0.0, 1.0))
     with preserved(model_a), preserved(model_b):
-        pa, pb = _params(model_a), _params(model_b)
+        pa, pb = named_params(model_a), named_params(model_b)
         names = list(pa)
         targets = [pa[n] for n in names]
         wa = [pa[n].detach().clone() for n in names]
@@ -639,172 +352,9 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, batches: Any, steps: int
             wa += [ba[n].detach().clone() for n in bnames]
             wb += [bb[n].detach().to(dtype=ba[n].dtype, device=ba[n].device).clone() for n in bnames]
         diff = torch._foreach_sub(wb, wa)
-        ev = _Evaluator(model_a, _prepare_batches(model_a, batches), loss_fn)
-        loss, acc, timing = _grid(ev, targets, wa, diff, None, t, np.zeros(1), anchors={0.0: wa, 1.0: wb})
-    meta = {**_model_info(model_a), "kind": "interpolation", "x": "t", "steps": int(steps), "extend": float(extend),
-            "buffers": bool(buffers), "model_b": _model_info(model_b)["model"],
-            "distance": _norm({n: d for n, d in zip(names, diff)}), "n_examples": ev.n, "timing": timing}
+        ev = Evaluator(model_a, on_device(batches, model_a), loss_fn)
+        loss, acc, timing = evaluate_grid(ev, targets, wa, diff, None, t, np.zeros(1), anchors={0.0: wa, 1.0: wb})
+    meta = {**model_info(model_a), "kind": "interpolation", "x": "t", "steps": int(steps), "extend": float(extend),
+            "buffers": bool(buffers), "model_b": model_info(model_b)["model"],
+            "distance": direction_norm({n: d for n, d in zip(names, diff)}), "n_examples": ev.n, "timing": timing}
     return LineResult(t, loss[:, 0], acc[:, 0], meta)
-
-
-def compression_delta(model: nn.Module, compressed_model: nn.Module) -> Direction:
-    """``delta = C(w) - w`` over the named parameters (same names and shapes required), in `model`'s dtype."""
-    _check_same_params(model, compressed_model)
-    pc = _params(compressed_model)
-    return {n: (pc[n].detach().to(dtype=p.dtype, device=p.device) - p.detach()) for n, p in model.named_parameters()}
-
-
-@contextlib.contextmanager
-def _math_attention():
-    """Force the math SDPA kernel: the fused CPU attention kernels have no double backward (needed for HVPs)."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - old torch
-        yield
-        return
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
-
-
-def second_order_terms(model: nn.Module, batches: Any, delta: Mapping[str, torch.Tensor],
-                       loss_fn: LossFn = F.cross_entropy) -> dict[str, float]:
-    """``g.delta`` and ``delta.H.delta`` of the mean loss at the model's weights (one gradient, one HVP).
-
-    The second-order model of the loss change is ``dL(t) ~ t g.delta + t^2/2 delta.H.delta``. Computed in
-    eval mode with autograd (Pearlmutter's trick); the model is left untouched.
-    """
-    with preserved(model):
-        params = _params(model)
-        names = [n for n in params if n in delta]
-        ps = [params[n] for n in names]
-        ds = [delta[n].to(dtype=params[n].dtype, device=params[n].device) for n in names]
-        if _norm(dict(zip(names, ds))) == 0.0:
-            return {"loss": evaluate(model, batches, loss_fn)[0], "grad_dot_delta": 0.0, "delta_H_delta": 0.0}
-        for p in model.parameters():
-            p.requires_grad_(True)
-        batch_list = _prepare_batches(model, batches)
-        with torch.enable_grad(), _math_attention():
-            loss = mean_loss(model, batch_list, loss_fn)
-            grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
-            pairs = [(g, d) for g, d in zip(grads, ds) if g is not None]
-            gd = sum((g * d).sum() for g, d in pairs)
-            if not torch.is_tensor(gd) or not gd.requires_grad:
-                return {"loss": float(loss), "grad_dot_delta": float(gd), "delta_H_delta": 0.0}
-            hd = torch.autograd.grad(gd, ps, allow_unused=True)
-        dhd = sum(float((h.double() * d.double()).sum()) for h, d in zip(hd, ds) if h is not None)
-        return {"loss": float(loss.detach()), "grad_dot_delta": float(gd.detach()), "delta_H_delta": dhd}
-
-
-def _path_targets(model: nn.Module, compressed_model: nn.Module, on: str) -> nn.Module:
-    if on == "compressed":
-        return compressed_model
-    if on == "original":
-        return model
-    raise ValueError(f"on must be 'compressed' or 'original', got {on!r}")
-
-
-def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any,
-                     t_range: tuple[float, float] = (-0.5, 1.5), steps: int = 41, second_order: bool = True,
-                     loss_fn: LossFn = F.cross_entropy, on: str = "compressed") -> PathResult:
-    """Loss along the compression path ``w + t * delta``, ``delta = C(w) - w``, plus its 2nd-order prediction.
-
-    Which architecture computes the path (`on`):
-
-    * ``"compressed"`` (default): the parameters ``w + t delta`` are written into `compressed_model` (restored
-      afterwards). Its forward may differ from the original's (quantized activations, masks, extra buffers),
-      so t = 1 reproduces ``evaluate(compressed_model)`` exactly, and t = 0 is the ORIGINAL weights run
-      through the compressed architecture: it equals the original's loss when compression only changes
-      weights; otherwise ``meta["architecture_gap"]`` (loss at t = 0 minus the original's loss) is the part
-      of the damage due to the forward (e.g. activation quantization), and ``loss[t=1] - loss[t=0]`` the part
-      due to the weights. If the compressed modules re-quantize their weights inside forward, the path is a
-      staircase; use ``on="original"`` to see the smooth weight-space path.
-    * ``"original"``: written into `model`: t = 0 reproduces the original's loss exactly, t = 1 is the
-      compressed weights in the original architecture (full-precision activations).
-
-    The prediction ``predicted(t) = loss[t=0] + t g.delta + t^2/2 delta.H.delta`` uses g and H delta of the
-    ORIGINAL model at w (autograd, one HVP) and is a model of the weight part of the loss change.
-
-    Returns:
-        :class:`PathResult`; ``t`` is ``linspace(*t_range, steps)`` with 0 and 1 always on it.
-    """
-    target = _path_targets(model, compressed_model, on)
-    lo, hi = (float(v) for v in t_range)
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"t_range must be (low, high) with low < high, got {t_range!r}")
-    if int(steps) != steps or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
-    t = _with_points(np.linspace(lo, hi, int(steps)), (0.0, 1.0))
-    delta = compression_delta(model, compressed_model)
-    loss_orig, acc_orig = evaluate(model, batches, loss_fn)
-    loss_comp, acc_comp = evaluate(compressed_model, batches, loss_fn)
-    with preserved(model), preserved(compressed_model):
-        names = list(delta)
-        tp = _params(target)
-        targets = [tp[n] for n in names]
-        pm, pc = _params(model), _params(compressed_model)
-        w = [pm[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        c = [pc[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        ev = _Evaluator(target, _prepare_batches(target, batches), loss_fn)
-        loss, acc, timing = _grid(ev, targets, w, [delta[n].to(dtype=tp[n].dtype) for n in names], None, t,
-                                  np.zeros(1), anchors={0.0: w, 1.0: c})
-    loss, acc = loss[:, 0], acc[:, 0]
-    i0, i1 = int(np.flatnonzero(t == 0.0)[0]), int(np.flatnonzero(t == 1.0)[0])
-    meta: dict[str, Any] = {
-        **_model_info(model), "kind": "compression_path", "on": on, "steps": int(steps), "t_range": [lo, hi],
-        "compressed_model": _model_info(compressed_model)["model"], "delta_norm": _norm(delta),
-        "weight_norm": _norm({n: p.detach() for n, p in model.named_parameters()}),
-        "loss_original": loss_orig, "accuracy_original": acc_orig,
-        "loss_compressed": loss_comp, "accuracy_compressed": acc_comp,
-        "architecture_gap": float(loss[i0] - loss_orig), "measured_jump": float(loss[i1] - loss[i0]),
-        "n_examples": ev.n, "timing": timing,
-    }
-    if meta["delta_norm"] == 0.0:
-        meta["warning"] = ("the compressed model's parameters equal the original's: the compression happens "
-                           "inside its forward, so the weight path is a single point")
-    predicted = np.full_like(t, np.nan)
-    if second_order:
-        so = second_order_terms(model, batches, delta, loss_fn)
-        gd, dhd = so["grad_dot_delta"], so["delta_H_delta"]
-        predicted = loss[i0] + t * gd + 0.5 * t ** 2 * dhd
-        meta.update(grad_dot_delta=gd, delta_H_delta=dhd, predicted_jump=gd + 0.5 * dhd)
-    return PathResult(t, loss, acc, predicted, i0, i1, meta)
-
-
-def compression_plane(model: nn.Module, compressed_model: nn.Module, batches: Any, steps: int = 21,
-                      distance: float = 2.0, seed: int = 0, loss_fn: LossFn = F.cross_entropy,
-                      ignore: str | None = "biasbn", on: str = "compressed") -> PlaneResult:
-    """The plane spanned by ``delta = C(w) - w`` (alpha, not normalized: the compressed point is (1, 0))
-    and a filter-normalized random direction rescaled to ``||delta||`` (beta).
-
-    Grid: ``linspace(-distance, distance, steps)`` on both axes, with alpha = 1 added if not on it.
-    ``on`` chooses the architecture that computes the loss, as in :func:`compression_path`; the point
-    (1, 0) is evaluated at exactly the compressed parameters. ``meta["mark"]`` marks the compressed point.
-    """
-    target = _path_targets(model, compressed_model, on)
-    betas = _axis(distance, steps)
-    alphas = _with_points(betas, (0.0, 1.0))
-    delta = compression_delta(model, compressed_model)
-    dn = _norm(delta)
-    eta = random_direction(model, seed, "filter", ignore)
-    en = _norm(eta)
-    eta = {n: v * (dn / en if en > 0 else 0.0) for n, v in eta.items()}
-    with preserved(model), preserved(compressed_model):
-        names = list(delta)
-        tp = _params(target)
-        targets = [tp[n] for n in names]
-        pm, pc = _params(model), _params(compressed_model)
-        w = [pm[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        c = [pc[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        ev = _Evaluator(target, _prepare_batches(target, batches), loss_fn)
-        loss, acc, timing = _grid(ev, targets, w, [delta[n].to(dtype=tp[n].dtype) for n in names],
-                                  [eta[n].to(dtype=tp[n].dtype) for n in names], alphas, betas,
-                                  anchors={0.0: w, 1.0: c})
-    meta = {**_model_info(model), "kind": "compression_plane", "on": on, "steps": int(steps),
-            "distance": float(distance), "seed": int(seed), "ignore": ignore, "delta_norm": dn,
-            "direction_cosine": _dot(delta, eta) / max(dn * _norm(eta), 1e-300),
-            "compressed_model": _model_info(compressed_model)["model"],
-            "mark": {"alpha": 1.0, "beta": 0.0, "label": "compressed"},
-            "origin": {"alpha": 0.0, "beta": 0.0, "label": "original"},
-            "axes": {"alpha": "C(w) - w", "beta": "random (filter-normalized, scaled to ||C(w) - w||)"},
-            "n_examples": ev.n, "timing": timing}
-    return PlaneResult(alphas, betas, loss, acc, meta)
