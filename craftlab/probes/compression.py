@@ -34,6 +34,7 @@ from ._grid import (
     with_points,
 )
 from ._probe import LossFn, inner, on_device, preserved, probing
+from .directions import random_direction
 from .hessian import HessianOperator
 from .results import PathResult, PlaneResult
 
@@ -155,7 +156,6 @@ def compression_plane(model: nn.Module, compressed_model: nn.Module, batches: An
     ``on`` chooses the architecture that computes the loss, as in :func:`compression_path`; the point
     (1, 0) is evaluated at exactly the compressed parameters. ``meta["mark"]`` marks the compressed point.
     """
-    from .landscape import random_direction  # landscape re-exports this module: import at call time
 
     target = _path_targets(model, compressed_model, on)
     betas = symmetric_axis(distance, steps)

@@ -57,12 +57,16 @@ from ._grid import (
 )
 from ._probe import LossFn, on_device, preserved
 from .compression import compression_delta, compression_path, compression_plane, second_order_terms
+from .directions import (  # noqa: F401  (NORMALIZATIONS, IGNORES: re-exported)
+    IGNORES,
+    NORMALIZATIONS,
+    DirectionLike,
+    check_normalization,
+    normalize_direction,
+    random_direction,
+    resolve_direction,
+)
 from .results import LineResult, PathResult, PlaneResult
-
-DirectionLike = Mapping[str, torch.Tensor] | nn.Module
-
-NORMALIZATIONS = ("filter", "layer", None)
-IGNORES = ("biasbn", None)
 
 __all__ = [
     "Direction",
@@ -83,105 +87,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# directions
-# --------------------------------------------------------------------------------------------
-
-def _check(normalization: str | None, ignore: str | None) -> None:
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if ignore not in IGNORES:
-        raise ValueError(f"ignore must be one of {IGNORES}, got {ignore!r}")
-
-
-def normalize_direction(direction: Mapping[str, torch.Tensor], model: nn.Module, normalization: str | None = "filter",
-                        ignore: str | None = "biasbn") -> Direction:
-    """Rescale `direction` to the scale of `model`'s weights (Li et al. 2018); returns a new dict.
-
-    * ``"filter"``: for every parameter with ndim >= 2, each filter ``d[k]`` (slice along dim 0, i.e. one
-      output row / conv filter) is rescaled to ``||w[k]|| / ||d[k]||``; an all-zero weight filter (or
-      direction filter) gives an all-zero direction filter, never NaN.
-    * ``"layer"``: the whole tensor is rescaled to ``||w|| / ||d||``.
-    * ``None``: no rescaling.
-    1-D (and 0-D) parameters - biases, norm-layer scales/shifts - are zeroed when ``ignore="biasbn"``
-    (the paper's default), else rescaled as a whole to the parameter's norm (when normalizing).
-    """
-    _check(normalization, ignore)
-    params = named_params(model)
-    out: Direction = {}
-    for name, d in direction.items():
-        w = params[name].detach()
-        d = d.detach().to(device=w.device, dtype=w.dtype).clone()
-        if w.ndim <= 1:
-            if ignore == "biasbn":
-                d.zero_()
-            elif normalization is not None:
-                d.mul_(_safe_ratio(w.norm(), d.norm()))
-        elif normalization == "filter":
-            wn = w.reshape(w.shape[0], -1).norm(dim=1)
-            dn = d.reshape(d.shape[0], -1).norm(dim=1)
-            d.mul_(_safe_ratio(wn, dn).reshape(-1, *([1] * (d.ndim - 1))))
-        elif normalization == "layer":
-            d.mul_(_safe_ratio(w.norm(), d.norm()))
-        out[name] = d
-    return out
-
-
-def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den, 0 where den == 0 (an all-zero direction filter stays zero)."""
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
-
-
-def _gaussian(model: nn.Module, gen: torch.Generator) -> Direction:
-    """N(0, 1) tensors shaped like the parameters, drawn on CPU (same numbers on any device)."""
-    return {n: torch.randn(p.shape, generator=gen, dtype=torch.float32).to(device=p.device, dtype=p.dtype)
-            for n, p in model.named_parameters()}
-
-
-def random_direction(model: nn.Module, seed: int = 0, normalization: str | None = "filter",
-                     ignore: str | None = "biasbn") -> Direction:
-    """A Gaussian random direction ``name -> tensor`` (shapes of the parameters), normalized per Li et al. 2018.
-
-    See :func:`normalize_direction` for ``normalization`` and ``ignore``; ``ignore="biasbn"`` zeroes 1-D
-    parameters whatever the normalization. The numbers depend only on `seed` and the parameter shapes.
-    """
-    _check(normalization, ignore)
-    gen = torch.Generator().manual_seed(int(seed))
-    return normalize_direction(_gaussian(model, gen), model, normalization, ignore)
-
-
-def _as_direction(direction: DirectionLike, model: nn.Module) -> Direction:
-    """A dict over all of `model`'s parameters (missing names -> zeros); validates names and shapes."""
-    params = named_params(model)
-    if isinstance(direction, nn.Module):
-        direction = {n: p.detach() for n, p in direction.named_parameters()}
-    if not isinstance(direction, Mapping):
-        raise TypeError(f"a direction must be a dict name -> tensor or an nn.Module, got {type(direction).__name__}")
-    unknown = sorted(set(direction) - set(params))
-    if unknown:
-        raise ValueError(f"direction has names the model lacks: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-    out: Direction = {}
-    for n, p in params.items():
-        if n in direction:
-            d = torch.as_tensor(direction[n]).detach()
-            if tuple(d.shape) != tuple(p.shape):
-                raise ValueError(f"direction[{n!r}] has shape {tuple(d.shape)}, the parameter {tuple(p.shape)}")
-            out[n] = d.to(device=p.device, dtype=p.dtype)
-        else:
-            out[n] = torch.zeros_like(p.detach())
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # lines, planes, interpolations
 # --------------------------------------------------------------------------------------------
-
-def _resolve(model: nn.Module, direction: DirectionLike | None, normalization: str | None, ignore: str | None,
-             gen: torch.Generator) -> Direction:
-    if direction is None:
-        return normalize_direction(_gaussian(model, gen), model, normalization, ignore)
-    d = _as_direction(direction, model)
-    return normalize_direction(d, model, normalization, ignore) if normalization is not None else d
-
 
 def line(model: nn.Module, batches: Any, direction: DirectionLike | None = None, distance: float = 1.0,
          steps: int = 51, normalization: str | None = "filter", seed: int = 0,
@@ -195,10 +102,10 @@ def line(model: nn.Module, batches: Any, direction: DirectionLike | None = None,
     Returns:
         :class:`LineResult` with loss/accuracy of shape (steps,); the centre (odd steps) is the model's loss.
     """
-    _check(normalization, ignore)
+    check_normalization(normalization, ignore)
     alphas = symmetric_axis(distance, steps)
     with preserved(model):
-        d = _resolve(model, direction, normalization, ignore, torch.Generator().manual_seed(int(seed)))
+        d = resolve_direction(model, direction, normalization, ignore, torch.Generator().manual_seed(int(seed)))
         params = named_params(model)
         names = list(params)
         targets = [params[n] for n in names]
@@ -227,7 +134,7 @@ def plane(model: nn.Module, batches: Any, directions: Sequence[DirectionLike | N
     Returns:
         :class:`PlaneResult`, ``loss[i, j]`` at ``(alphas[i], betas[j])``, shape (steps, steps).
     """
-    _check(normalization, ignore)
+    check_normalization(normalization, ignore)
     if backend not in ("native", "loss-landscapes"):
         raise ValueError(f"backend must be 'native' or 'loss-landscapes', got {backend!r}")
     if directions is None:
@@ -237,8 +144,8 @@ def plane(model: nn.Module, batches: Any, directions: Sequence[DirectionLike | N
     alphas = symmetric_axis(distance, steps)
     with preserved(model):
         gen = torch.Generator().manual_seed(int(seed))
-        d1 = _resolve(model, directions[0], normalization, ignore, gen)
-        d2 = _resolve(model, directions[1], normalization, ignore, gen)
+        d1 = resolve_direction(model, directions[0], normalization, ignore, gen)
+        d2 = resolve_direction(model, directions[1], normalization, ignore, gen)
         params = named_params(model)
         names = list(params)
         batch_list = on_device(batches, model)

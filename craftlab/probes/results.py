@@ -161,9 +161,7 @@ class SpectralDensity(Result):
 
     def on_grid(self, n_grid: int = 1000, sigma: float | None = None,
                 grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gaussian-smoothed density; see :func:`craftlab.probes.hessian.density_on_grid`."""
-        from .hessian import density_on_grid
-
+        """Gaussian-smoothed density; see :func:`density_on_grid`."""
         return density_on_grid(self.nodes, self.weights, n_grid=n_grid, sigma=sigma, grid=grid)
 
     @property
@@ -281,3 +279,26 @@ class PathResult(Result):
     def measured_delta(self) -> np.ndarray:
         """(n,) measured loss change relative to t = 0."""
         return self.loss - self.loss[self.index_original]
+
+
+def density_on_grid(nodes: torch.Tensor, weights: torch.Tensor, n_grid: int = 1000, sigma: float | None = None,
+                    grid: torch.Tensor | None = None, pad: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian-smoothed spectral density Σ_i w_i N(λ; θ_i, σ²) on a grid.
+
+    Default σ = 1% of the node range; default grid: `n_grid` points over the node range padded by
+    `pad` of it plus 3σ each side. Returns (grid, density), both float64; the density integrates to
+    ≈ Σ w_i = 1 over the default grid.
+    """
+    nodes = torch.as_tensor(nodes, dtype=torch.float64).reshape(-1)
+    weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    lo, hi = float(nodes.min()), float(nodes.max())
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    if sigma is None:
+        sigma = 0.01 * span
+    if grid is None:
+        margin = pad * span + 3 * sigma
+        grid = torch.linspace(lo - margin, hi + margin, n_grid, dtype=torch.float64)
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    z = (grid[:, None] - nodes[None, :]) / sigma
+    density = (torch.exp(-0.5 * z ** 2) * weights[None, :]).sum(1) / (sigma * math.sqrt(2 * math.pi))
+    return grid, density
