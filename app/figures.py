@@ -1,4 +1,4 @@
-"""Plotly figures of :mod:`craftlab.explore` results: both fine-tuning arms side by side or overlaid.
+"""Plotly figures of :mod:`craftlab_app.service` results: both fine-tuning arms side by side or overlaid.
 
 Every figure has an explicit height (Gradio renders autosized plotly figures at zero height). The
 plain arm is blue and the CrAFT (SAM) arm red throughout, in every figure.
@@ -14,9 +14,15 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from craftlab.probes.landscape import LineResult, PathResult, PlaneResult
-from craftlab.viz.plots import PALETTE, TEMPLATE, accuracy_curve_figure, plane_figure
-
-from .service import Setting
+from craftlab.settings import Setting
+from craftlab.viz.plots import (
+    PALETTE,
+    TEMPLATE,
+    accuracy_curve_figure,
+    compression_path_figure,
+    line_figure,
+    plane_figure,
+)
 
 __all__ = ["ROLE_COLORS", "bits_curve_figure", "empty_figure", "path_figure", "plane_figures",
            "sparsity_curve_figure", "training_figure"]
@@ -28,6 +34,8 @@ ACC = "test accuracy (%)"
 
 
 def _layout(fig: go.Figure, title: str | None, height: int, **kw: Any) -> go.Figure:
+    """The app's frame of a figure. Differs from ``craftlab.viz.plots``' own frame only in the legend (left,
+    just above the plot, where the app's long arm labels fit) and a taller top margin for its long titles."""
     fig.update_layout(title=title, height=int(height), template=TEMPLATE, autosize=True,
                       margin={"l": 60, "r": 20, "t": 70 if title else 30, "b": 50},
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
@@ -117,39 +125,43 @@ def bits_curve_figure(curves: Mapping[str, Any], setting: Setting,
     return fig
 
 
+def _arm_path_traces(arm: Mapping[str, Any]) -> list[Any]:
+    """One arm's 1-D slice as traces, drawn by :func:`craftlab.viz.plots.compression_path_figure` (or
+    ``line_figure`` with no compression) and restyled for the overlay: the arm's colour and legend group,
+    its label (with ΔL) on the measured curve, the prediction and both marks out of the legend."""
+    res, role, label = arm["path"], arm["role"], arm["label"]
+    color = ROLE_COLORS.get(role, PALETTE[2])
+    if isinstance(res, LineResult):
+        traces = list(line_figure({label: res}).data)
+        traces[0].update(line={"color": color, "width": 2}, legendgroup=role)
+        return traces
+    loss = np.asarray(res.loss, float)
+    jump = res.meta.get("measured_jump")
+    name = label + (f": ΔL {loss[res.index_compressed] - loss[res.index_original]:+.3g}" if jump is not None else "")
+    traces = list(compression_path_figure(res).data)  # measured, [2nd-order prediction], original, compressed
+    measured, *middle, original, compressed = traces
+    measured.update(name=name, line={"color": color, "width": 2}, legendgroup=role,
+                    hovertemplate="t=%{x:.2f}<br>loss=%{y:.4g}<extra>" + label + "</extra>")
+    for pred in middle:
+        pred.update(name=f"{label}: 2nd-order prediction", line={"color": color, "width": 1.5, "dash": "dash"},
+                    legendgroup=role, showlegend=False, hoverinfo="skip")
+    original.update(name=f"{label}: original", legendgroup=role, showlegend=False,
+                    marker={"symbol": "circle", "size": 9, "color": color, "line": {"width": 1, "color": "black"}})
+    compressed.update(name=f"{label}: compressed", legendgroup=role, showlegend=False,
+                      marker={"symbol": "star", "size": 15, "color": color, "line": {"width": 1, "color": "black"}})
+    return traces
+
+
 def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDSCAPE_HEIGHT) -> go.Figure:
     """The 1-D slices of both arms overlaid: the loss along ``w + t (C(w) − w)`` (t = 1 is the compressed
-    model, starred) with the dashed 2nd-order prediction, or along a random direction when nothing is compressed."""
+    model, starred) with the dashed 2nd-order prediction, or along a random direction when nothing is compressed.
+
+    Each arm is drawn by :func:`craftlab.viz.plots.compression_path_figure` (one model per figure there);
+    what this adds is the overlay of both arms in their role colours and the app's titles."""
     fig = go.Figure()
-    is_path = False
     for arm in landscapes.values():
-        res = arm["path"]
-        color = ROLE_COLORS.get(arm["role"], PALETTE[2])
-        if isinstance(res, PathResult):
-            is_path = True
-            t, loss = np.asarray(res.t, float), np.asarray(res.loss, float)
-            jump = res.meta.get("measured_jump")
-            name = arm["label"] + (f": ΔL {loss[res.index_compressed] - loss[res.index_original]:+.3g}"
-                                   if jump is not None else "")
-            fig.add_trace(go.Scatter(x=t, y=loss, mode="lines", name=name, line={"color": color, "width": 2},
-                                     legendgroup=arm["role"],
-                                     hovertemplate="t=%{x:.2f}<br>loss=%{y:.4g}<extra>" + arm["label"] + "</extra>"))
-            pred = np.asarray(res.predicted, float)
-            if np.isfinite(pred).any():
-                fig.add_trace(go.Scatter(x=t, y=pred, mode="lines", name=f"{arm['label']}: 2nd-order prediction",
-                                         line={"color": color, "width": 1.5, "dash": "dash"}, legendgroup=arm["role"],
-                                         showlegend=False, hoverinfo="skip"))
-            fig.add_trace(go.Scatter(x=[t[res.index_compressed]], y=[loss[res.index_compressed]], mode="markers",
-                                     name=f"{arm['label']}: compressed", legendgroup=arm["role"], showlegend=False,
-                                     marker={"symbol": "star", "size": 15, "color": color,
-                                             "line": {"width": 1, "color": "black"}}))
-            fig.add_trace(go.Scatter(x=[t[res.index_original]], y=[loss[res.index_original]], mode="markers",
-                                     name=f"{arm['label']}: original", legendgroup=arm["role"], showlegend=False,
-                                     marker={"symbol": "circle", "size": 9, "color": color,
-                                             "line": {"width": 1, "color": "black"}}))
-        elif isinstance(res, LineResult):
-            fig.add_trace(go.Scatter(x=np.asarray(res.alphas, float), y=np.asarray(res.loss, float), mode="lines",
-                                     name=arm["label"], line={"color": color, "width": 2}, legendgroup=arm["role"]))
+        fig.add_traces(_arm_path_traces(arm))
+    is_path = any(isinstance(a["path"], PathResult) for a in landscapes.values())
     setting = next(iter(landscapes.values()), {}).get("setting_label", "")
     if is_path:
         title = (f"Loss along the compression direction w + t·(C(w) − w), {setting}: ★ = compressed, "
@@ -204,8 +216,7 @@ def training_figure(state: Mapping[str, Any] | None, height: int = CURVE_HEIGHT)
         return empty_figure("the loss curve appears here after the first epoch", height)
     fig = go.Figure()
     for r in runs:
-        role = "craft" if "SAM" in r["label"] else "plain"
-        color = ROLE_COLORS[role]
+        color = ROLE_COLORS.get(r.get("role", "plain"), PALETTE[2])
         h = r.get("history") or []
         ep = [x["epoch"] for x in h]
         fig.add_trace(go.Scatter(x=ep, y=[x["train_loss"] for x in h], mode="lines+markers",

@@ -1,15 +1,23 @@
 """The CraftLab Gradio app: a plain fine-tuned model and its CrAFT (SAM) twin, side by side, under
 pruning and quantization — accuracy, curves, sharpness and loss landscapes, live.
 
-This module is wiring only: layout, and callbacks that call :class:`craftlab.explore.Explorer` (which
-owns every cache and computation) and :mod:`craftlab.explore_figures`. Every event has an ``api_name``;
-``/compress`` is the contract (``model, method, sparsity, w_bits, a_bits`` [, ``granularity``,
-``pattern``] -> JSON with each arm's ``fp_accuracy`` and ``compressed_accuracy``).
+This module is wiring only: layout, and callbacks that turn a request's raw input into a
+:class:`craftlab.settings.Setting` (``make_setting``, once per request) or a RunSpec
+(:func:`craftlab_app.training.make_run_spec`), call :class:`craftlab_app.service.Explorer` (which owns every
+cache and computation) and draw with :mod:`craftlab_app.figures`. A slider release runs ``/compress``,
+which keeps the validated setting in the session (a ``gr.State``); the cards, curves and landscapes that
+follow it read that state instead of validating the raw input again.
+
+Every event has an ``api_name``. ``/compress`` is the contract (``model, method, sparsity, w_bits,
+a_bits`` [, ``granularity``, ``pattern``] -> JSON with each arm's ``fp_accuracy`` and
+``compressed_accuracy``); ``/landscape`` takes the same inputs and ``kind``; ``/sharpness`` a model;
+``/train`` a run. The state-driven follow-ups (``/curves``, ``/landscape_view``, ``/landscape_kind``)
+answer about the session's last ``/compress``.
 
 Run: ``craftlab app [--host 127.0.0.1] [--port 7860]`` or ``python -m app``. Environment (all optional):
 ``CRAFTLAB_APP_MODELS`` (comma-separated models warmed at start, default ``vit-tiny,resnet-tiny``),
 ``CRAFTLAB_APP_EPOCHS`` (epochs of the default arms, default 8), ``CRAFTLAB_APP_THREADS`` (torch
-intra-op threads, default 1: see :mod:`craftlab.explore` for why).
+intra-op threads, default 1: see :mod:`craftlab_app.service` for why).
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ from typing import Any
 
 import gradio as gr
 
-from craftlab import RunSpec
+from craftlab.settings import DEFAULT_SETTING, Setting, make_setting
 
 from . import figures as figs
-from .service import DEFAULT_SETTING, Explorer, make_setting
+from .service import Explorer
+from .texts import CSS, LEARN
+from .training import make_run_spec
 
 DEFAULT_MODELS = ("vit-tiny", "resnet-tiny")
 BITS_CHOICES = [("float (None)", "None"), ("16", "16"), ("8", "8"), ("7", "7"), ("6", "6"), ("5", "5"), ("4", "4"),
@@ -36,65 +46,13 @@ BITS_CHOICES = [("float (None)", "None"), ("16", "16"), ("8", "8"), ("7", "7"), 
 DATASETS = ["digits", "mnist5k", "cifar10", "cifar100", "fashion_mnist", "mnist", "flowers102", "oxford_pets"]
 INITIAL = {"method": "magnitude", "sparsity": 0.5, "w_bits": "None", "a_bits": "None", "granularity": "channel",
            "pattern": "2:4", "kind": "contour"}
+PATTERN_CHOICES = [(f"{p} (keep {p[0]} of {p[2:]})", p) for p in ("2:4", "1:4", "4:8", "1:2")]
+"""N:M patterns offered: N weights kept of every M; the value sent is the bare pattern make_setting parses."""
 ROLES = ("plain", "craft")
-
-CSS = """
-.arm-card {border-radius: 10px; padding: 10px 14px !important;}
-#card-plain {border-left: 6px solid #636EFA;}
-#card-craft {border-left: 6px solid #EF553B;}
-.big {font-size: 1.5em; font-weight: 700;}
-"""
-
-LEARN = """
-## What you are looking at
-
-**The two arms.** Each model is fine-tuned twice from the same pretrained weights, with the same
-schedule and seed: once with **AdamW** alone (blue) and once with AdamW + **SAM** (red) — the CrAFT
-recipe. SAM minimizes the worst loss in a ρ-ball around the weights, which steers training towards
-*flat* minima.
-
-**Compression as a weight perturbation.** Pruning sets weights to zero and quantization rounds them to
-a grid: both move the weights from `w` to `C(w)`. If the minimum is flat, the loss barely changes along
-that move, so the compressed model keeps its accuracy. That is the whole CrAFT argument, and every plot
-here looks at it from one side.
-
-* **Accuracy cards** — test accuracy of each arm in full precision (FP) and after the chosen compression;
-  the drop is what compression cost. Magnitude pruning removes the smallest weights globally; Wanda
-  scores weights by |w|·‖x‖ from 128 calibration images, per output row; N:M zeroes N of every M
-  consecutive weights (2:4 is what sparse tensor cores run). Quantization is post-training, uniform,
-  symmetric for weights (per output channel or per tensor) and asymmetric per tensor for activations
-  calibrated on the same 128 images; "float" leaves that side in full precision.
-* **Accuracy vs sparsity / bits** — the same two arms over the whole range of the pruning method or
-  bit-width (no other compression applied), computed once per model in the background and cached. The
-  dashed line and the stars mark your current setting. The gap between the curves is the benefit of
-  flatness.
-* **Sharpness** — measured at the fine-tuned weights on 128 training images. **λmax** is the largest
-  Hessian eigenvalue (the curvature of the steepest direction; Lanczos). **trace** is the sum of all
-  eigenvalues (total curvature; Hutchinson estimate ± its standard error). **ε-sharpness** is how much
-  the loss rises after SAM's own worst-case step of radius ρ. Smaller = flatter.
-* **Loss along the compression direction** — the loss on the segment `w + t·(C(w) − w)`: t = 0 is the
-  fine-tuned model, t = 1 (★) the compressed one. The dashed curve is the 2nd-order Taylor prediction
-  `t·g·δ + t²/2·δᵀHδ`: where it bends up early, curvature along the compression direction is what hurts.
-  With activation quantization the whole curve is computed with quantized activations, so t = 0 already
-  sits above the float loss.
-* **2-D landscape** — the loss on the plane spanned by the compression direction (α; ★ at α = 1) and a
-  random filter-normalized direction scaled to the same length (β), in log10 and on one colour scale for
-  both arms, so wider basins are directly comparable. With no compression selected, both axes are random
-  (the classic Li et al. plot).
-
-## Going further: the notebooks
-
-* `notebooks/00_quickstart.ipynb` — fine-tune a small pretrained vision transformer on a new task,
-  prune and quantize it, and measure what each costs in accuracy, in a few minutes on a laptop CPU.
-* `notebooks/01_craft.ipynb` — CrAFT tested: fine-tune with and without SAM (same schedule), then
-  compress both and compare, over several seeds.
-* `notebooks/02_sharpness_compressibility.ipynb` — do flat minima compress well? The second-order
-  argument (ΔL ≈ g·δ + ½δᵀHδ), and sharpness measures against the accuracy lost to compression.
-
-Open them with `jupyter lab notebooks/` (install the `notebooks` extra: `pip install -e ".[notebooks]"`).
-Everything the app shows is one call away in Python: `craftlab.explore.Explorer().compress("vit-tiny",
-method="wanda", sparsity=0.6)`.
-"""
+ROLE_TITLES = {"plain": "", "craft": "CrAFT · "}
+"""Put before an arm's label (``craftlab.train.runs.arm_label``: ``AdamW``, ``SAM ρ=0.05``) on its card."""
+Query = tuple[str, Setting]
+"""What a /compress request asked (model, validated setting): kept in the session for the follow-ups."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,8 +89,9 @@ def _gr_progress(progress: Any):
 
 
 def _validated_by_craftlab(*components: Any) -> None:
-    """Let API values reach craftlab's validation, whose messages name the parameter (e.g. "sparsity must be
-    in [0, 1), got 1.5"), instead of Gradio's generic range / choice check."""
+    """Let API values reach the one validation (``make_setting``, ``make_run_spec``), whose messages name the
+    parameter (e.g. "sparsity must be in [0, 1), got 1.5"), instead of Gradio's own range / choice check
+    with other limits."""
     for c in components:
         c.preprocess = lambda payload: payload
 
@@ -146,7 +105,7 @@ def _by_role(arms: dict[str, Any]) -> dict[str, Any]:
 
 
 class Callbacks:
-    """Every event handler of the app; thin wrappers around an :class:`~craftlab.explore.Explorer`."""
+    """Every event handler of the app; thin wrappers around a :class:`~craftlab_app.service.Explorer`."""
 
     def __init__(self, explorer: Explorer) -> None:
         self.ex = explorer
@@ -155,11 +114,13 @@ class Callbacks:
 
     def compress(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any,
                  granularity: str = "channel", pattern: str = "2:4",
-                 progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008 (Gradio's idiom)
-        """Full-precision and compressed test accuracy of both fine-tuning arms of `model`."""
+                 progress: gr.Progress = gr.Progress()) -> tuple[dict[str, Any], Query]:  # noqa: B008 (Gradio's idiom)
+        """Full-precision and compressed test accuracy of both fine-tuning arms of `model`, and the request
+        (model, Setting) for the session's follow-ups. The one validation of a slider release."""
         with user_errors():
             setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern)
-            return self.ex.compress(model, setting, progress=_gr_progress(progress))
+            answer = self.ex.compress(model, setting, progress=_gr_progress(progress))
+        return answer, (answer["model"], setting)
 
     def cards(self, result: dict[str, Any] | None) -> tuple[str, str, str]:
         """(summary, plain card, craft card) markdown of a /compress answer."""
@@ -172,33 +133,36 @@ class Callbacks:
         for role in ROLES:
             a = arms.get(role)
             if a is None:
-                cards.append(f"### {'AdamW' if role == 'plain' else 'CrAFT (SAM)'}\n_This checkpoint has no {role} "
+                cards.append(f"### {ROLE_TITLES[role] or 'plain'}\n_This checkpoint has no {role} "
                              "twin: train one in the **Train** tab._")
                 continue
+            what = result.get("setting_text", result["setting_label"])
             cards.append(
-                f"### {a['label']}\n"
+                f"### {ROLE_TITLES[role]}{a['label']}\n"
                 f"<span class='big'>{_pct(a['compressed_accuracy'])}</span> compressed &nbsp;·&nbsp; "
                 f"FP {_pct(a['fp_accuracy'])} &nbsp;·&nbsp; drop **{100 * a['accuracy_drop']:+.1f} pts**\n\n"
-                f"{result['setting_label']} · measured sparsity {a['sparsity_measured']:.1%}"
+                f"{what} · measured sparsity {a['sparsity_measured']:.1%}"
                 + (f" · weights {a['size_mb']:.3f} MB (FP {a['fp_size_mb']:.3f} MB)" if quantized else "")
                 + f" · `{a['checkpoint']}`")
-        summary = f"**{result['model']}** — {result['setting_label']}"
+        summary = f"**{result['model']}** — {result.get('setting_text', result['setting_label'])}"
         if "plain" in arms and "craft" in arms:
             p, c = arms["plain"], arms["craft"]
             gap = 100 * (c["compressed_accuracy"] - p["compressed_accuracy"])
-            summary += (f": AdamW loses {100 * p['accuracy_drop']:.1f} pts, CrAFT loses "
+            summary += (f": {p['label']} loses {100 * p['accuracy_drop']:.1f} pts, CrAFT ({c['label']}) loses "
                         f"{100 * c['accuracy_drop']:.1f} pts; compressed, CrAFT is **{gap:+.1f} pts** "
-                        "vs AdamW.")
+                        f"vs {p['label']}.")
         return summary, cards[0], cards[1]
 
-    def curves(self, result: dict[str, Any] | None, model: str, method: str, sparsity: float, w_bits: Any,
-               a_bits: Any, granularity: str = "channel", pattern: str = "2:4") -> tuple[Any, Any, Any]:
-        """Accuracy-vs-sparsity and accuracy-vs-bits figures (cached sweeps), and whether to poll again."""
+    def curves(self, result: dict[str, Any] | None, query: Query | None) -> tuple[Any, Any, Any]:
+        """Accuracy-vs-sparsity and accuracy-vs-bits figures (cached sweeps) of the session's last /compress,
+        and whether to poll again."""
+        if query is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
+        model, setting = query
         with user_errors():
-            setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern)
             c = self.ex.curves(model, granularity=setting.granularity)
-            return (figs.sparsity_curve_figure(c, setting, result), figs.bits_curve_figure(c, setting, result),
-                    gr.Timer(active=not c["complete"]))
+        return (figs.sparsity_curve_figure(c, setting, result), figs.bits_curve_figure(c, setting, result),
+                gr.Timer(active=not c["complete"]))
 
     def sharpness(self, model: str, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:  # noqa: B008
         """Sharpness markdown of both full-precision arms."""
@@ -218,16 +182,23 @@ class Callbacks:
     def landscape(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any,
                   granularity: str = "channel", pattern: str = "2:4", kind: str = "contour",
                   progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, Any]:  # noqa: B008
-        """The 1-D compression-direction slice (both arms) and one 2-D landscape per arm."""
+        """The 1-D compression-direction slice (both arms) and one 2-D landscape per arm (stateless API)."""
         with user_errors():
-            if kind not in ("contour", "surface"):
-                raise ValueError(f"landscape kind must be 'contour' or 'surface', got {kind!r}")
             setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern)
+        return self.landscape_of((model, setting), kind, progress)
+
+    def landscape_of(self, query: Query | None, kind: str = "contour",
+                     progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, Any]:  # noqa: B008
+        """The landscapes of a validated request (the session's last /compress): figures drawn as `kind`."""
+        if query is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        model, setting = query
+        with user_errors():
             prog = _gr_progress(progress)
             if prog is not None and not self.ex.has_landscape(model, setting):
                 prog(0.0, "computing the loss landscapes of both arms…")
             lands = self.ex.landscape(model, setting, progress=prog)
-        planes = dict(zip([a["role"] for a in lands.values()], figs.plane_figures(lands, kind=kind)))
+            planes = dict(zip([a["role"] for a in lands.values()], figs.plane_figures(lands, kind=kind)))
         blank = figs.empty_figure("no such arm for this checkpoint", figs.LANDSCAPE_HEIGHT)
         return figs.path_figure(lands), planes.get("plain", blank), planes.get("craft", blank)
 
@@ -255,12 +226,7 @@ class Callbacks:
               progress: gr.Progress = gr.Progress()) -> Iterator[tuple[str, Any, Any]]:  # noqa: B008
         """Fine-tune `model` on `data` (and its plain / SAM twin), streaming a status line and the loss curve."""
         with user_errors():
-            if epochs is None or float(epochs) != int(epochs):
-                raise ValueError(f"epochs must be a whole number, got {epochs!r}")
-            if seed is None or float(seed) != int(seed):
-                raise ValueError(f"seed must be a whole number, got {seed!r}")
-            spec = RunSpec(model=str(model).strip(), data=str(data).strip(), optimizer=optimizer,
-                           epochs=int(epochs), sam_rho=float(rho), adaptive=bool(adaptive), seed=int(seed))
+            spec = make_run_spec(model, data, optimizer, rho, adaptive, epochs, seed)  # the one validation
             for st in self.ex.train_stream(spec, twin=bool(twin)):
                 total = sum(r["epochs"] for r in st["runs"])
                 done = sum(len(r["history"]) for r in st["runs"])
@@ -291,7 +257,7 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         models: models prepared in the background at start (fine-tuned when not cached; their curve
             points computed); the first is shown first. Default ``CRAFTLAB_APP_MODELS`` or vit-tiny, resnet-tiny.
         epochs: fine-tuning epochs of the zoo models' arms (default ``CRAFTLAB_APP_EPOCHS`` or 8).
-        explorer: use this :class:`~craftlab.explore.Explorer` (e.g. with smaller grids, in tests).
+        explorer: use this :class:`~craftlab_app.service.Explorer` (e.g. with smaller grids, in tests).
         warm: start the background preparation (and start-up status polling).
         threads: torch intra-op threads (process-wide; default ``CRAFTLAB_APP_THREADS`` or 1).
     """
@@ -326,9 +292,11 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                     method = gr.Radio(["magnitude", "wanda", "N:M"], value=INITIAL["method"], label="pruning method",
                                       elem_id="method")
                     sparsity = gr.Slider(0.0, 0.95, value=INITIAL["sparsity"], step=0.05, label="sparsity",
-                                         elem_id="sparsity", info="fraction of weights zeroed (N:M fixes it at N/M)")
-                    pattern = gr.Dropdown(["2:4", "1:4", "4:8", "1:2"], value=INITIAL["pattern"], label="N:M pattern",
-                                          allow_custom_value=True, elem_id="pattern")
+                                         elem_id="sparsity",
+                                         info="fraction of weights zeroed (N:M fixes it at 1 − N/M)")
+                    pattern = gr.Dropdown(PATTERN_CHOICES, value=INITIAL["pattern"], label="N:M pattern",
+                                          allow_custom_value=True, elem_id="pattern",
+                                          info="N:M keeps N of every M weights (2:4 = 50 % sparse)")
                     with gr.Row():
                         w_bits = gr.Dropdown(BITS_CHOICES, value=INITIAL["w_bits"], label="weight bits",
                                              allow_custom_value=True, elem_id="w_bits", min_width=100)
@@ -383,29 +351,34 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
             gr.Markdown(LEARN)
 
         # ---------------------------------------------------------------- events
-        _validated_by_craftlab(method, sparsity, granularity, kind)
+        _validated_by_craftlab(method, sparsity, granularity, t_rho, t_epochs, t_seed)
+        query = gr.State(None)  # (model, Setting) of the session's last /compress: validated once
+        api_landscape = gr.Button(visible=False)  # carries the stateless /landscape API endpoint
         setting_inputs = [model, method, sparsity, w_bits, a_bits, granularity, pattern]
+        landscape_outputs = [path_plot, plane_plain, plane_craft]
         sharp_kw = {"concurrency_limit": 1, "concurrency_id": "sharpness"}
-        probe_kw = {"concurrency_limit": 1, "concurrency_id": "landscape"}
+        probe_kw = {"concurrency_limit": 1, "concurrency_id": "landscape", "show_progress": "minimal"}
         dep = gr.on([demo.load, model.change, method.change, sparsity.release, w_bits.change, a_bits.change,
                      granularity.change, pattern.change],
-                    cb.compress, inputs=setting_inputs, outputs=answer, api_name="compress",
+                    cb.compress, inputs=setting_inputs, outputs=[answer, query], api_name="compress",
                     trigger_mode="always_last", concurrency_limit=4, show_progress="minimal",
                     show_progress_on=summary)  # visible while a model's arms are fine-tuned
         dep = dep.success(cb.cards, inputs=answer, outputs=[summary, card_plain, card_craft], api_name="cards",
                           show_progress="hidden", queue=False)
         curve_outputs = [curve_sparsity, curve_bits, curve_timer]
-        dep = dep.success(cb.curves, inputs=[answer, *setting_inputs], outputs=curve_outputs, api_name="curves",
-                          show_progress="hidden", concurrency_limit=None)
+        dep = dep.success(cb.curves, inputs=[answer, query], outputs=curve_outputs, api_name="curves",
+                          show_progress="hidden", concurrency_limit=None, api_visibility="undocumented")
         # the probes run side by side; while one is busy, only the latest request waits (slider drags)
         dep.success(cb.sharpness, inputs=model, outputs=[sharp_plain, sharp_craft], api_name="sharpness",
                     show_progress="minimal", trigger_mode="always_last", **sharp_kw)
-        dep.success(cb.landscape, inputs=[*setting_inputs, kind], outputs=[path_plot, plane_plain, plane_craft],
-                    api_name="landscape", show_progress="minimal", trigger_mode="always_last", **probe_kw)
-        curve_timer.tick(cb.curves, inputs=[answer, *setting_inputs], outputs=curve_outputs,
-                         api_name="curves_refresh", show_progress="hidden", concurrency_limit=None)
-        kind.change(cb.landscape, inputs=[*setting_inputs, kind], outputs=[path_plot, plane_plain, plane_craft],
-                    api_name="landscape_kind", show_progress="minimal", trigger_mode="always_last", **probe_kw)
+        dep.success(cb.landscape_of, inputs=[query, kind], outputs=landscape_outputs, api_name="landscape_view",
+                    trigger_mode="always_last", api_visibility="undocumented", **probe_kw)
+        curve_timer.tick(cb.curves, inputs=[answer, query], outputs=curve_outputs, api_name="curves_refresh",
+                         show_progress="hidden", concurrency_limit=None, api_visibility="undocumented")
+        kind.change(cb.landscape_of, inputs=[query, kind], outputs=landscape_outputs, api_name="landscape_kind",
+                    trigger_mode="always_last", api_visibility="undocumented", **probe_kw)
+        api_landscape.click(cb.landscape, inputs=[*setting_inputs, kind], outputs=landscape_outputs,
+                            api_name="landscape", **probe_kw)
         status_timer.tick(cb.status, outputs=[status, status_timer], api_name="status", show_progress="hidden",
                           queue=False)
         demo.load(cb.status, outputs=[status, status_timer], api_name="status_on_load", show_progress="hidden",

@@ -7,7 +7,8 @@
   a sparsity sweep at float bits (points of the accuracy curves, cached by the background sweep), settings
   never asked before (every one a cache miss: prune + quantize + evaluate both arms), and those same
   settings again;
-* landscape: ``/landscape`` for a new setting (1-D path + 2-D plane of both arms) and repeated.
+* landscape: ``/landscape`` for a new setting (1-D path + 2-D plane of both arms) and repeated; the
+  contour -> surface switch through ``/landscape_kind`` (the session's setting of its last ``/compress``).
 
 Usage::
 
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     land_args = (model, "wanda", 0.6, "4", "None", "channel", "2:4", "contour")
     res["landscape_first_s"], _ = _timed(client.predict, *land_args, api_name="/landscape")
     res["landscape_repeat_s"], _ = _timed(client.predict, *land_args, api_name="/landscape")
-    res["landscape_kind_switch_s"], _ = _timed(client.predict, *land_args[:-1], "surface",
-                                               api_name="/landscape_kind")
+    client.predict(*land_args[:-1], api_name="/compress")  # the session's setting, as a slider release sets it
+    res["landscape_kind_switch_s"], _ = _timed(client.predict, "surface", api_name="/landscape_kind")
     res["landscape_grid"] = f"{ex.landscape_steps}x{ex.landscape_steps} plane + {ex.path_steps}-point path"
     res["sharpness_s"], _ = _timed(client.predict, model, api_name="/sharpness")
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints "Closing server ..."

@@ -1,4 +1,5 @@
-"""The CraftLab app: backend callbacks (pytest) and the HTTP API (gradio_client against the launched app).
+"""The CraftLab app's HTTP API, through gradio_client against the launched app (the service itself is
+tested directly in test_app_service.py).
 
 Uses 1-epoch runs of vit-tiny (both arms) fine-tuned once per test session into the session's
 CRAFTLAB_HOME, and an Explorer with small curve grids and coarse landscapes, so the module stays fast.
@@ -18,14 +19,17 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
+pytest.importorskip("gradio_client")
 
-from craftlab_app.service import Explorer, make_setting  # noqa: E402
+from craftlab_app.service import Explorer  # noqa: E402
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 
-import craftlab  # noqa: E402
 from craftlab import cache  # noqa: E402
 
 MODEL = "vit-tiny"
 EPOCHS = 1
+RAW = dict(model=MODEL, method="magnitude", sparsity=0.5, w_bits=None, a_bits=None)
 
 
 def small_explorer(**kw) -> Explorer:
@@ -35,34 +39,41 @@ def small_explorer(**kw) -> Explorer:
     return Explorer(**opts)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """The app runs torch with one intra-op thread (see craftlab_app.service); restore the suite's setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def explorer(one_thread):
-    ex = small_explorer()
-    ex.arms(MODEL)  # fine-tunes the two 1-epoch arms once per session (cached on disk afterwards)
-    yield ex
-    ex.close()
-
-
-@pytest.fixture(scope="module")
-def callbacks(explorer):
-    from craftlab_app.ui import Callbacks
-
-    return Callbacks(explorer)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    before = torch.get_num_threads()
+    ex = small_explorer()
+    torch.set_num_threads(1)  # what launch(threads=1) sets too; restored for the rest of the suite after
+    ex.arms(MODEL)  # fine-tunes the two 1-epoch arms once per session (cached on disk afterwards)
+    yield ex
+    ex.close()
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def served(explorer):
+    from craftlab_app.ui import launch
+
+    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=explorer, models=[MODEL], threads=1)
+    try:
+        yield demo
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served.local_url, verbose=False)
+
+
+def compress(client, **kw) -> dict:
+    return client.predict(**{**RAW, **kw}, api_name="/compress")
 
 
 def accuracies(answer: dict) -> dict:
@@ -85,324 +96,47 @@ def assert_same_answer(a: dict, b: dict) -> None:
                 assert x[k] == y[k], (name, k)
 
 
-# ----------------------------------------------------------------------------------------------------- settings
-
-def test_make_setting_normalizes_equivalent_inputs():
-    assert make_setting("magnitude", 0.0) == make_setting("wanda", 0.0) == make_setting("none", 0.3)
-    assert make_setting("magnitude", 0.5, "8", "None") == make_setting("magnitude", 0.5, 8, None)
-    assert make_setting("magnitude", 0.5, 8.0, "float").w_bits == 8
-    nm = make_setting("N:M", 0.9, pattern="1:4")
-    assert (nm.method, nm.pattern, nm.sparsity) == ("N:M", "1:4", 0.25)
-    assert make_setting("2:4") == make_setting("N:M", 0.1, pattern="2:4")
-    # granularity only matters when weights are quantized
-    assert make_setting("magnitude", 0.5, None, 8, "tensor") == make_setting("magnitude", 0.5, None, 8, "channel")
-    assert make_setting("magnitude", 0.5, 4, None, "tensor") != make_setting("magnitude", 0.5, 4, None, "channel")
+def figure(payload) -> dict:
+    assert payload["type"] == "plotly"
+    return json.loads(payload["plot"])
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"), ({"sparsity": "lots"}, "sparsity"),
-    ({"w_bits": 9}, "w_bits"), ({"a_bits": 1}, "a_bits"), ({"w_bits": "eight"}, "w_bits"),
-    ({"method": "lottery"}, "pruning method"), ({"method": "N:M", "pattern": "4:2"}, "N:M"),
-    ({"granularity": "row"}, "granularity"),
-])
-def test_make_setting_rejects_bad_input_naming_it(kwargs, words):
-    base = {"method": "magnitude", "sparsity": 0.5}
-    with pytest.raises(ValueError, match=words):
-        make_setting(**{**base, **kwargs})
-
-
-# ----------------------------------------------------------------------------------------------------- backend
-
-def test_compress_answers_both_arms(callbacks):
-    ans = callbacks.compress(MODEL, "magnitude", 0.5, "None", "None")
-    json.dumps(ans)  # a JSON object
-    assert ans["model"] == MODEL and len(ans["arms"]) == 2
-    roles = [a["role"] for a in ans["arms"].values()]
-    assert roles == ["plain", "craft"]
-    for arm in ans["arms"].values():
-        assert {"fp_accuracy", "compressed_accuracy", "accuracy_drop"} <= set(arm)
-        assert 0 <= arm["compressed_accuracy"] <= 1 and 0 <= arm["fp_accuracy"] <= 1
-        assert arm["sparsity_measured"] == pytest.approx(0.5, abs=0.01)
-
-
-def test_compress_matches_the_core_api(explorer):
-    """The cached answer is what craftlab.compress_and_evaluate measures on the same checkpoint."""
-    ans = explorer.compress(MODEL, method="wanda", sparsity=0.6, w_bits=4, a_bits=8)
-    for name, arm in ans["arms"].items():
-        path = cache.home() / "runs" / arm["checkpoint"]
-        model = craftlab.load_checkpoint(path)
-        data = craftlab.load_data("digits", model=model)
-        ref = craftlab.compress_and_evaluate(model, data, method="wanda", sparsity=0.6, w_bits=4, a_bits=8)
-        assert arm["compressed_accuracy"] == pytest.approx(ref["accuracy"], abs=1.5 / ref["n"]), name
-        assert arm["fp_accuracy"] == pytest.approx(ref["fp_accuracy"], abs=1.5 / ref["n"]), name
-        meta = craftlab.read_meta(path)
-        assert arm["fp_accuracy"] == pytest.approx(meta["metrics"]["test_accuracy"], abs=1.5 / ref["n"])
-
-
-def test_fp_accuracy_does_not_depend_on_the_setting_and_sparsity_hurts(explorer):
-    low = explorer.compress(MODEL, method="magnitude", sparsity=0.1)
-    high = explorer.compress(MODEL, method="magnitude", sparsity=0.9)
-    for name in low["arms"]:
-        assert low["arms"][name]["fp_accuracy"] == high["arms"][name]["fp_accuracy"]
-        assert high["arms"][name]["compressed_accuracy"] < low["arms"][name]["compressed_accuracy"]
-
-
-def test_shared_models_are_never_mutated(explorer, unchanged):
-    loaded = explorer.arms(MODEL)
-    with unchanged(loaded[0].model), unchanged(loaded[1].model):
-        explorer.compress(MODEL, method="wanda", sparsity=0.35, w_bits=3, a_bits=6)
-        explorer.compress(MODEL, method="N:M", pattern="2:4", w_bits=5)
-        explorer.sharpness(MODEL)
-        explorer.landscape(MODEL, make_setting("magnitude", 0.35, 6, None))
-
-
-def test_concurrent_requests_get_what_a_lone_request_gets(explorer):
-    settings = [make_setting("magnitude", 0.45, 6, None), make_setting("wanda", 0.55, None, 6),
-                make_setting("N:M", 0, 7, 7, "tensor", "1:4"), make_setting("wanda", 0.15, 5, None, "tensor"),
-                make_setting("magnitude", 0.85)]
-    out: dict[int, dict] = {}
-
-    def ask(i):
-        out[i] = explorer.compress(MODEL, settings[i % len(settings)])
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    lone = small_explorer(persist=False)  # a fresh explorer: nothing cached in memory
-    try:
-        for i, ans in out.items():
-            assert_same_answer(ans, lone.compress(MODEL, settings[i % len(settings)]))
-    finally:
-        lone.close()
-    assert len(out) == 10
-
-
-def test_errors_name_the_problem_and_later_answers_are_unchanged(callbacks, explorer):
-    good = callbacks.compress(MODEL, "magnitude", 0.3, "8", "None")
-    cases = [((MODEL, "magnitude", 1.5, None, None), "sparsity must be in \\[0, 1\\)"),
-             ((MODEL, "magnitude", 0.5, "9", None), "w_bits must be one of"),
-             ((MODEL, "magnitude", 0.5, None, 12), "a_bits must be one of"),
-             (("vit-tinny", "magnitude", 0.5, None, None), "unknown model 'vit-tinny'.*vit-tiny"),
-             ((MODEL, "pruneit", 0.5, None, None), "unknown pruning method")]
-    for args, msg in cases:
-        with pytest.raises(gr.Error, match=msg):
-            callbacks.compress(*args)
-    assert callbacks.compress(MODEL, "magnitude", 0.3, "8", "None") == good
-
-
-def test_timm_model_offline_is_a_fast_clear_error(callbacks, monkeypatch):
-    import socket as socket_mod
-
-    def unreachable(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(socket_mod, "create_connection", unreachable)
-    t0 = time.perf_counter()
-    with pytest.raises(gr.Error, match="resnet18.*Hugging Face Hub.*unreachable"):
-        callbacks.compress("resnet18", "magnitude", 0.5, None, None)
-    with pytest.raises(gr.Error, match="Hugging Face Hub"):
-        list(callbacks.train("resnet18", "digits", "adamw", 0.05, False, 1, 0, True))
-    assert time.perf_counter() - t0 < 10
-
-
-def damaged_copy(explorer, name: str, what: str = "weights") -> str:
-    """Copy the plain run under a new key and damage its weights or its sidecar."""
-    src = cache.home() / "runs" / explorer.arms(MODEL)[0].path.name
-    dst = cache.home() / "runs" / name
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
-    if what == "weights":
-        (dst / "model.safetensors").write_bytes(b"\x00garbage" * 100)
-    else:
-        (dst / "craftlab.json").write_text("{ not json")
-    return name
-
-
-def test_damaged_checkpoint_is_a_clear_error(callbacks, explorer):
-    good = callbacks.compress(MODEL, "magnitude", 0.5, None, None)
-    name = damaged_copy(explorer, "vit-tiny-damaged-weights")
-    with pytest.raises(gr.Error, match="damaged"):
-        callbacks.compress(name, "magnitude", 0.5, None, None)
-    name = damaged_copy(explorer, "vit-tiny-damaged-sidecar", "sidecar")
-    with pytest.raises(gr.Error, match="damaged"):
-        callbacks.compress(name, "magnitude", 0.5, None, None)
-    assert callbacks.compress(MODEL, "magnitude", 0.5, None, None) == good
-    for n in ("vit-tiny-damaged-weights", "vit-tiny-damaged-sidecar"):
-        shutil.rmtree(cache.home() / "runs" / n)
-
-
-def test_a_checkpoint_changed_on_disk_is_reloaded(explorer):
-    """Caches are keyed by the checkpoint's content, not its name."""
-    name = "vit-tiny-swapped"
-    src_plain, src_craft = (cache.home() / "runs" / la.path.name for la in explorer.arms(MODEL))
-    dst = cache.home() / "runs" / name
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src_plain, dst)
-    a = explorer.compress(name, method="magnitude", sparsity=0.5)
-    time.sleep(0.01)
-    shutil.copy(src_craft / "model.safetensors", dst / "model.safetensors")  # now holds the SAM weights
-    b = explorer.compress(name, method="magnitude", sparsity=0.5)
-    key = next(k for k, v in a["arms"].items() if v["checkpoint"] == name)
-    craft_key = next(k for k, v in a["arms"].items() if v["checkpoint"] != name)
-    assert b["arms"][key]["compressed_accuracy"] == a["arms"][craft_key]["compressed_accuracy"]
-    shutil.rmtree(dst)
-
-
-def test_a_cached_run_key_selects_the_run_and_its_twin(explorer):
-    by_zoo = explorer.compress(MODEL, method="magnitude", sparsity=0.5)
-    craft_key = next(v["checkpoint"] for v in by_zoo["arms"].values() if v["role"] == "craft")
-    by_key = explorer.compress(craft_key, method="magnitude", sparsity=0.5)
-    assert by_key["arms"] == by_zoo["arms"]
-    assert craft_key in [v for _, v in explorer.model_choices()]
-
-
-def test_cards_and_summary(callbacks):
-    ans = callbacks.compress(MODEL, "wanda", 0.5, "4", "8")
-    summary, plain, craft = callbacks.cards(ans)
-    assert "AdamW" in plain and "CrAFT" in craft and "SAM" in craft
-    for card, arm in zip((plain, craft), ans["arms"].values()):
-        assert f"{100 * arm['compressed_accuracy']:.1f}%" in card
-        assert f"{100 * arm['fp_accuracy']:.1f}%" in card
-    assert "wanda 50%" in summary and "pts" in summary
-    assert callbacks.cards(None) == ("", "", "")
-
-
-def wait_for_curves(explorer, model=MODEL, granularity="channel", timeout=120):
-    deadline = time.time() + timeout
-    while True:
-        c = explorer.curves(model, granularity=granularity)
-        if c["complete"] or time.time() > deadline:
-            return c
-        time.sleep(0.3)
-
-
-def test_curves_come_from_cached_sweeps(callbacks, explorer):
-    c = wait_for_curves(explorer)
-    assert c["complete"], c
-    s, b = c["sparsity"], c["bits"]
-    assert set(s["method"]) == {"magnitude", "wanda"} and set(s["sparsity"]) == {0.0, 0.25, 0.5, 0.75}
-    assert set(b["mode"]) == {"W-only", "W=A"} and set(b["bits"]) == {8.0, 4.0}
-    assert len(s) == 2 * 2 * 4 and len(b) == 2 * 2 * 2
-    # a grid point of the curve is the same number /compress gives
-    ans = explorer.compress(MODEL, method="wanda", sparsity=0.75)
-    for arm_name, arm in ans["arms"].items():
-        row = s[(s["arm"] == arm_name) & (s["method"] == "wanda") & (s["sparsity"] == 0.75)]
-        assert row["accuracy"].item() == arm["compressed_accuracy"]
-    t0 = time.perf_counter()
-    fig_s, fig_b, timer = callbacks.curves(ans, MODEL, "wanda", 0.75, None, None)
-    assert time.perf_counter() - t0 < 2.0
-    assert fig_s.layout.height > 0 and fig_b.layout.height > 0
-    assert any(shape.x0 == 0.75 for shape in fig_s.layout.shapes)  # the current setting is marked
-    stars = [tr for tr in fig_s.data if getattr(tr.marker, "symbol", None) == "star"]
-    assert len(stars) == 2
-    assert "wanda" in fig_s.layout.title.text and timer.active is False
-
-
-def test_curve_points_persist_across_explorers(explorer):
-    wait_for_curves(explorer)
-    explorer.flush()
-    fresh = small_explorer()
-    try:
-        c = fresh.curves(MODEL, schedule=False)
-        assert c["complete"], (c["done"], c["total"])
-    finally:
-        fresh.close()
-
-
-def test_sharpness_and_landscape(callbacks, explorer):
-    sp, sc = callbacks.sharpness(MODEL)
-    for md in (sp, sc):
-        assert "λmax" in md and "trace" in md and "ε-sharpness" in md
-    t0 = time.perf_counter()
-    path, plane_plain, plane_craft = callbacks.landscape(MODEL, "magnitude", 0.6, "None", "None", "channel", "2:4",
-                                                         "contour")
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    again = callbacks.landscape(MODEL, "magnitude", 0.6, "None", "None", "channel", "2:4", "surface")
-    assert time.perf_counter() - t0 < max(0.5, first / 3)  # cached: only the figures are rebuilt
-    assert [tr.type for tr in again[1].data][0] == "surface"
-    assert path.layout.height > 0 and plane_plain.layout.height > 0
-    assert "compression direction" in path.layout.title.text
-    assert [tr.type for tr in plane_plain.data][0] == "contour"
-    for fig in (plane_plain, plane_craft):  # the compressed point (alpha=1, beta=0) is marked
-        marks = [tr for tr in fig.data if tr.type == "scatter" and list(tr.x) == [1.0]]
-        assert marks and marks[0].marker.symbol == "star"
-    # both arms on one colour scale
-    assert plane_plain.data[0].zmin == plane_craft.data[0].zmin
-    # no compression: random directions
-    path0, _, _ = callbacks.landscape(MODEL, "magnitude", 0.0, "None", "None", "channel", "2:4", "contour")
-    assert "random" in path0.layout.title.text
-    with pytest.raises(gr.Error, match="kind"):
-        callbacks.landscape(MODEL, "magnitude", 0.6, "None", "None", "channel", "2:4", "wireframe")
-
-
-def test_status_and_model_list(callbacks):
-    text, timer = callbacks.status()
-    assert isinstance(text, str) and text
-    dd = callbacks.model_list(MODEL)
-    values = [v for _, v in dd.choices]
-    assert "vit-tiny" in values and "resnet-tiny" in values
-
-
-def test_train_streams_history_and_joins_the_model_list(callbacks, explorer):
-    updates = list(callbacks.train("resnet-tiny", "digits", "adamw", 0.1, False, 1, 0, False))
-    status, fig, picker = updates[-1]
-    assert "Done" in status and "resnet-tiny-digits-adamw+sam0.1-e1-s0" in status
-    assert fig.layout.height > 0 and len(fig.data) == 2  # train and val loss of one run
-    assert picker.value == "resnet-tiny-digits-adamw+sam0.1-e1-s0"
-    assert "resnet-tiny-digits-adamw+sam0.1-e1-s0" in [v for _, v in picker.choices]
-    # cached: a second request answers at once, from the stored history
-    again = list(callbacks.train("resnet-tiny", "digits", "adamw", 0.1, False, 1, 0, False))
-    assert len(again) == 1 and "cached" in again[0][0]
-    with pytest.raises(gr.Error, match="dataset"):
-        list(callbacks.train("resnet-tiny", "no-such-data", "adamw", 0.1, False, 1, 0, False))
-    with pytest.raises(gr.Error, match="unknown model"):
-        list(callbacks.train("resnet-tinyy", "digits", "adamw", 0.1, False, 1, 0, False))
-
-
-# ----------------------------------------------------------------------------------------------------- API
-
-@pytest.fixture(scope="module")
-def served(explorer):
-    from craftlab_app.ui import launch
-
-    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=explorer, models=[MODEL], threads=1)
-    try:
-        yield demo
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    from gradio_client import Client
-
-    return Client(served.local_url, verbose=False)
-
+# ----------------------------------------------------------------------------------------------------- /compress
 
 def test_every_event_has_an_api_name(served):
     names = [fn.api_name for fn in served.fns.values()]
     assert names and all(isinstance(n, str) and n for n in names), names
-    assert "compress" in names
+    assert {"compress", "cards", "curves", "sharpness", "landscape", "landscape_kind", "train"} <= set(names)
 
 
 def test_api_compress_contract(client):
-    info = client.view_api(return_format="dict")["named_endpoints"]["/compress"]
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/compress"]
     params = [p["parameter_name"] for p in info["parameters"]]
-    assert params[:5] == ["model", "method", "sparsity", "w_bits", "a_bits"]
+    assert params == ["model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern"]
     assert all(p["parameter_has_default"] for p in info["parameters"][5:])
     ans = client.predict(model=MODEL, method="magnitude", sparsity=0.5, w_bits=8, a_bits=None, api_name="/compress")
-    assert isinstance(ans, dict) and len(ans["arms"]) == 2
+    assert isinstance(ans, dict) and ans["model"] == MODEL and ans["setting_label"] == "magnitude 50% + W8AFP"
+    assert [a["role"] for a in ans["arms"].values()] == ["plain", "craft"]
     for arm in ans["arms"].values():
         assert [k for k in arm if "accuracy" in k] == ["fp_accuracy", "compressed_accuracy", "accuracy_drop"]
+        assert 0 <= arm["compressed_accuracy"] <= 1 and 0 <= arm["fp_accuracy"] <= 1
+        assert arm["sparsity_measured"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_api_n_m_patterns_are_labelled_n_kept_of_m(served, client):
+    (dropdown,) = [c for c in served.config["components"] if c.get("props", {}).get("elem_id") == "pattern"]
+    choices = [tuple(c) for c in dropdown["props"]["choices"]]
+    assert {("2:4 (keep 2 of 4)", "2:4"), ("1:4 (keep 1 of 4)", "1:4"), ("4:8 (keep 4 of 8)", "4:8")} <= set(choices)
+    for label, value in choices:  # the values sent are what make_setting parses
+        n, m = (int(v) for v in value.split(":"))
+        ans = compress(client, method="N:M", sparsity=0.0, pattern=value)
+        assert ans["setting"]["sparsity"] == pytest.approx(1 - n / m)
+        assert ans["setting_text"].endswith(f"(keep {n} of {m})") and value in label
+        for arm in ans["arms"].values():
+            assert arm["sparsity_measured"] == pytest.approx(1 - n / m, abs=0.01)
 
 
 def test_api_four_concurrent_clients_get_what_a_lone_client_gets(served, client):
-    from gradio_client import Client
-
     settings = [dict(method="magnitude", sparsity=0.65, w_bits="6", a_bits=None),
                 dict(method="wanda", sparsity=0.4, w_bits=None, a_bits="5"),
                 dict(method="N:M", sparsity=0.0, w_bits="7", a_bits="7", granularity="tensor", pattern="1:4"),
@@ -430,23 +164,131 @@ def test_api_four_concurrent_clients_get_what_a_lone_client_gets(served, client)
 
 
 def test_api_bad_requests_get_their_message_and_the_app_still_serves(client):
-    from gradio_client.exceptions import AppError
-
-    before = client.predict(model=MODEL, method="wanda", sparsity=0.5, w_bits=None, a_bits=None, api_name="/compress")
+    before = compress(client, method="wanda")
     for kw, msg in [(dict(sparsity=1.0), "sparsity must be in [0, 1)"), (dict(w_bits="9"), "w_bits must be one of"),
+                    (dict(a_bits=12), "a_bits must be one of"),
                     (dict(model="no-such-model"), "unknown model 'no-such-model'"),
-                    (dict(method="pruning"), "unknown pruning method")]:
-        args = dict(model=MODEL, method="wanda", sparsity=0.5, w_bits=None, a_bits=None)
-        args.update(kw)
+                    (dict(model="vit-tinny"), "did you mean 'vit-tiny'"),
+                    (dict(method="pruning"), "unknown pruning method"),
+                    (dict(method="N:M", pattern="4:2"), "impossible N:M pattern")]:
         with pytest.raises(AppError) as err:
-            client.predict(**args, api_name="/compress")
+            compress(client, **{"method": "wanda", **kw})
         assert msg in str(err.value)
-    after = client.predict(model=MODEL, method="wanda", sparsity=0.5, w_bits=None, a_bits=None, api_name="/compress")
-    assert after == before
+    assert compress(client, method="wanda") == before
 
 
-def test_api_landscape_and_curves(client):
-    path, plane_plain, plane_craft = client.predict(MODEL, "magnitude", 0.5, "None", "None", "channel", "2:4",
-                                                    "contour", api_name="/landscape")
+def test_api_timm_model_offline_is_a_fast_clear_error(client, monkeypatch):
+    from craftlab_app import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HUB", ("127.0.0.1", free_port()))  # nothing listens there (server in this process)
+    t0 = time.perf_counter()
+    with pytest.raises(AppError, match="resnet18.*Hugging Face Hub.*unreachable"):
+        compress(client, model="resnet18")
+    with pytest.raises(AppError, match="Hugging Face Hub"):
+        client.predict("resnet18", "digits", "adamw", 0.05, False, 1, 0, True, api_name="/train")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_api_damaged_checkpoint_is_a_clear_error(client, explorer):
+    good = compress(client)
+    src = cache.home() / "runs" / explorer.arms(MODEL)[0].path.name
+    dst = cache.home() / "runs" / "vit-tiny-damaged-api"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    (dst / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    try:
+        with pytest.raises(AppError, match="damaged"):
+            compress(client, model=dst.name)
+    finally:
+        shutil.rmtree(dst)
+    assert compress(client) == good
+
+
+# ----------------------------------------------------------------------------------------------------- follow-ups
+
+def test_api_cards(client):
+    ans = compress(client, method="wanda", w_bits="4", a_bits="8")
+    summary, plain, craft = client.predict(ans, api_name="/cards")
+    assert "AdamW" in plain and "CrAFT" in craft and "SAM" in craft
+    for card, arm in zip((plain, craft), ans["arms"].values()):
+        assert f"{100 * arm['compressed_accuracy']:.1f}%" in card and f"{100 * arm['fp_accuracy']:.1f}%" in card
+    assert "wanda 50% + W4A8" in summary and "pts" in summary
+    nm = compress(client, method="N:M", pattern="1:4")
+    assert "(keep 1 of 4)" in client.predict(nm, api_name="/cards")[0]
+
+
+def test_api_slider_release_validates_once(served, monkeypatch):
+    """/compress validates the raw input once; the follow-ups of a slider release read the session's Setting."""
+    from craftlab_app import ui
+
+    from craftlab.settings import make_setting
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return make_setting(*args, **kwargs)
+
+    monkeypatch.setattr(ui, "make_setting", counted)
+    session = Client(served.local_url, verbose=False)  # one browser tab: one session
+    ans = session.predict(**{**RAW, "method": "wanda", "sparsity": 0.75}, api_name="/compress")
+    deadline = time.time() + 120
+    while True:  # the curves poll until the background sweep is complete
+        fig_s, fig_b, _ = session.predict(ans, api_name="/curves")
+        if "computing" not in figure(fig_s)["layout"]["title"]["text"] or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    path, plain, craft = session.predict("contour", api_name="/landscape_view")
+    again = session.predict("surface", api_name="/landscape_kind")
+    assert len(calls) == 1, calls
+    layout = figure(fig_s)["layout"]
+    assert "wanda" in layout["title"]["text"] and "computing" not in layout["title"]["text"]
+    assert any(shape["x0"] == 0.75 for shape in layout["shapes"])  # the current setting is marked
+    assert "wanda 75%" in figure(path)["layout"]["title"]["text"]
+    assert figure(plain)["data"][0]["type"] == "contour" and figure(again[1])["data"][0]["type"] == "surface"
+
+
+def test_api_landscape_is_stateless_and_cached(client):
+    args = (MODEL, "magnitude", 0.6, "None", "None", "channel", "2:4")
+    t0 = time.perf_counter()
+    path, plane_plain, plane_craft = client.predict(*args, "contour", api_name="/landscape")
+    first = time.perf_counter() - t0
     for p in (path, plane_plain, plane_craft):
-        assert p["type"] == "plotly" and json.loads(p["plot"])["layout"]["height"] > 0
+        assert figure(p)["layout"]["height"] > 0
+    assert "compression direction" in figure(path)["layout"]["title"]["text"]
+    t0 = time.perf_counter()
+    again = client.predict(*args, "surface", api_name="/landscape")
+    assert time.perf_counter() - t0 < max(1.0, first / 2)  # cached: only the figures are rebuilt
+    assert figure(again[1])["data"][0]["type"] == "surface"
+    path0 = client.predict(MODEL, "magnitude", 0.0, "None", "None", "channel", "2:4", "contour",
+                           api_name="/landscape")[0]
+    assert "random" in figure(path0)["layout"]["title"]["text"]
+    with pytest.raises(AppError, match="wireframe"):
+        client.predict(*args, "wireframe", api_name="/landscape")
+
+
+def test_api_sharpness_status_and_models(client):
+    sp, sc = client.predict(MODEL, api_name="/sharpness")
+    for md in (sp, sc):
+        assert "λmax" in md and "trace" in md and "ε-sharpness" in md
+    text, _ = client.predict(api_name="/status")
+    assert isinstance(text, str) and text
+    values = [v for _, v in client.predict(MODEL, api_name="/models")["choices"]]
+    assert "vit-tiny" in values and "resnet-tiny" in values
+
+
+def test_api_train_streams_history_and_joins_the_model_list(client):
+    key = "resnet-tiny-digits-adamw+sam0.2-e1-s0"
+    status, fig, picker = client.predict("resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, api_name="/train")
+    assert "Done" in status and key in status
+    assert fig["type"] == "plotly" and len(figure(fig)["data"]) == 2  # train and val loss of one run
+    assert picker["value"] == key and key in [v for _, v in picker["choices"]]
+    status, _, _ = client.predict("resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, api_name="/train")
+    assert "cached" in status  # the same settings never train twice
+    for i, value, msg in [(1, "no-such-data", "unknown dataset"), (0, "resnet-tinyy", "unknown model"),
+                          (5, 2.5, "epochs must be a whole number"), (3, -1.0, "rho must be in")]:
+        args = ["resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False]
+        args[i] = value
+        with pytest.raises(AppError, match=msg):
+            client.predict(*args, api_name="/train")

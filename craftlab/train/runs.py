@@ -95,9 +95,10 @@ def run_dir(spec: RunSpec) -> Path:
     return cache.home() / "runs" / spec.key
 
 
-def _is_cached(path: Path, spec: RunSpec) -> bool:
+def is_cached(spec: RunSpec) -> bool:
+    """True when `spec`'s checkpoint exists and holds that run (what :func:`get_run` would reuse)."""
     try:
-        run = read_meta(path).get("run")
+        run = read_meta(run_dir(spec)).get("run")
     except ValueError:
         return False
     return run is None or run == asdict(spec)  # None: a run saved before specs were recorded
@@ -107,7 +108,7 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
     """The checkpoint folder of `spec`, fine-tuning it first if it is not cached (or if the cached
     folder holds another spec's run)."""
     path = run_dir(spec)
-    if _is_cached(path, spec):
+    if is_cached(spec):
         return path
     from ..data import load_data
     from ..evaluation import evaluate

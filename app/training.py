@@ -1,0 +1,183 @@
+"""Fine-tuning runs for the app: validated once into a :class:`~craftlab.train.runs.RunSpec`, trained one
+at a time in background threads, each at most once however many requests ask for it, with live history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from craftlab._errors import unknown_name
+from craftlab.checkpoint import read_meta
+from craftlab.train import runs
+from craftlab.train.runs import RunSpec, arm_label, run_dir
+
+from .arms import role_of, unknown_model
+from .hub import check_hub
+
+__all__ = ["MAX_EPOCHS", "MAX_RHO", "Trainer", "make_run_spec"]
+
+MAX_EPOCHS = 200
+MAX_RHO = 10.0
+Progress = Callable[[float, str], None]
+_TRAIN_LOCK = threading.Lock()
+"""Fine-tuning runs in one process take turns: they seed torch's process-wide RNG (head initialisation,
+dropout), so two runs in parallel threads would draw from one stream in a racy order and a cached run
+would no longer be what its settings say."""
+
+
+def _whole(value: Any, what: str, low: int, high: int | None = None) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if f != f or not f.is_integer() or f < low or (high is not None and f > high):
+        where = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{what} must be a whole number {where}, got {value!r}")
+    return int(f)
+
+
+def make_run_spec(model: str, data: str = "digits", optimizer: str = "adamw", sam_rho: Any = 0.0,
+                  adaptive: bool = False, epochs: Any = 8, seed: Any = 0) -> RunSpec:
+    """Validate loose user input (a form, an API call) into a :class:`RunSpec`; ValueError names the problem.
+
+    The one check of a run request: code given the RunSpec trusts it. ``epochs`` and ``seed`` may be
+    floats holding whole numbers (sliders send 3.0); ρ is in [0, 10]; ASAM needs ρ > 0.
+
+    Example::
+
+        >>> make_run_spec("vit-tiny", "digits", "adamw", 0.05, False, 3.0).key
+        'vit-tiny-digits-adamw+sam0.05-e3-s0'
+    """
+    from craftlab.data import dataset_names
+    from craftlab.models import is_known_model
+    from craftlab.train.finetune import OPTIMIZERS
+
+    name, data = str(model).strip(), str(data).strip()
+    if not is_known_model(name):
+        raise unknown_model(name)
+    if data not in dataset_names() and not data.startswith("imagefolder:"):
+        raise unknown_name("dataset", data, dataset_names())
+    if optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+    try:
+        rho = float(sam_rho)
+    except (TypeError, ValueError):
+        rho = float("nan")
+    if not 0 <= rho <= MAX_RHO:
+        raise ValueError(f"rho must be in [0, {MAX_RHO:g}], got {sam_rho!r}")
+    if adaptive and rho == 0:
+        raise ValueError("ASAM (adaptive) needs rho > 0")
+    return RunSpec(model=name, data=data, optimizer=optimizer, epochs=_whole(epochs, "epochs", 1, MAX_EPOCHS),
+                   sam_rho=rho, adaptive=bool(adaptive), seed=_whole(seed, "seed", 0))
+
+
+@dataclass
+class _RunJob:
+    spec: RunSpec
+    history: list[dict[str, float]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    path: Path | None = None
+    error: BaseException | None = None
+    running: bool = False
+
+    def describe(self) -> str:
+        where = f"epoch {len(self.history)}/{self.spec.epochs}" if self.running else "queued"
+        return f"{self.spec.model} [{arm_label(self.spec)}] {where}"
+
+
+def is_cached(spec: RunSpec | None) -> bool:
+    """True when `spec`'s checkpoint exists and is that run (None: a fixed checkpoint, cached by definition)."""
+    return spec is None or runs.is_cached(spec)
+
+
+class Trainer:
+    """The runs fine-tuned by this process. ``sam_rho`` is the ρ of a plain run's twin."""
+
+    def __init__(self, sam_rho: float) -> None:
+        self.sam_rho = sam_rho
+        self._runs: dict[str, _RunJob] = {}
+        self._lock = threading.Lock()
+
+    def _start(self, spec: RunSpec) -> _RunJob:
+        from craftlab.train.runs import get_run
+
+        check_hub(spec.model)
+        with self._lock:
+            job = self._runs.get(spec.key)
+            if job is not None and (not job.done.is_set() or job.error is None):
+                return job
+            job = self._runs[spec.key] = _RunJob(spec)
+
+        def work() -> None:
+            try:
+                with _TRAIN_LOCK:  # one at a time: runs seed torch's process-wide RNG (see _TRAIN_LOCK)
+                    job.running = True
+                    job.path = get_run(spec, progress=False, callback=job.history.append)
+            except BaseException as err:  # reported to every waiter
+                job.error = err
+            finally:
+                job.done.set()
+
+        threading.Thread(target=work, name=f"craftlab-run-{spec.key}", daemon=True).start()
+        return job
+
+    def train(self, specs: Sequence[RunSpec], progress: Progress | None = None) -> list[Path]:
+        """Fine-tune the uncached `specs` and wait for them; their checkpoint folders."""
+        live = [self._start(s) for s in specs if not is_cached(s)]
+        while live and not all(j.done.is_set() for j in live):
+            if progress is not None:
+                total = sum(j.spec.epochs for j in live)
+                done = sum(len(j.history) for j in live)
+                desc = ", ".join(j.describe() for j in live if not j.done.is_set())
+                progress(done / max(total, 1), f"fine-tuning {desc}")
+            time.sleep(0.2)
+        for j in live:
+            if j.error is not None:
+                raise j.error
+        return [run_dir(s) for s in specs]
+
+    def stream(self, spec: RunSpec, twin: bool = True, poll: float = 0.5) -> Iterator[dict[str, Any]]:
+        """Fine-tune `spec` (and, with `twin`, its plain / SAM twin); yield the live state every `poll` s.
+
+        Each yielded dict has ``runs``: a list of ``{"key", "label", "role", "epochs", "history", "done",
+        "cached", "running", "test_accuracy"}``, ``done`` and ``key`` (of `spec`). Cached runs report the
+        history stored in their checkpoint. Raises what training raises.
+        """
+        specs = sorted([spec, spec.twin(self.sam_rho)], key=lambda s: s.sam_rho > 0) if twin else [spec]
+        jobs = {s.key: None if is_cached(s) else self._start(s) for s in specs}
+
+        def state() -> dict[str, Any]:
+            runs = []
+            for s in specs:
+                job = jobs[s.key]
+                finished = job is None or (job.done.is_set() and job.error is None)
+                meta = read_meta(run_dir(s)) if finished else {}
+                runs.append({"key": s.key, "label": arm_label(s), "role": role_of(s), "epochs": s.epochs,
+                             "history": list(meta.get("history") or []) if job is None else list(job.history),
+                             "done": job is None or job.done.is_set(), "cached": job is None,
+                             "running": job is not None and job.running,
+                             "test_accuracy": (meta.get("metrics") or {}).get("test_accuracy")})
+            return {"runs": runs, "done": all(r["done"] for r in runs), "key": spec.key}
+
+        while True:
+            for j in jobs.values():
+                if j is not None and j.error is not None:
+                    raise j.error
+            st = state()
+            yield st
+            if st["done"]:
+                return
+            time.sleep(poll)
+
+    def status(self) -> list[dict[str, Any]]:
+        """The runs started by this process: epochs done / total, running, done, error."""
+        with self._lock:
+            return [{"key": k, "label": f"{j.spec.model} [{arm_label(j.spec)}]", "epochs_done": len(j.history),
+                     "epochs": j.spec.epochs, "done": j.done.is_set(), "running": j.running,
+                     "text": j.describe(), "error": None if j.error is None else str(j.error)}
+                    for k, j in self._runs.items()]
