@@ -29,12 +29,14 @@ _NAMES: dict[str, str] = {
     "save_checkpoint": ".checkpoint",
     "Setting": ".settings", "make_setting": ".settings",
     "compress": ".compression.pipeline", "compress_and_evaluate": ".compression.pipeline",
+    "quantize": ".compression.pipeline",
+    "compensate": ".compression.compensate", "fold_compensation": ".compression.fold",
     "DataBundle": ".data", "from_tensors": ".data", "load_data": ".data",
     "evaluate": ".evaluation",
     "build_model": ".models", "zoo_names": ".models",
     "create_model": ".train.pretrain", "pretrain": ".train.pretrain",
     "prune": ".compression.prune", "sparsity_report": ".compression.prune", "recalibrate_bn": ".compression.bn",
-    "model_stats": ".compression.quant", "quantize": ".compression.quant", "quantize_tensor": ".compression.quant",
+    "model_stats": ".compression.quant", "quantize_tensor": ".compression.quant",
     "RunSpec": ".train.runs", "get_run": ".train.runs", "list_runs": ".train.runs",
     "SAM": ".train.sam", "frozen_bn": ".train.sam",
     "settings_grid": ".compression.sweep", "sweep": ".compression.sweep",
@@ -44,6 +46,7 @@ _NAMES: dict[str, str] = {
 _MODULES: dict[str, str] = {
     "sharpness": ".probes.sharpness", "landscape": ".probes.landscape", "hessian": ".probes.hessian",
     "quant": ".compression.quant", "plots": ".viz.plots", "widgets": ".viz.widgets",
+    "figures": ".viz.experiment_figures",
     "experiments": ".analysis.experiments", "stats": ".analysis.stats", "settings": ".settings",
 }
 

@@ -1,7 +1,11 @@
 """The tutorial notebooks run top to bottom without error, and their claim-check cells print numbers.
 
-Each notebook is executed with nbclient in a kernel running this interpreter (so it works in the fresh
-virtual environment ``make test`` creates, whatever kernels are installed globally). They share the
+Each notebook's source of truth is a jupytext percent-format script, ``notebooks/NN_name.py``, paired with
+the committed, output-free ``NN_name.ipynb`` (``notebooks/jupytext.toml``). The two must hold the same cells
+(``test_committed_notebooks_match_their_sources``); after editing one, run ``jupytext --sync notebooks/*.py``.
+
+Each notebook is executed from its .py with nbclient in a kernel running this interpreter (so it works in the
+fresh virtual environment ``make test`` creates, whatever kernels are installed globally). They share the
 session's ``CRAFTLAB_HOME`` (see conftest.py) and run in order, so the fine-tuning runs made by one are
 reused by the next, as for a learner. The kernel runs with one intra-op thread (``OMP_NUM_THREADS=1``
 unless set). Deselect with ``-m "not notebooks"`` (a few minutes on 2 cores).
@@ -22,6 +26,8 @@ import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))  # jupytext percent format: the source of truth
+SYNC = "jupytext --sync notebooks/*.py"
 CELL_TIMEOUT_S = int(os.environ.get("CRAFTLAB_NOTEBOOK_CELL_TIMEOUT", "900"))
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 
@@ -46,8 +52,14 @@ def _kernel_manager():
 
 
 def test_notebooks_exist():
-    names = [p.name for p in NOTEBOOKS]
-    assert names == ["00_quickstart.ipynb", "01_craft.ipynb", "02_sharpness_compressibility.ipynb"], names
+    stems = ["00_quickstart", "01_craft", "02_sharpness_compressibility"]
+    assert [p.name for p in SOURCES] == [f"{s}.py" for s in stems], SOURCES
+    assert [p.name for p in NOTEBOOKS] == [f"{s}.ipynb" for s in stems], f"{NOTEBOOKS}: run `{SYNC}`"
+    assert 'formats = "ipynb,py:percent"' in (NOTEBOOK_DIR / "jupytext.toml").read_text()
+    for path in SOURCES:
+        header = path.read_text(encoding="utf-8").split("# ---", 2)[1]
+        assert "formats: ipynb,py:percent" in header and "format_name: percent" in header, \
+            f"{path.name}: no jupytext header pairing it as ipynb,py:percent"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -58,33 +70,37 @@ def test_committed_notebooks_are_clean(path):
     assert nb.metadata["kernelspec"]["name"] == "python3"
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not cell.outputs, f"{path.name}: committed with outputs (regenerate with notebooks/_generate.py)"
+            assert not cell.outputs, \
+                f"{path.name}: committed with outputs (jupyter nbconvert --clear-output --inplace {path.name})"
             assert cell.execution_count is None
     assert any("claim-check" in c.metadata.get("tags", []) for c in nb.cells), f"{path.name} has no claim-check cell"
 
 
-def test_committed_notebooks_match_their_generator():
-    """The .ipynb files are what notebooks/_generate.py writes (edit the generator, then regenerate)."""
-    import importlib.util
+def _cells(nb) -> list[tuple[str, str, list]]:
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
 
-    pytest.importorskip("nbformat")
-    spec = importlib.util.spec_from_file_location("_generate_notebooks", NOTEBOOK_DIR / "_generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    import nbformat
 
-    assert sorted(gen.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
-    for name, cells in gen.NOTEBOOKS.items():
-        want = gen.build(name, cells)
-        have = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
-        assert [(c.cell_type, c.source, c.metadata.get("tags")) for c in have.cells] == \
-            [(c.cell_type, c.source, c.metadata.get("tags")) for c in want.cells], \
-            f"{name} differs from notebooks/_generate.py: run `python notebooks/_generate.py`"
+@pytest.mark.parametrize("path", SOURCES, ids=[p.stem for p in SOURCES])
+def test_committed_notebooks_match_their_sources(path):
+    """Each .ipynb holds the cells jupytext makes from its paired .py (types, sources, tags), so that an edit
+    of one without the other fails here rather than drifting."""
+    jupytext = pytest.importorskip("jupytext")
+    nbformat = pytest.importorskip("nbformat")
+    ipynb = path.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{path.name} has no paired {ipynb.name}: run `{SYNC}`"
+    want, have = _cells(jupytext.read(path)), _cells(nbformat.read(ipynb, as_version=4))
+    for i, (w, h) in enumerate(zip(want, have)):
+        assert w == h, (f"{ipynb.name} and {path.name} differ at cell {i} (the .py is the source of truth): "
+                        f"run `{SYNC}` (it syncs from whichever file of each pair was saved last)\n"
+                        f"  .py:    {w}\n  .ipynb: {h}")
+    assert len(want) == len(have), \
+        f"{ipynb.name} has {len(have)} cells, {path.name} makes {len(want)}: run `{SYNC}`"
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", SOURCES, ids=[p.stem for p in SOURCES])
 def test_notebook_runs(path, tmp_path, monkeypatch):
+    jupytext = pytest.importorskip("jupytext")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -92,7 +108,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # idle machine, and 10x faster than two on a busy one (OpenMP workers spin against other processes).
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS") or "1")
 
-    nb = nbformat.read(path, as_version=4)
+    nb = jupytext.read(path)  # the .py source of truth (its paired .ipynb holds the same cells, checked above)
+    executed = tmp_path / path.with_suffix(".ipynb").name
     km = _kernel_manager()
     client = nbclient.NotebookClient(nb, km=km, kernel_name="python3", timeout=CELL_TIMEOUT_S,
                                      allow_errors=False, resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
@@ -100,13 +117,13 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as err:  # the message holds the cell and its traceback
-        nbformat.write(nb, tmp_path / path.name)
-        pytest.fail(f"{path.name} failed (executed copy: {tmp_path / path.name}):\n{err}")
+        nbformat.write(nb, executed)
+        pytest.fail(f"{path.name} failed (executed copy: {executed}):\n{err}")
     finally:  # nbclient leaves a kernel it did not create running: shut it down
         if km.has_kernel:
             km.shutdown_kernel(now=True)
     elapsed = time.perf_counter() - t0
-    nbformat.write(nb, tmp_path / path.name)
+    nbformat.write(nb, executed)
 
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
