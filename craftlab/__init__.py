@@ -41,6 +41,7 @@ _NAMES: dict[str, str] = {
     "SAM": ".train.sam", "frozen_bn": ".train.sam",
     "settings_grid": ".compression.sweep", "sweep": ".compression.sweep",
     "FinetuneResult": ".train.finetune", "finetune": ".train.finetune",
+    "adapt_model": ".adapt.recipes", "adapt_search": ".adapt.recipes", "AdaptResult": ".adapt.recipes",
 }
 # public module aliases kept from the flat layout: craftlab.sharpness, craftlab.landscape, ...
 _MODULES: dict[str, str] = {
