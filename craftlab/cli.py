@@ -17,7 +17,11 @@ examples:
   craftlab compress --checkpoint runs/vit-sam --method wanda --sparsity 0.5 --json
   craftlab compress --checkpoint runs/vit-sam --pattern 2:4
   craftlab compress --checkpoint runs/vit-sam --w-bits 4 --a-bits 8
+  craftlab compress --checkpoint runs/vit-sam --w-bits 4 --a-bits 4 --recipe repq --compensate qwt-v2
+  craftlab compress --checkpoint runs/vit-sam --sparsity 0.5 --compensate qwt-v2   # CWAC of the pruning error
   craftlab sweep --checkpoint runs/vit-adamw runs/vit-sam --sparsities 0.5 0.7 --bits 8,8 4,4 --out sweep.csv
+  craftlab sweep --checkpoint runs/vit-sam --methods magnitude --sparsities 0.5 --patterns --bits 6,6 4,4 \
+      --recipe repq --compensate qwt qwt-v2 --out qwt.csv
   craftlab sharpness --checkpoint runs/vit-sam --json
   craftlab landscape --checkpoint runs/vit-sam --kind plane --steps 21 --out plane.json    # + plane.html
   craftlab landscape --checkpoint runs/vit-sam --kind compression --w-bits 4 --a-bits 4 --out path.html
@@ -49,12 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"craftlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("pretrain", help="pretrain zoo models on the source task (mnist5k)")
+    s = sub.add_parser("pretrain", help="pretrain zoo models on the source task (mnist5k), optionally with SAM "
+                       "and a train-time transform folded after training (SNT's comparison)")
     s.add_argument("--model", default="all", help="zoo model name or 'all' (default)")
-    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--data", default="mnist5k", help="source dataset (default mnist5k)")
+    s.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"],
+                   help="adamw: the zoo's recipe (default); adam: SNT's baseline")
+    s.add_argument("--lr", type=float, default=None, help="default: the zoo's recipe")
+    s.add_argument("--epochs", type=int, default=None, help="default: the zoo's recipe")
+    s.add_argument("--sam-rho", type=float, default=0.0, help="SAM radius; 0 = no SAM")
+    s.add_argument("--transform", default=None,
+                   help="train-time transform, folded after training: expand, repvgg, weight-noise; parameters as "
+                        "NAME:key=value (expand:rate=4); `craftlab transforms` lists them")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default=None, help="folder (default: $CRAFTLAB_HOME/zoo/<model>)")
+    s.add_argument("--out", default=None, help="folder (default: $CRAFTLAB_HOME/zoo/<model> for the zoo recipe, "
+                   "else $CRAFTLAB_HOME/pretrain/<run key>)")
     s.add_argument("--ship", action="store_true", help="write into the package's zoo folder (maintainers)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("finetune", help="fine-tune a model, optionally with SAM/ASAM (the CrAFT recipe)")
     s.add_argument("--model", default="vit-tiny", help="zoo name or timm name (default vit-tiny)")
@@ -83,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None)
     s.add_argument("--methods", nargs="+", default=["magnitude", "wanda"])
     s.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
-    s.add_argument("--patterns", nargs="+", default=["2:4"])
+    s.add_argument("--patterns", nargs="*", default=["2:4"], help="N:M patterns (none: give --patterns alone)")
     s.add_argument("--bits", nargs="+", type=_bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)])
+    s.add_argument("--recipe", default="uniform", choices=["uniform", "repq"],
+                   help="quantization recipe of the bit settings (repq: RepQ-ViT, timm ViTs only)")
+    s.add_argument("--compensate", nargs="+", default=[], choices=["qwt", "qwt-v2"], metavar="{qwt,qwt-v2}",
+                   help="also run every pruning and bit setting with this compensation (one row each)")
     s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
     s.add_argument("--quiet", action="store_true")
 
@@ -94,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=128, help="probe batch: the first N training images (default 128)")
     s.add_argument("--rho", type=float, default=0.05, help="radius of the eps-sharpness ball")
     s.add_argument("--adaptive", action="store_true", help="ASAM's scale-invariant ball")
-    s.add_argument("--samples", type=int, default=20, help="Hutchinson probes for the trace")
+    s.add_argument("--samples", type=int, default=4, help="Hutchinson probes for the trace (default 4, as the app)")
+    s.add_argument("--max-iter", type=int, default=10, help="Lanczos Hessian-vector products (default 10, as the app)")
+    s.add_argument("--tol", type=float, default=1e-2, help="Lanczos relative tolerance (default 1e-2, as the app)")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("landscape", help="loss landscape around a checkpoint: line, plane or compression slice")
@@ -131,16 +152,35 @@ def _compress_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--w-bits", default=None, help="2-8 or 16 (default: float)")
     s.add_argument("--a-bits", default=None, help="2-8 or 16 (default: float)")
     s.add_argument("--recalibrate-bn", action="store_true", help="re-estimate BatchNorm statistics after pruning")
-    s.add_argument("--quant-method", default="minmax", choices=["minmax", "percentile", "mse"])
+    s.add_argument("--recipe", default="uniform", choices=["uniform", "repq"],
+                   help="quantization recipe: uniform (Conv2d/Linear, default) or repq (RepQ-ViT: also the attention "
+                        "matmuls, log-sqrt2 softmax, LayerNorm folding; timm ViTs only)")
+    s.add_argument("--quant-method", default=None, choices=["minmax", "percentile", "mse", "repq"],
+                   help="weight range method (default: minmax for --recipe uniform, repq for --recipe repq)")
+    s.add_argument("--compensate", default=None, choices=["qwt", "qwt-v2"],
+                   help="closed-form compensation fitted on the calibration set against the uncompressed model: "
+                        "qwt (a linear side path per block) or qwt-v2 (a channel-wise affine per layer, folded)")
 
 
 def _setting(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The compression setting of the command line (validated once, here) and the compress() kwargs."""
+    from .settings import parse_bits
+
+    quantizes = parse_bits(a.w_bits, "w_bits") is not None or parse_bits(a.a_bits, "a_bits") is not None
+    prunes = bool(a.pattern) or (a.sparsity or 0) > 0
+    if a.recipe != "uniform" and not quantizes:
+        raise ValueError(f"--recipe {a.recipe} is a quantization recipe: give --w-bits and/or --a-bits")
+    if a.compensate and not (quantizes or prunes):
+        raise ValueError(f"--compensate {a.compensate} needs something to compensate: give --w-bits/--a-bits "
+                         "(quantization) or --sparsity/--pattern (pruning)")
     from .settings import make_setting
 
     setting = make_setting(a.pattern or a.method, a.sparsity, a.w_bits, a.a_bits,
-                           nm_score=a.method if a.pattern else "magnitude", recalibrate_bn=a.recalibrate_bn)
-    kwargs = {**setting.compress_kwargs(), "quant_method": a.quant_method}
+                           nm_score=a.method if a.pattern else "magnitude", recalibrate_bn=a.recalibrate_bn,
+                           recipe=a.recipe, compensation=a.compensate)
+    kwargs = setting.compress_kwargs()
+    if a.quant_method is not None:
+        kwargs["quant_method"] = a.quant_method
     if a.scope is not None and not a.pattern:
         kwargs["scope"] = a.scope
     return setting, kwargs
@@ -157,12 +197,19 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     from .models import SHIPPED_ZOO_DIR, zoo_names
     from .train.pretrain import pretrain
 
+    recipe = a.optimizer == "adamw" and not a.sam_rho and a.transform is None and a.data == "mnist5k"
+    if a.ship and not recipe:
+        raise ValueError("--ship writes the zoo's foundation: only with the zoo recipe (adamw on mnist5k, no "
+                         "--sam-rho, no --transform)")
     names = zoo_names() if a.model == "all" else [a.model]
     for name in names:
         out = a.out if a.out and len(names) == 1 else (SHIPPED_ZOO_DIR / name if a.ship else None)
-        path = pretrain(name, epochs=a.epochs, seed=a.seed, out=out)
+        path = pretrain(name, data=a.data, optimizer=a.optimizer, lr=a.lr, epochs=a.epochs, sam_rho=a.sam_rho,
+                        transform=a.transform, seed=a.seed, out=out, progress=not a.quiet)
         meta = json.loads((Path(path) / "craftlab.json").read_text())
-        print(f"{name}: test accuracy on mnist5k {meta['metrics']['test_accuracy']:.4f} -> {path}")
+        m = meta["metrics"]
+        print(f"{name} [{meta.get('label') or a.optimizer}]: test accuracy on {a.data} {m['test_accuracy']:.4f}, "
+              f"{1000 * m['time_per_step_s']:.1f} ms/step -> {path}")
     return 0
 
 
@@ -215,8 +262,16 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     models = {c: load_checkpoint(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = _data_for(first.craftlab_meta, first, a.data)
+    if a.recipe == "repq":
+        from .compression.pipeline import check_recipe_model
+
+        for path, model in models.items():
+            try:
+                check_recipe_model(model, "repq")
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
     df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
-               patterns=a.patterns, bits=a.bits)
+               patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -225,7 +280,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from .checkpoint import load_checkpoint
-    from .compression.sweep import setting_label, settings_grid, sweep
+    from .compression.sweep import settings_grid, sweep
     from .train.runs import RunSpec, get_run
 
     print("CrAFT demo: fine-tune each zoo model with AdamW and with AdamW+SAM (same schedule, same seed),\n"
@@ -245,7 +300,6 @@ def cmd_demo(a: argparse.Namespace) -> int:
                                                         patterns=["2:4"], bits=[(8, 8), (4, 8), (4, 4)]),
                             progress=not a.quiet, extra_columns=extra))
     df = pd.concat(frames)
-    df["setting"] = df.apply(setting_label, axis=1)
     table = df.pivot_table(index="setting", columns="model", values="accuracy", sort=False)
     print("test accuracy (fraction):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -269,7 +323,8 @@ def cmd_sharpness(a: argparse.Namespace) -> int:
     from .probes.sharpness import sharpness_summary
 
     model, _, batch = _probe_batch(a)
-    res = sharpness_summary(model, batch, rho=a.rho, adaptive=a.adaptive, n_samples=a.samples, max_iter=40, tol=1e-3)
+    res = sharpness_summary(model, batch, rho=a.rho, adaptive=a.adaptive, n_samples=a.samples,
+                             max_iter=a.max_iter, tol=a.tol)
     res = {"checkpoint": str(a.checkpoint), "batch_size": len(batch[1]), "rho": a.rho, "adaptive": a.adaptive, **res}
     if a.json:
         print(json.dumps(res, default=float))
@@ -285,6 +340,20 @@ def cmd_landscape(a: argparse.Namespace) -> int:
     from .probes import landscape
     from .viz import plots
 
+    if a.kind != "compression" and (a.recipe != "uniform" or a.compensate or a.quant_method):
+        raise ValueError(f"--recipe/--compensate/--quant-method apply to --kind compression, not --kind {a.kind}")
+    setting, settings = _setting(a) if a.kind == "compression" else (None, {})
+    if setting is not None:
+        if setting.is_identity:
+            raise ValueError("--kind compression needs a compression: --sparsity, --pattern, --w-bits or --a-bits")
+        if setting.recipe == "repq":
+            raise ValueError("--kind compression with --recipe repq: RepQ-ViT re-parameterizes each LayerNorm and the "
+                             "Linear after it, so the straight line from w to C(w) passes through models that compute "
+                             "other functions; use --recipe uniform")
+        if setting.compensation == "qwt":
+            raise ValueError("--kind compression with --compensate qwt: QwT adds side-path parameters, so the "
+                             "compensated model is not a point in the original's weight space; use --compensate "
+                             "qwt-v2 (folded into the layers)")
     model, data, batch = _probe_batch(a)
     if a.kind == "line":
         res = landscape.line(model, batch, distance=a.distance, steps=a.steps or 51, seed=a.seed)
@@ -293,9 +362,6 @@ def cmd_landscape(a: argparse.Namespace) -> int:
         res = landscape.plane(model, batch, distance=a.distance, steps=a.steps or 21, seed=a.seed)
         fig = plots.plane_figure(res, kind="surface" if a.surface else "contour")
     else:
-        setting, settings = _setting(a)
-        if setting.is_identity:
-            raise ValueError("--kind compression needs a compression: --sparsity, --pattern, --w-bits or --a-bits")
         compressed = compress(model, calib=data.calib, **settings)
         res = landscape.compression_path(model, compressed, batch, steps=a.steps or 41)
         fig = plots.compression_path_figure(res)
@@ -321,14 +387,36 @@ COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "compress": cmd_
             "sharpness": cmd_sharpness, "landscape": cmd_landscape, "demo": cmd_demo, "app": cmd_app}
 
 
+# Commands that live with their paper's package: each module has ``add_parser(subparsers)`` and ``run(args)``
+# and imports nothing heavy at module level (building the parser must stay fast).
+EXTENSIONS = ("craftlab.supernet.cli", "craftlab.adapt.cli")
+
+
+def _extensions() -> dict[str, Any]:
+    found = {}
+    for name in EXTENSIONS:
+        try:
+            found[name] = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a missing dependency of the extension, not the extension itself
+                raise
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    runners = {}
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for mod in _extensions().values():
+        before = set(sub.choices)
+        mod.add_parser(sub)
+        runners.update({cmd: mod.run for cmd in set(sub.choices) - before})
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        return COMMANDS[args.command](args)
+        return (COMMANDS.get(args.command) or runners[args.command])(args)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:
         print(f"craftlab {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,16 @@ Conventions:
 * **Bits** are 2..8 or 16; ``None`` (spelled ``None``, ``""``, ``"fp"``, ``"float"``, ``"fp32"``) is full
   precision. Anything else (1, 9, 32, ``"abc"``) is an error.
 * **Labels**: ``magnitude 50%``, ``wanda 2:4``, ``W4A8``, ``magnitude 50% + W4A4``, ``FP32``; a
-  non-default granularity is appended (``W4A8 per-tensor``). :func:`parse_setting` inverts them.
+  non-default granularity is appended (``W4A8 per-tensor``), then a non-default quantization recipe
+  (``W4A4 repq``), and a compensation is one more part (``W4A4 repq + QwT-v2``, ``magnitude 50% + QwT-v2``).
+  :func:`parse_setting` inverts them.
+* **Recipes** (:data:`RECIPES`): ``uniform`` (the default: :func:`craftlab.compression.quant.quantize`,
+  Conv2d/Linear weights and inputs) and ``repq`` (RepQ-ViT-style ViT PTQ,
+  :func:`craftlab.compression.vit_quant.quantize_vit`: attention matmul inputs too, log√2 softmax,
+  LayerNorm re-parameterization; timm ViTs only, activations per tensor).
+* **Compensation** (:data:`COMPENSATIONS`): ``None``, ``qwt`` (QwT: a linear side path per block) or
+  ``qwt-v2`` (QwT-v2 / CWAC: a channel-wise affine per compressed layer, folded into it); it corrects
+  whatever the setting compresses (quantization, pruning or both), so it needs one of them.
 
 Example::
 
@@ -32,13 +41,21 @@ from typing import Any
 from ._errors import ALLOWED_BITS, check_sparsity, unknown_name
 
 __all__ = [
-    "ALLOWED_BITS", "GRANULARITIES", "PRUNE_METHODS", "Setting", "DEFAULT_SETTING",
-    "make_setting", "parse_bits", "parse_pattern", "parse_setting", "bits_label",
+    "ALLOWED_BITS", "COMPENSATIONS", "GRANULARITIES", "PRUNE_METHODS", "RECIPES", "Setting", "DEFAULT_SETTING",
+    "check_compensation", "make_setting", "parse_bits", "parse_compensation", "parse_pattern", "parse_recipe",
+    "parse_setting", "bits_label", "compensation_label",
 ]
 
 PRUNE_METHODS = ("magnitude", "wanda", "random")
 """Unstructured / per-row pruning criteria (N:M patterns use magnitude or Wanda scores too)."""
 GRANULARITIES = ("tensor", "channel")
+RECIPES = ("uniform", "repq")
+"""Quantization recipes: ``uniform`` (Conv2d/Linear fake quantization) and ``repq`` (RepQ-ViT-style, timm ViTs)."""
+COMPENSATIONS = ("qwt", "qwt-v2")
+"""Closed-form compensations of a compressed model's error: QwT (per block) and QwT-v2 (CWAC, per channel)."""
+_COMPENSATION_LABELS = {"qwt": "QwT", "qwt-v2": "QwT-v2"}
+_COMPENSATION_ALIASES = {"qwt": "qwt", "qwt-v2": "qwt-v2", "qwtv2": "qwt-v2", "qwt_v2": "qwt-v2", "qwt v2": "qwt-v2",
+                         "cwac": "qwt-v2"}
 _FLOAT_WORDS = ("", "none", "null", "fp", "float", "fp32", "full precision")
 
 
@@ -78,6 +95,49 @@ def parse_pattern(pattern: str) -> tuple[int, int]:
     return keep, size
 
 
+def parse_recipe(value: Any) -> str:
+    """A quantization recipe from user input (``uniform`` / ``repq``, any case; None = ``uniform``)."""
+    text = "uniform" if value is None else str(value).strip().lower()
+    if text not in RECIPES:
+        raise unknown_name("quantization recipe", value, RECIPES)
+    return text
+
+
+def parse_compensation(value: Any) -> str | None:
+    """A compensation from user input: None (also ``""``, ``"none"``), ``qwt`` or ``qwt-v2`` (``QwT-v2``,
+    ``qwtv2``, ``cwac``). ValueError names anything else."""
+    if value is None or (isinstance(value, float) and value != value):  # None, or a NaN from a table
+        return None
+    text = str(value).strip().lower()
+    if text in ("", "none", "null", "off", "no"):
+        return None
+    if text not in _COMPENSATION_ALIASES:
+        raise unknown_name("compensation", value, COMPENSATIONS)
+    return _COMPENSATION_ALIASES[text]
+
+
+def check_compensation(compensation: str | None, quantizes: bool, prunes: bool, recalibrate_bn: bool) -> None:
+    """ValueError when `compensation` has nothing to correct: nothing compressed, or a pruned model whose
+    BatchNorm statistics are re-estimated and nothing quantized (re-estimation already corrects the pruned
+    layers' per-channel statistics, and a compensation fitted against the uncompressed model after it undoes
+    it: see :mod:`craftlab.compression.pipeline`)."""
+    if compensation is None:
+        return
+    if not (quantizes or prunes):
+        raise ValueError(f"compensation {compensation!r} needs a compressed model to correct: set w_bits/a_bits "
+                         "or prune (a sparsity or an N:M pattern)")
+    if recalibrate_bn and not quantizes:
+        raise ValueError("recalibrate_bn and compensation both correct the pruned model's per-channel statistics: "
+                         "after BatchNorm re-estimation no pruning error is left to compensate (and fitting one "
+                         "against the uncompressed model undoes the re-estimation); use one of them, or also "
+                         "quantize: compensation then corrects the quantization error")
+
+
+def compensation_label(compensation: str | None) -> str:
+    """``QwT`` / ``QwT-v2`` (empty for None)."""
+    return _COMPENSATION_LABELS.get(compensation, "") if compensation else ""
+
+
 def bits_label(w_bits: int | None, a_bits: int | None) -> str:
     """``W4A8``; float is ``FP`` (``W4AFP``: weights only)."""
     return f"W{'FP' if w_bits is None else w_bits}A{'FP' if a_bits is None else a_bits}"
@@ -91,7 +151,9 @@ class Setting:
     (``pattern`` then says which, e.g. ``"2:4"``: 2 of every 4 weights kept, sparsity 0.5, scored by
     ``nm_score``). ``granularity`` is the weight-quantization granularity, ``a_granularity`` that of
     activations; each is kept only when that side is quantized. ``recalibrate_bn`` re-estimates
-    BatchNorm statistics on the calibration set after pruning.
+    BatchNorm statistics on the calibration set after pruning. ``recipe`` is the quantization recipe
+    (``uniform`` unless something is quantized with ``repq``); ``compensation`` (None, ``qwt``, ``qwt-v2``)
+    is fitted on the compressed model against the uncompressed one.
     """
 
     method: str = "none"
@@ -103,6 +165,8 @@ class Setting:
     a_granularity: str = "tensor"
     nm_score: str = "magnitude"
     recalibrate_bn: bool = False
+    recipe: str = "uniform"
+    compensation: str | None = None
 
     @property
     def is_identity(self) -> bool:
@@ -126,12 +190,22 @@ class Setting:
             kw.update(method=self.method, sparsity=self.sparsity)
         if self.recalibrate_bn and self.prunes:
             kw["recalibrate_bn"] = True
+        if self.recipe != "uniform":
+            kw["recipe"] = self.recipe
+        if self.compensation is not None:
+            kw["compensation"] = self.compensation
         return kw
 
     def key(self) -> str:
+        """A stable text key (JSON). The recipe and compensation appear only when not the default, so a
+        setting without them keeps the key it had before these fields existed (caches stay valid)."""
         import json
 
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        for name, default in (("recipe", "uniform"), ("compensation", None)):
+            if d[name] == default:
+                del d[name]
+        return json.dumps(d, sort_keys=True)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +226,11 @@ class Setting:
                 q += f" per-{self.granularity}"
             if self.a_bits is not None and self.a_granularity != "tensor":
                 q += f" act-per-{self.a_granularity}"
+            if self.recipe != "uniform":
+                q += f" {self.recipe}"
             parts.append(q)
+        if self.compensation:
+            parts.append(compensation_label(self.compensation))
         return " + ".join(parts) or "FP32"
 
     def describe(self) -> str:
@@ -161,6 +239,12 @@ class Setting:
         if self.method == "N:M":
             n, m = parse_pattern(self.pattern or "")
             text = text.replace(f"{self.pattern}", f"{self.pattern} (keep {n} of {m})", 1)
+        if self.recipe == "repq":
+            text = text.replace(" repq", " repq (RepQ-ViT)", 1)
+        if self.compensation == "qwt-v2":
+            text += " (folded channel-wise affine)"
+        elif self.compensation == "qwt":
+            text += " (per-block linear side path)"
         return text
 
 
@@ -169,7 +253,8 @@ DEFAULT_SETTING = Setting()
 
 def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: Any = None, a_bits: Any = None,
                  granularity: str = "channel", pattern: str | None = "2:4", a_granularity: str = "tensor",
-                 nm_score: str = "magnitude", recalibrate_bn: bool = False) -> Setting:
+                 nm_score: str = "magnitude", recalibrate_bn: bool = False, recipe: str = "uniform",
+                 compensation: str | None = None) -> Setting:
     """Validate and normalize user input into a :class:`Setting` (ValueError naming the problem).
 
     Args:
@@ -179,6 +264,9 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
         w_bits, a_bits: 2-8 or 16; None / "None" / "float" = full precision.
         granularity, a_granularity: ``"channel"`` or ``"tensor"``.
         nm_score: the score N:M keeps the largest of (``magnitude`` or ``wanda``).
+        recipe: ``uniform`` or ``repq`` (RepQ-ViT; activations per tensor, so ``a_granularity="channel"`` is
+            an error); normalized to ``uniform`` when nothing is quantized.
+        compensation: None, ``qwt`` or ``qwt-v2``; an error when nothing is pruned or quantized.
     """
     if sparsity is None or (isinstance(sparsity, str) and not sparsity.strip()):
         sparsity = 0.0
@@ -200,15 +288,24 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
         raise unknown_name("pruning method", method, [*PRUNE_METHODS, "N:M", "none"])
     if low not in ("N:M", "none") and sparsity == 0.0:
         low = "none"
+    recipe, compensation = parse_recipe(recipe), parse_compensation(compensation)
+    quantizes = w_bits is not None or a_bits is not None
+    if not quantizes:
+        recipe = "uniform"
+    if recipe == "repq" and a_bits is not None and a_granularity != "tensor":
+        raise ValueError("recipe 'repq' quantizes activations per tensor (post-LayerNorm per-channel ranges are folded "
+                         "into the LayerNorm): a_granularity must be 'tensor'")
+    check_compensation(compensation, quantizes, low != "none", bool(recalibrate_bn))
     return Setting(method=low, sparsity=sparsity if low != "none" else 0.0, pattern=pat, w_bits=w_bits, a_bits=a_bits,
                    granularity=granularity if w_bits is not None else "channel",
                    a_granularity=a_granularity if a_bits is not None else "tensor",
                    nm_score=nm_score if low == "N:M" else "magnitude",
-                   recalibrate_bn=bool(recalibrate_bn) and low != "none")
+                   recalibrate_bn=bool(recalibrate_bn) and low != "none", recipe=recipe, compensation=compensation)
 
 
 _LABEL_PART = re.compile(r"^(?P<method>\w+) (?:(?P<pct>[0-9.]+)%|(?P<pat>\d+:\d+))(?P<bn> \+BN)?$")
-_BITS_PART = re.compile(r"^W(?P<w>FP|\d+)A(?P<a>FP|\d+)(?: per-(?P<g>\w+))?(?: act-per-(?P<ag>\w+))?$")
+_BITS_PART = re.compile(r"^W(?P<w>FP|\d+)A(?P<a>FP|\d+)(?: per-(?P<g>\w+))?(?: act-per-(?P<ag>\w+))?"
+                        r"(?: (?P<r>[a-z]\w*))?$")
 
 
 def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
@@ -217,7 +314,9 @@ def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
         return label
     if isinstance(label, dict):
         kw = {k: v for k, v in label.items() if k != "kind"}
-        if kw.get("pattern"):
+        if kw.get("pattern") and kw.get("method") == "N:M":  # Setting.as_dict()
+            kw["method"] = kw.pop("pattern")
+        elif kw.get("pattern"):  # the sweep's form: method = the N:M score
             kw["nm_score"], kw["method"] = kw.get("method") or "magnitude", kw.pop("pattern")
         return make_setting(**kw)
     text = str(label).strip()
@@ -227,8 +326,11 @@ def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
     for part in (p.strip() for p in text.split("+") if p.strip()):
         if part == "BN":
             kw["recalibrate_bn"] = True
+        elif part.lower() in _COMPENSATION_ALIASES:
+            kw["compensation"] = part
         elif b := _BITS_PART.match(part):
-            kw.update(w_bits=b["w"], a_bits=b["a"], granularity=b["g"] or "channel", a_granularity=b["ag"] or "tensor")
+            kw.update(w_bits=b["w"], a_bits=b["a"], granularity=b["g"] or "channel", a_granularity=b["ag"] or "tensor",
+                      recipe=b["r"] or "uniform")
         elif p := _LABEL_PART.match(part):
             if p["pat"]:
                 kw.update(method=p["pat"], nm_score=p["method"])
@@ -238,5 +340,5 @@ def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
                 kw["recalibrate_bn"] = True
         else:
             raise ValueError(f"cannot read compression setting {label!r}: expected labels like 'magnitude 50%', "
-                             "'wanda 2:4', 'W4A8', 'wanda 70% + W4A4' or 'FP32'")
+                             "'wanda 2:4', 'W4A8', 'wanda 70% + W4A4', 'W4A4 repq + QwT-v2' or 'FP32'")
     return make_setting(**kw)

@@ -106,3 +106,88 @@ def test_landscape_compression_needs_a_setting(checkpoint, tmp_path, capsys):
     assert main(["landscape", "--checkpoint", str(checkpoint), "--kind", "compression", "--out",
                  str(tmp_path / "x.json")]) == 2
     assert "needs a compression" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ recipes and compensation
+
+
+@pytest.mark.parametrize("extra,label", [(["--recipe", "repq", "--compensate", "qwt-v2"], "W4A4 repq + QwT-v2"),
+                                         (["--compensate", "qwt"], "W4A4 + QwT")])
+def test_compress_with_recipe_and_compensation(checkpoint, capsys, extra, label):
+    assert main(["compress", "--checkpoint", str(checkpoint), "--w-bits", "4", "--a-bits", "4", *extra, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    import craftlab
+
+    fp_params = sum(p.numel() for p in craftlab.load_checkpoint(checkpoint).parameters())
+    assert res["setting"] == label and 0 <= res["accuracy"] <= 1
+    if "QwT-v2" in label:  # folded: not one parameter added
+        assert res["params"] == fp_params and res["recipe"] == "repq" and res["compensation"] == "qwt-v2"
+    else:  # a 64x64 + 64 side path in each of the 4 blocks
+        assert res["params"] == fp_params + 4 * (64 * 64 + 64)
+
+
+def test_compress_pruned_with_cwac_keeps_the_sparsity(checkpoint, capsys):
+    assert main(["compress", "--checkpoint", str(checkpoint), "--sparsity", "0.5", "--compensate", "qwt-v2",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["setting"] == "magnitude 50% + QwT-v2" and res["sparsity_measured"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def cnn_checkpoint(tmp_path_factory):
+    import craftlab
+
+    model = craftlab.create_model("resnet-tiny", num_classes=10)
+    return craftlab.save_checkpoint(model, tmp_path_factory.mktemp("cli") / "resnet", {"data": {"name": "digits"}})
+
+
+@pytest.mark.parametrize("model,args,message", [
+    ("vit", ["--compensate", "qwt"], "--compensate qwt needs something to compensate: give --w-bits/--a-bits"),
+    ("vit", ["--sparsity", "0", "--compensate", "qwt-v2"], "needs something to compensate"),
+    ("vit", ["--recipe", "repq", "--sparsity", "0.5"], "--recipe repq is a quantization recipe: give --w-bits"),
+    ("vit", ["--recipe", "repq", "--w-bits", "4", "--quant-method", "mse"],
+     "'mse' is a range estimator of recipe 'uniform'"),
+    ("vit", ["--w-bits", "4", "--quant-method", "repq"], "unknown method 'repq'"),
+    ("cnn", ["--recipe", "repq", "--w-bits", "4", "--a-bits", "4"],
+     "recipe 'repq' (RepQ-ViT) quantizes timm Vision Transformers (ViT / DeiT) only, got ResNet"),
+])
+def test_bad_recipe_and_compensation_combos_are_one_clear_line(checkpoint, cnn_checkpoint, model, args, message,
+                                                               capsys):
+    ckpt = cnn_checkpoint if model == "cnn" else checkpoint
+    assert main(["compress", "--checkpoint", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_with_recipe_and_compensation(checkpoint, cnn_checkpoint, tmp_path, capsys):
+    out = tmp_path / "qwt.csv"
+    assert main(["sweep", "--checkpoint", str(checkpoint), "--methods", "magnitude", "--sparsities", "0.5",
+                 "--patterns", "--bits", "4,4", "--recipe", "repq", "--compensate", "qwt-v2", "--out", str(out),
+                 "--quiet"]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert list(df.setting) == ["FP32", "magnitude 50%", "magnitude 50% + QwT-v2", "W4A4 repq", "W4A4 repq + QwT-v2"]
+    assert list(df.compensation.fillna("-")) == ["-", "-", "qwt-v2", "-", "qwt-v2"]
+    capsys.readouterr()
+    assert main(["sweep", "--checkpoint", str(cnn_checkpoint), "--bits", "4,4", "--recipe", "repq", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe 'repq'" in err and "ResNet" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kind", "compression", "--w-bits", "4", "--recipe", "repq"], "with --recipe repq"),
+    (["--kind", "compression", "--w-bits", "4", "--compensate", "qwt"], "use --compensate qwt-v2"),
+    (["--kind", "plane", "--compensate", "qwt-v2"], "apply to --kind compression, not --kind plane"),
+])
+def test_landscape_rejects_what_has_no_weight_path(checkpoint, tmp_path, capsys, args, message):
+    assert main(["landscape", "--checkpoint", str(checkpoint), *args, "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_landscape_compression_path_with_folded_cwac(checkpoint, tmp_path, capsys):
+    out = tmp_path / "path.json"
+    assert main(["landscape", "--checkpoint", str(checkpoint), "--kind", "compression", "--w-bits", "4", "--a-bits",
+                 "4", "--compensate", "qwt-v2", "--batch-size", "32", "--steps", "5", "--out", str(out)]) == 0
+    assert "loss" in json.loads(out.read_text())

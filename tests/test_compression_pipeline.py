@@ -149,6 +149,19 @@ def test_setting_or_keywords_give_the_same_model():
     ({"quant_method": "kl", "w_bits": 8}, "method"), ({"a_granularity": "row", "a_bits": 8}, "a_granularity"),
     ({"method": "wanda", "sparsity": 0.5, "calib": None}, "calib"), ({"a_bits": 8, "calib": None}, "calib"),
     ({"wanda_inputs": "sequential", "sparsity": 0.5}, "wanda"), ({"scope": "block", "sparsity": 0.5}, "scope"),
+    ({"compensation": "qwt-v2"}, "needs a compressed model"), ({"compensation": "qwt3", "w_bits": 8}, "compensation"),
+    ({"compensation": "qwt-v2", "w_bits": 8, "calib": None}, "compensation needs calibration"),
+    ({"compensation": "qwt", "w_bits": 8, "compensation_options": {"fold": True}}, "cannot be folded"),
+    ({"compensation": "qwt-v2", "w_bits": 8, "compensation_options": {"ridge": -1}}, "ridge"),
+    ({"compensation": "qwt-v2", "w_bits": 8, "compensation_options": {"rige": 1}}, "compensation option 'rige'"),
+    ({"compensation_options": {"ridge": 1}, "w_bits": 8}, "compensation is None"),
+    ({"compensation": "qwt", "w_bits": 8}, "no block structure"),  # _bn_net is a Sequential: no blocks
+    ({"compensation": "qwt-v2", "sparsity": 0.5, "recalibrate_bn": True}, "recalibrate_bn and compensation"),
+    ({"recipe": "repqq", "w_bits": 8}, "did you mean 'repq'"),
+    ({"recipe": "repq", "w_bits": 8}, "recipe 'repq'.*Sequential.*recipe 'uniform'"),  # a CNN, not a ViT
+    ({"recipe": "repq", "w_bits": 8, "quant_method": "mse"}, "range estimator of recipe 'uniform'"),
+    ({"recipe": "repq", "w_bits": 8, "a_bits": 8, "a_granularity": "channel"}, "per tensor"),
+    ({"recipe": "repq", "w_bits": 8, "targets": "all"}, "targets= is for recipe 'uniform'"),
 ])
 def test_settings_are_validated_before_any_work(monkeypatch, bad, match):
     import craftlab.compression.pipeline as pipeline
@@ -156,7 +169,7 @@ def test_settings_are_validated_before_any_work(monkeypatch, bad, match):
     def fail(*_a, **_k):
         raise AssertionError("worked before validating")
 
-    for name in ("evaluate", "prune", "quantize"):
+    for name in ("evaluate", "prune", "quantize", "compensate", "quantize_vit", "_quantize_uniform"):
         monkeypatch.setattr(pipeline, name, fail)
     data = craftlab.from_tensors(torch.randn(40, 1, 6, 6), torch.arange(40) % 2)
     with pytest.raises(ValueError, match=match):
@@ -177,3 +190,136 @@ def test_compress_and_evaluate_with_a_setting():
         assert res[k] == ref[k], k
     plain = compress_and_evaluate(model, data, method="magnitude", sparsity=0.5)  # plain keywords still work
     assert plain["sparsity"] == 0.5 and "setting" not in plain
+
+
+# ---------------------------------------------------------------------------------- recipes and compensation
+
+
+def _vit(seed=0):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+                             mlp_ratio=2.0).eval()
+
+
+def _images(n=(12, 12), seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(k, 1, 8, 8, generator=g), torch.zeros(k, dtype=torch.long)) for k in n]
+
+
+def _assert_same_model(got, want):
+    assert [type(m).__name__ for m in got.modules()] == [type(m).__name__ for m in want.modules()]
+    gs, ws = got.state_dict(), want.state_dict()
+    assert gs.keys() == ws.keys()
+    for k, v in ws.items():
+        assert torch.equal(gs[k], v), k
+
+
+def test_quantize_dispatcher_uniform_is_the_old_quantize_and_repq_is_quantize_vit():
+    from craftlab.compression import quant, vit_quant
+
+    model, calib = _vit(), _images()
+    assert craftlab.quantize is pipeline_quantize()
+    _assert_same_model(craftlab.quantize(model, 4, 8, calib=calib), quant.quantize(model, 4, 8, calib=calib))
+    _assert_same_model(craftlab.quantize(model, calib=calib), quant.quantize(model, calib=calib))  # W8, float inputs
+    _assert_same_model(craftlab.quantize(model, 4, 4, calib=calib, recipe="repq"),
+                       vit_quant.quantize_vit(model, 4, 4, calib))
+    # argument mapping: method -> w_method, a_method -> a_method (default: method, as for uniform), options go to
+    # the recipe that has them
+    _assert_same_model(craftlab.quantize(model, 4, 4, calib=calib, recipe="repq", method="minmax",
+                                         softmax_quantizer="uniform", quantize_stem_head=False),
+                       vit_quant.quantize_vit(model, 4, 4, calib, w_method="minmax", a_method="minmax",
+                                              softmax_quantizer="uniform", quantize_stem_head=False))
+    _assert_same_model(craftlab.quantize(model, 4, 4, calib=calib, recipe="repq", method="minmax", a_method="repq"),
+                       vit_quant.quantize_vit(model, 4, 4, calib, w_method="minmax"))
+    with pytest.raises(ValueError, match="softmax_quantizer belong.*recipe 'repq'"):
+        craftlab.quantize(model, 4, 4, calib=calib, softmax_quantizer="log2")
+    with pytest.raises(ValueError, match="percentile belong.*recipe 'uniform'"):
+        craftlab.quantize(model, 4, 4, calib=calib, recipe="repq", percentile=99.0)
+    with pytest.raises(TypeError, match="unexpected argument"):
+        craftlab.quantize(model, 4, 4, calib=calib, recipe="repq", bogus=1)
+    with pytest.raises(ValueError, match="recipe 'repq'.*ResNet.*recipe 'uniform' for CNNs"):
+        craftlab.quantize(craftlab.build_model("resnet-tiny"), 4, 4, calib=calib, recipe="repq")
+
+
+def pipeline_quantize():
+    from craftlab.compression.pipeline import quantize
+
+    return quantize
+
+
+@pytest.mark.parametrize("recipe,method", [("repq", "qwt-v2"), ("repq", "qwt"), ("uniform", "qwt-v2"),
+                                           ("uniform", "qwt")])
+def test_pipeline_with_compensation_equals_quantize_then_compensate_by_hand(recipe, method, unchanged):
+    model, calib = _vit(), _images()
+    with unchanged(model):
+        got = compress(model, w_bits=4, a_bits=4, recipe=recipe, compensation=method, calib=calib)
+        q = craftlab.quantize(model, 4, 4, calib=calib, recipe=recipe)
+        want = craftlab.compensate(q, model, calib, method=method, fold=method == "qwt-v2").model
+    _assert_same_model(got, want)
+    x = _images((5,), seed=9)[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), want(x), rtol=0, atol=0)
+        assert not torch.equal(got(x), q(x))  # the compensation did something
+    n = sum(p.numel() for p in got.parameters())
+    if method == "qwt-v2":  # folded: no module and no parameter added
+        assert n == sum(p.numel() for p in model.parameters())
+    else:
+        assert n > sum(p.numel() for p in model.parameters())
+    info = got.craftlab_compression
+    assert info["quant"]["w_bits"] == 4 and info["compensation"]["method"] == method
+    assert info["compensation"]["folded"] is (method == "qwt-v2") and info["compensation"]["fitted"] > 0
+    by_setting = compress(model, setting=f"W4A4{' repq' if recipe == 'repq' else ''} + "
+                                         f"{'QwT-v2' if method == 'qwt-v2' else 'QwT'}", calib=calib)
+    _assert_same_model(by_setting, got)
+
+
+def test_compensation_of_a_pruned_model_is_folded_cwac_and_keeps_the_zeros():
+    model, calib = _bn_net(), _calib()
+    got = compress(model, method="magnitude", sparsity=0.5, scope="layer", compensation="qwt-v2", calib=calib)
+    pruned = craftlab.prune(model, 0.5, scope="layer")
+    want = craftlab.compensate(pruned, model, calib, method="qwt-v2", fold=True).model
+    _assert_same_model(got, want)
+    assert craftlab.sparsity_report(got)["overall"] == pytest.approx(craftlab.sparsity_report(pruned)["overall"])
+    for (n, m), p in zip(got.named_modules(), pruned.modules()):
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            assert torch.equal(m.weight == 0, p.weight == 0), n  # the same zeros, nothing re-grown
+    assert sum(p.numel() for p in got.parameters()) == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        x = calib[0][0]
+        assert not torch.equal(got(x), pruned(x))  # compensated
+
+
+def test_compress_and_evaluate_reports_the_cost_of_qwt():
+    torch.manual_seed(0)
+    x = torch.randn(40, 1, 8, 8)
+    data = craftlab.from_tensors(x, torch.arange(40) % 3)
+    model = _vit()
+    plain = compress_and_evaluate(model, data, w_bits=4, a_bits=4, recipe="repq")
+    qwt = compress_and_evaluate(model, data, setting="W4A4 repq + QwT")
+    v2 = compress_and_evaluate(model, data, setting="W4A4 repq + QwT-v2")
+    d = 16  # two blocks of width 16, each adds d*d + d
+    assert qwt["params"] - plain["params"] == 2 * (d * d + d) and v2["params"] == plain["params"]
+    assert qwt["setting"] == "W4A4 repq + QwT" and qwt["compensation"] == "qwt" and qwt["recipe"] == "repq"
+    assert qwt["bitops"] > plain["bitops"] == v2["bitops"]  # the side path's float MACs
+
+
+def test_compensate_and_fold_are_public():
+    from craftlab.compression.compensate import compensate as comp
+    from craftlab.compression.fold import fold_compensation as fold
+
+    assert craftlab.compensate is comp and craftlab.fold_compensation is fold
+
+
+def test_after_bn_reestimation_compensation_corrects_the_quantization_error_only():
+    """The reference is then the pruned, BN-re-estimated float model: compensating against the uncompressed
+    model would undo the re-estimation (see the pipeline's docstring)."""
+    model, calib = _bn_net(), _calib()
+    got = compress(model, sparsity=0.5, scope="layer", recalibrate_bn=True, w_bits=4, a_bits=8,
+                   compensation="qwt-v2", calib=calib)
+    pruned = recalibrate_bn(craftlab.prune(model, 0.5, scope="layer"), calib)
+    q = craftlab.quantize(pruned, 4, 8, calib=calib)
+    _assert_same_model(got, craftlab.compensate(q, pruned, calib, method="qwt-v2", fold=True).model)
+    against_fp = craftlab.compensate(q, model, calib, method="qwt-v2", fold=True).model
+    assert any(not torch.equal(a, b) for a, b in zip(got.state_dict().values(), against_fp.state_dict().values()))

@@ -9,6 +9,7 @@ from craftlab.settings import (
     bits_label,
     make_setting,
     parse_bits,
+    parse_compensation,
     parse_pattern,
     parse_setting,
 )
@@ -76,6 +77,15 @@ def test_bad_input_names_the_problem(kwargs, match):
     (make_setting("wanda", 0.7, 4, 4), "wanda 70% + W4A4"),
     (make_setting("none", 0, 4, 8, granularity="tensor"), "W4A8 per-tensor"),
     (make_setting("magnitude", 0.5, recalibrate_bn=True), "magnitude 50% +BN"),
+    (make_setting("none", 0, 4, 4, recipe="repq"), "W4A4 repq"),
+    (make_setting("none", 0, 4, 4, recipe="repq", compensation="qwt-v2"), "W4A4 repq + QwT-v2"),
+    (make_setting("none", 0, 8, 8, compensation="qwt"), "W8A8 + QwT"),
+    (make_setting("magnitude", 0.5, compensation="qwt-v2"), "magnitude 50% + QwT-v2"),
+    (make_setting("2:4", nm_score="wanda", compensation="qwt-v2"), "wanda 2:4 + QwT-v2"),
+    (make_setting("2:4", w_bits=4, a_bits=4, nm_score="wanda", recalibrate_bn=True, compensation="qwt-v2"),
+     "wanda 2:4 +BN + W4A4 + QwT-v2"),
+    (make_setting("wanda", 0.7, 4, 8, granularity="tensor", recipe="repq", compensation="qwt"),
+     "wanda 70% + W4A8 per-tensor repq + QwT"),
 ])
 def test_labels_and_their_inverse(setting, label):
     assert setting.label() == label
@@ -87,7 +97,8 @@ def test_parse_setting_accepts_dicts_and_settings():
     assert parse_setting(s) is s
     assert parse_setting({"method": "wanda", "sparsity": 0.7}) == s
     # the sweep's older dict form (kind + pattern) still reads
-    assert parse_setting({"kind": "prune", "method": "wanda", "pattern": "2:4"}) == make_setting("2:4", nm_score="wanda")
+    want = make_setting("2:4", nm_score="wanda")
+    assert parse_setting({"kind": "prune", "method": "wanda", "pattern": "2:4"}) == want
     with pytest.raises(ValueError, match="cannot read"):
         parse_setting("half the weights")
 
@@ -103,3 +114,57 @@ def test_compress_kwargs():
 
 def test_bits_label():
     assert bits_label(4, 8) == "W4A8" and bits_label(None, 8) == "WFPA8"
+
+
+def test_default_recipe_and_no_compensation_keep_todays_labels_keys_and_kwargs():
+    s = make_setting("wanda", 0.7, 4, 8)
+    assert (s.recipe, s.compensation) == ("uniform", None)
+    assert s.label() == "wanda 70% + W4A8" and "recipe" not in s.key() and "compensation" not in s.key()
+    assert "recipe" not in s.compress_kwargs() and "compensation" not in s.compress_kwargs()
+    assert make_setting("wanda", 0.7, 4, 8, recipe="uniform", compensation="none") == s
+    r = make_setting("wanda", 0.7, 4, 8, recipe="repq", compensation="qwt-v2")
+    assert '"recipe": "repq"' in r.key() and '"compensation": "qwt-v2"' in r.key() and r.key() != s.key()
+    kw = r.compress_kwargs()
+    assert (kw["recipe"], kw["compensation"]) == ("repq", "qwt-v2")
+
+
+@pytest.mark.parametrize("spelling,expected", [("QwT", "qwt"), ("qwt-v2", "qwt-v2"), ("QwT-V2", "qwt-v2"),
+                                               ("CWAC", "qwt-v2"), ("qwtv2", "qwt-v2"), ("none", None), ("", None),
+                                               (None, None), (float("nan"), None)])
+def test_compensation_spellings(spelling, expected):
+    assert parse_compensation(spelling) == expected
+
+
+def test_recipe_is_normalized_away_without_quantization():
+    # like a granularity, the recipe of an unquantized model is irrelevant
+    assert make_setting("magnitude", 0.5, recipe="repq") == make_setting("magnitude", 0.5)
+    assert make_setting("none", 0, 4, 4, recipe="REPQ").recipe == "repq"
+    assert make_setting("none", 0, 4, None, recipe="repq").label() == "W4AFP repq"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="none", w_bits=4, recipe="repqq"), "quantization recipe 'repqq'.*did you mean 'repq'"),
+    (dict(method="none", w_bits=4, compensation="qwt3"), "compensation 'qwt3'"),
+    (dict(method="none", compensation="qwt"), "needs a compressed model"),
+    (dict(method="magnitude", sparsity=0.0, compensation="qwt-v2"), "needs a compressed model"),
+    (dict(method="none", w_bits=4, a_bits=4, recipe="repq", a_granularity="channel"), "per tensor"),
+    (dict(method="magnitude", sparsity=0.5, recalibrate_bn=True, compensation="qwt-v2"), "recalibrate_bn and "
+     "compensation both correct"),
+])
+def test_bad_recipe_or_compensation_names_the_problem(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_setting(**kwargs)
+
+
+@pytest.mark.parametrize("label,match", [("W4A4 fancy", "quantization recipe 'fancy'"), ("QwT", "needs a compressed"),
+                                         ("W4A4 + QwT-v3", "cannot read")])
+def test_bad_labels(label, match):
+    with pytest.raises(ValueError, match=match):
+        parse_setting(label)
+
+
+def test_dict_round_trip_with_recipe_and_compensation():
+    s = make_setting("2:4", w_bits=4, a_bits=4, nm_score="wanda", recipe="repq", compensation="qwt-v2")
+    assert parse_setting(s.as_dict()) == s
+    assert parse_setting(s.label()) == s and parse_setting(s.describe().replace(" (RepQ-ViT)", "").replace(
+        " (folded channel-wise affine)", "").replace(" (keep 2 of 4)", "")) == s

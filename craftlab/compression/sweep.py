@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import DataBundle
-from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_setting
+from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_compensation, parse_recipe, parse_setting
 from .pipeline import compress_and_evaluate
 
 
@@ -23,14 +23,47 @@ def settings_grid(
     patterns: Iterable[str] = ("2:4",),
     bits: Iterable[tuple[int | None, int | None]] = ((8, 8), (6, 6), (4, 8), (4, 4), (3, 8)),
     recalibrate_bn: bool = False,
+    recipe: str = "uniform",
+    compensations: Iterable[str | None] = (),
 ) -> list[Setting]:
-    """The compression settings of a sweep: FP32, each pruning setting alone and each (w_bits, a_bits) alone."""
+    """The compression settings of a sweep: FP32, each pruning setting alone and each (w_bits, a_bits) alone.
+
+    Bit settings use `recipe`. Each entry of `compensations` (``"qwt"``, ``"qwt-v2"``) adds, right after
+    every pruning and bit setting, the same setting with that compensation, so a table shows the
+    compressed model and its compensated versions side by side.
+
+    Example::
+
+        settings_grid(methods=["magnitude"], sparsities=[0.5], patterns=[], bits=[(4, 4)], recipe="repq",
+                      compensations=["qwt", "qwt-v2"])
+        # FP32, magnitude 50%, + QwT, + QwT-v2, W4A4 repq, W4A4 repq + QwT, W4A4 repq + QwT-v2
+    """
+    recipe = parse_recipe(recipe)
+    comps = list(dict.fromkeys(parse_compensation(c) for c in compensations))
+    comps = [c for c in comps if c is not None]
+
+    def with_comps(s: Setting) -> list[Setting]:
+        return [s] + [make_setting(**{**_make_args(s), "compensation": c}) for c in comps]
+
     grid: list[Setting] = [DEFAULT_SETTING]
     for method in methods:
-        grid += [make_setting(method, s, recalibrate_bn=recalibrate_bn) for s in sparsities]
-        grid += [make_setting(p, nm_score=method, recalibrate_bn=recalibrate_bn) for p in patterns]
-    grid += [make_setting("none", 0.0, w, a) for w, a in bits]
-    return grid
+        for s in sparsities:
+            grid += with_comps(make_setting(method, s, recalibrate_bn=recalibrate_bn))
+        for p in patterns:
+            grid += with_comps(make_setting(p, nm_score=method, recalibrate_bn=recalibrate_bn))
+    for w, a in bits:
+        grid += with_comps(make_setting("none", 0.0, w, a, recipe=recipe))
+    return list(dict.fromkeys(grid))
+
+
+def _make_args(s: Setting) -> dict[str, Any]:
+    """make_setting arguments that rebuild `s`."""
+    d = s.as_dict()
+    if d["method"] == "N:M":
+        d["method"] = d.pop("pattern")
+    else:
+        d.pop("pattern")
+    return d
 
 
 def _kind(s: Setting) -> str:
@@ -62,8 +95,8 @@ def sweep(
 
     Returns:
         One row per (model, setting): ``model, setting`` (its label), ``kind`` (fp / prune / quant /
-        prune+quant), ``method, sparsity, pattern, w_bits, a_bits, fp_accuracy, accuracy, accuracy_drop,
-        loss, size_mb, bitops, sparsity_measured``.
+        prune+quant), ``method, sparsity, pattern, w_bits, a_bits, recipe, compensation, fp_accuracy,
+        accuracy, accuracy_drop, loss, size_mb, bitops, params, sparsity_measured``.
     """
     from ..checkpoint import load_checkpoint
 
@@ -80,8 +113,9 @@ def sweep(
             rows.append({"model": label, "setting": s.label(), "kind": _kind(s),
                          "method": s.nm_score if s.method == "N:M" else (s.method if s.prunes else None),
                          "sparsity": s.sparsity, "pattern": s.pattern, "w_bits": s.w_bits, "a_bits": s.a_bits,
+                         "recipe": s.recipe, "compensation": s.compensation,
                          **{k: res[k] for k in ("fp_accuracy", "accuracy", "accuracy_drop", "loss", "size_mb",
-                                                "bitops", "sparsity_measured")},
+                                                "bitops", "params", "sparsity_measured")},
                          **(extra_columns or {}).get(label, {})})
             bar.update()
     bar.close()

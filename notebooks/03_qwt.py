@@ -1,0 +1,493 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Quantization without tears: low-bit ViT PTQ, QwT and QwT-v2 compensation
+#
+# **Papers.** M. Fu, H. Yu, J. Shao, J. Zhou, K. Zhu, J. Wu, *Quantization without Tears*, CVPR 2025
+# (arXiv:2411.13918, code `wujx2001/QwT`); N. Tang, M. Fu, H. Yu, J. Wu, *QwT-v2: Practical, Effective and
+# Efficient Post-Training Quantization*, arXiv:2505.20932; the base PTQ is RepQ-ViT (Z. Li et al., ICCV 2023).
+#
+# **The problem.** Post-training quantization (PTQ) of a vision transformer to 4-bit weights *and*
+# activations loses accuracy, and recovering it usually means quantization-aware training.
+#
+# **The method.** QwT adds to every quantized block a small **linear side path** `c(x) = W x + b`, fitted in
+# closed form (least squares on a few hundred calibration images) so that `block_q(x) + c(x) ≈ block_fp(x)`:
+# no training, no hyper-parameters. QwT-v2 replaces the d×d matrix by a **channel-wise affine** of each
+# quantized layer's output (`a_c·y_c + b_c`, "CWAC"), which folds into the layer's per-channel scale and bias:
+# no extra parameters and no extra latency.
+#
+# **The claim we check** (QwT's README, RepQ-ViT → +QwT on ImageNet): *compensation recovers accuracy at
+# W4A4 (+1.2 to +7.8 points) but adds little at W6A6 (+0.1 to +0.3)*. And the CrAFT question: does
+# compensation still add something on top of SAM fine-tuning, or has flatness already removed what it fixes?
+#
+# **This notebook** (a few CPU minutes; fine-tuning runs come from the cache that notebooks 00–02 fill):
+# why low-bit ViT PTQ hurts (uniform vs RepQ-ViT-style, attention-matmul quantization), the per-block error,
+# the QwT fit from scratch and with `craftlab.compensate`, QwT-v2's near-diagonal motivation, the fold
+# proof, the accuracy table over seeds and arms, and a claim check.
+
+# %%
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+import craftlab
+from craftlab import experiments as ex
+from craftlab import stats, widgets
+
+T0, C0 = time.perf_counter(), time.process_time()
+pd.set_option("display.precision", 3)
+
+# %% [markdown]
+# ## 1. Why low-bit ViT PTQ hurts
+#
+# `craftlab.quantize(model, w_bits, a_bits, recipe=...)` has two recipes:
+#
+# * `recipe="uniform"` (the default, what notebooks 00–02 used): the weights and inputs of every
+#   `Linear`/`Conv2d` but the stem and the head. In a ViT the two attention matmuls (q·kᵀ and
+#   softmax·v) stay in float, so this "W4A4" is much milder than the W4A4 of the ViT PTQ papers.
+# * `recipe="repq"` (RepQ-ViT-style): also the inputs of both attention matmuls (q, k, v and the softmax
+#   probabilities, with a log√2 quantizer), the stem and the head; post-LayerNorm activations get
+#   per-channel ranges folded into the LayerNorm (see `craftlab.compression.vit_quant`).
+#
+# The model is `vit-tiny` fine-tuned on `digits` with AdamW (seed 0, from the run cache).
+#
+# *Try this:* `recipe="repq", softmax_quantizer="uniform"` quantizes the probabilities on a uniform grid.
+
+# %%
+data = craftlab.load_data("digits")
+ref = craftlab.load_checkpoint(craftlab.get_run(craftlab.RunSpec(model="vit-tiny", seed=0), progress=False))
+calib_x = torch.cat([x for x, _ in data.calib])  # the 128 calibration images
+fp_acc = craftlab.evaluate(ref, data.test)["accuracy"]
+rows = []
+for bits in [(8, 8), (6, 6), (4, 4), (3, 4)]:
+    for recipe in ("uniform", "repq"):
+        q = craftlab.quantize(ref, *bits, calib=data.calib, recipe=recipe)
+        rows.append({"bits": craftlab.settings.bits_label(*bits), "recipe": recipe,
+                     "accuracy": craftlab.evaluate(q, data.test)["accuracy"]})
+ptq = pd.DataFrame(rows)
+fig = go.Figure(layout=dict(title=f"vit-tiny PTQ, two recipes (FP32 {fp_acc:.1%})", height=360, barmode="group",
+                            yaxis=dict(title="test accuracy", tickformat=".0%", range=[0.5, 1])))
+for recipe, part in ptq.groupby("recipe", sort=False):
+    fig.add_bar(x=part["bits"], y=part["accuracy"], name=recipe)
+fig.add_hline(y=fp_acc, line_dash="dot", annotation_text="FP32")
+fig
+
+# %% [markdown]
+# ### The attention probabilities, quantized from scratch
+#
+# Most softmax probabilities are tiny and a few are large. A 4-bit **uniform** grid on [0, max] has a step
+# of max/15: everything below half a step becomes 0. RepQ-ViT's **log√2** grid has levels
+# $\Delta \cdot 2^{-q/2}$, $q = 0 \dots 2^b-1$ (and an exact 0 below the last level), so it keeps the
+# small values with a *relative* error. Both in two lines each, on the probabilities of block 0, with the
+# library's calibrated $\Delta$; then the library's quantizer on the same values.
+
+# %%
+q4 = craftlab.quantize(ref, 4, 4, calib=data.calib, recipe="repq")
+seen = []
+hook = q4.blocks[0].attn.attn_quant.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+with torch.no_grad():
+    q4(calib_x[:32])
+hook.remove()
+p = seen[0].flatten()
+delta = q4.blocks[0].attn.attn_quant.scale
+
+
+def uniform_from_scratch(p, bits):
+    step = p.max() / (2**bits - 1)
+    return torch.round(p / step) * step
+
+
+def log_sqrt2_from_scratch(p, bits, delta):
+    code = torch.round(-2 * torch.log2(p / delta))  # half-octave steps below delta
+    return torch.where(code > 2**bits - 1, torch.zeros_like(p), delta * 2 ** (-code.clamp(min=0) / 2))
+
+
+mine = log_sqrt2_from_scratch(p, 4, delta)
+assert torch.equal(mine, q4.blocks[0].attn.attn_quant(p)), "not the library's log√2 quantizer"
+uni = uniform_from_scratch(p, 4)
+for name, qp in [("uniform 4-bit", uni), ("log√2 4-bit", mine)]:
+    print(f"{name:>14}: {float((qp == 0).float().mean()):.0%} of the probabilities become 0, "
+          f"relative error {float((qp - p).norm() / p.norm()):.3f}")
+idx = torch.randperm(p.numel(), generator=torch.Generator().manual_seed(0))[:3000]
+fig = go.Figure(layout=dict(title="4-bit grids for post-softmax probabilities (block 0)", height=380,
+                            xaxis=dict(title="probability (log scale)", type="log"),
+                            yaxis=dict(title="quantized value", type="log")))
+fig.add_scatter(x=p[idx], y=uni[idx].clamp_min(1e-4), mode="markers", name="uniform (0 drawn at 1e-4)",
+                marker=dict(size=4))
+fig.add_scatter(x=p[idx], y=mine[idx].clamp_min(1e-4), mode="markers", name="log√2", marker=dict(size=4))
+fig
+
+# %% [markdown]
+# On this small model both recipes keep most of the accuracy down to W4A4 (digits is an easy task, and a
+# 4-block ViT has little depth to accumulate error); W3A4 is where PTQ starts to fail. The rest of the
+# notebook uses the RepQ-ViT-style recipe for the ViT, as the QwT paper does.
+#
+# ## 2. The per-block error
+#
+# QwT's target is each block's own error **on the same quantized-path input**: feed the block's input
+# $x^Z$ (what the quantized network actually computes there) through the quantized block and through the
+# full-precision block, $e_i = \mathrm{block}^{fp}_i(x^Z) - \mathrm{block}^Z_i(x^Z)$. Beside it, the
+# accumulated error: the quantized network's block output against the FP network's, each on its own stream.
+
+# %%
+def block_streams(model, x):
+    """Inputs and outputs of every block of a timm ViT on images x."""
+    ins, outs = [], []
+
+    def keep(module, args, out):  # a forward hook that returns None leaves the output alone
+        ins.append(args[0])
+        outs.append(out)
+
+    hooks = [b.register_forward_hook(keep) for b in model.blocks]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return ins, outs
+
+
+q_in, q_out = block_streams(q4, calib_x)
+_, fp_out = block_streams(ref, calib_x)
+rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+with torch.no_grad():
+    local = [rel(q_out[i], ref.blocks[i](q_in[i])) for i in range(len(ref.blocks))]
+accumulated = [rel(q_out[i], fp_out[i]) for i in range(len(ref.blocks))]
+fig = go.Figure(layout=dict(title="vit-tiny W4A4 (repq): relative error per block", height=360, barmode="group",
+                            yaxis_title="‖error‖ / ‖FP output‖", xaxis_title="block"))
+fig.add_bar(x=list(range(len(local))), y=local, name="the block's own error (QwT's target)")
+fig.add_bar(x=list(range(len(local))), y=accumulated, name="accumulated (vs the FP network)")
+fig
+
+# %% [markdown]
+# ## 3. QwT from scratch, then `craftlab.compensate`
+#
+# For block $i$, stack the calibration tokens of its input as rows of $X$ (with a column of ones for the
+# bias) and its error as rows of $E$; the least-squares fit $[W; b] = \arg\min \|X [W; b] - E\|^2$ is the
+# closed form $(X^\top X)^{-1} X^\top E$. As in the official code: blocks are fitted one after another on
+# the **compensated** stream (block $i+1$ sees the output of the compensated block $i$), and a block whose
+# fit has $R^2 = 1 - SS_{res}/SS_{tot} \le 0$ gets no compensation.
+
+# %%
+def qwt_fit_block(x, bq, bf):
+    """QwT's closed form for one block, on its quantized-path input tokens x."""
+    yq = bq(x)
+    E = (bf(x) - yq).flatten(0, 1).double()  # the block's error, one row per token
+    X = torch.cat([x.flatten(0, 1), torch.ones(E.shape[0], 1)], 1).double()  # tokens + a ones column
+    Wb = torch.linalg.lstsq(X, E).solution  # least squares: [W; b]
+    r2 = float(1 - (E - X @ Wb).pow(2).sum() / (E - E.mean(0)).pow(2).sum())
+    Wb = Wb if r2 > 0 else torch.zeros_like(Wb)  # the R² gate
+    return Wb, r2, yq + (X @ Wb).float().view_as(yq)  # the compensated output feeds the next block
+
+
+def qwt_from_scratch(q, ref, images):
+    fits = []
+    with torch.no_grad():
+        x = q.norm_pre(q.patch_drop(q._pos_embed(q.patch_embed(images))))  # block 0's input, quantized path
+        for bq, bf in zip(q.blocks, ref.blocks):
+            Wb, r2, x = qwt_fit_block(x, bq, bf)
+            fits.append({"W": Wb[:-1].float(), "b": Wb[-1].float(), "r2": r2})
+    return fits
+
+
+fits = qwt_from_scratch(q4, ref, calib_x)
+exact = craftlab.compensate(q4, ref, data.calib, method="qwt", ridge=1e-12)  # ~plain least squares, as above
+lib_in, _ = block_streams(exact.model, calib_x)  # each block's input on the library's compensated stream
+for i, f in enumerate(fits):
+    with torch.no_grad():
+        Wb, r2, _ = qwt_fit_block(lib_in[i], q4.blocks[i], ref.blocks[i])  # the same fit, on the same input
+        X = torch.cat([lib_in[i].flatten(0, 1), torch.ones(lib_in[i][..., :1].numel(), 1)], 1).double()
+        side = getattr(exact.model.blocks[i], "compensation", None)  # no side path where the R² gate said no
+        lib = side(lib_in[i]).flatten(0, 1).double() if side is not None else torch.zeros(len(X), Wb.shape[1])
+    gap = float((X @ Wb - lib).norm() / (X @ Wb).norm().clamp_min(1e-30))
+    print(f"block {i}: R² {f['r2']:.4f} (sequential, from scratch) | on the library's stream: from scratch "
+          f"{r2:.4f}, library {exact.report[i]['r2']:.4f}; side-path outputs differ by {gap:.1e}")
+    assert abs(r2 - exact.report[i]["r2"]) < 1e-4 and gap < 1e-3
+qwt = craftlab.compensate(q4, ref, data.calib, method="qwt")  # the default: automatic ridge where singular
+qwt.table()[["name", "r2", "mse_before", "mse_after", "params_added", "ridge_used", "note"]]
+
+# %% [markdown]
+# The same fit: the library accumulates $X^\top X$ and $X^\top E$ batch by batch (it never holds all tokens)
+# and solves the normal equations. We compared side-path *outputs*, not matrices: block 0's input tokens are
+# a patch projection (49 pixels → 64 channels) plus a position embedding, so they span fewer than 64
+# directions and many $W$ give the same least-squares fit. `torch.linalg.lstsq` picks one of them; by default
+# `compensate` then adds a small ridge (an automatic one, reported in `ridge_used` and `note`; `ridge=` sets
+# it), which is why the table shows a slightly lower R² for block 0 than the plain fit. The R² per block
+# and what the fit removes:
+
+# %%
+tab = qwt.table()
+fig = make_subplots(rows=1, cols=2, subplot_titles=("R² of each block's fit", "block error on the calibration set"))
+fig.add_bar(x=tab["name"], y=tab["r2"], name="R²", row=1, col=1)
+fig.add_bar(x=tab["name"], y=tab["mse_before"], name="MSE before", row=1, col=2)
+fig.add_bar(x=tab["name"], y=tab["mse_after"], name="MSE after", row=1, col=2)
+fig.update_yaxes(type="log", row=1, col=2)
+fig.update_layout(height=360, barmode="group", title="QwT on vit-tiny W4A4 (repq)")
+fig
+
+# %% [markdown]
+# The linear fit explains only part of each block's error (the paper's log shows R² of 0.1–0.3 on DeiT-T,
+# and accuracy still rises). The cost: one d×d matrix and bias per block, kept in float.
+
+# %%
+acc = lambda m: craftlab.evaluate(m, data.test)["accuracy"]  # noqa: E731
+n_fp = sum(p.numel() for p in ref.parameters())
+print(f"PTQ W4A4 {acc(q4):.1%} -> +QwT {acc(qwt.model):.1%}; parameters added: {qwt.summary['params_added']} "
+      f"({qwt.summary['params_added'] / n_fp:.1%} of the model); fitted in {qwt.summary['fit_seconds']:.1f} s")
+
+# %% [markdown]
+# ## 4. QwT-v2: why a diagonal is enough
+#
+# QwT's matrix maps a block's **input** to its error: it mixes channels. QwT-v2 instead compensates a
+# quantized module's **output**, $y \approx M y^Z + b$ ("post-compensation"); its authors observed that the
+# fitted $M$ is nearly **diagonal**, so a per-channel affine $a_c y^Z_c + b_c$ (CWAC) is enough. Below, for
+# the output of one layer: QwT's block matrix, the full post-compensation matrix $M$ fitted by least squares
+# (from scratch, on the uncompensated model), and CWAC's diagonal from `craftlab.compensate(...,
+# method="qwt-v2")`, with the share of each matrix's energy that lies on its diagonal.
+#
+# CWAC's closed form per channel is $a_c = \mathrm{cov}(y^Z_c, y_c)/\mathrm{var}(y^Z_c)$,
+# $b_c = \overline{y_c} - a_c \overline{y^Z_c}$ (QwT's normal equations restricted to a diagonal; the
+# QwT-v2 text was not available, so this is a *derivation*, see docs/papers.md). CraftLab's default target
+# for it is the FP network's own activation $y$ (the target that worked; see `compensate`'s docstring).
+
+# %%
+def outputs(model, name, x):
+    got = []
+    h = model.get_submodule(name).register_forward_hook(lambda m, a, o: got.append(o))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    return got[0].flatten(0, -2).double() if got[0].ndim == 3 else got[0].transpose(1, -1).flatten(0, -2).double()
+
+
+v2 = craftlab.compensate(q4, ref, data.calib, method="qwt-v2")  # unfolded: the ChannelAffine modules are visible
+first = v2.report[0]["name"]  # the first compensated layer sees no earlier compensation: check its closed form
+yq, y = outputs(q4, first, calib_x), outputs(ref, first, calib_x)
+a = ((yq - yq.mean(0)) * (y - y.mean(0))).mean(0) / yq.var(0, unbiased=False)
+b = y.mean(0) - a * yq.mean(0)
+lib = v2.model.get_submodule(first)
+a_lib, b_lib = lib.gain.detach().double(), lib.offset.detach().double()
+print(f"{first}: max |a_scratch - a_lib| = {float((a - a_lib).abs().max()):.1e}, "
+      f"max |b_scratch - b_lib| = {float((b - b_lib).abs().max()):.1e}")
+assert torch.allclose(a, a_lib, atol=1e-4) and torch.allclose(b, b_lib, atol=1e-4)
+
+
+def post_matrix(block):
+    """Full least-squares post-compensation of blocks.<block>.attn.proj's output: y ≈ yq M + b."""
+    name = f"blocks.{block}.attn.proj"
+    yq, y = outputs(q4, name, calib_x), outputs(ref, name, calib_x)
+    X = torch.cat([yq, torch.ones(len(yq), 1, dtype=yq.dtype)], 1)
+    affine = v2.model.get_submodule(name)  # a ChannelAffine, unless the R² gate left the layer alone
+    gain = affine.gain.detach() if hasattr(affine, "gain") else torch.ones(y.shape[1])
+    return torch.linalg.lstsq(X, y).solution[:-1].float(), gain
+
+
+def diag_share(m):
+    return float(m.diagonal().pow(2).sum() / m.pow(2).sum())
+
+
+def heatmaps(block):
+    M, gain = post_matrix(block)
+    W = fits[block]["W"]
+    panels = [("QwT W (input → error)", W), ("post-compensation M", M), ("CWAC diag(a)", torch.diag(gain))]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[f"{t}<br>diagonal share {diag_share(m):.0%}"
+                                                        for t, m in panels], horizontal_spacing=0.06)
+    for j, (_, m) in enumerate(panels, start=1):
+        lim = float(m.abs().max())
+        fig.add_heatmap(z=m.numpy(), zmin=-lim, zmax=lim, zmid=0, colorscale="RdBu", showscale=j == 3,
+                        row=1, col=j)
+        fig.update_yaxes(autorange="reversed", row=1, col=j)
+    fig.update_layout(height=380, title=f"block {block} (64 channels; QwT's W is block {block}'s side path)")
+    return fig
+
+
+widgets.interactive_figure(heatmaps, block=list(range(len(ref.blocks))))
+
+# %% [markdown]
+# ## 5. The fold: QwT-v2 costs nothing at inference
+#
+# A quantized layer computes $y_c = s_c\,(W_{int} x_q)_c + \mathrm{bias}_c$ with a per-output-channel scale
+# $s_c$, so $a_c y_c + b_c = (a_c s_c)(W_{int} x_q)_c + (a_c\,\mathrm{bias}_c + b_c)$: the gain goes into the
+# scale (the integers are unchanged) and the offset into the bias. `craftlab.fold_compensation` does it
+# (`compensate(..., fold=True)` in one call). Three checks: the outputs are equal, no parameter is added,
+# and every weight row still has at most $2^b$ distinct values (the same integer grid, rescaled).
+
+# %%
+folded = craftlab.fold_compensation(v2.model)
+with torch.no_grad():
+    out_unfolded, out_folded = v2.model(calib_x), folded(calib_x)
+err = float((out_folded - out_unfolded).norm() / out_unfolded.norm())
+n_params = {m: sum(p.numel() for p in x.parameters())
+            for m, x in [("PTQ", q4), ("+CWAC", v2.model), ("folded", folded)]}
+
+
+def max_levels(model):
+    return {n: max(len(torch.unique(row)) for row in m.weight.detach().flatten(1)) for n, m in model.named_modules()
+            if isinstance(m, craftlab.quant.QuantLinear)}
+
+
+lev_q, lev_f = max_levels(q4), max_levels(folded)
+print(f"relative output difference folded vs unfolded: {err:.1e}; parameters: {n_params}")
+print(f"most distinct values in one output channel: before {max(lev_q.values())}, after folding "
+      f"{max(lev_f.values())} (4-bit grid: at most 16)")
+assert err < 1e-5 and n_params["folded"] == n_params["PTQ"] and max(lev_f.values()) <= 16
+print(f"accuracy: PTQ {acc(q4):.1%}, +QwT-v2 unfolded {acc(v2.model):.1%}, folded {acc(folded):.1%}")
+fig = go.Figure(layout=dict(title="distinct weight values per output channel (max over channels)", height=340,
+                            barmode="group", yaxis_title="levels", margin=dict(b=120)))
+fig.add_bar(x=list(lev_q), y=list(lev_q.values()), name="PTQ")
+fig.add_bar(x=list(lev_f), y=list(lev_f.values()), name="PTQ + QwT-v2, folded")
+fig.add_hline(y=16, line_dash="dot", annotation_text="2^4")
+fig
+
+# %% [markdown]
+# ## 6. The accuracy table: two models, two arms, three seeds
+#
+# Every fine-tuning run comes from the cache (`craftlab.experiments.run_arms`): `vit-tiny` and
+# `resnet-tiny`, each fine-tuned on `digits` with AdamW and with AdamW + SAM (ρ = 0.05, the CrAFT recipe),
+# seeds 0–2. Each is quantized (RepQ-ViT-style for the ViT, uniform for the CNN, where QwT's side path is a
+# 1×1 conv with the block's stride), then compensated against its own FP model. The settings are plain
+# `craftlab.compress` labels: `"W4A4 repq + QwT-v2"` is quantize + compensate + fold in one call.
+#
+# *Try this:* `craftlab compress --checkpoint <run> --w-bits 4 --a-bits 4 --recipe repq --compensate qwt-v2`
+# does the same from a shell.
+
+# %%
+ARMS = {"AdamW": {}, "SAM ρ=0.05": {"sam_rho": 0.05}}
+BASE, CRAFT = list(ARMS)
+SEEDS = (0, 1, 2)
+BITS = ("W8A8", "W6A6", "W4A4")
+RECIPE = {"vit-tiny": " repq", "resnet-tiny": ""}
+METHODS = {"PTQ": "", "+QwT": " + QwT", "+QwT-v2": " + QwT-v2"}
+t = time.perf_counter()
+rows = []
+for name in RECIPE:
+    runs = ex.run_arms(ARMS, seeds=SEEDS, model=name, verbose=False)
+    data_m = ex.load_data_for(runs)
+    for _, run in runs.iterrows():
+        model = ex.load_run(run)
+        key = {"model": name, "arm": run["arm"], "seed": run["seed"]}
+        n0 = sum(p.numel() for p in model.parameters())
+        rows.append({**key, "bits": "FP32", "method": "FP", "params_added": 0.0,
+                     "accuracy": craftlab.evaluate(model, data_m.test)["accuracy"]})
+        for bits in BITS:
+            for method, suffix in METHODS.items():
+                m = craftlab.compress(model, setting=bits + RECIPE[name] + suffix, calib=data_m.calib)
+                rows.append({**key, "bits": bits, "method": method,
+                             "params_added": sum(p.numel() for p in m.parameters()) / n0 - 1,
+                             "accuracy": craftlab.evaluate(m, data_m.test)["accuracy"]})
+table = pd.DataFrame(rows)
+print(f"{len(table)} models evaluated in {time.perf_counter() - t:.0f} s")
+summary = table.pivot_table(index=["model", "bits"], columns=["arm", "method"], values="accuracy",
+                            aggfunc="mean", sort=False)
+(100 * summary).round(1)
+
+# %%
+fig = make_subplots(rows=2, cols=2, subplot_titles=[f"{m} · {a}" for m in RECIPE for a in ARMS],
+                    vertical_spacing=0.14)
+colors = {"PTQ": "#636efa", "+QwT": "#ef553b", "+QwT-v2": "#00cc96"}
+for r, name in enumerate(RECIPE, start=1):
+    for c, arm in enumerate(ARMS, start=1):
+        part = table[(table["model"] == name) & (table["arm"] == arm)]
+        fp = part.loc[part["method"] == "FP", "accuracy"].mean()
+        for method in METHODS:
+            g = part[part["method"] == method].groupby("bits", sort=False)["accuracy"]
+            fig.add_bar(x=list(g.groups), y=g.mean(), error_y=dict(array=g.std()), name=method,
+                        marker_color=colors[method], showlegend=(r, c) == (1, 1), row=r, col=c)
+        fig.add_hline(y=fp, line_dash="dot", row=r, col=c)
+fig.update_layout(height=620, barmode="group", title="test accuracy, mean ± std over seeds (dotted: FP32)")
+fig.update_yaxes(tickformat=".0%")
+fig
+
+# %%
+cost = table[table["method"] != "FP"].groupby(["model", "method"], sort=False)["params_added"].mean()
+(100 * cost).round(2).rename("parameters added (%)").to_frame()
+
+# %% [markdown]
+# ## 7. Claim check
+#
+# **Part 1**, per model × arm × method: each compensation against the same quantized model, paired by seed
+# (paired t test), Holm correction across the three bit settings (`stats.compare_arms`,
+# `stats.claim_verdict`). The claim holds for a family when the W4A4 gain is significant and the W6A6 gain
+# is small: the upper end of its 95 % confidence interval below 1 point (with 3 seeds that bound is loose,
+# so "small" may simply not be established).
+#
+# **Part 2**, CrAFT × compensation: the gain of each compensation on the SAM arm minus its gain on the
+# AdamW arm, paired by seed (does compensation add up on top of SAM, or has flatness taken part of it?),
+# and whether SAM + compensation beats AdamW + compensation.
+
+# %% tags=["claim-check"]
+claim_rows, lines = [], []
+for (name, arm, method), part in table[table["method"].isin(["+QwT", "+QwT-v2"])].groupby(
+        ["model", "arm", "method"], sort=False):
+    base = table[(table["model"] == name) & (table["arm"] == arm) & (table["method"] == "PTQ")]
+    cmp = stats.compare_arms(pd.concat([base, part]), "PTQ", method, arm="method", by="bits", pair="seed")
+    r = cmp.set_index("setting")
+    w4_gain = bool(r.loc["W4A4", "significant"] and r.loc["W4A4", "direction"] == "gain")
+    w6_small = bool(r.loc["W6A6", "ci_high"] < 0.01)
+    claim_rows.append({"model": name, "arm": arm, "method": method,
+                       "W4A4 gain (pts)": 100 * r.loc["W4A4", "mean_diff"],
+                       "W4A4 p_adj": r.loc["W4A4", "p_adjusted"],
+                       "W6A6 gain (pts)": 100 * r.loc["W6A6", "mean_diff"],
+                       "W6A6 CI high": 100 * r.loc["W6A6", "ci_high"], "holds": w4_gain and w6_small})
+    verdict = stats.claim_verdict(cmp, claim=f"{method[1:]} raises {name}'s PTQ accuracy ({arm})", scale=100,
+                                  unit=" pts")
+    lines.append(f"{name} · {arm} · {method}: " + verdict.text.splitlines()[2])
+claims = pd.DataFrame(claim_rows)
+print("CLAIM CHECK, part 1: compensation recovers accuracy at W4A4 but adds little at W6A6")
+print(claims.round(3).to_string(index=False))
+print("\n".join(lines))
+held = int(claims["holds"].sum())
+print(f"Verdict: the two-part claim holds in {held} of {len(claims)} model × arm × method families "
+      f"({'supported' if held == len(claims) else 'partly supported' if held else 'not supported'} on this run; "
+      f"{len(SEEDS)} seeds, 359 test images, one image = 0.28 pts).")
+
+print("\nCLAIM CHECK, part 2: does compensation add up on top of SAM (CrAFT)?")
+acc_w = table.pivot_table(index=["model", "arm", "seed", "bits"], columns="method", values="accuracy")
+for name in RECIPE:
+    for method in ("+QwT", "+QwT-v2"):
+        gain = (acc_w[method] - acc_w["PTQ"]).rename("gain").reset_index()
+        gain = gain[(gain["model"] == name) & (gain["bits"] != "FP32")]
+        inter = stats.compare_arms(gain, BASE, CRAFT, value="gain", by="bits", pair="seed")
+        after = acc_w[method].rename("acc").reset_index()
+        after = after[(after["model"] == name) & (after["bits"] != "FP32")]
+        both = stats.compare_arms(after, BASE, CRAFT, value="acc", by="bits", pair="seed").set_index("setting")
+        for _, r in inter.iterrows():
+            rb = both.loc[r["setting"]]
+            print(f"  {name} {method} {r['setting']}: gain {100 * r['baseline_mean']:+.1f} pts on {BASE}, "
+                  f"{100 * r['treatment_mean']:+.1f} on {CRAFT} (difference {100 * r['mean_diff']:+.1f}, "
+                  f"p_adj {r['p_adjusted']:.2g}); {CRAFT}{method} vs {BASE}{method}: "
+                  f"{100 * rb['mean_diff']:+.1f} pts (p_adj {rb['p_adjusted']:.2g})")
+
+# %% [markdown]
+# **Reading it.** On the QwT paper's scale (ImageNet, DeiT/ViT/Swin, RepQ-ViT W4A4 losing 5–20 points)
+# there is a lot of error for a linear fit to remove. Here the ViT is small and the task easy: RepQ-ViT-style
+# W4A4 costs a point or two and compensation has little to recover; the CNN, whose uniform W4A4 loses much
+# more, is where compensation matters. Read the table above for what this run measured: the verdict lines
+# are computed from it, with the power of three seeds in mind.
+#
+# ## Where to go next
+#
+# 1. `craftlab.compensate(q, ref, calib, method="qwt-v2")` on a **pruned** model is CWAC of the pruning
+#    error, folded into the pruned layers (the zeros stay zeros): try `craftlab.compress(model,
+#    setting="magnitude 70% + QwT-v2", calib=data.calib)` on `resnet-tiny`, and compare it with
+#    `"magnitude 70% +BN"` (BatchNorm re-estimation, the other fix of the same error).
+# 2. `benchmarks/bench_qwt.py` runs the full table (5 seeds, W8A8 … W3A4, pruning, costs and latency).
+# 3. `compensate(..., ridge=1e-3, max_tokens=..., holdout=0.2)`: the ridge, token budget and held-out R² gate.
+
+# %%
+print(f"notebook ran in {time.perf_counter() - T0:.0f} s wall, {time.process_time() - C0:.0f} s CPU in this kernel")
