@@ -18,7 +18,7 @@ MAX_LINES = 460
 # layer or lower ones only. Keep in sync with ARCHITECTURE.md.
 LAYERS = [
     (0, ("_errors", "cache", "settings")),
-    (1, ("models", "checkpoint", "data", "evaluation")),
+    (1, ("models", "threads", "checkpoint", "data", "evaluation")),
     (2, ("train.sam", "compression", "probes", "analysis.stats", "transforms")),
     (3, ("train", "compression.pipeline", "compression.sweep", "analysis", "adapt", "supernet")),
     (4, ("viz",)),
@@ -147,3 +147,13 @@ def test_public_names_resolve():
     # names the README and the notebooks use, kept across the move
     assert callable(craftlab.sharpness.top_hessian_eigenvalues) and callable(craftlab.landscape.plane)
     assert callable(craftlab.compress) and callable(craftlab.evaluate) and callable(craftlab.sweep)
+
+
+def test_every_package_is_installed():
+    """pyproject lists the packages explicitly (the app folder is mapped to craftlab_app): a new sub-package
+    must be listed there, or a wheel install silently lacks it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"

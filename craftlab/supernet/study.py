@@ -1,0 +1,128 @@
+"""The supernet study of notebooks/05_supernet and benchmarks/bench_supernet: which supernets, which budgets,
+uniform-PTQ baselines, the ViT-B-sized memory stand-in, and one call that prepares the whole cache.
+
+Example::
+
+    specs = notebook_specs()                     # name -> SupernetSpec ("per-bit/s0", "shared/s1", "op:depth", ...)
+    prepare_notebook()                           # = craftlab supernet train --preset notebook
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from typing import Any
+
+from .. import cache
+from .store import SupernetSpec, get_supernet, load_supernet
+
+OPERATOR_STUDY = {"resolution": {"resolutions": (14, 21, 28)}, "depth": {"depths": (2, 3, 4)},
+                  "mlp_ratio": {"mlp_ratios": (1.0, 1.5, 2.0)}, "heads": {"heads": (2, 3, 4)}}
+"""The structural operators of the vit-tiny operator study: each alone, at W8A8, in its own supernet."""
+OPERATOR_TRAINING = {"n_random": 4, "epochs": 8}
+"""The sandwich rule trains the largest and smallest value at every step and a middle one only when sampled:
+the operator supernets get more random subnets per step and more epochs so that their middle values train too."""
+BUDGETS = ("3%", "3.5%", "4%", "5%", "6%", "8%")
+"""Search budgets of the study, in % of the FP32 model's BitOPs (5% = the paper's 95% reduction)."""
+SEARCH = {"population": 16, "generations": 6}
+PTQ_SETTINGS = ("W8A8", "W6A6", "W4A8", "W4A4")
+
+
+def notebook_specs(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, SupernetSpec]:
+    """Every supernet of the study, by name: per-bit LoRA with the progressive schedule (the main one), shared
+    LoRA, per-bit without progression (``flat``) and full-weight training (``full``) for each seed; and one
+    supernet per structural operator (``op:<name>``, seed 0, bits fixed at W8A8, :data:`OPERATOR_TRAINING`)."""
+    main = SupernetSpec()
+    out: dict[str, SupernetSpec] = {}
+    for s in seeds:
+        out[f"per-bit/s{s}"] = replace(main, seed=s)
+        out[f"shared/s{s}"] = replace(main, lora="shared", seed=s)
+        out[f"flat/s{s}"] = replace(main, progressive=False, seed=s)
+        out[f"full/s{s}"] = replace(main, lora="none", seed=s)
+    for op, kw in OPERATOR_STUDY.items():
+        out[f"op:{op}"] = replace(main, w_bits=(8,), a_bits=(8,), **OPERATOR_TRAINING, **kw)
+    return out
+
+
+def ptq_baselines(model: Any, data: Any, settings: tuple[str, ...] = PTQ_SETTINGS,
+                  split: str = "test") -> list[dict[str, Any]]:
+    """Uniform post-training quantization of `model` (``craftlab.quantize``, default targets, calibrated on
+    ``data.calib``): per setting its accuracy on `split` and BitOPs (``model_stats``); FP32 first."""
+    from ..compression.quant import model_stats, quantize
+    from ..evaluation import evaluate
+    from ..train.finetune import eval_loader
+
+    x = next(iter(eval_loader(data, split)))[0][:1]
+    rows = []
+    for label in ("FP32", *settings):
+        m = model if label == "FP32" else quantize(model, w_bits=int(label[1]), a_bits=int(label[3]),
+                                                   calib=data.calib)
+        rows.append({"label": label, "accuracy": evaluate(m, eval_loader(data, split))["accuracy"],
+                     "bitops": model_stats(m, x)["bitops"]})
+    return rows
+
+
+def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_size: int = 224,
+                   modes: tuple[str, ...] = ("per-bit", "shared", "none"), seed: int = 0,
+                   use_cache: bool = True) -> dict[str, dict[str, Any]]:
+    """Training memory of one sandwich step (largest + smallest subnet) of a ViT-B-sized stand-in (timm `model`,
+    random init, 10 classes, `batch` random images) for each LoRA mode; cached in ``$CRAFTLAB_HOME/supernet-memory``.
+    About a minute on 2 CPU cores for the three modes."""
+    import timm
+    import torch
+
+    from ..models import SeededRNG
+    from .build import build_supernet
+    from .train import step_memory
+
+    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed,
+            "torch": torch.__version__}
+    path = cache.subdir("supernet-memory") / (hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16] + ".json")
+    if use_cache and path.exists():
+        return json.loads(path.read_text())["memory"]
+    with SeededRNG(seed):
+        vit = timm.create_model(model, pretrained=False, num_classes=10, img_size=image_size)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, image_size, image_size, generator=gen)
+    y = torch.arange(batch) % 10
+    out = {}
+    for mode in modes:
+        sn = build_supernet(vit, None, step_init=None, lora=None if mode == "none" else mode,
+                            input_size=(3, image_size, image_size), seed=seed)
+        out[mode] = step_memory(sn, x, y, seed=seed).to_dict()
+        del sn
+    if use_cache:
+        path.write_text(json.dumps({"args": args, "memory": out}, indent=2))
+    return out
+
+
+def main_search(seed: int, data: Any, supernet: Any = None, budgets: tuple[str, ...] = BUDGETS,
+                cache: bool = True) -> Any:
+    """The study's search on the main supernet of `seed` (loaded from the cache unless given; evaluations cached):
+    ``(supernet, SearchReport)``."""
+    from .search import search_budgets
+
+    sn = supernet or load_supernet(get_supernet(notebook_specs((seed,))[f"per-bit/s{seed}"]))
+    return sn, search_budgets(sn, data, list(budgets), seed=seed, cache=cache, **SEARCH)
+
+
+def prepare_notebook(seeds: tuple[int, ...] = (0, 1, 2), progress: bool = True) -> None:
+    """Train every supernet of :func:`notebook_specs`, run the main searches and measure the ViT-B stand-in, so
+    that notebooks/05_supernet and the benchmark find everything cached (``craftlab supernet train --preset
+    notebook``; 10-15 minutes on 2 CPU cores from an empty cache, 20-30 on busy ones)."""
+    from ..data import load_data
+
+    specs = notebook_specs(seeds)
+    for i, (name, spec) in enumerate(specs.items()):
+        if progress:
+            print(f"[{i + 1}/{len(specs)}] supernet {name}", flush=True)
+        get_supernet(spec, progress=False)
+    data = load_data("digits")
+    for s in seeds:
+        if progress:
+            print(f"search: main supernet, seed {s}", flush=True)
+        main_search(s, data)
+    if progress:
+        print("memory: ViT-B-sized stand-in", flush=True)
+    standin_memory()
