@@ -27,21 +27,36 @@ BUDGETS = ("3%", "3.5%", "4%", "5%", "6%", "8%")
 """Search budgets of the study, in % of the FP32 model's BitOPs (5% = the paper's 95% reduction)."""
 SEARCH = {"population": 16, "generations": 6}
 PTQ_SETTINGS = ("W8A8", "W6A6", "W4A8", "W4A4")
+QUICK = {"seeds": (0,), "variant_epochs": 2, "operator_training": {"n_random": 2, "epochs": 2},
+         "budgets": ("3%", "4%", "5%", "6%"), "search": {"population": 12, "generations": 4},
+         "standin": {"model": "vit_small_patch16_224", "image_size": 64}}
+"""The quick version of the study (notebooks/05_supernet by default, ~3 minutes from an empty cache on 2 cores):
+one seed; the main supernet as in the full study; the LoRA-mode / progressive / full-weight comparison
+(``short:<variant>/s<seed>``) and the operator supernets trained for fewer epochs; a smaller search; a ViT-S-sized
+memory stand-in at 64 px. The full study (3 seeds) is :func:`notebook_specs` / the benchmark."""
 
 
-def notebook_specs(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, SupernetSpec]:
+def notebook_specs(seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> dict[str, SupernetSpec]:
     """Every supernet of the study, by name: per-bit LoRA with the progressive schedule (the main one), shared
     LoRA, per-bit without progression (``flat``) and full-weight training (``full``) for each seed; and one
-    supernet per structural operator (``op:<name>``, seed 0, bits fixed at W8A8, :data:`OPERATOR_TRAINING`)."""
+    supernet per structural operator (``op:<name>``, seed 0, bits fixed at W8A8, :data:`OPERATOR_TRAINING`).
+
+    ``quick=True`` (:data:`QUICK`): the main supernets ``per-bit/s<seed>`` unchanged; the four variants as
+    ``short:<variant>/s<seed>``, trained ``QUICK["variant_epochs"]`` epochs; the operator supernets with
+    ``QUICK["operator_training"]``."""
     main = SupernetSpec()
     out: dict[str, SupernetSpec] = {}
+    prefix, short = ("short:", {"epochs": QUICK["variant_epochs"]}) if quick else ("", {})
     for s in seeds:
         out[f"per-bit/s{s}"] = replace(main, seed=s)
-        out[f"shared/s{s}"] = replace(main, lora="shared", seed=s)
-        out[f"flat/s{s}"] = replace(main, progressive=False, seed=s)
-        out[f"full/s{s}"] = replace(main, lora="none", seed=s)
+        if quick:
+            out[f"short:per-bit/s{s}"] = replace(main, seed=s, **short)
+        out[f"{prefix}shared/s{s}"] = replace(main, lora="shared", seed=s, **short)
+        out[f"{prefix}flat/s{s}"] = replace(main, progressive=False, seed=s, **short)
+        out[f"{prefix}full/s{s}"] = replace(main, lora="none", seed=s, **short)
+    training = QUICK["operator_training"] if quick else OPERATOR_TRAINING
     for op, kw in OPERATOR_STUDY.items():
-        out[f"op:{op}"] = replace(main, w_bits=(8,), a_bits=(8,), **OPERATOR_TRAINING, **kw)
+        out[f"op:{op}"] = replace(main, w_bits=(8,), a_bits=(8,), **training, **kw)
     return out
 
 
@@ -97,32 +112,40 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
     return out
 
 
-def main_search(seed: int, data: Any, supernet: Any = None, budgets: tuple[str, ...] = BUDGETS,
-                cache: bool = True) -> Any:
+def main_search(seed: int, data: Any, supernet: Any = None, budgets: tuple[str, ...] | None = None,
+                cache: bool = True, quick: bool = False) -> Any:
     """The study's search on the main supernet of `seed` (loaded from the cache unless given; evaluations cached):
-    ``(supernet, SearchReport)``."""
+    ``(supernet, SearchReport)``. ``quick=True``: the budgets and search settings of :data:`QUICK`."""
     from .search import search_budgets
 
     sn = supernet or load_supernet(get_supernet(notebook_specs((seed,))[f"per-bit/s{seed}"]))
-    return sn, search_budgets(sn, data, list(budgets), seed=seed, cache=cache, **SEARCH)
+    budgets = budgets or (QUICK["budgets"] if quick else BUDGETS)
+    return sn, search_budgets(sn, data, list(budgets), seed=seed, cache=cache,
+                              **(QUICK["search"] if quick else SEARCH))
 
 
 def prepare_notebook(seeds: tuple[int, ...] = (0, 1, 2), progress: bool = True) -> None:
-    """Train every supernet of :func:`notebook_specs`, run the main searches and measure the ViT-B stand-in, so
-    that notebooks/05_supernet and the benchmark find everything cached (``craftlab supernet train --preset
-    notebook``; 10-15 minutes on 2 CPU cores from an empty cache, 20-30 on busy ones)."""
+    """Train every supernet of :func:`notebook_specs` (the full study and the quick version), run the main
+    searches and measure the memory stand-ins, so that notebooks/05_supernet (``FULL`` or not) and the benchmark
+    find everything cached (``craftlab supernet train --preset notebook``; 10-15 minutes on 2 CPU cores from an
+    empty cache, 20-30 on busy ones)."""
     from ..data import load_data
 
-    specs = notebook_specs(seeds)
-    for i, (name, spec) in enumerate(specs.items()):
+    full = notebook_specs(seeds)
+    quick = {k: v for k, v in notebook_specs(QUICK["seeds"], quick=True).items() if v not in full.values()}
+    items = list(full.items()) + [(f"{name} (quick)", spec) for name, spec in quick.items()]
+    for i, (name, spec) in enumerate(items):
         if progress:
-            print(f"[{i + 1}/{len(specs)}] supernet {name}", flush=True)
+            print(f"[{i + 1}/{len(items)}] supernet {name}", flush=True)
         get_supernet(spec, progress=False)
     data = load_data("digits")
     for s in seeds:
         if progress:
             print(f"search: main supernet, seed {s}", flush=True)
         main_search(s, data)
+    for s in QUICK["seeds"]:
+        main_search(s, data, quick=True)
     if progress:
-        print("memory: ViT-B-sized stand-in", flush=True)
+        print("memory: ViT-B-sized and ViT-S-sized stand-ins", flush=True)
     standin_memory()
+    standin_memory(**QUICK["standin"])
