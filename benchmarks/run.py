@@ -30,6 +30,7 @@ BENCHES = {
     "hessian": ("bench_hessian", "Top-2 Hessian eigenvalues: craftlab vs PyHessian"),
     "landscape": ("bench_landscape", "21x21 loss plane: craftlab vs loss-landscapes vs the forward-pass floor"),
     "qwt": ("bench_qwt", "QwT / QwT-v2 compensation on the embedded default"),
+    "snt": ("bench_snt", "SNT: compression-friendly pretraining with stand-in transforms"),
     "supernet": ("bench_supernet", "Mixed-precision supernet with LoRA: Pareto front, memory, search"),
     "adapt": ("bench_adapt", "Frozen-backbone adaptation: LAST, MIET vs linear probe / LoRA / full"),
     "app": ("bench_app", "The app: slider -> answer latency, landscapes, start-up"),

@@ -41,13 +41,14 @@ _NAMES: dict[str, str] = {
     "SAM": ".train.sam", "frozen_bn": ".train.sam",
     "settings_grid": ".compression.sweep", "sweep": ".compression.sweep",
     "FinetuneResult": ".train.finetune", "finetune": ".train.finetune",
+    "PretrainSpec": ".train.pretrain_runs", "get_pretrain": ".train.pretrain", "get_transfer": ".train.pretrain",
     "adapt_model": ".adapt.recipes", "adapt_search": ".adapt.recipes", "AdaptResult": ".adapt.recipes",
 }
 # public module aliases kept from the flat layout: craftlab.sharpness, craftlab.landscape, ...
 _MODULES: dict[str, str] = {
     "sharpness": ".probes.sharpness", "landscape": ".probes.landscape", "hessian": ".probes.hessian",
     "quant": ".compression.quant", "plots": ".viz.plots", "widgets": ".viz.widgets",
-    "figures": ".viz.experiment_figures",
+    "figures": ".viz.experiment_figures", "transforms": ".transforms",
     "experiments": ".analysis.experiments", "stats": ".analysis.stats", "settings": ".settings",
 }
 

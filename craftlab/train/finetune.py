@@ -31,6 +31,7 @@ from .sam import SAM, frozen_bn
 OPTIMIZERS = {
     # name: (class, default lr, default kwargs)
     "adamw": (torch.optim.AdamW, 1e-3, {"weight_decay": 0.05}),
+    "adam": (torch.optim.Adam, 1e-3, {"weight_decay": 0.0}),
     "sgd": (torch.optim.SGD, 0.05, {"momentum": 0.9, "weight_decay": 5e-4}),
 }
 SCHEDULES = ("cosine", "constant")
@@ -166,7 +167,8 @@ def finetune(
     give what each gives alone.
 
     Args:
-        optimizer: ``"adamw"`` (default lr 1e-3, wd 0.05) or ``"sgd"`` (lr 0.05, momentum 0.9, wd 5e-4).
+        optimizer: ``"adamw"`` (default lr 1e-3, wd 0.05), ``"adam"`` (lr 1e-3, no weight decay) or ``"sgd"``
+            (lr 0.05, momentum 0.9, wd 5e-4).
         lr: peak learning rate (> 0); ``None``: the optimizer's default.
         epochs: a positive integer. warmup_epochs: linear warm-up length, in [0, epochs].
         schedule: ``"cosine"`` (per step, to 0, after optional linear warm-up) or ``"constant"``.

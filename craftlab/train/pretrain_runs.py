@@ -1,0 +1,159 @@
+"""What a pretraining run is (:class:`PretrainSpec`), where it is cached, and what is in the cache.
+
+A pretraining run is keyed by every input that changes its result: model, data, optimizer, lr, epochs,
+warm-up, SAM radius, transform (with its parameters) and seed. Defaults left at ``None`` are resolved to the
+zoo's recipe first (:meth:`PretrainSpec.resolved`), so a spec and its resolved form share one folder,
+``$CRAFTLAB_HOME/pretrain/<key>``. Fine-tuning runs made from a pretrained checkpoint
+(:func:`craftlab.train.pretrain.get_transfer`) live below it, in ``finetune/<data>-<arm>-...``.
+
+Training and the cached getters are in :mod:`craftlab.train.pretrain` (which imports this module).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .. import cache
+from .._errors import unknown_name
+from ..checkpoint import read_meta
+from ..models import ZOO
+from ..transforms import get_transform
+from .finetune import OPTIMIZERS
+
+OPTIMIZER_LABELS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+DEFAULT_EPOCHS = 10
+NAMES_HINT = ("only zoo models are pretrained by name; for another architecture pass a model object "
+              "(craftlab.build_model(name, num_classes=...)) and out=")
+
+
+def _num(x: float) -> str:
+    """Shortest text that reads back as exactly `x` (as in :mod:`craftlab.train.runs`)."""
+    short = f"{x:g}"
+    return short if float(short) == float(x) else repr(float(x))
+
+
+def _slug(text: str) -> str:
+    """`text` made safe for a folder name, with a short hash when characters had to be replaced."""
+    safe = re.sub(r"[^A-Za-z0-9._+=-]", "_", text)
+    return text if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def recipe(model: str, optimizer: str) -> dict[str, Any]:
+    """The default lr, epochs and warm-up of a pretraining run: the zoo's recipe for zoo models (its lr for Adam and
+    AdamW alike), else the optimizer's default lr and 10 epochs."""
+    zoo = ZOO[model].pretrain if model in ZOO else {}
+    lr = zoo["lr"] if "lr" in zoo and optimizer in ("adam", "adamw") else OPTIMIZERS[optimizer][1]
+    warmup = float(zoo.get("warmup_epochs", 0.0))
+    return {"lr": lr, "epochs": zoo.get("epochs", DEFAULT_EPOCHS), "warmup_epochs": warmup}
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """A pretraining run on the source task: the knobs of the SNT comparison (optimizer, SAM, transform).
+
+    ``None`` for lr / epochs / warmup_epochs means the recipe (:func:`recipe`). ``transform`` is a registered
+    name or spec text (``"expand"``, ``"expand:rate=4"``), or None.
+
+    Example::
+
+        spec = PretrainSpec("resnet-tiny", optimizer="adam", transform="repvgg", seed=1)
+        spec.key     # 'resnet-tiny-mnist5k-adam+repvgg-lr0.002-e6-s1'
+    """
+
+    model: str = "vit-tiny"
+    data: str = "mnist5k"
+    optimizer: str = "adam"
+    lr: float | None = None
+    epochs: int | None = None
+    warmup_epochs: float | None = None
+    sam_rho: float = 0.0
+    transform: str | None = None
+    seed: int = 0
+
+    def resolved(self) -> PretrainSpec:
+        """The same run with every default filled in and the transform in canonical form (validates the spec)."""
+        if self.model not in ZOO:
+            raise unknown_name("zoo model", self.model, sorted(ZOO), hint=NAMES_HINT)
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
+        ok = isinstance(self.sam_rho, numbers.Real) and math.isfinite(self.sam_rho) and self.sam_rho >= 0
+        if not ok:
+            raise ValueError(f"sam_rho must be a finite number >= 0, got {self.sam_rho!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        r = recipe(self.model, self.optimizer)
+        return replace(self, lr=float(r["lr"] if self.lr is None else self.lr),
+                       epochs=int(r["epochs"] if self.epochs is None else self.epochs),
+                       warmup_epochs=float(r["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs),
+                       sam_rho=float(self.sam_rho), seed=int(self.seed),
+                       transform=None if self.transform is None else get_transform(self.transform).spec)
+
+    @property
+    def arm(self) -> str:
+        """Short machine label: ``adam``, ``adam+sam0.05``, ``adam+expand``, ``adam+expand+sam0.05``."""
+        t = "" if self.transform is None else f"+{get_transform(self.transform).spec}"
+        return f"{self.optimizer}{t}" + (f"+sam{_num(self.sam_rho)}" if self.sam_rho else "")
+
+    @property
+    def label(self) -> str:
+        """Human label: ``Adam``, ``Adam+SAM ρ=0.05``, ``Adam+expand``, ``Adam+expand+SAM ρ=0.05``."""
+        t = "" if self.transform is None else f"+{get_transform(self.transform).spec}"
+        sam = f"+SAM ρ={_num(self.sam_rho)}" if self.sam_rho else ""
+        return f"{OPTIMIZER_LABELS.get(self.optimizer, self.optimizer)}{t}{sam}"
+
+    @property
+    def key(self) -> str:
+        """Folder name in the cache: different for any two specs that train differently."""
+        r = self.resolved()
+        warm = f"-w{_num(r.warmup_epochs)}" if r.warmup_epochs else ""
+        return f"{_slug(r.model)}-{_slug(r.data)}-{_slug(r.arm)}-lr{_num(r.lr)}-e{r.epochs}{warm}-s{r.seed}"
+
+
+def pretrain_dir(spec: PretrainSpec) -> Path:
+    """The cache folder of `spec` (it may not exist yet)."""
+    return cache.home() / "pretrain" / spec.key
+
+
+def transfer_dir(spec: PretrainSpec, data: str, optimizer: str, lr: float | None, epochs: int, sam_rho: float,
+                 seed: int) -> Path:
+    """The cache folder of a fine-tuning run that starts from `spec`'s checkpoint."""
+    arm = optimizer + (f"+sam{_num(sam_rho)}" if sam_rho else "") + ("" if lr is None else f"-lr{_num(lr)}")
+    return pretrain_dir(spec) / "finetune" / f"{_slug(data)}-{arm}-e{epochs}-s{seed}"
+
+
+def is_cached(path: Path, field: str, record: dict[str, Any]) -> bool:
+    """True when `path` holds a checkpoint whose sidecar's `field` equals `record`."""
+    try:
+        return read_meta(path).get(field) == record
+    except ValueError:
+        return False
+
+
+def list_pretrains() -> list[dict[str, Any]]:
+    """Every cached pretraining run: ``{"path", "key", "spec", "label", "test_accuracy", "time_per_step_s"}``."""
+    root = cache.home() / "pretrain"
+    out = []
+    for p in sorted(root.glob("*/craftlab.json")) if root.exists() else []:
+        try:
+            meta = read_meta(p.parent)
+        except ValueError:
+            continue
+        metrics = meta.get("metrics", {})
+        out.append({"path": str(p.parent), "key": p.parent.name, "spec": meta.get("pretrain"),
+                    "label": meta.get("label"), "test_accuracy": metrics.get("test_accuracy"),
+                    "time_per_step_s": metrics.get("time_per_step_s")})
+    return out
+
+
+def spec_record(spec: PretrainSpec) -> dict[str, Any]:
+    """What a pretraining checkpoint's sidecar records under ``"pretrain"``: the resolved spec and every parameter
+    of its transform (defaults included, so that a changed default does not pass for a cached run)."""
+    r = spec.resolved()
+    params = None if r.transform is None else get_transform(r.transform).params
+    return {**asdict(r), "transform_params": params}
