@@ -26,7 +26,9 @@ here looks at it from one side.
   consecutive weights (2:4 keeps 2 of 4, 50 % sparse: what sparse tensor cores run; 1:4 is 75 % sparse).
   Quantization is post-training, uniform, symmetric for weights (per output channel or per tensor) and
   asymmetric per tensor for activations calibrated on the same 128 images; "float" leaves that side in
-  full precision.
+  full precision. BatchNorm statistics are *not* re-estimated after pruning here, which is why resnet-tiny
+  collapses under layer-uniform sparsity; `craftlab compress --recalibrate-bn` (or `craftlab.compress(...,
+  recalibrate_bn=True)`) re-estimates them on the calibration images (see notebook 03).
 * **Accuracy vs sparsity / bits** — the same two arms over the whole range of the pruning method or
   bit-width (no other compression applied), computed once per model in the background and cached. The
   dashed line and the stars mark your current setting. The gap between the curves is the benefit of
