@@ -41,6 +41,14 @@ def for_each_layer_input(model: nn.Module, layers: dict[str, nn.Module], calib: 
         return on_forward
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    return run_calibration(model, calib, handles, limit, purpose)
+
+
+@torch.no_grad()
+def run_calibration(model: nn.Module, calib: Iterable[Any], handles: list[Any], limit: int | None = None,
+                    purpose: str = "calibration") -> int:
+    """Forward the calibration images through `model` in eval mode (its mode restored), then remove the hook
+    `handles`. Returns the number of images; raises ValueError naming `purpose` when there are none."""
     was_training = model.training
     model.eval()
     seen = 0

@@ -82,7 +82,7 @@ from torch import nn
 
 from .._errors import unknown_name
 from ..settings import GRANULARITIES, parse_bits
-from ._calib import iter_inputs
+from ._calib import run_calibration
 from ._quantizers import (
     ACT_METHODS,
     SOFTMAX_QUANTIZERS,
@@ -380,22 +380,12 @@ def _calibrate(model, in_bits, attns, pairs, calib, method, calib_samples):
     quantizers = [aq for attn in attns for aq in attn.act_quantizers().values()]
     for aq in quantizers:
         aq.observer = Observer()
-    was_training = model.training
-    model.eval()
-    seen = 0
     try:
-        device = next(model.parameters()).device
-        for x in iter_inputs(calib, limit=calib_samples):
-            model(x.to(device))
-            seen += len(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    if seen == 0:
+        seen = run_calibration(model, calib, hooks, calib_samples, purpose="quantize_vit")
+    except ValueError:
         for aq in quantizers:
             aq.observer = None
-        raise ValueError("the calibration set is empty: quantize_vit needs calibration images (calib=...)")
+        raise
     for aq in quantizers:
         aq.calibrate(method)
     grids = {}
