@@ -151,14 +151,20 @@ class ArmLoader:
         out = [(f"{z} (AdamW vs CrAFT)", z) for z in zoo_names()]
         for r in list_runs():
             acc = r.get("test_accuracy")
-            out.append((f"{r['key']}" + (f" ({acc:.1%})" if isinstance(acc, float) else ""), r["key"]))
+            try:
+                name = self.describe(r["key"])
+            except (ValueError, OSError):
+                name = r["key"]
+            out.append((name + (f" ({acc:.1%})" if isinstance(acc, float) else ""), r["key"]))
         return out
 
-    def resolve(self, model: str) -> list[Arm]:
+    def resolve(self, model: str, seed: int | None = None) -> list[Arm]:
         """The arms of `model` (plain first), without building anything. Raises ValueError for an unknown name.
 
-        * a zoo or timm name: ``RunSpec(model, data, epochs, seed)`` and its twin with ``sam_rho``;
-        * the key of a cached run (see :func:`craftlab.list_runs`): that checkpoint, and its twin.
+        * a zoo or timm name: ``RunSpec(model, data, epochs, seed)`` and its twin with ``sam_rho`` (`seed`:
+          the loader's seed by default);
+        * the key of a cached run (see :func:`craftlab.list_runs`): that checkpoint, and its twin (only its
+          own seed: another `seed` gives no arms).
         """
         from craftlab.models import is_known_model, zoo_names
 
@@ -166,18 +172,37 @@ class ArmLoader:
             raise ValueError(f"model must be a zoo name, a cached run or a timm name, got {model!r}")
         name = model.strip()
         if name in run_keys():
-            path = cache.home() / "runs" / name
-            meta = read_meta(path)  # CheckpointError names a damaged sidecar
-            spec = _spec_from_meta(meta)
-            if spec is None:  # a checkpoint without run metadata: one arm
-                rho = float(meta.get("sam_rho") or 0.0)
-                return [Arm("craft" if rho > 0 else "plain", str(meta.get("arm") or name), name, None, str(path))]
-            arms = [Arm.of(spec, str(path)), Arm.of(spec.twin(self.sam_rho))]
-            return sorted(arms, key=lambda a: a.role != "plain")
+            arms = self._resolve_run(name)
+            own = arms[0].spec.seed if arms[0].spec is not None else None
+            return arms if seed is None or seed == own else []
         if name in zoo_names() or is_known_model(name):
-            base = RunSpec(model=name, data=self.data, epochs=self.epochs, seed=self.seed)
+            base = RunSpec(model=name, data=self.data, epochs=self.epochs, seed=self.seed if seed is None else seed)
             return [Arm.of(base), Arm.of(base.twin(self.sam_rho))]
         raise unknown_model(name)
+
+    def describe(self, model: str) -> str:
+        """A readable name of `model`: a zoo / timm name as is, a cached run as ``vit-tiny · digits · AdamW
+        · 3 epochs · seed 0`` (its arm label, not its key)."""
+        name = str(model).strip()
+        if name not in run_keys():
+            return name
+        spec = next((a.spec for a in self._resolve_run(name) if a.path is not None), None)
+        if spec is None:
+            return name
+        lr = "" if spec.lr is None else f" · lr {spec.lr:g}"
+        return (f"{spec.model} · {spec.data} · {arm_label(spec)}{lr} · {spec.epochs} epoch"
+                f"{'s' if spec.epochs != 1 else ''} · seed {spec.seed}")
+
+    def _resolve_run(self, name: str) -> list[Arm]:
+        """A cached run's arms: its checkpoint and its twin (one arm when the sidecar names no run)."""
+        path = cache.home() / "runs" / name
+        meta = read_meta(path)  # CheckpointError names a damaged sidecar
+        spec = _spec_from_meta(meta)
+        if spec is None:
+            rho = float(meta.get("sam_rho") or 0.0)
+            return [Arm("craft" if rho > 0 else "plain", str(meta.get("arm") or name), name, None, str(path))]
+        arms = [Arm.of(spec, str(path)), Arm.of(spec.twin(self.sam_rho))]
+        return sorted(arms, key=lambda a: a.role != "plain")
 
     def fingerprint(self, path: Path) -> str:
         """SHA-1 of the weights and the architecture (memoized per file size and mtime)."""

@@ -6,7 +6,13 @@
   the value itself (later callers wait for it instead).
 * :class:`Scheduler` — the *foreground* lane fans a request's work out on a thread pool; the *background*
   lane runs queued jobs one at a time, by priority, on a low-priority worker thread that pauses while
-  any foreground request is running.
+  any foreground request is running. A job queued again with a better priority moves up; a job whose
+  ``wanted()`` says no when its turn comes (the view that asked for it was replaced) is dropped.
+* :class:`Deferred` — an object built on a background thread (the app's Explorer: importing torch and timm
+  takes seconds that serving the page does not need).
+* :class:`Cancelled` and :func:`memo_call` — a computation given up because a newer request replaced the
+  one that asked for it, and a :class:`Memo` lookup that retries when another caller's computation it
+  was waiting for was given up.
 
 Nothing here knows about models or compression: :mod:`craftlab_app.service` builds on it.
 """
@@ -23,7 +29,26 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["Flight", "Memo", "Scheduler", "lower_priority"]
+__all__ = ["HVP_LOCK", "Cancelled", "Deferred", "Flight", "Memo", "Scheduler", "lower_priority", "memo_call"]
+
+
+HVP_LOCK = threading.RLock()
+"""Held by every computation of Hessian-vector products (sharpness, the 2nd-order terms of a compression path).
+
+They need torch's "math" attention kernel (the fused CPU kernels have no double backward), which the probes
+select with ``sdpa_kernel`` — whose flags are process-wide: a thread leaving its ``with`` block switches the
+fused kernel back on for every thread. One HVP computation at a time means none runs while another thread
+restores the flags (forward passes elsewhere keep the faster fused kernel, or the math one for a moment)."""
+
+
+class Cancelled(Exception):
+    """A computation given up because a newer request (of the same session) replaced the one that asked."""
+
+
+def raise_if(cancelled: Callable[[], bool] | None) -> None:
+    """Raise :class:`Cancelled` when `cancelled` says so (None: never)."""
+    if cancelled is not None and cancelled():
+        raise Cancelled("replaced by a newer request")
 
 
 class Flight:
@@ -122,6 +147,18 @@ class Memo:
             flight.done.set()
 
 
+def memo_call(memo: Memo, key: Hashable, fn: Callable[[], Any], cancelled: Callable[[], bool] | None = None,
+              **kw: Any) -> Any:
+    """``memo.get_or_compute(key, fn)``, computed again when the computation this caller waited for was
+    given up by *another* caller (:class:`Cancelled`); re-raised when this caller is cancelled itself."""
+    while True:
+        try:
+            return memo.get_or_compute(key, fn, **kw)
+        except Cancelled:
+            if cancelled is None or cancelled():
+                raise
+
+
 def lower_priority(niceness: int = 10) -> None:
     """Make the calling thread yield the CPU to request threads (Linux: per-thread nice); no-op elsewhere."""
     try:
@@ -150,7 +187,7 @@ class Scheduler:
         self._idle = threading.Event()
         self._idle.set()
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
-        self._queued: set[Hashable] = set()
+        self._queued: dict[Hashable, float] = {}  # key -> priority of its live entry
         self._seq = itertools.count()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -180,13 +217,17 @@ class Scheduler:
                 if self._busy == 0:
                     self._idle.set()
 
-    def enqueue(self, priority: int, key: Hashable, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` for the background (lower `priority` first); a `key` already queued is skipped."""
+    def enqueue(self, priority: float, key: Hashable, fn: Callable[..., Any], *args: Any,
+                wanted: Callable[[], bool] | None = None) -> None:
+        """Queue ``fn(*args)`` for the background (lower `priority` first). A `key` already queued keeps its
+        place unless this priority is better (then it moves up). ``wanted()`` is asked when the job's turn
+        comes: False drops it (e.g. the view that asked for it was replaced; asking again queues it again)."""
         with self._lock:
-            if key in self._queued:
+            best = self._queued.get(key)
+            if best is not None and best <= priority:
                 return
-            self._queued.add(key)
-        self._jobs.put((priority, next(self._seq), key, fn, args))
+            self._queued[key] = priority
+        self._jobs.put((priority, next(self._seq), key, fn, args, wanted))
         self._ensure_worker()
 
     def pending(self) -> int:
@@ -205,25 +246,90 @@ class Scheduler:
         lower_priority()
         while not self._stop.is_set():
             try:
-                _, _, key, fn, args = self._jobs.get(timeout=1.0)
+                priority, _, key, fn, args, wanted = self._jobs.get(timeout=1.0)
             except queue.Empty:
                 self._on_idle()
                 continue
+            with self._lock:
+                if self._queued.get(key) != priority:  # moved up: that entry ran (or runs) instead
+                    continue
             try:
                 while not self._idle.wait(0.5):  # foreground requests first
                     if self._stop.is_set():
                         return
-                fn(*args)
+                if wanted is None or wanted():
+                    fn(*args)
+            except Cancelled:
+                pass
             except Exception as err:  # a background failure must not kill the worker
                 self._on_error(err)
             finally:
                 with self._lock:
-                    self._queued.discard(key)
+                    if self._queued.get(key) == priority:
+                        del self._queued[key]
         self._on_idle()
 
     def close(self) -> None:
         """Stop the worker (it runs ``on_idle`` once more) and the pool."""
         self._stop.set()
         if self._worker is not None:
-            self._worker.join(timeout=5)
+            self._worker.join(timeout=30)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Deferred:
+    """An object built by `factory` on a background thread, so that what does not need it (serving the page)
+    does not wait for it; attribute access waits for it (and raises what the factory raised). With
+    ``start=False`` the build starts at :meth:`start` or at the first use, whichever comes first.
+
+    Example::
+
+        >>> d = Deferred(lambda: "built")
+        >>> d.upper()
+        'BUILT'
+    """
+
+    def __init__(self, factory: Callable[[], Any], name: str = "craftlab-deferred", start: bool = True) -> None:
+        self._factory, self._name = factory, name
+        self._done = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start building (once)."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+
+        def build() -> None:
+            try:
+                self._value = self._factory()
+            except BaseException as err:  # reported to every caller
+                self._error = err
+            finally:
+                self._done.set()
+
+        threading.Thread(target=build, name=self._name, daemon=True).start()
+
+    @property
+    def ready(self) -> bool:
+        """True once built (or failed)."""
+        return self._done.is_set()
+
+    def get(self) -> Any:
+        """The object, once built (starting the build if nobody did)."""
+        self.start()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from craftlab.probes.landscape import LineResult, PathResult, PlaneResult
-from craftlab.settings import Setting
+from craftlab.settings import Setting, bits_label
 from craftlab.viz.plots import (
     PALETTE,
     TEMPLATE,
@@ -23,6 +23,8 @@ from craftlab.viz.plots import (
     line_figure,
     plane_figure,
 )
+
+from .sweeps import BITS_X, bits_x
 
 __all__ = ["ROLE_COLORS", "bits_curve_figure", "empty_figure", "path_figure", "plane_figures",
            "sparsity_curve_figure", "training_figure"]
@@ -67,68 +69,95 @@ def _recolor(fig: go.Figure, roles: Mapping[str, str]) -> None:
             tr.line.color = c
 
 
-def _current_marks(fig: go.Figure, compress_result: Mapping[str, Any] | None, x: float | None) -> None:
-    if not compress_result or x is None:
-        return
-    label = compress_result.get("setting_label", "current")
-    for arm in compress_result.get("arms", {}).values():
-        fig.add_trace(go.Scatter(
-            x=[x], y=[100 * arm["compressed_accuracy"]], mode="markers", name=f"now: {arm['label']}",
-            legendgroup=f"now-{arm['role']}", showlegend=False,
-            marker={"symbol": "star", "size": 16, "color": ROLE_COLORS.get(arm["role"], PALETTE[2]),
-                    "line": {"width": 1, "color": "black"}},
-            hovertemplate=f"current setting: {label}<br>{arm['label']}: %{{y:.1f}}%<extra></extra>"))
+def _star(fig: go.Figure, x: float, y: float, role: str, label: str, what: str) -> None:
+    fig.add_trace(go.Scatter(
+        x=[x], y=[y], mode="markers", name=f"now: {label}", legendgroup=f"now-{role}", showlegend=False,
+        marker={"symbol": "star", "size": 17, "color": ROLE_COLORS.get(role, PALETTE[2]),
+                "line": {"width": 1, "color": "black"}},
+        hovertemplate=f"current setting: {what}<br>{label}: %{{y:.1f}}%<extra></extra>"))
+
+
+def _stars_on_curve(fig: go.Figure, df: pd.DataFrame, x_col: str, x_now: float, tag: str,
+                    answer: Mapping[str, Any] | None) -> None:
+    """A star per arm at the current setting, ON its curve: the curve's own (mean) value at ``x_now``; the
+    /compress answer (seed 0) while that point is still being computed."""
+    for role, part in df.groupby("role", sort=False):
+        here = part[np.isclose(part[x_col].astype(float), x_now)]
+        if len(here):
+            _star(fig, x_now, float(here[ACC].mean()), str(role), str(here["label"].iloc[0]), tag)
+    if answer and not (len(df) and np.isclose(df[x_col].astype(float), x_now).any()):
+        for arm in answer.get("arms", {}).values():
+            _star(fig, x_now, 100 * arm["compressed_accuracy"], arm["role"], arm["label"], tag)
 
 
 def _progress_note(curves: Mapping[str, Any]) -> str:
+    seeds = len(curves.get("seeds", [])) or 1
+    band = f"mean ± 1 sd over {seeds} seeds" if seeds > 1 else "seed 0"
     if curves.get("complete", True):
-        return ""
-    return f"  (computing: {curves['done']}/{curves['total']} points)"
+        return band
+    return f"{band}; computing {curves['done']}/{curves['total']} points"
 
 
-def sparsity_curve_figure(curves: Mapping[str, Any], setting: Setting,
-                          compress_result: Mapping[str, Any] | None = None, height: int = CURVE_HEIGHT) -> go.Figure:
-    """Accuracy vs sparsity of both arms for the setting's pruning method (magnitude for N:M / none),
-    weights in full precision; a dashed line and stars mark the current setting."""
-    method = setting.method if setting.method in ("magnitude", "wanda") else "magnitude"
-    df: pd.DataFrame = curves["sparsity"]
-    df = df[df["method"] == method].assign(**{ACC: lambda d: 100 * d["accuracy"]})
-    title = f"Accuracy vs sparsity ({method}, float){_progress_note(curves)}"
+def sparsity_curve_figure(curves: Mapping[str, Any], setting: Setting, answer: Mapping[str, Any] | None = None,
+                          tag: str = "", height: int = CURVE_HEIGHT) -> go.Figure:
+    """Accuracy vs sparsity of both arms for the setting's pruning method, *at the setting's bits*, mean ± 1 sd
+    over seeds; a dashed line and the stars (on the curves) mark the current setting. With N:M, the N:M
+    patterns are extra points (diamonds) and the star sits on the current pattern."""
+    df = curves["sparsity"].assign(**{ACC: lambda d: 100 * d["accuracy"]})
+    nm = curves["nm"].assign(**{ACC: lambda d: 100 * d["accuracy"]})
+    method = df["method"].iloc[0] if len(df) else (setting.nm_score if setting.method == "N:M" else setting.method)
+    q = "float" if not setting.quantizes else bits_label(setting.w_bits, setting.a_bits)
+    title = f"Accuracy vs sparsity ({method}, {q})<br><sup>{tag} · {_progress_note(curves)}</sup>"
     if df.empty:
-        return empty_figure("computing the accuracy-vs-sparsity curve…", height)
-    x_now = setting.sparsity
+        return empty_figure(f"computing the accuracy-vs-sparsity curve… {tag}", height)
+    x_now = float(setting.sparsity)
     fig = accuracy_curve_figure(df, x="sparsity", y=ACC, group="label", mark=x_now, title=title, height=height)
+    fig.update_traces(mode="lines", selector={"fill": "toself"})
     _recolor(fig, dict(zip(df["label"], df["role"])))
-    _current_marks(fig, compress_result, x_now)
+    if setting.method == "N:M" and len(nm):
+        for role, part in nm.groupby("role", sort=False):
+            agg = part.groupby(["pattern", "sparsity"], sort=False)[ACC].mean().reset_index()
+            fig.add_trace(go.Scatter(x=agg["sparsity"], y=agg[ACC], mode="markers+text", text=agg["pattern"],
+                                     textposition="middle right", name=f"{part['label'].iloc[0]}: N:M",
+                                     legendgroup=str(part["label"].iloc[0]), showlegend=False,
+                                     marker={"symbol": "diamond", "size": 9, "color": ROLE_COLORS.get(str(role))}))
+        _stars_on_curve(fig, nm[nm["pattern"] == setting.pattern], "sparsity", x_now, tag, answer)
+    else:
+        _stars_on_curve(fig, df, "sparsity", x_now, tag, answer)
     fig.update_xaxes(range=[-0.02, 1.0], tickformat=".0%")
     fig.update_yaxes(range=[0, 102])
     return fig
 
 
-def bits_curve_figure(curves: Mapping[str, Any], setting: Setting,
-                      compress_result: Mapping[str, Any] | None = None, height: int = CURVE_HEIGHT) -> go.Figure:
-    """Accuracy vs bit-width of both arms, no pruning: weights only when activations are float in the
-    current setting, weights = activations otherwise; the current bit-width is marked."""
-    mode = "W=A" if setting.a_bits is not None else "W-only"
-    df: pd.DataFrame = curves["bits"]
-    df = df[df["mode"] == mode].assign(**{ACC: lambda d: 100 * d["accuracy"]})
-    what = "weight = activation bits" if mode == "W=A" else "weight bits (float activations)"
-    title = f"Accuracy vs {what}{_progress_note(curves)}"
+def bits_curve_figure(curves: Mapping[str, Any], setting: Setting, answer: Mapping[str, Any] | None = None,
+                      tag: str = "", height: int = CURVE_HEIGHT) -> go.Figure:
+    """Accuracy vs weight bits of both arms *at the setting's pruning and activation bits* (2..8, 16, float),
+    mean ± 1 sd over seeds; the star (on the curves) marks the current weight bits."""
+    df = curves["bits"].assign(**{ACC: lambda d: 100 * d["accuracy"]})
+    prune = setting.prune_label() or "no pruning"
+    acts = "float activations" if setting.a_bits is None else f"A{setting.a_bits}"
+    title = (f"Accuracy vs weight bits ({prune}, {acts})<br><sup>{tag} · {_progress_note(curves)}</sup>")
     if df.empty:
-        return empty_figure("computing the accuracy-vs-bits curve…", height)
-    x_now = setting.w_bits if setting.w_bits is not None else setting.a_bits
+        return empty_figure(f"computing the accuracy-vs-bits curve… {tag}", height)
+    x_now = bits_x(setting.w_bits)
     fig = accuracy_curve_figure(df, x="bits", y=ACC, group="label", mark=x_now, title=title, height=height)
+    fig.update_traces(mode="lines", selector={"fill": "toself"})
     _recolor(fig, dict(zip(df["label"], df["role"])))
-    _current_marks(fig, compress_result, None if x_now is None else float(min(x_now, 9)))
+    _stars_on_curve(fig, df, "bits", x_now, tag, answer)
+    ticks = sorted(set(df["bits"].astype(float)) | {x_now})
+    names = {v: k for k, v in BITS_X.items()}
+    fig.update_xaxes(tickvals=ticks, ticktext=[("FP" if names[t] is None else str(names[t])) if t in names
+                                               else f"{t:g}" for t in ticks],
+                     title=f"weight bits (per-{setting.granularity}; FP = float weights)")
     fig.update_yaxes(range=[0, 102])
-    fig.update_xaxes(dtick=1, title=f"bits (weights per-{setting.granularity})")
     return fig
 
 
 def _arm_path_traces(arm: Mapping[str, Any]) -> list[Any]:
     """One arm's 1-D slice as traces, drawn by :func:`craftlab.viz.plots.compression_path_figure` (or
     ``line_figure`` with no compression) and restyled for the overlay: the arm's colour and legend group,
-    its label (with ΔL) on the measured curve, the prediction and both marks out of the legend."""
+    its label with the loss at the original and compressed points on the measured curve, the prediction
+    and both marks (with their values printed) out of the legend."""
     res, role, label = arm["path"], arm["role"], arm["label"]
     color = ROLE_COLORS.get(role, PALETTE[2])
     if isinstance(res, LineResult):
@@ -136,8 +165,8 @@ def _arm_path_traces(arm: Mapping[str, Any]) -> list[Any]:
         traces[0].update(line={"color": color, "width": 2}, legendgroup=role)
         return traces
     loss = np.asarray(res.loss, float)
-    jump = res.meta.get("measured_jump")
-    name = label + (f": ΔL {loss[res.index_compressed] - loss[res.index_original]:+.3g}" if jump is not None else "")
+    l0, l1 = loss[res.index_original], loss[res.index_compressed]
+    name = f"{label}: loss {l0:.3g} → {l1:.3g} (ΔL {l1 - l0:+.3g})"
     traces = list(compression_path_figure(res).data)  # measured, [2nd-order prediction], original, compressed
     measured, *middle, original, compressed = traces
     measured.update(name=name, line={"color": color, "width": 2}, legendgroup=role,
@@ -145,40 +174,56 @@ def _arm_path_traces(arm: Mapping[str, Any]) -> list[Any]:
     for pred in middle:
         pred.update(name=f"{label}: 2nd-order prediction", line={"color": color, "width": 1.5, "dash": "dash"},
                     legendgroup=role, showlegend=False, hoverinfo="skip")
-    original.update(name=f"{label}: original", legendgroup=role, showlegend=False,
+    original.update(name=f"{label}: original", legendgroup=role, showlegend=False, textfont={"color": color},
                     marker={"symbol": "circle", "size": 9, "color": color, "line": {"width": 1, "color": "black"}})
-    compressed.update(name=f"{label}: compressed", legendgroup=role, showlegend=False,
+    compressed.update(name=f"{label}: compressed", legendgroup=role, showlegend=False, textfont={"color": color},
                       marker={"symbol": "star", "size": 15, "color": color, "line": {"width": 1, "color": "black"}})
     return traces
 
 
-def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDSCAPE_HEIGHT) -> go.Figure:
+def _resolution_note(landscapes: Mapping[str, Mapping[str, Any]]) -> str:
+    res = next(iter(landscapes.values()), {}).get("resolution") or {}
+    if not res:
+        return ""
+    n = res["plane_steps"]
+    return (f"{n}×{n} plane, {res['path_steps']}-point path" +
+            ("" if res.get("final", True) else " — a finer grid follows in a few seconds"))
+
+
+def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDSCAPE_HEIGHT,
+                tag: str = "") -> go.Figure:
     """The 1-D slices of both arms overlaid: the loss along ``w + t (C(w) − w)`` (t = 1 is the compressed
     model, starred) with the dashed 2nd-order prediction, or along a random direction when nothing is compressed.
+    The loss at the original and compressed points is printed beside each mark and in the legend.
 
     Each arm is drawn by :func:`craftlab.viz.plots.compression_path_figure` (one model per figure there);
-    what this adds is the overlay of both arms in their role colours and the app's titles."""
+    what this adds is the overlay of both arms in their role colours and the app's titles (with `tag`)."""
     fig = go.Figure()
     for arm in landscapes.values():
         fig.add_traces(_arm_path_traces(arm))
     is_path = any(isinstance(a["path"], PathResult) for a in landscapes.values())
     setting = next(iter(landscapes.values()), {}).get("setting_label", "")
+    tag = tag or f"[{setting}]"
+    note = _resolution_note(landscapes)
     if is_path:
-        title = (f"Loss along the compression direction w + t·(C(w) − w), {setting}: ★ = compressed, "
-                 "dashed = 2nd-order prediction")
+        title = (f"Loss along the compression direction w + t·(C(w) − w) {tag}<br><sup>★ = compressed (t = 1), "
+                 f"● = fine-tuned (t = 0), dashed = 2nd-order prediction; {note}</sup>")
         xt = "t  (0 = fine-tuned weights, 1 = compressed)"
         fig.add_vline(x=1.0, line={"dash": "dot", "color": "grey", "width": 1})
     else:
-        title = "Loss along a random filter-normalized direction (no compression selected)"
+        title = f"Loss along a random filter-normalized direction (no compression selected) {tag}<br><sup>{note}</sup>"
         xt = "α"
     fig.add_vline(x=0.0, line={"dash": "dot", "color": "grey", "width": 1})
     return _layout(fig, title, height, xaxis_title=xt, yaxis_title="loss (probe batch)")
 
 
 def plane_figures(landscapes: Mapping[str, Mapping[str, Any]], kind: str = "contour", log: bool = True,
-                  height: int = LANDSCAPE_HEIGHT) -> list[go.Figure]:
-    """One 2-D landscape per arm (contour or surface), on a shared colour scale so the arms compare;
-    the compressed point (α = 1, β = 0) is starred and the fine-tuned weights crossed."""
+                  height: int = LANDSCAPE_HEIGHT, tag: str = "") -> list[go.Figure]:
+    """One 2-D landscape per arm (contour or surface), log10 or linear loss, on a shared colour scale (and,
+    as surfaces, one camera) so the arms compare; the compressed point (α = 1, β = 0) is starred and the
+    fine-tuned weights crossed, each labelled with its loss."""
+    if kind not in ("contour", "surface"):
+        raise ValueError(f"kind must be 'contour' or 'surface', got {kind!r}")
     planes: list[tuple[Mapping[str, Any], PlaneResult]] = [(a, a["plane"]) for a in landscapes.values()]
     zs = []
     for _, p in planes:
@@ -191,19 +236,18 @@ def plane_figures(landscapes: Mapping[str, Mapping[str, Any]], kind: str = "cont
     figs = []
     for arm, p in planes:
         compressed = p.meta.get("kind") == "compression_plane"
-        title = f"{arm['label']} · {arm.get('setting_label', '')}"
+        title = f"{arm['label']} {tag or '[' + arm.get('setting_label', '') + ']'}"
         fig = plane_figure(p, kind=kind, log=log, title=title, height=height)
         ax = ("α  (along C(w) − w)", "β  (random, same length)") if compressed else ("α  (random)", "β  (random)")
         if kind == "contour":
             fig.update_layout(xaxis_title=ax[0], yaxis_title=ax[1])
-        else:
-            fig.update_layout(scene={"xaxis_title": ax[0], "yaxis_title": ax[1]})
-        if kind == "contour":
             fig.update_traces(selector={"type": "contour"}, zmin=lo, zmax=hi, zauto=False, autocontour=False,
-                              contours={"start": lo, "end": hi, "size": (hi - lo) / 20})
+                              contours={"start": lo, "end": hi, "size": (hi - lo) / 20},
+                              line_smoothing=0.85 if len(p.betas) <= 7 else 0.0)  # a coarse grid, smoothed
         else:
+            fig.update_layout(scene={"xaxis_title": "α (toward C(w))" if compressed else "α", "yaxis_title": "β",
+                                     "zaxis": {"range": [lo, hi]}})
             fig.update_traces(selector={"type": "surface"}, cmin=lo, cmax=hi, cauto=False)
-            fig.update_layout(scene={"zaxis": {"range": [lo, hi]}})
         fig.update_layout(title={"font": {"size": 13, "color": ROLE_COLORS.get(arm["role"], "black")}})
         figs.append(fig)
     return figs

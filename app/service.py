@@ -5,11 +5,16 @@ key of a cached run) it resolves the two fine-tuning **arms** (:mod:`craftlab_ap
 whichever is not cached yet (:mod:`craftlab_app.training`) — and answers:
 
 * :meth:`Explorer.compress`: full-precision and compressed test accuracy of both arms for one setting;
-* :meth:`Explorer.curves`: accuracy-vs-sparsity and accuracy-vs-bits curves (computed once per model
-  in the background, persisted under ``$CRAFTLAB_HOME/explore``);
+* :meth:`Explorer.curves`: accuracy-vs-sparsity and accuracy-vs-bits curves *at the other current settings*,
+  over the seeds (points computed in the background, persisted under ``$CRAFTLAB_HOME/explore``;
+  :mod:`craftlab_app.sweeps`);
+* :meth:`Explorer.verdict`: both arms over the seeds at one setting, mean ± sd and the paired verdict of
+  :mod:`craftlab.analysis.stats` (``Explorer.seeds``: the zoo models' extra seeds are fine-tuned in the
+  background);
 * :meth:`Explorer.sharpness`: λmax, Hessian trace and ε-sharpness of both full-precision arms;
 * :meth:`Explorer.landscape`: the loss along the compression direction ``w + t (C(w) − w)`` and on the
-  plane it spans with a random direction, the compressed point marked;
+  plane it spans with a random direction, the compressed point marked; coarse first, then fine, and
+  given up when a newer request replaces the one that asked (:mod:`craftlab_app.landscapes`);
 * :meth:`Explorer.train_stream`: fine-tune a run (and its twin) with live history.
 
 Inputs are validated once, at the boundary: methods take a :class:`craftlab.settings.Setting` (or
@@ -25,9 +30,9 @@ returns new models and every probe runs on a private deep copy, so any number of
 Explorer at once.
 
 Speed notes (2 CPU cores): a point (compress + evaluate on the 359-image digits test split) takes
-0.05-0.25 s with one intra-op thread; the two arms are computed in parallel threads. On a busy machine,
-PyTorch's default multi-threaded kernels can be 10-20x slower than one thread (the OpenMP workers
-spin against other processes), which is why the app runs with ``torch.set_num_threads(1)``.
+0.05-0.25 s with one intra-op thread; the two arms are computed in parallel threads. The app sets torch's
+threads by :func:`craftlab.threads.configure_threads` (one thread for the zoo's tiny models: on a busy
+machine, multi-threaded kernels can be 10-20x slower than one thread).
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from torch import nn
 
 from craftlab._errors import check_sparsity
@@ -48,21 +52,23 @@ from craftlab.settings import DEFAULT_SETTING, Setting, make_setting, parse_bits
 from craftlab.train.runs import RunSpec
 
 from .arms import Arm, ArmLoader, Loaded
-from .concurrency import Memo, Scheduler
+from .concurrency import HVP_LOCK, Cancelled, Memo, Scheduler
+from .landscapes import LandscapesMixin
 from .stores import LandscapeStore, PointStore
+from .sweeps import SweepsMixin
 from .training import Trainer, is_cached, make_run_spec
 
-__all__ = ["BITS_GRID", "PRUNE_METHODS", "SPARSITY_GRID", "Explorer", "as_setting"]
+__all__ = ["BITS_GRID", "PRUNE_METHODS", "SEEDS", "SPARSITY_GRID", "Explorer", "as_setting"]
 
 PRUNE_METHODS = ("magnitude", "wanda", "N:M")
 """Pruning methods offered: unstructured magnitude (global), Wanda (per row), N:M semi-structured."""
 SPARSITY_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """Sparsities of the accuracy-vs-sparsity curves (0.05 ... 0.95; 0 is the full-precision point)."""
 BITS_GRID = (8, 7, 6, 5, 4, 3, 2)
-"""Bit-widths of the accuracy-vs-bits curves."""
+"""Bit-widths of the accuracy-vs-bits curves (16 and float weights are added)."""
+SEEDS = (0, 1, 2)
+"""Seeds of a zoo / timm model's arms: seed 0 answers at once, the others are fine-tuned in the background."""
 Progress = Callable[[float, str], None]
-
-
 def as_setting(setting: Setting | str | Mapping[str, Any] | None = None, **kwargs: Any) -> Setting:
     """A :class:`Setting` as given, from a label (``"wanda 2:4 + W4A8"``), or from make_setting arguments
     (a mapping or keywords): one validation either way."""
@@ -77,18 +83,22 @@ def as_setting(setting: Setting | str | Mapping[str, Any] | None = None, **kwarg
     return parse_setting(dict(setting) if isinstance(setting, Mapping) else setting)
 
 
-class Explorer:
+class Explorer(SweepsMixin, LandscapesMixin):
     """Cached, thread-safe sweeps and probes over the two fine-tuning arms of a model.
 
     Args:
         epochs: fine-tuning epochs of the arms of a zoo / timm model (the runs ``craftlab demo`` makes).
         sam_rho: ρ of the CrAFT twin (and of the ε-sharpness probe).
         data: dataset the arms of a zoo / timm model are fine-tuned and measured on.
-        seed: run seed.
+        seed: seed of the arms that answer first (landscapes and sharpness are of these).
+        seeds: seeds of a zoo / timm model's arms for the uncertainty (mean ± sd, seed bands, the paired
+            verdict); the ones other than `seed` are fine-tuned in the background by :meth:`warm`.
         sparsity_grid, bits_grid: the grids of the accuracy curves.
         probe_size: images in the probe batch (``DataBundle.probe_batches``: the first training images)
             used by sharpness and landscape probes.
-        landscape_steps, path_steps, landscape_distance: resolution and extent of the landscapes.
+        landscape_steps, path_steps, landscape_distance: resolution and extent of the (fine) landscapes.
+        coarse_steps: ``(plane steps, path steps)`` of the quick first landscape of a new setting (used when
+            coarser than the fine one; None: only the fine one).
         max_models, max_points, max_landscapes, max_compressed: bounds of the in-memory caches.
         persist: keep curve points, sharpness numbers and landscapes under ``$CRAFTLAB_HOME/explore``.
         workers: threads computing the arms of one request in parallel.
@@ -100,20 +110,25 @@ class Explorer:
     """
 
     def __init__(self, epochs: int = 8, sam_rho: float = 0.05, data: str = "digits", seed: int = 0,
-                 sparsity_grid: Sequence[float] = SPARSITY_GRID, bits_grid: Sequence[int] = BITS_GRID,
-                 probe_size: int = 128, landscape_steps: int = 11, path_steps: int = 21,
-                 landscape_distance: float = 1.5, max_models: int = 8, max_points: int = 50_000,
-                 max_landscapes: int = 32, max_compressed: int = 8, persist: bool = True, workers: int = 2) -> None:
+                 seeds: Sequence[int] = SEEDS, sparsity_grid: Sequence[float] = SPARSITY_GRID,
+                 bits_grid: Sequence[int] = BITS_GRID, probe_size: int = 128, landscape_steps: int = 13,
+                 path_steps: int = 21, landscape_distance: float = 1.5, coarse_steps: tuple[int, int] | None = (5, 9),
+                 max_models: int = 24, max_points: int = 200_000, max_landscapes: int = 48, max_compressed: int = 8,
+                 persist: bool = True, workers: int = 2) -> None:
         if not (isinstance(epochs, int) and epochs >= 1):
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if not sam_rho > 0:
             raise ValueError(f"sam_rho of the CrAFT twin must be > 0, got {sam_rho!r}")
         self.epochs, self.sam_rho, self.data, self.seed = epochs, float(sam_rho), data, seed
+        self.seeds = tuple(dict.fromkeys([seed, *seeds]))
         self.sparsity_grid = tuple(float(check_sparsity(s)) for s in sparsity_grid)
         self.bits_grid = tuple(int(parse_bits(b, "bits_grid")) for b in bits_grid)
         self.probe_size = int(probe_size)
         self.landscape_steps, self.path_steps = int(landscape_steps), int(path_steps)
         self.landscape_distance = float(landscape_distance)
+        fine = (self.landscape_steps, self.path_steps)
+        coarse = tuple(int(v) for v in coarse_steps) if coarse_steps else None
+        self.levels = (coarse, fine) if coarse and coarse[0] < fine[0] and coarse[1] <= fine[1] else (fine,)
         self.persist = persist
         self._arms = ArmLoader(data, epochs, seed, self.sam_rho, self.probe_size, max_models)
         self._trainer = Trainer(self.sam_rho)
@@ -125,12 +140,16 @@ class Explorer:
         self._landscape_store = LandscapeStore(persist)
         self._curve_settings: dict[str, list[tuple[str, str, float, Setting]]] = {}
         self._lock = threading.Lock()
-        self._warm_state: dict[str, Any] = {"stage": "idle", "models": [], "error": None}
+        self._warm_state: dict[str, Any] = {"stage": "idle", "models": [], "error": None, "seed_runs": None}
         self._sched = Scheduler(workers, on_idle=self.flush, on_error=self._background_error)
+        self._closing = threading.Event()
+        self._warm_threads: list[threading.Thread] = []
+        self._seed_lock = threading.Lock()
+        self._seeding: set[str] = set()
 
     @property
     def resolution(self) -> tuple[int, int, float]:
-        """(plane steps, path steps, plane distance): what a landscape is keyed by besides arm and setting."""
+        """(plane steps, path steps, plane distance) of the fine landscapes."""
         return (self.landscape_steps, self.path_steps, self.landscape_distance)
 
     # ------------------------------------------------------------------ models and arms
@@ -142,6 +161,21 @@ class Explorer:
     def resolve(self, model: str) -> list[Arm]:
         """The arms of `model` (plain first), without building anything (see :meth:`ArmLoader.resolve`)."""
         return self._arms.resolve(model)
+
+    def describe(self, model: str) -> str:
+        """A readable name of `model` (a cached run's model, data, arm, epochs and seed instead of its key)."""
+        return self._arms.describe(model)
+
+    def has_batchnorm(self, model: str) -> bool:
+        """True when `model`'s arms have BatchNorm layers (BN re-estimation after pruning applies), from
+        the loaded arms (False when they are not loaded yet)."""
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        try:
+            loaded = [self._arms.loaded_if_cached(a) for a in self.resolve(model)]
+        except (ValueError, OSError):
+            return False
+        return any(la is not None and any(isinstance(m, _BatchNorm) for m in la.model.modules()) for la in loaded)
 
     def arms(self, model: str, progress: Progress | None = None) -> list[Loaded]:
         """Load (fine-tuning first when needed) the arms of `model`; progress(fraction, text) while training."""
@@ -215,6 +249,9 @@ class Explorer:
     def _has_point(self, loaded: Loaded, setting: Setting) -> bool:
         return (*loaded.point_prefix, setting.key()) in self._points
 
+    def _cached_point(self, loaded: Loaded, setting: Setting) -> dict[str, Any] | None:
+        return self._points.get((*loaded.point_prefix, setting.key()))
+
     def compress(self, model: str, setting: Setting | str | None = None, progress: Progress | None = None,
                  **kwargs: Any) -> dict[str, Any]:
         """Full-precision and compressed test accuracy of both arms of `model` under `setting`.
@@ -241,52 +278,6 @@ class Explorer:
         return {"model": model.strip(), "setting": setting.as_dict(), "setting_label": setting.label(),
                 "setting_text": setting.describe(), "arms": {la.arm.name: r for la, r in zip(loaded, results)}}
 
-    # ------------------------------------------------------------------ curves
-
-    def curve_settings(self, granularity: str = "channel") -> list[tuple[str, str, float, Setting]]:
-        """(curve, series, x, setting) of every curve point: sparsity curves per method, bits curves per mode."""
-        if granularity in self._curve_settings:  # made once: the app polls curves every second or so
-            return self._curve_settings[granularity]
-        out: list[tuple[str, str, float, Setting]] = [("sparsity", m, 0.0, DEFAULT_SETTING)
-                                                      for m in ("magnitude", "wanda")]
-        for m in ("magnitude", "wanda"):
-            out += [("sparsity", m, s, make_setting(m, s)) for s in self.sparsity_grid]
-        for b in self.bits_grid:
-            out.append(("bits", "W-only", float(b), make_setting("none", 0, b, None, granularity)))
-            out.append(("bits", "W=A", float(b), make_setting("none", 0, b, b, granularity)))
-        return self._curve_settings.setdefault(granularity, out)
-
-    def curves(self, model: str, granularity: str = "channel", schedule: bool = True,
-               progress: Progress | None = None) -> dict[str, Any]:
-        """Accuracy curves of both arms from the cache; missing points are scheduled in the background.
-
-        Returns ``{"sparsity": DataFrame(arm, role, label, method, sparsity, accuracy),
-        "bits": DataFrame(arm, role, label, mode, bits, accuracy), "done": int, "total": int,
-        "complete": bool}``. Call again (the app polls) to get the points computed since.
-        """
-        loaded = self.arms(model, progress)
-        rows: dict[str, list[dict[str, Any]]] = {"sparsity": [], "bits": []}
-        missing: list[tuple[Loaded, Setting]] = []
-        settings = self.curve_settings(granularity)
-        for la in loaded:
-            for curve, series, x, s in settings:
-                p = self._points.get((*la.point_prefix, s.key()))
-                if p is None:
-                    missing.append((la, s))
-                    continue
-                row = {"arm": la.arm.name, "role": la.arm.role, "label": la.arm.label, "accuracy": p["accuracy"],
-                       "seed": 0}
-                row.update({"method": series, "sparsity": x} if curve == "sparsity" else {"mode": series, "bits": x})
-                rows[curve].append(row)
-        if schedule:
-            for la, s in missing:
-                self._sched.enqueue(0, ("point", la.fingerprint, la.ctx.key, s.key()), self._point, la, s)
-        total = len(settings) * len(loaded)
-        cols = {"sparsity": ["arm", "role", "label", "method", "sparsity", "accuracy", "seed"],
-                "bits": ["arm", "role", "label", "mode", "bits", "accuracy", "seed"]}
-        frames = {k: pd.DataFrame(v, columns=cols[k]) for k, v in rows.items()}
-        return {**frames, "done": total - len(missing), "total": total, "complete": not missing}
-
     # ------------------------------------------------------------------ probes
 
     def sharpness(self, model: str, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
@@ -301,7 +292,8 @@ class Explorer:
 
             def compute() -> dict[str, Any]:
                 probe_model = copy.deepcopy(la.model).requires_grad_(True)  # probes perturb weights in place
-                res = sharpness_summary(probe_model, la.ctx.probe, rho=self.sam_rho, seed=0)
+                with HVP_LOCK:  # see craftlab_app.concurrency.HVP_LOCK
+                    res = sharpness_summary(probe_model, la.ctx.probe, rho=self.sam_rho, seed=0)
                 out = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                        for k, v in res.items()}
                 out["n_examples"] = sum(len(y) for _, y in la.ctx.probe)
@@ -318,61 +310,6 @@ class Explorer:
             results = self._sched.map(one, loaded)
         return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, **r} for la, r in zip(loaded, results)}
 
-    def landscape(self, model: str, setting: Setting | str | None = None, progress: Progress | None = None,
-                  **kwargs: Any) -> dict[str, dict[str, Any]]:
-        """Loss landscapes of both arms around the full-precision weights, the compressed point marked.
-
-        For a compression setting: ``path`` is :func:`craftlab.probes.landscape.compression_path` (loss along
-        ``w + t (C(w) − w)`` with its 2nd-order prediction) and ``plane`` is ``compression_plane`` (that
-        direction and a random one), both from the compressed model :meth:`compress` made (cached). With no
-        compression: a random filter-normalized ``line`` and ``plane``. Returns ``{arm_name: {"role",
-        "label", "setting_label", "path", "plane", "seconds"}}``; cached per (checkpoint, setting, resolution).
-        """
-        from craftlab.probes import landscape as L
-
-        setting = as_setting(setting, **kwargs)
-        res = self.resolution
-
-        def one(la: Loaded) -> dict[str, Any]:
-            file = self._landscape_store.path(la.point_prefix, setting.key(), res, self.probe_size)
-
-            def compute() -> dict[str, Any]:
-                stored = self._landscape_store.read(file)
-                if stored is not None:
-                    return stored
-                t0 = time.perf_counter()
-                base = copy.deepcopy(la.model).requires_grad_(True)
-                probe = la.ctx.probe
-                if setting.is_identity:
-                    path: Any = L.line(base, probe, steps=self.path_steps, distance=1.0, seed=0)
-                    plane = L.plane(base, probe, steps=self.landscape_steps, distance=1.0, seed=0)
-                else:  # the probes write weights into the compressed model: a private copy of the cached one
-                    compressed = copy.deepcopy(self._compressed_model(la, setting)).requires_grad_(True)
-                    path = L.compression_path(base, compressed, probe, steps=self.path_steps)
-                    plane = L.compression_plane(base, compressed, probe, steps=self.landscape_steps,
-                                                distance=self.landscape_distance, seed=0)
-                out = {"path": path, "plane": plane, "seconds": time.perf_counter() - t0}
-                self._landscape_store.write(file, out)
-                return out
-
-            return self._landscapes.get_or_compute((*la.point_prefix, setting.key(), res), compute,
-                                                   background=self._sched.in_background)
-
-        with self._sched.foreground():
-            loaded = self.arms(model, progress)
-            results = self._sched.map(one, loaded)
-        return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, "setting_label": setting.label(), **r}
-                for la, r in zip(loaded, results)}
-
-    def has_landscape(self, model: str, setting: Setting) -> bool:
-        """True when :meth:`landscape` of `model` under `setting` would answer from memory."""
-        try:
-            loaded = [self._arms.loaded_if_cached(a) for a in self.resolve(model)]
-        except (ValueError, OSError):
-            return False
-        return all(la is not None and (*la.point_prefix, setting.key(), self.resolution) in self._landscapes
-                   for la in loaded)
-
     # ------------------------------------------------------------------ background work
 
     def pending(self) -> int:
@@ -380,14 +317,17 @@ class Explorer:
         return self._sched.pending()
 
     def _background_error(self, err: BaseException) -> None:
+        if isinstance(err, Cancelled):
+            return
         with self._lock:
             self._warm_state["error"] = f"{type(err).__name__}: {err}"
 
     def warm(self, models: Sequence[str], setting: Setting | None = None, curves: bool = True,
-             probes: bool = True) -> threading.Thread:
-        """Prepare `models` in the background: fine-tune missing arms, then
-        the first model's sharpness and landscape at `setting`, then every model's curve points.
-        Returns the thread; :meth:`status` reports progress."""
+             probes: bool = True, extra: Sequence[tuple[str, Setting]] = (), seeds: bool = True) -> threading.Thread:
+        """Prepare `models` in the background: fine-tune missing arms, then the first model's sharpness and
+        landscape at `setting`, every model's curve points at `setting`, the curve points of the `extra`
+        (model, setting) pairs (the presets), and with `seeds` the extra seeds' arms (fine-tuned at a low
+        priority, one at a time) and their points. Returns the thread; :meth:`status` reports progress."""
         setting = setting or DEFAULT_SETTING
         models = list(models)
 
@@ -399,27 +339,66 @@ class Explorer:
                     self.arms(m)
                 with self._lock:
                     self._warm_state["stage"] = "ready"
-                for i, m in enumerate(models):
-                    if curves:
-                        self.curves(m, schedule=False)
-                        for la in self.arms(m):
-                            for _, _, _, s in self.curve_settings():
-                                if not self._has_point(la, s):
-                                    self._sched.enqueue(2 + i, ("point", la.fingerprint, la.ctx.key, s.key()),
-                                                        self._point, la, s)
-                    if probes and i == 0:
-                        self._sched.enqueue(1, ("sharpness", m), self.sharpness, m)
-                        self._sched.enqueue(1, ("landscape", m, setting.key()), self.landscape, m, setting)
+                if probes and models:
+                    self._sched.enqueue(1, ("sharpness", models[0]), self.sharpness, models[0])
+                    self._sched.enqueue(1, ("landscape", models[0], setting.key()), self.landscape, models[0],
+                                        setting)
+                if curves:
+                    self.schedule_curves(models, setting, priority=2)
+                    for i, (m, s) in enumerate(extra):
+                        self.schedule_curves([m], s, priority=3 + 0.01 * i)
+                if seeds:
+                    with self._lock:
+                        self._seeding.update(models)
+                    self._train_seeds(models, [(m, setting) for m in models] + list(extra))
+            except Cancelled:  # the explorer is closing
+                pass
             except Exception as err:
                 with self._lock:
                     self._warm_state.update(stage="failed", error=f"{type(err).__name__}: {err}")
 
         t = threading.Thread(target=run, name="craftlab-explore-warm", daemon=True)
+        self._warm_threads.append(t)
         t.start()
         return t
 
+    def _train_seeds(self, models: Sequence[str], views: Sequence[tuple[str, Setting]]) -> None:
+        """Fine-tune the extra seeds' arms of `models` (low priority, one at a time), then queue their points
+        of `views`."""
+        with self._seed_lock:
+            specs = [s for m in models for s in self.missing_seed_runs(m)]
+            with self._lock:
+                runs = self._warm_state["seed_runs"] or {"done": 0, "total": 0}
+                self._warm_state["seed_runs"] = {"done": runs["done"], "total": runs["total"] + len(specs)}
+            for spec in specs:
+                if self._closing.is_set():
+                    return
+                self._trainer.train([spec], background=True)
+                with self._lock:
+                    runs = self._warm_state["seed_runs"]
+                    self._warm_state["seed_runs"] = {"done": runs["done"] + 1, "total": runs["total"]}
+        for i, (m, s) in enumerate(views):
+            self.schedule_curves([m], s, priority=4 + 0.01 * i)
+
+    def ensure_seeds(self, model: str) -> None:
+        """Fine-tune a zoo model's extra seeds in the background if they are missing (once per model); other
+        models (timm names, cached runs) keep the seeds they have."""
+        from craftlab.models import zoo_names
+
+        if model not in zoo_names() or len(self.seeds) < 2:
+            return
+        with self._lock:
+            if model in self._seeding:
+                return
+            self._seeding.add(model)
+        if not self.missing_seed_runs(model):
+            return
+        t = threading.Thread(target=self._train_seeds, args=([model], []), name="craftlab-explore-seeds", daemon=True)
+        self._warm_threads.append(t)
+        t.start()
+
     def status(self) -> dict[str, Any]:
-        """Warm-up stage, runs being fine-tuned (epochs done / total) and background jobs pending."""
+        """Warm-up stage, runs being fine-tuned (epochs done / total), extra-seed runs and background jobs pending."""
         with self._lock:
             state = dict(self._warm_state)
         return {**state, "runs": self._trainer.status(), "pending": self._sched.pending()}
@@ -430,6 +409,11 @@ class Explorer:
             self._point_store.write(prefix, self._points.with_prefix(prefix), self._sharpness.get(prefix))
 
     def close(self) -> None:
-        """Stop the background worker (after writing the point stores) and the thread pool."""
+        """Stop the background work — extra-seed runs (after their current epoch), the warm-up, the worker —
+        then write the point stores and stop the thread pool."""
+        self._closing.set()
+        self._trainer.close()
+        for t in self._warm_threads:
+            t.join(60)
         self._sched.close()
         self.flush()

@@ -1,11 +1,37 @@
-"""Static texts of the CraftLab app: the page style and the Learn tab."""
+"""Static texts of the CraftLab app: the page style, its one script and the Learn tab."""
 
 CSS = """
 .arm-card {border-radius: 10px; padding: 10px 14px !important;}
 #card-plain {border-left: 6px solid #636EFA;}
 #card-craft {border-left: 6px solid #EF553B;}
 .big {font-size: 1.5em; font-weight: 700;}
+.view-tag {color: #777; font-size: 0.8em; font-weight: 400; white-space: nowrap;}
+#verdict {border-left: 4px solid #999; padding-left: 10px;}
 """
+
+HEAD = """
+<script>
+// Bit-width boxes: Enter after typing a value that is not exactly one of the choices would make Gradio's
+// dropdown pick the first choice *containing* it ("1" -> "16"). Take the typed text literally instead:
+// leaving the box keeps it as a custom value, which the server refuses by name ("w_bits must be one of ...").
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "Enter" || !(e.target instanceof HTMLInputElement)) return;
+  if (!e.target.closest("#w_bits, #a_bits")) return;
+  const typed = e.target.value.trim().toLowerCase();
+  const labels = ["float", "16", "8", "7", "6", "5", "4", "3", "2"];
+  if (typed === "" || labels.includes(typed)) return;
+  e.preventDefault();
+  e.stopImmediatePropagation();
+  e.target.blur();
+}, true);
+</script>
+"""
+
+PLANE_NOTE = (
+    "_Both planes share one colour scale. If the CrAFT arm's minimum (✕) sits higher than AdamW's, it is a "
+    "different point, not a worse one: SAM minimizes the worst loss around the weights, not the loss at them, "
+    "and settles where the loss rises slowly. What decides the compressed accuracy is how far up the walls the "
+    "compressed point (★) lands._")
 
 LEARN = """
 ## What you are looking at
@@ -13,39 +39,55 @@ LEARN = """
 **The two arms.** Each model is fine-tuned twice from the same pretrained weights, with the same
 schedule and seed: once with **AdamW** alone (blue) and once with AdamW + **SAM** (red) — the CrAFT
 recipe. SAM minimizes the worst loss in a ρ-ball around the weights, which steers training towards
-*flat* minima.
+*flat* minima. The zoo models' arms exist for three seeds (seed 0 answers at once; seeds 1 and 2 are
+fine-tuned in the background), so every number comes with its noise.
+
+**Every panel shows one setting.** Each panel is titled with the model and setting it shows, e.g.
+`[vit-tiny · wanda 70% + W4A8]`; when you change a control, answers still computing for the old setting
+are dropped, so the page never mixes two settings. The link under the controls restores the view.
 
 **Compression as a weight perturbation.** Pruning sets weights to zero and quantization rounds them to
 a grid: both move the weights from `w` to `C(w)`. If the minimum is flat, the loss barely changes along
 that move, so the compressed model keeps its accuracy. That is the whole CrAFT argument, and every plot
 here looks at it from one side.
 
-* **Accuracy cards** — test accuracy of each arm in full precision (FP) and after the chosen compression;
-  the drop is what compression cost. Magnitude pruning removes the smallest weights globally; Wanda
+* **Accuracy cards** — test accuracy of each arm in full precision (FP) and after the chosen compression,
+  as mean ± sd over the seeds (seed 0's own numbers below); the drop is what compression cost. One test
+  image is 1/359 = 0.28 pts of accuracy on digits. The sentence under the cards is the paired comparison
+  over the seeds (CrAFT − AdamW, paired by seed, t test, from `craftlab.analysis.stats`): a gap inside its
+  confidence interval's noise is not a finding. Magnitude pruning removes the smallest weights globally; Wanda
   scores weights by |w|·‖x‖ from 128 calibration images, per output row; N:M keeps N of every M
   consecutive weights (2:4 keeps 2 of 4, 50 % sparse: what sparse tensor cores run; 1:4 is 75 % sparse).
   Quantization is post-training, uniform, symmetric for weights (per output channel or per tensor) and
   asymmetric per tensor for activations calibrated on the same 128 images; "float" leaves that side in
-  full precision. BatchNorm statistics are *not* re-estimated after pruning here, which is why resnet-tiny
-  collapses under layer-uniform sparsity; `craftlab compress --recalibrate-bn` (or `craftlab.compress(...,
-  recalibrate_bn=True)`) re-estimates them on the calibration images (see notebook 03).
-* **Accuracy vs sparsity / bits** — the same two arms over the whole range of the pruning method or
-  bit-width (no other compression applied), computed once per model in the background and cached. The
-  dashed line and the stars mark your current setting. The gap between the curves is the benefit of
-  flatness.
+  full precision. BatchNorm statistics are *not* re-estimated after pruning by default, which is why
+  resnet-tiny collapses under layer-uniform sparsity; tick *re-estimate BatchNorm statistics* (CNNs) to
+  re-estimate them on the calibration images, as `craftlab compress --recalibrate-bn` (or
+  `craftlab.compress(..., recalibrate_bn=True)`) does (see notebook 03); the cards say which was used.
+* **Accuracy vs sparsity / bits** — the same two arms over the whole range of the pruning method (at your
+  chosen bits) or of the weight bits (at your chosen pruning and activation bits), mean ± 1 sd over the
+  seeds, computed in the background and cached; so the star, your current setting, sits on its curve.
+  "FP" on the bits axis is float weights. The gap between the curves is the benefit of flatness.
 * **Sharpness** — measured at the fine-tuned weights on 128 training images. **λmax** is the largest
   Hessian eigenvalue (the curvature of the steepest direction; Lanczos). **trace** is the sum of all
   eigenvalues (total curvature; Hutchinson estimate ± its standard error). **ε-sharpness** is how much
-  the loss rises after SAM's own worst-case step of radius ρ. Smaller = flatter.
+  the loss rises after SAM's own worst-case step of radius ρ. Smaller = flatter. Compare the two arms of
+  one model: the numbers depend on the architecture's parameterization and do not compare across models.
 * **Loss along the compression direction** — the loss on the segment `w + t·(C(w) − w)`: t = 0 is the
   fine-tuned model, t = 1 (★) the compressed one. The dashed curve is the 2nd-order Taylor prediction
   `t·g·δ + t²/2·δᵀHδ`: where it bends up early, curvature along the compression direction is what hurts.
   With activation quantization the whole curve is computed with quantized activations, so t = 0 already
   sits above the float loss.
 * **2-D landscape** — the loss on the plane spanned by the compression direction (α; ★ at α = 1) and a
-  random filter-normalized direction scaled to the same length (β), in log10 and on one colour scale for
-  both arms, so wider basins are directly comparable. With no compression selected, both axes are random
-  (the classic Li et al. plot).
+  random filter-normalized direction scaled to the same length (β), in log10 or linear loss and on one colour
+  scale for both arms, so wider basins are directly comparable; the loss at the fine-tuned (✕) and compressed
+  (★) points is printed. A coarse grid shows first, a finer one replaces it a few seconds later. The SAM
+  arm's minimum often sits *higher*: it is a different point (SAM minimizes the worst loss around the
+  weights, not the loss at them), not a worse one — what matters is how fast the loss rises from it. With
+  no compression selected, both axes are random (the classic Li et al. plot).
+* **Guided tour** — three presets: where flatness pays (resnet-tiny, 4-bit weights), where it does not
+  (vit-tiny, magnitude 50%) and the cliff (Wanda 85%). BatchNorm re-estimation after pruning is a checkbox
+  for CNNs; the cards say which was used.
 
 ## Going further: the notebooks
 

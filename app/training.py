@@ -17,12 +17,14 @@ from craftlab.train import runs
 from craftlab.train.runs import RunSpec, arm_label, run_dir
 
 from .arms import role_of, unknown_model
+from .concurrency import Cancelled, lower_priority
 from .hub import check_hub
 
 __all__ = ["MAX_EPOCHS", "MAX_RHO", "Trainer", "make_run_spec"]
 
 MAX_EPOCHS = 200
 MAX_RHO = 10.0
+MAX_LR = 10.0
 Progress = Callable[[float, str], None]
 _TRAIN_LOCK = threading.Lock()
 """Fine-tuning runs in one process take turns: they seed torch's process-wide RNG (head initialisation,
@@ -42,11 +44,12 @@ def _whole(value: Any, what: str, low: int, high: int | None = None) -> int:
 
 
 def make_run_spec(model: str, data: str = "digits", optimizer: str = "adamw", sam_rho: Any = 0.0,
-                  adaptive: bool = False, epochs: Any = 8, seed: Any = 0) -> RunSpec:
+                  adaptive: bool = False, epochs: Any = 8, seed: Any = 0, lr: Any = None) -> RunSpec:
     """Validate loose user input (a form, an API call) into a :class:`RunSpec`; ValueError names the problem.
 
     The one check of a run request: code given the RunSpec trusts it. ``epochs`` and ``seed`` may be
-    floats holding whole numbers (sliders send 3.0); ρ is in [0, 10]; ASAM needs ρ > 0.
+    floats holding whole numbers (sliders send 3.0); ρ is in [0, 10]; ASAM needs ρ > 0; ``lr`` is a peak
+    learning rate in (0, 10], or None / 0 / "" for the optimizer's default.
 
     Example::
 
@@ -64,16 +67,47 @@ def make_run_spec(model: str, data: str = "digits", optimizer: str = "adamw", sa
         raise unknown_name("dataset", data, dataset_names())
     if optimizer not in OPTIMIZERS:
         raise unknown_name("optimizer", optimizer, OPTIMIZERS)
-    try:
-        rho = float(sam_rho)
-    except (TypeError, ValueError):
-        rho = float("nan")
+    rho = _number(sam_rho)
     if not 0 <= rho <= MAX_RHO:
         raise ValueError(f"rho must be in [0, {MAX_RHO:g}], got {sam_rho!r}")
     if adaptive and rho == 0:
         raise ValueError("ASAM (adaptive) needs rho > 0")
-    return RunSpec(model=name, data=data, optimizer=optimizer, epochs=_whole(epochs, "epochs", 1, MAX_EPOCHS),
-                   sam_rho=rho, adaptive=bool(adaptive), seed=_whole(seed, "seed", 0))
+    rate = None if lr is None or (isinstance(lr, str) and not lr.strip()) or lr == 0 else _number(lr)
+    if rate is not None and not 0 < rate <= MAX_LR:
+        raise ValueError(f"lr must be in (0, {MAX_LR:g}] (or empty for the optimizer's default), got {lr!r}")
+    return RunSpec(model=name, data=data, optimizer=optimizer, lr=rate,
+                   epochs=_whole(epochs, "epochs", 1, MAX_EPOCHS), sam_rho=rho, adaptive=bool(adaptive),
+                   seed=_whole(seed, "seed", 0))
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def estimate_seconds(spec: RunSpec, twin: bool = True) -> float | None:
+    """Estimated fine-tuning time of `spec` (and its twin): seconds per epoch of the cached runs of the same
+    model and data (a SAM epoch costs two forward-backward passes), times the epochs; None when no such run
+    is cached yet."""
+    per_epoch = []
+    for r in runs.list_runs():
+        run = r.get("run") or {}
+        if run.get("model") != spec.model or run.get("data") != spec.data:
+            continue
+        try:
+            hist = read_meta(Path(r["path"])).get("history") or []
+        except (ValueError, OSError):
+            continue
+        times = [h["time_s"] for h in hist if isinstance(h.get("time_s"), (int, float))]
+        if times:
+            per_epoch.append(sorted(times)[len(times) // 2] / (2.0 if run.get("sam_rho") else 1.0))
+    if not per_epoch:
+        return None
+    base = sorted(per_epoch)[len(per_epoch) // 2] * spec.epochs
+    cost = (2.0 if spec.sam_rho else 1.0) + ((1.0 if spec.sam_rho else 2.0) if twin else 0.0)
+    return base * cost
 
 
 @dataclass
@@ -102,8 +136,16 @@ class Trainer:
         self.sam_rho = sam_rho
         self._runs: dict[str, _RunJob] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-    def _start(self, spec: RunSpec) -> _RunJob:
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop: runs not started yet are not, a running one stops after its current epoch (nothing is saved)."""
+        self._stop.set()
+        for t in list(self._threads):
+            t.join(timeout)
+
+    def _start(self, spec: RunSpec, background: bool = False) -> _RunJob:
         from craftlab.train.runs import get_run
 
         check_hub(spec.model)
@@ -113,22 +155,35 @@ class Trainer:
                 return job
             job = self._runs[spec.key] = _RunJob(spec)
 
+        def epoch_done(record: dict[str, float]) -> None:
+            job.history.append(record)
+            if self._stop.is_set():
+                raise Cancelled("the app is closing")
+
         def work() -> None:
+            if background:
+                lower_priority()  # the seed runs of the default models yield to requests and to the user's runs
             try:
                 with _TRAIN_LOCK:  # one at a time: runs seed torch's process-wide RNG (see _TRAIN_LOCK)
+                    if self._stop.is_set():
+                        raise Cancelled("the app is closing")
                     job.running = True
-                    job.path = get_run(spec, progress=False, callback=job.history.append)
+                    job.path = get_run(spec, progress=False, callback=epoch_done)
             except BaseException as err:  # reported to every waiter
                 job.error = err
             finally:
                 job.done.set()
 
-        threading.Thread(target=work, name=f"craftlab-run-{spec.key}", daemon=True).start()
+        thread = threading.Thread(target=work, name=f"craftlab-run-{spec.key}", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
         return job
 
-    def train(self, specs: Sequence[RunSpec], progress: Progress | None = None) -> list[Path]:
-        """Fine-tune the uncached `specs` and wait for them; their checkpoint folders."""
-        live = [self._start(s) for s in specs if not is_cached(s)]
+    def train(self, specs: Sequence[RunSpec], progress: Progress | None = None, background: bool = False) -> list[Path]:
+        """Fine-tune the uncached `specs` and wait for them; their checkpoint folders. `background` runs them
+        at a low priority (the default models' extra seeds)."""
+        live = [self._start(s, background) for s in specs if not is_cached(s)]
         while live and not all(j.done.is_set() for j in live):
             if progress is not None:
                 total = sum(j.spec.epochs for j in live)

@@ -33,7 +33,7 @@ _NAMES: dict[str, str] = {
     "compensate": ".compression.compensate", "fold_compensation": ".compression.fold",
     "DataBundle": ".data", "from_tensors": ".data", "load_data": ".data",
     "evaluate": ".evaluation",
-    "build_model": ".models", "zoo_names": ".models",
+    "build_model": ".models", "zoo_names": ".models", "configure_threads": ".threads",
     "create_model": ".train.pretrain", "pretrain": ".train.pretrain",
     "prune": ".compression.prune", "sparsity_report": ".compression.prune", "recalibrate_bn": ".compression.bn",
     "model_stats": ".compression.quant", "quantize_tensor": ".compression.quant",

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .threads import configure_threads
+
 EXAMPLES = """\
 examples:
   craftlab demo                                   # CrAFT on the embedded default (AdamW vs AdamW+SAM)
@@ -51,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"craftlab {__version__}")
+    p.add_argument("--threads", default=None, metavar="N",
+                   help="torch intra-op threads: a positive integer or 'auto' (default: $CRAFTLAB_THREADS, else 1 "
+                        "for small models and one per core for large ones; see craftlab/threads.py)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("pretrain", help="pretrain zoo models on the source task (mnist5k), optionally with SAM "
@@ -416,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        configure_threads(args.threads, model=getattr(args, "model", None))
         return (COMMANDS.get(args.command) or runners[args.command])(args)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:
         print(f"craftlab {args.command}: error: {err}", file=sys.stderr)

@@ -8,6 +8,8 @@ input. Their "foundation" weights are made by craftlab (pretraining on ``mnist5k
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from ._errors import unknown_name
 
 SHIPPED_ZOO_DIR = Path(__file__).parent / "zoo"
 _RNG_LOCK = threading.RLock()
+HUB = ("huggingface.co", 443)
+"""Where timm's pretrained weights come from (host, port): what :func:`check_hub` tries to reach."""
 
 
 class SeededRNG:
@@ -132,6 +136,28 @@ def is_known_model(name: str) -> bool:
     return name in ZOO or name in _timm_names()
 
 
+def check_hub(name: str, timeout: float = 3.0) -> None:
+    """Raise RuntimeError naming the problem, within `timeout` seconds, when timm model `name` needs its
+    pretrained weights from the Hugging Face Hub and the Hub is unreachable (instead of a minute of hub
+    retries). The one check of the core, the CLI and the app.
+
+    Zoo models (offline) and ``HF_HUB_OFFLINE=1`` (weights already in the Hugging Face cache) skip it.
+
+    Example::
+
+        >>> check_hub("vit-tiny")  # a zoo model: nothing to fetch
+    """
+    if name in ZOO or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    try:
+        socket.create_connection(HUB, timeout=timeout).close()
+    except OSError as err:
+        raise RuntimeError(
+            f"timm model {name!r} needs its pretrained weights from the Hugging Face Hub, which is unreachable "
+            f"({err}); the zoo models ({', '.join(zoo_names())}) work offline, and HF_HUB_OFFLINE=1 uses weights "
+            "already in the Hugging Face cache") from None
+
+
 def _attach_info(model: nn.Module, name: str, spec: ZooSpec | None) -> nn.Module:
     model.craftlab_name = name  # type: ignore[attr-defined]
     if spec is not None:
@@ -202,6 +228,8 @@ def _create_timm(name: str, num_classes: int | None, pretrained: bool, **kwargs:
                            hint=f"zoo models: {', '.join(zoo_names())}; or any name from timm.list_models()")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if pretrained:
+        check_hub(name)  # seconds, not a minute of hub retries, when offline
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:

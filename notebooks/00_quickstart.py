@@ -47,10 +47,12 @@ from torch import nn
 import craftlab
 from craftlab import cache, figures, widgets
 from craftlab import experiments as ex
+from craftlab.threads import configure_threads
 
+THREADS = configure_threads()  # THE thread policy: CRAFTLAB_THREADS, else 1 for the tiny zoo models
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
-print(f"craftlab {craftlab.__version__}; cache: {cache.home()}")
+print(f"craftlab {craftlab.__version__}; cache: {cache.home()}; torch threads: {THREADS}")
 
 # %% [markdown]
 # ## 1. Data and a pretrained "foundation" model

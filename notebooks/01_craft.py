@@ -43,7 +43,9 @@ import torch
 import craftlab
 from craftlab import experiments as ex
 from craftlab import figures, landscape, plots, sharpness, widgets
+from craftlab.threads import configure_threads
 
+configure_threads()  # THE thread policy: CRAFTLAB_THREADS, else 1 for the tiny zoo models
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 
@@ -209,16 +211,24 @@ figures.bits_figure(df)
 #
 # A random direction $d$, **filter-normalized** (each output row of $d$ rescaled to the norm of the same
 # row of $w$; Li et al., NeurIPS 2018), and the loss along $w + \alpha d$. The same random draw is used for
-# both models. A flatter minimum shows a wider, lower bowl. We also print the sharpness numbers of
-# both models (notebook 02 explains them).
+# both models. A flatter minimum shows a **wider** bowl: the loss rises more slowly as the weights move.
+# It need not be a *lower* one: SAM minimizes the worst loss in a ρ-ball around the weights, not the loss
+# at the weights, so it settles at a different point whose own training loss can be higher (compare the
+# `loss` printed below) while its surroundings are flatter. A higher bottom is a different point, not a
+# worse one: what compression cares about is how much the loss rises when the weights move. We also print
+# the sharpness numbers of both models (notebook 02 explains them).
 
 # %%
 models = {arm: ex.load_run(runs[(runs["arm"] == arm) & (runs["seed"] == SEEDS[0])].iloc[0]) for arm in ARMS}
 batches = ex.probe_batches(data, 128)          # the same 128 training images for every probe
-for arm, m in models.items():
-    s = sharpness.sharpness_summary(m, batches)
+summaries = {arm: sharpness.sharpness_summary(m, batches) for arm, m in models.items()}
+for arm, s in summaries.items():
     print(f"{arm:>12}: loss {s['loss']:.3f}  λmax {s['lambda_max']:.1f}  Tr(H) {s['trace']:.0f} ± "
-          f"{s['trace_stderr']:.0f}  ε-sharpness(ρ=0.05) {s['eps_sharpness']:.4f}")
+          f"{s['trace_stderr']:.0f}\n{'':>14}ε-sharpness(ρ=0.05) {s['eps_sharpness']:.4f}")
+lowest = min(summaries, key=lambda a: summaries[a]["loss"])
+flattest = min(summaries, key=lambda a: summaries[a]["lambda_max"])
+print(f"lowest loss at its minimum: {lowest}; flattest (smallest λmax): {flattest}"
+      + ("" if lowest == flattest else "\n  -> not the same arm: the flatter bowl sits higher, as explained above"))
 
 
 def slices(direction_seed):
@@ -247,10 +257,10 @@ def compression_slices(setting):
     paths = {arm: landscape.compression_path(m, ex.compress_setting(m, data, setting), batches,
                                              t_range=(-0.25, 1.25), steps=13)
              for arm, m in models.items()}
-    for arm, p in paths.items():
+    for arm, p in paths.items():  # printed into the widget's own output area, above the figure
         print(f"{arm:>12} {setting}: loss jump {p.meta['measured_jump']:+.4f} "
-              f"(2nd-order {p.meta['predicted_jump']:+.4f}), ‖δ‖ {p.meta['delta_norm']:.2f}, "
-              f"activation-quantization gap {p.meta['architecture_gap']:+.4f}")
+              f"(2nd-order {p.meta['predicted_jump']:+.4f}), ‖δ‖ {p.meta['delta_norm']:.2f}\n"
+              f"{'':>14}activation-quantization gap {p.meta['architecture_gap']:+.4f}")
     return plots.compression_path_figure(paths, title=f"loss along w + t·(C(w) − w), C = {setting}")
 
 

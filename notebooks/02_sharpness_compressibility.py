@@ -44,7 +44,9 @@ import pandas as pd
 
 from craftlab import experiments as ex
 from craftlab import landscape, plots, sharpness, widgets
+from craftlab.threads import configure_threads
 
+configure_threads()  # THE thread policy: CRAFTLAB_THREADS, else 1 for the tiny zoo models
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 4)
 
@@ -206,7 +208,7 @@ corr
 
 # %% tags=["claim-check"]
 PRIMARY = "lambda_max"   # fixed before looking: the measure of the flat => compressible argument above
-print(f"CLAIM CHECK: sharper models lose more accuracy under compression (x = {PRIMARY} on {N_PROBE} "
+print(f"CLAIM CHECK: sharper models lose more accuracy under compression\n  (x = {PRIMARY} on {N_PROBE} "
       f"training images, y = test accuracy drop, n = {len(runs)} models)")
 for setting in ["magnitude 50%", "W4A4"]:
     c = corr[(corr["setting"] == setting) & (corr["measure"] == PRIMARY)].iloc[0]
@@ -221,11 +223,11 @@ for setting in ["magnitude 50%", "W4A4"]:
     print(f"  {setting:>13}: Spearman ρ = {c['spearman_drop']:+.2f}, p = {c['p_drop']:.3f} -> {words}")
 best = corr.loc[corr["spearman_drop"].idxmax()]
 print(f"  strongest positive correlation overall: {best['measure']} vs {best['setting']} drop, "
-      f"ρ = {best['spearman_drop']:+.2f} (p = {best['p_drop']:.3f}); "
-      f"{int((corr['spearman_drop'] > 0).sum())} of {len(corr)} measure × setting pairs are positive")
+      f"ρ = {best['spearman_drop']:+.2f} (p = {best['p_drop']:.3f});\n"
+      f"  {int((corr['spearman_drop'] > 0).sum())} of {len(corr)} measure × setting pairs are positive")
 fp_by_arm = fp.groupby("arm", sort=False)["fp_accuracy"].mean()
 r_fp, p_fp, _ = ex.spearman_test(fp[PRIMARY], fp["fp_accuracy"])
-print(f"  confound: Spearman({PRIMARY}, FP32 accuracy) = {r_fp:+.2f} (p = {p_fp:.3f}); FP32 accuracy ranges from "
+print(f"  confound: Spearman({PRIMARY}, FP32 accuracy) = {r_fp:+.2f} (p = {p_fp:.3f});\n  FP32 accuracy ranges from "
       f"{100 * fp_by_arm.min():.1f}% ({fp_by_arm.idxmin()}) to {100 * fp_by_arm.max():.1f}% ({fp_by_arm.idxmax()})")
 for setting in ["magnitude 50%", "W4A4"]:
     c = corr[(corr["setting"] == setting) & (corr["measure"] == PRIMARY)].iloc[0]
@@ -233,7 +235,7 @@ for setting in ["magnitude 50%", "W4A4"]:
              "flatter models do NOT end more accurate after compression (they started lower)")
     sig = "significant" if c["p_compressed_acc"] < 0.05 else "not significant"
     print(f"  {setting:>13}: Spearman({PRIMARY}, compressed accuracy) = {c['spearman_compressed_acc']:+.2f} "
-          f"(p = {c['p_compressed_acc']:.3f}, {sig}) -> {trend}")
+          f"(p = {c['p_compressed_acc']:.3f}, {sig})\n{'':>17}-> {trend}")
 
 # %% [markdown]
 # ## 4. Predicted vs measured damage along the compression direction
@@ -277,11 +279,13 @@ for setting, part in second.groupby("setting", sort=False):
     words = ("predicts it well" if within >= 0.75 and r > 0.5 else
              "ranks the models but misses the size" if r > 0.5 else "does NOT predict it here")
     weight_share = (part["measured"] / part["full_jump"]).median()
-    print(f"  {setting:>13}: median predicted/measured = {ratio:.2f}, {100 * within:.0f}% of {n} models within ±25%, "
-          f"Spearman(predicted, measured) = {r:+.2f} (p = {p:.3f}); curvature term = {100 * curv_share:.0f}% "
-          f"of |g·δ| + |½δᵀHδ| (median) -> the quadratic model {words}")
-    print(f"  {'':>13}  the weight move is {100 * weight_share:.0f}% of the compressed model's whole loss jump (median)"
-          + ("; the rest is activation quantization, which no weight-space model sees" if weight_share < 0.9 else ""))
+    print(f"  {setting:>13}: median predicted/measured = {ratio:.2f}, {100 * within:.0f}% of {n} models within ±25%,\n"
+          f"{'':>17}Spearman(predicted, measured) = {r:+.2f} (p = {p:.3f});\n"
+          f"{'':>17}curvature term = {100 * curv_share:.0f}% of |g·δ| + |½δᵀHδ| (median)\n"
+          f"{'':>17}-> the quadratic model {words}")
+    print(f"{'':>17}the weight move is {100 * weight_share:.0f}% of the compressed model's whole loss jump (median)"
+          + (f"\n{'':>17}(the rest is activation quantization, which no weight-space model sees)"
+             if weight_share < 0.9 else ""))
 
 # %% [markdown]
 # **Reading it.** When the quadratic term dominates and the prediction matches, the damage of a

@@ -33,8 +33,8 @@ RAW = dict(model=MODEL, method="magnitude", sparsity=0.5, w_bits=None, a_bits=No
 
 
 def small_explorer(**kw) -> Explorer:
-    opts = dict(epochs=EPOCHS, sparsity_grid=(0.25, 0.5, 0.75), bits_grid=(8, 4), landscape_steps=5, path_steps=9,
-                probe_size=64)
+    opts = dict(epochs=EPOCHS, seeds=(0,), sparsity_grid=(0.25, 0.5, 0.75), bits_grid=(8, 4), landscape_steps=5,
+                path_steps=9, coarse_steps=None, probe_size=64)
     opts.update(kw)
     return Explorer(**opts)
 
@@ -106,13 +106,14 @@ def figure(payload) -> dict:
 def test_every_event_has_an_api_name(served):
     names = [fn.api_name for fn in served.fns.values()]
     assert names and all(isinstance(n, str) and n for n in names), names
-    assert {"compress", "cards", "curves", "sharpness", "landscape", "landscape_kind", "train"} <= set(names)
+    assert {"compress", "panels", "seeds", "sharpness", "landscape", "landscape_view", "landscape_kind", "refresh",
+            "export", "train"} <= set(names)
 
 
 def test_api_compress_contract(client):
     info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/compress"]
     params = [p["parameter_name"] for p in info["parameters"]]
-    assert params == ["model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern"]
+    assert params == ["model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern", "recalibrate_bn"]
     assert all(p["parameter_has_default"] for p in info["parameters"][5:])
     ans = client.predict(model=MODEL, method="magnitude", sparsity=0.5, w_bits=8, a_bits=None, api_name="/compress")
     assert isinstance(ans, dict) and ans["model"] == MODEL and ans["setting_label"] == "magnitude 50% + W8AFP"
@@ -178,10 +179,10 @@ def test_api_bad_requests_get_their_message_and_the_app_still_serves(client):
 
 
 def test_api_timm_model_offline_is_a_fast_clear_error(client, monkeypatch):
-    from craftlab_app import hub
+    from craftlab import models
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hub, "HUB", ("127.0.0.1", free_port()))  # nothing listens there (server in this process)
+    monkeypatch.setattr(models, "HUB", ("127.0.0.1", free_port()))  # nothing listens there (server in this process)
     t0 = time.perf_counter()
     with pytest.raises(AppError, match="resnet18.*Hugging Face Hub.*unreachable"):
         compress(client, model="resnet18")
@@ -207,20 +208,27 @@ def test_api_damaged_checkpoint_is_a_clear_error(client, explorer):
 
 # ----------------------------------------------------------------------------------------------------- follow-ups
 
-def test_api_cards(client):
-    ans = compress(client, method="wanda", w_bits="4", a_bits="8")
-    summary, plain, craft = client.predict(ans, api_name="/cards")
+def test_api_panels_are_of_the_sessions_view(served):
+    session = Client(served.local_url, verbose=False)  # one browser tab: one session
+    ans = session.predict(**{**RAW, "method": "wanda", "w_bits": "4", "a_bits": "8"}, api_name="/compress")
+    out = session.predict(api_name="/panels")
+    summary, plain, craft, verdict, guide = out[:5]
+    tag = "[vit-tiny · wanda 50% + W4A8]"
     assert "AdamW" in plain and "CrAFT" in craft and "SAM" in craft
     for card, arm in zip((plain, craft), ans["arms"].values()):
         assert f"{100 * arm['compressed_accuracy']:.1f}%" in card and f"{100 * arm['fp_accuracy']:.1f}%" in card
-    assert "wanda 50% + W4A8" in summary and "pts" in summary
-    nm = compress(client, method="N:M", pattern="1:4")
-    assert "(keep 1 of 4)" in client.predict(nm, api_name="/cards")[0]
+        assert tag in card
+    assert tag in summary and "pts" in summary and tag in verdict and "one test image = 0.28 pts" in verdict
+    for fig in out[5:7]:
+        assert tag in figure(fig)["layout"]["title"]["text"]
+    assert "?model=vit-tiny&method=wanda&sparsity=0.5&w=4&a=8" in out[7]
+    session.predict(**{**RAW, "method": "N:M", "pattern": "1:4"}, api_name="/compress")
+    assert "(keep 1 of 4)" in session.predict(api_name="/panels")[0]
 
 
-def test_api_slider_release_validates_once(served, monkeypatch):
-    """/compress validates the raw input once; the follow-ups of a slider release read the session's Setting."""
-    from craftlab_app import ui
+def test_api_one_validation_per_view_and_every_follow_up_is_of_that_view(served, monkeypatch):
+    """/compress validates the raw input once; the follow-ups read the session's view."""
+    from craftlab_app import callbacks
 
     from craftlab.settings import make_setting
 
@@ -230,23 +238,39 @@ def test_api_slider_release_validates_once(served, monkeypatch):
         calls.append(args)
         return make_setting(*args, **kwargs)
 
-    monkeypatch.setattr(ui, "make_setting", counted)
-    session = Client(served.local_url, verbose=False)  # one browser tab: one session
-    ans = session.predict(**{**RAW, "method": "wanda", "sparsity": 0.75}, api_name="/compress")
+    monkeypatch.setattr(callbacks, "make_setting", counted)
+    session = Client(served.local_url, verbose=False)
+    session.predict(**{**RAW, "method": "wanda", "sparsity": 0.75}, api_name="/compress")
     deadline = time.time() + 120
-    while True:  # the curves poll until the background sweep is complete
-        fig_s, fig_b, _ = session.predict(ans, api_name="/curves")
+    while True:  # the curves fill in from the background (the page polls /refresh)
+        fig_s = session.predict(api_name="/panels")[5]
         if "computing" not in figure(fig_s)["layout"]["title"]["text"] or time.time() > deadline:
             break
         time.sleep(0.5)
-    path, plain, craft = session.predict("contour", api_name="/landscape_view")
-    again = session.predict("surface", api_name="/landscape_kind")
+    path, plain, craft = session.predict("contour", "log10", api_name="/landscape_view")
+    again = session.predict("surface", "linear", api_name="/landscape_kind")
     assert len(calls) == 1, calls
     layout = figure(fig_s)["layout"]
     assert "wanda" in layout["title"]["text"] and "computing" not in layout["title"]["text"]
     assert any(shape["x0"] == 0.75 for shape in layout["shapes"])  # the current setting is marked
-    assert "wanda 75%" in figure(path)["layout"]["title"]["text"]
+    for fig in (fig_s, path, plain, again[2]):
+        assert "[vit-tiny · wanda 75%]" in figure(fig)["layout"]["title"]["text"]
     assert figure(plain)["data"][0]["type"] == "contour" and figure(again[1])["data"][0]["type"] == "surface"
+    assert "log10" in json.dumps(figure(plain)["data"][0]["colorbar"]) and \
+        "log10" not in json.dumps(figure(again[1])["data"][0]["colorbar"])  # the linear loss axis
+    sharp = session.predict(api_name="/sharpness")
+    assert "[vit-tiny · FP weights]" in sharp[0] and "Smaller = flatter" in sharp[2]
+    files = session.predict("contour", "log10", api_name="/export")
+    files = files["value"] if isinstance(files, dict) else files  # an update that also shows the file box
+    paths = sorted((f if isinstance(f, str) else f["path"] for f in files), key=lambda f: f.rsplit(".", 1)[-1])
+    assert paths[0].endswith(".html") and paths[1].endswith(".json")
+    exported = json.loads(open(paths[1]).read())
+    assert exported["setting_label"] == "wanda 75%" and exported["url_query"].startswith("?model=vit-tiny")
+
+
+def test_api_bn_reestimation_is_dropped_for_a_model_without_batchnorm(client):
+    ans = client.predict(**{**RAW, "recalibrate_bn": True}, api_name="/compress")
+    assert ans["setting_label"] == "magnitude 50%" and not ans["setting"]["recalibrate_bn"]
 
 
 def test_api_landscape_is_stateless_and_cached(client):
@@ -269,9 +293,10 @@ def test_api_landscape_is_stateless_and_cached(client):
 
 
 def test_api_sharpness_status_and_models(client):
-    sp, sc = client.predict(MODEL, api_name="/sharpness")
+    compress(client)
+    sp, sc, note = client.predict(api_name="/sharpness")
     for md in (sp, sc):
-        assert "λmax" in md and "trace" in md and "ε-sharpness" in md
+        assert "λmax" in md and "trace" in md and "ε-sharpness" in md and "e+0" not in md
     text, _ = client.predict(api_name="/status")
     assert isinstance(text, str) and text
     values = [v for _, v in client.predict(MODEL, api_name="/models")["choices"]]
@@ -280,15 +305,19 @@ def test_api_sharpness_status_and_models(client):
 
 def test_api_train_streams_history_and_joins_the_model_list(client):
     key = "resnet-tiny-digits-adamw+sam0.2-e1-s0"
-    status, fig, picker = client.predict("resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, api_name="/train")
+    status, fig, picker = client.predict("resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False,
+                                         api_name="/train")[:3]  # (the "Open in Explore" button has no value)
     assert "Done" in status and key in status
     assert fig["type"] == "plotly" and len(figure(fig)["data"]) == 2  # train and val loss of one run
     assert picker["value"] == key and key in [v for _, v in picker["choices"]]
-    status, _, _ = client.predict("resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, api_name="/train")
+    status = client.predict("resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, api_name="/train")[0]
     assert "cached" in status  # the same settings never train twice
+    assert "Estimated duration: about" in client.predict("resnet-tiny", "digits", "adamw", 0.2, False, 3, 0, True,
+                                                         api_name="/estimate")
     for i, value, msg in [(1, "no-such-data", "unknown dataset"), (0, "resnet-tinyy", "unknown model"),
-                          (5, 2.5, "epochs must be a whole number"), (3, -1.0, "rho must be in")]:
-        args = ["resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False]
+                          (5, 2.5, "epochs must be a whole number"), (3, -1.0, "rho must be in"),
+                          (2, "lion", "unknown optimizer"), (8, -1.0, "lr must be in")]:
+        args = ["resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, None]
         args[i] = value
         with pytest.raises(AppError, match=msg):
             client.predict(*args, api_name="/train")

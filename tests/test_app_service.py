@@ -7,6 +7,7 @@ CRAFTLAB_HOME, and an Explorer with small curve grids and coarse landscapes, so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -15,14 +16,17 @@ import time
 import pytest
 
 torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
 pytest.importorskip("pandas")
 pytest.importorskip("plotly")
 
 from craftlab_app import figures as figs  # noqa: E402
-from craftlab_app.concurrency import Memo, Scheduler  # noqa: E402
+from craftlab_app import panels  # noqa: E402
+from craftlab_app.concurrency import Cancelled, Memo, Scheduler, memo_call  # noqa: E402
 from craftlab_app.service import Explorer, as_setting  # noqa: E402
 from craftlab_app.stores import PointStore  # noqa: E402
 from craftlab_app.training import make_run_spec  # noqa: E402
+from craftlab_app.view import Views  # noqa: E402
 
 import craftlab  # noqa: E402
 from craftlab import cache  # noqa: E402
@@ -34,7 +38,7 @@ EPOCHS = 1
 
 def small_explorer(**kw) -> Explorer:
     opts = dict(epochs=EPOCHS, sparsity_grid=(0.25, 0.5, 0.75), bits_grid=(8, 4), landscape_steps=5, path_steps=9,
-                probe_size=64)
+                coarse_steps=None, probe_size=64)
     opts.update(kw)
     return Explorer(**opts)
 
@@ -255,44 +259,90 @@ def test_a_cached_run_key_selects_the_run_and_its_twin(explorer):
 
 # ----------------------------------------------------------------------------------------------------- curves
 
-def wait_for_curves(explorer, model=MODEL, granularity="channel", timeout=120):
+def wait_for_curves(explorer, setting=None, model=MODEL, timeout=180):
     deadline = time.time() + timeout
     while True:
-        c = explorer.curves(model, granularity=granularity)
+        c = explorer.curves(model, setting)
         if c["complete"] or time.time() > deadline:
             return c
         time.sleep(0.3)
 
 
-def test_curves_come_from_cached_sweeps(explorer):
-    c = wait_for_curves(explorer)
+def test_curves_are_drawn_at_the_other_current_settings(explorer):
+    setting = make_setting("wanda", 0.75, 4, 8)
+    c = wait_for_curves(explorer, setting)
     assert c["complete"], c
     s, b = c["sparsity"], c["bits"]
-    assert set(s["method"]) == {"magnitude", "wanda"} and set(s["sparsity"]) == {0.0, 0.25, 0.5, 0.75}
-    assert set(b["mode"]) == {"W-only", "W=A"} and set(b["bits"]) == {8.0, 4.0}
-    assert len(s) == 2 * 2 * 4 and len(b) == 2 * 2 * 2
-    # a grid point of the curve is the same number /compress gives
-    setting = make_setting("wanda", 0.75)
+    assert set(s["method"]) == {"wanda"} and set(s["sparsity"]) == {0.0, 0.25, 0.5, 0.75}
+    assert set(b["bits"]) == {8.0, 4.0, 9.0, 10.0}  # the grid, then 16 (x = 9) and float weights (x = 10)
+    assert len(s) == 2 * 4 and len(b) == 2 * 4 and c["seeds"] == [0]
+    # the curves hold the current setting itself: the sparsity curve at W4A8, the bits curve at wanda 75% + A8
     ans = explorer.compress(MODEL, setting)
     for arm_name, arm in ans["arms"].items():
-        row = s[(s["arm"] == arm_name) & (s["method"] == "wanda") & (s["sparsity"] == 0.75)]
+        row = s[(s["arm"] == arm_name) & (s["sparsity"] == 0.75)]
         assert row["accuracy"].item() == arm["compressed_accuracy"]
-    fig_s, fig_b = figs.sparsity_curve_figure(c, setting, ans), figs.bits_curve_figure(c, setting, ans)
+        row = b[(b["arm"] == arm_name) & (b["bits"] == 4.0)]
+        assert row["accuracy"].item() == arm["compressed_accuracy"]
+    tag = "[vit-tiny · wanda 75% + W4A8]"
+    fig_s = figs.sparsity_curve_figure(c, setting, ans, tag)
+    fig_b = figs.bits_curve_figure(c, setting, ans, tag)
     assert fig_s.layout.height > 0 and fig_b.layout.height > 0
     assert any(shape.x0 == 0.75 for shape in fig_s.layout.shapes)  # the current setting is marked
-    assert len([tr for tr in fig_s.data if getattr(tr.marker, "symbol", None) == "star"]) == 2
-    assert "wanda" in fig_s.layout.title.text
+    for fig, x in ((fig_s, 0.75), (fig_b, 4.0)):
+        stars = [tr for tr in fig.data if getattr(tr.marker, "symbol", None) == "star"]
+        assert len(stars) == 2 and tag in fig.layout.title.text
+        for star in stars:  # on its curve: a point of a drawn line
+            assert star.x[0] == x
+            assert any(tr.mode and "lines" in tr.mode and tr.fill != "toself" and
+                       any(abs(xv - x) < 1e-9 and abs(yv - star.y[0]) < 1e-9 for xv, yv in zip(tr.x, tr.y))
+                       for tr in fig.data)
+    w16 = make_setting("magnitude", 0.5, 16, None)
+    fig16 = figs.bits_curve_figure(wait_for_curves(explorer, w16), w16, explorer.compress(MODEL, w16))
+    assert [tr.x[0] for tr in fig16.data if getattr(tr.marker, "symbol", None) == "star"] == [9.0, 9.0]
+    assert list(fig16.layout.xaxis.ticktext)[-2:] == ["16", "FP"]
+
+
+def test_n_m_curves_mark_the_patterns(explorer):
+    setting = make_setting("N:M", 0, pattern="1:4")
+    c = wait_for_curves(explorer, setting)
+    assert set(c["nm"]["pattern"]) == {"1:2", "2:4", "4:8", "1:4"}
+    fig = figs.sparsity_curve_figure(c, setting, explorer.compress(MODEL, setting))
+    assert [tr.x[0] for tr in fig.data if getattr(tr.marker, "symbol", None) == "star"] == [0.75, 0.75]
 
 
 def test_curve_points_persist_across_explorers(explorer):
-    wait_for_curves(explorer)
+    setting = make_setting("magnitude", 0.5)
+    wait_for_curves(explorer, setting)
     explorer.flush()
     fresh = small_explorer()
     try:
-        c = fresh.curves(MODEL, schedule=False)
+        c = fresh.curves(MODEL, setting, schedule=False)
         assert c["complete"], (c["done"], c["total"])
     finally:
         fresh.close()
+
+
+def test_seeds_give_mean_sd_and_the_paired_verdict_of_the_shared_statistics(explorer):
+    from craftlab.analysis.stats import claim_verdict, compare_arms
+
+    explorer.train_specs(explorer.missing_seed_runs(MODEL)[:2])  # seed 1's two arms (1 epoch each)
+    setting = make_setting("magnitude", 0.6)
+    v = explorer.verdict(MODEL, setting, compute=True)
+    assert v["seeds"] == [0, 1] and v["expected_seeds"] == 3 and v["point_pts"] == pytest.approx(100 / 359)
+    df = explorer.seed_points(MODEL, setting, compute=False)
+    assert sorted(df["seed"].unique().tolist()) == [0, 1] and len(df) == 4
+    for role in ("plain", "craft"):
+        acc = df[df["role"] == role]["accuracy"]
+        assert v["arms"][role]["mean"] == pytest.approx(acc.mean())
+        assert v["arms"][role]["sd"] == pytest.approx(acc.std(ddof=1))
+    table = compare_arms(df.assign(setting=setting.label()), "plain", "craft", by="setting", pair="seed", arm="role")
+    assert v["comparison"]["p_adjusted"] == table["p_adjusted"].item()
+    assert v["comparison"]["mean_diff"] == pytest.approx(table["mean_diff"].item())
+    assert v["status"] == claim_verdict(table).status
+    text = panels.interpretation(v, MODEL, setting.label())
+    assert "Over 2 seeds" in text and "0.28 pts" in text and "[vit-tiny · magnitude 60%]" in text
+    c = wait_for_curves(explorer, setting)
+    assert c["seeds"] == [0, 1] and set(c["sparsity"]["seed"]) == {0, 1}
 
 
 # ----------------------------------------------------------------------------------------------------- probes
@@ -434,3 +484,160 @@ def test_point_store_round_trip(tmp_path, monkeypatch):
     store.write(prefix, {"k": {"accuracy": 0.5}}, {"lambda_max": 1.0})
     assert PointStore().load_once(prefix) == ({"k": {"accuracy": 0.5}}, {"lambda_max": 1.0})
     assert PointStore(enabled=False).load_once(prefix) == ({}, None)
+
+
+# ----------------------------------------------------------------------------------------------------- issue 15
+
+def test_a_quick_landscape_is_coarse_then_the_fine_one_follows(explorer):
+    ex = small_explorer(landscape_steps=9, path_steps=13, coarse_steps=(5, 9), persist=False)
+    try:
+        setting = make_setting("magnitude", 0.45)
+        assert ex.levels == ((5, 9), (9, 13)) and ex.landscape_level(MODEL, setting) is None
+        quick = ex.landscape(MODEL, setting, quick=True)
+        for arm in quick.values():
+            assert arm["resolution"] == {"plane_steps": 5, "path_steps": 9, "distance": 1.5, "final": False}
+            assert len(arm["plane"].betas) == 5 and 1.0 in arm["plane"].alphas  # the compressed point is on the grid
+            path = arm["path"]  # the 2nd-order prediction, its terms computed under HVP_LOCK
+            assert np.isfinite(path.predicted).all() and "predicted_jump" in path.meta
+            assert path.predicted[path.index_original] == path.loss[path.index_original]
+        deadline = time.time() + 120
+        while ex.landscape_level(MODEL, setting) != 1 and time.time() < deadline:  # the fine level, in the background
+            time.sleep(0.3)
+        fine = ex.landscape(MODEL, setting, quick=True)  # now answers with the fine level at once
+        for name, arm in fine.items():
+            assert arm["resolution"]["final"] and len(arm["plane"].betas) == 9
+            coarse = quick[name]["plane"]  # both grids hold the compressed point: the same number there
+            i, j = list(arm["plane"].alphas).index(1.0), list(arm["plane"].betas).index(0.0)
+            k, m = list(coarse.alphas).index(1.0), list(coarse.betas).index(0.0)
+            assert arm["plane"].loss[i, j] == pytest.approx(coarse.loss[k, m], rel=1e-6)
+        assert "finer grid follows" in figs.path_figure(quick).layout.title.text
+    finally:
+        ex.close()
+
+
+def test_a_replaced_request_gives_up_and_does_not_poison_the_cache(explorer):
+    setting = make_setting("wanda", 0.45, 6, None)
+    calls = []
+
+    def cancel_after_a_few() -> bool:
+        calls.append(1)
+        return len(calls) > 5  # replaced after a few forward passes
+
+    with pytest.raises(Cancelled):
+        explorer.landscape(MODEL, setting, cancelled=cancel_after_a_few)
+    assert not explorer.has_landscape(MODEL, setting)
+    lands = explorer.landscape(MODEL, setting)  # the next request computes it
+    assert all(np.isfinite(a["plane"].loss).all() for a in lands.values())
+    with pytest.raises(Cancelled):
+        memo_call(Memo(2), "k", lambda: (_ for _ in ()).throw(Cancelled()), cancelled=lambda: True)
+
+
+def test_views_replace_each_other_per_session():
+    views = Views()
+    a = views.open("s1", MODEL, make_setting("magnitude", 0.3))
+    other = views.open("s2", MODEL, make_setting("magnitude", 0.3))
+    cancelled = views.cancelled(a)
+    assert views.current(a) and not cancelled()
+    b = views.open("s1", MODEL, make_setting("magnitude", 0.7))
+    assert not views.current(a) and cancelled() and views.current(b) and views.current(other)
+    assert b.tag == "[vit-tiny · magnitude 70%]"
+
+
+def test_scheduler_moves_a_job_up_and_drops_unwanted_ones():
+    order = []
+    sched = Scheduler(workers=1)
+    try:
+        with sched.foreground():
+            sched.enqueue(5, "a", order.append, "a")
+            sched.enqueue(4, "b", order.append, "b")
+            sched.enqueue(1, "a", order.append, "a")  # moved up
+            sched.enqueue(0, "c", order.append, "c", wanted=lambda: False)  # its view was replaced
+            assert sched.pending() == 3
+        deadline = time.time() + 5
+        while sched.pending() and time.time() < deadline:
+            time.sleep(0.05)
+        assert order == ["a", "b"]
+    finally:
+        sched.close()
+
+
+def test_panel_texts():
+    assert panels.one_line("could not load 'x':\n <urlopen error [Errno -2]>") == \
+        "could not load 'x': ‹urlopen error [Errno -2]›"
+    assert [panels.fmt_num(v) for v in (6910.4, 123.4, 12.34, 1.234, 0.01234, 0)] == \
+        ["6,910", "123", "12.3", "1.23", "0.0123", "0"]
+    text = panels.sharpness_text({"lambda_max": 6910.0, "trace": 12345.6, "trace_stderr": 234.5,
+                                  "eps_sharpness": 0.0123, "rho": 0.05, "n_examples": 64}, MODEL)
+    assert "6,910" in text and "e+0" not in text and "[vit-tiny · FP weights]" in text
+    assert "Smaller = flatter" in panels.SHARPNESS_NOTE and "across architectures" in panels.SHARPNESS_NOTE
+    s = make_setting("N:M", 0, 4, None, pattern="1:4")
+    q = panels.query_of(MODEL, s)
+    assert q == "?model=vit-tiny&method=N%3AM&sparsity=0.75&w=4&a=None&g=channel&nm=1%3A4"
+    for p in panels.PRESETS:
+        assert panels.preset_of(p.model, p.setting()) is p
+    assert [p.setting().label() for p in panels.PRESETS] == ["W4AFP", "magnitude 50%", "wanda 85%"]
+
+
+def test_restore_reads_the_url_query():
+    from urllib.parse import parse_qsl
+
+    from craftlab_app.callbacks import Callbacks
+
+    q = panels.query_of(MODEL, make_setting("wanda", 0.7, 4, 8), kind="surface")
+
+    class Request:
+        query_params = dict(parse_qsl(q[1:]))
+
+    out = Callbacks.restore(Request())
+    assert out[:6] == ("vit-tiny", "wanda", 0.7, "4", "8", "channel") and out[8] == "surface"
+
+
+def test_threads_policy(monkeypatch):
+    from craftlab import threads
+
+    monkeypatch.delenv("CRAFTLAB_THREADS", raising=False)
+    monkeypatch.delenv("CRAFTLAB_APP_THREADS", raising=False)
+    assert threads.resolve_threads() == (1, "default")
+    assert threads.resolve_threads(model="vit-tiny") == (1, "default")
+    assert threads.resolve_threads(3) == (3, "argument")
+    monkeypatch.setenv("CRAFTLAB_APP_THREADS", "2")  # the app's old variable is an alias
+    assert threads.resolve_threads() == (2, "CRAFTLAB_APP_THREADS")
+    monkeypatch.setenv("CRAFTLAB_THREADS", "auto")
+    assert threads.resolve_threads() == (2, "CRAFTLAB_APP_THREADS")
+    monkeypatch.setenv("CRAFTLAB_THREADS", "1")
+    assert threads.resolve_threads() == (1, "CRAFTLAB_THREADS")
+    monkeypatch.setenv("CRAFTLAB_THREADS", "zero")
+    with pytest.raises(ValueError, match="CRAFTLAB_THREADS must be a positive integer"):
+        threads.resolve_threads()
+    assert threads.default_threads(50_000_000) == threads._cores()
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_EXPLICIT", [])
+    monkeypatch.setenv("CRAFTLAB_THREADS", "2")
+    try:
+        assert threads.configure_threads(1) == 1 == torch.get_num_threads()
+        assert threads.configure_threads() == 1  # an explicit number (the CLI's --threads) holds for the process
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_core_fails_fast_offline_for_timm_weights(monkeypatch):
+    from craftlab import models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket_closed() as port:
+        monkeypatch.setattr(models, "HUB", ("127.0.0.1", port))
+        t0 = time.perf_counter()
+        with pytest.raises(RuntimeError, match="resnet18.*Hugging Face Hub.*unreachable"):
+            craftlab.create_model("resnet18", num_classes=10)
+        assert time.perf_counter() - t0 < 5
+    models.check_hub("vit-tiny")  # zoo: nothing to fetch
+
+
+@contextlib.contextmanager
+def socket_closed():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    yield port

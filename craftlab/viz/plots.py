@@ -114,9 +114,23 @@ def _value_at(result: PlaneResult, z: np.ndarray, alpha: float, beta: float) -> 
     return float(np.interp(alpha, a, rows))
 
 
+def _fmt(v: float) -> str:
+    """A value for a label: 3 significant digits, no exponent for ordinary magnitudes."""
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
+
+
+LABEL_BOX = {"bgcolor": "rgba(255,255,255,0.88)", "bordercolor": "#444", "borderwidth": 1, "borderpad": 3,
+             "font": {"size": 12, "color": "#111"}}
+"""Marker labels on landscapes: dark text on a white box, readable on any colour of the map."""
+SURFACE_CAMERA = {"eye": {"x": 1.3, "y": -1.3, "z": 0.85}, "up": {"x": 0, "y": 0, "z": 1}}
+"""The one camera of every surface figure, so two arms drawn side by side are seen from the same point."""
+
+
 def plane_figure(result: PlaneResult, kind: str = "contour", mark: Any = None, metric: str = "loss",
                  log: bool = False, title: str | None = None, height: int = 520, template: str = TEMPLATE,
-                 levels: int = 25) -> go.Figure:
+                 levels: int = 25, label_values: bool = True) -> go.Figure:
     """A 2-D slice as a contour map or a 3-D surface; alpha (first direction) on x, beta on y.
 
     Args:
@@ -124,45 +138,60 @@ def plane_figure(result: PlaneResult, kind: str = "contour", mark: Any = None, m
         mark: a point to mark: ``(alpha, beta)``, ``{"alpha", "beta", "label"}`` or a list of them; ``None``
             uses ``result.meta["mark"]`` (set by ``compression_plane``), ``False`` marks nothing. The
             origin (the model itself) is always marked.
-        log: plot log10 of the metric (useful when the loss spans decades).
-    Traces: the contour/surface, one for the origin, one per mark.
+        log: plot log10 of the metric (useful when the loss spans decades); False: the metric itself.
+        label_values: label each mark with the metric's value there (``compressed · loss 0.412``), in a
+            white box that reads on any colour of the map.
+    Traces: the contour/surface, one for the origin, one per mark. Surfaces share one camera
+    (:data:`SURFACE_CAMERA`) and keep their axis titles inside the figure.
     """
     if kind not in ("contour", "surface"):
         raise ValueError(f"kind must be 'contour' or 'surface', got {kind!r}")
-    z = _metric_values(result, metric)
-    if log:
-        z = np.log10(np.maximum(z, 1e-12))
+    raw = _metric_values(result, metric)
+    z = np.log10(np.maximum(raw, 1e-12)) if log else raw
     zname = f"log10 {metric}" if log else metric
     a, b = np.asarray(result.alphas, float), np.asarray(result.betas, float)
     marks = [{"alpha": 0.0, "beta": 0.0, "label": str(result.meta.get("origin", {}).get("label", "model"))}]
     marks += _marks(result, mark)
+    texts = [m["label"] + (f" · {metric} {_fmt(_value_at(result, raw, m['alpha'], m['beta']))}" if label_values
+                           else "") for m in marks]
     fig = go.Figure()
     if kind == "contour":
         fig.add_trace(go.Contour(x=a, y=b, z=z.T, colorscale="Viridis", ncontours=levels,
                                  colorbar={"title": {"text": zname}}, name=zname,
                                  hovertemplate="α=%{x:.3g}<br>β=%{y:.3g}<br>" + zname + "=%{z:.4g}<extra></extra>"))
-        for k, m in enumerate(marks):
-            fig.add_trace(go.Scatter(x=[m["alpha"]], y=[m["beta"]], mode="markers+text", name=m["label"],
-                                     text=[m["label"]], textposition="top center",
+        for k, (m, text) in enumerate(zip(marks, texts)):
+            fig.add_trace(go.Scatter(x=[m["alpha"]], y=[m["beta"]], mode="markers", name=m["label"],
+                                     hovertemplate=text + "<extra></extra>",
                                      marker={"symbol": "x" if k == 0 else "star", "size": 12 if k == 0 else 16,
                                              "color": "white" if k == 0 else "red",
                                              "line": {"width": 1, "color": "black"}}))
+            fig.add_annotation(x=m["alpha"], y=m["beta"], text=text, showarrow=True, arrowhead=0, arrowcolor="#444",
+                               ax=-30 if k == 0 else 30, ay=-28 if k == 0 else 28, **LABEL_BOX)
         return _finish(fig, title, height, template, xaxis_title="α", yaxis_title="β")
-    fig.add_trace(go.Surface(x=a, y=b, z=z.T, colorscale="Viridis", colorbar={"title": {"text": zname}}, name=zname,
+    fig.add_trace(go.Surface(x=a, y=b, z=z.T, colorscale="Viridis", name=zname,
+                             colorbar={"title": {"text": zname}, "len": 0.75, "thickness": 14},
                              hovertemplate="α=%{x:.3g}<br>β=%{y:.3g}<br>" + zname + "=%{z:.4g}<extra></extra>"))
-    for k, m in enumerate(marks):
-        fig.add_trace(go.Scatter3d(x=[m["alpha"]], y=[m["beta"]], z=[_value_at(result, z, m["alpha"], m["beta"])],
-                                   mode="markers+text", name=m["label"], text=[m["label"]],
+    notes = []
+    for k, (m, text) in enumerate(zip(marks, texts)):
+        zv = _value_at(result, z, m["alpha"], m["beta"])
+        fig.add_trace(go.Scatter3d(x=[m["alpha"]], y=[m["beta"]], z=[zv], mode="markers", name=m["label"],
+                                   hovertemplate=text + "<extra></extra>",
                                    marker={"size": 5 if k == 0 else 7, "color": "white" if k == 0 else "red",
                                            "line": {"width": 1, "color": "black"}}))
-    return _finish(fig, title, height, template,
-                   scene={"xaxis_title": "α", "yaxis_title": "β", "zaxis_title": zname})
+        notes.append({"x": m["alpha"], "y": m["beta"], "z": zv, "text": text, "showarrow": True, "arrowhead": 0,
+                      "ax": -40 if k == 0 else 40, "ay": -30, **LABEL_BOX})
+    fig = _finish(fig, title, height, template,
+                  scene={"xaxis_title": "α", "yaxis_title": "β", "zaxis_title": zname, "annotations": notes,
+                         "camera": SURFACE_CAMERA, "aspectmode": "manual",
+                         "aspectratio": {"x": 1, "y": 1, "z": 0.7}, "domain": {"x": [0, 0.9], "y": [0, 1]}})
+    fig.update_layout(margin={"l": 10, "r": 10, "b": 10})
+    return fig
 
 
 def compression_path_figure(result: PathResult | Mapping[str, PathResult], metric: str = "loss",
                             title: str | None = None, height: int = HEIGHT, template: str = TEMPLATE) -> go.Figure:
     """Loss along ``w + t (C(w) − w)``: measured (solid), 2nd-order prediction (dashed, loss only), the
-    original (t = 0) and the compressed point (t = 1) marked — THE compression-path figure.
+    original (t = 0) and the compressed point (t = 1) marked with their values — THE compression-path figure.
 
     `result` is one :class:`PathResult` or a mapping label -> PathResult (e.g. one per fine-tuning arm),
     drawn in one colour each. Traces per path: measured, [prediction when available], original, compressed.
@@ -180,10 +209,13 @@ def compression_path_figure(result: PathResult | Mapping[str, PathResult], metri
             fig.add_trace(go.Scatter(x=t, y=pred, mode="lines", name=f"{name}2nd-order prediction",
                                      line={"color": _color(1) if not label else color, "dash": "dash", "width": 2}))
         i0, i1 = res.index_original, res.index_compressed
-        fig.add_trace(go.Scatter(x=[t[i0]], y=[y[i0]], mode="markers", name=f"{name}original (t = 0)",
-                                 showlegend=not label, marker={"size": 11, "color": "black", "symbol": "circle"}))
-        fig.add_trace(go.Scatter(x=[t[i1]], y=[y[i1]], mode="markers", name=f"{name}compressed (t = 1)",
-                                 showlegend=not label,
+        fig.add_trace(go.Scatter(x=[t[i0]], y=[y[i0]], mode="markers+text", name=f"{name}original (t = 0)",
+                                 showlegend=not label, text=[_fmt(y[i0])], textposition="middle left",
+                                 textfont={"color": "#111", "size": 12},
+                                 marker={"size": 11, "color": "black", "symbol": "circle"}))
+        fig.add_trace(go.Scatter(x=[t[i1]], y=[y[i1]], mode="markers+text", name=f"{name}compressed (t = 1)",
+                                 showlegend=not label, text=[_fmt(y[i1])], textposition="middle right",
+                                 textfont={"color": "#111", "size": 12},
                                  marker={"size": 14, "color": "red" if not label else color, "symbol": "star",
                                          "line": {"width": 1, "color": "black"}}))
     only = next(iter(paths.values()))

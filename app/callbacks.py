@@ -1,0 +1,349 @@
+"""Every event handler of the CraftLab app: thin wrappers around a :class:`~craftlab_app.service.Explorer`.
+
+The one rule: a control change opens a new **view** (:mod:`craftlab_app.view`) in ``/compress`` — the one
+validation of the raw input (``make_setting``) — and every panel is then drawn from that view, titled with
+its tag, by follow-ups that drop their answer (``gr.skip()``) when the session has opened a newer view in the
+meantime; a landscape computation for a replaced view gives up within one forward pass. So the cards, the
+curves (with their stars), the sharpness and the landscapes always show the same (model, setting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from craftlab.settings import make_setting
+
+from . import panels
+from .concurrency import Cancelled
+from .view import View, Views
+
+if TYPE_CHECKING:  # torch, timm and plotly load in the background, after the page is served
+    from .service import Explorer
+
+
+class _Lazy:
+    """A module imported on first use (the figures pull in plotly and torch; the page does not need them)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name, __package__), attr)
+
+
+figs = _Lazy(".figures")
+training = _Lazy(".training")
+
+__all__ = ["Callbacks", "user_errors"]
+
+PANEL_OUTPUTS = 9
+"""summary, plain card, craft card, interpretation, guide, sparsity curve, bits curve, link, BN checkbox."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors craftlab raises for bad input (ValueError, CheckpointError, ...) into a gr.Error whose
+    one-line message names the problem (no traceback in the server log); the app keeps serving."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as err:
+        raise gr.Error(panels.one_line(err), print_exception=False) from None
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "api"
+
+
+def _gr_progress(progress: Any):
+    if progress is None:
+        return None
+    return lambda frac, desc: progress(frac, desc=desc)
+
+
+def _skip(n: int) -> tuple[Any, ...]:
+    return tuple(gr.skip() for _ in range(n))
+
+
+class Callbacks:
+    """Every event handler of the app (plain methods, testable without a server)."""
+
+    def __init__(self, explorer: Explorer) -> None:
+        self.ex = explorer
+        self.views = Views()
+
+    # --- the view ------------------------------------------------------------------------------
+
+    def compress(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any,
+                 granularity: str = "channel", pattern: str = "2:4", recalibrate_bn: bool = False,
+                 request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[dict[str, Any], View]:  # noqa: B008
+        """Full-precision and compressed test accuracy of both fine-tuning arms of `model` (seed 0), and the new
+        view of the session. The one validation of a control change."""
+        with user_errors():
+            name = str(model).strip()
+            setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern,
+                                   recalibrate_bn=bool(recalibrate_bn))
+            view = self.views.open(_session(request), name, setting)  # replaces (cancels) the previous view
+            if setting.recalibrate_bn:
+                self.ex.arms(name, progress=_gr_progress(progress))
+                if not self.ex.has_batchnorm(name):  # nothing to re-estimate: the view says "no BN"
+                    setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern)
+                    view = self.views.open(view.session, name, setting)
+            answer = self.ex.compress(name, setting, progress=_gr_progress(progress))
+        return answer, View(view.session, view.seq, view.model, view.setting, answer)
+
+    def _render(self, view: View, compute_seeds: bool = False) -> tuple[tuple[Any, ...], bool]:
+        """The panels of `view` from what is cached (seed points of its setting measured first with
+        `compute_seeds`); and whether something is still coming (curve points, seeds)."""
+        ex, s, model = self.ex, view.setting, view.model
+        with user_errors():
+            ex.ensure_seeds(model)  # a zoo model's extra seeds: fine-tuned in the background once
+            verdict = ex.verdict(model, s, compute=compute_seeds, cancelled=self.views.cancelled(view))
+            curves = ex.curves(model, s, wanted=lambda: self.views.current(view))
+            bn = ex.has_batchnorm(model)
+            name = ex.describe(model)
+        card_p, card_c = panels.cards(view.answer, verdict, model, bn_used=s.recalibrate_bn if bn else None)
+        seed_runs = ex.status().get("seed_runs") or {"done": 0, "total": 0}
+        training = seed_runs["done"] < seed_runs["total"]
+        preset = panels.preset_of(model, s)
+        out = (panels.summary(view.answer, name), card_p, card_c,
+               panels.interpretation(verdict, model, s.label(), training),
+               preset.guide if preset else "",
+               figs.sparsity_curve_figure(curves, s, view.answer, view.tag),
+               figs.bits_curve_figure(curves, s, view.answer, view.tag),
+               f"[link to this view]({panels.query_of(model, s)}) · {view.tag}",
+               gr.Checkbox(interactive=bn, info=None if bn else "this model has no BatchNorm layers"))
+        pending = not curves["complete"] or len(verdict.get("seeds", [])) < verdict.get("expected_seeds", 1)
+        return out, pending
+
+    def panels(self, view: View | None) -> tuple[Any, ...]:
+        """Cards, interpretation, guide, curves and link of the session's view (skipped when it was replaced)."""
+        if not self.views.current(view):
+            return _skip(PANEL_OUTPUTS + 1)
+        out, pending = self._render(view)  # type: ignore[arg-type]
+        if not self.views.current(view):
+            return _skip(PANEL_OUTPUTS + 1)
+        return (*out, gr.Timer(active=True))
+
+    def seeds(self, view: View | None) -> tuple[Any, ...]:
+        """The same panels after measuring the view's setting on every seed (mean ± sd and the paired verdict)."""
+        if not self.views.current(view):
+            return _skip(PANEL_OUTPUTS)
+        try:
+            out, _ = self._render(view, compute_seeds=True)  # type: ignore[arg-type]
+        except Cancelled:
+            return _skip(PANEL_OUTPUTS)
+        return out if self.views.current(view) else _skip(PANEL_OUTPUTS)
+
+    def sharpness(self, view: View | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str, str]:  # noqa: B008
+        """Sharpness markdown of both full-precision arms of the view's model."""
+        if not self.views.current(view):
+            return _skip(3)  # type: ignore[return-value]
+        model = view.model  # type: ignore[union-attr]
+        with user_errors():
+            res = {a["role"]: a for a in self.ex.sharpness(model, progress=_gr_progress(progress)).values()}
+        if not self.views.current(view):
+            return _skip(3)  # type: ignore[return-value]
+        return (panels.sharpness_text(res.get("plain"), model), panels.sharpness_text(res.get("craft"), model),
+                panels.SHARPNESS_NOTE)
+
+    def _landscape_figures(self, lands: dict[str, Any], kind: str, scale: str, tag: str) -> tuple[Any, Any, Any]:
+        planes = dict(zip([a["role"] for a in lands.values()],
+                          figs.plane_figures(lands, kind=kind, log=scale != "linear", tag=tag)))
+        blank = figs.empty_figure("no such arm for this checkpoint", figs.LANDSCAPE_HEIGHT)
+        return figs.path_figure(lands, tag=tag), planes.get("plain", blank), planes.get("craft", blank)
+
+    def landscape_of(self, view: View | None, kind: str = "contour", scale: str = "log10",
+                     progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, Any]:  # noqa: B008
+        """The landscapes of the session's view, drawn as `kind` on a `scale` (log10 / linear) loss axis: the
+        finest cached level at once, else a quick coarse one (the fine one follows through :meth:`refresh`)."""
+        if not self.views.current(view):
+            return _skip(3)  # type: ignore[return-value]
+        assert view is not None
+        cancelled = self.views.cancelled(view)
+        try:
+            with user_errors():
+                if kind not in ("contour", "surface"):
+                    raise ValueError(f"kind must be 'contour' or 'surface', got {kind!r}")
+                prog = _gr_progress(progress)
+                if prog is not None and not self.ex.has_landscape(view.model, view.setting):
+                    prog(0.0, "computing the loss landscapes of both arms…")
+                lands = self.ex.landscape(view.model, view.setting, quick=True, cancelled=cancelled,
+                                          wanted=lambda: self.views.current(view))
+        except Cancelled:
+            return _skip(3)  # type: ignore[return-value]
+        if cancelled():
+            return _skip(3)  # type: ignore[return-value]
+        return self._landscape_figures(lands, kind, scale, view.tag)
+
+    def landscape(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any,
+                  granularity: str = "channel", pattern: str = "2:4", kind: str = "contour",
+                  scale: str = "log10") -> tuple[Any, Any, Any]:
+        """The 1-D compression-direction slice (both arms) and one 2-D landscape per arm (stateless API, fine)."""
+        with user_errors():
+            if kind not in ("contour", "surface"):
+                raise ValueError(f"kind must be 'contour' or 'surface', got {kind!r}")
+            setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern)
+            lands = self.ex.landscape(str(model).strip(), setting)
+        return self._landscape_figures(lands, kind, scale, f"[{str(model).strip()} · {setting.label()}]")
+
+    def refresh(self, view: View | None, kind: str, scale: str, shown: dict | None) -> tuple[Any, ...]:
+        """Timer tick while something of the view is still coming: redraw the panels when new curve points or
+        seeds arrived, the landscapes when the fine level replaced the coarse one; stop when all is there."""
+        n = PANEL_OUTPUTS + 3 + 2
+        if not self.views.current(view):
+            return _skip(n)
+        assert view is not None
+        shown = dict(shown or {}) if (shown or {}).get("seq") == view.seq else {"seq": view.seq}
+        curves = self.ex.curves(view.model, view.setting, schedule=False)
+        verdict = self.ex.verdict(view.model, view.setting, compute=False)
+        sig = [curves["done"], len(verdict.get("seeds", []))]
+        panel_out: tuple[Any, ...] = _skip(PANEL_OUTPUTS)
+        pending = True
+        if sig != shown.get("panels"):
+            panel_out, pending = self._render(view)
+            shown["panels"] = sig
+        else:
+            pending = not curves["complete"] or len(verdict["seeds"]) < verdict.get("expected_seeds", 1)
+        level = self.ex.landscape_level(view.model, view.setting)
+        land_out: tuple[Any, ...] = _skip(3)
+        final = level == len(self.ex.levels) - 1
+        if final and not shown.get("land_final") and len(self.ex.levels) > 1:  # the fine grid replaces the coarse
+            lands = self.ex.landscape(view.model, view.setting, level=level)
+            land_out = self._landscape_figures(lands, kind, scale, view.tag)
+            shown["land_final"] = True
+        active = pending or not final or self.ex.status().get("stage") not in ("ready", "failed")
+        if not self.views.current(view):
+            return _skip(n)
+        return (*panel_out, *land_out, gr.Timer(active=active), shown)
+
+    def export(self, view: View | None, kind: str = "contour", scale: str = "log10") -> Any:
+        """Files of the session's view: its JSON (settings, answer, seeds, verdict, curves, sharpness,
+        landscape numbers) and one HTML page with all its figures (opens offline)."""
+        if view is None:
+            raise gr.Error("nothing to export yet: wait for the first answer", print_exception=False)
+        from .export import export_view
+
+        with user_errors():
+            return gr.File(value=export_view(self.ex, view, kind, scale), visible=True)
+
+    # --- controls ------------------------------------------------------------------------------
+
+    @staticmethod
+    def method_ui(method: str, pattern: str, sparsity: float) -> tuple[Any, Any]:
+        """N:M fixes the sparsity (slider shows 1 − N/M, locked) and shows the pattern picker; other methods
+        free the slider and hide the picker."""
+        if method == "N:M":
+            try:
+                s = make_setting("N:M", 0, pattern=pattern).sparsity
+            except ValueError:
+                s = sparsity
+            return (gr.Slider(value=s, interactive=False, info="fixed by the N:M pattern: 1 − N/M"),
+                    gr.Dropdown(visible=True))
+        return (gr.Slider(interactive=True, info="fraction of weights zeroed"), gr.Dropdown(visible=False))
+
+    @staticmethod
+    def preset(key: str) -> tuple[Any, ...]:
+        """The control values of a preset of the guided tour."""
+        p = next(p for p in panels.PRESETS if p.key == key)
+        return (p.model, p.method, p.sparsity, p.w_bits, p.a_bits, "channel", "2:4", False)
+
+    @staticmethod
+    def restore(request: gr.Request = None) -> tuple[Any, ...]:
+        """Control values from the page URL's query (``?model=...&method=...``, see ``panels.query_of``);
+        gr.skip() for what it does not say (bad values reach /compress, which names them)."""
+        q = dict(getattr(request, "query_params", None) or {})
+        keys = ("model", "method", "sparsity", "w", "a", "g", "nm", "bn", "kind", "scale")
+        out = []
+        for k in keys:
+            v = q.get(k)
+            if v is None:
+                out.append(gr.skip())
+            elif k == "sparsity":
+                try:
+                    out.append(float(v))
+                except ValueError:
+                    out.append(gr.skip())
+            elif k == "bn":
+                out.append(str(v).lower() in ("1", "true", "yes", "on"))
+            else:
+                out.append(v)
+        return tuple(out)
+
+    def model_list(self, current: str | None = None) -> Any:
+        """Refresh the model picker (new cached runs appear, with readable names)."""
+        return gr.Dropdown(choices=self.ex.model_choices(), value=current)
+
+    def status(self) -> tuple[str, Any]:
+        """Start-up status line; the timer stops once the default models and their seeds are ready."""
+        if not getattr(self.ex, "ready", True):
+            return "**Starting:** loading torch, timm and the models (the first answer follows)…", gr.Timer(active=True)
+        st = self.ex.status()
+        training = [r for r in st["runs"] if not r["done"]]
+        seeds = st.get("seed_runs") or {"done": 0, "total": 0}
+        seed_text = (f" · extra seeds: {seeds['done']}/{seeds['total']} runs fine-tuned in the background"
+                     if seeds["done"] < seeds["total"] else "")
+        if st["stage"] == "failed":
+            return f"**Preparing the default models failed:** {panels.one_line(st['error'])}", gr.Timer(active=False)
+        if st["stage"] == "ready" or (st["stage"] == "idle" and not training):
+            extra = f" · {st['pending']} background jobs" if st["pending"] else ""
+            busy = bool(st["pending"]) or bool(seed_text)
+            return f"**Ready**{seed_text}{extra}.", gr.Timer(active=busy)
+        runs = " · ".join(r["text"] for r in training)
+        return (f"**Preparing the default models** ({st['stage']}; first start only, cached afterwards): "
+                f"{runs or 'loading…'}"), gr.Timer(active=True)
+
+    # --- train ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def estimate(model: str, data: str, optimizer: str, rho: float, adaptive: bool, epochs: float, seed: float = 0,
+                 twin: bool = True, lr: Any = None) -> str:
+        """The estimated duration of a run request (from the cached runs of that model and data)."""
+        try:
+            spec = training.make_run_spec(model, data, optimizer, rho, adaptive, epochs, seed, lr)
+        except ValueError as err:
+            return f"⚠ {panels.one_line(err)}"
+        sec = training.estimate_seconds(spec, twin=bool(twin))
+        if sec is None:
+            return "Estimated duration: unknown until the first epoch (no cached run of this model and data)."
+        return (f"Estimated duration: about {max(1, math.ceil(sec))} s (from the cached runs of {spec.model} "
+                f"on {spec.data}).")
+
+    def train(self, model: str, data: str, optimizer: str, rho: float, adaptive: bool, epochs: float,
+              seed: float = 0, twin: bool = True, lr: Any = None,
+              progress: gr.Progress = gr.Progress()) -> Iterator[tuple[str, Any, Any, Any]]:  # noqa: B008
+        """Fine-tune `model` on `data` (and its plain / SAM twin), streaming a status line and the loss curve;
+        on a failure the status says so (then the error toast)."""
+        with user_errors():
+            spec = training.make_run_spec(model, data, optimizer, rho, adaptive, epochs, seed, lr)  # the one check
+        st: dict[str, Any] = {"runs": []}
+        try:
+            for st in self.ex.train_stream(spec, twin=bool(twin)):
+                total = sum(r["epochs"] for r in st["runs"])
+                done = sum(len(r["history"]) for r in st["runs"])
+                if not st["done"]:
+                    progress(done / max(total, 1), desc=f"fine-tuning: epoch {done}/{total} over "
+                                                        f"{len(st['runs'])} run(s)")
+                lines = []
+                for r in st["runs"]:
+                    state = ("cached" if r["cached"] else "done") if r["done"] else \
+                        (f"epoch {len(r['history'])}/{r['epochs']}" if r.get("running") else
+                         "queued (runs fine-tune one at a time)")
+                    acc = f", test accuracy {r['test_accuracy']:.1%}" if r.get("test_accuracy") is not None else ""
+                    lines.append(f"* `{r['key']}` ({r['label']}): {state}{acc}")
+                head = "**Done** — open it in **Explore**." if st["done"] else "**Fine-tuning…**"
+                picker = (gr.Dropdown(choices=self.ex.model_choices(), value=st["key"]) if st["done"]
+                          else gr.skip())
+                yield (head + "\n\n" + "\n".join(lines), figs.training_figure(st), picker,
+                       gr.Button(visible=bool(st["done"])))
+        except Exception as err:
+            msg = panels.one_line(err)
+            yield (f"**Failed:** {msg}", figs.training_figure(st), gr.skip(), gr.Button(visible=False))
+            raise gr.Error(msg, print_exception=False) from None

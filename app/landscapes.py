@@ -1,0 +1,200 @@
+"""Loss landscapes of the app's :class:`~craftlab_app.service.Explorer` (a mixin): coarse first, fine later,
+given up when a newer request replaces the one that asked.
+
+A landscape of one arm under one setting is the 1-D slice along the compression direction
+(:func:`craftlab.probes.landscape.compression_path`, with its second-order prediction) and the 2-D plane
+through it (``compression_plane``); with no compression, a random ``line`` and ``plane``. It is computed at
+one of ``Explorer.levels`` — ``(plane steps, path steps)`` from coarse to fine, on one plane extent; the
+origin and the compressed point α = 1 lie on every grid (α = 1 is added where the steps miss it), and the
+points the grids share agree exactly.
+
+Speed (profiled, vit-tiny and resnet-tiny, 128 probe images, 2 cores): a forward pass of the probe batch
+is 15-40 ms and every grid point is one forward pass; batching grid points into one call (``torch.func``
+``vmap`` over parameter sets) was *slower* (compute-bound, and no batching rule for the fused CPU
+attention), so the levels cut the number of points instead: the coarse level (5×5 plane, α = 1 added: 30
+points; 9-point path; ~45 forward passes per arm) answers a new setting in about 2 s on 2 busy cores, the fine
+level (13×13 + 21) is computed in the background and replaces it. The arms run in parallel, one thread each.
+
+Cancellation: ``cancelled()`` is asked before every forward pass (through the probes' ``loss_fn``), so a
+request replaced by a newer one stops within one forward pass and frees its lane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn.functional as F
+
+from craftlab.settings import Setting
+
+from .arms import Loaded
+from .concurrency import HVP_LOCK, memo_call, raise_if
+
+__all__ = ["LandscapesMixin", "cancellable_loss"]
+
+Level = tuple[int, int]
+"""(plane steps per axis, path steps) of one landscape resolution."""
+
+
+def cancellable_loss(cancelled: Callable[[], bool] | None) -> Callable[..., Any]:
+    """Cross-entropy that raises :class:`~craftlab_app.concurrency.Cancelled` first when `cancelled()` says so."""
+    if cancelled is None:
+        return F.cross_entropy
+
+    def loss(out: Any, y: Any) -> Any:
+        raise_if(cancelled)
+        return F.cross_entropy(out, y)
+
+    return loss
+
+
+def _with_second_order(path: Any, base: Any, compressed: Any, probe: Any, loss_fn: Any) -> Any:
+    """`path` with the 2nd-order prediction ``loss(0) + t g·δ + t²/2 δᵀHδ`` that ``compression_path`` adds with
+    ``second_order=True``: the same terms (:func:`craftlab.probes.landscape.second_order_terms`), computed under
+    :data:`~craftlab_app.concurrency.HVP_LOCK` so that the grid's forward passes run outside it."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from craftlab.probes import landscape as L
+
+    with HVP_LOCK:
+        so = L.second_order_terms(base, probe, L.compression_delta(base, compressed), loss_fn)
+    gd, dhd = so["grad_dot_delta"], so["delta_H_delta"]
+    t = np.asarray(path.t, float)
+    predicted = path.loss[path.index_original] + t * gd + 0.5 * t ** 2 * dhd
+    meta = {**path.meta, "grad_dot_delta": gd, "delta_H_delta": dhd, "predicted_jump": gd + 0.5 * dhd}
+    return replace(path, predicted=predicted, meta=meta)
+
+
+class LandscapesMixin:
+    """Landscapes at coarse and fine levels, cached in memory and on disk (needs the Explorer's state)."""
+
+    levels: tuple[Level, ...]
+    landscape_distance: float
+    probe_size: int
+
+    def _land_res(self, level: Level) -> tuple[int, int, float]:
+        return (level[0], level[1], self.landscape_distance)
+
+    def _land_key(self, la: Loaded, setting: Setting, level: Level) -> tuple:
+        return (*la.point_prefix, setting.key(), self._land_res(level))
+
+    def _cached_landscape(self, la: Loaded, setting: Setting, level: Level) -> dict[str, Any] | None:
+        """One arm's landscape at `level` from memory, else from disk (then kept in memory), else None."""
+        key = self._land_key(la, setting, level)
+        got = self._landscapes.get(key)  # type: ignore[attr-defined]
+        if got is not None:
+            return got
+        file = self._landscape_store.path(la.point_prefix, setting.key(), self._land_res(level),  # type: ignore[attr-defined]
+                                          self.probe_size)
+        stored = self._landscape_store.read(file)  # type: ignore[attr-defined]
+        if stored is not None:
+            self._landscapes.put(key, stored)  # type: ignore[attr-defined]
+        return stored
+
+    def _landscape_arm(self, la: Loaded, setting: Setting, level: Level,
+                       cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+        from craftlab.probes import landscape as L
+
+        plane_steps, path_steps = level
+        file = self._landscape_store.path(la.point_prefix, setting.key(), self._land_res(level),  # type: ignore[attr-defined]
+                                          self.probe_size)
+
+        def compute() -> dict[str, Any]:
+            stored = self._landscape_store.read(file)  # type: ignore[attr-defined]
+            if stored is not None:
+                return stored
+            raise_if(cancelled)
+            t0 = time.perf_counter()
+            loss_fn = cancellable_loss(cancelled)
+            base = copy.deepcopy(la.model).requires_grad_(True)  # the probes write weights in place: private copies
+            probe = la.ctx.probe
+            if setting.is_identity:
+                path: Any = L.line(base, probe, steps=path_steps, distance=1.0, seed=0, loss_fn=loss_fn)
+                plane = L.plane(base, probe, steps=plane_steps, distance=1.0, seed=0, loss_fn=loss_fn)
+            else:
+                compressed = copy.deepcopy(self._compressed_model(la, setting)).requires_grad_(True)  # type: ignore[attr-defined]
+                path = _with_second_order(L.compression_path(base, compressed, probe, steps=path_steps,
+                                                             second_order=False, loss_fn=loss_fn),
+                                          base, compressed, probe, loss_fn)
+                plane = L.compression_plane(base, compressed, probe, steps=plane_steps,
+                                            distance=self.landscape_distance, seed=0, loss_fn=loss_fn)
+            out = {"path": path, "plane": plane, "seconds": time.perf_counter() - t0}
+            self._landscape_store.write(file, out)  # type: ignore[attr-defined]
+            return out
+
+        return memo_call(self._landscapes, self._land_key(la, setting, level), compute, cancelled,  # type: ignore[attr-defined]
+                         background=self._sched.in_background)  # type: ignore[attr-defined]
+
+    def _answer(self, loaded: list[Loaded], results: list[dict[str, Any]], setting: Setting,
+                level: Level) -> dict[str, dict[str, Any]]:
+        final = level == self.levels[-1]
+        res = {"plane_steps": level[0], "path_steps": level[1], "distance": self.landscape_distance, "final": final}
+        return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, "setting_label": setting.label(),
+                              "resolution": res, **r} for la, r in zip(loaded, results)}
+
+    def landscape(self, model: str, setting: Setting | str | None = None, progress: Any = None, quick: bool = False,
+                  cancelled: Callable[[], bool] | None = None, wanted: Callable[[], bool] | None = None,
+                  level: int | None = None, **kwargs: Any) -> dict[str, dict[str, Any]]:
+        """Loss landscapes of both arms around the full-precision weights, the compressed point marked.
+
+        For a compression setting: ``path`` is :func:`craftlab.probes.landscape.compression_path` (loss along
+        ``w + t (C(w) − w)`` with its 2nd-order prediction) and ``plane`` is ``compression_plane`` (that
+        direction and a random one), both from the compressed model :meth:`compress` made (cached). With no
+        compression: a random filter-normalized ``line`` and ``plane``.
+
+        The finest level already cached answers at once. Otherwise the fine level is computed (default), or,
+        with `quick`, the coarse one, the fine one being queued for the background (dropped if ``wanted()``
+        says no by then). `level` forces one level (an index of ``levels``). `cancelled()` gives up (raises
+        :class:`~craftlab_app.concurrency.Cancelled`) within one forward pass.
+
+        Returns ``{arm_name: {"role", "label", "setting_label", "resolution" ({"plane_steps", "path_steps",
+        "distance", "final"}), "path", "plane", "seconds"}}``; cached per (checkpoint, setting, level).
+        """
+        from .service import as_setting
+
+        setting = as_setting(setting, **kwargs)
+        sched = self._sched  # type: ignore[attr-defined]
+        with contextlib.nullcontext() if sched.in_background else sched.foreground():
+            loaded = self.arms(model, progress)  # type: ignore[attr-defined]
+            raise_if(cancelled)
+            if level is None:
+                for lv in reversed(self.levels):
+                    got = [self._cached_landscape(la, setting, lv) for la in loaded]
+                    if all(g is not None for g in got):
+                        return self._answer(loaded, got, setting, lv)  # type: ignore[arg-type]
+                lv = self.levels[0] if quick else self.levels[-1]
+            else:
+                lv = self.levels[level]
+            results = sched.map(lambda la: self._landscape_arm(la, setting, lv, cancelled), loaded)
+        if lv != self.levels[-1]:
+            closing = self._closing  # type: ignore[attr-defined]
+
+            def stop() -> bool:  # the fine level gives up when the app closes or the view that asked is replaced
+                return closing.is_set() or (wanted is not None and not wanted())
+
+            sched.enqueue(-time.time() + 0.25, ("landscape", model, setting.key()), self.landscape, model, setting,
+                          None, False, stop, None, len(self.levels) - 1, wanted=wanted)
+        return self._answer(loaded, results, setting, lv)
+
+    def landscape_level(self, model: str, setting: Setting) -> int | None:
+        """Index of the finest level of `model`'s landscapes under `setting` available without computing, or None."""
+        try:
+            loaded = [self._arms.loaded_if_cached(a) for a in self.resolve(model)]  # type: ignore[attr-defined]
+        except (ValueError, OSError):
+            return None
+        if any(la is None for la in loaded):
+            return None
+        for i in range(len(self.levels) - 1, -1, -1):
+            if all(self._land_key(la, setting, self.levels[i]) in self._landscapes for la in loaded):  # type: ignore[attr-defined]
+                return i
+        return None
+
+    def has_landscape(self, model: str, setting: Setting) -> bool:
+        """True when :meth:`landscape` of `model` under `setting` would answer from memory (any level)."""
+        return self.landscape_level(model, setting) is not None
