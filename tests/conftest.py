@@ -18,6 +18,23 @@ def digits():
     return craftlab.load_data("digits")
 
 
+@pytest.fixture(scope="module")
+def vit():
+    """The zoo's vit-tiny (mnist5k-pretrained) with a fresh 10-class head."""
+    import craftlab
+
+    return craftlab.create_model("vit-tiny", num_classes=10, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    """A 300-image slice of digits (180/60/60): keeps every training run well under a second."""
+    import craftlab
+
+    x, y = digits.train_set.tensors
+    return craftlab.from_tensors(x[:300], y[:300], name="digits300", batch_size=32)
+
+
 def _snapshot(model):
     return (
         {k: v.detach().clone() for k, v in model.state_dict().items()},

@@ -18,18 +18,6 @@ from craftlab.adapt.memory import SavedTensors, measure_step
 from craftlab.compression.quant import quantize_tensor
 
 
-@pytest.fixture(scope="module")
-def vit():
-    return craftlab.create_model("vit-tiny", num_classes=10, progress=False)
-
-
-@pytest.fixture(scope="module")
-def small(digits):
-    """A 300-image slice of digits (180/60/60): keeps every training run here well under a second."""
-    x, y = digits.train_set.tensors
-    return craftlab.from_tensors(x[:300], y[:300], name="digits300", batch_size=32)
-
-
 def _manual_taps(model, x):
     """z_0 … z_L by hand: timm's embedding steps, then the blocks one by one."""
     with torch.no_grad():

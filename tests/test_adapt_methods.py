@@ -13,17 +13,6 @@ import craftlab
 from craftlab.adapt import recipes
 
 
-@pytest.fixture(scope="module")
-def vit():
-    return craftlab.create_model("vit-tiny", num_classes=10, progress=False)
-
-
-@pytest.fixture(scope="module")
-def small(digits):
-    x, y = digits.train_set.tensors
-    return craftlab.from_tensors(x[:300], y[:300], name="digits300", batch_size=32)
-
-
 def test_lora_trains_adapters_and_head_only(vit, small, unchanged):
     pytest.importorskip("peft")
     from craftlab.adapt.baselines import lora_model

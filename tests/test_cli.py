@@ -191,3 +191,27 @@ def test_landscape_compression_path_with_folded_cwac(checkpoint, tmp_path, capsy
     assert main(["landscape", "--checkpoint", str(checkpoint), "--kind", "compression", "--w-bits", "4", "--a-bits",
                  "4", "--compensate", "qwt-v2", "--batch-size", "32", "--steps", "5", "--out", str(out)]) == 0
     assert "loss" in json.loads(out.read_text())
+
+
+def test_threads_option_sets_torch_threads_and_rejects_bad_values(checkpoint, capsys):
+    import torch
+
+    from craftlab import threads
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "abc", "sharpness", "--checkpoint", str(checkpoint)]) == 2
+        err = capsys.readouterr().err
+        assert "threads must be a positive integer or 'auto'" in err and "Traceback" not in err
+        r = run("--threads", "2", "sharpness", "--checkpoint", str(checkpoint), "--help")
+        assert r.returncode == 0
+        probe = ("import torch, sys; from craftlab.cli import main; "
+                 "main(['--threads', '2', 'compress', '--checkpoint', sys.argv[1], '--sparsity', '0.5']); "
+                 "print('THREADS', torch.get_num_threads())")
+        r = subprocess.run([sys.executable, "-c", probe, str(checkpoint)], capture_output=True, text=True,
+                           timeout=600, env={**__import__("os").environ, "CRAFTLAB_THREADS": "1"})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().splitlines()[-1] == "THREADS 2"  # the explicit option beats the variable
+    finally:
+        threads._EXPLICIT.clear()
+        torch.set_num_threads(before)

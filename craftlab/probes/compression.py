@@ -79,6 +79,24 @@ def _path_targets(model: nn.Module, compressed_model: nn.Module, on: str) -> nn.
     raise ValueError(f"on must be 'compressed' or 'original', got {on!r}")
 
 
+def _grid_along(model: nn.Module, compressed_model: nn.Module, target: nn.Module, batches: Any, loss_fn: LossFn,
+                delta: Direction, eta: Direction | None, alphas: np.ndarray,
+                betas: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any], int]:
+    """Loss/accuracy on ``w + alpha delta (+ beta eta)`` computed by `target`, with alpha = 0 and 1 evaluated at
+    exactly the original and compressed parameters; every parameter of both models is restored afterwards."""
+    with preserved(model), preserved(compressed_model):
+        names = list(delta)
+        tp = named_params(target)
+        targets = [tp[n] for n in names]
+        pm, pc = named_params(model), named_params(compressed_model)
+        w = [pm[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
+        c = [pc[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
+        ev = Evaluator(target, on_device(batches, target), loss_fn)
+        d = [delta[n].to(dtype=tp[n].dtype) for n in names]
+        e = None if eta is None else [eta[n].to(dtype=tp[n].dtype) for n in names]
+        loss, acc, timing = evaluate_grid(ev, targets, w, d, e, alphas, betas, anchors={0.0: w, 1.0: c})
+    return loss, acc, timing, ev.n
+
 def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any,
                      t_range: tuple[float, float] = (-0.5, 1.5), steps: int = 41, second_order: bool = True,
                      loss_fn: LossFn = F.cross_entropy, on: str = "compressed") -> PathResult:
@@ -113,16 +131,8 @@ def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any
     delta = compression_delta(model, compressed_model)
     loss_orig, acc_orig = evaluate(model, batches, loss_fn)
     loss_comp, acc_comp = evaluate(compressed_model, batches, loss_fn)
-    with preserved(model), preserved(compressed_model):
-        names = list(delta)
-        tp = named_params(target)
-        targets = [tp[n] for n in names]
-        pm, pc = named_params(model), named_params(compressed_model)
-        w = [pm[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        c = [pc[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        ev = Evaluator(target, on_device(batches, target), loss_fn)
-        loss, acc, timing = evaluate_grid(ev, targets, w, [delta[n].to(dtype=tp[n].dtype) for n in names], None, t,
-                                          np.zeros(1), anchors={0.0: w, 1.0: c})
+    loss, acc, timing, n_examples = _grid_along(model, compressed_model, target, batches, loss_fn, delta, None,
+                                                t, np.zeros(1))
     loss, acc = loss[:, 0], acc[:, 0]
     i0, i1 = int(np.flatnonzero(t == 0.0)[0]), int(np.flatnonzero(t == 1.0)[0])
     meta: dict[str, Any] = {
@@ -132,7 +142,7 @@ def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any
         "loss_original": loss_orig, "accuracy_original": acc_orig,
         "loss_compressed": loss_comp, "accuracy_compressed": acc_comp,
         "architecture_gap": float(loss[i0] - loss_orig), "measured_jump": float(loss[i1] - loss[i0]),
-        "n_examples": ev.n, "timing": timing,
+        "n_examples": n_examples, "timing": timing,
     }
     if meta["delta_norm"] == 0.0:
         meta["warning"] = ("the compressed model's parameters equal the original's: the compression happens "
@@ -165,17 +175,8 @@ def compression_plane(model: nn.Module, compressed_model: nn.Module, batches: An
     eta = random_direction(model, seed, "filter", ignore)
     en = direction_norm(eta)
     eta = {n: v * (dn / en if en > 0 else 0.0) for n, v in eta.items()}
-    with preserved(model), preserved(compressed_model):
-        names = list(delta)
-        tp = named_params(target)
-        targets = [tp[n] for n in names]
-        pm, pc = named_params(model), named_params(compressed_model)
-        w = [pm[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        c = [pc[n].detach().to(dtype=tp[n].dtype, device=tp[n].device).clone() for n in names]
-        ev = Evaluator(target, on_device(batches, target), loss_fn)
-        loss, acc, timing = evaluate_grid(ev, targets, w, [delta[n].to(dtype=tp[n].dtype) for n in names],
-                                          [eta[n].to(dtype=tp[n].dtype) for n in names], alphas, betas,
-                                          anchors={0.0: w, 1.0: c})
+    loss, acc, timing, n_examples = _grid_along(model, compressed_model, target, batches, loss_fn, delta, eta,
+                                                alphas, betas)
     meta = {**model_info(model), "kind": "compression_plane", "on": on, "steps": int(steps),
             "distance": float(distance), "seed": int(seed), "ignore": ignore, "delta_norm": dn,
             "direction_cosine": direction_dot(delta, eta) / max(dn * direction_norm(eta), 1e-300),
@@ -183,5 +184,5 @@ def compression_plane(model: nn.Module, compressed_model: nn.Module, batches: An
             "mark": {"alpha": 1.0, "beta": 0.0, "label": "compressed"},
             "origin": {"alpha": 0.0, "beta": 0.0, "label": "original"},
             "axes": {"alpha": "C(w) - w", "beta": "random (filter-normalized, scaled to ||C(w) - w||)"},
-            "n_examples": ev.n, "timing": timing}
+            "n_examples": n_examples, "timing": timing}
     return PlaneResult(alphas, betas, loss, acc, meta)
