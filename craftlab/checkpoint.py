@@ -117,6 +117,25 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def scan_checkpoints(root: str | os.PathLike) -> list[tuple[Path, dict[str, Any]]]:
+    """``(folder, sidecar)`` of every readable checkpoint directly under `root`, sorted by folder name; folders
+    whose sidecar is missing or unreadable are skipped (an interrupted write leaves no sidecar).
+
+    Example::
+
+        >>> scan_checkpoints("/nonexistent")
+        []
+    """
+    root = Path(root)
+    out = []
+    for sidecar in sorted(root.glob("*/craftlab.json")) if root.is_dir() else []:
+        try:
+            out.append((sidecar.parent, read_meta(sidecar.parent)))
+        except ValueError:
+            continue
+    return out
+
+
 def load_checkpoint(
     directory: str | os.PathLike,
     expected_architecture: str | None = None,

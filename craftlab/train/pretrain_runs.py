@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import cache
 from .._errors import unknown_name
-from ..checkpoint import read_meta
+from ..checkpoint import read_meta, scan_checkpoints
 from ..models import ZOO
 from ..transforms import get_transform
 from .finetune import OPTIMIZERS
@@ -137,15 +137,10 @@ def is_cached(path: Path, field: str, record: dict[str, Any]) -> bool:
 
 def list_pretrains() -> list[dict[str, Any]]:
     """Every cached pretraining run: ``{"path", "key", "spec", "label", "test_accuracy", "time_per_step_s"}``."""
-    root = cache.home() / "pretrain"
     out = []
-    for p in sorted(root.glob("*/craftlab.json")) if root.exists() else []:
-        try:
-            meta = read_meta(p.parent)
-        except ValueError:
-            continue
+    for path, meta in scan_checkpoints(cache.home() / "pretrain"):
         metrics = meta.get("metrics", {})
-        out.append({"path": str(p.parent), "key": p.parent.name, "spec": meta.get("pretrain"),
+        out.append({"path": str(path), "key": path.name, "spec": meta.get("pretrain"),
                     "label": meta.get("label"), "test_accuracy": metrics.get("test_accuracy"),
                     "time_per_step_s": metrics.get("time_per_step_s")})
     return out

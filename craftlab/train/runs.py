@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cache
-from ..checkpoint import read_meta
+from ..checkpoint import read_meta, scan_checkpoints
 
 OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
 """How people read the optimizer names (``finetune(optimizer=...)``)."""
@@ -128,14 +128,9 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
 
 def list_runs() -> list[dict[str, Any]]:
     """Every cached run: ``{"path", "key", "architecture", "arm", "test_accuracy", ...}``."""
-    root = cache.home() / "runs"
     out = []
-    for p in sorted(root.glob("*/craftlab.json")) if root.exists() else []:
-        try:
-            meta = read_meta(p.parent)
-        except ValueError:
-            continue
-        out.append({"path": str(p.parent), "key": p.parent.name, "architecture": meta["architecture"],
+    for path, meta in scan_checkpoints(cache.home() / "runs"):
+        out.append({"path": str(path), "key": path.name, "architecture": meta["architecture"],
                     "arm": meta.get("arm"), "run": meta.get("run"),
                     "test_accuracy": meta.get("metrics", {}).get("test_accuracy")})
     return out
