@@ -514,3 +514,37 @@ def test_vit_double_backward_through_attention():
     assert uhv == pytest.approx(vhu, rel=1e-3, abs=1e-4)  # H is symmetric
     r = H.top_hessian_eigenvalues(vit, (x, y), k=1, tol=1e-3)
     assert math.isfinite(r.eigenvalues[0]) and r.eigenvalues[0] != 0
+
+
+def test_math_attention_holds_until_the_last_thread_leaves():
+    """torch's SDPA switches are process-wide: one thread leaving must not lift another thread's restriction."""
+    import threading
+
+    from craftlab.probes._probe import math_attention
+
+    def fused_on():
+        return torch.backends.cuda.flash_sdp_enabled() or torch.backends.cuda.mem_efficient_sdp_enabled()
+
+    assert fused_on()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with math_attention():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with math_attention():
+            b_in.set()
+            a_out.wait(5)
+            seen["after_a_left"] = fused_on()
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"after_a_left": False}
+    assert fused_on()  # lifted once both left

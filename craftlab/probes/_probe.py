@@ -4,6 +4,7 @@ gradients, and the attention kernel that supports double backward."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -47,14 +48,38 @@ def preserved(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
                 m.training = modes[n]
 
 
-def math_attention() -> contextlib.AbstractContextManager:
+_MATH_LOCK = threading.Lock()
+_MATH_STATE: dict[str, Any] = {"depth": 0, "context": None}
+
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
     """SDPA restricted to the composite "math" kernel: the fused CPU/CUDA attention kernels have no
-    double backward, which Hessian-vector products need."""
+    double backward, which Hessian-vector products need.
+
+    torch's kernel switches are process-wide, not per thread; the restriction is therefore shared: the first
+    thread to enter sets it, the last to leave lifts it (without this, one thread leaving would re-enable the fused
+    kernels under another thread's Hessian-vector product, as happens when the app probes both arms at once).
+    """
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # pragma: no cover - very old torch
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
+        yield
+        return
+    with _MATH_LOCK:
+        if _MATH_STATE["depth"] == 0:
+            ctx = sdpa_kernel([SDPBackend.MATH])
+            ctx.__enter__()
+            _MATH_STATE["context"] = ctx
+        _MATH_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _MATH_LOCK:
+            _MATH_STATE["depth"] -= 1
+            if _MATH_STATE["depth"] == 0:
+                _MATH_STATE.pop("context").__exit__(None, None, None)
+                _MATH_STATE["context"] = None
 
 
 # ----------------------------------------------------------------------------------------------
