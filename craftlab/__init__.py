@@ -29,7 +29,7 @@ _NAMES: dict[str, str] = {
     "save_checkpoint": ".checkpoint",
     "Setting": ".settings", "make_setting": ".settings",
     "compress": ".compression.pipeline", "compress_and_evaluate": ".compression.pipeline",
-    "quantize": ".compression.pipeline",
+    "quantize": ".compression.pipeline", "load_compressed": ".compression.pipeline",
     "compensate": ".compression.compensate", "fold_compensation": ".compression.fold",
     "DataBundle": ".data", "from_tensors": ".data", "load_data": ".data",
     "evaluate": ".evaluation",

@@ -177,9 +177,11 @@ def load_checkpoint(
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0:3]
+        hint = ("; it holds a compressed model: load it with craftlab.load_compressed(path)"
+                if meta.get("compression") else "")
         raise CheckpointError(
-            f"checkpoint {str(directory)!r} does not fit a {arch!r} model with {meta.get('num_classes')} classes: "
-            + " ".join(first)
+            f"checkpoint {str(directory)!r} does not fit a {arch!r} model with {meta.get('num_classes')} classes"
+            f"{hint}: " + " ".join(first)
         ) from err
     model.craftlab_meta = meta  # type: ignore[attr-defined]
     return model.eval()

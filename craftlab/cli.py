@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compress", help="prune and/or quantize a checkpoint and report accuracy")
     _compress_args(s)
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--out", default=None, help="save the compressed model's weights here")
+    s.add_argument("--out", default=None, help="save the compressed model here (load it with "
+                   "craftlab.load_compressed; `craftlab sharpness/landscape --checkpoint` read it too)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("sweep", help="checkpoints x sparsities x bit settings -> table (CSV + JSON)")
@@ -237,11 +238,22 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _load_uncompressed(path: str):
+    """A checkpoint to compress: refused when it already holds a compressed model (compressing twice stacks)."""
+    from .checkpoint import load_checkpoint, read_meta
+
+    done = read_meta(path).get("compression")
+    if done:
+        raise ValueError(f"{path} already holds a compressed model ({done}); compress the checkpoint it came from "
+                         "(inspect it with craftlab.load_compressed)")
+    return load_checkpoint(path)
+
+
 def cmd_compress(a: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import save_checkpoint
     from .compression.pipeline import compress, compress_and_evaluate
 
-    model = load_checkpoint(a.checkpoint)
+    model = _load_uncompressed(a.checkpoint)
     data = _data_for(model.craftlab_meta, model, a.data)
     setting, settings = _setting(a)
     compressed = compress(model, calib=data.calib, **settings)  # once: evaluated, and saved with --out
@@ -261,10 +273,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .compression.sweep import sweep
 
-    models = {c: load_checkpoint(c) for c in a.checkpoint}
+    models = {c: _load_uncompressed(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = _data_for(first.craftlab_meta, first, a.data)
     if a.recipe == "repq":
@@ -316,10 +327,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def _probe_batch(a: argparse.Namespace):
     """The checkpoint's model and its data's probe batch (the first `--batch-size` training images, as in the
-    app and the notebooks)."""
-    from .checkpoint import load_checkpoint
+    app and the notebooks); a compressed checkpoint (``compress --out``) is probed as the compressed model."""
+    from .compression.pipeline import load_compressed
 
-    model = load_checkpoint(a.checkpoint)
+    model = load_compressed(a.checkpoint)
     data = _data_for(model.craftlab_meta, model, a.data)
     return model, data, data.probe_batches(a.batch_size)[0]
 

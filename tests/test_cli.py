@@ -113,10 +113,23 @@ def test_landscape_compression_needs_a_setting(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,label", [(["--recipe", "repq", "--compensate", "qwt-v2"], "W4A4 repq + QwT-v2"),
                                          (["--compensate", "qwt"], "W4A4 + QwT")])
-def test_compress_with_recipe_and_compensation(checkpoint, capsys, extra, label):
-    assert main(["compress", "--checkpoint", str(checkpoint), "--w-bits", "4", "--a-bits", "4", *extra, "--json"]) == 0
+def test_compress_with_recipe_and_compensation(checkpoint, tmp_path, capsys, extra, label):
+    out = tmp_path / "compressed"
+    assert main(["compress", "--checkpoint", str(checkpoint), "--w-bits", "4", "--a-bits", "4", *extra, "--json",
+                 "--out", str(out)]) == 0
     res = json.loads(capsys.readouterr().out)
     import craftlab
+
+    # the saved model reads back as the compressed model: same test accuracy as the one just measured in memory
+    with pytest.raises(craftlab.CheckpointError, match="load_compressed"):
+        craftlab.load_checkpoint(out)
+    back = craftlab.load_compressed(out)
+    data = craftlab.load_data("digits", model=back)
+    assert craftlab.evaluate(back, data.test)["accuracy"] == res["accuracy"]
+    assert sum(p.numel() for p in back.parameters()) == res["params"]
+    # compressing a compressed checkpoint again would stack the two: refused in one line
+    assert main(["compress", "--checkpoint", str(out), "--w-bits", "8"]) == 2
+    assert "already holds a compressed model" in capsys.readouterr().err
 
     fp_params = sum(p.numel() for p in craftlab.load_checkpoint(checkpoint).parameters())
     assert res["setting"] == label and 0 <= res["accuracy"] <= 1

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from typing import Any
 
+import torch
 from torch import nn
 
 from .._errors import check_sparsity, unknown_name
+from ..checkpoint import CheckpointError, load_checkpoint, read_meta
 from ..data import DataBundle
 from ..evaluation import evaluate
 from ..settings import (
@@ -55,7 +58,7 @@ from .quant import quantize as _quantize_uniform
 from .vit_quant import W_METHODS as REPQ_METHODS
 from .vit_quant import quantize_vit
 
-__all__ = ["RECIPES", "compress", "compress_and_evaluate", "quantize", "resolve"]
+__all__ = ["RECIPES", "compress", "compress_and_evaluate", "load_compressed", "quantize", "resolve"]
 
 _UNIFORM_ONLY = ("w_symmetric", "a_symmetric", "percentile")
 _REPQ_ONLY = ("softmax_quantizer", "ln_reparam", "quantize_stem_head")
@@ -354,3 +357,42 @@ def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test
             "loss": res["loss"], "accuracy_drop": fp["accuracy"] - res["accuracy"],
             "sparsity_measured": sparsity_report(compressed, kw["targets"])["overall"],
             "size_mb": stats["size_mb"], "bitops": stats["bitops"], "params": stats["params"], "n": res["n"]}
+
+
+def load_compressed(directory: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint written from a compressed model (``craftlab compress --out``, or
+    ``save_checkpoint(compress(...), path, {..., "compression": setting.compress_kwargs()})``).
+
+    A compressed model has modules and buffers a plain architecture lacks (activation grids, quantized attention,
+    QwT side paths), so :func:`~craftlab.checkpoint.load_checkpoint` alone cannot rebuild it. This builds the
+    architecture, compresses it with the recorded setting on a throw-away calibration batch (random images of the
+    recorded input size: only the module structure matters) and then loads every saved tensor into that skeleton
+    strictly, so weights, activation scales and fitted compensations are exactly the saved ones. A checkpoint
+    without a ``"compression"`` record loads as with ``load_checkpoint``.
+
+    Example::
+
+        q = load_compressed("runs/vit-sam-w4a8")   # after: craftlab compress ... --w-bits 4 --a-bits 8 --out ...
+    """
+    from ..models import build_model
+
+    meta = read_meta(directory)
+    record = meta.get("compression")
+    if not record:
+        return load_checkpoint(directory)
+    if not isinstance(record, dict):
+        raise CheckpointError(f"checkpoint {str(directory)!r}: its 'compression' record is not a mapping")
+    arch = meta["architecture"]
+    base = build_model(arch, num_classes=meta.get("num_classes"))
+    size = (meta.get("data") or {}).get("input_size") or list(base.default_cfg.get("input_size", (3, 224, 224)))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, *size, generator=gen)
+    y = torch.randint(0, int(meta.get("num_classes") or 2), (64,), generator=gen)
+    try:
+        skeleton = compress(base, calib=[(x[:32], y[:32]), (x[32:], y[32:])], **record)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(directory)!r}: its compression record {record!r} cannot be "
+                              f"rebuilt: {err}") from err
+    model = load_checkpoint(directory, model=skeleton)
+    model.craftlab_compression = getattr(skeleton, "craftlab_compression", {})  # type: ignore[attr-defined]
+    return model
