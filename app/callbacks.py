@@ -72,6 +72,12 @@ def _skip(n: int) -> tuple[Any, ...]:
     return tuple(gr.skip() for _ in range(n))
 
 
+def _compensation(value: Any) -> str | None:
+    """The compensation control's value for make_setting ("none" / empty = no compensation)."""
+    text = "" if value is None else str(value).strip()
+    return None if text.lower() in ("", "none") else text
+
+
 class Callbacks:
     """Every event handler of the app (plain methods, testable without a server)."""
 
@@ -83,18 +89,21 @@ class Callbacks:
 
     def compress(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any,
                  granularity: str = "channel", pattern: str = "2:4", recalibrate_bn: bool = False,
+                 recipe: str = "uniform", compensation: str | None = "none",
                  request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[dict[str, Any], View]:  # noqa: B008
         """Full-precision and compressed test accuracy of both fine-tuning arms of `model` (seed 0), and the new
-        view of the session. The one validation of a control change."""
+        view of the session. The one validation of a control change. `recipe` (``uniform`` / ``repq``) and
+        `compensation` (``none`` / ``qwt`` / ``qwt-v2``) are optional: calls without them mean no change."""
         with user_errors():
             name = str(model).strip()
+            extra = {"recipe": recipe or "uniform", "compensation": _compensation(compensation)}
             setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern,
-                                   recalibrate_bn=bool(recalibrate_bn))
+                                   recalibrate_bn=bool(recalibrate_bn), **extra)
             view = self.views.open(_session(request), name, setting)  # replaces (cancels) the previous view
             if setting.recalibrate_bn:
                 self.ex.arms(name, progress=_gr_progress(progress))
                 if not self.ex.has_batchnorm(name):  # nothing to re-estimate: the view says "no BN"
-                    setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern)
+                    setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern, **extra)
                     view = self.views.open(view.session, name, setting)
             answer = self.ex.compress(name, setting, progress=_gr_progress(progress))
         return answer, View(view.session, view.seq, view.model, view.setting, answer)
@@ -167,6 +176,8 @@ class Callbacks:
         if not self.views.current(view):
             return _skip(3)  # type: ignore[return-value]
         assert view is not None
+        if view.setting.weight_path_problem():
+            return self._no_landscape(view.setting, view.tag)
         cancelled = self.views.cancelled(view)
         try:
             with user_errors():
@@ -183,16 +194,28 @@ class Callbacks:
             return _skip(3)  # type: ignore[return-value]
         return self._landscape_figures(lands, kind, scale, view.tag)
 
+    @staticmethod
+    def _no_landscape(setting: Any, tag: str) -> tuple[Any, Any, Any]:
+        """Three blank landscape panels saying why this setting has no weight-space path."""
+        msg = (f"{tag} no landscape: {setting.weight_path_problem()}.<br>Choose the uniform recipe, and QwT-v2 or "
+               "no compensation, to see it.")
+        return tuple(figs.empty_figure(msg, figs.LANDSCAPE_HEIGHT) for _ in range(3))  # type: ignore[return-value]
+
     def landscape(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any,
                   granularity: str = "channel", pattern: str = "2:4", kind: str = "contour",
-                  scale: str = "log10") -> tuple[Any, Any, Any]:
+                  scale: str = "log10", recipe: str = "uniform",
+                  compensation: str | None = "none") -> tuple[Any, Any, Any]:
         """The 1-D compression-direction slice (both arms) and one 2-D landscape per arm (stateless API, fine)."""
         with user_errors():
             if kind not in ("contour", "surface"):
                 raise ValueError(f"kind must be 'contour' or 'surface', got {kind!r}")
-            setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern)
+            setting = make_setting(method, sparsity, w_bits, a_bits, granularity, pattern, recipe=recipe or "uniform",
+                                   compensation=_compensation(compensation))
+            tag = f"[{str(model).strip()} · {setting.label()}]"
+            if setting.weight_path_problem():
+                return self._no_landscape(setting, tag)
             lands = self.ex.landscape(str(model).strip(), setting)
-        return self._landscape_figures(lands, kind, scale, f"[{str(model).strip()} · {setting.label()}]")
+        return self._landscape_figures(lands, kind, scale, tag)
 
     def refresh(self, view: View | None, kind: str, scale: str, shown: dict | None) -> tuple[Any, ...]:
         """Timer tick while something of the view is still coming: redraw the panels when new curve points or
@@ -214,8 +237,9 @@ class Callbacks:
             pending = not curves["complete"] or len(verdict["seeds"]) < verdict.get("expected_seeds", 1)
         level = self.ex.landscape_level(view.model, view.setting)
         land_out: tuple[Any, ...] = _skip(3)
-        final = level == len(self.ex.levels) - 1
-        if final and not shown.get("land_final") and len(self.ex.levels) > 1:  # the fine grid replaces the coarse
+        final = level == len(self.ex.levels) - 1 or bool(view.setting.weight_path_problem())
+        if level is not None and final and not shown.get("land_final") and len(self.ex.levels) > 1:
+            # the fine grid replaces the coarse
             lands = self.ex.landscape(view.model, view.setting, level=level)
             land_out = self._landscape_figures(lands, kind, scale, view.tag)
             shown["land_final"] = True
@@ -253,14 +277,14 @@ class Callbacks:
     def preset(key: str) -> tuple[Any, ...]:
         """The control values of a preset of the guided tour."""
         p = next(p for p in panels.PRESETS if p.key == key)
-        return (p.model, p.method, p.sparsity, p.w_bits, p.a_bits, "channel", "2:4", False)
+        return (p.model, p.method, p.sparsity, p.w_bits, p.a_bits, "channel", "2:4", False, "uniform", "none")
 
     @staticmethod
     def restore(request: gr.Request = None) -> tuple[Any, ...]:
         """Control values from the page URL's query (``?model=...&method=...``, see ``panels.query_of``);
         gr.skip() for what it does not say (bad values reach /compress, which names them)."""
         q = dict(getattr(request, "query_params", None) or {})
-        keys = ("model", "method", "sparsity", "w", "a", "g", "nm", "bn", "kind", "scale")
+        keys = ("model", "method", "sparsity", "w", "a", "g", "nm", "bn", "recipe", "comp", "kind", "scale")
         out = []
         for k in keys:
             v = q.get(k)

@@ -207,6 +207,10 @@ def query_of(model: str, setting: Setting, kind: str = "contour", scale: str = "
         q.update(method="N:M", nm=setting.pattern or "2:4")
     if setting.recalibrate_bn:
         q["bn"] = 1
+    if setting.recipe != "uniform":
+        q["recipe"] = setting.recipe
+    if setting.compensation:
+        q["comp"] = setting.compensation
     if kind != "contour":
         q["kind"] = kind
     if scale != "log10":

@@ -40,7 +40,16 @@ def bits_x(bits: int | None) -> float:
 
 def _quant(setting: Setting) -> dict[str, Any]:
     return {"w_bits": setting.w_bits, "a_bits": setting.a_bits, "granularity": setting.granularity,
-            "a_granularity": setting.a_granularity}
+            "a_granularity": setting.a_granularity, "recipe": setting.recipe}
+
+
+def _point(setting: Setting, **kwargs: Any) -> Setting:
+    """A curve point at `setting`'s other choices: its compensation applies where the point compresses something
+    (the uncompressed end of a curve has nothing to compensate)."""
+    point = make_setting(**kwargs)
+    if setting.compensation is None or point.is_identity:
+        return point
+    return make_setting(**kwargs, compensation=setting.compensation)
 
 
 def _prune(setting: Setting) -> dict[str, Any]:
@@ -73,16 +82,18 @@ class SweepsMixin:
         else:
             method = setting.method if setting.method != "none" else "magnitude"
         xs = sorted({0.0, *self.sparsity_grid} | ({setting.sparsity} if setting.method == method else set()))
-        out = [("sparsity", method, x, make_setting(method, x, recalibrate_bn=bn, **_quant(setting))) for x in xs]
+        out = [("sparsity", method, x, _point(setting, method=method, sparsity=x, recalibrate_bn=bn, **_quant(setting)))
+               for x in xs]
         if setting.method == "N:M":
             for pat in NM_PATTERNS:
                 n, m = parse_pattern(pat)
                 out.append(("nm", pat, round(1 - n / m, 6),
-                            make_setting(pat, nm_score=setting.nm_score, recalibrate_bn=bn, **_quant(setting))))
+                            _point(setting, method=pat, nm_score=setting.nm_score, recalibrate_bn=bn,
+                                   **_quant(setting))))
         series = "float activations" if setting.a_bits is None else f"A{setting.a_bits}"
         for b in (*sorted(set(self.bits_grid)), 16, None):
             q = {**_quant(setting), "w_bits": b}
-            out.append(("bits", series, bits_x(b), make_setting(recalibrate_bn=bn, **_prune(setting), **q)))
+            out.append(("bits", series, bits_x(b), _point(setting, recalibrate_bn=bn, **_prune(setting), **q)))
         with self._lock:  # type: ignore[attr-defined]
             if len(self._curve_settings) > 256:  # type: ignore[attr-defined]
                 self._curve_settings.clear()  # type: ignore[attr-defined]

@@ -85,6 +85,15 @@ here looks at it from one side.
   arm's minimum often sits *higher*: it is a different point (SAM minimizes the worst loss around the
   weights, not the loss at them), not a worse one — what matters is how fast the loss rises from it. With
   no compression selected, both axes are random (the classic Li et al. plot).
+* **Quantization recipe and compensation** — *RepQ-ViT* (ViTs only) quantizes the attention matmuls too, with
+  a log√2 softmax quantizer and LayerNorm re-parameterization. *QwT* fits, per block, a linear map from the
+  quantized block's input to the error of its output on the calibration images (closed form, ridge) and adds
+  it as a side path (extra parameters); *QwT-v2* fits one gain and offset per output channel of each
+  compressed layer and folds them into its weight scale and bias (no extra parameters, the same integer
+  grid); on a pruned model it compensates the pruning error. Both are fitted against the uncompressed arm,
+  so the gap between the arms may shrink: does compensation add to flatness, or fix what flatness fixes? With
+  RepQ-ViT or QwT the compressed model is not a point in the original weight space, so the landscapes say so
+  instead of drawing a line that does not exist (notebook 03).
 * **Guided tour** — three presets: where flatness pays (resnet-tiny, 4-bit weights), where it does not
   (vit-tiny, magnitude 50%) and the cliff (Wanda 85%). BatchNorm re-estimation after pruning is a checkbox
   for CNNs; the cards say which was used.
@@ -97,6 +106,9 @@ here looks at it from one side.
   compress both and compare, over several seeds.
 * `notebooks/02_sharpness_compressibility.ipynb` — do flat minima compress well? The second-order
   argument (ΔL ≈ g·δ + ½δᵀHδ), and sharpness measures against the accuracy lost to compression.
+* `03_qwt` (quantization compensation), `04_snt` (compression-friendly pretraining), `05_supernet`
+  (mixed-precision supernet with LoRA), `06_last` and `07_miet` (frozen-backbone adaptation): one per paper,
+  each ending in a claim check.
 
 Open them with `jupyter lab notebooks/` (install the `notebooks` extra: `pip install -e ".[notebooks]"`).
 Everything the app shows is one call away in Python: `craftlab_app.service.Explorer().compress("vit-tiny",

@@ -8,10 +8,10 @@ the follow-ups draw every panel from that view, titled with its tag, and drop th
 replaced it. ``trigger_mode="always_last"`` keeps at most one pending request per event.
 
 Every event has an ``api_name``. ``/compress`` is the contract (``model, method, sparsity, w_bits, a_bits``
-[, ``granularity``, ``pattern``, ``recalibrate_bn``] -> JSON with each arm's ``fp_accuracy`` and
-``compressed_accuracy``); ``/landscape`` takes the same inputs and ``kind`` (stateless); ``/train`` a run. The
-view-driven follow-ups (``/panels``, ``/seeds``, ``/sharpness``, ``/landscape_view``, ``/refresh``,
-``/export``) answer about the session's current view.
+[, ``granularity``, ``pattern``, ``recalibrate_bn``, ``recipe``, ``compensation``] -> JSON with each arm's
+``fp_accuracy`` and ``compressed_accuracy``); ``/landscape`` takes the same inputs and ``kind`` (stateless);
+``/train`` a run. The view-driven follow-ups (``/panels``, ``/seeds``, ``/sharpness``, ``/landscape_view``,
+``/refresh``, ``/export``) answer about the session's current view.
 
 Run: ``craftlab app [--host 127.0.0.1] [--port 7860]`` or ``python -m craftlab_app``. Environment (all optional):
 ``CRAFTLAB_APP_MODELS`` (comma-separated models warmed at start, default ``vit-tiny,resnet-tiny``),
@@ -51,7 +51,10 @@ BITS_CHOICES = [("float", "None"), ("16", "16"), ("8", "8"), ("7", "7"), ("6", "
 """Bit-widths offered; a typed value that is not one of these labels is sent as typed (and refused by name)."""
 DATASETS = ["digits", "mnist5k", "cifar10", "cifar100", "fashion_mnist", "mnist", "flowers102", "oxford_pets"]
 INITIAL = {"method": "magnitude", "sparsity": 0.5, "w_bits": "None", "a_bits": "None", "granularity": "channel",
-           "pattern": "2:4", "kind": "contour", "scale": "log10"}
+           "pattern": "2:4", "kind": "contour", "scale": "log10", "recipe": "uniform", "compensation": "none"}
+RECIPE_CHOICES = [("uniform", "uniform"), ("RepQ-ViT", "repq")]
+COMPENSATION_CHOICES = [("none", "none"), ("QwT (side paths)", "qwt"), ("QwT-v2 (folded)", "qwt-v2")]
+"""Compensations offered: the value sent is what make_setting parses ("none" = no compensation)."""
 PATTERN_CHOICES = [(f"{p} (keep {p.split(':')[0]} of {p.split(':')[1]})", p) for p in ("2:4", "1:4", "4:8", "1:2")]
 """N:M patterns offered: N weights kept of every M; the value sent is the bare pattern make_setting parses."""
 
@@ -88,6 +91,11 @@ def _controls(choices: list[tuple[str, str]], first: str, info: str) -> dict[str
     c["granularity"] = gr.Radio(["channel", "tensor"], value=INITIAL["granularity"],
                                 label="weight quantization granularity", elem_id="granularity")
     c["bn"] = gr.Checkbox(False, label="re-estimate BatchNorm statistics after pruning (CNNs)", elem_id="bn")
+    c["recipe"] = gr.Radio(RECIPE_CHOICES, value=INITIAL["recipe"], label="quantization recipe", elem_id="recipe",
+                           info="repq: RepQ-ViT (ViTs only; quantized attention)")
+    c["compensation"] = gr.Radio(COMPENSATION_CHOICES, value=INITIAL["compensation"], label="compensation",
+                                 elem_id="compensation",
+                                 info="closed-form fit on the calibration set after compression (QwT papers)")
     return c
 
 
@@ -218,13 +226,15 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         shown = gr.State(None)  # what the refresh timer drew last for the view
         api_landscape = gr.Button(visible=False)  # carries the stateless /landscape API endpoint
         setting_inputs = [c[k] for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern")]
+        extra_inputs = [c["recipe"], c["compensation"]]  # optional trailing inputs of /compress and /landscape
         panel_outputs = [summary, card_plain, card_craft, verdict, guide, curve_sparsity, curve_bits, link, c["bn"]]
         landscape_outputs = [path_plot, plane_plain, plane_craft]
         probe_kw = {"concurrency_limit": 1, "concurrency_id": "landscape", "show_progress": "minimal",
                     "trigger_mode": "always_last"}
         changes = [c[k].change for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern",
-                                        "bn")]
-        dep = gr.on([demo.load, *changes], cb.compress, inputs=[*setting_inputs, c["bn"]], outputs=[answer, view],
+                                        "bn", "recipe", "compensation")]
+        dep = gr.on([demo.load, *changes], cb.compress, inputs=[*setting_inputs, c["bn"], *extra_inputs],
+                    outputs=[answer, view],
                     api_name="compress", trigger_mode="always_last", concurrency_limit=4, show_progress="minimal",
                     preprocess=False,  # raw values reach make_setting, whose messages name the parameter
                     show_progress_on=summary)  # visible while a model's arms are fine-tuned
@@ -248,13 +258,15 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         c["pattern"].change(cb.method_ui, inputs=[c["method"], c["pattern"], c["sparsity"]],
                             outputs=[c["sparsity"], c["pattern"]], api_name="pattern_ui", queue=False,
                             show_progress="hidden")
-        controls = [c[k] for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern", "bn")]
+        controls = [c[k] for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern", "bn",
+                                   "recipe", "compensation")]
         for key, btn in preset_buttons.items():
             btn.click(_preset_fn(cb, key), outputs=controls, api_name=f"preset_{key}", queue=False)
-        demo.load(cb.restore, outputs=[*controls[:6], c["pattern"], c["bn"], kind, scale], api_name="restore",
+        demo.load(cb.restore, outputs=[*controls, kind, scale], api_name="restore",
                   queue=False, show_progress="hidden")
         export_btn.click(cb.export, inputs=[view, kind, scale], outputs=files, api_name="export", preprocess=False)
-        api_landscape.click(cb.landscape, inputs=[*setting_inputs, kind, scale], outputs=landscape_outputs,
+        api_landscape.click(cb.landscape, inputs=[*setting_inputs, kind, scale, *extra_inputs],
+                            outputs=landscape_outputs,
                             api_name="landscape", concurrency_limit=1, concurrency_id="landscape", preprocess=False)
         status_timer.tick(cb.status, outputs=[status, status_timer], api_name="status", show_progress="hidden",
                           queue=False)

@@ -362,14 +362,11 @@ def cmd_landscape(a: argparse.Namespace) -> int:
     if setting is not None:
         if setting.is_identity:
             raise ValueError("--kind compression needs a compression: --sparsity, --pattern, --w-bits or --a-bits")
-        if setting.recipe == "repq":
-            raise ValueError("--kind compression with --recipe repq: RepQ-ViT re-parameterizes each LayerNorm and the "
-                             "Linear after it, so the straight line from w to C(w) passes through models that compute "
-                             "other functions; use --recipe uniform")
-        if setting.compensation == "qwt":
-            raise ValueError("--kind compression with --compensate qwt: QwT adds side-path parameters, so the "
-                             "compensated model is not a point in the original's weight space; use --compensate "
-                             "qwt-v2 (folded into the layers)")
+        problem = setting.weight_path_problem()
+        if problem:
+            flag, fix = (("--recipe repq", "use --recipe uniform") if setting.recipe == "repq" else
+                         ("--compensate qwt", "use --compensate qwt-v2 (folded into the layers)"))
+            raise ValueError(f"--kind compression with {flag}: {problem}; {fix}")
     model, data, batch = _probe_batch(a)
     if a.kind == "line":
         res = landscape.line(model, batch, distance=a.distance, steps=a.steps or 51, seed=a.seed)

@@ -180,6 +180,23 @@ class Setting:
     def quantizes(self) -> bool:
         return self.w_bits is not None or self.a_bits is not None
 
+    def weight_path_problem(self) -> str | None:
+        """Why the compressed model is not a point ``C(w)`` in the original's weight space (so the landscape
+        probes, which follow ``w + t (C(w) - w)``, do not apply), or None when it is.
+
+        Example::
+
+            >>> make_setting("none", 0, 4, 4, recipe="repq").weight_path_problem()[:22]
+            'RepQ-ViT re-parameteri'
+        """
+        if self.recipe == "repq":
+            return ("RepQ-ViT re-parameterizes each LayerNorm and the Linear after it, so the straight line from w "
+                    "to C(w) passes through models that compute other functions")
+        if self.compensation == "qwt":
+            return ("QwT adds side-path parameters, so the compensated model is not a point in the original's "
+                    "weight space")
+        return None
+
     def compress_kwargs(self) -> dict[str, Any]:
         """Arguments of :func:`craftlab.compress` (without ``calib``)."""
         kw: dict[str, Any] = {"w_bits": self.w_bits, "a_bits": self.a_bits, "w_granularity": self.granularity,

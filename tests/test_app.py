@@ -113,7 +113,8 @@ def test_every_event_has_an_api_name(served):
 def test_api_compress_contract(client):
     info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/compress"]
     params = [p["parameter_name"] for p in info["parameters"]]
-    assert params == ["model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern", "recalibrate_bn"]
+    assert params == ["model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern", "recalibrate_bn",
+                      "recipe", "compensation"]
     assert all(p["parameter_has_default"] for p in info["parameters"][5:])
     ans = client.predict(model=MODEL, method="magnitude", sparsity=0.5, w_bits=8, a_bits=None, api_name="/compress")
     assert isinstance(ans, dict) and ans["model"] == MODEL and ans["setting_label"] == "magnitude 50% + W8AFP"
@@ -321,3 +322,44 @@ def test_api_train_streams_history_and_joins_the_model_list(client):
         args[i] = value
         with pytest.raises(AppError, match=msg):
             client.predict(*args, api_name="/train")
+
+
+# ---------------------------------------------------------------------------------------------------- compensation
+
+def test_api_compensation_matches_the_core_and_old_calls_are_unchanged(client, explorer):
+    """/compress with a compensation gives what craftlab.compress + evaluate give for the same arm (an independent
+    path: the core's pipeline on the checkpoint, not the app's cache); a call without it is the uncompensated one."""
+    import craftlab
+
+    plain = compress(client, sparsity=0.0, w_bits=4, a_bits=4)
+    comp = compress(client, sparsity=0.0, w_bits=4, a_bits=4, compensation="qwt-v2")
+    assert plain["setting_label"] == "W4A4" and comp["setting_label"] == "W4A4 + QwT-v2"
+    for name, arm in comp["arms"].items():
+        la = next(x for x in explorer.arms(MODEL) if x.arm.name == name)
+        model = craftlab.load_checkpoint(la.path)
+        data = craftlab.load_data("digits", model=model)
+        q = craftlab.compress(model, w_bits=4, a_bits=4, compensation="qwt-v2", calib=data.calib)
+        assert arm["compressed_accuracy"] == craftlab.evaluate(q, data.test)["accuracy"]
+        assert arm["compressed_accuracy"] != plain["arms"][name]["compressed_accuracy"] or arm["compressed_loss"] != \
+            plain["arms"][name]["compressed_loss"]
+    repq = compress(client, sparsity=0.0, w_bits=4, a_bits=4, recipe="repq", compensation="qwt")
+    assert repq["setting_label"] == "W4A4 repq + QwT"
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(sparsity=0.0, compensation="qwt"), "compensat"),
+    (dict(w_bits=4, compensation="qwt-v3"), "qwt-v3"),
+    (dict(w_bits=4, recipe="repqq"), "repqq"),
+])
+def test_api_bad_compensation_or_recipe_is_named(client, kw, message):
+    with pytest.raises(AppError, match=message):
+        compress(client, **kw)
+
+
+def test_landscape_of_a_setting_without_weight_path_says_why(served, client):
+    cb = served.callbacks
+    figs = cb.landscape(MODEL, "magnitude", 0.0, 4, 4, recipe="repq")
+    texts = [a["text"] for f in figs for a in f.to_dict()["layout"].get("annotations", [])]
+    assert len(figs) == 3 and all("RepQ-ViT re-parameterizes" in t and "W4A4 repq" in t for t in texts)
+    figs = cb.landscape(MODEL, "magnitude", 0.5, None, None, compensation="qwt-v2")  # folded: a weight path
+    assert figs[0].to_dict()["data"], "the folded QwT-v2 model has a compression path"

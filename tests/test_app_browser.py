@@ -384,3 +384,22 @@ def test_bad_model_shows_the_error_and_the_page_keeps_working(page):
     pick(page, "model", "vit-tiny")
     page.locator("#method label", has_text="wanda").click()
     wait_agree(page, "vit-tiny", "wanda 50%", 0.5, None)
+
+
+# ----------------------------------------------------------------------------------------------------- issue 10
+
+def test_compensation_and_recipe_choices_reach_every_panel(page):
+    from craftlab.settings import make_setting
+
+    pick(page, "w_bits", "4")
+    pick(page, "a_bits", "4")
+    page.locator("#compensation label", has_text="QwT-v2").click()
+    label = make_setting("magnitude", 0.5, 4, 4, compensation="qwt-v2").label()
+    assert label.endswith("+ QwT-v2")
+    wait_agree(page, "vit-tiny", label, 0.5, 4.0, on_curve=True, timeout=TIMEOUT_MS)
+    page.locator("#recipe label", has_text="RepQ-ViT").click()  # no weight-space path: the landscapes say why
+    label = make_setting("magnitude", 0.5, 4, 4, recipe="repq", compensation="qwt-v2").label()
+    wait_agree(page, "vit-tiny", label, 0.5, 4.0, timeout=TIMEOUT_MS)
+    for s in ("#path", "#plane-plain", "#plane-craft"):
+        assert "no landscape" in page.inner_text(s) and "RepQ-ViT" in page.inner_text(s), s
+    assert "comp=qwt-v2" in page.inner_text("#link") or "comp=qwt-v2" in page.inner_html("#link")
