@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from craftlab.settings import make_setting
 
 from . import panels
 from .concurrency import Cancelled
+from .train_callbacks import TrainCallbacks
 from .view import View, Views
 
 if TYPE_CHECKING:  # torch, timm and plotly load in the background, after the page is served
@@ -38,7 +38,6 @@ class _Lazy:
 
 
 figs = _Lazy(".figures")
-training = _Lazy(".training")
 
 __all__ = ["Callbacks", "user_errors"]
 
@@ -78,8 +77,9 @@ def _compensation(value: Any) -> str | None:
     return None if text.lower() in ("", "none") else text
 
 
-class Callbacks:
-    """Every event handler of the app (plain methods, testable without a server)."""
+class Callbacks(TrainCallbacks):
+    """Every event handler of the app (plain methods, testable without a server); the Train tab's are in
+    :class:`~craftlab_app.train_callbacks.TrainCallbacks`."""
 
     def __init__(self, explorer: Explorer) -> None:
         self.ex = explorer
@@ -151,17 +151,28 @@ class Callbacks:
             return _skip(PANEL_OUTPUTS)
         return out if self.views.current(view) else _skip(PANEL_OUTPUTS)
 
-    def sharpness(self, view: View | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str, str]:  # noqa: B008
-        """Sharpness markdown of both full-precision arms of the view's model."""
+    def sharpness(self, view: View | None, measure: str = "lambda_max",
+                  progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        """Sharpness markdown of both full-precision arms of the view's model, the gap plot (CrAFT − plain per
+        measure) and the scatter of the accuracy drop at the view's setting against `measure` (one point per arm
+        and seed measured; the extra seeds are measured in the background and join on a later redraw)."""
         if not self.views.current(view):
-            return _skip(3)  # type: ignore[return-value]
-        model = view.model  # type: ignore[union-attr]
+            return _skip(5)
+        assert view is not None
+        model = view.model
         with user_errors():
+            from .sharpness import MEASURES
+
+            if measure not in MEASURES:
+                raise ValueError(f"sharpness measure must be one of {', '.join(MEASURES)}, got {measure!r}")
             res = {a["role"]: a for a in self.ex.sharpness(model, progress=_gr_progress(progress)).values()}
+            self.ex.compress(model, view.setting)  # seed 0's points (cached by /compress)
+            table = self.ex.sharpness_table(model, view.setting)
         if not self.views.current(view):
-            return _skip(3)  # type: ignore[return-value]
+            return _skip(5)
         return (panels.sharpness_text(res.get("plain"), model), panels.sharpness_text(res.get("craft"), model),
-                panels.SHARPNESS_NOTE)
+                panels.SHARPNESS_NOTE, figs.sharpness_gap_figure(table, view.tag, MEASURES),
+                figs.sharpness_scatter(table, measure, MEASURES[measure], view.tag))
 
     def _landscape_figures(self, lands: dict[str, Any], kind: str, scale: str, tag: str) -> tuple[Any, Any, Any]:
         planes = dict(zip([a["role"] for a in lands.values()],
@@ -323,51 +334,3 @@ class Callbacks:
         runs = " · ".join(r["text"] for r in training)
         return (f"**Preparing the default models** ({st['stage']}; first start only, cached afterwards): "
                 f"{runs or 'loading…'}"), gr.Timer(active=True)
-
-    # --- train ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def estimate(model: str, data: str, optimizer: str, rho: float, adaptive: bool, epochs: float, seed: float = 0,
-                 twin: bool = True, lr: Any = None) -> str:
-        """The estimated duration of a run request (from the cached runs of that model and data)."""
-        try:
-            spec = training.make_run_spec(model, data, optimizer, rho, adaptive, epochs, seed, lr)
-        except ValueError as err:
-            return f"⚠ {panels.one_line(err)}"
-        sec = training.estimate_seconds(spec, twin=bool(twin))
-        if sec is None:
-            return "Estimated duration: unknown until the first epoch (no cached run of this model and data)."
-        return (f"Estimated duration: about {max(1, math.ceil(sec))} s (from the cached runs of {spec.model} "
-                f"on {spec.data}).")
-
-    def train(self, model: str, data: str, optimizer: str, rho: float, adaptive: bool, epochs: float,
-              seed: float = 0, twin: bool = True, lr: Any = None,
-              progress: gr.Progress = gr.Progress()) -> Iterator[tuple[str, Any, Any, Any]]:  # noqa: B008
-        """Fine-tune `model` on `data` (and its plain / SAM twin), streaming a status line and the loss curve;
-        on a failure the status says so (then the error toast)."""
-        with user_errors():
-            spec = training.make_run_spec(model, data, optimizer, rho, adaptive, epochs, seed, lr)  # the one check
-        st: dict[str, Any] = {"runs": []}
-        try:
-            for st in self.ex.train_stream(spec, twin=bool(twin)):
-                total = sum(r["epochs"] for r in st["runs"])
-                done = sum(len(r["history"]) for r in st["runs"])
-                if not st["done"]:
-                    progress(done / max(total, 1), desc=f"fine-tuning: epoch {done}/{total} over "
-                                                        f"{len(st['runs'])} run(s)")
-                lines = []
-                for r in st["runs"]:
-                    state = ("cached" if r["cached"] else "done") if r["done"] else \
-                        (f"epoch {len(r['history'])}/{r['epochs']}" if r.get("running") else
-                         "queued (runs fine-tune one at a time)")
-                    acc = f", test accuracy {r['test_accuracy']:.1%}" if r.get("test_accuracy") is not None else ""
-                    lines.append(f"* `{r['key']}` ({r['label']}): {state}{acc}")
-                head = "**Done** — open it in **Explore**." if st["done"] else "**Fine-tuning…**"
-                picker = (gr.Dropdown(choices=self.ex.model_choices(), value=st["key"]) if st["done"]
-                          else gr.skip())
-                yield (head + "\n\n" + "\n".join(lines), figs.training_figure(st), picker,
-                       gr.Button(visible=bool(st["done"])))
-        except Exception as err:
-            msg = panels.one_line(err)
-            yield (f"**Failed:** {msg}", figs.training_figure(st), gr.skip(), gr.Button(visible=False))
-            raise gr.Error(msg, print_exception=False) from None

@@ -27,7 +27,7 @@ from craftlab.viz.plots import (
 from .sweeps import BITS_X, bits_x
 
 __all__ = ["ROLE_COLORS", "bits_curve_figure", "empty_figure", "path_figure", "plane_figures",
-           "sparsity_curve_figure", "training_figure"]
+           "sharpness_gap_figure", "sharpness_scatter", "sparsity_curve_figure", "training_figure"]
 
 ROLE_COLORS = {"plain": PALETTE[0], "craft": PALETTE[1]}
 CURVE_HEIGHT = 360
@@ -253,7 +253,8 @@ def plane_figures(landscapes: Mapping[str, Mapping[str, Any]], kind: str = "cont
     return figs
 
 
-def training_figure(state: Mapping[str, Any] | None, height: int = CURVE_HEIGHT) -> go.Figure:
+def training_figure(state: Mapping[str, Any] | None, height: int = CURVE_HEIGHT,
+                    title: str = "Fine-tuning: loss per epoch") -> go.Figure:
     """Live fine-tuning curves: train loss (solid) and validation loss (dashed) per epoch for each run."""
     runs: Sequence[Mapping[str, Any]] = (state or {}).get("runs", [])
     if not runs or not any(r.get("history") for r in runs):
@@ -272,4 +273,56 @@ def training_figure(state: Mapping[str, Any] | None, height: int = CURVE_HEIGHT)
                                                "<extra></extra>"))
     epochs = max(int(r.get("epochs") or 1) for r in runs)
     fig.update_xaxes(range=[0.5, epochs + 0.5], dtick=1 if epochs <= 20 else None)
-    return _layout(fig, "Fine-tuning: loss per epoch", height, xaxis_title="epoch", yaxis_title="cross-entropy")
+    return _layout(fig, title, height, xaxis_title="epoch", yaxis_title="cross-entropy")
+
+
+# ----------------------------------------------------------------------------------------------------- sharpness
+
+SHARP_HEIGHT = 340
+
+
+def sharpness_gap_figure(table: pd.DataFrame, tag: str, measures: Mapping[str, str],
+                         height: int = SHARP_HEIGHT) -> go.Figure:
+    """CrAFT − plain for each sharpness measure, relative to the plain arm (%, mean over the seeds measured):
+    below zero, CrAFT sits in the flatter minimum. `table`: :meth:`Explorer.sharpness_table` rows."""
+    roles = set(table["role"]) if len(table) else set()
+    if not {"plain", "craft"} <= roles:
+        return empty_figure(f"{tag} the sharpness gap needs both arms measured (in progress…)", height)
+    means = table.groupby("role")[list(measures)].mean()
+    n = table.groupby("role")["seed"].nunique().min()
+    labels = table.drop_duplicates("role").set_index("role")["label"]
+    rel = [100 * (means.at["craft", m] - means.at["plain", m]) / abs(means.at["plain", m]) for m in measures]
+    fig = go.Figure(go.Bar(
+        x=list(measures.values()), y=rel, marker_color=[ROLE_COLORS["craft"] if r < 0 else "grey" for r in rel],
+        text=[f"{r:+.0f}%" for r in rel], textposition="outside",
+        customdata=[[means.at["plain", m], means.at["craft", m]] for m in measures],
+        hovertemplate=f"%{{x}}<br>{labels['plain']}: %{{customdata[0]:.4g}}<br>CrAFT ({labels['craft']}): "
+                      "%{customdata[1]:.4g}<extra></extra>"))
+    fig.add_hline(y=0, line={"color": "black", "width": 1})
+    span = max(10.0, *(abs(r) for r in rel)) * 1.25
+    fig.update_yaxes(range=[-span, span], ticksuffix="%")
+    seeds = f"mean of {n} seeds" if n > 1 else "seed 0"
+    return _layout(fig, f"Sharpness gap: CrAFT − {labels['plain']}, relative to {labels['plain']} {tag}<br><sup>"
+                        f"smaller = flatter: below 0, CrAFT's minimum is flatter by that measure ({seeds})</sup>",
+                   height, yaxis_title=f"(CrAFT − {labels['plain']}) / {labels['plain']}")
+
+
+def sharpness_scatter(table: pd.DataFrame, measure: str, measure_label: str, tag: str,
+                      height: int = SHARP_HEIGHT) -> go.Figure:
+    """Accuracy drop at the view's setting against one sharpness measure, one point per arm and seed, with the
+    least-squares line and Spearman ρ (:func:`craftlab.viz.experiment_figures.scatter_figure`, as in notebook 02)."""
+    from craftlab.viz.experiment_figures import scatter_figure
+
+    if len(table) < 2:
+        return empty_figure(f"{tag} the scatter needs the sharpness and accuracy drop of two arms "
+                            "(in progress…)", height)
+    df = table.assign(accuracy_drop_pts=100 * table["accuracy_drop"], seed=table["seed"].map(lambda s: f"seed {s}"))
+    fig = scatter_figure(df, x=measure, y="accuracy_drop_pts", color="label", label="seed", height=height,
+                         title=f"Accuracy drop vs {measure_label} {tag}")
+    colors = {lab: ROLE_COLORS.get(role, PALETTE[2]) for lab, role in zip(df["label"], df["role"])}
+    for tr in fig.data:
+        if tr.name in colors:
+            tr.marker.color = colors[tr.name]
+    fig.update_layout(xaxis_title=f"{measure_label} at the fine-tuned weights (smaller = flatter)",
+                      yaxis_title="accuracy drop (pts)", title={"font": {"size": 13}})
+    return fig

@@ -11,11 +11,14 @@ whichever is not cached yet (:mod:`craftlab_app.training`) — and answers:
 * :meth:`Explorer.verdict`: both arms over the seeds at one setting, mean ± sd and the paired verdict of
   :mod:`craftlab.analysis.stats` (``Explorer.seeds``: the zoo models' extra seeds are fine-tuned in the
   background);
-* :meth:`Explorer.sharpness`: λmax, Hessian trace and ε-sharpness of both full-precision arms;
+* :meth:`Explorer.sharpness`: λmax, Hessian trace and ε-sharpness of both full-precision arms, and
+  :meth:`Explorer.sharpness_table` per arm and seed beside the accuracy drop (:mod:`craftlab_app.sharpness`);
 * :meth:`Explorer.landscape`: the loss along the compression direction ``w + t (C(w) − w)`` and on the
   plane it spans with a random direction, the compressed point marked; coarse first, then fine, and
   given up when a newer request replaces the one that asked (:mod:`craftlab_app.landscapes`);
-* :meth:`Explorer.train_stream`: fine-tune a run (and its twin) with live history.
+* :meth:`Explorer.train_stream`: fine-tune a run (and its twin) with live history; :meth:`Explorer.pretrain_stream`
+  and :meth:`Explorer.transfer_stream`: pretrain a "foundation" and fine-tune a pair from it
+  (:mod:`craftlab_app.pretraining`), which is then an Explore model (:mod:`craftlab_app.transfers`).
 
 Inputs are validated once, at the boundary: methods take a :class:`craftlab.settings.Setting` (or
 :func:`craftlab.settings.make_setting` keyword arguments, turned into one Setting) and a
@@ -37,7 +40,6 @@ machine, multi-threaded kernels can be 10-20x slower than one thread).
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,12 +53,15 @@ from craftlab.compression import pipeline
 from craftlab.settings import DEFAULT_SETTING, Setting, make_setting, parse_bits, parse_setting
 from craftlab.train.runs import RunSpec
 
-from .arms import Arm, ArmLoader, Loaded
-from .concurrency import HVP_LOCK, Cancelled, Memo, Scheduler
+from .arms import Arm, Loaded
+from .concurrency import Cancelled, Memo, Scheduler
 from .landscapes import LandscapesMixin
+from .pretraining import PretrainMixin
+from .sharpness import SharpnessMixin
 from .stores import LandscapeStore, PointStore
 from .sweeps import SweepsMixin
 from .training import Trainer, is_cached, make_run_spec
+from .transfers import TransferArmLoader
 
 __all__ = ["BITS_GRID", "PRUNE_METHODS", "SEEDS", "SPARSITY_GRID", "Explorer", "as_setting"]
 
@@ -83,7 +88,7 @@ def as_setting(setting: Setting | str | Mapping[str, Any] | None = None, **kwarg
     return parse_setting(dict(setting) if isinstance(setting, Mapping) else setting)
 
 
-class Explorer(SweepsMixin, LandscapesMixin):
+class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
     """Cached, thread-safe sweeps and probes over the two fine-tuning arms of a model.
 
     Args:
@@ -130,7 +135,7 @@ class Explorer(SweepsMixin, LandscapesMixin):
         coarse = tuple(int(v) for v in coarse_steps) if coarse_steps else None
         self.levels = (coarse, fine) if coarse and coarse[0] < fine[0] and coarse[1] <= fine[1] else (fine,)
         self.persist = persist
-        self._arms = ArmLoader(data, epochs, seed, self.sam_rho, self.probe_size, max_models)
+        self._arms = TransferArmLoader(data, epochs, seed, self.sam_rho, self.probe_size, max_models)
         self._trainer = Trainer(self.sam_rho)
         self._points = Memo(max_points)
         self._compressed = Memo(max_compressed)
@@ -277,38 +282,6 @@ class Explorer(SweepsMixin, LandscapesMixin):
             results = self._sched.map(one, loaded)
         return {"model": model.strip(), "setting": setting.as_dict(), "setting_label": setting.label(),
                 "setting_text": setting.describe(), "arms": {la.arm.name: r for la, r in zip(loaded, results)}}
-
-    # ------------------------------------------------------------------ probes
-
-    def sharpness(self, model: str, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
-        """λmax, Hessian trace (± stderr) and ε-sharpness (ρ = the explorer's) of each full-precision arm.
-
-        Measured on the probe batch with :func:`craftlab.probes.sharpness.sharpness_summary`; cached per checkpoint.
-        """
-        from craftlab.probes.sharpness import sharpness_summary
-
-        def one(la: Loaded) -> dict[str, Any]:
-            computed = []
-
-            def compute() -> dict[str, Any]:
-                probe_model = copy.deepcopy(la.model).requires_grad_(True)  # probes perturb weights in place
-                with HVP_LOCK:  # see craftlab_app.concurrency.HVP_LOCK
-                    res = sharpness_summary(probe_model, la.ctx.probe, rho=self.sam_rho, seed=0)
-                out = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-                       for k, v in res.items()}
-                out["n_examples"] = sum(len(y) for _, y in la.ctx.probe)
-                computed.append(True)
-                return out
-
-            out = self._sharpness.get_or_compute(la.point_prefix, compute, background=self._sched.in_background)
-            if computed:
-                self._point_store.mark_dirty(la.point_prefix)
-            return out
-
-        with self._sched.foreground():
-            loaded = self.arms(model, progress)
-            results = self._sched.map(one, loaded)
-        return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, **r} for la, r in zip(loaded, results)}
 
     # ------------------------------------------------------------------ background work
 

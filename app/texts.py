@@ -73,6 +73,15 @@ here looks at it from one side.
   eigenvalues (total curvature; Hutchinson estimate ± its standard error). **ε-sharpness** is how much
   the loss rises after SAM's own worst-case step of radius ρ. Smaller = flatter. Compare the two arms of
   one model: the numbers depend on the architecture's parameterization and do not compare across models.
+  The **gap plot** shows CrAFT − AdamW for each measure, relative to AdamW (below 0: CrAFT is flatter by
+  that measure); the **scatter** puts the accuracy drop at the current setting against one measure, one
+  point per arm and seed (the extra seeds' sharpness is measured in the background and joins on the next
+  redraw), with Spearman ρ: does the flatter model lose less here? (notebook 02 does it over 12 models).
+* **Curves with a compensation** — every compressed point of both curves is compensated too (a QwT or
+  QwT-v2 fit per point, about 1.5 s per pair of arms on 2 cores), so they fill in more slowly.
+* **Train: your own foundation** — pretrain a zoo architecture on mnist5k with Adam / AdamW / SGD, SAM and
+  a train-time transformation that folds away (expand, repvgg, weight-noise: SNT's idea, with stand-ins), then
+  fine-tune an AdamW / CrAFT pair from it: the pair appears in the model list (`pretrained:...`).
 * **Loss along the compression direction** — the loss on the segment `w + t·(C(w) − w)`: t = 0 is the
   fine-tuned model, t = 1 (★) the compressed one. The dashed curve is the 2nd-order Taylor prediction
   `t·g·δ + t²/2·δᵀHδ`: where it bends up early, curvature along the compression direction is what hurts.

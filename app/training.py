@@ -25,6 +25,9 @@ __all__ = ["MAX_EPOCHS", "MAX_RHO", "Trainer", "make_run_spec"]
 MAX_EPOCHS = 200
 MAX_RHO = 10.0
 MAX_LR = 10.0
+MAX_BATCH = 4096
+DEFAULT_BATCH = 64
+"""The data's default training batch size (``craftlab.load_data``): a run asking for it is the default run."""
 Progress = Callable[[float, str], None]
 _TRAIN_LOCK = threading.Lock()
 """Fine-tuning runs in one process take turns: they seed torch's process-wide RNG (head initialisation,
@@ -44,12 +47,14 @@ def _whole(value: Any, what: str, low: int, high: int | None = None) -> int:
 
 
 def make_run_spec(model: str, data: str = "digits", optimizer: str = "adamw", sam_rho: Any = 0.0,
-                  adaptive: bool = False, epochs: Any = 8, seed: Any = 0, lr: Any = None) -> RunSpec:
+                  adaptive: bool = False, epochs: Any = 8, seed: Any = 0, lr: Any = None,
+                  batch_size: Any = None) -> RunSpec:
     """Validate loose user input (a form, an API call) into a :class:`RunSpec`; ValueError names the problem.
 
     The one check of a run request: code given the RunSpec trusts it. ``epochs`` and ``seed`` may be
     floats holding whole numbers (sliders send 3.0); ρ is in [0, 10]; ASAM needs ρ > 0; ``lr`` is a peak
-    learning rate in (0, 10], or None / 0 / "" for the optimizer's default.
+    learning rate in (0, 10], or None / 0 / "" for the optimizer's default; ``batch_size`` a whole number in
+    [1, 4096], or None / "" for the data's default (64, which is also stored as None: the same run, the same key).
 
     Example::
 
@@ -75,9 +80,11 @@ def make_run_spec(model: str, data: str = "digits", optimizer: str = "adamw", sa
     rate = None if lr is None or (isinstance(lr, str) and not lr.strip()) or lr == 0 else _number(lr)
     if rate is not None and not 0 < rate <= MAX_LR:
         raise ValueError(f"lr must be in (0, {MAX_LR:g}] (or empty for the optimizer's default), got {lr!r}")
+    bs = None if batch_size is None or (isinstance(batch_size, str) and not batch_size.strip()) else \
+        _whole(batch_size, "batch size", 1, MAX_BATCH)
     return RunSpec(model=name, data=data, optimizer=optimizer, lr=rate,
                    epochs=_whole(epochs, "epochs", 1, MAX_EPOCHS), sam_rho=rho, adaptive=bool(adaptive),
-                   seed=_whole(seed, "seed", 0))
+                   seed=_whole(seed, "seed", 0), batch_size=None if bs == DEFAULT_BATCH else bs)
 
 
 def _number(value: Any) -> float:
@@ -112,7 +119,11 @@ def estimate_seconds(spec: RunSpec, twin: bool = True) -> float | None:
 
 @dataclass
 class _RunJob:
-    spec: RunSpec
+    """One training job (a fine-tuning run, a pretraining run, a transfer): its live history and outcome."""
+
+    key: str
+    label: str
+    epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     path: Path | None = None
@@ -120,8 +131,8 @@ class _RunJob:
     running: bool = False
 
     def describe(self) -> str:
-        where = f"epoch {len(self.history)}/{self.spec.epochs}" if self.running else "queued"
-        return f"{self.spec.model} [{arm_label(self.spec)}] {where}"
+        where = f"epoch {len(self.history)}/{self.epochs}" if self.running else "queued"
+        return f"{self.label} {where}"
 
 
 def is_cached(spec: RunSpec | None) -> bool:
@@ -149,11 +160,19 @@ class Trainer:
         from craftlab.train.runs import get_run
 
         check_hub(spec.model)
+        return self.submit(spec.key, f"{spec.model} [{arm_label(spec)}]", spec.epochs,
+                           lambda callback: get_run(spec, progress=False, callback=callback), background)
+
+    def submit(self, key: str, label: str, epochs: int, run: Callable[[Callable[[dict[str, float]], None]], Path],
+               background: bool = False) -> _RunJob:
+        """Start `run(callback)` (it trains, calls ``callback(epoch record)`` after each epoch and returns the
+        checkpoint folder) in a thread, after the other jobs (one at a time: see ``_TRAIN_LOCK``); the job of
+        `key` already running or done is returned instead (a failed one is started again)."""
         with self._lock:
-            job = self._runs.get(spec.key)
+            job = self._runs.get(key)
             if job is not None and (not job.done.is_set() or job.error is None):
                 return job
-            job = self._runs[spec.key] = _RunJob(spec)
+            job = self._runs[key] = _RunJob(key, label, epochs)
 
         def epoch_done(record: dict[str, float]) -> None:
             job.history.append(record)
@@ -168,13 +187,13 @@ class Trainer:
                     if self._stop.is_set():
                         raise Cancelled("the app is closing")
                     job.running = True
-                    job.path = get_run(spec, progress=False, callback=epoch_done)
+                    job.path = run(epoch_done)
             except BaseException as err:  # reported to every waiter
                 job.error = err
             finally:
                 job.done.set()
 
-        thread = threading.Thread(target=work, name=f"craftlab-run-{spec.key}", daemon=True)
+        thread = threading.Thread(target=work, name=f"craftlab-run-{key}", daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
@@ -186,7 +205,7 @@ class Trainer:
         live = [self._start(s, background) for s in specs if not is_cached(s)]
         while live and not all(j.done.is_set() for j in live):
             if progress is not None:
-                total = sum(j.spec.epochs for j in live)
+                total = sum(j.epochs for j in live)
                 done = sum(len(j.history) for j in live)
                 desc = ", ".join(j.describe() for j in live if not j.done.is_set())
                 progress(done / max(total, 1), f"fine-tuning {desc}")
@@ -232,7 +251,7 @@ class Trainer:
     def status(self) -> list[dict[str, Any]]:
         """The runs started by this process: epochs done / total, running, done, error."""
         with self._lock:
-            return [{"key": k, "label": f"{j.spec.model} [{arm_label(j.spec)}]", "epochs_done": len(j.history),
-                     "epochs": j.spec.epochs, "done": j.done.is_set(), "running": j.running,
-                     "text": j.describe(), "error": None if j.error is None else str(j.error)}
+            return [{"key": k, "label": j.label, "epochs_done": len(j.history), "epochs": j.epochs,
+                     "done": j.done.is_set(), "running": j.running, "text": j.describe(),
+                     "error": None if j.error is None else str(j.error)}
                     for k, j in self._runs.items()]

@@ -39,6 +39,7 @@ from .callbacks import Callbacks, user_errors
 from .concurrency import Deferred
 from .panels import PRESETS
 from .texts import CSS, HEAD, LEARN, PLANE_NOTE
+from .train_ui import pretrain_section
 
 if TYPE_CHECKING:
     from .service import Explorer
@@ -183,6 +184,13 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                         verdict = gr.Markdown(elem_id="verdict")
                         sharp_note = gr.Markdown(elem_id="sharp-note")
                         with gr.Row():
+                            sharp_gap = gr.Plot(label="sharpness gap", elem_id="sharp-gap")
+                            with gr.Column():
+                                sharp_measure = gr.Radio([("λmax", "lambda_max"), ("Hessian trace", "trace"),
+                                                          ("ε-sharpness", "eps_sharpness")], value="lambda_max",
+                                                         label="scatter: sharpness measure", elem_id="sharp-measure")
+                                sharp_scatter = gr.Plot(label="accuracy drop vs sharpness", elem_id="sharp-scatter")
+                        with gr.Row():
                             curve_sparsity = gr.Plot(label="accuracy vs sparsity", elem_id="curve-sparsity")
                             curve_bits = gr.Plot(label="accuracy vs bits", elem_id="curve-bits")
                 path_plot = gr.Plot(label="1-D: loss along the compression direction", elem_id="path")
@@ -211,12 +219,15 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                         t_epochs = gr.Slider(1, 30, value=3, step=1, label="epochs")
                         t_seed = gr.Number(0, label="seed", precision=0)
                         t_twin = gr.Checkbox(True, label="also train the twin arm")
+                        t_batch = gr.Number(64, label="batch size (64 = the default)", precision=0, elem_id="t-batch")
                         t_estimate = gr.Markdown(elem_id="train-estimate")
                         t_go = gr.Button("Fine-tune", variant="primary", elem_id="train-button")
                     with gr.Column(scale=3):
                         t_status = gr.Markdown(elem_id="train-status")
                         t_open = gr.Button("Open in Explore", visible=False, elem_id="train-open")
                         t_plot = gr.Plot(label="loss per epoch", elem_id="train-plot")
+
+                pretrain_section(cb, c["model"], tabs, DATASETS)
 
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(LEARN)
@@ -242,7 +253,11 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                     show_progress="hidden", concurrency_limit=None, trigger_mode="always_last").success(
             cb.seeds, inputs=view, outputs=panel_outputs, api_name="seeds", show_progress="hidden",
             concurrency_limit=2, trigger_mode="always_last")
-        dep.success(cb.sharpness, inputs=view, outputs=[sharp_plain, sharp_craft, sharp_note], api_name="sharpness",
+        sharp_outputs = [sharp_plain, sharp_craft, sharp_note, sharp_gap, sharp_scatter]
+        sharp_measure.change(cb.sharpness, inputs=[view, sharp_measure], outputs=sharp_outputs,
+                             api_name="sharp_measure", show_progress="minimal", trigger_mode="always_last",
+                             concurrency_limit=1, concurrency_id="sharpness")
+        dep.success(cb.sharpness, inputs=[view, sharp_measure], outputs=sharp_outputs, api_name="sharpness",
                     show_progress="minimal", trigger_mode="always_last", concurrency_limit=1,
                     concurrency_id="sharpness")
         dep.success(cb.landscape_of, inputs=[view, kind, scale], outputs=landscape_outputs, api_name="landscape_view",
@@ -273,7 +288,7 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         demo.load(cb.status, outputs=[status, status_timer], api_name="status_on_load", show_progress="hidden",
                   queue=False)
         demo.load(cb.model_list, inputs=c["model"], outputs=c["model"], api_name="models", show_progress="hidden")
-        train_inputs = [t_model, t_data, t_opt, t_rho, t_adaptive, t_epochs, t_seed, t_twin, t_lr]
+        train_inputs = [t_model, t_data, t_opt, t_rho, t_adaptive, t_epochs, t_seed, t_twin, t_lr, t_batch]
         gr.on([demo.load, *[x.change for x in train_inputs]], cb.estimate, inputs=train_inputs, outputs=t_estimate,
               api_name="estimate", queue=False, show_progress="hidden", preprocess=False)
         t_go.click(cb.train, inputs=train_inputs, outputs=[t_status, t_plot, c["model"], t_open], api_name="train",

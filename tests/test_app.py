@@ -295,9 +295,12 @@ def test_api_landscape_is_stateless_and_cached(client):
 
 def test_api_sharpness_status_and_models(client):
     compress(client)
-    sp, sc, note = client.predict(api_name="/sharpness")
+    sp, sc, note, gap, scatter = client.predict(api_name="/sharpness")
     for md in (sp, sc):
         assert "λmax" in md and "trace" in md and "ε-sharpness" in md and "e+0" not in md
+    gap, scatter = figure(gap), figure(scatter)
+    assert "smaller = flatter" in gap["layout"]["title"]["text"] and len(gap["data"][0]["x"]) == 3
+    assert "Accuracy drop vs λmax [vit-tiny · magnitude 50%]" in scatter["layout"]["title"]["text"]
     text, _ = client.predict(api_name="/status")
     assert isinstance(text, str) and text
     values = [v for _, v in client.predict(MODEL, api_name="/models")["choices"]]
@@ -317,8 +320,9 @@ def test_api_train_streams_history_and_joins_the_model_list(client):
                                                          api_name="/estimate")
     for i, value, msg in [(1, "no-such-data", "unknown dataset"), (0, "resnet-tinyy", "unknown model"),
                           (5, 2.5, "epochs must be a whole number"), (3, -1.0, "rho must be in"),
-                          (2, "lion", "unknown optimizer"), (8, -1.0, "lr must be in")]:
-        args = ["resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, None]
+                          (2, "lion", "unknown optimizer"), (8, -1.0, "lr must be in"),
+                          (9, 0, "batch size must be a whole number")]:
+        args = ["resnet-tiny", "digits", "adamw", 0.2, False, 1, 0, False, None, None]
         args[i] = value
         with pytest.raises(AppError, match=msg):
             client.predict(*args, api_name="/train")
@@ -363,3 +367,24 @@ def test_landscape_of_a_setting_without_weight_path_says_why(served, client):
     assert len(figs) == 3 and all("RepQ-ViT re-parameterizes" in t and "W4A4 repq" in t for t in texts)
     figs = cb.landscape(MODEL, "magnitude", 0.5, None, None, compensation="qwt-v2")  # folded: a weight path
     assert figs[0].to_dict()["data"], "the folded QwT-v2 model has a compression path"
+
+
+def test_api_compress_old_positional_call_is_unchanged(client):
+    """A client written before recipe and compensation existed (8 positional inputs) gets the same answer."""
+    old = client.predict(MODEL, "magnitude", 0.5, 8, None, "channel", "2:4", False, api_name="/compress")
+    new = compress(client, w_bits=8, recipe="uniform", compensation="none")
+    assert old["setting_label"] == "magnitude 50% + W8AFP" and old["setting"]["compensation"] is None
+    assert_same_answer(old, new)
+
+
+def test_api_pretrain_requests_are_checked_by_name(client):
+    assert "`resnet-tiny-mnist5k-adam+expand-lr0.002-e2-s0`" in client.predict(
+        "resnet-tiny", "adam", 0.0, "expand", 2, 0, api_name="/pretrain_check")
+    assert "did you mean 'expand'" in client.predict("resnet-tiny", "adam", 0.0, "expnd", 2, 0,
+                                                     api_name="/pretrain_check")
+    for args, msg in [(("vit-tiny", "adam", 0.0, "repvgg", 1, 0), "does not apply to any layer"),
+                      (("resnet-tiny", "lion", 0.0, "none", 1, 0), "unknown optimizer 'lion'")]:
+        with pytest.raises(AppError, match=msg):
+            client.predict(*args, api_name="/pretrain")
+    with pytest.raises(AppError, match="unknown pretrained run"):
+        client.predict("no-such-run", "digits", 1, 0, 0.05, api_name="/transfer")

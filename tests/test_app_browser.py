@@ -397,9 +397,31 @@ def test_compensation_and_recipe_choices_reach_every_panel(page):
     label = make_setting("magnitude", 0.5, 4, 4, compensation="qwt-v2").label()
     assert label.endswith("+ QwT-v2")
     wait_agree(page, "vit-tiny", label, 0.5, 4.0, on_curve=True, timeout=TIMEOUT_MS)
+    tag = f"[vit-tiny · {label}]"
+    for s in ("#sharp-gap", "#sharp-scatter"):  # the sharpness gap and scatter are of this view too
+        page.wait_for_function("([s, tag]) => (document.querySelector(s) || {}).textContent.includes(tag)",
+                               arg=[s, tag], timeout=AGREE_MS)
     page.locator("#recipe label", has_text="RepQ-ViT").click()  # no weight-space path: the landscapes say why
     label = make_setting("magnitude", 0.5, 4, 4, recipe="repq", compensation="qwt-v2").label()
     wait_agree(page, "vit-tiny", label, 0.5, 4.0, timeout=TIMEOUT_MS)
     for s in ("#path", "#plane-plain", "#plane-craft"):
         assert "no landscape" in page.inner_text(s) and "RepQ-ViT" in page.inner_text(s), s
     assert "comp=qwt-v2" in page.inner_text("#link") or "comp=qwt-v2" in page.inner_html("#link")
+
+
+# ----------------------------------------------------------------------------------------------------- issue 11
+
+def test_pretrain_controls_exist_and_validate(page):
+    page.get_by_role("tab", name="Train").click()
+    for s in ("#p-model", "#p-opt", "#p-rho", "#p-transform", "#p-epochs", "#pretrain-button", "#f-source",
+              "#f-data", "#f-epochs", "#f-rho", "#transfer-button", "#t-batch"):
+        assert page.locator(s).count() == 1, s
+    pick(page, "p-transform", "expnd")
+    page.wait_for_selector("#pretrain-check >> text=/unknown transform 'expnd'/", timeout=AGREE_MS)
+    assert "did you mean 'expand'" in page.inner_text("#pretrain-check")
+    pick(page, "p-transform", "expand")
+    page.wait_for_selector("#pretrain-check >> text=/resnet-tiny-mnist5k-adam\\+expand-lr0.002-e2-s0/",
+                           timeout=AGREE_MS)
+    pick(page, "f-source", "no-such-run")
+    page.locator("#transfer-button").click()  # no such pretrained run: a named error, no traceback
+    page.wait_for_selector("[data-testid='toast-body'] >> text=/unknown pretrained run/", timeout=AGREE_MS)

@@ -356,13 +356,23 @@ def test_sharpness(explorer):
         assert r["lambda_max"] > 0 and r["trace"] > 0 and r["n_examples"] == 64 and r["rho"] == 0.05
 
 
-def test_landscape_reuses_the_model_compress_made(explorer, monkeypatch):
+@pytest.fixture
+def fresh(explorer):
+    """An explorer that reads and writes nothing under $CRAFTLAB_HOME/explore (so a reused CRAFTLAB_HOME, where an
+    earlier session stored this test's points and landscapes, changes nothing)."""
+    ex = small_explorer(persist=False)
+    yield ex
+    ex.close()
+
+
+def test_landscape_reuses_the_model_compress_made(fresh, monkeypatch):
     from craftlab.compression import pipeline
 
+    explorer = fresh
     calls = []
     real = pipeline.compress
     monkeypatch.setattr(pipeline, "compress", lambda *a, **k: calls.append(1) or real(*a, **k))
-    setting = make_setting("magnitude", 0.7, 5, None)  # asked nowhere else: nothing cached, nor on disk
+    setting = make_setting("magnitude", 0.7, 5, None)  # asked nowhere else: nothing cached
     explorer.compress(MODEL, setting)
     t0 = time.perf_counter()
     lands = explorer.landscape(MODEL, setting)
@@ -397,7 +407,10 @@ def test_no_compression_probes_random_directions(explorer):
 # ----------------------------------------------------------------------------------------------------- training
 
 def test_train_stream_reports_history_and_caches(explorer):
+    from craftlab.train.runs import run_dir
+
     spec = make_run_spec("resnet-tiny", "digits", "adamw", 0.1, False, 1, 0)
+    shutil.rmtree(run_dir(spec), ignore_errors=True)  # a reused CRAFTLAB_HOME may hold it
     states = list(explorer.train_stream(spec, twin=False, poll=0.2))
     last = states[-1]
     assert last["done"] and last["key"] == "resnet-tiny-digits-adamw+sam0.1-e1-s0"
@@ -517,7 +530,8 @@ def test_a_quick_landscape_is_coarse_then_the_fine_one_follows(explorer):
         ex.close()
 
 
-def test_a_replaced_request_gives_up_and_does_not_poison_the_cache(explorer):
+def test_a_replaced_request_gives_up_and_does_not_poison_the_cache(fresh):
+    explorer = fresh
     setting = make_setting("wanda", 0.45, 6, None)
     calls = []
 
@@ -647,3 +661,159 @@ def socket_closed():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     yield port
+
+
+# ----------------------------------------------------------------------------------------------------- issue 10: QwT
+
+def test_a_compensated_setting_gives_what_the_core_gives(explorer):
+    """The Explorer's accuracy of a compensated setting equals craftlab.compress(setting=...) + evaluate on the arm's
+    checkpoint (an independent path: the core's pipeline and a fresh data split, not the app's cached tensors).
+
+    The app calibrates on the 128 calibration images as one batch; the reference does too, because the core's
+    ``repq + QwT`` fit depends on how the same images are batched (2 x 64 gives 3 test images fewer here)."""
+    for label in ("W4A4 + QwT-v2", "W4A4 repq + QwT", "magnitude 50% + QwT-v2"):
+        setting = as_setting(label)
+        ans = explorer.compress(MODEL, setting)
+        assert ans["setting_label"] == label
+        for arm in ans["arms"].values():
+            model = craftlab.load_checkpoint(cache.home() / "runs" / arm["checkpoint"])
+            data = craftlab.load_data("digits", model=model)
+            xs, ys = zip(*data.calib)
+            q = craftlab.compress(model, setting=setting, calib=[(torch.cat(xs), torch.cat(ys))])
+            assert arm["compressed_accuracy"] == craftlab.evaluate(q, data.test)["accuracy"], (label, arm["label"])
+    plain = explorer.compress(MODEL, make_setting("none", 0, 4, 4))
+    assert plain["setting_label"] == "W4A4" and plain["arms"] != explorer.compress(MODEL, as_setting("W4A4 + QwT"))
+
+
+def test_curves_of_a_compensated_setting_keep_its_compensation(explorer):
+    setting = make_setting("magnitude", 0.5, 4, 8, compensation="qwt-v2")
+    points = explorer.curve_settings(setting)
+    assert all(s.compensation == "qwt-v2" for _, _, _, s in points if not s.is_identity)
+    assert any(s == setting for _, _, _, s in points)  # the star is a point of its curve
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(method="magnitude", sparsity=0.0, compensation="qwt"), "needs a compressed model"),
+    (dict(method="none", w_bits=4, compensation="qwt-v3"), "unknown compensation 'qwt-v3'"),
+    (dict(method="none", w_bits=4, recipe="repqq"), "unknown quantization recipe 'repqq'"),
+])
+def test_bad_compensation_input_is_named(explorer, kw, message):
+    import gradio as gr
+    from craftlab_app.callbacks import Callbacks
+
+    with pytest.raises(ValueError, match=message):
+        explorer.compress(MODEL, **kw)
+    args = {"sparsity": 0.0, "w_bits": None, "a_bits": None, **kw}
+    with pytest.raises(gr.Error, match=message):
+        Callbacks(explorer).compress(MODEL, args.pop("method"), args.pop("sparsity"), args.pop("w_bits"),
+                                     args.pop("a_bits"), **args)
+
+
+def test_no_weight_path_settings_have_a_landscape_note(explorer):
+    from craftlab_app.callbacks import Callbacks
+
+    cb = Callbacks(explorer)
+    for comp, recipe, why in (("qwt", "uniform", "QwT adds side-path"), ("none", "repq", "RepQ-ViT")):
+        figs_ = cb.landscape(MODEL, "none", 0.0, 4, 4, recipe=recipe, compensation=comp)
+        for f in figs_:
+            text = " ".join(a.text for a in f.layout.annotations)
+            assert why in text and "no landscape" in text
+
+
+# ----------------------------------------------------------------------------------------------------- issue 11: SNT
+
+def test_pretrain_then_fine_tune_a_pair_that_opens_in_explore(explorer):
+    """Pretrain resnet-tiny (Adam + RepVGG branches, 2 epochs), fine-tune AdamW + CrAFT from it (1 epoch): the pair
+    is an Explore model whose arms are the checkpoints craftlab.get_transfer makes, measured like any model."""
+    from craftlab_app.pretraining import make_pretrain_spec, make_transfer, pretrain_choices
+    from craftlab_app.transfers import PREFIX
+
+    from craftlab.train.pretrain import get_transfer
+
+    spec = make_pretrain_spec("resnet-tiny", "adam", 0.0, "repvgg", 2, 0)
+    states = list(explorer.pretrain_stream(spec, poll=0.2))
+    assert states[-1]["done"] and states[-1]["runs"][0]["test_accuracy"] > 0.5
+    assert len(states[-1]["runs"][0]["history"]) == 2
+    assert spec.key in [k for _, k in pretrain_choices()]
+    states = list(explorer.transfer_stream(make_transfer(spec.key, "digits", 1, 0), poll=0.2))
+    final = states[-1]
+    name = final["model"]
+    assert final["done"] and name.startswith(PREFIX) and [r["label"] for r in final["runs"]] == ["AdamW", "SAM ρ=0.05"]
+    assert name in [v for _, v in explorer.model_choices()]
+    assert "Adam+repvgg" in explorer.describe(name)
+    ans = explorer.compress(name, make_setting("magnitude", 0.5))
+    assert [a["role"] for a in ans["arms"].values()] == ["plain", "craft"]
+    for arm, rho in zip(ans["arms"].values(), (0.0, 0.05)):
+        path = get_transfer(spec, "digits", 1, sam_rho=rho, seed=0, progress=False)  # cached: the same checkpoint
+        assert path.name == arm["checkpoint"]
+        model = craftlab.load_checkpoint(path)
+        data = craftlab.load_data("digits", model=model)
+        assert arm["fp_accuracy"] == craftlab.evaluate(model, data.test)["accuracy"]
+    with pytest.raises(ValueError, match="not a fine-tuning run from a pretraining run|no craftlab.json|checkpoint"):
+        explorer.resolve(name + "x")
+    again = list(explorer.transfer_stream(make_transfer(spec.key, "digits", 1, 0), poll=0.2))
+    assert len(again) == 1 and all(r["cached"] for r in again[0]["runs"])  # cached: nothing trains twice
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(model="resnet-50"), "unknown model to pretrain"),
+    (dict(optimizer="lion"), "unknown optimizer 'lion'"),
+    (dict(transform="expnd"), "did you mean 'expand'"),
+    (dict(model="vit-tiny", transform="repvgg"), "does not apply to any layer"),
+    (dict(epochs=0), "epochs must be a whole number"),
+    (dict(sam_rho=-0.1), "rho must be in"),
+])
+def test_bad_pretrain_requests_are_named(kw, message):
+    from craftlab_app.pretraining import make_pretrain_spec
+
+    with pytest.raises(ValueError, match=message):
+        make_pretrain_spec(**{"model": "resnet-tiny", **kw})
+
+
+def test_bad_transfer_requests_are_named():
+    from craftlab_app.pretraining import make_transfer
+
+    with pytest.raises(ValueError, match="unknown pretrained run 'nope'"):
+        make_transfer("nope")
+
+
+# ----------------------------------------------------------------------------------------------------- issue 15
+
+def test_batch_size_keeps_default_run_keys():
+    from dataclasses import asdict
+
+    from craftlab.train.runs import RunSpec
+
+    old = RunSpec("vit-tiny", epochs=3, sam_rho=0.05)
+    assert old.key == "vit-tiny-digits-adamw+sam0.05-e3-s0" and "batch_size" not in old.record()
+    assert make_run_spec("vit-tiny", "digits", "adamw", 0.05, False, 3, 0, None, 64) == old  # the default: same run
+    assert make_run_spec("vit-tiny", "digits", "adamw", 0.05, False, 3, 0, None, "").key == old.key
+    small = make_run_spec("vit-tiny", "digits", "adamw", 0.05, False, 3, 0, None, 32)
+    assert small.key == "vit-tiny-digits-adamw+sam0.05-b32-e3-s0" and small.record() == asdict(small)
+    with pytest.raises(ValueError, match="batch size must be a whole number"):
+        make_run_spec("vit-tiny", batch_size=0)
+
+
+def test_sharpness_gap_and_scatter(explorer):
+    from craftlab_app.sharpness import MEASURES
+
+    setting = make_setting("magnitude", 0.5, 4, 4)
+    explorer.sharpness(MODEL)
+    explorer.compress(MODEL, setting)
+    table = explorer.sharpness_table(MODEL, setting)
+    seed0 = table[table["seed"] == 0].set_index("role")
+    sharp = {a["role"]: a for a in explorer.sharpness(MODEL).values()}
+    ans = {a["role"]: a for a in explorer.compress(MODEL, setting)["arms"].values()}
+    for role in ("plain", "craft"):
+        assert seed0.at[role, "lambda_max"] == sharp[role]["lambda_max"]
+        assert seed0.at[role, "accuracy_drop"] == pytest.approx(ans[role]["accuracy_drop"])
+    tag = "[vit-tiny · W4A4]"
+    gap = figs.sharpness_gap_figure(table, tag, MEASURES)
+    bars = gap.data[0]
+    m = table.groupby("role")[list(MEASURES)].mean()
+    expect = [100 * (m.at["craft", k] - m.at["plain", k]) / abs(m.at["plain", k]) for k in MEASURES]
+    assert list(bars.y) == pytest.approx(expect) and tag in gap.layout.title.text
+    assert "smaller = flatter" in gap.layout.title.text
+    sc = figs.sharpness_scatter(table, "trace", MEASURES["trace"], tag)
+    assert tag in sc.layout.title.text and "Spearman" in sc.layout.title.text
+    assert sum(len(tr.x) for tr in sc.data if tr.mode == "markers") == len(table)

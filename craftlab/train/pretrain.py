@@ -254,12 +254,12 @@ def get_pretrain(spec: PretrainSpec, progress: bool = True, callback: Any = None
 
 def get_transfer(spec: PretrainSpec, data: str = "digits", epochs: int = 8, optimizer: str = "adamw",
                  lr: float | None = None, sam_rho: float = 0.0, seed: int | None = None,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, callback: Any = None) -> Path:
     """The checkpoint of a fine-tuning run on `data` that starts from `spec`'s pretrained checkpoint (cached).
 
     The same plain recipe for every pretraining arm (:func:`craftlab.finetune`: AdamW, cosine, `epochs`); a fresh
     head seeded by `seed` (default: the pretraining seed). The target data split is the dataset's default (seed 0),
-    as for :func:`craftlab.get_run`.
+    as for :func:`craftlab.get_run`. `callback` gets each fine-tuning epoch's record (as in :func:`finetune`).
     """
     r = spec.resolved()
     seed = r.seed if seed is None else seed
@@ -272,7 +272,7 @@ def get_transfer(spec: PretrainSpec, data: str = "digits", epochs: int = 8, opti
     target = load_data(data, model=build_model(r.model))
     model = create_model(r.model, num_classes=target.num_classes, pretrained=source, seed=seed)
     result = finetune(model, target, optimizer=optimizer, lr=lr, epochs=epochs, sam_rho=sam_rho, seed=seed,
-                      device="cpu", progress=progress)
+                      device="cpu", progress=progress, callback=callback)
     test = evaluate(result.model, eval_loader(target, "test"))
     result.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     result.config.update(transfer=record, pretrain=record["pretrain"], label=r.label, classes=target.classes)

@@ -1,8 +1,9 @@
 """Cached fine-tuning runs: the same settings give the same checkpoint, built once.
 
 A run is keyed by every input that changes its result (model, data, optimizer, lr, epochs, ρ,
-ASAM, seed); its checkpoint lives in ``$CRAFTLAB_HOME/runs/<key>``. The CrAFT demo, the app and the
-notebooks share these, so a model fine-tuned once is reused everywhere.
+ASAM, seed, and a batch size other than the data's default); its checkpoint lives in
+``$CRAFTLAB_HOME/runs/<key>``. The CrAFT demo, the app and the notebooks share these, so a model fine-tuned
+once is reused everywhere.
 
 This module is the one place where an arm is named (:attr:`RunSpec.arm` for keys and tables,
 :func:`arm_label` / :attr:`RunSpec.label` for people) and where a run's twin (the same run with / without
@@ -51,6 +52,17 @@ class RunSpec:
     sam_rho: float = 0.0
     adaptive: bool = False
     seed: int = 0
+    batch_size: int | None = None
+    """Training batch size; None: the data's default (64). Only a non-default one appears in :attr:`key` and
+    :meth:`record`, so runs made before this field existed keep their keys and stay cached."""
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint's sidecar records under ``"run"``: the fields, without ``batch_size`` when it is the
+        default (None), as runs recorded before the field existed."""
+        out = asdict(self)
+        if self.batch_size is None:
+            del out["batch_size"]
+        return out
 
     @property
     def arm(self) -> str:
@@ -68,7 +80,8 @@ class RunSpec:
     def key(self) -> str:
         """Folder name of the run in the cache: different for any two specs that train differently."""
         lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
-        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}-e{self.epochs}-s{self.seed}"
+        bs = "" if self.batch_size is None else f"-b{self.batch_size}"
+        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}{bs}-e{self.epochs}-s{self.seed}"
 
     def twin(self, sam_rho: float = 0.05, adaptive: bool = False) -> RunSpec:
         """The other arm of a CrAFT comparison, everything else the same: a plain run's twin trains with
@@ -101,7 +114,7 @@ def is_cached(spec: RunSpec) -> bool:
         run = read_meta(run_dir(spec)).get("run")
     except ValueError:
         return False
-    return run is None or run == asdict(spec)  # None: a run saved before specs were recorded
+    return run is None or run == spec.record()  # None: a run saved before specs were recorded
 
 
 def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
@@ -119,10 +132,11 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
     data = load_data(spec.data, model=build_model(spec.model))  # input config only
     model = create_model(spec.model, num_classes=data.num_classes, pretrained=True, seed=spec.seed)
     result = finetune(model, data, optimizer=spec.optimizer, lr=spec.lr, epochs=spec.epochs, sam_rho=spec.sam_rho,
-                      adaptive=spec.adaptive, seed=spec.seed, progress=progress, callback=callback)
+                      adaptive=spec.adaptive, seed=spec.seed, batch_size=spec.batch_size, progress=progress,
+                      callback=callback)
     test = evaluate(result.model, eval_loader(data, "test"))
     result.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
-    result.config.update(run=asdict(spec), arm=spec.arm, label=spec.label, classes=data.classes)
+    result.config.update(run=spec.record(), arm=spec.arm, label=spec.label, classes=data.classes)
     return result.save(path)
 
 
