@@ -383,3 +383,18 @@ def test_inputs_unchanged(unchanged, method):
     assert res.model is not q
     assert {n: m.training for n, m in res.model.named_modules() if n in dict(q.named_modules())} == {
         n: m.training for n, m in q.named_modules() if n in dict(res.model.named_modules())}
+
+
+def test_fit_does_not_depend_on_how_the_calibration_images_are_batched():
+    """The same 128 images as 1x128, 2x64 or 4x32 give the same compensated model: before re-batching, last-bit
+    differences of float32 forwards of other batch shapes flipped activation roundings and the block-by-block QwT
+    fit on a RepQ-ViT model drifted by up to 0.09 in its coefficients (about 1 accuracy point on vit-tiny)."""
+    data = craftlab.load_data("mnist5k")
+    model = craftlab.create_model("vit-tiny")
+    x = torch.cat([b[0] for b in data.calib])[:128]
+    q = craftlab.quantize(model, w_bits=4, a_bits=4, recipe="repq", calib=[x])
+    states = [compensate(q, model, list(x.split(size)), method="qwt").model.state_dict() for size in (128, 64, 32)]
+    for other in states[1:]:
+        assert other.keys() == states[0].keys()
+        for k in states[0]:
+            assert torch.equal(other[k], states[0][k]), k
