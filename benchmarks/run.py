@@ -34,6 +34,7 @@ BENCHES = {
     "supernet": ("bench_supernet", "Mixed-precision supernet with LoRA: Pareto front, memory, search"),
     "adapt": ("bench_adapt", "Frozen-backbone adaptation: LAST, MIET vs linear probe / LoRA / full"),
     "app": ("bench_app", "The app: slider -> answer latency, landscapes, start-up"),
+    "scale": ("bench_scale", "Scale-out: a sweep on 1 vs 2 Ray workers, DDP's per-step overhead on 2 processes"),
 }
 
 

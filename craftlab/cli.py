@@ -24,6 +24,7 @@ examples:
   craftlab sweep --checkpoint runs/vit-adamw runs/vit-sam --sparsities 0.5 0.7 --bits 8,8 4,4 --out sweep.csv
   craftlab sweep --checkpoint runs/vit-sam --methods magnitude --sparsities 0.5 --patterns --bits 6,6 4,4 \
       --recipe repq --compensate qwt qwt-v2 --out qwt.csv
+  craftlab sweep --checkpoint runs/vit-adamw runs/vit-sam --engine ray --address 10.0.0.1:6379 --out sweep.csv
   craftlab sharpness --checkpoint runs/vit-sam --json
   craftlab landscape --checkpoint runs/vit-sam --kind plane --steps 21 --out plane.json    # + plane.html
   craftlab landscape --checkpoint runs/vit-sam --kind compression --w-bits 4 --a-bits 4 --out path.html
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compensate", nargs="+", default=[], choices=["qwt", "qwt-v2"], metavar="{qwt,qwt-v2}",
                    help="also run every pruning and bit setting with this compensation (one row each)")
     s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
+    s.add_argument("--engine", default="process", choices=["process", "ray"],
+                   help="process: here (default); ray: every cell a Ray task, resumable (docs/scale_out.md)")
+    s.add_argument("--address", default=None, help="--engine ray: the Ray cluster, HOST:PORT (default: "
+                   "RAY_ADDRESS, else a local cluster)")
     s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("sharpness", help="Hessian lambda_max, trace and eps-sharpness of a checkpoint")
@@ -287,7 +292,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             except ValueError as err:
                 raise ValueError(f"{path}: {err}") from None
     df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
-               patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate)
+               patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate, engine=a.engine,
+               address=a.address)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 

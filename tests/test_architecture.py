@@ -20,7 +20,7 @@ LAYERS = [
     (0, ("_errors", "cache", "settings")),
     (1, ("models", "threads", "checkpoint", "data", "evaluation")),
     (2, ("train.sam", "compression", "probes", "analysis.stats", "transforms")),
-    (3, ("train", "compression.pipeline", "compression.sweep", "analysis", "adapt", "supernet")),
+    (3, ("train", "compression.pipeline", "compression.sweep", "analysis", "adapt", "supernet", "distributed")),
     (4, ("viz",)),
     (5, ("cli", "__init__")),
 ]

@@ -12,9 +12,10 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._errors import unknown_name
 from ..data import DataBundle
+from ..distributed.cells import compute_row
 from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_compensation, parse_recipe, parse_setting
-from .pipeline import compress_and_evaluate
 
 
 def settings_grid(
@@ -66,9 +67,9 @@ def _make_args(s: Setting) -> dict[str, Any]:
     return d
 
 
-def _kind(s: Setting) -> str:
-    return {(False, False): "fp", (True, False): "prune", (False, True): "quant"}.get((s.prunes, s.quantizes),
-                                                                                       "prune+quant")
+ENGINES = ("process", "ray")
+"""``process``: this process, one cell after another (default, needs no Ray); ``ray``: Ray tasks on a local or
+remote cluster (:mod:`craftlab.distributed.ray_engine`), the same table."""
 
 
 def sweep(
@@ -79,12 +80,16 @@ def sweep(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     extra_columns: Mapping[str, Mapping[str, Any]] | None = None,
+    engine: str = "process",
+    address: str | None = None,
     **grid: Any,
 ) -> pd.DataFrame:
     """Evaluate every model under every compression setting.
 
     Args:
-        models: label -> model or checkpoint folder (or a list of checkpoint folders, labelled by path).
+        models: label -> model, checkpoint folder or :class:`~craftlab.train.runs.RunSpec` (a cached run,
+            fine-tuned first when it is not cached), or a list of checkpoint folders (labelled by path) or
+            RunSpecs (labelled by key).
         data: the bundle whose `split` is evaluated and whose ``calib`` split calibrates Wanda / PTQ.
         settings: :class:`~craftlab.settings.Setting` objects, their labels (``"wanda 70%"``, ``"W4A8"``)
             or dicts of :func:`~craftlab.settings.make_setting` arguments; default :func:`settings_grid`
@@ -92,34 +97,54 @@ def sweep(
         out: ``NAME.csv`` / ``NAME.json`` writes both files; any other path is a folder that gets
             ``sweep.csv`` and ``sweep.json``.
         extra_columns: label -> columns to add to that model's rows (e.g. optimizer, rho, seed).
+        engine: ``"process"`` (default: here, one cell after another) or ``"ray"``: every (model, setting) cell
+            a Ray task, fine-tuning runs one GPU each; the same table, plus ``df.attrs["cells"]`` (computed /
+            cached counts). Finished cells are kept in ``$CRAFTLAB_HOME/sweeps``, so an interrupted Ray sweep,
+            run again, computes only what is missing. ``CRAFTLAB_HOME`` must be shared by every node (checked).
+        address: engine ``"ray"`` only: the cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``); default: the
+            current Ray session, else ``RAY_ADDRESS``, else a local cluster started (and stopped) here. An
+            unreachable address is a ConnectionError naming it, within seconds.
 
     Returns:
         One row per (model, setting): ``model, setting`` (its label), ``kind`` (fp / prune / quant /
         prune+quant), ``method, sparsity, pattern, w_bits, a_bits, recipe, compensation, fp_accuracy,
         accuracy, accuracy_drop, loss, size_mb, bitops, params, sparsity_measured``.
+
+    Example::
+
+        df = sweep({"sam": "runs/vit-sam"}, load_data("digits"), methods=["wanda"], sparsities=[0.5],
+                   patterns=[], bits=[(4, 8)])                       # FP32, wanda 50%, W4A8
+        df = sweep({"sam": "runs/vit-sam"}, load_data("digits"), engine="ray")   # same table, on Ray
     """
     from ..checkpoint import load_checkpoint
+    from ..train.runs import RunSpec, get_run
 
+    if engine not in ENGINES:
+        raise unknown_name("sweep engine", engine, ENGINES)
+    if address is not None and engine != "ray":
+        raise ValueError(f"address={address!r} is for engine='ray' (the in-process engine runs here)")
     if not isinstance(models, Mapping):
-        models = {str(p): p for p in models}
+        models = {(p.key if isinstance(p, RunSpec) else str(p)): p for p in models}
     settings = [parse_setting(s) for s in settings] if settings is not None else settings_grid(**grid)
-    rows = []
-    total = len(models) * len(settings)
-    bar = tqdm(total=total, desc="sweep", disable=not progress, leave=False)
-    for label, m in models.items():
-        model = m if isinstance(m, nn.Module) else load_checkpoint(m)
-        for s in settings:
-            res = compress_and_evaluate(model, data, split=split, setting=s)
-            rows.append({"model": label, "setting": s.label(), "kind": _kind(s),
-                         "method": s.nm_score if s.method == "N:M" else (s.method if s.prunes else None),
-                         "sparsity": s.sparsity, "pattern": s.pattern, "w_bits": s.w_bits, "a_bits": s.a_bits,
-                         "recipe": s.recipe, "compensation": s.compensation,
-                         **{k: res[k] for k in ("fp_accuracy", "accuracy", "accuracy_drop", "loss", "size_mb",
-                                                "bitops", "params", "sparsity_measured")},
-                         **(extra_columns or {}).get(label, {})})
-            bar.update()
-    bar.close()
-    df = pd.DataFrame(rows)
+    extra = extra_columns or {}
+    if engine == "ray":
+        from ..distributed.ray_engine import run_cells
+
+        rows, counts = run_cells(models, data, settings, split=split, progress=progress, address=address)
+        df = pd.DataFrame([{**row, **extra.get(row["model"], {})} for row in rows])
+        df.attrs["cells"] = counts
+    else:
+        rows = []
+        bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress, leave=False)
+        for label, m in models.items():
+            if isinstance(m, RunSpec):
+                m = get_run(m, progress=progress)
+            model = m if isinstance(m, nn.Module) else load_checkpoint(m)
+            for s in settings:
+                rows.append({**compute_row(model, data, s, split, label), **extra.get(label, {})})
+                bar.update()
+        bar.close()
+        df = pd.DataFrame(rows)
     if out is not None:
         save_table(df, out)
     return df

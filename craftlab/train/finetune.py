@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .._errors import unknown_name
 from ..data import DataBundle
+from ..distributed import ddp
 from ..evaluation import evaluate
 from ..models import SeededRNG
 from .sam import SAM, frozen_bn
@@ -52,10 +53,12 @@ class FinetuneResult:
         return sum(h["time_s"] for h in self.history)
 
     def save(self, directory: str | Path) -> Path:
-        """Checkpoint the model with the config, history and metrics in the sidecar."""
+        """Checkpoint the model with the config, history and metrics in the sidecar (under data-parallel training:
+        written once, by rank 0, while the other ranks wait)."""
         from ..checkpoint import save_checkpoint
 
-        return save_checkpoint(self.model, directory, {**self.config, "history": self.history, "metrics": self.metrics})
+        meta = {**self.config, "history": self.history, "metrics": self.metrics}
+        return ddp.save_once(lambda: save_checkpoint(self.model, directory, meta), Path(directory))
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -106,7 +109,7 @@ def _check_real(name: str, v: Any, *, low: float = 0.0, strict: bool = False, hi
 
 
 def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
-              weight_decay, batch_size, seed, amp, label_smoothing, callback) -> None:
+              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first=False) -> None:
     """Every argument of :func:`finetune`, checked once, before anything is built."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -136,6 +139,8 @@ def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_r
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable (it gets each epoch's record)")
+    if not isinstance(sam_sync_first, bool):
+        raise ValueError(f"sam_sync_first must be True or False, got {sam_sync_first!r}")
 
 
 def finetune(
@@ -157,6 +162,7 @@ def finetune(
     label_smoothing: float = 0.0,
     progress: bool = True,
     callback: Callable[[dict[str, float]], None] | None = None,
+    sam_sync_first: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` on `data.train`; `model` itself is not changed.
 
@@ -176,24 +182,39 @@ def finetune(
         adaptive: ASAM (scale-invariant neighbourhood; use a ~10x larger ρ). eta: ASAM's η >= 0.
         amp: ``None``, ``"bf16"`` (autocast, no scaler) or ``"fp16"`` (autocast + GradScaler; CUDA only).
         callback: called with each epoch's record (for live plots).
+        sam_sync_first: data-parallel runs only (torchrun / ``accelerate launch``, see
+            :mod:`craftlab.distributed.ddp`): all-reduce SAM's first gradient too, so every replica perturbs by the
+            global batch's gradient; default False: each replica perturbs by its own (m-sharpness).
 
     Returns:
         :class:`FinetuneResult` with ``.model`` (eval mode, on `device`) and ``.history`` records
         ``epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time_s`` (seconds).
 
     Raises:
-        ValueError (TypeError for a wrong type of model, data or callback) naming the bad argument.
+        ValueError (TypeError for a wrong type of model, data or callback) naming the bad argument; under
+        data-parallel training also for a batch size that the world size does not divide.
+
+    Example::
+
+        res = finetune(create_model("vit-tiny", num_classes=10), load_data("digits"), epochs=2, sam_rho=0.05)
+        res.history[-1]["val_accuracy"]
     """
     _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
-              weight_decay, batch_size, seed, amp, label_smoothing, callback)
+              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first)
     epochs, seed = int(epochs), int(seed)  # numpy integers too
     batch_size = None if batch_size is None else int(batch_size)
     dev = _resolve_device(device)
     if amp == "fp16" and dev.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' or None on CPU")
+    world = ddp.current_world()  # None in a single process: nothing below changes for it
+    if world is not None:
+        world.check_batch(batch_size or data.batch_size)
+        dev = world.device(dev)
 
     model = copy.deepcopy(model).to(dev)
-    rng = SeededRNG(seed, dev) if draws_randomness(model) else contextlib.nullcontext()
+    net = model if world is None else world.wrap(model, dev)
+    rng_seed = seed if world is None else seed + world.rank  # replicas draw different dropout masks
+    rng = SeededRNG(rng_seed, dev) if draws_randomness(model) else contextlib.nullcontext()
     opt_cls, default_lr, base_kwargs = OPTIMIZERS[optimizer]
     lr = default_lr if lr is None else lr
     kwargs = {**base_kwargs, "lr": lr}
@@ -206,6 +227,9 @@ def finetune(
     base = opt.base_optimizer if use_sam else opt
 
     loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    global_batch, n_train = loader.batch_size, len(data.train_set)
+    if world is not None:
+        loader = world.loader(loader)
     val_loader = eval_loader(data, "val")
     total_steps = epochs * len(loader)
     warmup = int(warmup_epochs * len(loader))
@@ -224,7 +248,7 @@ def finetune(
 
     def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(x)
+            logits = net(x)
             return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
 
     def backward(loss: torch.Tensor) -> None:
@@ -237,22 +261,30 @@ def finetune(
         "eta": eta, "batch_size": loader.batch_size, "seed": seed, "amp": amp, "label_smoothing": label_smoothing,
         "device": str(dev),
     }
+    if world is not None:
+        config.update(batch_size=global_batch, world_size=world.size, sam_sync_first=sam_sync_first)
     history: list[dict[str, float]] = []
     arm = ("ASAM" if adaptive else "SAM") + f" rho={sam_rho:g}" if use_sam else optimizer
-    bar = tqdm(range(epochs), desc=f"finetune {config['architecture']} [{arm}]", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=f"finetune {config['architecture']} [{arm}]", leave=False,
+               disable=not progress or (world is not None and not world.is_main))
     for epoch in bar:
         model.train()
         t0 = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            weight = 1.0 if world is None else world.loss_weight(step, len(y), n_train, global_batch)
             with rng:
-                loss, logits = forward_loss(x, y)
-                backward(loss)
+                # under DDP, SAM's first backward skips the all-reduce unless sam_sync_first (see ddp module doc)
+                local = world is not None and use_sam and not sam_sync_first
+                with net.no_sync() if local else contextlib.nullcontext():
+                    loss, logits = forward_loss(x, y)
+                    backward(loss if world is None else loss * weight)
                 if use_sam:
                     opt.first_step(zero_grad=True)
                     with frozen_bn(model):
-                        backward(forward_loss(x, y)[0])
+                        loss2 = forward_loss(x, y)[0]
+                        backward(loss2 if world is None else loss2 * weight)
                     opt.second_step(zero_grad=True, scaler=scaler)
                 else:
                     if scaler is not None:
@@ -267,6 +299,9 @@ def finetune(
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
         elapsed = time.perf_counter() - t0
+        if world is not None:  # the epoch's statistics over the global batches
+            seen, loss_sum, correct = world.all_sum(seen, loss_sum, correct)
+            world.sync_buffers(model)
         val = evaluate(model, val_loader)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": base.param_groups[0]["lr"],

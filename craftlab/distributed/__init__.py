@@ -1,0 +1,17 @@
+"""Scale-out on existing engines: sweeps on a Ray cluster, data-parallel fine-tuning under torchrun / accelerate.
+
+Nothing here is a scheduler or a cluster of its own: Ray schedules the sweep's tasks and Tune's trials,
+``torchrun`` (or ``accelerate launch``) starts the data-parallel processes and ``torch.distributed`` moves the
+gradients. The modules (each imports Ray / ``torch.distributed`` only when used, so ``import craftlab`` stays
+light):
+
+* :mod:`~craftlab.distributed.cells` — one sweep cell (model x setting -> one table row), its content key and
+  the on-disk store that makes an interrupted sweep resume;
+* :mod:`~craftlab.distributed.ray_engine` — ``craftlab.sweep(..., engine="ray")``: connecting to a cluster
+  (clear error for an unreachable address), checking that ``CRAFTLAB_HOME`` is shared, running the cells;
+* :mod:`~craftlab.distributed.tune` — a ρ / learning-rate search of the CrAFT recipe with Ray Tune and ASHA;
+* :mod:`~craftlab.distributed.ddp` — what :func:`craftlab.finetune` does when it runs in a process group
+  (sharded batches, SAM's local or all-reduced first gradient, one checkpoint written by rank 0).
+
+See ``docs/scale_out.md``.
+"""

@@ -1,0 +1,142 @@
+"""One sweep cell — a (model, compression setting) pair -> one table row — with its content key and store.
+
+Both sweep engines build their rows here (:func:`compute_row`), so the in-process table and Ray's are made by
+the same code. The Ray engine also keys every cell by *what* it computes — the model's weights (a checkpoint's
+SHA-256, a module's tensors, or a :class:`~craftlab.train.runs.RunSpec`), the data, the split and the setting —
+and keeps each finished row in ``$CRAFTLAB_HOME/sweeps/cells/<key>.json`` (written atomically by the worker
+that computed it): a sweep killed half-way, run again, computes only the cells that have no row yet.
+
+Example::
+
+    >>> from craftlab.settings import make_setting
+    >>> cell_key("weights:abc", "data:def", "test", make_setting("wanda", 0.5)) == \\
+    ...     cell_key("weights:abc", "data:def", "test", make_setting("wanda", 0.5))
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..settings import Setting
+
+CELL_FORMAT = 1
+"""Bump when a row's content changes meaning: older stored rows are then not reused."""
+
+
+def kind(s: Setting) -> str:
+    """``fp``, ``prune``, ``quant`` or ``prune+quant``."""
+    return {(False, False): "fp", (True, False): "prune", (False, True): "quant"}.get((s.prunes, s.quantizes),
+                                                                                       "prune+quant")
+
+
+def compute_row(model: Any, data: Any, setting: Setting, split: str, label: str) -> dict[str, Any]:
+    """The sweep table's row of `model` (labelled `label`) under `setting`, evaluated on `split` of `data`."""
+    from ..compression.pipeline import compress_and_evaluate
+
+    s = setting
+    res = compress_and_evaluate(model, data, split=split, setting=s)
+    return {"model": label, "setting": s.label(), "kind": kind(s),
+            "method": s.nm_score if s.method == "N:M" else (s.method if s.prunes else None),
+            "sparsity": s.sparsity, "pattern": s.pattern, "w_bits": s.w_bits, "a_bits": s.a_bits,
+            "recipe": s.recipe, "compensation": s.compensation,
+            **{k: res[k] for k in ("fp_accuracy", "accuracy", "accuracy_drop", "loss", "size_mb",
+                                   "bitops", "params", "sparsity_measured")}}
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_id(model: Any) -> str:
+    """What a model's rows depend on: ``run:<key>`` for a RunSpec, ``weights:<sha256>`` for a checkpoint folder
+    (its sidecar's hash, so a moved folder keeps its cells), ``module:<sha256>`` of a module's tensors."""
+    import torch
+    from torch import nn
+
+    from ..checkpoint import read_meta, sha256_file
+    from ..train.runs import RunSpec
+
+    if isinstance(model, RunSpec):
+        return f"run:{model.key}:{_sha(model.record())[:16]}"
+    if isinstance(model, nn.Module):
+        h = hashlib.sha256(type(model).__name__.encode())
+        for k, v in model.state_dict().items():
+            h.update(k.encode())
+            h.update(str(v.dtype).encode() + str(tuple(v.shape)).encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+        return f"module:{h.hexdigest()}"
+    meta = read_meta(model)
+    return "weights:" + (meta.get("weights_sha256") or sha256_file(Path(model) / "model.safetensors"))
+
+
+def data_id(data: Any, split: str) -> str:
+    """What the rows depend on in `data`: its description and a hash of the first batch of `split` and of the
+    calibration split (two bundles built from different tensors under one name get different ids)."""
+    import torch
+
+    h = hashlib.sha256(json.dumps(data.describe(), sort_keys=True, default=str).encode())
+    for name in (split, "calib"):
+        x, y = next(iter(data.loader(name, shuffle=False)))
+        h.update(x.contiguous().numpy().tobytes())
+        h.update(y.to(torch.int64).numpy().tobytes())
+    return f"data:{h.hexdigest()}"
+
+
+def cell_key(model: str, data: str, split: str, setting: Setting) -> str:
+    """The store key of one cell (ids from :func:`model_id` and :func:`data_id`)."""
+    return _sha({"format": CELL_FORMAT, "model": model, "data": data, "split": split,
+                 "setting": setting.as_dict()})[:32]
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+class CellStore:
+    """Finished rows, one JSON file per cell key, under `root` (default ``$CRAFTLAB_HOME/sweeps/cells``).
+
+    Example::
+
+        >>> import tempfile
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> store.put("k1", {"model": "a", "accuracy": 0.5}); store.get("k1", label="b")
+        {'model': 'b', 'accuracy': 0.5}
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        if root is None:
+            from .. import cache
+
+            root = cache.home() / "sweeps" / "cells"
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def get(self, key: str, label: str | None = None) -> dict[str, Any] | None:
+        """The stored row of `key` (its ``model`` column set to `label`), or None when there is none."""
+        try:
+            row = json.loads(self.path(key).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if label is not None:
+            row["model"] = label
+        return row
+
+    def put(self, key: str, row: dict[str, Any]) -> None:
+        """Write `row` atomically (temp file + rename): a killed writer leaves no half-written row."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({k: _plain(v) for k, v in row.items()}, f)
+            os.replace(tmp, self.path(key))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

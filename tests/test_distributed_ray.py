@@ -1,0 +1,154 @@
+"""Sweeps on Ray: one local cluster (2 CPUs, no dashboard) for the module, compared with the in-process engine.
+
+The reference of every Ray table is the in-process table of the same models and settings (same seeds, one
+thread, deterministic CPU kernels: the numbers are equal, not close).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import craftlab
+from craftlab.train.runs import RunSpec
+
+ray = pytest.importorskip("ray")
+
+SETTINGS = ["FP32", "magnitude 50%", "wanda 50%", "W8A8", "W4A4"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster, started once (~10 s, ~0.8 GB per worker); its address for other drivers."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh CRAFTLAB_HOME for one test (the workers are told the driver's)."""
+    monkeypatch.setenv("CRAFTLAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, digits):
+    """Two fine-tuned vit-tiny checkpoints (AdamW and SAM, 1 epoch)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    vit = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
+    return [str(craftlab.finetune(vit, digits, epochs=1, sam_rho=rho, progress=False).save(folder / name))
+            for name, rho in (("adamw", 0.0), ("sam", 0.05))]
+
+
+def _cells(home: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (home / "sweeps" / "cells").glob("*.json")}
+
+
+def test_ray_sweep_of_run_specs_equals_the_in_process_table(cluster, tmp_path, monkeypatch, digits):
+    specs = {"AdamW": RunSpec("vit-tiny", "digits", epochs=1), "SAM": RunSpec("vit-tiny", "digits", epochs=1,
+                                                                              sam_rho=0.05)}
+    extra = {"SAM": {"rho": 0.05}, "AdamW": {"rho": 0.0}}
+    monkeypatch.setenv("CRAFTLAB_HOME", str(tmp_path / "here"))  # fine-tuned in this process
+    ref = craftlab.sweep(specs, digits, settings=SETTINGS, progress=False, extra_columns=extra)
+    monkeypatch.setenv("CRAFTLAB_HOME", str(tmp_path / "ray"))  # fine-tuned again, in Ray workers
+    df = craftlab.sweep(specs, digits, settings=SETTINGS, progress=False, extra_columns=extra, engine="ray")
+    pd.testing.assert_frame_equal(df, ref, check_exact=True)
+    assert df.attrs["cells"] == {"computed": 10, "cached": 0, "total": 10}
+    assert sorted(p.name for p in (tmp_path / "ray" / "runs").iterdir()) == sorted(s.key for s in specs.values())
+    # a second call finds every cell done: nothing is submitted, the table is the same
+    again = craftlab.sweep(specs, digits, settings=SETTINGS, progress=False, extra_columns=extra, engine="ray")
+    pd.testing.assert_frame_equal(again, ref, check_exact=True)
+    assert again.attrs["cells"] == {"computed": 0, "cached": 10, "total": 10}
+
+
+def test_a_killed_sweep_resumes_without_recomputing_finished_cells(cluster, home, checkpoints, digits):
+    """A CLI driver on the same cluster is killed (SIGKILL) once a few cells are done; the restart computes the
+    rest only, and the table equals the in-process one."""
+    grid = ["--methods", "magnitude", "wanda", "--sparsities", "0.5", "0.7", "--patterns", "--bits", "8,8", "4,4"]
+    cmd = [sys.executable, "-m", "craftlab.cli", "sweep", "--checkpoint", *checkpoints, *grid, "--engine", "ray",
+           "--address", cluster, "--quiet"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "CRAFTLAB_HOME": str(home)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_cells(home)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    assert proc.wait() != 0, "the sweep finished before it could be interrupted: " + proc.stderr.read()[-2000:]
+    before, t_end = _cells(home), time.monotonic() + 15
+    while time.monotonic() < t_end:  # Ray cancels the dead driver's tasks; wait until no cell lands any more
+        time.sleep(1.0)
+        now = _cells(home)
+        if now == before:
+            break
+        before = now
+    settings = craftlab.settings_grid(methods=["magnitude", "wanda"], sparsities=[0.5, 0.7], patterns=[],
+                                      bits=[(8, 8), (4, 4)])
+    assert 0 < len(before) < 2 * len(settings)
+    models = {c: craftlab.load_checkpoint(c) for c in checkpoints}  # what the CLI sweeps
+    df = craftlab.sweep(models, digits, settings=settings, progress=False, engine="ray")
+    assert df.attrs["cells"] == {"computed": 2 * len(settings) - len(before), "cached": len(before),
+                                 "total": 2 * len(settings)}
+    after = _cells(home)
+    assert len(after) == 2 * len(settings) and all(after[k] == t for k, t in before.items())  # not rewritten
+    ref = craftlab.sweep(models, digits, settings=settings, progress=False)
+    pd.testing.assert_frame_equal(df, ref, check_exact=True)
+
+
+def test_unreachable_address_is_a_clear_error_within_seconds(cluster, home, checkpoints, digits, capsys):
+    from craftlab.cli import main
+
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:1'"):
+        craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], progress=False, engine="ray",
+                       address="127.0.0.1:1")
+    assert time.monotonic() - t0 < 10
+    assert main(["sweep", "--checkpoint", checkpoints[0], "--methods", "magnitude", "--sparsities", "0.5",
+                 "--patterns", "--bits", "8,8", "--engine", "ray", "--address", "127.0.0.1:1", "--quiet"]) == 2
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], engine="ray", address="headnode")
+    with pytest.raises(ValueError, match="unknown sweep engine 'dask'"):
+        craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], engine="dask")
+    with pytest.raises(ValueError, match="engine='ray'"):
+        craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], address="127.0.0.1:6379")
+
+
+def test_cache_folder_is_checked_on_every_node(cluster, home):
+    from craftlab.distributed.ray_engine import check_shared_home, shared_home_error
+
+    home.mkdir(parents=True)
+    reports = check_shared_home(home)
+    assert [r["node"] for r in reports] == [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    assert all(r["sees_marker"] and r["reply_seen"] for r in reports)
+    assert not any((home / ".shared-check").iterdir())  # markers cleaned up
+    # what a worker node with its own local folder reports, and the message the driver raises from it
+    local = [*reports, {"node": "f00dfeed" * 7, "host": "worker-2", "sees_marker": False, "reply_seen": False}]
+    msg = shared_home_error(str(home), local)
+    assert f"CRAFTLAB_HOME={home} is not shared" in msg and "node f00dfeedf00d on worker-2" in msg
+    assert str(reports[0]["node"])[:12] not in msg
+
+
+def test_tune_search_of_rho_reports_what_a_plain_finetune_measures(cluster, home):
+    from craftlab.distributed.tune import tune_craft
+
+    spec = RunSpec("vit-tiny", "digits", epochs=2)
+    table = tune_craft(spec, sam_rho=[0.0, 0.05], grace_period=1)
+    assert list(table["sam_rho"]) == [0.0, 0.05] and set(table["epochs"]) <= {1, 2}
+    best = table.attrs["best"]
+    assert best["val_accuracy"] == table["val_accuracy"].max()
+    row = table[table["sam_rho"] == best["sam_rho"]].iloc[0]
+    # the independent reference: the same fine-tune, here
+    data = craftlab.load_data("digits", model=craftlab.build_model("vit-tiny"))
+    model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
+    hist = craftlab.finetune(model, data, epochs=2, sam_rho=best["sam_rho"], progress=False).history
+    assert row["val_accuracy"] == hist[int(row["epochs"]) - 1]["val_accuracy"]
+    with pytest.raises(ValueError, match="sam_rho values"):
+        tune_craft(spec, sam_rho=[-0.1])
