@@ -11,7 +11,7 @@ from craftlab.train.runs import RunSpec, arm_label, get_run, list_runs, run_dir
 BASE = RunSpec()
 # one other value per field: each changes what finetune does
 CHANGED = {"model": "resnet-tiny", "data": "mnist5k", "optimizer": "sgd", "lr": 3e-4, "epochs": 3, "sam_rho": 0.05,
-           "adaptive": True, "seed": 1}
+           "adaptive": True, "seed": 1, "batch_size": 32}
 
 
 def test_every_field_is_in_the_key():
@@ -40,6 +40,7 @@ def test_keys_of_existing_runs_are_stable():
     assert RunSpec(model="resnet-tiny", sam_rho=1.0, adaptive=True, lr=3e-4, seed=2).key == \
         "resnet-tiny-digits-adamw+asam1-lr0.0003-e8-s2"
     assert RunSpec(optimizer="sgd", sam_rho=0.05, epochs=3).arm == "sgd+sam0.05"
+    assert RunSpec(batch_size=32).key == "vit-tiny-digits-adamw-b32-e8-s0"  # only a non-default batch size shows
 
 
 @pytest.mark.parametrize("spec,label", [
@@ -71,7 +72,8 @@ def test_get_run_trains_once_and_rebuilds_a_folder_of_another_run(monkeypatch):
     path = get_run(spec, progress=False)
     assert path == run_dir(spec)
     meta = json.loads((path / "craftlab.json").read_text())
-    assert meta["run"] == asdict(spec) and meta["arm"] == "adamw" and meta["label"] == "AdamW"
+    assert meta["run"] == {k: v for k, v in asdict(spec).items() if k != "batch_size"}  # as recorded before the field
+    assert meta["arm"] == "adamw" and meta["label"] == "AdamW"
     assert 0 <= meta["metrics"]["test_accuracy"] <= 1
     assert any(r["key"] == spec.key for r in list_runs())
 
