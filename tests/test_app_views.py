@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 
 from craftlab_app.adapt_service import AdaptView  # noqa: E402
 from craftlab_app.supernet_service import SupernetView  # noqa: E402
+from test_app_browser import browser, free_port  # noqa: E402,F401  (the real-browser fixture, shared)
 
 import craftlab  # noqa: E402
 
@@ -96,7 +97,6 @@ def test_adapt_bad_requests_are_named(args, message):
 def served(supernet):
     from craftlab_app.service import Explorer
     from craftlab_app.ui import launch
-    from test_app_browser import free_port
 
     ex = Explorer(epochs=1, seeds=(0,), sparsity_grid=(0.5,), bits_grid=(4,), landscape_steps=5, path_steps=9,
                   coarse_steps=None, probe_size=64)
@@ -110,25 +110,14 @@ def served(supernet):
 
 
 @pytest.fixture
-def page(served):
-    from test_app_browser import CHROMIUM_ARGS, chromium_path, unavailable
-
-    try:
-        from playwright import sync_api
-    except ImportError:
-        unavailable("playwright is not installed (pip install playwright)")
-    exe = chromium_path()
-    if exe is None:
-        unavailable("no chromium executable (apt-get install chromium, or set CRAFTLAB_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-        pg = b.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(served.local_url, timeout=120_000)
-        yield pg
-        b.close()
-        assert not errors, errors
+def page(browser, served):  # noqa: F811  (the fixture imported above)
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(served.local_url, timeout=120_000)
+    yield pg
+    pg.close()
+    assert not errors, errors
 
 
 def test_browser_budget_slider_keys_move_every_supernet_panel(page, supernet):
