@@ -4,9 +4,10 @@ per epoch and bytes sent per image.
 
 Runs are live and cached: each (method, epochs, seed) is trained once with
 :func:`craftlab.adapt.compare.compare_methods` on the zoo's vit-tiny (mnist5k-pretrained) → digits and its row is
-kept under ``$CRAFTLAB_HOME/explore/adapt``. The benchmark's table (``benchmarks/results/adapt.csv``, 8 epochs,
-3 seeds: ``python -m benchmarks.run adapt``) is shown beside them as a labelled reference when this is a source
-checkout that has it.
+kept under ``$CRAFTLAB_HOME/explore/adapt`` with the command that reproduces it; a row read back from there is
+marked *cached*. The benchmark's table (``benchmarks/results/adapt.csv``, 8 epochs, 3 seeds:
+``python -m benchmarks.run adapt``) is shown beside them as a labelled reference only when this is a source
+checkout that has it (a wheel does not ship it: the live rows never depend on it).
 
 Example::
 
@@ -19,19 +20,47 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "AdaptView"]
+__all__ = ["ARMS", "CHEAP", "METHODS", "AdaptView", "command"]
 
-METHODS = ("linear probe", "LoRA", "full", "full + SAM", "LAST", "MIET")
-"""The compared methods (:data:`craftlab.adapt.compare.ARMS`)."""
+ARMS: dict[str, dict[str, Any]] = {
+    "linear probe": {"method": "linear", "cache": "memory"},
+    "LoRA": {"method": "lora"},
+    "full": {"method": "full"},
+    "full + SAM": {"method": "full", "sam_rho": 0.05},
+    "LAST": {"method": "last"},
+    "LAST (g=2)": {"method": "last", "gap": 2},
+    "MIET": {"method": "miet", "cache": "memory"},
+    "MIET 8-bit": {"method": "miet", "cache": "memory", "bits": 8},
+    "MIET 4-bit": {"method": "miet", "cache": "memory", "bits": 4},
+}
+"""The methods offered: :data:`craftlab.adapt.compare.ARMS` plus the edge variants (LAST with a side block every
+2 backbone blocks; MIET sending 8- or 4-bit features). Label → :func:`craftlab.adapt_model` arguments."""
+METHODS = tuple(ARMS)
+CHEAP = ("linear probe", "LAST", "MIET")
+"""Cheap on 2 CPU cores at small size (seconds per epoch on vit-tiny): the default live picks."""
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "adapt.csv"
+BENCH_COMMAND = "python -m benchmarks.run adapt"
 COLUMNS = ("arm", "method", "seed", "epochs", "test_accuracy", "trainable_params", "time_per_epoch_s",
-           "memory_bytes", "bytes_per_image", "source")
+           "memory_bytes", "bytes_per_image", "source", "command", "model", "data")
+
+
+def command(arm: str, epochs: int, seed: int, model: str = "vit-tiny", data: str = "digits") -> str:
+    """The command line that trains `arm` as the live run does (accuracy and parameters; the memory and bytes
+    columns come from :func:`craftlab.adapt.compare.compare_methods`)."""
+    kw = dict(ARMS[arm])
+    parts = [f"craftlab adapt train --method {kw.pop('method')}", f"--epochs {epochs}", f"--seed {seed}"]
+    parts += [f"--model {model}"] if model != "vit-tiny" else []
+    parts += [f"--data {data}"] if data != "digits" else []
+    flags = {"gap": "--gap", "bits": "--bits", "sam_rho": "--sam-rho", "cache": "--cache"}
+    parts += [f"{flags[k]} {v}" for k, v in kw.items() if k in flags]
+    return " ".join(parts)
 
 
 def _folder() -> Path:
@@ -78,19 +107,36 @@ class AdaptView:
         return methods, n, seeds
 
     def _path(self, method: str, epochs: int, seed: int) -> Path:
-        slug = method.lower().replace(" + ", "-").replace(" ", "-")
+        slug = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
         return _folder() / f"{self.model_name}-{self.data_name}-{slug}-e{epochs}-s{seed}.json"
 
     def cached(self, method: str, epochs: int, seed: int) -> dict[str, Any] | None:
+        """The cached row of (method, epochs, seed), marked as read from the cache; None when not cached."""
+        return self._read(self._path(method, epochs, seed))
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
         try:
-            return json.loads(self._path(method, epochs, seed).read_text())
+            row = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+        if not isinstance(row, dict) or row.get("arm") not in ARMS:
+            return None
+        row.setdefault("command", command(row["arm"], row.get("epochs", 8), row.get("seed", 0)))
+        return {**row, "source": "live run (cached)"}
+
+    def cached_rows(self) -> list[dict[str, Any]]:
+        """Every cached live row of this model and dataset (earlier runs of this tab), by method and seed."""
+        folder = _folder()
+        paths = sorted(folder.glob(f"{self.model_name}-{self.data_name}-*.json")) if folder.exists() else []
+        rows = [r for r in map(self._read, paths) if r is not None]
+        order = {m: i for i, m in enumerate(METHODS)}
+        return sorted(rows, key=lambda r: (order[r["arm"]], r.get("epochs", 0), r.get("seed", 0)))
 
     def run(self, methods: Sequence[str], epochs: int = 4, seeds: Sequence[int] = (0,),
             progress: Callable[[float, str], None] | None = None) -> list[dict[str, Any]]:
         """Rows of every (method, seed): cached ones at once, the others trained now (one at a time)."""
-        from craftlab.adapt.compare import ARMS, compare_methods
+        from craftlab.adapt.compare import compare_methods
 
         methods, epochs, seeds = self.check(methods, epochs, seeds)
         todo = [(m, s) for m in methods for s in seeds]
@@ -106,8 +152,10 @@ class AdaptView:
                         model, data = self._load()
                         df = compare_methods(model, data, arms={m: ARMS[m]}, seeds=[s], epochs=epochs)
                         row = {k: v for k, v in df.iloc[0].to_dict().items() if k in COLUMNS}
-                        row.update(epochs=epochs, source="live run (cached)")
+                        row.update(epochs=epochs, model=self.model_name, data=self.data_name,
+                                   command=command(m, epochs, s, self.model_name, self.data_name))
                         self._write(self._path(m, epochs, s), row)
+                        row = {**json.loads(self._path(m, epochs, s).read_text()), "source": "live run (now)"}
             rows.append(row)
         return rows
 
@@ -127,24 +175,40 @@ class AdaptView:
         import pandas as pd
 
         df = pd.read_csv(REFERENCE)
-        df = df.assign(epochs=8, source="benchmark: python -m benchmarks.run adapt")
+        df = df.assign(epochs=8, source="benchmark (reference)", command=BENCH_COMMAND)
         return [{k: v for k, v in r.items() if k in COLUMNS} for r in df.to_dict("records")]
 
     @staticmethod
     def summary(rows: Sequence[dict[str, Any]]) -> Any:
-        """One row per (source, method): mean ± sd test accuracy over seeds and the per-method costs."""
+        """One row per (live / benchmark, method, epochs): mean ± sd test accuracy over seeds, the per-method
+        costs, where the numbers come from (trained now, read from the cache, the benchmark) and the command."""
         import pandas as pd
 
+        cols = ["source", "method", "epochs", "seeds", "test accuracy (%)", "± sd", "trainable params",
+                "training memory (MB)", "s / epoch", "bytes / image", "command"]
         if not rows:
-            return pd.DataFrame(columns=["source", "method", "epochs", "seeds", "test accuracy (%)", "± sd",
-                                         "trainable params", "training memory (MB)", "s / epoch", "bytes / image"])
+            return pd.DataFrame(columns=cols)
         df = pd.DataFrame(rows)
-        g = df.groupby(["source", "arm", "epochs"], sort=False)
-        out = g.agg(seeds=("seed", "nunique"), acc=("test_accuracy", "mean"), sd=("test_accuracy", "std"),
-                    params=("trainable_params", "first"), mem=("memory_bytes", "first"),
-                    sec=("time_per_epoch_s", "mean"), sent=("bytes_per_image", "first")).reset_index()
-        return pd.DataFrame({"source": out["source"], "method": out["arm"], "epochs": out["epochs"],
-                             "seeds": out["seeds"], "test accuracy (%)": (100 * out["acc"]).round(1),
-                             "± sd": (100 * out["sd"]).round(1), "trainable params": out["params"],
-                             "training memory (MB)": (out["mem"] / 1e6).round(2), "s / epoch": out["sec"].round(2),
-                             "bytes / image": out["sent"]})
+        df["kind"] = ["benchmark" if str(x).startswith("benchmark") else "live" for x in df["source"]]
+        out = []
+        for (kind, arm, epochs), g in df.groupby(["kind", "arm", "epochs"], sort=False):
+            seeds = sorted(g["seed"].unique().tolist())
+            if kind == "live":
+                n_now = int((g["source"] == "live run (now)").sum())
+                parts = [f"{n_now} trained now"] * bool(n_now) + [f"{len(g) - n_now} cached"] * bool(len(g) - n_now)
+                source = f"live run ({', '.join(parts)})"
+                cmd = str(g["command"].iloc[0])
+                if len(seeds) > 1:
+                    cmd = (cmd.replace(f"--seed {g['seed'].iloc[0]}", "--seed S")
+                           + f"  (S = {', '.join(map(str, seeds))})")
+            else:
+                source, cmd = g["source"].iloc[0], g["command"].iloc[0]
+            acc = g["test_accuracy"]
+            out.append({"source": source, "method": arm, "epochs": int(epochs), "seeds": len(seeds),
+                        "test accuracy (%)": round(100 * acc.mean(), 1),
+                        "± sd": round(100 * acc.std(), 1) if len(acc) > 1 else None,
+                        "trainable params": int(g["trainable_params"].iloc[0]),
+                        "training memory (MB)": round(g["memory_bytes"].iloc[0] / 1e6, 2),
+                        "s / epoch": round(g["time_per_epoch_s"].mean(), 2),
+                        "bytes / image": int(g["bytes_per_image"].iloc[0]), "command": cmd})
+        return pd.DataFrame(out, columns=cols)

@@ -4,12 +4,13 @@ Layout, handlers and figures; the computations are :class:`craftlab_app.adapt_se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
-from .adapt_service import METHODS, AdaptView
+from .adapt_service import CHEAP, METHODS, AdaptView
 from .callbacks import user_errors
 
 __all__ = ["build_tab", "figures"]
@@ -20,26 +21,39 @@ digits by: a **linear probe** on its final features; **LoRA** (rank 4 on qkv); *
 training memory is the side network's); **MIET**, the edge paradigm: a server sends each image's gathered features
 once and the device trains a small attention adaptor on them. Memory is what training holds — tensors saved for
 backward + gradients + optimizer state, measured on one batch of 64 — not the process's RSS. Bytes per image is
-what a server sends a device per image (fine-tuning on the device: the image). The papers claim LAST trains in
-≈ 30 % of PEFT's memory and 60 % of its time at *higher* accuracy; here LAST uses ~44 % of LoRA's memory but is
-*less* accurate (benchmark: −2.3 pts, not significant after Holm). Rows marked *benchmark* are the reference
-table (8 epochs, 3 seeds); *live run* rows are trained here on request and cached."""
+what a server sends a device per image (fine-tuning on the device: the image); the edge variants trade it away:
+**LAST (g=2)** taps every second block, **MIET 8-/4-bit** sends quantized features. *What the papers claim*: LAST
+trains in ≈ 30 % of PEFT's memory and 60 % of its time at *higher* accuracy; MIET adapts on the edge from
+features at a fraction of the bytes. *What is measured here* (benchmark, 8 epochs, 3 seeds): LAST uses ~44 % of
+LoRA's memory but is *less* accurate (−2.3 pts, not significant after Holm); MIET is far cheaper to train and to
+feed but ~9 pts below LoRA. Rows marked **benchmark (reference)** come from `benchmarks/results/adapt.csv` (a
+source checkout only); **live run** rows are trained here at small size on request (in the background, one at a
+time; LoRA and full fine-tuning take longest) and cached under `$CRAFTLAB_HOME` — the table says which rows
+were trained now and which were read from the cache, and the command that reproduces each."""
 
 
-def figures(summary: Any) -> tuple[Any, Any]:
-    """Accuracy (± sd over seeds) against training memory and against bytes sent per image, one point per row."""
+def figures(summary: Any, tag: str = "") -> tuple[Any, Any]:
+    """Accuracy (± sd over seeds) against training memory and against bytes sent per image, one point per
+    method and source (live runs: filled circles; the benchmark's reference: open diamonds)."""
     import plotly.graph_objects as go
 
     figs = []
-    for x, title in (("training memory (MB)", "accuracy vs training memory"), ("bytes / image",
-                                                                                 "accuracy vs bytes sent per image")):
-        fig = go.Figure(layout=dict(title=title, height=420, xaxis=dict(title=x, type="log"),
+    for x, title in (("training memory (MB)", "test accuracy vs training memory"),
+                     ("bytes / image", "test accuracy vs bytes sent per image")):
+        fig = go.Figure(layout=dict(title=f"{tag} {title}".strip(), height=440, xaxis=dict(title=x, type="log"),
                                     yaxis=dict(title="test accuracy (%)"), legend=dict(orientation="h", y=-0.25)))
-        for source, part in summary.groupby("source", sort=False):
-            fig.add_scatter(x=part[x], y=part["test accuracy (%)"], mode="markers+text", text=part["method"],
-                            textposition="top center", name=source,
-                            error_y=dict(type="data", array=part["± sd"].fillna(0)),
-                            marker=dict(size=11, symbol="circle" if source.startswith("live") else "diamond-open"))
+        if len(summary):  # a log axis ignores the labels: half a decade of room for them
+            lo, hi = math.log10(summary[x].min()), math.log10(summary[x].max())
+            fig.update_xaxes(range=[lo - 0.5, hi + 0.5])
+        kinds = ["benchmark" if str(v).startswith("benchmark") else "live" for v in summary["source"]]
+        for kind in dict.fromkeys(kinds):
+            part = summary[[k == kind for k in kinds]]
+            fig.add_scatter(x=part[x], y=part["test accuracy (%)"], mode="markers+text",
+                            text=[f"{m} ({e} ep)" for m, e in zip(part["method"], part["epochs"])],
+                            textposition="top center", textfont=dict(size=10),
+                            name="benchmark (reference)" if kind == "benchmark" else "live runs (this app)",
+                            error_y=dict(type="data", array=part["± sd"].fillna(0).tolist()),
+                            marker=dict(size=11, symbol="circle" if kind == "live" else "diamond-open"))
         figs.append(fig)
     return figs[0], figs[1]
 
@@ -52,34 +66,43 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
              progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008
         with user_errors():
             methods, n_epochs, seed_list = av.check(methods, epochs, list(range(int(seeds or 1))))
-        yield ("Training what is not cached yet…", gr.skip(), gr.skip(), gr.skip())
+        tag = (f"[{', '.join(methods)} · {n_epochs} epoch{'s' * (n_epochs != 1)} · {len(seed_list)} "
+               f"seed{'s' * (len(seed_list) != 1)}]")
+        yield (f"**{tag}** training what is not cached yet (one run at a time)…", gr.skip(), gr.skip(), gr.skip())
         with user_errors():
             rows = av.run(methods, n_epochs, seed_list, progress=lambda f, d: progress(f, desc=d))
         table = av.summary(rows + av.reference())
-        fig_mem, fig_bytes = figures(table)
-        yield (f"**[{', '.join(methods)} · {n_epochs} epochs · {len(seed_list)} seed(s)]** live rows below; the "
-               "benchmark's rows are the reference.", table, fig_mem, fig_bytes)
+        now = sum(r["source"] == "live run (now)" for r in rows)
+        yield (f"**{tag}** {len(rows)} live run(s): {now} trained now, {len(rows) - now} read from the cache; the "
+               "benchmark's rows are the reference.", table, *figures(table, tag))
 
-    def reference() -> tuple[Any, Any, Any]:
-        table = av.summary(av.reference())
-        return (table, *figures(table))
+    def opened() -> tuple[Any, ...]:
+        rows = av.cached_rows()
+        table = av.summary(rows + av.reference())
+        text = (f"{len(rows)} cached live run(s) and the benchmark's reference below; tick methods and press the "
+                "button to train more." if rows or len(table) else "Nothing cached yet: tick methods and press the "
+                "button.")
+        return (text, table, *figures(table))
 
     with gr.Tab("Adapt", id="adapt") as tab:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO, elem_id="adapt-intro")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                methods = gr.CheckboxGroup(list(METHODS), value=["linear probe", "LAST", "MIET"], label="methods",
-                                           elem_id="adapt-methods")
-                epochs = gr.Slider(1, 30, value=4, step=1, label="epochs", elem_id="adapt-epochs")
+                methods = gr.CheckboxGroup(list(METHODS), value=list(CHEAP), label="methods",
+                                           elem_id="adapt-methods", info="linear probe, LAST, MIET: seconds; "
+                                           "LoRA, full: minutes on 2 CPU cores")
+                epochs = gr.Slider(1, 30, value=2, step=1, label="epochs", elem_id="adapt-epochs")
                 seeds = gr.Slider(1, 3, value=1, step=1, label="seeds (0, 1, …)", elem_id="adapt-seeds")
                 go = gr.Button("Train and compare", variant="primary", elem_id="adapt-run")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="adapt-status")
-                table = gr.Dataframe(label="methods side by side", elem_id="adapt-table", interactive=False)
+                table = gr.Dataframe(label="methods side by side", elem_id="adapt-table", interactive=False,
+                                     wrap=True)
         with gr.Row():
             fig_mem = gr.Plot(label="accuracy vs training memory", elem_id="adapt-memory")
             fig_bytes = gr.Plot(label="accuracy vs bytes per image", elem_id="adapt-bytes")
-    tab.select(reference, outputs=[table, fig_mem, fig_bytes], api_name="adapt_reference", show_progress="hidden")
-    go.click(show, inputs=[methods, epochs, seeds], outputs=[status, table, fig_mem, fig_bytes], api_name="adapt",
-             concurrency_limit=1, concurrency_id="adapt", preprocess=True)
+    outputs = [status, table, fig_mem, fig_bytes]
+    tab.select(opened, outputs=outputs, api_name="adapt_open", show_progress="hidden")
+    go.click(show, inputs=[methods, epochs, seeds], outputs=outputs, api_name="adapt", concurrency_limit=1,
+             concurrency_id="adapt")
     return av

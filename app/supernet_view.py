@@ -1,99 +1,168 @@
-"""The Supernet tab (issue 12): a BitOPs budget → the best searched subnet of the cached mixed-precision supernet,
-its per-layer bits (a heatmap), its accuracy and its point on the Pareto front. Layout, handlers and figures; the
-computations are :class:`craftlab_app.supernet_service.SupernetView`."""
+"""The Supernet tab (issue 12): a BitOPs budget → the best subnet of the cached mixed-precision supernet, its
+per-layer bits (a heatmap), its accuracy and its point on the Pareto front (beside the uniform subnets and uniform
+PTQ). Layout, handlers and figures; the computations are :class:`craftlab_app.supernet_service.SupernetView`.
+
+The supernet is prepared in a background thread the first time the tab (or a model) is opened — a timer polls its
+status, nothing blocks the page; afterwards every budget is a lookup on the cached Pareto front."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
 
-from .callbacks import user_errors
-from .supernet_service import SupernetView
+from .supernet_service import MODELS, SupernetView
 
-__all__ = ["build_tab", "bits_figure", "pareto_figure"]
+__all__ = ["INTRO", "bits_figure", "build_tab", "pareto_figure", "result_text"]
 
-INTRO = """**A mixed-precision supernet trained with LoRA** (issue 12). vit-tiny fine-tuned on digits becomes one
-supernet whose every Linear runs at any of W{2,3,4,6,8} × A{4,6,8}: frozen weights, one LoRA adapter per
-bit-width, the sandwich rule with progressively lower bits. An evolutionary search picks per-layer bits under
-BitOPs budgets; here a budget (in % of the FP32 model's BitOPs) selects the best subnet the search evaluated
-(validation accuracy), and its test accuracy is measured. The paper claims ≈ 95 % BitOPs reduction (5 % of FP32)
-without degradation; notebook 05 and the benchmark test it over 3 seeds (here: about −1 pt at ~4 % of FP32, not
-confirmed as "no degradation"). The first visit trains and searches once (a few minutes on 2 cores); afterwards
-everything comes from the cache."""
+INTRO = """**One supernet, a subnet for any BitOPs budget** (mixed-precision supernet with LoRA, issue 12).
+vit-tiny fine-tuned on digits becomes one quantized supernet whose every Linear runs at any of W{2,3,4,6,8} ×
+A{4,6,8}: frozen base weights and one LoRA adapter per weight bit-width, trained by the sandwich rule with
+progressively lower bits. An evolutionary search on the **validation** split scores hundreds of per-layer bit
+assignments once; the **Pareto front** of everything it scored (plus the uniform subnets) is cached, so moving the
+budget looks up the most accurate subnet on the front whose BitOPs fit — exact and instant. The budget is in
+**% of the FP32 model's BitOPs** (BitOPs = Σ MACs · weight bits · activation bits; the patch embedding and the
+head stay FP32, so W8A8 is ~8 % of FP32).
+
+*What the paper claims*: ≈ 95 % BitOPs reduction (≤ 5 % of FP32) without degradation. *What is measured here*
+(notebook 05, `benchmarks/results/supernet.md`, 3 seeds): at ~3.7 % of FP32 the searched subnets lose about
+1 point of test accuracy, and uniform subnets and plain uniform PTQ reach the same trade-off — the claim is not
+confirmed on this small problem. The search ranks by validation accuracy; the test accuracy shown is measured
+separately (it can disagree: the search overfits the 360 validation images)."""
 
 
-def bits_figure(pick: dict[str, Any], tag: str) -> Any:
+def _tag(pick: dict[str, Any]) -> str:
+    return f"[{pick['model']} · budget {pick['budget_pct']:g}% of {pick['reference']}]"
+
+
+def result_text(pick: dict[str, Any]) -> str:
+    """The chosen subnet in words, starting with its tag."""
+    return (f"**{_tag(pick)}** best subnet: **{pick['label']}** — {pick['pct_fp32']:.2f}% of FP32 BitOPs "
+            f"({pick['pct_w8a8']:.0f}% of W8A8), {pick['size_mb'] * 1024:.0f} KiB of weights; validation accuracy "
+            f"**{pick['val_accuracy']:.1%}**, test accuracy **{pick['test_accuracy']:.1%}**.")
+
+
+def bits_figure(pick: dict[str, Any], tag: str | None = None) -> Any:
     """Per-layer weight and activation bits of the chosen subnet (2 × layers heatmap)."""
     import plotly.graph_objects as go
 
-    names = [n.replace("blocks.", "b").replace(".attn", "").replace(".mlp", "") for n in pick["layers"]]
+    tag = tag or _tag(pick)
+    short = {"blocks.": "b", ".attn": "", ".mlp": "", "layer": "L", ".conv": ".c", ".downsample": ".ds"}
+    names = []
+    for n in pick["layers"]:
+        for a, b in short.items():
+            n = n.replace(a, b)
+        names.append(n)
     z = [pick["w_bits"], pick["a_bits"]]
-    fig = go.Figure(go.Heatmap(z=z, x=names, y=["weights", "activations"], zmin=2, zmax=8, colorscale="Viridis",
-                               text=z, texttemplate="%{text}", colorbar=dict(title="bits")),
-                    layout=dict(title=f"{tag} per-layer bits", height=260, margin=dict(t=50, b=60)))
+    return go.Figure(go.Heatmap(z=z, x=names, y=["weights", "activations"], zmin=2, zmax=8, colorscale="Viridis",
+                                text=z, texttemplate="%{text}", colorbar=dict(title="bits"),
+                                hovertemplate="%{x} %{y}: %{z} bits<extra></extra>"),
+                     layout=dict(title=f"{tag} per-layer bits of {pick['label']}", height=260,
+                                 margin=dict(t=50, b=60, l=90)))
+
+
+def _message_figure(message: str, height: int) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(layout=dict(height=height, xaxis=dict(visible=False), yaxis=dict(visible=False)))
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color="grey"))
     return fig
 
 
-def pareto_figure(sv: SupernetView, pick: dict[str, Any] | None, tag: str) -> Any:
-    """Every subnet the search evaluated, its Pareto front, the uniform subnets and the chosen one (★)."""
+def pareto_figure(sv: SupernetView, pick: dict[str, Any] | None, tag: str, budget_pct: float | None = None) -> Any:
+    """Every subnet the search scored, its Pareto front, the uniform subnets, uniform PTQ of the base model, the
+    FP32 base, the budget (dotted) and the chosen subnet (★); validation accuracy against % of FP32 BitOPs."""
     import plotly.graph_objects as go
 
     fp32 = sv.refs["FP32"]
     pct = lambda ps: [100 * p["bitops"] / fp32 for p in ps]  # noqa: E731
     acc = lambda ps: [100 * p["accuracy"] for p in ps]  # noqa: E731
-    fig = go.Figure(layout=dict(title=f"{tag} validation accuracy vs BitOPs", height=420,
-                                xaxis=dict(title="BitOPs (% of FP32)", type="log"),
-                                yaxis=dict(title="validation accuracy (%)"), legend=dict(orientation="h", y=-0.2)))
-    fig.add_scatter(x=pct(sv.points), y=acc(sv.points), mode="markers", name="subnets evaluated by the search",
+    fig = go.Figure(layout=dict(title=f"{tag} validation accuracy vs BitOPs", height=440,
+                                xaxis=dict(title="BitOPs (% of FP32, log scale)", type="log"),
+                                yaxis=dict(title="validation accuracy (%)"), legend=dict(orientation="h", y=-0.22)))
+    fig.add_scatter(x=pct(sv.points), y=acc(sv.points), mode="markers", name="subnets scored by the search",
                     marker=dict(color="lightgray", size=6), text=[p["label"] for p in sv.points])
-    front = sorted(sv.report.pareto, key=lambda p: p["bitops"])
-    fig.add_scatter(x=pct(front), y=acc(front), mode="lines+markers", name="Pareto front", line_shape="hv")
-    fig.add_scatter(x=pct(sv.uniform), y=acc(sv.uniform), mode="markers+text", name="uniform subnets",
-                    text=[p["label"] for p in sv.uniform], textposition="bottom center", marker_symbol="x")
+    fig.add_scatter(x=pct(sv.front), y=acc(sv.front), mode="lines+markers", name="Pareto front", line_shape="hv",
+                    text=[p["label"] for p in sv.front])
+    fig.add_scatter(x=pct(sv.uniform), y=acc(sv.uniform), mode="markers", name="uniform subnets",
+                    text=[p["label"] for p in sv.uniform], marker=dict(symbol="x", size=9))
+    ptq = [p for p in sv.ptq if p["label"] != "FP32"]
+    fig.add_scatter(x=pct(ptq), y=acc(ptq), mode="markers", name="uniform PTQ (base model)",
+                    text=[p["label"] for p in ptq], marker=dict(symbol="diamond-open", size=10))
+    base = [p for p in sv.ptq if p["label"] == "FP32"]
+    if base:
+        fig.add_hline(y=100 * base[0]["accuracy"], line_dash="dash", line_color="gray",
+                      annotation_text="FP32 base model", annotation_position="bottom right")
+    budget = pick["budget_pct"] if pick is not None else budget_pct
+    xs = pct(sv.points) + pct(ptq) + ([budget] if budget is not None else [])
+    lo, hi = math.log10(min(xs)), math.log10(max(xs))
+    fig.update_xaxes(range=[lo - 0.05 * (hi - lo) - 0.02, hi + 0.05 * (hi - lo) + 0.02])
+    if budget is not None:  # (a log axis places annotations at log10(x): written out here)
+        fig.add_vline(x=budget, line_dash="dot")
+        fig.add_annotation(x=math.log10(budget), y=1, yref="paper", text=f"budget {budget:g}%", showarrow=False,
+                           xanchor="left", yanchor="bottom")
     if pick is not None:
-        fig.add_vline(x=pick["budget_pct"], line_dash="dot", annotation_text=f"budget {pick['budget_pct']:g}%")
         fig.add_scatter(x=[pick["pct_fp32"]], y=[100 * pick["val_accuracy"]], mode="markers", name="chosen",
-                        marker=dict(symbol="star", size=18, color="crimson"))
+                        text=[pick["label"]], marker=dict(symbol="star", size=18, color="crimson"))
     return fig
 
 
-def build_tab(service: SupernetView | None = None) -> SupernetView:
-    """The Supernet tab, inside the caller's ``gr.Blocks`` / ``gr.Tabs``; returns its service."""
-    sv = service or SupernetView()
+def build_tab(service: SupernetView | None = None, models: tuple[str, ...] = MODELS) -> dict[str, SupernetView]:
+    """The Supernet tab, inside the caller's ``gr.Blocks`` / ``gr.Tabs``. `service`: the view of its model (the
+    others are created when picked). Returns the services by model (filled as models are picked)."""
+    services: dict[str, SupernetView] = {service.model: service} if service is not None else {}
+    choices = list(dict.fromkeys([*([service.model] if service is not None else []), *models]))
 
-    def render(budget: float) -> tuple[Any, Any, Any]:
+    def get(model: str) -> SupernetView:
+        name = str(model or choices[0]).strip()
+        if name not in choices:
+            raise gr.Error(f"unknown model {name!r}; choose from {', '.join(choices)}", print_exception=False)
+        return services.setdefault(name, SupernetView(name))
+
+    def render(model: str, budget: float) -> tuple[Any, Any, Any]:
+        sv = get(model)
         if not sv.ready:
             return gr.skip(), gr.skip(), gr.skip()
-        with user_errors():
+        try:
             pick = sv.choose(budget)
-        tag = f"[budget {pick['budget_pct']:g}% of FP32]"
-        text = (f"**{tag}** best subnet: **{pick['label']}** — {pick['pct_fp32']:.2f}% of FP32 BitOPs "
-                f"({pick['pct_w8a8']:.0f}% of W8A8), {pick['size_mb'] * 1024:.0f} KiB; validation accuracy "
-                f"{pick['val_accuracy']:.1%}, test accuracy {pick['test_accuracy']:.1%} (FP32 reference: the "
-                "uniform W8A8 subnet on the plot).")
-        return text, bits_figure(pick, tag), pareto_figure(sv, pick, tag)
+        except ValueError as err:  # below the smallest subnet (or not a number): said in the panels, not a toast
+            tag = f"[{sv.model} · budget {budget:g}% of FP32]" if isinstance(budget, (int, float)) else \
+                f"[{sv.model} · budget {budget!r}]"
+            return (f"**{tag}** {err}", _message_figure(f"{tag} no subnet fits this budget", 260),
+                    pareto_figure(sv, None, tag, budget if isinstance(budget, (int, float)) else None))
+        return result_text(pick), bits_figure(pick), pareto_figure(sv, pick, _tag(pick))
 
-    def tick(budget: float) -> tuple[Any, ...]:
-        """Status while the supernet is prepared; the panels of `budget` once it is ready (timer off)."""
-        sv.start()  # idempotent: the first opening of the tab starts the preparation
-        if sv.ready or sv.error:
-            out = render(budget) if sv.ready else (gr.skip(),) * 3
-            return (sv.status(), gr.Timer(active=False), *out)
-        return (sv.status(), gr.Timer(active=True), gr.skip(), gr.skip(), gr.skip())
+    def tick(model: str, budget: float) -> tuple[Any, ...]:
+        """Status while the model's supernet is prepared; its panels once ready (timer off)."""
+        sv = get(model)
+        sv.start()  # idempotent: the first opening of the tab (or of a model) starts the preparation
+        if sv.ready:
+            return (sv.status(), gr.Timer(active=False), *render(model, budget))
+        waiting = f"{sv.model}: preparing the supernet…"
+        if sv.error:
+            return (sv.status(), gr.Timer(active=False), "", _message_figure(waiting, 260),
+                    _message_figure(sv.status(), 440))
+        return (sv.status(), gr.Timer(active=True), "", _message_figure(waiting, 260), _message_figure(waiting, 440))
 
     with gr.Tab("Supernet", id="supernet") as tab:
-        gr.Markdown(INTRO)
-        status = gr.Markdown(sv.status(), elem_id="supernet-status")
+        gr.Markdown(INTRO, elem_id="supernet-intro")
+        with gr.Row():
+            model = gr.Dropdown(choices, value=choices[0], label="model", elem_id="supernet-model", scale=1,
+                                info="the supernet of notebook 05 (per-bit LoRA, progressive bits, seed 0)")
+            budget = gr.Slider(1.0, 100.0, value=5.0, step=0.5, label="BitOPs budget (% of the FP32 model's BitOPs)",
+                               elem_id="supernet-budget", scale=3,
+                               info="5% = the paper's 95% reduction; W8A8 is ~8% of FP32 for vit-tiny")
+        status = gr.Markdown(elem_id="supernet-status")
         timer = gr.Timer(1.0, active=False)
-        budget = gr.Slider(1.0, 100.0, value=5.0, step=0.5, label="BitOPs budget (% of the FP32 model)",
-                           elem_id="supernet-budget")
         result = gr.Markdown(elem_id="supernet-result")
         bits = gr.Plot(label="per-layer bits", elem_id="supernet-bits")
         pareto = gr.Plot(label="Pareto front", elem_id="supernet-pareto")
     panels = [status, timer, result, bits, pareto]
-    tab.select(tick, inputs=budget, outputs=panels, api_name="supernet_open", show_progress="hidden")
-    timer.tick(tick, inputs=budget, outputs=panels, api_name="supernet_status", show_progress="hidden")
-    budget.change(render, inputs=budget, outputs=[result, bits, pareto], api_name="supernet_budget",
-                  trigger_mode="always_last", show_progress="minimal")
-    return sv
+    tab.select(tick, inputs=[model, budget], outputs=panels, api_name="supernet_open", show_progress="hidden")
+    timer.tick(tick, inputs=[model, budget], outputs=panels, api_name="supernet_status", show_progress="hidden")
+    model.change(tick, inputs=[model, budget], outputs=panels, api_name="supernet_model", show_progress="hidden")
+    budget.change(render, inputs=[model, budget], outputs=[result, bits, pareto], api_name="supernet_budget",
+                  trigger_mode="always_last", show_progress="hidden")
+    return services

@@ -398,3 +398,17 @@ def test_fit_does_not_depend_on_how_the_calibration_images_are_batched():
         assert other.keys() == states[0].keys()
         for k in states[0]:
             assert torch.equal(other[k], states[0][k]), k
+
+
+def test_the_callers_reference_model_is_never_hooked_or_run():
+    """The fit hooks a private copy of the reference: the app compensates curve points in background threads while
+    another thread copies and calibrates the same model, and a hook left on it stopped that other forward."""
+    ref, calib = _toy()
+    q = _quant_toy(ref, calib)
+    ran = []
+    for m in ref.modules():
+        m.register_forward_hook(lambda mod, inp, out: ran.append(id(mod)))
+    mine = {id(m) for m in ref.modules()}
+    compensate(q, ref, calib, method="qwt")
+    assert ran and not mine & set(ran)  # copies ran (they carry this hook); the caller's modules never did
+    assert all(len(m._forward_hooks) == 1 and not m._forward_pre_hooks for m in ref.modules())

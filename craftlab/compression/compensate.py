@@ -395,6 +395,9 @@ def compensate(
     batches = list(torch.cat(batches).split(CALIB_CHUNK))  # the same chunks however the caller batched them
     start = time.perf_counter()
     work = copy.deepcopy(qmodel)
+    # the fit hooks both models: a private copy of the reference keeps the caller's model hook-free, so another
+    # thread may copy, calibrate or evaluate it meanwhile (the app compensates curve points in the background)
+    reference = copy.deepcopy(reference)
     mods, ref_mods = dict(work.named_modules()), dict(reference.named_modules())
     opts = {"holdout": float(holdout), "max_tokens": max_tokens, "images": sum(len(x) for x in batches),
             "seed": seed, "ridge": float(ridge), "r2_gate": r2_gate, "target": target, "conv_groups": conv_groups}

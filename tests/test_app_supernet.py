@@ -1,0 +1,204 @@
+"""The app's Supernet tab (issue 12): a BitOPs budget -> the best subnet of the cached supernet's Pareto front,
+its per-layer bits, its accuracy and its point on the front.
+
+The service is checked against independent paths: a brute-force maximum over every subnet the core's search
+scored (and the core's own ``pareto_front``), the chosen subnet exported as a plain model and evaluated by
+``craftlab.evaluate``, a second service that must come from the cache. The browser test moves the budget slider
+with the keyboard and waits until the words, the bits heatmap and the Pareto plot all show the new budget."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+pytest.importorskip("gradio")
+torch = pytest.importorskip("torch")
+
+from craftlab_app.supernet_service import SupernetView  # noqa: E402
+from test_app_browser import browser, free_port  # noqa: E402,F401  (the real-browser fixture, shared)
+
+import craftlab  # noqa: E402
+
+BUDGETS = (3.0, 3.5, 4.0, 5.0, 8.0, 100.0)
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sv = SupernetView("vit-tiny")
+    sv.prepare()  # fine-tunes the base, trains the main supernet and searches once per CRAFTLAB_HOME (~40 s cold)
+    yield sv
+    torch.set_num_threads(before)
+
+
+def test_a_budget_picks_the_most_accurate_front_point_that_fits(supernet):
+    from craftlab.supernet import pareto_front
+
+    every = supernet.report.points + supernet.uniform  # what the core's search scored, and the uniform subnets
+    front = pareto_front(every)  # the core's front, recomputed here
+    fp32 = supernet.refs["FP32"]
+    for pct in BUDGETS:
+        pick = supernet.choose(pct)
+        budget = pct / 100 * fp32
+        fits = [p for p in every if p["bitops"] <= budget]
+        assert pick["bitops"] <= budget
+        assert pick["val_accuracy"] == max(p["accuracy"] for p in fits)  # brute force over every scored subnet
+        on_front = [p for p in front if p["bitops"] <= budget]
+        assert pick["config"].key() == max(on_front, key=lambda p: p["accuracy"])["config"].key()
+        assert pick["bitops"] == supernet.sn.bitops(pick["config"])  # the core's BitOPs of that configuration
+        assert pick["pct_fp32"] == pytest.approx(100 * pick["bitops"] / fp32)
+        assert len(pick["w_bits"]) == len(pick["a_bits"]) == len(pick["layers"]) == len(supernet.sn.space.layers)
+        assert (tuple(pick["w_bits"]), tuple(pick["a_bits"])) == (pick["config"].w_bits, pick["config"].a_bits)
+    # more budget never picks a less accurate subnet
+    accs = [supernet.choose(pct)["val_accuracy"] for pct in BUDGETS]
+    assert accs == sorted(accs)
+
+
+def test_the_chosen_subnets_test_accuracy_is_the_exported_models(supernet):
+    for pct in (3.0, 4.0):
+        pick = supernet.choose(pct)
+        plain = supernet.sn.export(pick["config"])  # QuantLinear layers: no supernet code on this path
+        assert pick["test_accuracy"] == pytest.approx(craftlab.evaluate(plain, supernet.data.test)["accuracy"],
+                                                      abs=1e-9)
+
+
+def test_a_budget_in_percent_of_w8a8_is_the_same_bitops(supernet):
+    ratio = supernet.refs["W8A8"] / supernet.refs["FP32"]
+    a, b = supernet.choose(50.0, "W8A8"), supernet.choose(50.0 * ratio)
+    assert a["config"] == b["config"] and a["reference"] == "W8A8"
+    assert a["pct_w8a8"] == pytest.approx(100 * a["bitops"] / supernet.refs["W8A8"])
+
+
+def test_uniform_ptq_and_uniform_subnets_are_drawn_with_comparable_bitops(supernet):
+    ptq = {p["label"]: p for p in supernet.ptq}
+    uni = {p["label"]: p for p in supernet.uniform}
+    assert ptq["FP32"]["bitops"] == pytest.approx(supernet.refs["FP32"])
+    assert ptq["W8A8"]["bitops"] == pytest.approx(uni["W8A8"]["bitops"])  # craftlab.quantize vs the supernet
+    assert supernet.minimum_pct() == pytest.approx(100 * supernet.sn.bitops(supernet.sn.space.smallest())
+                                                   / supernet.refs["FP32"])
+
+
+def test_a_second_view_comes_from_the_cache_with_the_same_answers(supernet):
+    t0 = time.perf_counter()
+    again = SupernetView("vit-tiny")
+    again.prepare()
+    took = time.perf_counter() - t0
+    for pct in BUDGETS:
+        a, b = supernet.choose(pct), again.choose(pct)
+        assert (a["config"], a["val_accuracy"], a["test_accuracy"]) == (b["config"], b["val_accuracy"],
+                                                                         b["test_accuracy"])
+    assert took < 60, f"a cached supernet took {took:.0f} s to prepare"
+    t0 = time.perf_counter()
+    for _ in range(100):
+        again.choose(4.5)
+    assert (time.perf_counter() - t0) / 100 < 0.01  # a budget is a lookup
+
+
+@pytest.mark.parametrize("budget,reference,message", [
+    (1.0, "FP32", r"below the smallest subnet: it needs 2\.\d\d% of FP32 \(W2A4\)"),
+    (0, "FP32", "must be > 0"), ("lots", "FP32", "must be a number"),
+    (5.0, "INT8", "reference must be one of FP32, W8A8")])
+def test_bad_budgets_are_named(supernet, budget, reference, message):
+    with pytest.raises(ValueError, match=message):
+        supernet.choose(budget, reference)
+
+
+def test_not_ready_and_failed_states_say_so():
+    sv = SupernetView("vit-tiny")
+    assert "Open this tab" in sv.status()
+    with pytest.raises(RuntimeError, match="not ready"):
+        sv.choose(5.0)
+    broken = SupernetView("no-such-model")
+    broken.start()
+    for _ in range(200):
+        if broken.error:
+            break
+        time.sleep(0.05)
+    assert "failed" in broken.status() and "no-such-model" in broken.status()
+
+
+def test_figures_carry_the_budget_tag(supernet):
+    from craftlab_app.supernet_view import bits_figure, pareto_figure, result_text
+
+    pick = supernet.choose(4.0)
+    tag = "[vit-tiny · budget 4% of FP32]"
+    assert result_text(pick).startswith(f"**{tag}**") and pick["label"] in result_text(pick)
+    heat = bits_figure(pick).to_dict()
+    assert tag in heat["layout"]["title"]["text"] and heat["data"][0]["z"] == [pick["w_bits"], pick["a_bits"]]
+    pareto = pareto_figure(supernet, pick, tag).to_dict()
+    names = {t.get("name") for t in pareto["data"]}
+    assert {"Pareto front", "uniform subnets", "uniform PTQ (base model)", "chosen"} <= names
+    star = [t for t in pareto["data"] if t.get("name") == "chosen"][0]
+    assert list(star["x"]) == [pytest.approx(pick["pct_fp32"])] and tag in pareto["layout"]["title"]["text"]
+
+
+# ------------------------------------------------------------------------------------------------------ browser
+
+@pytest.fixture(scope="module")
+def served(supernet):
+    from craftlab_app.service import Explorer
+    from craftlab_app.ui import launch
+
+    ex = Explorer(epochs=1, seeds=(0,), sparsity_grid=(0.5,), bits_grid=(4,), landscape_steps=5, path_steps=9,
+                  coarse_steps=None, probe_size=64)
+    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=ex, models=["vit-tiny"], threads=1,
+                  warm=False, supernet_service=supernet)
+    try:
+        yield demo
+    finally:
+        demo.close()
+        ex.close()
+
+
+@pytest.fixture
+def page(browser, served):  # noqa: F811  (the fixture imported above)
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(served.local_url, timeout=120_000)
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+AGREE = """([tag, label]) => {
+    const t = s => (document.querySelector(s) || {}).textContent || "";
+    return t("#supernet-result").includes(tag) && t("#supernet-result").includes(label)
+        && t("#supernet-bits").includes(tag) && t("#supernet-bits").includes(label)
+        && t("#supernet-pareto").includes(tag);
+}"""
+
+
+def test_browser_budget_slider_keys_move_every_supernet_panel(page, supernet):
+    page.get_by_role("tab", name="Supernet").click()
+    first = supernet.choose(5.0)
+    page.wait_for_function(AGREE, arg=["[vit-tiny · budget 5% of FP32]", first["label"]], timeout=120_000,
+                           polling=250)
+    assert "ready" in page.inner_text("#supernet-status")
+    track = page.locator("#supernet-budget input[type=range]")
+    track.focus()
+    t0 = time.perf_counter()
+    for _ in range(4):
+        track.press("ArrowLeft")  # 5 -> 3 (step 0.5)
+    want = supernet.choose(3.0)
+    page.wait_for_function(AGREE, arg=["[vit-tiny · budget 3% of FP32]", want["label"]], timeout=60_000,
+                           polling=100)
+    print(f"budget -> every panel redrawn in the browser: {time.perf_counter() - t0:.2f} s")
+    shown = page.inner_text("#supernet-result")
+    assert f"{want['val_accuracy']:.1%}" in shown and f"{want['test_accuracy']:.1%}" in shown
+    star = page.evaluate("""() => { const el = document.querySelector('#supernet-pareto .js-plotly-plot');
+        const t = el._fullData.find(t => t.name === 'chosen'); return [t.x[0], t.y[0]]; }""")
+    assert star == [pytest.approx(want["pct_fp32"]), pytest.approx(100 * want["val_accuracy"])]
+    for _ in range(2):
+        track.press("ArrowLeft")  # 2 %: below the smallest subnet -> said in the panel, with the minimum
+    low = f"{supernet.minimum_pct():.2f}%"
+    page.wait_for_function("""(low) => {
+        const t = s => (document.querySelector(s) || {}).textContent || "";
+        return t("#supernet-result").includes("[vit-tiny · budget 2% of FP32]")
+            && t("#supernet-result").includes("below the smallest subnet") && t("#supernet-result").includes(low)
+            && t("#supernet-bits").includes("no subnet fits");
+    }""", arg=low, timeout=60_000, polling=250)
