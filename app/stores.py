@@ -23,7 +23,7 @@ from craftlab import cache
 
 __all__ = ["EVAL_VERSION", "MAX_STORED_LANDSCAPES", "LandscapeStore", "PointStore", "atomic_write_json"]
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2  # 2: BN re-estimation after quantization too (issue 19)
 """Bump when the way points are measured changes (invalidates the on-disk caches)."""
 MAX_STORED_LANDSCAPES = 256
 """Landscapes kept on disk (oldest dropped first); each is a few tens of KB."""

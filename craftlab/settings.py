@@ -151,7 +151,8 @@ class Setting:
     (``pattern`` then says which, e.g. ``"2:4"``: 2 of every 4 weights kept, sparsity 0.5, scored by
     ``nm_score``). ``granularity`` is the weight-quantization granularity, ``a_granularity`` that of
     activations; each is kept only when that side is quantized. ``recalibrate_bn`` re-estimates
-    BatchNorm statistics on the calibration set after pruning. ``recipe`` is the quantization recipe
+    BatchNorm statistics on the calibration set after the whole compression (after pruning, and again after
+    quantization and compensation, with the quantizers on): one protocol for pruning and quantization rows. ``recipe`` is the quantization recipe
     (``uniform`` unless something is quantized with ``repq``); ``compensation`` (None, ``qwt``, ``qwt-v2``)
     is fitted on the compressed model against the uncompressed one.
     """
@@ -205,7 +206,7 @@ class Setting:
             kw.update(method=self.nm_score, pattern=self.pattern)
         elif self.prunes:
             kw.update(method=self.method, sparsity=self.sparsity)
-        if self.recalibrate_bn and self.prunes:
+        if self.recalibrate_bn and not self.is_identity:
             kw["recalibrate_bn"] = True
         if self.recipe != "uniform":
             kw["recipe"] = self.recipe
@@ -245,6 +246,8 @@ class Setting:
                 q += f" act-per-{self.a_granularity}"
             if self.recipe != "uniform":
                 q += f" {self.recipe}"
+            if self.recalibrate_bn and not self.prunes:
+                q += " +BN"
             parts.append(q)
         if self.compensation:
             parts.append(compensation_label(self.compensation))
@@ -317,7 +320,8 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
                    granularity=granularity if w_bits is not None else "channel",
                    a_granularity=a_granularity if a_bits is not None else "tensor",
                    nm_score=nm_score if low == "N:M" else "magnitude",
-                   recalibrate_bn=bool(recalibrate_bn) and low != "none", recipe=recipe, compensation=compensation)
+                   recalibrate_bn=bool(recalibrate_bn) and (low != "none" or quantizes), recipe=recipe,
+                   compensation=compensation)
 
 
 _LABEL_PART = re.compile(r"^(?P<method>\w+) (?:(?P<pct>[0-9.]+)%|(?P<pat>\d+:\d+))(?P<bn> \+BN)?$")

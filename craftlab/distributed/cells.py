@@ -25,7 +25,7 @@ from typing import Any
 
 from ..settings import Setting
 
-CELL_FORMAT = 1
+CELL_FORMAT = 2  # 2: recalibrate_bn also re-estimates after quantization (one BN protocol, issue 19)
 """Bump when a row's content changes meaning: older stored rows are then not reused."""
 
 
