@@ -14,6 +14,7 @@ Run: ``python -m benchmarks.bench_adapt`` (prints markdown; writes benchmarks/re
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def vitb(batch=4):
         t0 = time.perf_counter()
         step.run()
         rows[arm] = (mem, time.perf_counter() - t0)
-        print(f"  {arm}: {mem.total_bytes / 1e6:.0f} MB, {rows[arm][1]:.1f} s/step")
+        print(f"  {arm}: {mem.total_bytes / 1e6:.0f} MB, {rows[arm][1]:.1f} s/step", file=sys.stderr)
         del step
     ref_mem, ref_t = rows[LORA][0].total_bytes, rows[LORA][1]
     cuda = torch.cuda.is_available()

@@ -12,6 +12,7 @@ Run: ``python -m benchmarks.bench_craft`` (writes benchmarks/results/craft.csv a
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def run(models=MODELS, seeds=SEEDS, arms=ARMS, epochs=EPOCHS) -> pd.DataFrame:
                 df = craftlab.sweep({arm: res.model}, data, settings, progress=False)
                 df["arch"], df["arm"], df["seed"], df["train_time_s"] = name, arm, seed, wall
                 frames.append(df)
-                print(f"  {name} seed {seed} {arm}: FP {df.accuracy.iloc[0]:.3f} ({wall:.0f}s)", flush=True)
+                print(f"  {name} seed {seed} {arm}: FP {df.accuracy.iloc[0]:.3f} ({wall:.0f}s)", file=sys.stderr,
+                      flush=True)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -129,6 +131,4 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv[1:])

@@ -22,6 +22,7 @@ Run: ``python -m benchmarks.bench_qwt`` (writes benchmarks/results/qwt.csv and p
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def run(models=MODELS, arms=ARMS, seeds=SEEDS, epochs=EPOCHS, bits=BITS, sparsit
                 acc = {(r["setting"], r["method"]): r["accuracy"] for r in out}
                 print(f"  {name} {arm} seed {seed}: FP {acc[('FP32', 'FP')]:.3f}, W4A4 {acc[('W4A4', 'PTQ')]:.3f} "
                       f"-> QwT {acc[('W4A4', '+QwT')]:.3f} / QwT-v2 {acc[('W4A4', '+QwT-v2')]:.3f} "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
 
 

@@ -19,6 +19,7 @@ benchmarks/results/snt*.csv). Pretraining and fine-tuning runs are cached in ``$
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     t0 = time.perf_counter()
     parts, steps = [], []
     for model in a.models:
-        parts.append(S.run_study(model, seeds=a.seeds, log=lambda s: print("  " + s, flush=True)))
+        parts.append(S.run_study(model, seeds=a.seeds, log=lambda s: print("  " + s, file=sys.stderr, flush=True)))
         data = craftlab.load_data("mnist5k", model=craftlab.build_model(model))
         steps.append(S.step_times(model, S.snt_arms(model), data).rename_axis("arm").reset_index().assign(model=model))
     res = {k: pd.concat([r[k] for r in parts], ignore_index=True) for k in ("accuracy", "sharpness", "runs")}

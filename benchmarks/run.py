@@ -34,6 +34,7 @@ BENCHES = {
     "supernet": ("bench_supernet", "Mixed-precision supernet with LoRA: Pareto front, memory, search"),
     "adapt": ("bench_adapt", "Frozen-backbone adaptation: LAST, MIET vs linear probe / LoRA / full"),
     "app": ("bench_app", "The app: slider -> answer latency, landscapes, start-up"),
+    "claims": ("bench_claims", "The claims ledger: each paper's headline claim at its primary endpoint"),
     "scale": ("bench_scale", "Scale-out: a sweep on 1 vs 2 Ray workers, DDP's per-step overhead on 2 processes"),
 }
 
@@ -71,7 +72,7 @@ def main(names: list[str]) -> None:
         load = f"load average before/after {load0:.1f}/{os.getloadavg()[0]:.1f}"
         out = buf.getvalue()
         sys.stdout.write(out)
-        body = "\n".join(line for line in out.splitlines() if not line.startswith("  "))  # drop progress lines
+        body = out.rstrip()  # progress goes to stderr: every printed line is a reading (none is cut)
         sections[key] = (f"## {key} — {title}\n\nCommand: `python -m benchmarks.run {key}` "
                          f"({wall:.0f} s on {machine()}; {load}; {time.strftime('%Y-%m-%d')}).\n\n{body}\n\n")
     order = [k for k in BENCHES if k in sections]

@@ -152,7 +152,8 @@ class Setting:
     ``nm_score``). ``granularity`` is the weight-quantization granularity, ``a_granularity`` that of
     activations; each is kept only when that side is quantized. ``recalibrate_bn`` re-estimates
     BatchNorm statistics on the calibration set after the whole compression (after pruning, and again after
-    quantization and compensation, with the quantizers on): one protocol for pruning and quantization rows. ``recipe`` is the quantization recipe
+    quantization and compensation, with the quantizers on): one protocol for pruning and quantization rows.
+    ``recipe`` is the quantization recipe
     (``uniform`` unless something is quantized with ``repq``); ``compensation`` (None, ``qwt``, ``qwt-v2``)
     is fitted on the compressed model against the uncompressed one.
     """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -20,7 +19,7 @@ from scipy import stats as _st
 
 __all__ = ["Comparison", "Verdict", "adjust", "benjamini_hochberg", "claim_verdict", "cohens_dz", "compare_arms",
            "compare_paired", "detectable_effect", "holm", "mean_ci", "min_attainable_p", "paired_t", "rankdata",
-           "sign_flip_pvalue", "spearman", "spearman_test"]
+           "sign_flip_pvalue", "spearman", "spearman_test", "zero_spread"]
 
 EXACT_MAX_N = 16
 """The sign-flip test enumerates all 2^n sign patterns up to this many non-zero differences."""
@@ -82,6 +81,20 @@ def paired_t(diffs: Any) -> tuple[float, float, int]:
         return (0.0, 1.0, n - 1) if mean == 0 else (math.copysign(math.inf, mean), 0.0, n - 1)
     t = mean / (float(d.std(ddof=1)) / math.sqrt(n))
     return t, float(2 * special.stdtr(n - 1, -abs(t))), n - 1
+
+
+def zero_spread(diffs: Any) -> bool:
+    """True when every paired difference is the same (up to float rounding): the paired t test is undefined.
+
+    Accuracy moves in steps of one test image, so "every seed moved by exactly one image" is common with few
+    seeds; a t test would call that infinitely significant (p = 0). :func:`compare_paired` then uses the exact
+    sign-flip p instead (``2 / 2^n``: with 3 seeds 0.25, never significant).
+
+    >>> zero_spread([1 / 359, 1 / 359, 1 / 359]), zero_spread([0.0, 1 / 359])
+    (True, False)
+    """
+    d = _diffs(diffs)
+    return len(d) >= 2 and float(np.ptp(d)) <= 1e-12 * max(1.0, float(np.abs(d).max()))
 
 
 def min_attainable_p(n: int, test: str = "t") -> float:
@@ -235,6 +248,8 @@ def compare_paired(baseline: Any, treatment: Any, *, setting: str = "", test: st
     if len(b) != len(t):
         raise ValueError(f"baseline and treatment must be paired: {len(b)} vs {len(t)} values")
     d, n = t - b, len(b)
+    if n >= 2 and test == "t" and zero_spread(d):
+        test = "sign-flip"  # t is undefined (sd 0): the exact sign-flip p, 2 / 2^n, never 0 (see zero_spread)
     p = float("nan") if n < 2 else paired_t(d)[1] if test == "t" else sign_flip_pvalue(d, n_resamples, seed)
     mean, low, high = mean_ci(d, 1 - alpha)
     return Comparison(setting=str(setting), n=n, baseline_mean=float(b.mean()) if n else float("nan"),
@@ -392,61 +407,4 @@ def _power_sentence(tested: Any, test: str, alpha: float, correction: str, k: in
             f"(noncentral t{approx}); smaller true effects will mostly be reported as inconclusive.")
 
 
-def rankdata(values: Any) -> np.ndarray:
-    """Ranks 1..n of `values`, ties getting the mean of their ranks.
-
-    >>> rankdata([10, 20, 20, 5]).tolist()
-    [2.0, 3.5, 3.5, 1.0]
-    """
-    v = np.asarray(values, dtype=float).ravel()
-    order = np.argsort(v, kind="stable")
-    sv = v[order]
-    new = np.r_[True, sv[1:] != sv[:-1]] if len(v) else np.empty(0, bool)
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(v)] - 1
-    ranks = np.empty(len(v))
-    ranks[order] = ((starts + ends) / 2.0 + 1.0)[np.cumsum(new) - 1]
-    return ranks
-
-
-def _centered_ranks(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
-    if len(x) != len(y):
-        raise ValueError(f"x and y must have the same length: {len(x)} vs {len(y)}")
-    ok = np.isfinite(x) & np.isfinite(y)
-    rx, ry = rankdata(x[ok]), rankdata(y[ok])
-    return rx - rx.mean() if len(rx) else rx, ry - ry.mean() if len(ry) else ry
-
-
-def spearman(x: Any, y: Any) -> float:
-    """Spearman ρ of the finite pairs of `x` and `y` (ties averaged); NaN with < 3 pairs or a constant side.
-
-    >>> spearman([1, 2, 3, 4], [10, 30, 20, 40])
-    0.8
-    """
-    rx, ry = _centered_ranks(x, y)
-    den = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum())) if len(rx) >= 3 else 0.0
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
-
-
-def spearman_test(x: Sequence[float] | Any, y: Sequence[float] | Any, n_permutations: int = 10000,
-                  seed: int = 0) -> tuple[float, float, int]:
-    """Spearman ρ of the finite pairs, a two-sided permutation p-value and the number of pairs.
-
-    p = ``(b + 1) / (m + 1)`` over `n_permutations` permutations of y from a local ``default_rng(seed)``.
-
-    >>> rho, p, n = spearman_test([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5]); round(rho, 3), n
-    (0.829, 6)
-    """
-    rx, ry = _centered_ranks(x, y)
-    rho = spearman(x, y)
-    if not math.isfinite(rho):
-        return rho, float("nan"), len(rx)
-    den = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
-    rng = np.random.default_rng(seed)
-    b = 0
-    for start in range(0, n_permutations, 2048):
-        m = min(2048, n_permutations - start)
-        perms = np.argsort(rng.random((m, len(ry))), axis=1)
-        b += int((np.abs((ry[perms] * rx).sum(axis=1) / den) >= abs(rho) - 1e-12).sum())
-    return rho, (b + 1) / (n_permutations + 1), len(rx)
+from .rank import rankdata, spearman, spearman_test  # noqa: E402  (re-exported: one home for rank statistics)

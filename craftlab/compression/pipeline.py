@@ -7,8 +7,8 @@ statistics once more on the final model, quantizers on (with ``recalibrate_bn=Tr
 quantized or compensated). So ``recalibrate_bn`` is one protocol for every row: a quantized row gets the same
 re-estimation as a pruned one (stale statistics explained most of the measured quantization "gains" on
 resnet-tiny), and ``compress(m, w_bits=4, a_bits=8, recalibrate_bn=True, calib=c)`` equals
-``recalibrate_bn(quantize(m, 4, 8, calib=c), c)`` (an unpruned float model keeps its trained statistics). Every argument is
-validated once, up front, before any copy, calibration pass or evaluation. The arguments can come as
+``recalibrate_bn(quantize(m, 4, 8, calib=c), c)`` (an unpruned float model keeps its trained statistics).
+Every argument is validated once, up front, before any copy, calibration pass or evaluation. The arguments can come as
 plain keywords or as a :class:`craftlab.settings.Setting` (``setting=``; its
 :meth:`~craftlab.settings.Setting.compress_kwargs` are exactly these keywords).
 

@@ -1,0 +1,181 @@
+"""The claims ledger: each paper's headline claim at its pre-registered primary endpoint, with power by design.
+
+For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before this run):
+
+1. **pilot**: the paired comparison on seeds 0-4 (CrAFT: read from ``results/craft.csv`` when it holds the
+   endpoint; else run live), whose sd of the paired differences gives
+2. **the seed count**: :func:`craftlab.analysis.power.seeds_for_power` for the claim's effect of interest at
+   80 % power (at least 5, at most ``MAX_SEEDS``; the pilot's seeds are part of the run: an internal pilot
+   used for the variance only, never for the effect);
+3. **the run**: paired by seed (same fine-tuning seed, same test images), every compression row under the
+   same BatchNorm protocol (``+BN``: statistics re-estimated on the final compressed model);
+4. **the verdict**: :func:`craftlab.analysis.power.endpoint_verdict` (one definition for every claim), the
+   per-image view (exact McNemar on seed 0's test images) and which noise dominates (seeds or images).
+
+Writes ``results/claims.csv`` (one row per claim) and prints the RESULTS.md section.
+Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import craftlab
+from craftlab.analysis.ledger import CLAIMS, Claim
+from craftlab.analysis.power import endpoint_verdict, mcnemar_exact, noise_split, seeds_for_power
+from craftlab.train.runs import RunSpec
+
+RESULTS = Path(__file__).parent / "results"
+PILOT_SEEDS = (0, 1, 2, 3, 4)
+MIN_SEEDS, MAX_SEEDS = 5, 20
+ALPHA = 0.05
+ARM_RHO = {"AdamW": 0.0, "SAM ρ=0.05": 0.05}
+# each non-CrAFT arm is a compression setting of the AdamW run
+ARM_SETTING = {"RepQ-ViT": "W3A3 repq", "RepQ-ViT + QwT": "W3A3 repq + QwT", "RepQ-ViT + QwT-v2": "W3A3 repq + QwT-v2",
+               "PTQ +BN": "W4A4 +BN", "PTQ +BN + QwT": "W4A4 +BN + QwT", "PTQ +BN + QwT-v2": "W4A4 +BN + QwT-v2"}
+_DATA: dict[str, object] = {}
+
+
+def _arch(c: Claim) -> str:
+    return c.model.split(" ")[0]
+
+
+def _data(arch: str):
+    if arch not in _DATA:
+        _DATA[arch] = craftlab.load_data("digits", model=craftlab.build_model(arch))
+    return _DATA[arch]
+
+
+@torch.no_grad()
+def _correct(model: torch.nn.Module, loader) -> np.ndarray:
+    """Per-image correctness on `loader` (the same images in the same order for every model)."""
+    model.eval()
+    return np.concatenate([(model(x).argmax(1) == y).numpy() for x, y in loader])
+
+
+def _model(arch: str, rho: float, seed: int) -> torch.nn.Module:
+    spec = RunSpec(model=arch, sam_rho=rho, seed=seed)
+    return craftlab.load_checkpoint(craftlab.get_run(spec, progress=False)).eval()
+
+
+def _arm_correct(c: Claim, arm: str, seed: int) -> np.ndarray:
+    arch, data = _arch(c), _data(_arch(c))
+    if arm in ARM_RHO:  # a fine-tuning arm, compressed at the endpoint setting
+        model, setting = _model(arch, ARM_RHO[arm], seed), c.setting
+    else:  # a compression arm of the AdamW run
+        model, setting = _model(arch, 0.0, seed), ARM_SETTING[arm]
+    q = craftlab.compress(model, setting=setting, calib=data.calib, seed=seed)
+    return _correct(q, data.test)
+
+
+def paired(c: Claim, seeds) -> pd.DataFrame:
+    """One row per seed: baseline and treatment accuracy and the images on which they disagree."""
+    rows = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        a, b = _arm_correct(c, c.baseline, seed), _arm_correct(c, c.treatment, seed)
+        bb, cc, p_img = mcnemar_exact(a, b)
+        rows.append({"seed": seed, "baseline": a.mean(), "treatment": b.mean(), "only_baseline": bb,
+                     "only_treatment": cc, "mcnemar_p": p_img, "n_images": len(a)})
+        print(f"  {c.id} seed {seed}: {100 * a.mean():.1f} -> {100 * b.mean():.1f} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return pd.DataFrame(rows)
+
+
+def _pilot_sd(c: Claim) -> tuple[float, str, pd.DataFrame | None]:
+    """The pilot's sd of the paired differences (in the better direction) and where it came from."""
+    craft = RESULTS / "craft.csv"
+    if c.paper == "CrAFT" and craft.exists():
+        df = pd.read_csv(craft)
+        part = df[(df["arch"] == _arch(c)) & (df["setting"] == c.setting) & df["seed"].isin(PILOT_SEEDS)]
+        arms = {"AdamW": "AdamW", "SAM ρ=0.05": "SAM 0.05"}
+        w = part.pivot_table(index="seed", columns="arm", values="accuracy")
+        if arms[c.baseline] in w and arms[c.treatment] in w and len(w) >= 3:
+            d = (w[arms[c.treatment]] - w[arms[c.baseline]]).dropna()
+            return float(d.std(ddof=1)), f"results/craft.csv seeds {sorted(w.index.tolist())}", None
+    pilot = paired(c, PILOT_SEEDS)
+    d = (pilot["treatment"] - pilot["baseline"]) * (1 if c.higher_is_better else -1)
+    return float(d.std(ddof=1)), f"live pilot, seeds {list(PILOT_SEEDS)}", pilot
+
+
+def run_claim(c: Claim) -> dict:
+    t0 = time.perf_counter()
+    sd, source, pilot = _pilot_sd(c)
+    need = seeds_for_power(c.effect, max(sd, 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS, max_n=200)
+    n = min(max(need, MIN_SEEDS), MAX_SEEDS)
+    done = pilot if pilot is not None else pd.DataFrame()
+    todo = [s for s in range(n) if done.empty or s not in set(done["seed"])]
+    df = pd.concat([done, paired(c, todo)], ignore_index=True) if todo else done
+    df = df[df["seed"] < n].sort_values("seed")
+    v = endpoint_verdict(df["baseline"], df["treatment"], c.effect, margin=c.margin, kind=c.kind, alpha=ALPHA,
+                         higher_is_better=c.higher_is_better, scale=100, unit=" pp")
+    noise = noise_split(df["treatment"] - df["baseline"], df["only_baseline"] + df["only_treatment"],
+                        int(df["n_images"].iloc[0]))
+    s0 = df.iloc[0]
+    return {**c.as_dict(), "status": v.status, "n": v.n, "pilot_sd": sd, "pilot": source, "seeds_needed": need,
+            "baseline_mean": float(df["baseline"].mean()), "treatment_mean": float(df["treatment"].mean()),
+            "mean_diff": v.mean_diff, "ci_low": v.ci_low, "ci_high": v.ci_high, "p": v.p, "d_z": v.effect_size,
+            "sd_diff": v.sd_diff, "detectable": v.detectable, "power_at_effect": v.power_at_effect,
+            "seed_sd": noise["seed_sd"], "image_sd": noise["image_sd"], "dominant_noise": noise["dominant"],
+            "seed0_only_baseline": int(s0["only_baseline"]), "seed0_only_treatment": int(s0["only_treatment"]),
+            "seed0_mcnemar_p": float(s0["mcnemar_p"]), "wall_s": time.perf_counter() - t0,
+            "command": "python -m benchmarks.run claims", "verdict_text": v.text}
+
+
+def _f(v: float) -> str:
+    return f"{100 * v:+.1f}" if math.isfinite(v) else "n/a"
+
+
+def markdown(ledger: pd.DataFrame) -> str:
+    lines = ["Each row: the paper's claim, its primary endpoint (fixed before the run), the seeds chosen for 80 % "
+             "power at the effect of interest from a pilot's spread (capped at "
+             f"{MAX_SEEDS}), the paired effect with its 90 % CI (two one-sided tests at α = {ALPHA}), and one verdict "
+             "definition for all: supports / contradicts (significant), equivalent (CI inside ±margin), "
+             "inconclusive (then: the effect it could detect). Accuracies in %, differences in pp.", "",
+             "| claim | paper says | endpoint | baseline → treatment | difference [90% CI] | p | seeds (needed) "
+             "| verdict | power note | noise |", "|---|---|---|---|---|---|---|---|---|---|"]
+    ni = lambda r: f" (NI margin {100 * r['margin']:.0f} pp)" if r["kind"] != "superiority" else ""
+    for r in ledger.to_dict("records"):
+        note = (f"detects ±{100 * r['detectable']:.1f} pp (effect of interest {100 * r['effect']:.1f})"
+                if r["status"] == "inconclusive" and math.isfinite(r["detectable"])
+                else f"power {r['power_at_effect']:.0%} at {100 * r['effect']:.1f} pp")
+        need = f"{r['seeds_needed']}" if r["seeds_needed"] <= 200 else "> 200"
+        lines.append(f"| {r['paper']}: {r['words']} | {r['paper_number']} | {r['model']}, {r['setting']} | "
+                     f"{r['baseline']} {100 * r['baseline_mean']:.1f} → {r['treatment']} "
+                     f"{100 * r['treatment_mean']:.1f} | {_f(r['mean_diff'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
+                     f" | {r['p']:.2g} | {r['n']} ({need}) | **{r['status']}**"
+                     f"{ni(r)}"
+                     f" | {note} | {r['dominant_noise']} (seed sd {100 * r['seed_sd']:.1f}, image sd "
+                     f"{100 * r['image_sd']:.1f} pp) |")
+    lines += ["", "Per-image view (seed 0, exact McNemar on the same 359 test images): " + "; ".join(
+        f"{r['id']}: {r['seed0_only_baseline']} images only {r['baseline']} gets right, {r['seed0_only_treatment']} "
+        f"only {r['treatment']}, p = {r['seed0_mcnemar_p']:.2g}" for r in ledger.to_dict("records")) + "."]
+    lines += ["", "Endpoints and why (written before the run): " + " ".join(
+        f"**{r['id']}**: {r['why']}." for r in ledger.to_dict("records") if r["why"])]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ids = [a for a in (argv or []) if not a.startswith("-")]
+    claims = [c for c in CLAIMS if not ids or c.id in ids]
+    rows = [run_claim(c) for c in claims]
+    ledger = pd.DataFrame(rows)
+    path = RESULTS / "claims.csv"
+    if ids and path.exists():  # a subset: keep the other claims' rows
+        old = pd.read_csv(path)
+        ledger = pd.concat([old[~old["id"].isin(ids)], ledger], ignore_index=True)
+        ledger = ledger.set_index("id").loc[[c.id for c in CLAIMS if c.id in set(ledger["id"])]].reset_index()
+    ledger.to_csv(path, index=False)
+    print(markdown(ledger))
+    return ledger
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

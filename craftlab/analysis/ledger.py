@@ -1,0 +1,135 @@
+"""The claims ledger: one primary endpoint per headline claim of the six papers, one verdict definition.
+
+Every claim is written down **before** its run (:data:`CLAIMS`): the paper's words and number, one primary
+endpoint (model × setting × metric, in a regime where the method has something to fix), the effect of
+interest (the paper's number when the paper gives one, else a stated smallest effect worth knowing) and
+the claim's kind (superiority, or non-inferiority with a margin). The benchmark
+(``python -m benchmarks.run claims``) chooses the seed count from a pilot's spread
+(:func:`craftlab.analysis.power.seeds_for_power`), runs the paired comparison and writes one row per claim
+to ``benchmarks/results/claims.csv`` with :func:`craftlab.analysis.power.endpoint_verdict`'s answer.
+
+Notebooks and the app read their verdict lines from that file when it is present (:func:`read_ledger`,
+:func:`verdict_line`), and compute live with the same function otherwise.
+
+Example::
+
+    from craftlab.analysis import ledger
+    print(ledger.verdict_line("craft-vit"))   # the ledger's sentence for CrAFT on vit-tiny
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLAIMS", "Claim", "claim", "ledger_path", "read_ledger", "verdict_line"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's headline claim and its pre-registered primary endpoint."""
+
+    id: str
+    paper: str
+    words: str
+    paper_number: str
+    model: str
+    setting: str
+    metric: str
+    baseline: str
+    treatment: str
+    effect: float
+    effect_source: str
+    kind: str = "superiority"
+    margin: float | None = None
+    higher_is_better: bool = True
+    why: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_ACC = "test accuracy (fraction; shown in pp)"
+CLAIMS: tuple[Claim, ...] = (
+    Claim("craft-vit", "CrAFT", "SAM during fine-tuning makes the model compression-friendly: it loses less accuracy "
+          "under one-shot pruning and post-training quantization", "NOT FOUND (no table in the material read)",
+          "vit-tiny → digits, 8 epochs", "wanda 70%", _ACC, "AdamW", "SAM ρ=0.05", 0.03,
+          "stated smallest effect of interest (3 pp): the paper gives no number",
+          why="the hardest vit-tiny setting where AdamW still works: AdamW loses 16.9 pp there (pilot, 5 seeds); "
+              "pruning has no BatchNorm confound on a ViT"),
+    Claim("craft-resnet", "CrAFT", "the same claim on a convolutional model, with BatchNorm statistics re-estimated "
+          "after compression in both arms (the cheap baseline that fixes stale statistics)",
+          "NOT FOUND", "resnet-tiny → digits, 8 epochs", "wanda 70% +BN", _ACC, "AdamW", "SAM ρ=0.05", 0.03,
+          "stated smallest effect of interest (3 pp)",
+          why="AdamW loses 24.1 pp there even with BN re-estimated (pilot): something left to fix"),
+    Claim("qwt-vit", "QwT", "a closed-form linear side path per block raises the accuracy of a RepQ-ViT-quantized "
+          "ViT at low bits", "DeiT-T W4A4 58.2 → 61.4 (+3.2; README range +0.2 to +7.8)",
+          "vit-tiny → digits (AdamW runs)", "W3A3 repq", _ACC, "RepQ-ViT", "RepQ-ViT + QwT", 0.032,
+          "paper: DeiT-T W4A4 +3.2 pp (the closest model)",
+          why="the zoo ViT has no outlier channels, so RepQ-ViT loses only 1.4 pp at W4A4 (seed 0); the rule: "
+              "the mildest setting where RepQ-ViT alone loses >= 5 pp on seed 0 (W4A3: 3.9, W3A3: 7.0 pp)"),
+    Claim("qwt-resnet", "QwT", "QwT raises a CNN's PTQ accuracy", "ResNet-50 W4A4 62.3 → 68.5 (+6.2)",
+          "resnet-tiny → digits (AdamW runs)", "W4A4 +BN", _ACC, "PTQ +BN", "PTQ +BN + QwT", 0.062,
+          "paper: ResNet-50 W4A4 +6.2 pp",
+          why="with BN re-estimated after quantization in both arms: stale statistics explained most of the "
+              "earlier gain"),
+    Claim("qwt2-vs-qwt", "QwT-v2", "QwT-v2 matches or beats QwT with no extra parameters (a folded channel-wise "
+          "affine)", "matches or beats QwT (no single number)", "resnet-tiny → digits (AdamW runs)", "W4A4 +BN", _ACC,
+          "PTQ +BN + QwT", "PTQ +BN + QwT-v2", 0.02, "stated non-inferiority margin: 1 pp (effect of interest 2 pp)",
+          kind="non-inferiority", margin=0.01,
+          why="the CNN regime where QwT has something to fix (BN protocol in both arms)"),
+    Claim("qwt2-vit", "QwT-v2", "QwT-v2 matches or beats QwT on a ViT", "matches or beats QwT",
+          "vit-tiny → digits (AdamW runs)", "W3A3 repq", _ACC, "RepQ-ViT + QwT", "RepQ-ViT + QwT-v2", 0.02,
+          "stated non-inferiority margin: 1 pp", kind="non-inferiority", margin=0.01,
+          why="the same ViT regime as the QwT claim"),
+)
+"""The pre-registered claims, in ledger order."""
+
+
+def claim(claim_id: str) -> Claim:
+    """The :class:`Claim` with this id (ValueError naming the known ids)."""
+    for c in CLAIMS:
+        if c.id == claim_id:
+            return c
+    raise ValueError(f"unknown claim {claim_id!r}; the ledger has {[c.id for c in CLAIMS]}")
+
+
+def ledger_path(path: str | os.PathLike | None = None) -> Path | None:
+    """Where the ledger is: `path`, else ``$CRAFTLAB_LEDGER``, else the checkout's
+    ``benchmarks/results/claims.csv`` (beside the ``craftlab`` package); None when none exists."""
+    for cand in (path, os.environ.get("CRAFTLAB_LEDGER"),
+                 Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "claims.csv"):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+def read_ledger(path: str | os.PathLike | None = None) -> Any:
+    """The ledger as a DataFrame (one row per claim), or None when no ledger file is present."""
+    import pandas as pd
+
+    where = ledger_path(path)
+    return None if where is None else pd.read_csv(where)
+
+
+def _pp(v: float) -> str:
+    return f"{100 * v:+.1f} pp" if math.isfinite(v) else "n/a"
+
+
+def verdict_line(claim_id: str, ledger: Any = None) -> str | None:
+    """One sentence for `claim_id` from the ledger (``read_ledger()`` when not given), or None when the
+    ledger has no row for it (then compute live with :func:`craftlab.analysis.power.endpoint_verdict`)."""
+    df = read_ledger() if ledger is None else ledger
+    if df is None or "id" not in df.columns or claim_id not in set(df["id"]):
+        return None
+    r = df.set_index("id").loc[claim_id]
+    line = (f"{r['paper']} — {r['words']}: {str(r['status']).upper()} at the primary endpoint {r['model']}, "
+            f"{r['setting']} ({r['treatment']} − {r['baseline']} = {_pp(r['mean_diff'])}, 90% CI "
+            f"{_pp(r['ci_low'])} to {_pp(r['ci_high'])}, p = {float(r['p']):.2g}, {int(r['n'])} paired seeds; "
+            f"effect of interest {100 * float(r['effect']):.1f} pp)")
+    if r["status"] == "inconclusive" and math.isfinite(float(r["detectable"])):
+        line += f"; the design had 80% power for ±{100 * float(r['detectable']):.1f} pp"
+    return line + "."
