@@ -5,7 +5,8 @@ For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before 
 1. **pilot**: the paired comparison on seeds 0-4 (CrAFT: read from ``results/craft.csv`` when it holds the
    endpoint; else run live), whose sd of the paired differences gives
 2. **the seed count**: :func:`craftlab.analysis.power.seeds_for_power` for the claim's effect of interest at
-   80 % power (at least 5, at most ``MAX_SEEDS``; the pilot's seeds are part of the run: an internal pilot
+   80 % power, planned with the pilot sd's upper 80 % confidence bound (a 5-seed sd is noisy) (at least 5, at
+   most ``MAX_SEEDS``; the pilot's seeds are part of the run: an internal pilot
    used for the variance only, never for the effect);
 3. **the run**: paired by seed (same fine-tuning seed, same test images), every compression row under the
    same BatchNorm protocol (``+BN``: statistics re-estimated on the final compressed model);
@@ -39,7 +40,7 @@ ALPHA = 0.05
 ARM_RHO = {"AdamW": 0.0, "SAM ρ=0.05": 0.05}
 # each non-CrAFT arm is a compression setting of the AdamW run
 ARM_SETTING = {"RepQ-ViT": "W3A3 repq", "RepQ-ViT + QwT": "W3A3 repq + QwT", "RepQ-ViT + QwT-v2": "W3A3 repq + QwT-v2",
-               "PTQ +BN": "W4A4 +BN", "PTQ +BN + QwT": "W4A4 +BN + QwT", "PTQ +BN + QwT-v2": "W4A4 +BN + QwT-v2"}
+               "PTQ +BN": "W4A4 +BN", "PTQ + QwT": "W4A4 + QwT", "PTQ + QwT-v2": "W4A4 + QwT-v2"}
 _DATA: dict[str, object] = {}
 
 
@@ -105,10 +106,19 @@ def _pilot_sd(c: Claim) -> tuple[float, str, pd.DataFrame | None]:
     return float(d.std(ddof=1)), f"live pilot, seeds {list(PILOT_SEEDS)}", pilot
 
 
+def planning_sd(sd: float, n: int, level: float = 0.8) -> float:
+    """A pilot's sd from `n` seeds is itself noisy: plan with its upper `level` confidence bound (chi-square),
+    so that the chosen seeds keep their power unless the pilot was unusually lucky."""
+    from scipy.stats import chi2
+
+    return sd * math.sqrt((n - 1) / chi2.ppf(1 - level, n - 1))
+
+
 def run_claim(c: Claim) -> dict:
     t0 = time.perf_counter()
     sd, source, pilot = _pilot_sd(c)
-    need = seeds_for_power(c.effect, max(sd, 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS, max_n=200)
+    need = seeds_for_power(c.effect, max(planning_sd(sd, len(PILOT_SEEDS)), 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS,
+                           max_n=200)
     n = min(max(need, MIN_SEEDS), MAX_SEEDS)
     done = pilot if pilot is not None else pd.DataFrame()
     todo = [s for s in range(n) if done.empty or s not in set(done["seed"])]

@@ -261,10 +261,11 @@ def test_byte_counts_are_serialized_sizes(vit, digits):
     rows = {r.method: r for r in miet.transfers(vit, image, k=4, gap=2)}
     z, pooled = taps.tap_batch(vit, image[None])
     expect = {"linear probe": {"x": pooled[0]}, "MIET": {"x": z[0].sum(0)}, "all features": {"x": z[0]},
-              "LAST": {"x": z[0, [0, 2, 4]]}, "full fine-tuning": {"x": image}}
+              "LAST": {"x": z[0, [0, 2, 4]]}, "full fine-tuning": {"x": image.to(torch.uint8)}}
     for method, payload in expect.items():
         assert rows[method].per_image_bytes == len(save({k: v.contiguous() for k, v in payload.items()}))
-        assert rows[method].payload_bytes == payload["x"].numel() * 4
+        assert rows[method].payload_bytes == payload["x"].numel() * payload["x"].element_size()
+    assert rows["full fine-tuning"].payload_bytes == image.numel()  # the uint8 image: one byte per pixel value
     for b in (8, 4):
         assert rows[f"MIET {b}-bit"].per_image_bytes == len(miet.serialize(miet.encode(z[0].sum(0), b)))
     state = {k: v.clone().contiguous() for k, v in vit.state_dict().items()}
@@ -324,3 +325,17 @@ def test_side_tuning_holds_less_than_backpropagating_through_the_backbone(vit, d
     assert last.total_bytes < full.total_bytes / 2
     assert full.trainable_params == sum(p.numel() for p in vit.parameters())
     assert sam.optimizer_bytes == full.optimizer_bytes + full.grad_bytes  # SAM keeps one copy of the weights
+
+
+def test_training_memory_counts_the_step_input(vit, digits):
+    """Issue 19: LAST trains on tapped features, a larger input than the image: its memory must count them."""
+    from craftlab.adapt.compare import method_memory
+
+    x, y = next(iter(digits.loader("train", batch_size=16, shuffle=False)))
+    z, pooled = taps.tap_batch(vit, x, [0, 2, 4])
+    last = method_memory(vit, x, y, "last", gap=2)
+    full = method_memory(vit, x, y, "full")
+    held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (z, pooled)}  # views keep storages
+    assert last.input_bytes == sum(held.values()) >= (z.numel() + pooled.numel()) * 4
+    assert full.input_bytes == x.numel() * 4 and last.input_bytes > full.input_bytes
+    assert last.total_bytes == last.saved_bytes + last.grad_bytes + last.optimizer_bytes + last.input_bytes

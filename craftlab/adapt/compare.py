@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ class Step:
     net: nn.Module
     optimizer: torch.optim.Optimizer
     frozen: list[nn.Module]
+    inputs: list[torch.Tensor] = field(default_factory=list)
 
     def run(self) -> float:
         """One plain training step (SAM: both passes); returns the loss."""
@@ -61,7 +62,7 @@ class Step:
 
     def memory(self) -> TrainingMemory:
         """What one step holds (:func:`~craftlab.adapt.memory.measure_step`; it trains one step)."""
-        return measure_step(self.loss_fn, self.net, self.optimizer, frozen=self.frozen)
+        return measure_step(self.loss_fn, self.net, self.optimizer, frozen=self.frozen, inputs=self.inputs)
 
 
 def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str = "last", *,
@@ -76,8 +77,9 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: st
     if method in SIDE_METHODS:
         taps, view = side_spec(model, method, gap=gap, k=k, rank=rank, heads=heads)
         side = build_side(model, method, taps, num_classes, rank=rank, heads=heads).to(x.device).train()
-        return Step(lambda: F.cross_entropy(side(view(*tap_batch(model, x, taps))), y), side,
-                    torch.optim.AdamW(side.parameters(), lr=lr), [model])
+        tapped = tap_batch(model, x, taps)  # the side network's input: held for the step (counted as input bytes)
+        return Step(lambda: F.cross_entropy(side(view(*tapped)), y), side,
+                    torch.optim.AdamW(side.parameters(), lr=lr), [model], list(tapped))
     if method == "lora":
         from .baselines import lora_model
 
@@ -93,7 +95,7 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: st
         opt = SAM(params, torch.optim.AdamW, rho=sam_rho, model=net, lr=lr)
     else:
         opt = torch.optim.AdamW(params, lr=lr)
-    return Step(lambda: F.cross_entropy(net(x), y), net, opt, [])
+    return Step(lambda: F.cross_entropy(net(x), y), net, opt, [], [x])
 
 
 def method_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str = "last",
@@ -113,7 +115,8 @@ def compare_methods(model: nn.Module, data: DataBundle, arms: Mapping[str, Mappi
     """Every arm (default :data:`ARMS`) at every seed, on the same data and budget: a DataFrame with one row per
     (arm, seed): ``arm``, ``method``, ``seed``, ``val_accuracy``, ``test_accuracy``, ``trainable_params``,
     ``time_per_epoch_s``, and per arm (measured once, on one training batch) ``saved_bytes``, ``grad_bytes``,
-    ``optimizer_bytes``, ``memory_bytes`` (their sum) and ``bytes_per_image`` (what it sends per image;
+    ``optimizer_bytes``, ``input_bytes`` (the image batch, or the tapped features a side method trains on),
+    ``memory_bytes`` (their sum) and ``bytes_per_image`` (what it sends per image;
     fine-tuning: the image itself).
 
     >>> df = compare_methods(craftlab.create_model("vit-tiny", num_classes=10), data, seeds=[0, 1, 2])  # doctest: +SKIP
@@ -141,7 +144,8 @@ def compare_methods(model: nn.Module, data: DataBundle, arms: Mapping[str, Mappi
             rows.append({"arm": label, "method": method, "seed": seed, **res.metrics,
                          "trainable_params": res.trainable_params, "time_per_epoch_s": res.time_per_epoch_s,
                          "saved_bytes": mem["saved_bytes"], "grad_bytes": mem["grad_bytes"],
-                         "optimizer_bytes": mem["optimizer_bytes"], "memory_bytes": mem["total_bytes"],
+                         "optimizer_bytes": mem["optimizer_bytes"], "input_bytes": mem["input_bytes"],
+                         "memory_bytes": mem["total_bytes"],
                          "bytes_per_image": per_image, "lr": res.config["lr"]})
     return pd.DataFrame(rows)
 

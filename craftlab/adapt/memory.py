@@ -19,7 +19,8 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TrainingMemory:
-    """Bytes one training step holds. ``total_bytes`` = saved + gradients + optimizer state."""
+    """Bytes one training step holds. ``total_bytes`` = saved + gradients + optimizer state + the step's input
+    (the image batch for fine-tuning and LoRA; the tapped features a side network trains on)."""
 
     saved_bytes: int
     grad_bytes: int
@@ -27,10 +28,11 @@ class TrainingMemory:
     trainable_params: int
     weights_bytes: int
     cuda_peak_bytes: int | None = None
+    input_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.saved_bytes + self.grad_bytes + self.optimizer_bytes
+        return self.saved_bytes + self.grad_bytes + self.optimizer_bytes + self.input_bytes
 
     def as_dict(self) -> dict[str, int | None]:
         return {**asdict(self), "total_bytes": self.total_bytes}
@@ -79,13 +81,15 @@ def _state_bytes(state: dict) -> int:
 
 
 def measure_step(loss_fn: Callable[[], torch.Tensor], model: nn.Module, optimizer: torch.optim.Optimizer,
-                 frozen: Iterable[nn.Module] = ()) -> TrainingMemory:
+                 frozen: Iterable[nn.Module] = (), inputs: Iterable[torch.Tensor] = ()) -> TrainingMemory:
     """Run one training step of `model` (``loss_fn()`` → backward → step) and count what it held.
 
     `optimizer` is a torch optimizer over the trainable parameters, or a :class:`craftlab.SAM` (two passes:
     saved tensors are the larger pass's, and SAM's copy of the weights counts as optimizer state).
     The step changes the model's trainable parameters: measure on a copy. `frozen`: modules `loss_fn` also runs
     that are not part of `model` (a backbone held outside a side network): their weights count as resident.
+    `inputs`: the tensors the step consumes (the image batch; a side network's tapped features), counted once per
+    storage in ``input_bytes``: a method whose input is larger than an image pays for it.
 
     >>> opt = torch.optim.AdamW(net.parameters())                                  # doctest: +SKIP
     >>> measure_step(lambda: F.cross_entropy(net(x), y), net, opt).total_bytes      # doctest: +SKIP
@@ -122,6 +126,8 @@ def measure_step(loss_fn: Callable[[], torch.Tensor], model: nn.Module, optimize
     if cuda:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
+    held = {_storage(t)[0]: _storage(t)[1] for t in inputs}
     return TrainingMemory(saved_bytes=saved_bytes, grad_bytes=grads, optimizer_bytes=state,
                           trainable_params=sum(p.numel() for p in params),
-                          weights_bytes=sum(t.numel() * t.element_size() for t in resident), cuda_peak_bytes=peak)
+                          weights_bytes=sum(t.numel() * t.element_size() for t in resident), cuda_peak_bytes=peak,
+                          input_bytes=sum(held.values()))

@@ -157,7 +157,8 @@ def transfers(model: nn.Module, image: torch.Tensor, k: int, gap: int, bits: tup
     """Bytes per image for each way of adapting `model` on a device, measured on one `image` (C, H, W):
 
     the final pre-logits feature (linear probe), Gather*(k) at each of `bits`, all k+1 features z_0 … z_k,
-    LAST's z_0, z_g, …, z_L (gap `gap`), and full fine-tuning on the device (the image per image, the model once).
+    LAST's z_0, z_g, …, z_L (gap `gap`), and full fine-tuning on the device (the image as 8-bit pixels per image,
+    the model once): sending the image is the baseline every feature transfer must beat.
     """
     from .taps import depth, last_taps, tap_batch
 
@@ -178,7 +179,11 @@ def transfers(model: nn.Module, image: torch.Tensor, k: int, gap: int, bits: tup
             ("" if b is None else f", {b}-bit per token"), gather_star(z.unsqueeze(0), k)[0], b)
     add("all features", f"z_0 … z_{k} ({k + 1} tensors)", z[: k + 1])
     add("LAST", f"z_0, z_{gap}, …, z_{L} ({len(taps_g)} tensors, g={gap})", z[list(taps_g)])
-    add("full fine-tuning", "the image (and the whole model once)", image, once=model_bytes(model))
+    # Full fine-tuning on the device receives the image as a camera gives it: 8-bit pixels (not the float32 tensor
+    # the model computes on, 4x larger); the pixel values do not change the size.
+    pixels = {"x": torch.zeros(tuple(image.shape), dtype=torch.uint8)}
+    rows.append(Transfer("full fine-tuning", "the image as 8-bit pixels (and the whole model once)", tuple(image.shape),
+                         message_bytes(pixels), _payload(pixels), model_bytes(model)))
     return rows
 
 

@@ -72,15 +72,18 @@ CLAIMS: tuple[Claim, ...] = (
           why="the zoo ViT has no outlier channels, so RepQ-ViT loses only 1.4 pp at W4A4 (seed 0); the rule: "
               "the mildest setting where RepQ-ViT alone loses >= 5 pp on seed 0 (W4A3: 3.9, W3A3: 7.0 pp)"),
     Claim("qwt-resnet", "QwT", "QwT raises a CNN's PTQ accuracy", "ResNet-50 W4A4 62.3 → 68.5 (+6.2)",
-          "resnet-tiny → digits (AdamW runs)", "W4A4 +BN", _ACC, "PTQ +BN", "PTQ +BN + QwT", 0.062,
+          "resnet-tiny → digits (AdamW runs)", "W4A4", _ACC, "PTQ +BN", "PTQ + QwT", 0.062,
           "paper: ResNet-50 W4A4 +6.2 pp",
-          why="with BN re-estimated after quantization in both arms: stale statistics explained most of the "
-              "earlier gain"),
+          why="against the cheap baseline that fixes the same per-channel error: BatchNorm re-estimation of the "
+              "quantized model (stale statistics explained most of the earlier gain over plain PTQ)"),
+    Claim("qwt2-resnet", "QwT-v2", "QwT-v2's folded channel-wise affine raises a CNN's PTQ accuracy",
+          "ResNet-50 W4A4 (QwT: +6.2; QwT-v2 'matches or beats')", "resnet-tiny → digits (AdamW runs)", "W4A4", _ACC,
+          "PTQ +BN", "PTQ + QwT-v2", 0.062, "the QwT paper's CNN number (+6.2 pp): QwT-v2 claims to match it",
+          why="the same cheap baseline: BN re-estimation also rescales every channel after each conv"),
     Claim("qwt2-vs-qwt", "QwT-v2", "QwT-v2 matches or beats QwT with no extra parameters (a folded channel-wise "
-          "affine)", "matches or beats QwT (no single number)", "resnet-tiny → digits (AdamW runs)", "W4A4 +BN", _ACC,
-          "PTQ +BN + QwT", "PTQ +BN + QwT-v2", 0.02, "stated non-inferiority margin: 1 pp (effect of interest 2 pp)",
-          kind="non-inferiority", margin=0.01,
-          why="the CNN regime where QwT has something to fix (BN protocol in both arms)"),
+          "affine)", "matches or beats QwT (no single number)", "resnet-tiny → digits (AdamW runs)", "W4A4", _ACC,
+          "PTQ + QwT", "PTQ + QwT-v2", 0.02, "stated non-inferiority margin: 1 pp (effect of interest 2 pp)",
+          kind="non-inferiority", margin=0.01, why="the CNN regime where both have something to fix"),
     Claim("qwt2-vit", "QwT-v2", "QwT-v2 matches or beats QwT on a ViT", "matches or beats QwT",
           "vit-tiny → digits (AdamW runs)", "W3A3 repq", _ACC, "RepQ-ViT + QwT", "RepQ-ViT + QwT-v2", 0.02,
           "stated non-inferiority margin: 1 pp", kind="non-inferiority", margin=0.01,
