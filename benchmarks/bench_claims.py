@@ -90,6 +90,22 @@ def paired(c: Claim, seeds) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _table(c: Claim) -> pd.DataFrame:
+    d = pd.read_csv(RESULTS / c.source)
+    if c.source == "snt.csv":
+        return d[(d["model"] == "resnet-tiny") & (d["stage"] == "source") & (d["setting"] == c.setting)]
+    if c.source == "supernet.csv":
+        return d.assign(arm=d["label"].where(d["kind"] != "uniform PTQ", "uniform PTQ " + d["label"]))
+    return d.assign(accuracy=d["test_accuracy"])
+
+
+def table_pairs(c: Claim) -> pd.DataFrame:
+    """A claim read from a results table: its seeds as they are (no per-image data)."""
+    w = _table(c).pivot_table(index="seed", columns="arm", values="accuracy")[[c.baseline, c.treatment]].dropna()
+    return pd.DataFrame({"seed": w.index, "baseline": w[c.baseline].to_numpy(), "treatment": w[c.treatment].to_numpy(),
+                         "only_baseline": np.nan, "only_treatment": np.nan, "mcnemar_p": np.nan, "n_images": np.nan})
+
+
 def _pilot_sd(c: Claim) -> tuple[float, str, pd.DataFrame | None]:
     """The pilot's sd of the paired differences (in the better direction) and where it came from."""
     craft = RESULTS / "craft.csv"
@@ -116,6 +132,11 @@ def planning_sd(sd: float, n: int, level: float = 0.8) -> float:
 
 def run_claim(c: Claim) -> dict:
     t0 = time.perf_counter()
+    if c.source != "live":
+        df = table_pairs(c)
+        sd = float((df["treatment"] - df["baseline"]).std(ddof=1))
+        need = seeds_for_power(c.effect, max(planning_sd(sd, len(df)), 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS, max_n=200)
+        return _row(c, df, sd, f"results/{c.source} (all its seeds)", need, t0)
     sd, source, pilot = _pilot_sd(c)
     need = seeds_for_power(c.effect, max(planning_sd(sd, len(PILOT_SEEDS)), 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS,
                            max_n=200)
@@ -124,17 +145,24 @@ def run_claim(c: Claim) -> dict:
     todo = [s for s in range(n) if done.empty or s not in set(done["seed"])]
     df = pd.concat([done, paired(c, todo)], ignore_index=True) if todo else done
     df = df[df["seed"] < n].sort_values("seed")
+    return _row(c, df, sd, source, need, t0)
+
+
+def _row(c: Claim, df: pd.DataFrame, sd: float, source: str, need: int, t0: float) -> dict:
     v = endpoint_verdict(df["baseline"], df["treatment"], c.effect, margin=c.margin, kind=c.kind, alpha=ALPHA,
                          higher_is_better=c.higher_is_better, scale=100, unit=" pp")
-    noise = noise_split(df["treatment"] - df["baseline"], df["only_baseline"] + df["only_treatment"],
-                        int(df["n_images"].iloc[0]))
+    per_image = bool(df["n_images"].notna().all())
+    noise = (noise_split(df["treatment"] - df["baseline"], df["only_baseline"] + df["only_treatment"],
+                         int(df["n_images"].iloc[0])) if per_image
+             else {"seed_sd": float((df["treatment"] - df["baseline"]).std(ddof=1)), "image_sd": float("nan"),
+                   "dominant": "n/a"})
     s0 = df.iloc[0]
     return {**c.as_dict(), "status": v.status, "n": v.n, "pilot_sd": sd, "pilot": source, "seeds_needed": need,
             "baseline_mean": float(df["baseline"].mean()), "treatment_mean": float(df["treatment"].mean()),
             "mean_diff": v.mean_diff, "ci_low": v.ci_low, "ci_high": v.ci_high, "p": v.p, "d_z": v.effect_size,
             "sd_diff": v.sd_diff, "detectable": v.detectable, "power_at_effect": v.power_at_effect,
             "seed_sd": noise["seed_sd"], "image_sd": noise["image_sd"], "dominant_noise": noise["dominant"],
-            "seed0_only_baseline": int(s0["only_baseline"]), "seed0_only_treatment": int(s0["only_treatment"]),
+            "seed0_only_baseline": s0["only_baseline"], "seed0_only_treatment": s0["only_treatment"],
             "seed0_mcnemar_p": float(s0["mcnemar_p"]), "wall_s": time.perf_counter() - t0,
             "command": "python -m benchmarks.run claims", "verdict_text": v.text}
 
@@ -151,6 +179,9 @@ def markdown(ledger: pd.DataFrame) -> str:
              "inconclusive (then: the effect it could detect). Accuracies in %, differences in pp.", "",
              "| claim | paper says | endpoint | baseline → treatment | difference [90% CI] | p | seeds (needed) "
              "| verdict | power note | noise |", "|---|---|---|---|---|---|---|---|---|---|"]
+    noise = lambda r: (f"{r['dominant_noise']} (seed sd {100 * r['seed_sd']:.1f}, image sd "
+                       f"{100 * r['image_sd']:.1f} pp)" if r["source"] == "live"
+                       else f"per seed only (sd {100 * r['seed_sd']:.1f} pp)")
     ni = lambda r: f" (NI margin {100 * r['margin']:.0f} pp)" if r["kind"] != "superiority" else ""
     for r in ledger.to_dict("records"):
         note = (f"detects ±{100 * r['detectable']:.1f} pp (effect of interest {100 * r['effect']:.1f})"
@@ -162,11 +193,13 @@ def markdown(ledger: pd.DataFrame) -> str:
                      f"{100 * r['treatment_mean']:.1f} | {_f(r['mean_diff'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
                      f" | {r['p']:.2g} | {r['n']} ({need}) | **{r['status']}**"
                      f"{ni(r)}"
-                     f" | {note} | {r['dominant_noise']} (seed sd {100 * r['seed_sd']:.1f}, image sd "
-                     f"{100 * r['image_sd']:.1f} pp) |")
+                     f" | {note} | {noise(r)} |")
     lines += ["", "Per-image view (seed 0, exact McNemar on the same 359 test images): " + "; ".join(
         f"{r['id']}: {r['seed0_only_baseline']} images only {r['baseline']} gets right, {r['seed0_only_treatment']} "
-        f"only {r['treatment']}, p = {r['seed0_mcnemar_p']:.2g}" for r in ledger.to_dict("records")) + "."]
+        f"only {r['treatment']}, p = {r['seed0_mcnemar_p']:.2g}" for r in ledger.to_dict("records")
+        if r["source"] == "live") + "."]
+    lines += ["", "Rows read from an existing results table (`source` column) keep that table's seeds: they were not "
+              "re-run with the power rule, and their verdicts say what those seeds could detect."]
     lines += ["", "Endpoints and why (written before the run): " + " ".join(
         f"**{r['id']}**: {r['why']}." for r in ledger.to_dict("records") if r["why"])]
     return "\n".join(lines)
