@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
 import craftlab
@@ -65,8 +65,42 @@ def test_vit_bitops_hand_count_with_structural_operators():
     n, d, hd = (8 // 4) ** 2 + 1, 16, 8  # tokens at 8 px: a 2x2 grid + CLS
     block = n * d * 3 * hd + n * hd * d + n * d * 16 + n * 16 * d  # qkv (1 head), proj, fc1, fc2 (hidden 16)
     fixed = 4 * (1 * 4 * 4) * d + d * 5  # patch embedding (4 patches) and head, FP32
-    assert sn.cost(cfg)["macs"] == block + fixed
-    assert sn.cost(cfg)["bitops"] == block * 4 * 8 + fixed * 32 * 32
+    attn = 2 * 1 * n * n * hd  # q·kᵀ and attn·v of the one head kept, at the qkv layer's activation bits (8)
+    cost = sn.cost(cfg)
+    assert cost["macs"] == block + fixed and cost["macs_attention"] == attn
+    assert cost["bitops"] == block * 4 * 8 + fixed * 32 * 32 + attn * 8 * 8
+    assert cost["bitops_attention"] == attn * 8 * 8
+    mixed = SubnetConfig(w_bits=(4,) * 8, a_bits=(6, 8, 8, 8, 4, 8, 8, 8), resolution=16, depth=2, mlp_ratio=2.0,
+                         heads=2)  # block 0's qkv at A6, block 1's at A4
+    n16 = (16 // 4) ** 2 + 1
+    per_block = 2 * 2 * n16 * n16 * hd
+    assert sn.cost(mixed)["bitops_attention"] == per_block * 6 * 6 + per_block * 4 * 4
+    float_attn = build(lora=None, depths=(1, 2), heads=(1, 2), mlp_ratios=(1.0, 2.0), resolutions=(8, 16),
+                       quant_attention=False)
+    assert float_attn.cost(cfg)["bitops"] == block * 4 * 8 + fixed * 32 * 32  # the old convention, on request
+
+
+def test_quantized_attention_matches_an_independent_fake_quant_computation():
+    sn = build(lora=None, w_bits=(4, 8), a_bits=(4, 8))
+    cfg = sn.space.uniform(8, 4)
+    sn.set_config(cfg)
+    attn = sn.net.blocks[0].attn
+    x = torch.randn(3, 17, 16)
+    with torch.no_grad():
+        got = attn(x)
+        s = {op: attn.attn_log_step[f"{op}4"].exp() for op in "qkvp"}
+        fq = lambda t, step, lo, hi: torch.clamp(torch.round(t / step), lo, hi) * step  # noqa: E731
+        qkv = attn.qkv(x).reshape(3, 17, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = fq(q * 8 ** -0.5, s["q"], -8, 7) @ fq(k, s["k"], -8, 7).transpose(-2, -1)
+        o = fq(a.softmax(-1), s["p"], 0, 15) @ fq(v, s["v"], -8, 7)
+        want = attn.proj(o.transpose(1, 2).reshape(3, 17, 16))
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.isclose(s["p"], torch.tensor(1 / 15))  # probabilities: [0, 1] on 16 unsigned levels
+        attn.a_bits = None  # float: timm's own unfused attention on the same module
+        attn.fused_attn = False
+        assert torch.allclose(attn(x), Attention.forward(attn, x), atol=1e-6)
+        assert not torch.allclose(got, Attention.forward(attn, x), atol=1e-4)  # quantizing changes the output
 
 
 @pytest.mark.parametrize("lora", ["per-bit", "shared", None])
@@ -87,8 +121,10 @@ def test_exported_subnet_gives_the_supernets_outputs_and_costs(lora):
         assert torch.equal(got, expected), cfg.label()
         stats = model_stats(plain, x[:1])
         cost = sn.cost(cfg)
-        assert (stats["bitops"], stats["macs"], stats["size_bits"]) == (cost["bitops"], cost["macs"],
-                                                                         cost["size_bits"]), cfg.label()
+        # model_stats counts Conv2d/Linear only: the supernet's figure adds the quantized attention matmuls
+        assert cost["bitops_attention"] > 0
+        assert (stats["bitops"], stats["macs"], stats["size_bits"]) == (cost["bitops"] - cost["bitops_attention"],
+                                                                         cost["macs"], cost["size_bits"]), cfg.label()
         layers = [m for m in plain.modules() if isinstance(m, QuantLinear)]
         assert len(layers) == 4 * cfg.depth and not any("lora" in n for n, _ in plain.named_parameters())
         assert sorted({(m.w_bits, m.a_bits) for m in layers}) == sorted(

@@ -123,7 +123,7 @@ def _train(args: argparse.Namespace) -> int:
         rows.append({"path": str(path), "spec": meta.get("spec"), "train_time_s": meta.get("train_time_s"),
                      **meta.get("metrics", {}), "val_accuracy_largest": hist[-1].get("val_accuracy_largest"),
                      "val_accuracy_smallest": hist[-1].get("val_accuracy_smallest"),
-                     "memory_mb": mem.get("total_bytes", 0) / 2**20})
+                     "memory_mib": mem.get("total_bytes", 0) / 2**20})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -132,12 +132,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{s['model']} lora={s['lora']} {'progressive' if s['progressive'] else 'flat'} seed {s['seed']}: "
               f"test accuracy largest {r.get('test_accuracy_largest', float('nan')):.3f}, smallest "
               f"{r.get('test_accuracy_smallest', float('nan')):.3f}; trained in {r['train_time_s']:.0f} s; "
-              f"training memory {r['memory_mb']:.1f} MB\n  -> {r['path']}")
+              f"training memory {r['memory_mib']:.1f} MiB\n  -> {r['path']}")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
     from ..data import load_data
+    from .model import BITOPS_CONVENTION
     from .search import evaluate_configs, search_budgets
     from .store import get_supernet, load_supernet
 
@@ -160,7 +161,8 @@ def _search(args: argparse.Namespace) -> int:
              f"{args.split}_accuracy": r.best["accuracy"], "test_accuracy": t["accuracy"], "size_mb": r.best["size_mb"],
              "config": r.best["config"].to_dict(), "layers": list(sn.space.layers)}
             for r, t in zip(report.results, tests)]
-    out = {"results": rows, "references": report.references, "time_s": report.time_s,
+    out = {"results": rows, "references": report.references, "bitops_convention": BITOPS_CONVENTION,
+           "time_s": report.time_s,
            "pareto": [{"bitops": p["bitops"], "accuracy": p["accuracy"], "label": p["label"]} for p in report.pareto],
            "cache": report.cache_path}
     if args.out:
@@ -170,7 +172,7 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"FP32 reference: {fp32:.4g} BitOPs; W8A8: {report.references['W8A8']:.4g}; "
-          f"searched in {report.time_s:.0f} s")
+          f"searched in {report.time_s:.0f} s\n  ({BITOPS_CONVENTION})")
     for r in rows:
         bits = " ".join(f"{w}/{a}" for w, a in zip(r["config"]["w_bits"], r["config"]["a_bits"]))
         print(f"budget {r['budget']:.4g} ({r['budget_pct_fp32']:.2f}% of FP32): {r['label']}, "
