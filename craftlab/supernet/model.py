@@ -153,6 +153,29 @@ class Supernet(nn.Module):
         finally:
             self.set_config(saved)
 
+    def has_batchnorm(self) -> bool:
+        """True when the network keeps BatchNorm running statistics (shared by every subnet as trained)."""
+        from ..compression.bn import batchnorm_layers
+
+        return bool(batchnorm_layers(self.net))
+
+    @contextlib.contextmanager
+    def subnet_bn(self, calib: Any | None) -> Iterator[Supernet]:
+        """``with supernet.subnet_bn(data.calib):`` re-estimates the BatchNorm statistics *of the current subnet*
+        on `calib` (OFA's per-subnet BN re-calibration, :func:`craftlab.compression.bn.recalibrate_bn_`) and puts
+        the shared statistics back on exit. No-op without BatchNorm or with ``calib=None``."""
+        from ..compression.bn import batchnorm_layers, recalibrate_bn_
+
+        bns = batchnorm_layers(self.net) if calib is not None else {}
+        saved = {n: {k: v.clone() for k, v in bn.state_dict().items()} for n, bn in bns.items()}
+        try:
+            if bns:
+                recalibrate_bn_(self, calib)
+            yield self
+        finally:
+            for n, bn in bns.items():
+                bn.load_state_dict(saved[n])
+
     def _hidden(self, ratio: float) -> int:
         return int(self.net.embed_dim * ratio)
 
@@ -314,13 +337,14 @@ class Supernet(nn.Module):
 
     # ---- export --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def export(self, cfg: SubnetConfig | None = None) -> nn.Module:
+    def export(self, cfg: SubnetConfig | None = None, bn_calib: Any | None = None) -> nn.Module:
         """Subnet `cfg` (default: the current one) as a plain quantized model: QuantLinear / QuantConv2d layers
         holding the fake-quantized ``W + LoRA`` of their bits, the blocks and heads it keeps, the position
         embedding of its resolution (behind :class:`Resized` when that is not the input's). Same outputs as the
-        supernet set to `cfg`."""
+        supernet set to `cfg` — inside ``subnet_bn(bn_calib)`` when `bn_calib` (calibration batches) is given: the
+        BatchNorm statistics are then re-estimated for `cfg` (per-subnet BN)."""
         cfg = self.space.validate(cfg) if cfg is not None else self._config
-        with self.using(cfg):
+        with self.using(cfg), self.subnet_bn(bn_calib):
             net = copy.deepcopy(self.net)
             for name, layer in self.layers().items():
                 wrapper = self.net.get_submodule(name)
