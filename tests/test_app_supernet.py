@@ -35,27 +35,35 @@ def supernet():
     torch.set_num_threads(before)
 
 
-def test_a_budget_picks_the_most_accurate_front_point_that_fits(supernet):
-    from craftlab.supernet import pareto_front
+def test_a_studied_budget_is_a_lookup_of_the_cores_search(supernet):
+    from craftlab.supernet import study
 
-    every = supernet.report.points + supernet.uniform  # what the core's search scored, and the uniform subnets
-    front = pareto_front(every)  # the core's front, recomputed here
     fp32 = supernet.refs["FP32"]
-    for pct in BUDGETS:
-        pick = supernet.choose(pct)
-        budget = pct / 100 * fp32
-        fits = [p for p in every if p["bitops"] <= budget]
-        assert pick["bitops"] <= budget
-        assert pick["val_accuracy"] == max(p["accuracy"] for p in fits)  # brute force over every scored subnet
-        on_front = [p for p in front if p["bitops"] <= budget]
-        assert pick["config"].key() == max(on_front, key=lambda p: p["accuracy"])["config"].key()
-        assert pick["bitops"] == supernet.sn.bitops(pick["config"])  # the core's BitOPs of that configuration
+    for r, text in zip(supernet.report.results, study.QUICK["budgets"]):
+        pick = supernet.choose(text)  # "4%": parse_budget's own syntax
+        assert pick["how"] == "searched during preparation" and pick["search_s"] is None
+        assert pick["config"] == r.best["config"] and pick["val_accuracy"] == r.best["accuracy"]
+        assert pick["bitops"] <= r.budget == pytest.approx(float(text.rstrip("%")) / 100 * fp32)
+        assert pick["bitops"] == supernet.sn.bitops(pick["config"])  # attention matmuls included
         assert pick["pct_fp32"] == pytest.approx(100 * pick["bitops"] / fp32)
-        assert len(pick["w_bits"]) == len(pick["a_bits"]) == len(pick["layers"]) == len(supernet.sn.space.layers)
         assert (tuple(pick["w_bits"]), tuple(pick["a_bits"])) == (pick["config"].w_bits, pick["config"].a_bits)
-    # more budget never picks a less accurate subnet
-    accs = [supernet.choose(pct)["val_accuracy"] for pct in BUDGETS]
-    assert accs == sorted(accs)
+        assert supernet.choose(float(text.rstrip("%")))["config"] == pick["config"]  # a bare number is % of FP32
+
+
+@pytest.mark.parametrize("pct", [50.0, 2.9])
+def test_a_budget_outside_the_studied_range_is_searched_at_that_budget(supernet, pct):
+    from craftlab.supernet import study
+    from craftlab.supernet.search import evolutionary_search
+
+    if pct < supernet.minimum_pct():
+        pytest.skip("below the smallest subnet of this supernet")
+    assert not supernet.searched(pct)
+    pick = supernet.choose(pct)
+    budget = pct / 100 * supernet.refs["FP32"]
+    assert pick["how"] == "searched live" and pick["search_s"] > 0 and pick["bitops"] <= budget
+    direct = evolutionary_search(supernet.sn, supernet.data, budget, seed=supernet.seed, **study.QUICK["search"])
+    assert (pick["config"], pick["val_accuracy"]) == (direct.best["config"], direct.best["accuracy"])
+    assert supernet.searched(pct) and supernet.choose(pct)["config"] == pick["config"]  # cached per budget
 
 
 def test_the_chosen_subnets_test_accuracy_is_the_exported_models(supernet):
@@ -91,18 +99,20 @@ def test_a_second_view_comes_from_the_cache_with_the_same_answers(supernet):
         a, b = supernet.choose(pct), again.choose(pct)
         assert (a["config"], a["val_accuracy"], a["test_accuracy"]) == (b["config"], b["val_accuracy"],
                                                                          b["test_accuracy"])
-    assert took < 60, f"a cached supernet took {took:.0f} s to prepare"
+    assert took < 60 * max(1.0, os.getloadavg()[0] / 2), f"a cached supernet took {took:.0f} s to prepare"
+    again.choose(4.5)  # a live search once ...
     t0 = time.perf_counter()
     for _ in range(100):
-        again.choose(4.5)
-    assert (time.perf_counter() - t0) / 100 < 0.01  # a budget is a lookup
+        again.choose(4.5)  # ... then a lookup
+    assert (time.perf_counter() - t0) / 100 < 0.01 * max(1.0, os.getloadavg()[0] / 2)
 
 
 @pytest.mark.parametrize("budget,reference,message", [
-    (1.0, "FP32", r"below the smallest subnet: it needs 2\.\d\d% of FP32 \(W2A4\)"),
-    (0, "FP32", "must be > 0"), ("lots", "FP32", "must be a number"),
+    (1.0, "FP32", r"below the smallest subnet: it needs \d\.\d\d% of FP32 \(W2A4\); choose at least"),
+    (0, "FP32", "is not a budget"), (-5, "FP32", "is not a budget"), ("lots", "FP32", "is not a budget"),
+    (150, "FP32", "more than the FP32 model's BitOPs: choose at most 100% of FP32"),
     (5.0, "INT8", "reference must be one of FP32, W8A8")])
-def test_bad_budgets_are_named(supernet, budget, reference, message):
+def test_bad_budgets_are_refused_with_one_message(supernet, budget, reference, message):
     with pytest.raises(ValueError, match=message):
         supernet.choose(budget, reference)
 
@@ -173,17 +183,16 @@ AGREE = """([tag, label]) => {
 }"""
 
 
-def test_browser_budget_slider_keys_move_every_supernet_panel(page, supernet):
+def test_browser_typed_budgets_move_every_supernet_panel(page, supernet):
     page.get_by_role("tab", name="Supernet").click()
     first = supernet.choose(5.0)
     page.wait_for_function(AGREE, arg=["[vit-tiny · budget 5% of FP32]", first["label"]], timeout=120_000,
                            polling=250)
     assert "ready" in page.inner_text("#supernet-status")
-    track = page.locator("#supernet-budget input[type=range]")
-    track.focus()
+    box = page.locator("#supernet-budget textarea, #supernet-budget input").first
     t0 = time.perf_counter()
-    for _ in range(4):
-        track.press("ArrowLeft")  # 5 -> 3 (step 0.5)
+    box.fill("3")
+    box.press("Enter")
     want = supernet.choose(3.0)
     page.wait_for_function(AGREE, arg=["[vit-tiny · budget 3% of FP32]", want["label"]], timeout=60_000,
                            polling=100)
@@ -193,12 +202,21 @@ def test_browser_budget_slider_keys_move_every_supernet_panel(page, supernet):
     star = page.evaluate("""() => { const el = document.querySelector('#supernet-pareto .js-plotly-plot');
         const t = el._fullData.find(t => t.name === 'chosen'); return [t.x[0], t.y[0]]; }""")
     assert star == [pytest.approx(want["pct_fp32"]), pytest.approx(100 * want["val_accuracy"])]
-    for _ in range(2):
-        track.press("ArrowLeft")  # 2 %: below the smallest subnet -> said in the panel, with the minimum
+    box.fill("0.5")  # below the smallest subnet: one message in the panel (no Gradio min-value toast)
+    box.press("Enter")
     low = f"{supernet.minimum_pct():.2f}%"
     page.wait_for_function("""(low) => {
         const t = s => (document.querySelector(s) || {}).textContent || "";
-        return t("#supernet-result").includes("[vit-tiny · budget 2% of FP32]")
+        return t("#supernet-result").includes("[vit-tiny · budget 0.5]")
             && t("#supernet-result").includes("below the smallest subnet") && t("#supernet-result").includes(low)
-            && t("#supernet-bits").includes("no subnet fits");
+            && t("#supernet-bits").includes("no subnet for this budget");
     }""", arg=low, timeout=60_000, polling=250)
+    assert page.locator(".toast-body").count() == 0
+
+
+def test_the_tab_offers_both_zoo_models_and_the_cnn_gets_per_subnet_batchnorm():
+    from craftlab_app.supernet_service import MODELS
+
+    assert MODELS == ("vit-tiny", "resnet-tiny")
+    cnn, vit = SupernetView("resnet-tiny").spec(), SupernetView("vit-tiny").spec()
+    assert cnn.lora == "none" and vit.lora == "per-bit" and cnn.model == "resnet-tiny"

@@ -159,7 +159,7 @@ def _search(args: argparse.Namespace) -> int:
     rows = [{"budget": r.budget, "budget_pct_fp32": 100 * r.budget / fp32, "label": r.best["label"],
              "bitops": r.best["bitops"], "bitops_pct_fp32": 100 * r.best["bitops"] / fp32,
              f"{args.split}_accuracy": r.best["accuracy"], "test_accuracy": t["accuracy"], "size_mb": r.best["size_mb"],
-             "config": r.best["config"].to_dict(), "layers": list(sn.space.layers)}
+             "config": r.best["config"].to_dict(), "layers": list(sn.space.layers), "rule": r.rule}
             for r, t in zip(report.results, tests)]
     out = {"results": rows, "references": report.references, "bitops_convention": BITOPS_CONVENTION,
            "time_s": report.time_s,
@@ -178,7 +178,7 @@ def _search(args: argparse.Namespace) -> int:
         print(f"budget {r['budget']:.4g} ({r['budget_pct_fp32']:.2f}% of FP32): {r['label']}, "
               f"{r['bitops']:.4g} BitOPs ({r['bitops_pct_fp32']:.2f}%), {args.split} accuracy "
               f"{r[f'{args.split}_accuracy']:.3f}, test accuracy {r['test_accuracy']:.3f}\n"
-              f"  W/A bits per layer: {bits}")
+              f"  W/A bits per layer: {bits}\n  selection: {r['rule']}")
     return 0
 
 

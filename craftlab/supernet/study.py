@@ -91,7 +91,7 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
     from .build import build_supernet
     from .train import step_memory
 
-    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed,
+    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 2,
             "torch": torch.__version__}
     path = cache.subdir("supernet-memory") / (hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16] + ".json")
     if use_cache and path.exists():
