@@ -150,7 +150,10 @@ class SupernetView:
             self._picks.update(picks)
             self.front_gap = sum(gaps) / len(gaps)
             self.cold_s = extras["cold_s"]
-            self.sn, self.data, self.report, self.uniform, self.ptq = sn, data, report, uniform, extras["ptq"]
+            # uniform PTQ keeps the attention matmuls in float: counted at 32x32 (model_stats counts Conv/Linear)
+            attn_fp = sn.cost(space.largest())["macs_attention"] * 32 * 32
+            ptq = [{**p, "bitops": p["bitops"] + attn_fp} for p in extras["ptq"]]
+            self.sn, self.data, self.report, self.uniform, self.ptq = sn, data, report, uniform, ptq
             self.refs = sn.references()
             self.points, self.front, self._test = points, front, test
             self.smallest = min(points, key=lambda p: p["bitops"])

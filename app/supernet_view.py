@@ -100,7 +100,7 @@ def pareto_figure(sv: SupernetView, pick: dict[str, Any] | None, tag: str, budge
     fig.add_scatter(x=pct(sv.uniform), y=acc(sv.uniform), mode="markers", name="uniform subnets",
                     text=[p["label"] for p in sv.uniform], marker=dict(symbol="x", size=9))
     ptq = [p for p in sv.ptq if p["label"] != "FP32"]
-    fig.add_scatter(x=pct(ptq), y=acc(ptq), mode="markers", name="uniform PTQ (base model)",
+    fig.add_scatter(x=pct(ptq), y=acc(ptq), mode="markers", name="uniform PTQ (base model; float attention)",
                     text=[p["label"] for p in ptq], marker=dict(symbol="diamond-open", size=10))
     base = [p for p in sv.ptq if p["label"] == "FP32"]
     if base:
