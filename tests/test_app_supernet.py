@@ -31,7 +31,7 @@ def supernet():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     sv = SupernetView("vit-tiny")
-    sv.prepare()  # fine-tunes the base, trains the main supernet and searches once per CRAFTLAB_HOME (~40 s cold)
+    sv.prepare()  # fine-tunes the base, trains the main supernet and searches once per CRAFTLAB_HOME (minutes cold)
     yield sv
     torch.set_num_threads(before)
 
