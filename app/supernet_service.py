@@ -96,8 +96,14 @@ class SupernetView:
             self.error = " ".join(str(err).split()) or type(err).__name__
             self.stage = "failed"
 
-    def _at(self, step: int) -> None:
-        self.step, self.stage = step, STAGES[step]
+    def _at(self, step: int | None) -> None:
+        """Enter stage `step` (None: done), recording how long the previous stage took."""
+        now = time.perf_counter()
+        if getattr(self, "_stage_t0", None) is not None:
+            self.stage_s[STAGES[self.step]] = now - self._stage_t0
+        self._stage_t0 = now
+        if step is not None:
+            self.step, self.stage = step, STAGES[step]
 
     def prepare(self) -> None:
         """Load (or train) the supernet, search, evaluate the uniform subnets, uniform PTQ and the front's test
@@ -114,7 +120,7 @@ class SupernetView:
         from craftlab.train.runs import get_run
 
         spec = self.spec()
-        t_prepare = time.perf_counter()
+        self.stage_s: dict[str, float] = {}
         self._at(0)
         data = load_data(spec.data, model=build_model(spec.model))
         self._at(1)
@@ -142,14 +148,12 @@ class SupernetView:
         for row in evaluate_configs(sn, data, todo, split="test") if todo else []:
             test[row["config"].key()] = row["accuracy"]
         gaps = [p["accuracy"] - test[p["config"].key()] for p in front]
-        extras.setdefault("cold_s", time.perf_counter() - t_prepare)  # the first preparation of these extras
         self._save_extras(sn, extras)
         picks = {_budget_key(r.budget): {"result": r, "how": "searched during preparation", "search_s": None}
                  for r in report.results}
         with self._lock:
             self._picks.update(picks)
             self.front_gap = sum(gaps) / len(gaps)
-            self.cold_s = extras["cold_s"]
             # uniform PTQ keeps the attention matmuls in float: counted at 32x32 (model_stats counts Conv/Linear)
             attn_fp = sn.cost(space.largest())["macs_attention"] * 32 * 32
             ptq = [{**p, "bitops": p["bitops"] + attn_fp} for p in extras["ptq"]]
@@ -157,6 +161,7 @@ class SupernetView:
             self.refs = sn.references()
             self.points, self.front, self._test = points, front, test
             self.smallest = min(points, key=lambda p: p["bitops"])
+        self._at(None)
         self.seconds = time.perf_counter() - (self.t0 or 0.0)
         self.stage = "ready"
         self._ready.set()
@@ -203,9 +208,11 @@ class SupernetView:
         if self.error:
             return f"**Preparing the {self.model} supernet failed:** {self.error}"
         if self.ready:
-            return (f"**{self.model} supernet ready** (in {self.seconds:.0f} s; {self.cold_s:.0f} s when it was first "
-                    f"prepared): {len(self.points)} subnets scored at the study's budgets, {len(self.front)} on the "
-                    "Pareto front; a budget searched before is a lookup, any other one a short live search.")
+            parts = {"start-up (imports)": self.seconds - sum(self.stage_s.values()), **self.stage_s}
+            took = ", ".join(f"{name} {sec:.0f} s" for name, sec in parts.items() if sec >= 0.5)
+            return (f"**{self.model} supernet ready** in {self.seconds:.0f} s ({took or 'all cached'}): "
+                    f"{len(self.points)} subnets scored at the study's budgets, {len(self.front)} on the Pareto "
+                    "front; a budget searched before is a lookup, any other one a short live search.")
         if not self._started:
             return f"Open this tab (or pick a model) to prepare the {self.model} supernet."
         elapsed = time.perf_counter() - (self.t0 or time.perf_counter())
@@ -277,7 +284,7 @@ class SupernetView:
                 "how": hit["how"], "search_s": hit["search_s"], "evaluated": res.evaluated, "rule": res.rule,
                 "top_label": res.top["label"] if res.top else best["label"],
                 "top_val_accuracy": res.top["accuracy"] if res.top else best["accuracy"],
-                "front_gap": self.front_gap}
+                "front_gap": self.front_gap, "attention": bool(self.sn._attn)}
 
     def test_accuracy(self, cfg: Any) -> float:
         """Test accuracy of the supernet set to `cfg` (cached per configuration)."""

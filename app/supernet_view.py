@@ -47,8 +47,9 @@ def result_text(pick: dict[str, Any]) -> str:
     gap = (f" Validation − test: {100 * (pick['val_accuracy'] - pick['test_accuracy']):+.1f} pts for this pick, "
            f"{100 * pick['front_gap']:+.1f} pts on average over the Pareto front."
            if pick.get("front_gap") is not None else "")
+    attn = "; attention matmuls included" if pick.get("attention") else ""
     return (f"**{_tag(pick)}** best subnet: **{pick['label']}** — {pick['pct_fp32']:.2f}% of FP32 BitOPs "
-            f"({pick['pct_w8a8']:.0f}% of W8A8; attention matmuls included), {pick['size_mb'] * 1024:.0f} KiB of "
+            f"({pick['pct_w8a8']:.0f}% of W8A8{attn}), {pick['size_mb'] * 1024:.0f} KiB of "
             f"weights; validation accuracy **{pick['val_accuracy']:.1%}**, test accuracy "
             f"**{pick['test_accuracy']:.1%}**. *{how}.*{rule}{gap}")
 
