@@ -72,6 +72,8 @@ def test_selection_keeps_the_uniform_subnet_unless_a_mixed_one_is_clearly_better
     far = _points(space, [(uni, 0.90, 100), (mixed, 0.90 + 3 * se, 90)])
     assert select(far, 200, n, space)[0]["config"] == mixed
     assert select(close, 200, n, space, margin_se=0)[0]["config"] == mixed  # the old rule: the top accuracy
+    assert select(_points(space, [(uni, 0.0, 100), (mixed, 1.0, 90)]), 200, n, space)[0]["config"] == mixed
+    assert select(close, 95, n, space)[0]["config"] == mixed  # the uniform subnet does not fit: nothing to keep
 
 
 def test_search_keeps_uniform_when_mixed_subnets_are_indistinguishable(small):

@@ -81,6 +81,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--population", type=int, default=16, help="population size (default 16)")
     s.add_argument("--generations", type=int, default=6, help="generations (default 6)")
     s.add_argument("--split", default="val", choices=["val", "test"], help="split the search evaluates on")
+    s.add_argument("--bn", default="subnet", choices=["subnet", "shared"],
+                   help="BatchNorm statistics of each subnet (CNNs): re-estimated for it on the calibration images "
+                        "(default) or the shared ones training left")
+    s.add_argument("--margin-se", type=float, default=2.0,
+                   help="report a mixed subnet only if it beats the best uniform one by more than this many "
+                        "standard errors (default 2; 0: the most accurate one)")
     s.add_argument("--out", default=None, help="write the results as JSON to this file")
     s.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -153,9 +159,9 @@ def _search(args: argparse.Namespace) -> int:
         sn, data_name = load_supernet(get_supernet(specs[0], progress=not args.json)), specs[0].data
     data = load_data(data_name, model=sn.net)
     report = search_budgets(sn, data, args.budget, split=args.split, population=args.population,
-                            generations=args.generations, seed=args.seeds[0])
+                            generations=args.generations, seed=args.seeds[0], bn=args.bn, margin_se=args.margin_se)
     fp32 = report.references["FP32"]
-    tests = evaluate_configs(sn, data, [r.best["config"] for r in report.results], split="test")
+    tests = evaluate_configs(sn, data, [r.best["config"] for r in report.results], split="test", bn=args.bn)
     rows = [{"budget": r.budget, "budget_pct_fp32": 100 * r.budget / fp32, "label": r.best["label"],
              "bitops": r.best["bitops"], "bitops_pct_fp32": 100 * r.best["bitops"] / fp32,
              f"{args.split}_accuracy": r.best["accuracy"], "test_accuracy": t["accuracy"], "size_mb": r.best["size_mb"],

@@ -141,7 +141,8 @@ def select(points: list[dict[str, Any]], budget: float, n: int, space: Any,
     se = standard_error(top["accuracy"], u["accuracy"], n)
     gain = top["accuracy"] - u["accuracy"]
     if gain > margin_se * se:
-        return top, f"mixed beats uniform {u['label']} by {gain / se:.1f} SE > {margin_se:g}"
+        by = f"{gain / se:.1f} SE" if se > 0 else f"{100 * gain:.1f} pts (no sampling error)"
+        return top, f"mixed beats uniform {u['label']} by {by} > {margin_se:g}"
     return u, f"uniform kept: the best mixed subnet is {gain / se if se else 0:.1f} SE better (needs > {margin_se:g})"
 
 
