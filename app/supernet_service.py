@@ -154,10 +154,8 @@ class SupernetView:
         with self._lock:
             self._picks.update(picks)
             self.front_gap = sum(gaps) / len(gaps)
-            # uniform PTQ keeps the attention matmuls in float: counted at 32x32 (model_stats counts Conv/Linear)
-            attn_fp = sn.cost(space.largest())["macs_attention"] * 32 * 32
-            ptq = [{**p, "bitops": p["bitops"] + attn_fp} for p in extras["ptq"]]
-            self.sn, self.data, self.report, self.uniform, self.ptq = sn, data, report, uniform, ptq
+            # uniform PTQ keeps the attention matmuls in float: study.ptq_baselines counts them at 32x32
+            self.sn, self.data, self.report, self.uniform, self.ptq = sn, data, report, uniform, extras["ptq"]
             self.refs = sn.references()
             self.points, self.front, self._test = points, front, test
             self.smallest = min(points, key=lambda p: p["bitops"])
@@ -179,7 +177,7 @@ class SupernetView:
     def _extras_path(self, sn: Any) -> Any:
         from craftlab import cache
 
-        return cache.subdir("explore") / "supernet" / f"{self.spec().key}-{sn.fingerprint()[:16]}.json"
+        return cache.subdir("explore") / "supernet" / f"{self.spec().key}-{sn.fingerprint()[:16]}-v2.json"
 
     def _load_extras(self, sn: Any) -> dict[str, Any]:
         try:

@@ -92,3 +92,22 @@ def test_search_keeps_uniform_when_mixed_subnets_are_indistinguishable(small):
     assert 0 < gain <= 2 * standard_error(res.top["accuracy"], res.best["accuracy"], n)
     assert evolutionary_search(sn, small, budget, population=12, generations=3, cache=False,
                                margin_se=0).best["config"] == res.top["config"]
+
+
+def test_ptq_baselines_count_their_float_attention_like_the_supernet_counts_its_quantized_one(small):
+    from timm.models.vision_transformer import VisionTransformer
+
+    from craftlab.supernet import study
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=2,
+                            num_heads=2, mlp_ratio=2.0).eval()
+    sn = build_supernet(vit, small.calib, lora=None, w_bits=(4, 8), a_bits=(8,), input_size=(1, 28, 28))
+    rows = {r["label"]: r for r in study.ptq_baselines(vit, small, settings=("W8A8",))}
+    n, hd = (28 // 7) ** 2 + 1, 8
+    attn = 2 * (2 * 2 * n * n * hd)  # two blocks, q·kᵀ + attn·v of 2 heads
+    assert rows["FP32"]["macs_attention"] == attn == sn.cost(sn.space.largest())["macs_attention"]
+    assert rows["FP32"]["bitops"] == sn.references()["FP32"]
+    cost = sn.cost(sn.space.uniform(8, 8))
+    assert rows["W8A8"]["bitops_conv_linear"] == cost["bitops"] - cost["bitops_attention"]
+    assert rows["W8A8"]["bitops"] == rows["W8A8"]["bitops_conv_linear"] + attn * 32 * 32
