@@ -1,28 +1,37 @@
-"""The supernet view's computations (issue 12; no Gradio): a BitOPs budget → the best subnet of the cached
-mixed-precision supernet, its per-layer bits, its accuracy and its place on the Pareto front.
+"""The supernet view's computations (issues 12 and 25; no Gradio): a BitOPs budget → the subnet the core's search
+picks at that budget, its per-layer bits, its accuracy and its place beside the Pareto front.
 
 The supernet is the study's main one (:func:`craftlab.supernet.study.notebook_specs`: per-bit LoRA, progressive
-bits, seed 0) built on a zoo model fine-tuned on digits — vit-tiny by default (the very supernet notebook 05 and
-``craftlab supernet train --preset notebook`` cache); a CNN (resnet-tiny) gets full-weight training, as LoRA needs
-Linear layers. :meth:`SupernetView.prepare` (once, in the background: :meth:`SupernetView.start`) loads or trains
-it, runs the study's quick evolutionary search (every evaluation cached on disk by the core), evaluates the
-uniform subnets and uniform PTQ of the base model, and measures the test accuracy of every point of the Pareto
-front; those extras are cached under ``$CRAFTLAB_HOME/explore/supernet``. After that a budget is a lookup on the
-front — exact (the front holds the most accurate subnet under every budget among all those evaluated) and instant.
-Accuracies ranked on are validation accuracies (what the search uses); test accuracies are reported beside them.
+bits, seed 0) built on a zoo model fine-tuned on digits: vit-tiny (the supernet notebook 05 and
+``craftlab supernet train --preset notebook`` cache) or resnet-tiny (full-weight training, as LoRA needs Linear
+layers; every subnet scored and exported with its own BatchNorm statistics re-estimated on the 128 calibration
+images, OFA-style). :meth:`SupernetView.prepare` (once, in the background: :meth:`SupernetView.start`) loads or
+trains it, runs the study's quick evolutionary search at the study's budgets, evaluates the uniform subnets and
+uniform PTQ of the base model and the test accuracy of the Pareto front; those extras are cached under
+``$CRAFTLAB_HOME/explore/supernet``.
+
+A budget goes through :func:`craftlab.supernet.space.parse_budget` only (a bare number is % of the reference,
+``5%``, ``120M``, ``1.2e8`` as the CLI takes them) and then to :func:`craftlab.supernet.search.evolutionary_search`:
+a budget already searched is a lookup (cached per budget), any other one a short live search (the study's quick
+settings; every subnet's accuracy is cached on disk by the core, so it mostly re-uses scores). The pick follows the
+core's selection rule (a mixed subnet must beat the best uniform one by more than 2 standard errors). Budgets below
+the smallest subnet or above the FP32 model are refused with one message. Accuracies ranked on are validation
+accuracies; test accuracies are reported beside them. BitOPs: see :data:`craftlab.supernet.model.BITOPS_CONVENTION`
+(attention matmuls included).
 
 Example::
 
     sv = SupernetView("vit-tiny")
-    sv.prepare()                       # trains / loads the supernet and runs the search (once; ~40 s cold)
-    pick = sv.choose(5.0)              # the best subnet within 5 % of the FP32 model's BitOPs
-    pick["label"], pick["val_accuracy"], pick["test_accuracy"], pick["w_bits"]
+    sv.prepare()                       # trains / loads the supernet and runs the search (once)
+    pick = sv.choose(5.0)              # the subnet searched under 5 % of the FP32 model's BitOPs
+    pick["label"], pick["val_accuracy"], pick["test_accuracy"], pick["how"]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -30,11 +39,9 @@ from typing import Any
 
 __all__ = ["MODELS", "REFERENCES", "SupernetView"]
 
-MODELS = ("vit-tiny",)
-"""Models offered by default: the notebook's vit-tiny supernet. :class:`SupernetView` also builds a CNN's
-(resnet-tiny: full weights), but that one is not offered: trained by the same recipe its BatchNorm statistics are
-shared by every bit-width and it collapses (largest subnet ~46 % validation accuracy against ~97 % for uniform W8A8
-PTQ of its base model) — BN recalibration per subnet would be needed first."""
+MODELS = ("vit-tiny", "resnet-tiny")
+"""Models offered: the notebook's vit-tiny supernet (per-bit LoRA) and a resnet-tiny one (full weights, per-subnet
+BatchNorm re-estimation; without it every subnet of a CNN supernet collapses on the shared statistics)."""
 REFERENCES = ("FP32", "W8A8")
 """What a budget in % is a percentage of: the FP32 model's BitOPs, or W8A8's (searchable layers 8x8, the
 patch embedding and head FP32, as the supernet keeps them)."""
@@ -43,8 +50,8 @@ UNIFORM = ((8, 8), (6, 6), (4, 8), (4, 6), (4, 4), (3, 4), (2, 4))
 PTQ = ("W8A8", "W6A6", "W4A8", "W4A4")
 STAGES = ("loading the data", "fine-tuning the base model", "training the supernet", "searching subnets",
           "uniform subnets and uniform PTQ", "test accuracy of the Pareto front")
-COLD_NOTE = "about 40 s from an empty cache on 2 CPU cores for vit-tiny (a cached one loads in seconds)"
-
+COLD_NOTE = ("from an empty cache this fine-tunes the base model, trains the supernet and searches: minutes on "
+             "2 CPU cores, longer on a busy machine; a cached one loads in seconds")
 
 class SupernetView:
     """One model's cached supernet, its search, its Pareto front and budget lookups. Thread-safe;
@@ -52,7 +59,8 @@ class SupernetView:
 
     def __init__(self, model: str = "vit-tiny", seed: int = 0, data: str = "digits") -> None:
         self.model, self.seed, self.data_name = str(model), int(seed), data
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._picks: dict[str, dict[str, Any]] = {}
         self._ready = threading.Event()
         self._started = False
         self.stage, self.step = "not started", 0
@@ -88,8 +96,14 @@ class SupernetView:
             self.error = " ".join(str(err).split()) or type(err).__name__
             self.stage = "failed"
 
-    def _at(self, step: int) -> None:
-        self.step, self.stage = step, STAGES[step]
+    def _at(self, step: int | None) -> None:
+        """Enter stage `step` (None: done), recording how long the previous stage took."""
+        now = time.perf_counter()
+        if getattr(self, "_stage_t0", None) is not None:
+            self.stage_s[STAGES[self.step]] = now - self._stage_t0
+        self._stage_t0 = now
+        if step is not None:
+            self.step, self.stage = step, STAGES[step]
 
     def prepare(self) -> None:
         """Load (or train) the supernet, search, evaluate the uniform subnets, uniform PTQ and the front's test
@@ -106,6 +120,7 @@ class SupernetView:
         from craftlab.train.runs import get_run
 
         spec = self.spec()
+        self.stage_s: dict[str, float] = {}
         self._at(0)
         data = load_data(spec.data, model=build_model(spec.model))
         self._at(1)
@@ -132,12 +147,19 @@ class SupernetView:
         todo = [p["config"] for p in front if p["config"].key() not in test]
         for row in evaluate_configs(sn, data, todo, split="test") if todo else []:
             test[row["config"].key()] = row["accuracy"]
+        gaps = [p["accuracy"] - test[p["config"].key()] for p in front]
         self._save_extras(sn, extras)
+        picks = {_budget_key(r.budget): {"result": r, "how": "searched during preparation", "search_s": None}
+                 for r in report.results}
         with self._lock:
+            self._picks.update(picks)
+            self.front_gap = sum(gaps) / len(gaps)
+            # uniform PTQ keeps the attention matmuls in float: study.ptq_baselines counts them at 32x32
             self.sn, self.data, self.report, self.uniform, self.ptq = sn, data, report, uniform, extras["ptq"]
             self.refs = sn.references()
             self.points, self.front, self._test = points, front, test
             self.smallest = min(points, key=lambda p: p["bitops"])
+        self._at(None)
         self.seconds = time.perf_counter() - (self.t0 or 0.0)
         self.stage = "ready"
         self._ready.set()
@@ -155,7 +177,7 @@ class SupernetView:
     def _extras_path(self, sn: Any) -> Any:
         from craftlab import cache
 
-        return cache.subdir("explore") / "supernet" / f"{self.spec().key}-{sn.fingerprint()[:16]}.json"
+        return cache.subdir("explore") / "supernet" / f"{self.spec().key}-{sn.fingerprint()[:16]}-v2.json"
 
     def _load_extras(self, sn: Any) -> dict[str, Any]:
         try:
@@ -184,8 +206,11 @@ class SupernetView:
         if self.error:
             return f"**Preparing the {self.model} supernet failed:** {self.error}"
         if self.ready:
-            return (f"**{self.model} supernet ready** (in {self.seconds:.0f} s): {len(self.points)} subnets evaluated "
-                    f"by the search, {len(self.front)} on the Pareto front; a budget is now a lookup on that front.")
+            parts = {"start-up (imports)": self.seconds - sum(self.stage_s.values()), **self.stage_s}
+            took = ", ".join(f"{name} {sec:.0f} s" for name, sec in parts.items() if sec >= 0.5)
+            return (f"**{self.model} supernet ready** in {self.seconds:.0f} s ({took or 'all cached'}): "
+                    f"{len(self.points)} subnets scored at the study's budgets, {len(self.front)} on the Pareto "
+                    "front; a budget searched before is a lookup, any other one a short live search.")
         if not self._started:
             return f"Open this tab (or pick a model) to prepare the {self.model} supernet."
         elapsed = time.perf_counter() - (self.t0 or time.perf_counter())
@@ -194,44 +219,70 @@ class SupernetView:
 
     # ------------------------------------------------------------------ budget lookups
 
-    def budget_bitops(self, budget_pct: Any, reference: str = "FP32") -> float:
-        """The budget in BitOPs (ValueError naming a bad budget or reference)."""
+    def parse(self, budget: Any, reference: str = "FP32") -> tuple[float, float]:
+        """(BitOPs, % of `reference`) of a budget through :func:`craftlab.supernet.space.parse_budget` (a bare
+        number is % of `reference`). ValueError, one message, for a bad reference, a bad text, a budget above
+        the FP32 model or below the smallest subnet."""
+        from craftlab.supernet.space import parse_budget
+
         if reference not in REFERENCES:
             raise ValueError(f"budget reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+        ref = self.refs[reference]
+        text = str(budget).strip()
+        bare = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+        bare = bare or re.fullmatch(r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?", text) is not None
         try:
-            pct = float(budget_pct)
-        except (TypeError, ValueError):
-            raise ValueError(f"budget must be a number (% of {reference} BitOPs), got {budget_pct!r}") from None
-        if not pct > 0:
-            raise ValueError(f"budget must be > 0 % of {reference} BitOPs, got {budget_pct!r}")
-        return pct / 100 * self.refs[reference]
+            value = parse_budget(f"{text}%" if bare else text, ref)
+        except ValueError:
+            raise ValueError(f"budget {text!r} is not a budget: give a positive % of {reference} BitOPs (5 or 5%) "
+                             "or BitOPs (1.2e8, 120M, 1.5G)") from None
+        pct = 100 * value / ref
+        if value > self.refs["FP32"] * (1 + 1e-12):
+            raise ValueError(f"budget {pct:g}% of {reference} is more than the FP32 model's BitOPs: choose at most "
+                             f"{100 * self.refs['FP32'] / ref:g}% of {reference}")
+        if value < self.smallest["bitops"]:
+            low = self.minimum_pct(reference)
+            raise ValueError(f"budget {pct:g}% of {reference} BitOPs is below the smallest subnet: it needs "
+                             f"{low:.2f}% of {reference} ({self.smallest['label']}); choose at least {low:.2f}%")
+        return value, pct
 
     def minimum_pct(self, reference: str = "FP32") -> float:
         """The smallest subnet's BitOPs in % of `reference`."""
         return 100 * self.smallest["bitops"] / self.refs[reference]
 
-    def choose(self, budget_pct: Any, reference: str = "FP32") -> dict[str, Any]:
-        """The most accurate subnet (validation accuracy; ties: fewer BitOPs) of the Pareto front with BitOPs at
-        most `budget_pct` % of `reference` — the best of every subnet evaluated. ValueError naming the minimum
-        when none fits."""
+    def searched(self, budget: Any, reference: str = "FP32") -> bool:
+        """True when `budget` was searched already (:meth:`choose` is then a lookup)."""
+        return _budget_key(self.parse(budget, reference)[0]) in self._picks
+
+    def choose(self, budget: Any, reference: str = "FP32") -> dict[str, Any]:
+        """The subnet :func:`~craftlab.supernet.search.evolutionary_search` picks under `budget` (% of `reference`
+        for a bare number; ``"120M"``...): a lookup when this budget was searched, else a short live search
+        (cached per budget). ValueError naming the range when the budget is out of it."""
+        from craftlab.supernet import study
+        from craftlab.supernet.search import evolutionary_search
+
         if not self.ready:
             raise RuntimeError(f"the {self.model} supernet is not ready yet")
-        budget = self.budget_bitops(budget_pct, reference)
-        pct = float(budget_pct)
-        fits = [p for p in self.front if p["bitops"] <= budget]
-        if not fits:
-            low = self.minimum_pct(reference)
-            raise ValueError(f"budget {pct:g}% of {reference} BitOPs is below the smallest subnet: it needs "
-                             f"{low:.2f}% of {reference} ({self.smallest['label']}); choose at least "
-                             f"{low:.2f}%")
-        best = fits[-1]  # the front rises in accuracy with BitOPs
-        cfg = best["config"]
-        return {"model": self.model, "budget_pct": pct, "reference": reference, "budget_bitops": budget,
+        value, pct = self.parse(budget, reference)
+        key = _budget_key(value)
+        with self._lock:  # the supernet is switched between subnets while searching: one at a time
+            hit = self._picks.get(key)
+            if hit is None:
+                t0 = time.perf_counter()
+                res = evolutionary_search(self.sn, self.data, value, seed=self.seed, **study.QUICK["search"])
+                hit = self._picks[key] = {"result": res, "how": "searched live", "search_s": time.perf_counter() - t0}
+        res = hit["result"]
+        best, cfg = res.best, res.best["config"]
+        return {"model": self.model, "budget_pct": pct, "reference": reference, "budget_bitops": value,
                 "label": best["label"], "config": cfg, "val_accuracy": best["accuracy"],
-                "test_accuracy": self._test[cfg.key()], "bitops": best["bitops"],
+                "test_accuracy": self.test_accuracy(cfg), "bitops": best["bitops"],
                 "pct_fp32": 100 * best["bitops"] / self.refs["FP32"],
                 "pct_w8a8": 100 * best["bitops"] / self.refs["W8A8"], "size_mb": best["size_mb"],
-                "layers": list(self.sn.space.layers), "w_bits": list(cfg.w_bits), "a_bits": list(cfg.a_bits)}
+                "layers": list(self.sn.space.layers), "w_bits": list(cfg.w_bits), "a_bits": list(cfg.a_bits),
+                "how": hit["how"], "search_s": hit["search_s"], "evaluated": res.evaluated, "rule": res.rule,
+                "top_label": res.top["label"] if res.top else best["label"],
+                "top_val_accuracy": res.top["accuracy"] if res.top else best["accuracy"],
+                "front_gap": self.front_gap, "attention": bool(self.sn._attn)}
 
     def test_accuracy(self, cfg: Any) -> float:
         """Test accuracy of the supernet set to `cfg` (cached per configuration)."""
@@ -242,6 +293,10 @@ class SupernetView:
             with self._lock:  # the supernet is switched to cfg while it evaluates: one at a time
                 self._test[key] = evaluate_configs(self.sn, self.data, [cfg], split="test")[0]["accuracy"]
         return self._test[key]
+
+
+def _budget_key(bitops: float) -> str:
+    return f"{float(bitops):.9g}"
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

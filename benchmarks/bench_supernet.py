@@ -1,141 +1,153 @@
-"""Benchmark: mixed-precision supernet with LoRA on the embedded default (vit-tiny fine-tuned on digits, 3 seeds).
+"""Benchmark: mixed-precision supernets on digits, vit-tiny (per-bit LoRA, quantized attention matmuls) and resnet-tiny
+(full weights, per-subnet BatchNorm), small by default (seed 0; ``--seeds 0 1 2`` for more).
 
-* the Pareto front (test accuracy vs BitOPs) of the searched subnets (evolutionary search on the validation split
-  under budgets of 3-8% of the FP32 BitOPs) vs uniform PTQ (``craftlab.quantize`` W8A8/W6A6/W4A8/W4A4) and vs the
-  uniform-bit subnets of the same supernet;
-* the BitOPs reduction at <= 1 point accuracy loss (subnet chosen on validation, accuracy measured on test);
-* supernet training time per epoch and training memory, per-bit LoRA vs shared LoRA vs full weights, on vit-tiny
-  and on a ViT-B-sized stand-in (random init, 224 px, batch 2);
-* search time (uncached).
+Per model and seed:
 
-The supernets come from the cache (``craftlab supernet train --preset notebook`` builds them; missing ones are
-trained here). Run: ``python -m benchmarks.bench_supernet`` (prints markdown, writes benchmarks/results/supernet.md).
+* uniform PTQ of the base model (``craftlab.quantize``, W8A8/W6A6/W4A8/W4A4) and the supernet's uniform subnets,
+  validation and test accuracy; for the CNN also the uniform subnets with the shared (as-trained) BatchNorm;
+* the search's pick (quick search: population 12, 4 generations, on the validation split; the selection rule
+  keeps the uniform subnet unless a mixed one beats it by > 2 SE) at the study's budgets: its validation and test
+  accuracy, the most accurate subnet found (before the rule), and the mean validation − test gap of the Pareto
+  front (the pool);
+* the claim check: the pick's test accuracy against the best uniform subnet and the best uniform PTQ setting
+  whose BitOPs fit the same budget (PTQ keeps the attention matmuls in float: counted at 32x32).
+
+BitOPs: ``craftlab.supernet.model.BITOPS_CONVENTION`` (attention matmuls included), in % of the FP32 model.
+The training memory at two batch sizes is ``benchmarks/bench_supernet_memory.py``.
+Run: ``python -m benchmarks.bench_supernet [--seeds 0]`` (writes benchmarks/results/supernet.md and .csv).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 import craftlab
-from craftlab.supernet import build_supernet, evaluate_configs, get_supernet, load_supernet, study, train_supernet
+from craftlab.supernet import evaluate_configs, get_supernet, load_supernet, study
+from craftlab.supernet.model import BITOPS_CONVENTION
 from craftlab.supernet.search import search_budgets
 
 RESULTS = Path(__file__).parent / "results"
-SEEDS = (0, 1, 2)
+MODELS = ("vit-tiny", "resnet-tiny")
 SETTINGS = [(8, 8), (6, 6), (4, 8), (4, 4), (3, 4), (2, 4)]
 
 
-def _ms(values, scale=100.0, digits=1) -> str:
-    s = pd.Series(values, dtype=float) * scale
-    return f"{s.mean():.{digits}f} ± {s.std():.{digits}f}" if len(s) > 1 else f"{s.mean():.{digits}f}"
+def spec_of(model: str, seed: int):
+    spec = study.notebook_specs((seed,))[f"per-bit/s{seed}"]
+    return replace(spec, model=model, **({} if model.startswith("vit") else {"lora": "none"}))
 
 
-def pareto_section(data) -> tuple[list[str], pd.DataFrame]:
-    specs = study.notebook_specs(SEEDS)
-    rows, t_search = [], {}
-    val_fp32 = {}
-    for s in SEEDS:
-        base = craftlab.load_checkpoint(craftlab.get_run(specs[f"per-bit/s{s}"].base_run(), progress=False))
-        val_fp32[s] = craftlab.evaluate(base, data.val)["accuracy"]
-        for r, v in zip(study.ptq_baselines(base, data), study.ptq_baselines(base, data, split="val")):
-            rows.append({"seed": s, "kind": "FP32" if r["label"] == "FP32" else "uniform PTQ", **r,
-                         "val_accuracy": v["accuracy"]})
-        sn = load_supernet(get_supernet(specs[f"per-bit/s{s}"]))
-        cfgs = [sn.space.uniform(w, a) for w, a in SETTINGS]
-        vals = evaluate_configs(sn, data, cfgs, split="val")
-        for r, v in zip(evaluate_configs(sn, data, cfgs), vals):
-            rows.append({"seed": s, "kind": "uniform subnet", "label": r["label"].split()[0], "accuracy": r["accuracy"],
-                         "bitops": r["bitops"], "val_accuracy": v["accuracy"]})
-        t0 = time.perf_counter()
-        _, rep = study.main_search(s, data, sn)
-        t_search[s] = time.perf_counter() - t0
-        tests = evaluate_configs(sn, data, [r.best["config"] for r in rep.results])
-        for r, t in zip(rep.results, tests):
-            rows.append({"seed": s, "kind": "searched", "label": f"≤ {100 * r.budget / rep.references['FP32']:.1f}%",
-                         "accuracy": t["accuracy"], "bitops": r.best["bitops"], "val_accuracy": r.best["accuracy"]})
-    df = pd.DataFrame(rows)
-    fp32_bitops = df.loc[df["kind"] == "FP32", "bitops"].iloc[0]
-    df["pct"] = 100 * df["bitops"] / fp32_bitops
-    lines = [f"**Pareto front** (test accuracy %, mean ± sd over {len(SEEDS)} seeds; BitOPs in % of FP32 = "
-             f"{fp32_bitops:.3g} per image; search on the validation split, population 16, 6 generations)", "",
-             "| kind | setting / budget | BitOPs % FP32 | test accuracy (%) |", "|---|---|---|---|"]
-    for (kind, label), part in df.groupby(["kind", "label"], sort=False):
-        lines.append(f"| {kind} | {label} | {_ms(part['pct'], 1, 2)} | {_ms(part['accuracy'])} |")
-    lines += ["", "**BitOPs reduction at ≤ 1 point accuracy loss** (per seed: the cheapest subnet whose validation "
-              "accuracy is within 1 pp of the FP32 model's; its test accuracy change vs FP32)", "",
-              "| candidates | reduction vs FP32 (%) | reduction vs W8A8 (%) | test accuracy change (pp) |",
-              "|---|---|---|---|"]
-    w8a8 = df[(df["kind"] == "uniform PTQ") & (df["label"] == "W8A8")]["pct"].iloc[0]
-    fp32_test = df[df["kind"] == "FP32"].set_index("seed")["accuracy"]
-    for kind in ("searched", "uniform subnet", "uniform PTQ"):
-        red, red8, change = [], [], []
-        for s in SEEDS:
-            part = df[(df["seed"] == s) & (df["kind"] == kind)]
-            ok = part[part["val_accuracy"] >= val_fp32[s] - 0.01]
-            if len(ok):
-                best = ok.loc[ok["pct"].idxmin()]
-                red.append(100 - best["pct"])
-                red8.append(100 * (1 - best["pct"] / w8a8))
-                change.append(best["accuracy"] - fp32_test[s])
-        lines.append(f"| {kind} ({len(red)} of {len(SEEDS)} seeds qualify) | {_ms(red, 1)} | "
-                     f"{_ms(red8, 1)} | {_ms(change, 100, 2)} |")
-    lines += ["", f"Search time (cached evaluations reused when present): "
-              f"{', '.join(f'seed {s}: {t:.1f} s' for s, t in t_search.items())}.", ""]
-    return lines, df
+def budgets_of(sn) -> list:
+    """The study's quick budgets (3-6 % of FP32) where they fit; for a CNN (whose FP32 stem caps the reduction)
+    four budgets between the smallest subnet and W8A8, as the app uses."""
+    low, refs = sn.bitops(sn.space.smallest()), sn.references()
+    if all(float(b.rstrip("%")) / 100 * refs["FP32"] >= low for b in study.QUICK["budgets"]):
+        return list(study.QUICK["budgets"])
+    return [low + f * (refs["W8A8"] - low) for f in (0.1, 0.25, 0.5, 0.75)]
 
 
-def cost_section(data) -> list[str]:
-    base = craftlab.load_checkpoint(craftlab.get_run(study.notebook_specs((0,))["per-bit/s0"].base_run(),
-                                                     progress=False))
-    lines = ["**Training cost on vit-tiny** (one epoch of the sandwich rule, 17 steps of batch 64, 4 subnets per step, "
-             "seed 0; memory of the first step: saved tensors peak + gradients + AdamW state)", "",
-             "| variant | s / epoch | trainable params | saved (MB) | grads (MB) | AdamW (MB) | total (MB) |",
-             "|---|---|---|---|---|---|---|"]
-    for lora in ("per-bit", "shared", None):
-        sn = build_supernet(base, data.calib, lora=lora)
-        t0 = time.perf_counter()
-        res = train_supernet(sn, data, epochs=1, evaluate_every_epoch=False)
-        wall = time.perf_counter() - t0
-        m = res.memory
-        lines.append(f"| {lora or 'full weights'} | {wall:.1f} | {m.trainable_params:,} | "
-                     f"{m.saved_bytes / 2**20:.1f} | {m.grad_bytes / 2**20:.2f} | {m.optimizer_bytes / 2**20:.2f} | "
-                     f"{m.total_bytes / 2**20:.1f} |")
+def run_model(model: str, seed: int) -> tuple[list[dict], list[dict], float]:
     t0 = time.perf_counter()
-    vitb = study.standin_memory(use_cache=False)
-    wall = time.perf_counter() - t0
-    lines += ["", f"**ViT-B-sized stand-in** (timm vit_base_patch16_224, random init, 224 px, batch 2, one sandwich "
-              f"step with the largest and smallest subnets; {wall:.0f} s for the three)", "",
-              "| variant | trainable params | saved (MB) | grads (MB) | AdamW (MB) | total (MB) |",
-              "|---|---|---|---|---|---|"]
-    for mode, m in vitb.items():
-        lines.append(f"| {'full weights' if mode == 'none' else mode} | {m['trainable_params']:,} | "
-                     f"{m['saved_bytes'] / 2**20:.0f} | {m['grad_bytes'] / 2**20:.0f} | "
-                     f"{m['optimizer_bytes'] / 2**20:.0f} | {m['total_bytes'] / 2**20:.0f} |")
-    sn = load_supernet(get_supernet(study.notebook_specs((0,))["per-bit/s0"]))
-    t0 = time.perf_counter()
-    rep = search_budgets(sn, data, list(study.BUDGETS), cache=False, **study.SEARCH)
-    lines += ["", f"**Search time, uncached**: {time.perf_counter() - t0:.1f} s for {len(study.BUDGETS)} budgets "
-              f"({len(rep.points)} distinct subnets evaluated on {len(data.val_set)} validation images).", ""]
-    return lines
+    spec = spec_of(model, seed)
+    data = craftlab.load_data(spec.data, model=craftlab.build_model(model))
+    base = craftlab.load_checkpoint(craftlab.get_run(spec.base_run(), progress=False))
+    sn = load_supernet(get_supernet(spec))
+    refs = sn.references()
+    rows = []
+    for split in ("val", "test"):
+        for r in study.ptq_baselines(base, data, split=split):  # float attention matmuls counted at 32x32
+            rows.append({"model": model, "seed": seed, "split": split,
+                         "kind": "FP32" if r["label"] == "FP32" else "uniform PTQ", "label": r["label"],
+                         "accuracy": r["accuracy"], "pct": 100 * r["bitops"] / refs["FP32"]})
+    cfgs = [sn.space.uniform(w, a) for w, a in SETTINGS]
+    bn_modes = ("subnet", "shared") if sn.has_batchnorm() else ("subnet",)
+    for split in ("val", "test"):
+        for bn in bn_modes:
+            kind = "uniform subnet" + (", shared BN" if bn == "shared" else "")
+            for r in evaluate_configs(sn, data, cfgs, split=split, bn=bn):
+                rows.append({"model": model, "seed": seed, "split": split, "kind": kind, "label": r["label"],
+                             "accuracy": r["accuracy"], "pct": 100 * r["bitops"] / refs["FP32"]})
+    rep = search_budgets(sn, data, budgets_of(sn), seed=seed, **study.QUICK["search"])
+    tests = {}
+    need = [c for c in [p["config"] for p in rep.pareto] + [r.best["config"] for r in rep.results]
+            + [r.top["config"] for r in rep.results]]
+    for c in {c.key(): c for c in need}.values():
+        tests[c.key()] = evaluate_configs(sn, data, [c], split="test")[0]["accuracy"]
+    gap = sum(p["accuracy"] - tests[p["config"].key()] for p in rep.pareto) / len(rep.pareto)
+    picks = []
+    for r in rep.results:
+        picks.append({"model": model, "seed": seed, "budget_pct": 100 * r.budget / refs["FP32"],
+                      "pick": r.best["label"], "pick_pct": 100 * r.best["bitops"] / refs["FP32"],
+                      "pick_val": r.best["accuracy"], "pick_test": tests[r.best["config"].key()],
+                      "top": r.top["label"], "top_val": r.top["accuracy"], "top_test": tests[r.top["config"].key()],
+                      "front_gap": gap, "rule": r.rule, "n_scored": len(rep.points), "n_val": rep.args["n"]})
+    return rows, picks, time.perf_counter() - t0
 
 
-def main() -> None:
-    data = craftlab.load_data("digits")
-    t0 = time.perf_counter()
-    for spec in study.notebook_specs(SEEDS).values():  # trains what the cache lacks
-        get_supernet(spec)
-    prep = time.perf_counter() - t0
-    lines, df = pareto_section(data)
-    lines += cost_section(data)
-    lines.append(f"(Supernets fetched from the cache in {prep:.0f} s; a missing one is trained on the way.)")
-    text = "\n".join(lines)
+def _best_fitting(df: pd.DataFrame, kind: str, budget_pct: float) -> tuple[str, float]:
+    part = df[(df["kind"] == kind) & (df["split"] == "test") & (df["pct"] <= budget_pct * (1 + 1e-9))]
+    if not len(part):
+        return "none fits", float("nan")
+    val = df[(df["kind"] == kind) & (df["split"] == "val") & (df["pct"] <= budget_pct * (1 + 1e-9))]
+    label = val.loc[val["accuracy"].idxmax(), "label"]  # chosen on validation, like the search
+    return label, float(part[part["label"] == label]["accuracy"].iloc[0])
+
+
+def report(rows: pd.DataFrame, picks: pd.DataFrame, seeds: tuple[int, ...], times: dict) -> str:
+    lines = [f"Seeds: {', '.join(map(str, seeds))} (small run). {BITOPS_CONVENTION}; in % of the FP32 model's "
+             "BitOPs (FP32 counts its attention matmuls at 32x32 too; uniform PTQ keeps them float, counted at "
+             "32x32).", ""]
+    for model in MODELS:
+        r = rows[rows["model"] == model]
+        p = picks[picks["model"] == model]
+        if not len(r):
+            continue
+        lines += [f"**{model}** (test accuracy %, mean over seeds; validation in brackets)", "",
+                  "| kind | setting | BitOPs % FP32 | test (val) accuracy % |", "|---|---|---|---|"]
+        for (kind, label), part in r.groupby(["kind", "label"], sort=False):
+            t, v = part[part["split"] == "test"], part[part["split"] == "val"]
+            lines.append(f"| {kind} | {label} | {t['pct'].mean():.2f} | {100 * t['accuracy'].mean():.1f} "
+                         f"({100 * v['accuracy'].mean():.1f}) |")
+        lines += ["", "| budget % FP32 | seed | pick (rule) | pick BitOPs % | pick test (val) | most accurate found: "
+                  "test (val) | best uniform subnet in budget: test | best uniform PTQ in budget: test | "
+                  "front val − test gap (pts) |", "|---|---|---|---|---|---|---|---|---|"]
+        for _, q in p.iterrows():
+            sub = r[r["seed"] == q["seed"]]
+            ul, ua = _best_fitting(sub, "uniform subnet", q["budget_pct"])
+            pl, pa = _best_fitting(sub, "uniform PTQ", q["budget_pct"])
+            lines.append(f"| {q['budget_pct']:.2f} | {q['seed']} | {q['pick']} ({q['rule']}) | {q['pick_pct']:.2f} | "
+                         f"{100 * q['pick_test']:.1f} ({100 * q['pick_val']:.1f}) | {q['top']}: "
+                         f"{100 * q['top_test']:.1f} ({100 * q['top_val']:.1f}) | {ul}: {100 * ua:.1f} | "
+                         f"{pl}: {100 * pa:.1f} | {100 * q['front_gap']:+.2f} |")
+        lines += ["", f"({int(p['n_scored'].iloc[0])} subnets scored on {int(p['n_val'].iloc[0])} validation images "
+                  f"for seed {int(p['seed'].iloc[0])}; time incl. training what the cache lacks: "
+                  f"{', '.join(f'seed {s}: {t:.0f} s' for (m, s), t in times.items() if m == model)})", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    args = ap.parse_args([] if argv is None and __name__ != "__main__" else argv)
+    rows, picks, times = [], [], {}
+    for model in args.models:
+        for s in args.seeds:
+            r, p, t = run_model(model, s)
+            rows += r
+            picks += p
+            times[(model, s)] = t
+            print(f"{model} seed {s}: {t:.0f} s", flush=True)
+    text = report(pd.DataFrame(rows), pd.DataFrame(picks), tuple(args.seeds), times)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "supernet.md").write_text(text + "\n")
-    df.to_csv(RESULTS / "supernet.csv", index=False)
+    pd.DataFrame(rows).to_csv(RESULTS / "supernet.csv", index=False)
+    pd.DataFrame(picks).to_csv(RESULTS / "supernet_picks.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
 import craftlab
@@ -65,8 +65,42 @@ def test_vit_bitops_hand_count_with_structural_operators():
     n, d, hd = (8 // 4) ** 2 + 1, 16, 8  # tokens at 8 px: a 2x2 grid + CLS
     block = n * d * 3 * hd + n * hd * d + n * d * 16 + n * 16 * d  # qkv (1 head), proj, fc1, fc2 (hidden 16)
     fixed = 4 * (1 * 4 * 4) * d + d * 5  # patch embedding (4 patches) and head, FP32
-    assert sn.cost(cfg)["macs"] == block + fixed
-    assert sn.cost(cfg)["bitops"] == block * 4 * 8 + fixed * 32 * 32
+    attn = 2 * 1 * n * n * hd  # q·kᵀ and attn·v of the one head kept, at the qkv layer's activation bits (8)
+    cost = sn.cost(cfg)
+    assert cost["macs"] == block + fixed and cost["macs_attention"] == attn
+    assert cost["bitops"] == block * 4 * 8 + fixed * 32 * 32 + attn * 8 * 8
+    assert cost["bitops_attention"] == attn * 8 * 8
+    mixed = SubnetConfig(w_bits=(4,) * 8, a_bits=(6, 8, 8, 8, 4, 8, 8, 8), resolution=16, depth=2, mlp_ratio=2.0,
+                         heads=2)  # block 0's qkv at A6, block 1's at A4
+    n16 = (16 // 4) ** 2 + 1
+    per_block = 2 * 2 * n16 * n16 * hd
+    assert sn.cost(mixed)["bitops_attention"] == per_block * 6 * 6 + per_block * 4 * 4
+    float_attn = build(lora=None, depths=(1, 2), heads=(1, 2), mlp_ratios=(1.0, 2.0), resolutions=(8, 16),
+                       quant_attention=False)
+    assert float_attn.cost(cfg)["bitops"] == block * 4 * 8 + fixed * 32 * 32  # the old convention, on request
+
+
+def test_quantized_attention_matches_an_independent_fake_quant_computation():
+    sn = build(lora=None, w_bits=(4, 8), a_bits=(4, 8))
+    cfg = sn.space.uniform(8, 4)
+    sn.set_config(cfg)
+    attn = sn.net.blocks[0].attn
+    x = torch.randn(3, 17, 16)
+    with torch.no_grad():
+        got = attn(x)
+        s = {op: attn.attn_log_step[f"{op}4"].exp() for op in "qkvp"}
+        fq = lambda t, step, lo, hi: torch.clamp(torch.round(t / step), lo, hi) * step  # noqa: E731
+        qkv = attn.qkv(x).reshape(3, 17, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = fq(q * 8 ** -0.5, s["q"], -8, 7) @ fq(k, s["k"], -8, 7).transpose(-2, -1)
+        o = fq(a.softmax(-1), s["p"], 0, 15) @ fq(v, s["v"], -8, 7)
+        want = attn.proj(o.transpose(1, 2).reshape(3, 17, 16))
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.isclose(s["p"], torch.tensor(1 / 15))  # probabilities: [0, 1] on 16 unsigned levels
+        attn.a_bits = None  # float: timm's own unfused attention on the same module
+        attn.fused_attn = False
+        assert torch.allclose(attn(x), Attention.forward(attn, x), atol=1e-6)
+        assert not torch.allclose(got, Attention.forward(attn, x), atol=1e-4)  # quantizing changes the output
 
 
 @pytest.mark.parametrize("lora", ["per-bit", "shared", None])
@@ -87,8 +121,10 @@ def test_exported_subnet_gives_the_supernets_outputs_and_costs(lora):
         assert torch.equal(got, expected), cfg.label()
         stats = model_stats(plain, x[:1])
         cost = sn.cost(cfg)
-        assert (stats["bitops"], stats["macs"], stats["size_bits"]) == (cost["bitops"], cost["macs"],
-                                                                         cost["size_bits"]), cfg.label()
+        # model_stats counts Conv2d/Linear only: the supernet's figure adds the quantized attention matmuls
+        assert cost["bitops_attention"] > 0
+        assert (stats["bitops"], stats["macs"], stats["size_bits"]) == (cost["bitops"] - cost["bitops_attention"],
+                                                                         cost["macs"], cost["size_bits"]), cfg.label()
         layers = [m for m in plain.modules() if isinstance(m, QuantLinear)]
         assert len(layers) == 4 * cfg.depth and not any("lora" in n for n, _ in plain.named_parameters())
         assert sorted({(m.w_bits, m.a_bits) for m in layers}) == sorted(
@@ -240,3 +276,74 @@ def test_merging_lora_into_the_quantized_layer_keeps_its_output():
         after = wrapper(x)
     assert wrapper.merged and wrapper.adapters_in_use() == []
     torch.testing.assert_close(after, before)
+
+
+def _saved_weight_shaped(sn, x, y):
+    """Saved-for-backward tensors shaped like a searchable layer's weight that are not a parameter's storage."""
+    params = {p.untyped_storage().data_ptr() for p in sn.parameters()}
+    shapes = {tuple(layer.weight.shape) for layer in sn.layers().values()}
+    found = []
+
+    def pack(t):
+        if tuple(t.shape) in shapes and t.untyped_storage().data_ptr() not in params:
+            found.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.cross_entropy(sn(x), y).backward()
+    return found
+
+
+def _old_lora_forward(sn, x):
+    """The previous path: quantize the materialized W + s·B·A (kept by autograd for the STE)."""
+    from craftlab.supernet.lora import QuantLoraLinear
+
+    def fwd(self, inp, *a, **k):
+        base = self.get_base_layer()
+        w, b = base.quantized_weight(self.delta())
+        return F.linear(base.quantize_input(inp), w, b)
+
+    old = QuantLoraLinear.forward
+    QuantLoraLinear.forward = fwd
+    try:
+        return sn(x)
+    finally:
+        QuantLoraLinear.forward = old
+
+
+@pytest.mark.parametrize("mode", ["per-bit", "shared"])
+def test_lora_keeps_no_weight_copy_for_backward_and_its_gradients_equal_the_plain_path(mode):
+    sn = build(lora=mode, w_bits=(2, 4, 8), a_bits=(4, 8), heads=(1, 2), mlp_ratios=(1.0, 2.0))
+    full = build(lora=None, w_bits=(2, 4, 8), a_bits=(4, 8), heads=(1, 2), mlp_ratios=(1.0, 2.0))
+    perturb_lora(sn)
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    for cfg in (sn.space.largest(), SubnetConfig((4, 2, 8, 4) * 2, (8, 4, 4, 8) * 2, 16, 2, 1.0, 1)):
+        sn.set_config(cfg)
+        full.set_config(cfg)
+        # one weight-shaped tensor per layer is saved: the quantized weight F.linear keeps (as in full-weight
+        # training); the sum W + s·B·A is not (the old path kept both)
+        saved = _saved_weight_shaped(sn, x, y)
+        assert len(saved) == len(_saved_weight_shaped(full, x, y))
+        sn.zero_grad(set_to_none=True)
+        F.cross_entropy(sn(x), y).backward()
+        new = {n: p.grad.clone() for n, p in sn.named_parameters() if p.grad is not None}
+        sn.zero_grad(set_to_none=True)
+        F.cross_entropy(_old_lora_forward(sn, x), y).backward()
+        old = {n: p.grad.clone() for n, p in sn.named_parameters() if p.grad is not None}
+        assert new.keys() == old.keys() and any(".lora_A." in n for n in new)
+        for n in new:
+            assert torch.allclose(new[n], old[n], rtol=1e-5, atol=1e-7), n
+    params = {p.untyped_storage().data_ptr() for p in sn.parameters()}
+
+    def count_old(t, found):
+        if t.untyped_storage().data_ptr() not in params and t.dim() == 2 and t.shape[1] >= 16:
+            found.append(tuple(t.shape))
+        return t
+
+    sn.set_config(sn.space.largest())
+    old_saved, new_saved = [], []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: count_old(t, old_saved), lambda t: t):
+        F.cross_entropy(_old_lora_forward(sn, x), y).backward()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: count_old(t, new_saved), lambda t: t):
+        F.cross_entropy(sn(x), y).backward()
+    assert len(old_saved) > len(new_saved)  # the check can fail: the old path is caught by it

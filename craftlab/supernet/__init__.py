@@ -25,8 +25,12 @@ search are not published):
   feature size, width, depth, bit-widths compared by BitOPs reduction; LoRA with frozen base weights and a
   progressive strategy for memory; "selective" / "multiplex" LoRA against gradient conflict; ~95% BitOPs
   reduction without degradation (SAM on segmentation).
-* reconstructed (standard choices): BitOPs = Σ MACs·b_w·b_a (attention matmuls not counted; unsearched layers,
-  by default the patch embedding and the head, at 32x32 bits); per-layer W/A bits from W{2,3,4,6,8} x A{4,6,8};
+* reconstructed (standard choices): BitOPs = Σ MACs·b_w·b_a over Conv2d/Linear (unsearched layers, by default
+  the patch embedding and the head, at 32x32 bits) + Σ attention-matmul MACs (q·kᵀ, attn·v, quantized at the
+  activation bits of the block's qkv layer) · b_a² (``BITOPS_CONVENTION``); per-subnet BatchNorm re-estimated on
+  the calibration images for CNNs (OFA); LoRA quantized with the weight without a second weight-sized tensor in
+  the graph; the reported subnet is uniform unless a mixed one beats it by > 2 standard errors;
+  per-layer W/A bits from W{2,3,4,6,8} x A{4,6,8};
   LSQ step sizes per candidate bit-width (log-parametrized, MSE-initialized), symmetric signed grids, weights per
   output channel, inputs per tensor; LoRA rank 4 (alpha = rank) on every searchable Linear, the low-rank update
   quantized together with the weight (Q(W + sBA)); "multiplex" = one adapter per weight bit-width chosen by the
@@ -50,7 +54,7 @@ _NAMES: dict[str, str] = {
     "SupernetSpec": ".store", "get_supernet": ".store", "save_supernet": ".store", "load_supernet": ".store",
     "SearchResult": ".search", "evolutionary_search": ".search", "search_budgets": ".search",
     "pareto_front": ".search", "evaluate_configs": ".search", "SearchReport": ".search",
-    "step_memory": ".train", "study": None,
+    "step_memory": ".train", "study": None, "BITOPS_CONVENTION": ".model", "select": ".search",
 }
 
 __all__ = list(_NAMES)

@@ -173,6 +173,7 @@ def build_supernet(
     calib_batches: int = 2,
     input_size: tuple[int, int, int] | None = None,
     train_head: bool = False,
+    quant_attention: bool = True,
     seed: int = 0,
 ) -> Supernet:
     """A mixed-precision supernet over a copy of `model` (the model itself is not changed).
@@ -192,6 +193,9 @@ def build_supernet(
             None leaves every step at 1 (a checkpoint's steps are loaded over them).
         input_size: (C, H, W) of one input (default: the model's data config).
         train_head: with LoRA, train the classifier head too.
+        quant_attention: a ViT's q·kᵀ and attn·v run on fake-quantized operands at the activation bits of the
+            block's qkv layer and are counted in BitOPs (:mod:`craftlab.supernet.attention`); False keeps them
+            float and uncounted (the behaviour of supernets built before).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -231,7 +235,22 @@ def build_supernet(
     if calib is None and step_init is not None:
         raise ValueError("build_supernet needs calibration batches (e.g. data.calib) to initialize the activation "
                          "step sizes")
-    samples = _layer_inputs(net, layers, calib, calib_batches) if calib is not None else {}
+    attns = []
+    if kind == "vit" and quant_attention:
+        from .attention import quantize_attention
+
+        for i, blk in enumerate(net.blocks):
+            if f"blocks.{i}.attn.qkv" in layers:
+                attns.append(quantize_attention(blk.attn, a_bits))
+                attns[-1].a_bits, attns[-1].collect = None, {"q": [], "k": [], "v": []}
+    try:
+        samples = _layer_inputs(net, layers, calib, calib_batches) if calib is not None else {}
+        for attn in attns:
+            if step_init is not None:
+                attn.init_steps(step_init)
+    finally:
+        for attn in attns:
+            attn.a_bits, attn.collect = max(a_bits), None
     for name, layer in layers.items():
         new = make_switchable(layer, w_bits, a_bits)
         if step_init is not None:
@@ -267,5 +286,6 @@ def build_supernet(
             "lora": lora, "rank": rank, "alpha": alpha, "targets": targets if targets in (None, "all") else
             (list(targets) if not callable(targets) else "callable"), "step_init": step_init,
             "input_size": list(input_size), "train_head": train_head, "seed": seed,
+            "quant_attention": bool(attns),
             "base_fingerprint": model_fingerprint(model)}
     return Supernet(net, space, kind, input_size, lora, info, other, fixed)

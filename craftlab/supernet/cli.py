@@ -81,6 +81,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--population", type=int, default=16, help="population size (default 16)")
     s.add_argument("--generations", type=int, default=6, help="generations (default 6)")
     s.add_argument("--split", default="val", choices=["val", "test"], help="split the search evaluates on")
+    s.add_argument("--bn", default="subnet", choices=["subnet", "shared"],
+                   help="BatchNorm statistics of each subnet (CNNs): re-estimated for it on the calibration images "
+                        "(default) or the shared ones training left")
+    s.add_argument("--margin-se", type=float, default=2.0,
+                   help="report a mixed subnet only if it beats the best uniform one by more than this many "
+                        "standard errors (default 2; 0: the most accurate one)")
     s.add_argument("--out", default=None, help="write the results as JSON to this file")
     s.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -123,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         rows.append({"path": str(path), "spec": meta.get("spec"), "train_time_s": meta.get("train_time_s"),
                      **meta.get("metrics", {}), "val_accuracy_largest": hist[-1].get("val_accuracy_largest"),
                      "val_accuracy_smallest": hist[-1].get("val_accuracy_smallest"),
-                     "memory_mb": mem.get("total_bytes", 0) / 2**20})
+                     "memory_mib": mem.get("total_bytes", 0) / 2**20})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -132,12 +138,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{s['model']} lora={s['lora']} {'progressive' if s['progressive'] else 'flat'} seed {s['seed']}: "
               f"test accuracy largest {r.get('test_accuracy_largest', float('nan')):.3f}, smallest "
               f"{r.get('test_accuracy_smallest', float('nan')):.3f}; trained in {r['train_time_s']:.0f} s; "
-              f"training memory {r['memory_mb']:.1f} MB\n  -> {r['path']}")
+              f"training memory {r['memory_mib']:.1f} MiB\n  -> {r['path']}")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
     from ..data import load_data
+    from .model import BITOPS_CONVENTION
     from .search import evaluate_configs, search_budgets
     from .store import get_supernet, load_supernet
 
@@ -152,15 +159,16 @@ def _search(args: argparse.Namespace) -> int:
         sn, data_name = load_supernet(get_supernet(specs[0], progress=not args.json)), specs[0].data
     data = load_data(data_name, model=sn.net)
     report = search_budgets(sn, data, args.budget, split=args.split, population=args.population,
-                            generations=args.generations, seed=args.seeds[0])
+                            generations=args.generations, seed=args.seeds[0], bn=args.bn, margin_se=args.margin_se)
     fp32 = report.references["FP32"]
-    tests = evaluate_configs(sn, data, [r.best["config"] for r in report.results], split="test")
+    tests = evaluate_configs(sn, data, [r.best["config"] for r in report.results], split="test", bn=args.bn)
     rows = [{"budget": r.budget, "budget_pct_fp32": 100 * r.budget / fp32, "label": r.best["label"],
              "bitops": r.best["bitops"], "bitops_pct_fp32": 100 * r.best["bitops"] / fp32,
              f"{args.split}_accuracy": r.best["accuracy"], "test_accuracy": t["accuracy"], "size_mb": r.best["size_mb"],
-             "config": r.best["config"].to_dict(), "layers": list(sn.space.layers)}
+             "config": r.best["config"].to_dict(), "layers": list(sn.space.layers), "rule": r.rule}
             for r, t in zip(report.results, tests)]
-    out = {"results": rows, "references": report.references, "time_s": report.time_s,
+    out = {"results": rows, "references": report.references, "bitops_convention": BITOPS_CONVENTION,
+           "time_s": report.time_s,
            "pareto": [{"bitops": p["bitops"], "accuracy": p["accuracy"], "label": p["label"]} for p in report.pareto],
            "cache": report.cache_path}
     if args.out:
@@ -170,13 +178,13 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"FP32 reference: {fp32:.4g} BitOPs; W8A8: {report.references['W8A8']:.4g}; "
-          f"searched in {report.time_s:.0f} s")
+          f"searched in {report.time_s:.0f} s\n  ({BITOPS_CONVENTION})")
     for r in rows:
         bits = " ".join(f"{w}/{a}" for w, a in zip(r["config"]["w_bits"], r["config"]["a_bits"]))
         print(f"budget {r['budget']:.4g} ({r['budget_pct_fp32']:.2f}% of FP32): {r['label']}, "
               f"{r['bitops']:.4g} BitOPs ({r['bitops_pct_fp32']:.2f}%), {args.split} accuracy "
               f"{r[f'{args.split}_accuracy']:.3f}, test accuracy {r['test_accuracy']:.3f}\n"
-              f"  W/A bits per layer: {bits}")
+              f"  W/A bits per layer: {bits}\n  selection: {r['rule']}")
     return 0
 
 

@@ -53,6 +53,52 @@ class _LSQ(torch.autograd.Function):
         return gx, gs, None, None, None
 
 
+class _WeightLSQ(torch.autograd.Function):
+    """``LSQ(select(W + Σ s·B·A), step)`` without keeping ``W + Σ s·B·A`` for backward: only the leaves (W, the
+    LoRA factors, the step) are saved and the sum is recomputed in backward (forward == :class:`_LSQ` of it,
+    gradients equal those of the plain autograd path)."""
+
+    @staticmethod
+    def forward(ctx, weight, step, qmin, qmax, grad_scale, select, scalings, *factors):
+        w = select(_lora_sum(weight, scalings, factors))
+        ctx.save_for_backward(weight, step, *factors)
+        ctx.q, ctx.select, ctx.scalings = (qmin, qmax, grad_scale), select, scalings
+        return fake_quant(w, step, torch.zeros((), dtype=w.dtype, device=w.device), qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, g):
+        weight, step, *factors = ctx.saved_tensors
+        qmin, qmax, grad_scale = ctx.q
+        need = ctx.needs_input_grad
+        leaves = [t.detach().requires_grad_(bool(n)) for t, n in zip([weight, *factors], [need[0], *need[7:]])]
+        with torch.enable_grad():
+            w = ctx.select(_lora_sum(leaves[0], ctx.scalings, leaves[1:]))
+        v = w.detach() * (1.0 / step)
+        vc = v.clamp(qmin, qmax)
+        inside = vc == v
+        gs = None
+        if need[1]:
+            gs = (g * torch.where(inside, torch.round(vc) - vc, vc)).sum_to_size(step.shape) * grad_scale
+        wanted = [t for t in leaves if t.requires_grad]
+        got = iter(torch.autograd.grad(w, wanted, g * inside) if wanted else [])
+        grads = [next(got) if t.requires_grad else None for t in leaves]
+        return (grads[0], gs, None, None, None, None, None, *grads[1:])
+
+
+def _lora_delta(scalings: tuple[float, ...], factors: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """``Σ s·(B @ A)`` (factors: A1, B1, A2, B2, ...) in the order of the LoRA wrapper's ``delta``; None if none."""
+    out = None
+    for s, a, b in zip(scalings, factors[0::2], factors[1::2]):
+        d = (b @ a) * s
+        out = d if out is None else out + d
+    return out
+
+
+def _lora_sum(weight: torch.Tensor, scalings: tuple[float, ...], factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    delta = _lora_delta(scalings, factors)
+    return weight if delta is None else weight + delta
+
+
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, bits: int, per_example: int) -> torch.Tensor:
     """Fake-quantize `x` on a signed `bits`-bit grid of step `step` (broadcastable), LSQ gradients.
 
@@ -115,6 +161,29 @@ class _Switchable:
             w = w[:, : self.cols]
         return w, b
 
+    def _select(self, w: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None:
+            w = w[self.rows]
+        return w[:, : self.cols] if self.cols is not None else w
+
+    def lora_quantized_weight(self, lora: list[tuple[torch.Tensor, torch.Tensor, float]]
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(fake-quantized active ``W + Σ s·B·A``, active bias) from LoRA factors ``[(A, B, s), ...]``, keeping no
+        weight-sized sum for backward (:class:`_WeightLSQ`); equal to ``quantized_weight(Σ s·B·A)``."""
+        if self.w_bits is None or not torch.is_grad_enabled():
+            return self.quantized_weight(_lora_delta(tuple(s for *_, s in lora),
+                                                     tuple(t for a, b, _ in lora for t in (a, b))))
+        b = self.bias[self.rows] if self.bias is not None and self.rows is not None else self.bias
+        step = self.weight_step(self.w_bits)
+        if self.rows is not None:
+            step = step[self.rows]
+        qmin, qmax = grid(self.w_bits, symmetric=True)
+        per_example = self.weight[0].numel() if self.cols is None else self.weight[0, : self.cols].numel()
+        factors = tuple(t for a, bb, _ in lora for t in (a, bb))
+        w = _WeightLSQ.apply(self.weight, step, qmin, qmax, 1.0 / math.sqrt(max(per_example, 1) * qmax),
+                             self._select, tuple(s for *_, s in lora), *factors)
+        return w, b
+
     def quantized_weight(self, delta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(fake-quantized active weight at the current w_bits, active bias): what the layer multiplies by."""
         w, b = self.active_weight(delta)
@@ -138,8 +207,9 @@ class _Switchable:
 class SwitchableQuantLinear(_Switchable, nn.Linear):
     """nn.Linear at a switchable (w_bits, a_bits); ``forward(x, delta)`` quantizes ``weight + delta`` (LoRA)."""
 
-    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
-        w, b = self.quantized_weight(delta)
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None,
+                lora: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None) -> torch.Tensor:
+        w, b = self.lora_quantized_weight(lora) if lora is not None else self.quantized_weight(delta)
         return F.linear(self.quantize_input(x), w, b)
 
 

@@ -2,7 +2,9 @@
 
 peft wraps each :class:`~craftlab.supernet.layers.SwitchableQuantLinear` (an nn.Linear subclass) in
 :class:`QuantLoraLinear`, a subclass of peft's LoRA ``Linear`` registered through ``LoraConfig``'s custom-module
-mapping. Its forward puts the low-rank update *inside* the quantizer: ``y = Q_a(x) · Q_w(W + s·B·A)ᵀ + b``.
+mapping. Its forward puts the low-rank update *inside* the quantizer: ``y = Q_a(x) · Q_w(W + s·B·A)ᵀ + b``, through a
+custom autograd function that saves only W, A, B and the step and recomputes ``W + s·B·A`` in backward (no second
+weight-sized tensor held by the graph; :class:`craftlab.supernet.layers._WeightLSQ`).
 So the trained adapters are quantization-aware, merging ``W + s·B·A`` and re-quantizing (what an export does)
 gives exactly the supernet's output, and the deployed subnet is a plain quantized layer with no float side path.
 (peft's stock LoRA adds ``s·B·A·x`` beside the base layer in float: unmerged it is not a quantized model, and
@@ -59,8 +61,13 @@ class QuantLoraLinear(PeftLoraLinear):
             out = d if out is None else out + d
         return out
 
+    def factors(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """``[(A, B, s), ...]`` of the adapters in use (what :meth:`delta` sums)."""
+        return [(self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in self.adapters_in_use()]
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.get_base_layer()(x, delta=self.delta())
+        # the factors, not W + s·B·A: the quantizer recomputes the sum in backward instead of keeping a copy
+        return self.get_base_layer()(x, lora=self.factors())
 
 
 def add_lora(net: nn.Module, layer_names: list[str], mode: str, w_candidates: tuple[int, ...], rank: int = 4,

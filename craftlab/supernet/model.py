@@ -39,6 +39,9 @@ from .layers import SwitchableQuantConv2d, SwitchableQuantLinear
 from .space import SearchSpace, SubnetConfig
 
 FP_BITS = 32
+BITOPS_CONVENTION = ("BitOPs = Σ Conv2d/Linear MACs · w_bits · a_bits (patch embedding, stem and head at 32x32) + "
+                     "Σ attention matmul MACs (q·kᵀ, attn·v) · a_bits² (the block's qkv activation bits)")
+"""How every supernet BitOPs figure is counted (printed beside the numbers by the CLI, the app and the benchmark)."""
 
 
 def resize_input(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -95,10 +98,21 @@ class Supernet(nn.Module):
         self.net, self.space, self.kind, self.input_size = net, space, kind, tuple(input_size)
         self.lora_mode, self.info = lora_mode, info
         self._other_params, self._fixed = other_params, fixed_layers
-        self._macs_cache: dict[tuple, tuple[list[int], list[tuple[int, int]], int]] = {}
+        self._macs_cache: dict[tuple, tuple[list[int], list[tuple[int, int]], int, list[int]]] = {}
+        self._attn = self._attention_modules()
         self._heads_index: dict[int, torch.Tensor] = {}
         self._config = space.largest()
         self.set_config(self._config)
+
+    def _attention_modules(self) -> list[tuple[nn.Module, int]]:
+        """(quantized attention module, index of its block's qkv layer) per ViT block with quantized matmuls."""
+        if self.kind != "vit":
+            return []
+        from .attention import QuantAttention
+
+        index = {n: i for i, n in enumerate(self.space.layers)}
+        return [(blk.attn, index[f"blocks.{b}.attn.qkv"]) for b, blk in enumerate(self.net.blocks)
+                if isinstance(blk.attn, QuantAttention) and f"blocks.{b}.attn.qkv" in index]
 
     # ---- configurations ------------------------------------------------------------------------------
     def layers(self) -> dict[str, SwitchableQuantLinear | SwitchableQuantConv2d]:
@@ -123,6 +137,8 @@ class Supernet(nn.Module):
         cfg = self.space.validate(cfg)
         for layer, w, a in zip(self.layers().values(), cfg.w_bits, cfg.a_bits):
             layer.w_bits, layer.a_bits = w, a
+        for attn, i in self._attn:  # q·kᵀ and attn·v at the activation bits of the block's qkv layer
+            attn.a_bits = cfg.a_bits[i]
         if self.kind == "vit":
             self._apply_structure(cfg)
         self._config = cfg
@@ -136,6 +152,29 @@ class Supernet(nn.Module):
             yield self
         finally:
             self.set_config(saved)
+
+    def has_batchnorm(self) -> bool:
+        """True when the network keeps BatchNorm running statistics (shared by every subnet as trained)."""
+        from ..compression.bn import batchnorm_layers
+
+        return bool(batchnorm_layers(self.net))
+
+    @contextlib.contextmanager
+    def subnet_bn(self, calib: Any | None) -> Iterator[Supernet]:
+        """``with supernet.subnet_bn(data.calib):`` re-estimates the BatchNorm statistics *of the current subnet*
+        on `calib` (OFA's per-subnet BN re-calibration, :func:`craftlab.compression.bn.recalibrate_bn_`) and puts
+        the shared statistics back on exit. No-op without BatchNorm or with ``calib=None``."""
+        from ..compression.bn import batchnorm_layers, recalibrate_bn_
+
+        bns = batchnorm_layers(self.net) if calib is not None else {}
+        saved = {n: {k: v.clone() for k, v in bn.state_dict().items()} for n, bn in bns.items()}
+        try:
+            if bns:
+                recalibrate_bn_(self, calib)
+            yield self
+        finally:
+            for n, bn in bns.items():
+                bn.load_state_dict(saved[n])
 
     def _hidden(self, ratio: float) -> int:
         return int(self.net.embed_dim * ratio)
@@ -214,15 +253,23 @@ class Supernet(nn.Module):
         return cfg.resolution, cfg.depth, cfg.mlp_ratio, cfg.heads
 
     @torch.no_grad()
-    def _measure(self, cfg: SubnetConfig) -> tuple[list[int], list[tuple[int, int]], int]:
-        """(MACs per searchable layer, (weight, bias) numel per searchable layer, MACs of the fixed layers) of
-        `cfg`'s structure: one forward of a blank image with hooks, cached per structure."""
+    def _measure(self, cfg: SubnetConfig) -> tuple[list[int], list[tuple[int, int]], int, list[int]]:
+        """(MACs per searchable layer, (weight, bias) numel per searchable layer, MACs of the fixed layers, MACs of
+        the quantized attention matmuls per block) of `cfg`'s structure: one forward of a blank image with hooks,
+        cached per structure."""
         key = self._structure(cfg)
         if key in self._macs_cache:
             return self._macs_cache[key]
         layers = self.layers()
         index = {id(m): i for i, m in enumerate(layers.values())}
         macs, numel, fixed = [0] * len(layers), [(0, 0)] * len(layers), [0]
+        attn_macs = [0] * len(self._attn)
+        attn_index = {id(m): j for j, (m, _) in enumerate(self._attn)}
+
+        def attn_hook(mod, inputs, out):
+            from .attention import attention_macs
+
+            attn_macs[attn_index[id(mod)]] = attention_macs(mod.num_heads, inputs[0].shape[1], mod.head_dim)
 
         def hook(mod, inputs, out):
             if isinstance(mod, nn.Conv2d):
@@ -239,6 +286,7 @@ class Supernet(nn.Module):
 
         mods = list(layers.values()) + [self.net.get_submodule(n) for n in self._fixed]
         handles = [m.register_forward_hook(hook) for m in mods]
+        handles += [m.register_forward_hook(attn_hook) for m, _ in self._attn]
         was_training = self.training
         self.eval()
         try:
@@ -250,14 +298,18 @@ class Supernet(nn.Module):
             for h in handles:
                 h.remove()
             self.train(was_training)
-        self._macs_cache[key] = (macs, numel, fixed[0])
+        self._macs_cache[key] = (macs, numel, fixed[0], attn_macs)
         return self._macs_cache[key]
 
     def cost(self, cfg: SubnetConfig | None = None) -> dict[str, float]:
-        """``macs``, ``bitops`` (Σ MACs·b_w·b_a, 32 bits for unsearched layers) and ``size_bits`` / ``size_mb``
-        of subnet `cfg` (default: the current one), as ``model_stats`` counts its exported model."""
+        """Costs of subnet `cfg` (default: the current one). ``bitops`` = Σ Conv2d/Linear MACs · b_w · b_a (32 bits
+        for unsearched layers) + Σ attention matmul MACs (q·kᵀ, attn·v) · b_a · b_a (the block's qkv activation
+        bits; 0 when the supernet's attention is float); ``bitops_attention`` the attention part; ``macs`` the
+        Conv2d/Linear MACs and ``macs_attention`` the attention matmuls'; ``size_bits`` / ``size_mb`` as
+        ``model_stats`` counts the exported model. ``model_stats(export)["bitops"] == bitops - bitops_attention``."""
         cfg = self.space.validate(cfg) if cfg is not None else self._config
-        macs, numel, fixed = self._measure(cfg)
+        macs, numel, fixed, attn_macs = self._measure(cfg)
+        attn_bitops = sum(m * cfg.a_bits[i] ** 2 for m, (_, i) in zip(attn_macs, self._attn))
         bitops = sum(m * w * a for m, w, a in zip(macs, cfg.w_bits, cfg.a_bits)) + fixed * FP_BITS * FP_BITS
         size = sum(nw * w + nb * FP_BITS for (nw, nb), w in zip(numel, cfg.w_bits))
         depth = cfg.depth
@@ -269,28 +321,30 @@ class Supernet(nn.Module):
                 prefix = 0 if self.net.no_embed_class else self.net.num_prefix_tokens
                 n = (prefix + g[0] * g[1]) * self.net.embed_dim
             size += n * FP_BITS
-        return {"macs": sum(macs) + fixed, "bitops": bitops, "size_bits": size, "size_mb": size / 8 / 2**20}
+        return {"macs": sum(macs) + fixed, "macs_attention": sum(attn_macs), "bitops": bitops + attn_bitops,
+                "bitops_attention": attn_bitops, "size_bits": size, "size_mb": size / 8 / 2**20}
 
     def bitops(self, cfg: SubnetConfig | None = None) -> float:
-        """BitOPs of subnet `cfg` (default: the current one)."""
+        """BitOPs of subnet `cfg` (default: the current one), attention matmuls included (:meth:`cost`)."""
         return self.cost(cfg)["bitops"]
 
     def references(self) -> dict[str, float]:
-        """BitOPs of the base model in FP32 (every layer 32x32) and at W8A8 (the searchable layers 8x8): the
-        references a BitOPs reduction is quoted against."""
-        macs, _, fixed = self._measure(self.space.largest())
-        return {"FP32": (sum(macs) + fixed) * FP_BITS * FP_BITS,
-                "W8A8": sum(macs) * 64 + fixed * FP_BITS * FP_BITS}
+        """BitOPs of the base model in FP32 (every layer and attention matmul 32x32) and at W8A8 (the searchable
+        layers and attention matmuls 8x8): the references a BitOPs reduction is quoted against."""
+        macs, _, fixed, attn = self._measure(self.space.largest())
+        return {"FP32": (sum(macs) + fixed + sum(attn)) * FP_BITS * FP_BITS,
+                "W8A8": (sum(macs) + sum(attn)) * 64 + fixed * FP_BITS * FP_BITS}
 
     # ---- export --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def export(self, cfg: SubnetConfig | None = None) -> nn.Module:
+    def export(self, cfg: SubnetConfig | None = None, bn_calib: Any | None = None) -> nn.Module:
         """Subnet `cfg` (default: the current one) as a plain quantized model: QuantLinear / QuantConv2d layers
         holding the fake-quantized ``W + LoRA`` of their bits, the blocks and heads it keeps, the position
         embedding of its resolution (behind :class:`Resized` when that is not the input's). Same outputs as the
-        supernet set to `cfg`."""
+        supernet set to `cfg` — inside ``subnet_bn(bn_calib)`` when `bn_calib` (calibration batches) is given: the
+        BatchNorm statistics are then re-estimated for `cfg` (per-subnet BN)."""
         cfg = self.space.validate(cfg) if cfg is not None else self._config
-        with self.using(cfg):
+        with self.using(cfg), self.subnet_bn(bn_calib):
             net = copy.deepcopy(self.net)
             for name, layer in self.layers().items():
                 wrapper = self.net.get_submodule(name)
@@ -300,7 +354,11 @@ class Supernet(nn.Module):
             del net.peft_config
         res = cfg.resolution
         if self.kind == "vit":
+            from .attention import QuantAttention
+
             for blk in net.blocks:
+                if isinstance(blk.attn, QuantAttention):
+                    blk.attn.freeze()
                 blk.attn.num_heads, blk.attn.attn_dim = cfg.heads, cfg.heads * blk.attn.head_dim
             net.blocks = nn.Sequential(*list(net.blocks)[: cfg.depth])
             if res != self.space.native["resolution"] and net.pos_embed is not None and not net.dynamic_img_size:

@@ -9,7 +9,10 @@ Reconstruction choices (the paper's search is not published): a configuration ov
 lowering random genes one step (a bit-width or a structural value) until it fits, rather than rejected and
 resampled, so tight budgets stay searchable; the first population also holds every uniform-bit subnet that fits
 (so the search starts at least as good as the best uniform subnet). Fitness: validation accuracy, ties broken by
-fewer BitOPs.
+fewer BitOPs. The subnet *reported* is chosen by :func:`select`: the most accurate one, except that a
+mixed-precision subnet must beat the best uniform subnet under the budget by more than :data:`MARGIN_SE` standard
+errors (the winner of hundreds of noisy comparisons is otherwise a winner's curse). A CNN's subnets are scored
+with BatchNorm statistics re-estimated for each of them on the calibration images (``bn="subnet"``).
 
 Every accuracy is cached by configuration in ``$CRAFTLAB_HOME/supernet-search/<supernet>-<data>.json`` (the
 supernet's fingerprint: any change of its weights is a new file), so a repeated search (deterministic for a seed)
@@ -69,13 +72,29 @@ def _batches(supernet: Supernet, data: DataBundle, split: str) -> list[tuple[tor
     return [(x.to(dev), y.to(dev)) for x, y in eval_loader(data, split, batch_size=256)]
 
 
-@torch.inference_mode()
-def _accuracy(supernet: Supernet, batches: list, cfg: SubnetConfig) -> float:
+BN_MODES = ("subnet", "shared")
+"""BatchNorm statistics a subnet is scored with: re-estimated for it on the calibration images (``subnet``, OFA's
+per-subnet BN; the default) or the shared ones training left (``shared``). Models without BN ignore it."""
+MARGIN_SE = 2.0
+"""A mixed-precision subnet replaces the best uniform one only if its accuracy is higher by more than this many
+standard errors of the difference (two independent binomial proportions on n images: conservative for paired)."""
+
+
+def _bn_calib(supernet: Supernet, data: DataBundle, bn: str) -> list | None:
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    if bn == "shared" or not supernet.has_batchnorm():
+        return None
+    dev = next(supernet.parameters()).device
+    return [x.to(dev) for x, _ in data.calib]
+
+
+def _accuracy(supernet: Supernet, batches: list, cfg: SubnetConfig, bn_calib: list | None = None) -> float:
     was_training = supernet.training
     supernet.eval()
     correct = total = 0
     try:
-        with supernet.using(cfg):
+        with supernet.using(cfg), supernet.subnet_bn(bn_calib), torch.inference_mode():
             for x, y in batches:
                 correct += int((supernet(x).argmax(1) == y).sum())
                 total += len(y)
@@ -85,11 +104,46 @@ def _accuracy(supernet: Supernet, batches: list, cfg: SubnetConfig) -> float:
 
 
 def evaluate_configs(supernet: Supernet, data: DataBundle, configs: list[SubnetConfig],
-                     split: str = "test") -> list[dict[str, Any]]:
-    """Accuracy on `split` and the costs of each configuration (rows: ``label``, ``accuracy``, ``bitops``, ...)."""
-    batches = _batches(supernet, data, split)
-    return [{"label": supernet.space.label(c), "config": c, "accuracy": _accuracy(supernet, batches, c),
-             **supernet.cost(c)} for c in configs]
+                     split: str = "test", bn: str = "subnet") -> list[dict[str, Any]]:
+    """Accuracy on `split` and the costs of each configuration (rows: ``label``, ``accuracy``, ``bitops``, ...);
+    `bn`: :data:`BN_MODES`."""
+    batches, calib = _batches(supernet, data, split), _bn_calib(supernet, data, bn)
+    return [{"label": supernet.space.label(c), "config": c, "accuracy": _accuracy(supernet, batches, c, calib),
+             "n": sum(len(y) for _, y in batches), **supernet.cost(c)} for c in configs]
+
+
+def is_uniform(space: Any, cfg: SubnetConfig) -> bool:
+    """One weight and one activation bit-width over every layer that runs."""
+    active = space.active_layers(cfg)
+    return len({cfg.w_bits[i] for i in active}) == 1 and len({cfg.a_bits[i] for i in active}) == 1
+
+
+def standard_error(p1: float, p2: float, n: int) -> float:
+    """Standard error of the difference of two accuracies measured on `n` images each (unpaired binomial).
+
+    >>> round(standard_error(0.9, 0.9, 400), 4)
+    0.0212
+    """
+    return ((p1 * (1 - p1) + p2 * (1 - p2)) / max(n, 1)) ** 0.5
+
+
+def select(points: list[dict[str, Any]], budget: float, n: int, space: Any,
+           margin_se: float = MARGIN_SE) -> tuple[dict[str, Any], str]:
+    """The subnet to report under `budget` among scored `points`, and why: the most accurate one (ties: fewer
+    BitOPs) unless it is mixed-precision and beats the most accurate *uniform* subnet that fits by no more than
+    `margin_se` standard errors (:func:`standard_error`, `n` scoring images) — then the uniform one is kept."""
+    fits = [p for p in points if p["bitops"] <= budget]
+    top = min(fits, key=lambda p: (-p["accuracy"], p["bitops"]))
+    uniform = [p for p in fits if is_uniform(space, p["config"])]
+    if is_uniform(space, top["config"]) or not uniform or margin_se <= 0:
+        return top, "most accurate"
+    u = min(uniform, key=lambda p: (-p["accuracy"], p["bitops"]))
+    se = standard_error(top["accuracy"], u["accuracy"], n)
+    gain = top["accuracy"] - u["accuracy"]
+    if gain > margin_se * se:
+        by = f"{gain / se:.1f} SE" if se > 0 else f"{100 * gain:.1f} pts (no sampling error)"
+        return top, f"mixed beats uniform {u['label']} by {by} > {margin_se:g}"
+    return u, f"uniform kept: the best mixed subnet is {gain / se if se else 0:.1f} SE better (needs > {margin_se:g})"
 
 
 def pareto_front(points: list[dict[str, Any]], x: str = "bitops", y: str = "accuracy") -> list[dict[str, Any]]:
@@ -111,6 +165,9 @@ class SearchResult:
     history: list[dict[str, float]]
     evaluated: int
     time_s: float
+    top: dict[str, Any] | None = None
+    """The most accurate subnet found (``best`` unless the selection rule kept a uniform one)."""
+    rule: str = ""
 
 
 @dataclass
@@ -133,17 +190,20 @@ class SearchReport:
         return pd.DataFrame([{"budget": r.budget, "budget_pct_fp32": 100 * r.budget / fp32,
                               "label": r.best["label"], "val_accuracy": r.best["accuracy"],
                               "bitops": r.best["bitops"], "bitops_pct_fp32": 100 * r.best["bitops"] / fp32,
-                              "size_mb": r.best["size_mb"], "evaluated": r.evaluated, "time_s": r.time_s}
+                              "size_mb": r.best["size_mb"], "evaluated": r.evaluated, "time_s": r.time_s,
+                              "rule": r.rule}
                              for r in self.results])
 
 
 class _Searcher:
-    def __init__(self, supernet: Supernet, data: DataBundle, split: str, use_cache: bool):
+    def __init__(self, supernet: Supernet, data: DataBundle, split: str, use_cache: bool, bn: str = "subnet"):
         self.sn, self.space = supernet, supernet.space
         self.batches = _batches(supernet, data, split)
+        self.calib = _bn_calib(supernet, data, bn)
+        self.n = sum(len(y) for _, y in self.batches)
         path = None
         if use_cache:
-            ident = f"{data.name}-s{data.seed}-{split}-n{sum(len(y) for _, y in self.batches)}"
+            ident = f"{data.name}-s{data.seed}-{split}-n{self.n}" + ("-bnsubnet" if self.calib is not None else "")
             path = _cache.subdir("supernet-search") / f"{supernet.fingerprint()[:20]}-{ident}.json"
         self.cache = AccuracyCache(path)
         self.new = 0
@@ -154,7 +214,7 @@ class _Searcher:
         key = cfg.key()
         if key not in self.seen:
             if key not in self.cache.values:
-                self.cache.values[key] = _accuracy(self.sn, self.batches, cfg)
+                self.cache.values[key] = _accuracy(self.sn, self.batches, cfg, self.calib)
                 self.cache.dirty, self.new = True, self.new + 1
             cost = self.sn.cost(cfg)
             self.seen[key] = {"label": self.space.label(cfg), "config": cfg, "accuracy": self.cache.values[key],
@@ -181,14 +241,17 @@ def _check_budget(supernet: Supernet, budget: Any) -> float:
 def evolutionary_search(supernet: Supernet, data: DataBundle, budget: Any, *, split: str = "val",
                         population: int = 16, generations: int = 6, parent_ratio: float = 0.25,
                         mutation_ratio: float = 0.5, mutate_prob: float = 0.1, seed: int = 0,
-                        cache: bool = True, _searcher: _Searcher | None = None) -> SearchResult:
+                        cache: bool = True, bn: str = "subnet", margin_se: float = MARGIN_SE,
+                        _searcher: _Searcher | None = None) -> SearchResult:
     """The best subnet with BitOPs <= `budget` (a number, ``"120M"`` or ``"4%"`` of FP32) by evolutionary search on
-    `split`. ValueError (saying the minimum) when the budget is below the smallest subnet."""
+    `split`, chosen by :func:`select` (a mixed subnet must beat the best uniform one by > `margin_se` standard
+    errors). `bn`: :data:`BN_MODES`. ValueError (saying the minimum) when the budget is below the smallest
+    subnet."""
     value = _check_budget(supernet, budget)
     if population < 4 or generations < 0 or not 0 < parent_ratio < 1 or not 0 <= mutation_ratio <= 1:
         raise ValueError("need population >= 4, generations >= 0, 0 < parent_ratio < 1, 0 <= mutation_ratio <= 1")
     t0 = time.perf_counter()
-    s = _searcher or _Searcher(supernet, data, split, cache)
+    s = _searcher or _Searcher(supernet, data, split, cache, bn)
     new0 = s.new
     rng = random.Random(seed)
     space = supernet.space
@@ -216,15 +279,16 @@ def evolutionary_search(supernet: Supernet, data: DataBundle, budget: Any, *, sp
                 child = space.crossover(a["config"], b["config"], rng)
             children.append(s.score(s.repair(child, value, rng)))
         scored = parents + children
-    best = min((p for p in s.seen.values() if p["bitops"] <= value), key=rank)
+    top = min((p for p in s.seen.values() if p["bitops"] <= value), key=rank)
+    best, why = select(list(s.seen.values()), value, s.n, space, margin_se)
     if _searcher is None:
         s.cache.save()
-    return SearchResult(value, best, history, s.new - new0, time.perf_counter() - t0)
+    return SearchResult(value, best, history, s.new - new0, time.perf_counter() - t0, top, why)
 
 
 def search_budgets(supernet: Supernet, data: DataBundle, budgets: list[Any], *, split: str = "val",
                    population: int = 16, generations: int = 6, seed: int = 0, cache: bool = True,
-                   **kwargs: Any) -> SearchReport:
+                   bn: str = "subnet", **kwargs: Any) -> SearchReport:
     """:func:`evolutionary_search` for each budget (sharing evaluations), every evaluated point and their Pareto
     front. Budgets are checked before any search."""
     if not isinstance(data, DataBundle):
@@ -234,11 +298,12 @@ def search_budgets(supernet: Supernet, data: DataBundle, budgets: list[Any], *, 
     for b in budgets:
         _check_budget(supernet, b)
     t0 = time.perf_counter()
-    s = _Searcher(supernet, data, split, cache)
+    s = _Searcher(supernet, data, split, cache, bn)
     results = [evolutionary_search(supernet, data, b, split=split, population=population, generations=generations,
                                    seed=seed, _searcher=s, **kwargs) for b in budgets]
     s.cache.save()
     points = list(s.seen.values())
-    args = {"split": split, "population": population, "generations": generations, "seed": seed, **kwargs}
+    args = {"split": split, "population": population, "generations": generations, "seed": seed, "bn": bn,
+            "n": s.n, **kwargs}
     return SearchReport(results, points, pareto_front(points), supernet.references(), time.perf_counter() - t0,
                         str(s.cache.path) if s.cache.path else None, args)

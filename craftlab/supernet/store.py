@@ -123,6 +123,7 @@ def load_supernet(directory: str | os.PathLike, expected_architecture: str | Non
         base_model = build_model(arch, num_classes=info.get("num_classes"))
     args = {k: info.get(k) for k in ("w_bits", "a_bits", "resolutions", "depths", "mlp_ratios", "heads", "lora",
                                      "rank", "alpha", "train_head", "seed")}
+    args["quant_attention"] = bool(info.get("quant_attention", False))  # supernets saved before: float attention
     targets = info.get("targets")
     if targets == "callable":
         raise CheckpointError("this supernet was built with a callable `targets`: rebuild it and load its state dict")
@@ -159,6 +160,7 @@ class SupernetSpec:
     lr: float = 2e-3
     n_random: int = 2
     progressive: bool = True
+    quant_attention: bool = True
     seed: int = 0
 
     @property
@@ -204,7 +206,8 @@ def get_supernet(spec: SupernetSpec, progress: bool = False) -> Path:
     base = load_checkpoint(get_run(spec.base_run(), progress=progress))
     sn = build_supernet(base, data.calib, w_bits=spec.w_bits, a_bits=spec.a_bits, resolutions=spec.resolutions,
                         depths=spec.depths, mlp_ratios=spec.mlp_ratios, heads=spec.heads,
-                        lora=None if spec.lora == "none" else spec.lora, rank=spec.rank, seed=spec.seed)
+                        lora=None if spec.lora == "none" else spec.lora, rank=spec.rank, seed=spec.seed,
+                        quant_attention=spec.quant_attention)
     res = train_supernet(sn, data, epochs=spec.epochs, lr=spec.lr, n_random=spec.n_random,
                          progressive=spec.progressive, seed=spec.seed, progress=progress)
     metrics = {}

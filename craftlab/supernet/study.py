@@ -60,21 +60,54 @@ def notebook_specs(seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> d
     return out
 
 
+def float_attention_macs(model: Any, x: Any) -> int:
+    """MACs of the attention matmuls (q·kᵀ and attn·v) of one image `x` (1, C, H, W) in `model`'s timm
+    ``Attention`` modules: ``2 · heads · N² · head_dim`` each (0 for a model without them)."""
+    import torch
+    from timm.models.vision_transformer import Attention
+
+    from .attention import attention_macs
+
+    total = [0]
+
+    def hook(mod, inputs, out):
+        total[0] += attention_macs(mod.num_heads, inputs[0].shape[1], mod.head_dim)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Attention)]
+    if not handles:
+        return 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(x[:1].to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total[0]
+
+
 def ptq_baselines(model: Any, data: Any, settings: tuple[str, ...] = PTQ_SETTINGS,
                   split: str = "test") -> list[dict[str, Any]]:
     """Uniform post-training quantization of `model` (``craftlab.quantize``, default targets, calibrated on
-    ``data.calib``): per setting its accuracy on `split` and BitOPs (``model_stats``); FP32 first."""
+    ``data.calib``): per setting its accuracy on `split` and BitOPs; FP32 first. ``bitops`` follows the supernet's
+    convention (:data:`craftlab.supernet.model.BITOPS_CONVENTION`): ``model_stats``'s Conv2d/Linear BitOPs
+    (``bitops_conv_linear``) plus the attention matmuls, which ``craftlab.quantize`` leaves in float (32x32)."""
     from ..compression.quant import model_stats, quantize
     from ..evaluation import evaluate
     from ..train.finetune import eval_loader
 
     x = next(iter(eval_loader(data, split)))[0][:1]
+    attn = float_attention_macs(model, x)
     rows = []
     for label in ("FP32", *settings):
         m = model if label == "FP32" else quantize(model, w_bits=int(label[1]), a_bits=int(label[3]),
                                                    calib=data.calib)
+        conv_linear = model_stats(m, x)["bitops"]
         rows.append({"label": label, "accuracy": evaluate(m, eval_loader(data, split))["accuracy"],
-                     "bitops": model_stats(m, x)["bitops"]})
+                     "bitops": conv_linear + attn * 32 * 32, "bitops_conv_linear": conv_linear,
+                     "macs_attention": attn})
     return rows
 
 
@@ -91,7 +124,7 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
     from .build import build_supernet
     from .train import step_memory
 
-    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed,
+    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 2,
             "torch": torch.__version__}
     path = cache.subdir("supernet-memory") / (hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16] + ".json")
     if use_cache and path.exists():
