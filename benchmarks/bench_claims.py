@@ -94,8 +94,12 @@ def _table(c: Claim) -> pd.DataFrame:
     d = pd.read_csv(RESULTS / c.source)
     if c.source == "snt.csv":
         return d[(d["model"] == "resnet-tiny") & (d["stage"] == "source") & (d["setting"] == c.setting)]
-    if c.source == "supernet.csv":
-        return d.assign(arm=d["label"].where(d["kind"] != "uniform PTQ", "uniform PTQ " + d["label"]))
+    if c.source == "supernet_picks.csv":  # the pick at the 5 % budget beside FP32, on the test split
+        fp = pd.read_csv(RESULTS / "supernet.csv")
+        fp = fp[(fp["model"] == "vit-tiny") & (fp["split"] == "test") & (fp["kind"] == "FP32")]
+        pick = d[(d["model"] == "vit-tiny") & (d["budget_pct"].round(3) == 5.0)]
+        return pd.concat([fp.assign(arm="FP32")[["seed", "arm", "accuracy"]],
+                          pick.assign(arm="pick ≤ 5%", accuracy=pick["pick_test"])[["seed", "arm", "accuracy"]]])
     return d.assign(accuracy=d["test_accuracy"])
 
 
