@@ -14,7 +14,8 @@ For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before 
    per-image view (exact McNemar on seed 0's test images) and which noise dominates (seeds or images).
 
 Writes ``results/claims.csv`` (one row per claim) and prints the RESULTS.md section.
-Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims``).
+Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids]``; ``--report``
+re-prints the section from ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``).
 """
 
 from __future__ import annotations
@@ -202,6 +203,9 @@ def markdown(ledger: pd.DataFrame) -> str:
         f"{r['id']}: {r['seed0_only_baseline']} images only {r['baseline']} gets right, {r['seed0_only_treatment']} "
         f"only {r['treatment']}, p = {r['seed0_mcnemar_p']:.2g}" for r in ledger.to_dict("records")
         if r["source"] == "live") + "."]
+    live = ledger[ledger["source"] == "live"]
+    lines += ["", f"The {len(live)} live claims took {live['wall_s'].sum():.0f} s of compression and evaluation when the "
+              "ledger was computed (fine-tuning runs cached by `craftlab.get_run`, shared with the app and notebooks)."]
     lines += ["", "Rows read from an existing results table (`source` column) keep that table's seeds: they were not "
               "re-run with the power rule, and their verdicts say what those seeds could detect."]
     lines += ["", "Endpoints and why (written before the run): " + " ".join(
@@ -210,6 +214,11 @@ def markdown(ledger: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
+    """``[claim ids]`` run those claims (default: all); ``--report`` only prints the section from claims.csv."""
+    if "--report" in (argv or []):
+        ledger = pd.read_csv(RESULTS / "claims.csv")
+        print(markdown(ledger))
+        return ledger
     ids = [a for a in (argv or []) if not a.startswith("-")]
     claims = [c for c in CLAIMS if not ids or c.id in ids]
     rows = [run_claim(c) for c in claims]

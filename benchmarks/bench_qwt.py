@@ -235,7 +235,7 @@ def shape(df: pd.DataFrame) -> str:
     """The QwT README's shape: large gains at W4A4, almost none at W6A6 (mean gain over seeds, points)."""
     comp = df[df["family"].isin(["uniform", "repq"])]
     piv = comp.pivot_table(index=["model", "arm", "family", "setting"], columns="method", values="accuracy")
-    lines = ["Shape check (QwT README: RepQ-ViT W4A4 +1.2 to +7.8 pts with QwT, W6A6 +0.1 to +0.3): mean gain "
+    lines = ["Shape check (QwT README: RepQ-ViT W4A4 +0.2 to +7.8 pts with QwT, W6A6 +0.1 to +0.3): mean gain "
              "in points, W4A4 vs W6A6.", "", "| model | arm | recipe | W6A6 PTQ→+QwT / +QwT-v2 | "
              "W4A4 PTQ→+QwT / +QwT-v2 |", "|---|---|---|---|---|"]
     for (name, arm, family), part in piv.groupby(level=[0, 1, 2], sort=False):

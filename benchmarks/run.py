@@ -3,6 +3,7 @@
     python -m benchmarks.run            # all
     python -m benchmarks.run sam craft  # a subset (sections of the others are kept from the last run)
     python -m benchmarks.run --threads 1 craft   # pin torch's intra-op threads (a shared, busy machine)
+    python -m benchmarks.run claims --report     # flags after the names go to each benchmark's main
 
 Each section records the command and the machine it ran on. Ratios are measured in one run.
 """
@@ -57,7 +58,7 @@ def _sections() -> dict[str, str]:
     return {p.split("\n", 1)[0].split(" — ")[0].strip(): "## " + p for p in parts}
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], argv: list[str] | None = None) -> None:
     sections = _sections()
     for key in names:
         module, title = BENCHES[key]
@@ -67,13 +68,14 @@ def main(names: list[str]) -> None:
         t0 = time.perf_counter()
         takes_argv = "argv" in inspect.signature(mod.main).parameters
         with contextlib.redirect_stdout(buf):
-            mod.main([]) if takes_argv else mod.main()
+            mod.main(list(argv or [])) if takes_argv else mod.main()
         wall = time.perf_counter() - t0
         load = f"load average before/after {load0:.1f}/{os.getloadavg()[0]:.1f}"
         out = buf.getvalue()
         sys.stdout.write(out)
         body = out.rstrip()  # progress goes to stderr: every printed line is a reading (none is cut)
-        sections[key] = (f"## {key} — {title}\n\nCommand: `python -m benchmarks.run {key}` "
+        extra = "".join(f" {a}" for a in argv or [])
+        sections[key] = (f"## {key} — {title}\n\nCommand: `python -m benchmarks.run {key}{extra}` "
                          f"({wall:.0f} s on {machine()}; {load}; {time.strftime('%Y-%m-%d')}).\n\n{body}\n\n")
     order = [k for k in BENCHES if k in sections]
     RESULTS_MD.write_text("# Benchmark results\n\nRe-run all: `python -m benchmarks.run` (or `make bench`). "
@@ -86,4 +88,6 @@ if __name__ == "__main__":
     if args[:1] == ["--threads"]:
         torch.set_num_threads(int(args[1]))
         args = args[2:]
-    main(args or list(BENCHES))
+    flags = [a for a in args if a.startswith("--")]  # passed on to each benchmark's main (e.g. claims --report)
+    names = [a for a in args if not a.startswith("--")]
+    main(names or list(BENCHES), flags)
