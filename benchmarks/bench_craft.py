@@ -33,8 +33,8 @@ ALPHA = 0.05
 
 def settings_for(name: str) -> list:
     grid = settings_grid()
-    if name == "resnet-tiny":  # BatchNorm re-estimation after pruning (vit-tiny has no BatchNorm)
-        grid += [s for s in settings_grid(recalibrate_bn=True, bits=()) if s.prunes]
+    if name == "resnet-tiny":  # BatchNorm re-estimation after pruning and quantization (vit-tiny has no BatchNorm)
+        grid += [s for s in settings_grid(recalibrate_bn=True) if s.recalibrate_bn]
     return grid
 
 

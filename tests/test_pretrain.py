@@ -202,9 +202,10 @@ def test_study_arms_settings_and_claim_statistics():
     assert {"repvgg", "repvgg+SAM"} <= set(resnet_arms)  # repvgg needs k x k convs: resnet-tiny only
     assert vit_arms["expand"]["lr"] == pytest.approx(3e-3 / 3) and vit_arms["SAM"] == {"sam_rho": 0.05}
     labels = [s.label() for s in S.study_settings("resnet-tiny")]
-    assert labels[0] == "FP32" and "wanda 70% +BN" in labels and "W4A4" in labels  # BatchNorm re-estimated
+    assert labels[0] == "FP32" and "wanda 70% +BN" in labels and "W4A4 +BN" in labels  # BatchNorm re-estimated
     assert "wanda 70%" in [s.label() for s in S.study_settings("vit-tiny")]
-    assert [S.family(s) for s in ("FP32", "wanda 2:4 +BN", "W4A8")] == ["fp", "pruning", "quantization"]
+    assert [S.family(s) for s in ("FP32", "wanda 2:4 +BN", "W4A8", "W4A8 +BN")] == ["fp", "pruning", "quantization",
+                                                                                 "quantization"]
 
     rng = np.random.default_rng(0)
     rows = []
@@ -220,9 +221,10 @@ def test_study_arms_settings_and_claim_statistics():
     assert by_family.loc["quantization", "best_gain_pp"] == pytest.approx(3.0, abs=0.5)
     assert by_family.loc["pruning", "verdict"] in ("inconclusive", "partly supports", "contradicts", "mixed")
     assert by_family.loc["pruning", "gains"] + by_family.loc["pruning", "harms"] <= 1  # noise only
-    (line,) = S.claim_lines(claims, "source")
+    line, exploratory = S.claim_lines(claims, "source")
+    assert exploratory.startswith("Exploratory: 2 families")
     assert line.startswith("X -> PARTLY reproduces it (pruning: no, quantization: holds)")
-    assert "quantization: supports, best +3.1 pp at W4A4 vs claimed up to +5.4" in line
+    assert "quantization: supports, significant gain up to +3.1 pp at W4A4 (claimed up to +5.4)" in line
 
 
 def test_step_times_measures_every_arm(mnist_small):

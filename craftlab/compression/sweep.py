@@ -29,6 +29,8 @@ def settings_grid(
 ) -> list[Setting]:
     """The compression settings of a sweep: FP32, each pruning setting alone and each (w_bits, a_bits) alone.
 
+    ``recalibrate_bn=True`` gives every pruning *and* bit setting the BatchNorm re-estimation (one protocol).
+
     Bit settings use `recipe`. Each entry of `compensations` (``"qwt"``, ``"qwt-v2"``) adds, right after
     every pruning and bit setting, the same setting with that compensation, so a table shows the
     compressed model and its compensated versions side by side.
@@ -53,7 +55,7 @@ def settings_grid(
         for p in patterns:
             grid += with_comps(make_setting(p, nm_score=method, recalibrate_bn=recalibrate_bn))
     for w, a in bits:
-        grid += with_comps(make_setting("none", 0.0, w, a, recipe=recipe))
+        grid += with_comps(make_setting("none", 0.0, w, a, recipe=recipe, recalibrate_bn=recalibrate_bn))
     return list(dict.fromkeys(grid))
 
 
