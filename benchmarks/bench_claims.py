@@ -177,6 +177,7 @@ def _f(v: float) -> str:
 
 
 def markdown(ledger: pd.DataFrame) -> str:
+    ledger = ledger.assign(source=ledger["source"].fillna("live") if "source" in ledger else "live")
     lines = ["Each row: the paper's claim, its primary endpoint (fixed before the run), the seeds chosen for 80 % "
              "power at the effect of interest from a pilot's spread (capped at "
              f"{MAX_SEEDS}), the paired effect with its 90 % CI (two one-sided tests at α = {ALPHA}), and one verdict "
@@ -200,7 +201,8 @@ def markdown(ledger: pd.DataFrame) -> str:
                      f"{ni(r)}"
                      f" | {note} | {noise(r)} |")
     lines += ["", "Per-image view (seed 0, exact McNemar on the same 359 test images): " + "; ".join(
-        f"{r['id']}: {r['seed0_only_baseline']} images only {r['baseline']} gets right, {r['seed0_only_treatment']} "
+        f"{r['id']}: {int(r['seed0_only_baseline'])} images only {r['baseline']} gets right, "
+        f"{int(r['seed0_only_treatment'])} "
         f"only {r['treatment']}, p = {r['seed0_mcnemar_p']:.2g}" for r in ledger.to_dict("records")
         if r["source"] == "live") + "."]
     live = ledger[ledger["source"] == "live"]
