@@ -207,7 +207,8 @@ def markdown(ledger: pd.DataFrame) -> str:
         if r["source"] == "live") + "."]
     live = ledger[ledger["source"] == "live"]
     lines += ["", f"The {len(live)} live claims took {live['wall_s'].sum():.0f} s of compression and evaluation when "
-              "the ledger was computed (fine-tuning runs cached by `craftlab.get_run`, shared with the app and notebooks)."]
+              "the ledger was computed (fine-tuning runs cached by `craftlab.get_run`, shared with the app and "
+              "notebooks)."]
     lines += ["", "Rows read from an existing results table (`source` column) keep that table's seeds: they were not "
               "re-run with the power rule, and their verdicts say what those seeds could detect."]
     lines += ["", "Endpoints and why (written before the run): " + " ".join(
