@@ -194,3 +194,16 @@ def test_outliers_break_uniform_ptq_and_repq_repairs_them():
     uniform = acc(craftlab.quantize(m, 4, 4, calib=data.calib))
     repq = acc(craftlab.quantize(m, 4, 4, calib=data.calib, recipe="repq"))
     assert uniform < fp - 0.3 and repq > fp - 0.05  # measured on 1000 images: 0.93 -> 0.10 / 0.93
+
+
+def test_live_line_uses_the_ledger_definition_and_paper_lines_cover_every_claim():
+    base, treat = [0.80, 0.78, 0.81, 0.79, 0.80, 0.82], [0.86, 0.84, 0.85, 0.85, 0.86, 0.87]
+    v = endpoint_verdict(base, treat, ledger.claim("craft-vit").effect)
+    line = ledger.live_line("craft-vit", base, treat)
+    assert v.status == "supports" and "SUPPORTS" in line and "computed live" in line and "6 paired seeds" in line
+    empty = pd.DataFrame({"id": []})
+    for paper in {c.paper for c in ledger.CLAIMS}:
+        lines = ledger.paper_lines(paper, empty)
+        assert len(lines) == sum(c.paper == paper for c in ledger.CLAIMS) and "not in the ledger" in lines[0]
+    with pytest.raises(ValueError, match="no claim of paper"):
+        ledger.paper_lines("BERT")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLAIMS", "Claim", "claim", "ledger_path", "read_ledger", "verdict_line"]
+__all__ = ["CLAIMS", "Claim", "claim", "ledger_path", "live_line", "paper_lines", "read_ledger", "verdict_line"]
 
 
 @dataclass(frozen=True)
@@ -160,4 +160,38 @@ def verdict_line(claim_id: str, ledger: Any = None) -> str | None:
             f"effect of interest {100 * float(r['effect']):.1f} pp)")
     if r["status"] == "inconclusive" and math.isfinite(float(r["detectable"])):
         line += f"; the design had 80% power for ±{100 * float(r['detectable']):.1f} pp"
+        if float(r["detectable"]) < float(r["effect"]):
+            line += ", so an effect of the claimed size would most likely have been found"
     return line + "."
+
+
+def live_line(claim_id: str, baseline: Any, treatment: Any) -> str:
+    """The same verdict, computed live from paired values (pair i = same seed) at the claim's endpoint, with the
+    claim's effect of interest, margin and kind (:func:`craftlab.analysis.power.endpoint_verdict`)."""
+    from .power import endpoint_verdict
+
+    c = claim(claim_id)
+    v = endpoint_verdict(baseline, treatment, c.effect, margin=c.margin, kind=c.kind,
+                         higher_is_better=c.higher_is_better, scale=100, unit=" pp")
+    line = (f"{c.paper} — {c.words}: {v.status.upper()} at {c.model}, {c.setting} (computed live: "
+            f"{c.treatment} − {c.baseline} = {_pp(v.mean_diff)}, 90% CI {_pp(v.ci_low)} to {_pp(v.ci_high)}, "
+            f"p = {v.p:.2g}, {v.n} paired seeds; effect of interest {100 * c.effect:.1f} pp)")
+    if v.status == "inconclusive" and math.isfinite(v.detectable):
+        line += f"; these seeds had 80% power for ±{100 * v.detectable:.1f} pp"
+    return line + "."
+
+
+def paper_lines(paper: str, ledger: Any = None) -> list[str]:
+    """The ledger's sentence for every claim of `paper` (``CrAFT``, ``QwT``, ``QwT-v2``, ``SNT``, ``Supernet``,
+    ``LAST``, ``MIET``); a claim missing from the ledger says how to compute it.
+
+    Example::
+
+        for line in ledger.paper_lines("CrAFT"): print(line)
+    """
+    ids = [c.id for c in CLAIMS if c.paper == paper]
+    if not ids:
+        raise ValueError(f"no claim of paper {paper!r}; papers: {sorted({c.paper for c in CLAIMS})}")
+    df = read_ledger() if ledger is None else ledger
+    return [verdict_line(i, df) or f"{i}: not in the ledger of this checkout (python -m benchmarks.run claims)"
+            for i in ids]
