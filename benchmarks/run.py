@@ -26,6 +26,7 @@ HERE = Path(__file__).parent
 RESULTS_MD = HERE / "RESULTS.md"
 BENCHES = {
     "sam": ("bench_sam", "SAM step time vs the base optimizer"),
+    "sam_modes": ("bench_sam_modes", "Efficient SAM modes: step cost vs AdamW and the share of SAM's benefit kept"),
     "craft": ("bench_craft", "The CrAFT table on the embedded default"),
     "hessian": ("bench_hessian", "Top-2 Hessian eigenvalues: craftlab vs PyHessian"),
     "landscape": ("bench_landscape", "21x21 loss plane: craftlab vs loss-landscapes vs the forward-pass floor"),
