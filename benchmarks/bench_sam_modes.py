@@ -8,7 +8,8 @@
    gain = arm − AdamW post-compression test accuracy, paired by seed; retained = mean gain of the arm ÷ mean
    gain of full SAM, with a 95 % bootstrap interval over seeds (resampled jointly for both gains).
 
-Run: ``python -m benchmarks.bench_sam_modes [--seeds 5] [--epochs 3]`` (writes benchmarks/results/sam_modes.json).
+Run: ``python -m benchmarks.bench_sam_modes [--seeds 5] [--epochs 3]`` (writes benchmarks/results/sam_modes.json,
+``sam_modes_e8.json`` for ``--epochs 8``).
 A small benchmark for a shared 2-core machine: few seeds, few epochs; the intervals say how little 5 seeds decide.
 """
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     acc, wall = benefit(a.seeds, a.epochs)
     out = {"costs": costs, "accuracy": acc, "train_time_s": wall, "seeds": a.seeds, "epochs": a.epochs}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sam_modes.json").write_text(json.dumps(out, indent=1))
+    suffix = "" if a.epochs == 3 else f"_e{a.epochs}"
+    (RESULTS / f"sam_modes{suffix}.json").write_text(json.dumps(out, indent=1))
 
     print(f"**Cost**: mean CPU time per step (batch 64, {torch.get_num_threads()} thread(s)), median of 3 "
           "interleaved rounds of 20 steps; ratio to AdamW in the same rounds.\n")
