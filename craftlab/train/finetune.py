@@ -277,7 +277,8 @@ def finetune(
     if world is not None:
         config.update(batch_size=global_batch, world_size=world.size, sam_sync_first=sam_sync_first)
     history: list[dict[str, float]] = []
-    arm = ("ASAM" if adaptive else "SAM") + f" rho={sam_rho:g} {mode.spec()}" if use_sam else optimizer
+    arm = ("ASAM" if adaptive else "SAM") + f" rho={sam_rho:g}" if use_sam else optimizer
+    arm += f" {mode.spec()}" if use_sam and mode.name != "sam" else ""
     bar = tqdm(range(epochs), desc=f"finetune {config['architecture']} [{arm}]", leave=False,
                disable=not progress or (world is not None and not world.is_main))
     for epoch in bar:
