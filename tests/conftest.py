@@ -14,7 +14,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # Markers by module, so `pytest -m "not slow and not browser and not notebooks"` is the fast unit subset
 # (registered in pyproject.toml; `make test` still runs everything). A new module that trains models, starts
 # servers or spawns processes belongs in SLOW_MODULES.
-SLOW_MODULES = frozenset()
+SLOW_MODULES = frozenset({
+    "test_app", "test_app_adapt", "test_app_service", "test_app_supernet", "test_adapt_methods",  # train / serve
+    "test_consistency",
+    "test_distributed_ddp", "test_distributed_ray",  # spawn processes, start Ray
+    "test_pretrain", "test_supernet", "test_supernet_search",  # pretrain or train a supernet
+})
 NOTEBOOK_MODULES = frozenset({"test_notebooks"})
 
 
