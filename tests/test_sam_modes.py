@@ -252,3 +252,12 @@ def test_cli_finetune_sam_mode(tmp_path, capsys):
     assert main(["finetune", "--sam-mode", "bogus", "--sam-rho", "0.05", "--epochs", "1",
                  "--out", str(tmp_path / "b"), "--quiet"]) != 0
     assert "sam_mode" in capsys.readouterr().err
+
+
+def test_notebook_arms_accept_a_sam_mode():
+    from craftlab.analysis.arms import _arm_items
+
+    items = _arm_items({"AdamW": {}, "LookSAM": {"sam_rho": 0.05, "sam_mode": "looksam:5"}})
+    assert items[1] == ("LookSAM", {"sam_rho": 0.05, "sam_mode": "looksam:5"})
+    with pytest.raises(ValueError, match="unknown setting"):
+        _arm_items({"x": {"sam_modes": "msam"}})
