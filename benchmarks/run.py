@@ -27,8 +27,10 @@ HERE = Path(__file__).parent
 RESULTS_MD = HERE / "RESULTS.md"
 BENCHES = {
     "sam": ("bench_sam", "SAM step time vs the base optimizer"),
+    "sam_modes": ("bench_sam_modes", "Efficient SAM modes: step cost vs AdamW and the share of SAM's benefit kept"),
     "craft": ("bench_craft", "The CrAFT table on the embedded default"),
     "hessian": ("bench_hessian", "Top-2 Hessian eigenvalues: craftlab vs PyHessian"),
+    "grid_batching": ("bench_grid_batching", "Landscape grid: point by point vs vmapped points vs the forward floor"),
     "landscape": ("bench_landscape", "21x21 loss plane: craftlab vs loss-landscapes vs the forward-pass floor"),
     "qwt": ("bench_qwt", "QwT / QwT-v2 compensation on the embedded default"),
     "snt": ("bench_snt", "SNT: compression-friendly pretraining with stand-in transforms"),

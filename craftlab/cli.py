@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--sam-rho", type=float, default=0.0, help="SAM radius; 0 = plain fine-tuning")
+    s.add_argument("--sam-mode", default="sam", help="sam (default), looksam:K, random:F, msam, rwp (sigma=rho)")
     s.add_argument("--adaptive", action="store_true", help="ASAM (use a ~10x larger rho)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
@@ -234,7 +235,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     model = create_model(a.model, num_classes=data.num_classes, pretrained=not a.no_pretrained, seed=a.seed)
     res = finetune(model, data, optimizer=a.optimizer, lr=a.lr, epochs=a.epochs, sam_rho=a.sam_rho,
                    adaptive=a.adaptive, seed=a.seed, device=a.device, amp=a.amp, batch_size=a.batch_size,
-                   progress=not a.quiet)
+                   progress=not a.quiet, sam_mode=a.sam_mode)
     test = evaluate(res.model, data.test)
     res.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     res.config["classes"] = data.classes

@@ -316,6 +316,9 @@ print(f"Cost: SAM fine-tuning took {cost_ratio:.2f}x AdamW's time "
 # 2. ASAM: `ARMS = {"AdamW": {}, "ASAM ρ=0.5": {"sam_rho": 0.5, "adaptive": True}}`.
 # 3. `MODEL = "resnet-tiny"`: does the claim hold for a CNN (CrAFT tested ResNets and ViTs)?
 # 4. Add `"magnitude 80%"` or `"W3A3"` to `CLAIM_SETTINGS`: does the verdict depend on the settings picked?
+# 5. Cheaper SAM: `ARMS = {"AdamW": {}, "LookSAM k=5": {"sam_rho": 0.05, "sam_mode": "looksam:5"}}` takes the
+#    two-pass SAM step on every 5th step only (also `"random:0.25"`, `"msam"`, `"rwp"`; the README's *Cheaper SAM*
+#    says what each kept of SAM's gain in `benchmarks/RESULTS.md`). How much of the claim survives?
 
 # %%
 print(f"notebook ran in {time.perf_counter() - T0:.0f} s wall, {time.process_time() - C0:.0f} s CPU in this kernel")

@@ -1,6 +1,7 @@
 import contextlib
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,30 @@ import torch
 # copy shipped in the package, so nothing is pretrained or downloaded here).
 os.environ.setdefault("CRAFTLAB_HOME", tempfile.mkdtemp(prefix="craftlab-test-home-"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Markers by module, so `pytest -m "not slow and not browser and not notebooks"` is the fast unit subset
+# (registered in pyproject.toml; `make test` still runs everything). A new module that trains models, starts
+# servers or spawns processes belongs in SLOW_MODULES.
+SLOW_MODULES = frozenset({
+    "test_app", "test_app_adapt", "test_app_service", "test_app_supernet", "test_adapt_methods",  # train / serve
+    "test_consistency",
+    "test_distributed_ddp", "test_distributed_ray",  # spawn processes, start Ray
+    "test_pretrain", "test_supernet", "test_supernet_search",  # pretrain or train a supernet
+})
+NOTEBOOK_MODULES = frozenset({"test_notebooks"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        if module.startswith("test_app"):
+            item.add_marker(pytest.mark.app)
+        if module == "test_app_browser" or "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+        if module in NOTEBOOK_MODULES:
+            item.add_marker(pytest.mark.notebooks)
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -421,3 +421,27 @@ def test_loss_landscapes_backend_equals_native(steps: int) -> None:
     np.testing.assert_allclose(other.loss, native.loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(other.accuracy, native.accuracy)
     assert other.meta["timing"]["backend_points"] == (steps + 1) ** 2
+
+
+@pytest.mark.parametrize("name", ["resnet-tiny", "vit-tiny"])
+def test_vmapped_grid_equals_the_loop(name, unchanged) -> None:
+    """Stacked weights through vmap(functional_call) give the loop's losses and accuracies to 1e-6, on a
+    plane (two batches of different sizes, a chunk size that does not divide the grid) and a line."""
+    import craftlab
+
+    model = craftlab.create_model(name, num_classes=10, progress=False)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 1, 28, 28, generator=gen), torch.randint(0, 10, (24,), generator=gen)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    with unchanged(model):
+        loop = L.plane(model, batches, steps=5, distance=0.5, seed=3)
+        vm = L.plane(model, batches, steps=5, distance=0.5, seed=3, batch_points=7)
+        line_loop = L.line(model, batches, steps=9, seed=1)
+        line_vm = L.line(model, batches, steps=9, seed=1, batch_points=4)
+    np.testing.assert_allclose(vm.loss, loop.loss, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(vm.accuracy, loop.accuracy, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(line_vm.loss, line_loop.loss, rtol=1e-6, atol=1e-6)
+    assert vm.meta["timing"]["points_per_pass"] == 7
+    assert loop.loss.std() > 1e-3  # the grid is not flat: the comparison means something
+    with pytest.raises(ValueError, match="batch_points"):
+        L.plane(model, batches, steps=3, batch_points=0)

@@ -11,13 +11,13 @@ from craftlab.train.runs import RunSpec, arm_label, get_run, list_runs, run_dir
 BASE = RunSpec()
 # one other value per field: each changes what finetune does
 CHANGED = {"model": "resnet-tiny", "data": "mnist5k", "optimizer": "sgd", "lr": 3e-4, "epochs": 3, "sam_rho": 0.05,
-           "adaptive": True, "seed": 1, "batch_size": 32}
+           "adaptive": True, "seed": 1, "batch_size": 32, "sam_mode": "looksam:5"}
 
 
 def test_every_field_is_in_the_key():
     assert set(CHANGED) == {f.name for f in fields(RunSpec)}  # a new field must be added here (and to the key)
     for name, value in CHANGED.items():
-        base = replace(BASE, sam_rho=0.5) if name == "adaptive" else BASE
+        base = replace(BASE, sam_rho=0.5) if name in ("adaptive", "sam_mode") else BASE
         assert replace(base, **{name: value}).key != base.key, name
 
 
@@ -72,7 +72,8 @@ def test_get_run_trains_once_and_rebuilds_a_folder_of_another_run(monkeypatch):
     path = get_run(spec, progress=False)
     assert path == run_dir(spec)
     meta = json.loads((path / "craftlab.json").read_text())
-    assert meta["run"] == {k: v for k, v in asdict(spec).items() if k != "batch_size"}  # as recorded before the field
+    assert meta["run"] == {k: v for k, v in asdict(spec).items()
+                           if k not in ("batch_size", "sam_mode")}  # as recorded before the fields
     assert meta["arm"] == "adamw" and meta["label"] == "AdamW"
     assert 0 <= meta["metrics"]["test_accuracy"] <= 1
     assert any(r["key"] == spec.key for r in list_runs())

@@ -548,3 +548,33 @@ def test_math_attention_holds_until_the_last_thread_leaves():
         t.join(10)
     assert seen == {"after_a_left": False}
     assert fused_on()  # lifted once both left
+
+
+def test_confirming_run_stops_early_without_a_cluster_and_converges_one():
+    """The restart that checks for multiplicity costs a few products when nothing lies near the k-th value
+    (its top Ritz value settles clearly below it), and still finds a repeated top eigenvalue."""
+    from craftlab.probes.lanczos import lanczos, top_eigenpairs
+
+    g = torch.Generator().manual_seed(1)
+    bulk = torch.linspace(0.05, 1.0, 60).tolist()
+    for spectrum, expected in (([10.0, 5.0, 2.0] + bulk, [10.0, 5.0]), ([10.0, 10.0, 5.0] + bulk, [10.0, 10.0])):
+        a = _with_spectrum(spectrum, seed=3)
+        n, calls = a.shape[0], []
+
+        def mv(v, a=a, calls=calls):
+            calls.append(1)
+            return a @ v
+
+        v0 = torch.randn(n, generator=g, dtype=torch.float64)
+        first = len(lanczos(lambda v, a=a: a @ v, v0, 10 * n, 2, 1e-8)[0])  # the first run alone
+        r = top_eigenpairs(mv, n, 2, 10 * n, 1e-8, lambda n=n: torch.randn(n, generator=g, dtype=torch.float64), v0=v0)
+        torch.testing.assert_close(torch.tensor(r.values, dtype=torch.float64), torch.tensor(expected,
+                                   dtype=torch.float64), rtol=1e-8, atol=0)
+        assert r.converged and r.runs >= 2
+        if expected[1] == 5.0:  # no cluster: the confirming run stopped after a handful of products
+            assert len(calls) - first <= 7, (len(calls), first)  # converging it to tol took 10
+    # the early stop needs the top Ritz value converged (to the looser tolerance) and clearly below
+    a = _with_spectrum([10.0, 5.0] + bulk, seed=3)
+    v0 = torch.randn(a.shape[0], generator=g, dtype=torch.float64)
+    assert lanczos(lambda v: a @ v, v0, 200, 1, 1e-8, below=11.0, below_tol=1e-4)[3] == "below"
+    assert lanczos(lambda v: a @ v, v0, 200, 1, 1e-8, below=9.0, below_tol=1e-4)[3] == "converged"

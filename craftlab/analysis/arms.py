@@ -24,7 +24,7 @@ from ..train.runs import RunSpec, get_run, run_dir
 DEFAULT_BITS = ((8, 8), (6, 6), (4, 8), (4, 4), (3, 8))
 """The PTQ settings of the CrAFT walkthrough, from W8A8 down to W4A4 and W3A8."""
 
-_RUN_KEYS = ("optimizer", "lr", "sam_rho", "adaptive")
+_RUN_KEYS = ("optimizer", "lr", "sam_rho", "adaptive", "sam_mode")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +90,8 @@ def run_arms(
         for seed in seeds:
             spec = RunSpec(model=model, data=data, optimizer=kw.get("optimizer", "adamw"), lr=kw.get("lr"),
                            epochs=epochs, sam_rho=float(kw.get("sam_rho", 0.0)),
-                           adaptive=bool(kw.get("adaptive", False)), seed=int(seed))
+                           adaptive=bool(kw.get("adaptive", False)), seed=int(seed),
+                           sam_mode=kw.get("sam_mode", "sam"))
             t0 = time.perf_counter()
             cached = (run_dir(spec) / "craftlab.json").exists()
             path = get_run(spec, progress=progress)

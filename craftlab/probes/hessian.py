@@ -215,7 +215,9 @@ def top_hessian_eigenvalues(model: nn.Module, batches: Any, k: int = 1, max_iter
     ``method="lanczos"`` (default): Lanczos with full reorthogonalisation; a run stops when its top Ritz
     values change by less than `tol` (relative) between steps and their error estimates are below tol;
     for k ≥ 2, restarts in the orthogonal complement of the eigenvectors found detect repeated
-    eigenvalues (:func:`~craftlab.probes.lanczos.top_eigenpairs`; typically one extra run). `max_iter`
+    eigenvalues (:func:`~craftlab.probes.lanczos.top_eigenpairs`; typically one extra run, which stops after
+    a few products once its top Ritz value settles clearly below the k-th value, and converges fully only
+    when a cluster reaches it). `max_iter`
     caps the total number of Hessian-vector products and must be ≥ k. ``method="power"``: PyHessian's power iteration
     with deflation by re-orthogonalisation, same relative-change test per eigenvalue, `max_iter` products
     per eigenvalue (the baseline; typically several times slower).

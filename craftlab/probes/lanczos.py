@@ -60,7 +60,8 @@ def _project_out(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 def lanczos(mv: MatVec, v0: torch.Tensor, max_iter: int,
             target: int | Callable[[torch.Tensor], int] = 0, tol: float = 0.0,
-            locked: torch.Tensor | None = None) -> tuple[list[float], list[float], torch.Tensor, str]:
+            locked: torch.Tensor | None = None, below: float | None = None,
+            below_tol: float = 0.0) -> tuple[list[float], list[float], torch.Tensor, str]:
     """Lanczos with full reorthogonalisation on flat vectors, in the orthogonal complement of `locked`.
 
     `locked` (r × n, orthonormal rows, or None) is deflated: the start vector and every new Lanczos
@@ -71,7 +72,11 @@ def lanczos(mv: MatVec, v0: torch.Tensor, max_iter: int,
     the `target` largest-magnitude Ritz values θ both changed by less than `tol` (relative, PyHessian's
     test) since the previous step and has an estimated error (:func:`_ritz_error`) below tol·|θ|. The
     second condition guards against stopping on a plateau: with clustered eigenvalues a Ritz value can
-    move by < tol for a step while still far off. Returns (alphas, betas, Q (m × n basis), status).
+    move by < tol for a step while still far off. With `below` (a magnitude), the run also stops, with
+    status ``"below"``, once its dominant Ritz value θ has converged to the looser `below_tol` (the same two
+    tests) and lies clearly below it: |θ|·(1 + below_tol) < `below`. That is all a confirming run needs to
+    know; a Ritz value near or above `below` (a cluster) is converged to `tol` as usual. Returns (alphas,
+    betas, Q (m × n basis), status).
     """
     n = v0.numel() - (0 if locked is None else locked.shape[0])
     if locked is not None and len(locked):
@@ -84,6 +89,7 @@ def lanczos(mv: MatVec, v0: torch.Tensor, max_iter: int,
     alphas: list[float] = []
     betas: list[float] = []
     prev: torch.Tensor | None = None
+    prev_top: float | None = None
     eps = torch.finfo(v0.dtype).eps
     status = "max_iter"
     for j in range(m_max):
@@ -98,6 +104,16 @@ def lanczos(mv: MatVec, v0: torch.Tensor, max_iter: int,
         w = _project_out(w, q_basis[:j + 1])
         alphas.append(a)
         b = float(w.norm())
+        if below is not None:
+            theta, s = torch.linalg.eigh(tridiagonal(alphas, betas))
+            i = int(top_by_magnitude(theta, 1)[0])
+            top_now = float(theta[i])
+            if prev_top is not None and rel_change(top_now, prev_top) < below_tol and \
+                    _ritz_error(theta, s[-1], b, i) <= below_tol * abs(top_now) and \
+                    abs(top_now) * (1 + below_tol) < below:
+                status = "below"
+                break
+            prev_top = top_now
         if target and tol > 0:
             theta, s = torch.linalg.eigh(tridiagonal(alphas, betas))
             want = target(theta) if callable(target) else target
@@ -136,8 +152,10 @@ def top_eigenpairs(mv: MatVec, n: int, k: int, max_iter: int, tol: float, new_st
     One Lanczos run sees a single copy of each eigenvalue (the start vector's component in the eigenspace),
     so repeated eigenvalues need restarts: the converged Ritz vectors (or, on breakdown, the whole invariant
     Krylov basis) are locked, and a new run from a random vector (`new_start()`) in their orthogonal
-    complement looks for eigenvalues larger in magnitude than the k-th found so far; it converges as many of
-    its top Ritz values as could enter the top k, plus one. Runs continue until one finds nothing new (for
+    complement looks for eigenvalues larger in magnitude than the k-th found so far; it stops as soon as its
+    dominant Ritz value, converged to √tol, is clearly below the k-th magnitude (the usual case: no
+    multiplicity, a few products), else it converges as many of its top Ritz values as could enter the top k,
+    plus one, to tol. Runs continue until one finds nothing new (for
     k = 1 the first run suffices: a repeated top eigenvalue does not change the answer), the space is
     exhausted, or `max_iter` products (all runs together, ≥ k) are spent; ``converged`` is False in the last
     case. `v0`: the first run's start vector (default `new_start()`).
@@ -157,7 +175,10 @@ def top_eigenpairs(mv: MatVec, n: int, k: int, max_iter: int, tol: float, new_st
         def target(theta: torch.Tensor, c: float = c, enough: bool = enough) -> int:
             return min(k, 1 + int((theta.abs() > c * (1 + tol)).sum())) if enough else k
 
-        alphas, betas, q_basis, status = lanczos(mv, start, budget, target, tol, locked)
+        # a confirming run (enough values) stops as soon as it shows that nothing above c is in its reach;
+        # it converges its Ritz values only when one gets near or above c (a cluster at the k-th value)
+        alphas, betas, q_basis, status = lanczos(mv, start, budget, target, tol, locked,
+                                                 below=c if enough and c > 0 else None, below_tol=math.sqrt(tol))
         runs += 1
         budget -= len(alphas)
         if runs == 1:

@@ -50,6 +50,7 @@ from ._grid import (
     direction_norm,
     evaluate,
     evaluate_grid,
+    evaluate_grid_batched,
     model_info,
     named_params,
     symmetric_axis,
@@ -90,19 +91,27 @@ __all__ = [
 # lines, planes, interpolations
 # --------------------------------------------------------------------------------------------
 
+def _check_points(batch_points: int) -> None:
+    if isinstance(batch_points, bool) or not isinstance(batch_points, int) or batch_points < 1:
+        raise ValueError(f"batch_points must be a positive integer, got {batch_points!r}")
+
+
 def line(model: nn.Module, batches: Any, direction: DirectionLike | None = None, distance: float = 1.0,
          steps: int = 51, normalization: str | None = "filter", seed: int = 0,
-         loss_fn: LossFn = F.cross_entropy, ignore: str | None = "biasbn") -> LineResult:
+         loss_fn: LossFn = F.cross_entropy, ignore: str | None = "biasbn", batch_points: int = 1) -> LineResult:
     """Loss along ``w + alpha * d`` for ``alpha in linspace(-distance, distance, steps)``.
 
     Args:
         direction: dict or nn.Module (its parameters are the direction vector); ``None`` draws
             ``random_direction(model, seed, normalization, ignore)``.
         normalization: applied to a given direction too; ``None`` uses the given direction as is.
+        batch_points: grid points per forward pass (1: one point at a time, weights written in place; more:
+            stacked weights through ``torch.vmap`` of ``functional_call``, same values to 1e-6).
     Returns:
         :class:`LineResult` with loss/accuracy of shape (steps,); the centre (odd steps) is the model's loss.
     """
     check_normalization(normalization, ignore)
+    _check_points(batch_points)
     alphas = symmetric_axis(distance, steps)
     with preserved(model):
         d = resolve_direction(model, direction, normalization, ignore, torch.Generator().manual_seed(int(seed)))
@@ -111,7 +120,11 @@ def line(model: nn.Module, batches: Any, direction: DirectionLike | None = None,
         targets = [params[n] for n in names]
         base = [p.detach().clone() for p in targets]
         ev = Evaluator(model, on_device(batches, model), loss_fn)
-        loss, acc, timing = evaluate_grid(ev, targets, base, [d[n] for n in names], None, alphas, np.zeros(1))
+        if batch_points > 1:
+            loss, acc, timing = evaluate_grid_batched(model, ev.batches, loss_fn, names, base, [d[n] for n in names],
+                                                      None, alphas, np.zeros(1), batch_points)
+        else:
+            loss, acc, timing = evaluate_grid(ev, targets, base, [d[n] for n in names], None, alphas, np.zeros(1))
     meta = {**model_info(model), "kind": "line", "distance": float(distance), "steps": int(steps),
             "normalization": normalization, "ignore": ignore, "seed": int(seed), "random": direction is None,
             "direction_norm": direction_norm(d), "weight_norm": direction_norm({n: b for n, b in zip(names, base)}),
@@ -121,7 +134,8 @@ def line(model: nn.Module, batches: Any, direction: DirectionLike | None = None,
 
 def plane(model: nn.Module, batches: Any, directions: Sequence[DirectionLike | None] | None = None,
           distance: float = 1.0, steps: int = 21, normalization: str | None = "filter", seed: int = 0,
-          loss_fn: LossFn = F.cross_entropy, ignore: str | None = "biasbn", backend: str = "native") -> PlaneResult:
+          loss_fn: LossFn = F.cross_entropy, ignore: str | None = "biasbn", backend: str = "native",
+          batch_points: int = 1) -> PlaneResult:
     """Loss on the grid ``w + alpha * d1 + beta * d2``, alpha and beta in ``linspace(-distance, distance, steps)``.
 
     Args:
@@ -131,10 +145,14 @@ def plane(model: nn.Module, batches: Any, directions: Sequence[DirectionLike | N
         normalization: ``"filter"`` (Li et al.), ``"layer"`` or ``None`` (given directions used as is).
         backend: ``"native"`` (in-place parameter writes, fast) or ``"loss-landscapes"`` (the same grid
             evaluated by ``loss_landscapes.planar_interpolation`` on deep copies; for cross-checking).
+        batch_points: grid points per forward pass (native backend): 1 writes the weights in place point by
+            point; more stacks them through ``torch.vmap`` of ``functional_call`` (equal to 1e-6; not faster on
+            one CPU thread, see benchmarks/RESULTS.md).
     Returns:
         :class:`PlaneResult`, ``loss[i, j]`` at ``(alphas[i], betas[j])``, shape (steps, steps).
     """
     check_normalization(normalization, ignore)
+    _check_points(batch_points)
     if backend not in ("native", "loss-landscapes"):
         raise ValueError(f"backend must be 'native' or 'loss-landscapes', got {backend!r}")
     if directions is None:
@@ -153,8 +171,13 @@ def plane(model: nn.Module, batches: Any, directions: Sequence[DirectionLike | N
             targets = [params[n] for n in names]
             base = [p.detach().clone() for p in targets]
             ev = Evaluator(model, batch_list, loss_fn)
-            loss, acc, timing = evaluate_grid(ev, targets, base, [d1[n] for n in names], [d2[n] for n in names],
-                                              alphas, alphas)
+            if batch_points > 1:
+                loss, acc, timing = evaluate_grid_batched(model, batch_list, loss_fn, names, base,
+                                                          [d1[n] for n in names], [d2[n] for n in names], alphas,
+                                                          alphas, batch_points)
+            else:
+                loss, acc, timing = evaluate_grid(ev, targets, base, [d1[n] for n in names], [d2[n] for n in names],
+                                                  alphas, alphas)
         else:
             loss, acc, timing = _plane_loss_landscapes(model, batch_list, loss_fn, d1, d2, alphas)
     meta = {**model_info(model), "kind": "plane", "distance": float(distance), "steps": int(steps),

@@ -27,7 +27,7 @@ from ..data import DataBundle
 from ..distributed import ddp
 from ..evaluation import evaluate
 from ..models import SeededRNG
-from .sam import SAM, frozen_bn
+from .sam import SAM, frozen_bn, parse_sam_mode
 
 OPTIMIZERS = {
     # name: (class, default lr, default kwargs)
@@ -109,7 +109,8 @@ def _check_real(name: str, v: Any, *, low: float = 0.0, strict: bool = False, hi
 
 
 def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
-              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first=False) -> None:
+              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first=False,
+              sam_mode="sam") -> None:
     """Every argument of :func:`finetune`, checked once, before anything is built."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -130,6 +131,9 @@ def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_r
     _check_real("sam_rho", sam_rho)
     if adaptive and sam_rho == 0:
         raise ValueError("adaptive=True (ASAM) needs sam_rho > 0")
+    mode = parse_sam_mode(sam_mode)
+    if mode.name != "sam" and sam_rho == 0:
+        raise ValueError(f"sam_mode={sam_mode!r} needs sam_rho > 0 (the radius; rwp: the noise scale σ)")
     _check_real("eta", eta)
     _check_real("weight_decay", weight_decay, optional=True)
     _check_real("label_smoothing", label_smoothing, high=1.0)
@@ -163,6 +167,7 @@ def finetune(
     progress: bool = True,
     callback: Callable[[dict[str, float]], None] | None = None,
     sam_sync_first: bool = False,
+    sam_mode: str = "sam",
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` on `data.train`; `model` itself is not changed.
 
@@ -185,6 +190,11 @@ def finetune(
         sam_sync_first: data-parallel runs only (torchrun / ``accelerate launch``, see
             :mod:`craftlab.distributed.ddp`): all-reduce SAM's first gradient too, so every replica perturbs by the
             global batch's gradient; default False: each replica perturbs by its own (m-sharpness).
+        sam_mode: how SAM spends its second pass (with sam_rho > 0; see :mod:`craftlab.train.sam`): ``"sam"``
+            (every step, 2 passes), ``"looksam:K"`` (every K-th step, LookSAM's reused component in between),
+            ``"random:F"`` (on a random fraction F of the steps, drawn from a generator seeded by `seed`),
+            ``"msam"`` (Momentum-SAM: one pass at w − ρ m/‖m‖) or ``"rwp"`` (one pass at w + filter-wise
+            Gaussian noise of relative scale σ = sam_rho).
 
     Returns:
         :class:`FinetuneResult` with ``.model`` (eval mode, on `device`) and ``.history`` records
@@ -200,7 +210,8 @@ def finetune(
         res.history[-1]["val_accuracy"]
     """
     _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
-              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first)
+              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first, sam_mode)
+    mode = parse_sam_mode(sam_mode)
     epochs, seed = int(epochs), int(seed)  # numpy integers too
     batch_size = None if batch_size is None else int(batch_size)
     dev = _resolve_device(device)
@@ -222,8 +233,8 @@ def finetune(
         kwargs["weight_decay"] = weight_decay
     params = [p for p in model.parameters() if p.requires_grad]
     use_sam = sam_rho > 0
-    opt = (SAM(params, opt_cls, rho=sam_rho, adaptive=adaptive, eta=eta, model=model, **kwargs)
-           if use_sam else opt_cls(params, **kwargs))
+    opt = (SAM(params, opt_cls, rho=sam_rho, adaptive=adaptive, eta=eta, model=model, seed=seed, **mode.options(),
+               **kwargs) if use_sam else opt_cls(params, **kwargs))
     base = opt.base_optimizer if use_sam else opt
 
     loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
@@ -261,10 +272,13 @@ def finetune(
         "eta": eta, "batch_size": loader.batch_size, "seed": seed, "amp": amp, "label_smoothing": label_smoothing,
         "device": str(dev),
     }
+    if use_sam and mode.name != "sam":  # recorded only when not the default, as configs before the option
+        config["sam_mode"] = mode.spec()
     if world is not None:
         config.update(batch_size=global_batch, world_size=world.size, sam_sync_first=sam_sync_first)
     history: list[dict[str, float]] = []
     arm = ("ASAM" if adaptive else "SAM") + f" rho={sam_rho:g}" if use_sam else optimizer
+    arm += f" {mode.spec()}" if use_sam and mode.name != "sam" else ""
     bar = tqdm(range(epochs), desc=f"finetune {config['architecture']} [{arm}]", leave=False,
                disable=not progress or (world is not None and not world.is_main))
     for epoch in bar:
@@ -275,16 +289,21 @@ def finetune(
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             weight = 1.0 if world is None else world.loss_weight(step, len(y), n_train, global_batch)
             with rng:
+                two_pass = use_sam and opt.plan_step()  # False for a one-pass step of an efficient mode
+                if use_sam and not two_pass:
+                    opt.perturb()  # msam / rwp: the one pass runs at w + ε; looksam / random: at w
                 # under DDP, SAM's first backward skips the all-reduce unless sam_sync_first (see ddp module doc)
-                local = world is not None and use_sam and not sam_sync_first
+                local = world is not None and two_pass and not sam_sync_first
                 with net.no_sync() if local else contextlib.nullcontext():
                     loss, logits = forward_loss(x, y)
                     backward(loss if world is None else loss * weight)
-                if use_sam:
+                if two_pass:
                     opt.first_step(zero_grad=True)
                     with frozen_bn(model):
                         loss2 = forward_loss(x, y)[0]
                         backward(loss2 if world is None else loss2 * weight)
+                    opt.second_step(zero_grad=True, scaler=scaler)
+                elif use_sam:
                     opt.second_step(zero_grad=True, scaler=scaler)
                 else:
                     if scaler is not None:

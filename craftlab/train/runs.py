@@ -55,6 +55,18 @@ class RunSpec:
     batch_size: int | None = None
     """Training batch size; None: the data's default (64). Only a non-default one appears in :attr:`key` and
     :meth:`record`, so runs made before this field existed keep their keys and stay cached."""
+    sam_mode: str = "sam"
+    """How SAM spends its second pass (``finetune(sam_mode=...)``): ``"sam"``, ``"looksam:K"``, ``"random:F"``,
+    ``"msam"``, ``"rwp"``. Like `batch_size`, only a non-default mode appears in :attr:`key` and :meth:`record`."""
+
+    def __post_init__(self) -> None:
+        if self.sam_mode != "sam":
+            from .sam import parse_sam_mode  # checked (and spelled canonically) at the boundary
+
+            mode = parse_sam_mode(self.sam_mode)
+            if not self.sam_rho > 0:
+                raise ValueError(f"sam_mode={self.sam_mode!r} needs sam_rho > 0")
+            object.__setattr__(self, "sam_mode", mode.spec())
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint's sidecar records under ``"run"``: the fields, without ``batch_size`` when it is the
@@ -62,14 +74,18 @@ class RunSpec:
         out = asdict(self)
         if self.batch_size is None:
             del out["batch_size"]
+        if self.sam_mode == "sam":
+            del out["sam_mode"]
         return out
 
     @property
     def arm(self) -> str:
-        """Short machine label: ``adamw``, ``adamw+sam0.05``, ``adamw+asam0.5`` (part of :attr:`key`)."""
+        """Short machine label: ``adamw``, ``adamw+sam0.05``, ``adamw+asam0.5``, with an efficient mode
+        ``adamw+sam0.05-looksam5``, ``adamw+sam0.05-random0.5``, ``adamw+sam0.05-msam`` (part of :attr:`key`)."""
         if self.sam_rho == 0:
             return self.optimizer
-        return f"{self.optimizer}+{'asam' if self.adaptive else 'sam'}{_num(self.sam_rho)}"
+        mode = "" if self.sam_mode == "sam" else "-" + self.sam_mode.replace(":", "")
+        return f"{self.optimizer}+{'asam' if self.adaptive else 'sam'}{_num(self.sam_rho)}{mode}"
 
     @property
     def label(self) -> str:
@@ -88,7 +104,7 @@ class RunSpec:
         SAM of radius `sam_rho` (ASAM with `adaptive`); a SAM run's twin is its plain run (the arguments
         are then not used)."""
         if self.sam_rho > 0:
-            return replace(self, sam_rho=0.0, adaptive=False)
+            return replace(self, sam_rho=0.0, adaptive=False, sam_mode="sam")
         if not sam_rho > 0:
             raise ValueError(f"the SAM twin of a plain run needs sam_rho > 0, got {sam_rho!r}")
         return replace(self, sam_rho=float(sam_rho), adaptive=bool(adaptive))
@@ -96,11 +112,19 @@ class RunSpec:
 
 def arm_label(spec: RunSpec) -> str:
     """Human label of `spec`'s arm: ``AdamW``, ``SAM ρ=0.05``, ``ASAM ρ=0.5`` (AdamW is implied),
-    ``SGD``, ``SGD+SAM ρ=0.05``. For settings without a spec: ``arm_label(RunSpec(sam_rho=0.05))``."""
+    ``SGD``, ``SGD+SAM ρ=0.05``, ``SAM ρ=0.05 looksam:5``, ``MSAM ρ=0.3``, ``RWP σ=0.01``. For settings without
+    a spec: ``arm_label(RunSpec(sam_rho=0.05))``."""
     base = OPTIMIZER_LABELS.get(spec.optimizer, spec.optimizer)
     if not spec.sam_rho:
         return base
-    name = f"{'ASAM' if spec.adaptive else 'SAM'} ρ={_num(spec.sam_rho)}"
+    sam = "ASAM" if spec.adaptive else "SAM"
+    mode = getattr(spec, "sam_mode", "sam")
+    if mode == "msam":
+        name = f"M{sam} ρ={_num(spec.sam_rho)}"
+    elif mode == "rwp":
+        name = f"RWP σ={_num(spec.sam_rho)}"
+    else:
+        name = f"{sam} ρ={_num(spec.sam_rho)}" + ("" if mode == "sam" else f" {mode}")
     return name if spec.optimizer == "adamw" else f"{base}+{name}"
 
 
@@ -133,7 +157,7 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
     model = create_model(spec.model, num_classes=data.num_classes, pretrained=True, seed=spec.seed)
     result = finetune(model, data, optimizer=spec.optimizer, lr=spec.lr, epochs=spec.epochs, sam_rho=spec.sam_rho,
                       adaptive=spec.adaptive, seed=spec.seed, batch_size=spec.batch_size, progress=progress,
-                      callback=callback)
+                      callback=callback, sam_mode=spec.sam_mode)
     test = evaluate(result.model, eval_loader(data, "test"))
     result.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     result.config.update(run=spec.record(), arm=spec.arm, label=spec.label, classes=data.classes)
