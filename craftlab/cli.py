@@ -280,6 +280,12 @@ def cmd_compress(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     from .compression.sweep import sweep
 
+    if a.engine == "ray" and a.address is not None:  # before loading anything: a wrong address fails in seconds
+        from .distributed.connect import check_address
+
+        check_address(a.address)
+    elif a.address is not None:
+        raise ValueError("--address is for --engine ray")
     models = {c: _load_uncompressed(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = _data_for(first.craftlab_meta, first, a.data)

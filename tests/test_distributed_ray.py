@@ -7,9 +7,12 @@ thread, deterministic CPU kernels: the numbers are equal, not close).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -119,6 +122,65 @@ def test_unreachable_address_is_a_clear_error_within_seconds(cluster, home, chec
         craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], engine="dask")
     with pytest.raises(ValueError, match="engine='ray'"):
         craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], address="127.0.0.1:6379")
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # no request log on stderr
+        pass
+
+
+@pytest.fixture
+def not_ray():
+    """Loopback ports that are not Ray: a closed one, a plain HTTP server (as the dashboard's port) and a TCP
+    server that accepts every connection and never answers (as a proxy)."""
+    from http.server import ThreadingHTTPServer
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    yield {"closed": f"127.0.0.1:{closed_port}", "http": f"127.0.0.1:{http.server_address[1]}",
+           "silent": f"127.0.0.1:{silent.getsockname()[1]}"}
+    http.shutdown()
+    http.server_close()
+    silent.close()
+
+
+def test_an_open_port_that_is_not_ray_fails_in_seconds_with_one_line(cluster, home, checkpoints, digits, not_ray,
+                                                                      capsys):
+    from craftlab.cli import main
+    from craftlab.distributed.connect import ADDRESS_TIMEOUT_S, RayUnreachableError, check_address
+
+    assert ADDRESS_TIMEOUT_S <= 10
+    check_address(cluster)  # the real head passes
+    for what, address in not_ray.items():
+        t0 = time.monotonic()
+        with pytest.raises(RayUnreachableError, match=f"cannot reach the Ray cluster at '{address}'"):
+            craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], progress=False, engine="ray", address=address)
+        assert time.monotonic() - t0 <= ADDRESS_TIMEOUT_S + 3, what
+    # the CLI checks the address before it loads anything (this checkpoint does not even exist): one line, exit 2
+    for address in (not_ray["http"], not_ray["silent"]):
+        t0 = time.monotonic()
+        assert main(["sweep", "--checkpoint", "no/such/checkpoint", "--engine", "ray", "--address", address,
+                     "--quiet"]) == 2
+        assert time.monotonic() - t0 <= ADDRESS_TIMEOUT_S + 3
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot reach the Ray cluster" in err and "Traceback" not in err, err
+
+
+def test_the_address_is_checked_when_every_cell_is_cached(cluster, home, checkpoints, digits, not_ray):
+    df = craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], progress=False, engine="ray")
+    assert df.attrs["cells"]["computed"] == 1
+    again = craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], progress=False, engine="ray", address=cluster)
+    assert again.attrs["cells"] == {"computed": 0, "cached": 1, "total": 1}
+    for address in (not_ray["closed"], not_ray["http"]):
+        with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
+            craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], progress=False, engine="ray", address=address)
 
 
 def test_cache_folder_is_checked_on_every_node(cluster, home):

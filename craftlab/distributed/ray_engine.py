@@ -27,69 +27,19 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from ..settings import Setting
 from .cells import CellStore, cell_key, compute_row, data_id, model_id
+from .connect import ADDRESS_TIMEOUT_S, RayUnreachableError, check_address, last_line, ray_session
 
-ADDRESS_TIMEOUT_S = 5.0
+__all__ = ["ADDRESS_TIMEOUT_S", "RayUnreachableError", "check_address", "check_shared_home", "last_line",
+           "ray_session", "run_cells", "shared_home_error"]
+
 _LOADED: dict[str, Any] = {}  # per worker process: the last checkpoint loaded (its cells reuse it)
-
-
-class RayUnreachableError(ConnectionError, RuntimeError):
-    """No Ray cluster answers at the given address (a ConnectionError; also a RuntimeError for the CLI)."""
-
-
-def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
-    """Raise a clear error unless a Ray head answers at `address` (``HOST:PORT``, ``ray://HOST:PORT``; ``auto``
-    and ``local`` are left to Ray) within `timeout` seconds.
-
-    Example::
-
-        >>> check_address("127.0.0.1:1")
-        Traceback (most recent call last):
-        RayUnreachableError: cannot reach the Ray cluster at '127.0.0.1:1': ...
-    """
-    if not isinstance(address, str) or not address.strip():
-        raise ValueError(f"Ray address must be a non-empty string like '10.0.0.1:6379', got {address!r}")
-    if address in ("auto", "local"):
-        return
-    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"Ray address must look like HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or 'auto', "
-                         f"got {address!r}")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        why = err.strerror or str(err) or type(err).__name__
-        raise RayUnreachableError(
-            f"cannot reach the Ray cluster at {address!r}: {why} (checked for up to {timeout:g} s). Start one with "
-            "`ray start --head` and pass the address it prints, or leave the address out for a local cluster"
-        ) from None
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
-    """Connected to Ray inside the block (see module doc for which cluster); shut down after if started here."""
-    import ray
-
-    if address is not None:
-        check_address(address)
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning")
-    else:
-        ray.init(address=address, log_to_driver=False, logging_level="warning")
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _use_home(home: str, threads: int) -> None:
@@ -203,6 +153,8 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
     from .. import cache
     from ..train.runs import RunSpec, is_cached, run_dir
 
+    if address is not None:  # first, and also when every cell is cached: a wrong address is never silent
+        check_address(address)
     home = str(cache.home())
     store = CellStore(Path(home) / "sweeps" / "cells")
     did = data_id(data, split)
