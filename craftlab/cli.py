@@ -114,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
     s.add_argument("--engine", default="process", choices=["process", "ray"],
                    help="process: here (default); ray: every cell a Ray task, resumable (docs/scale_out.md)")
-    s.add_argument("--address", default=None, help="--engine ray: the Ray cluster, HOST:PORT (default: "
-                   "RAY_ADDRESS, else a local cluster)")
+    s.add_argument("--address", default=None, help="--engine ray: the Ray cluster, HOST:PORT or ray://HOST:10001 "
+                   "from a machine outside the cluster (default: RAY_ADDRESS, else a local cluster)")
+    s.add_argument("--keep-going", action="store_true", help="skip cells that fail, list them (model, setting, "
+                   "error) after the table and exit 1; default: stop at the first, with one line naming it")
+    s.add_argument("--cpus-per-task", type=int, default=1, help="--engine ray: CPUs and threads of each cell")
     s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("sharpness", help="Hessian lambda_max, trace and eps-sharpness of a checkpoint")
@@ -289,7 +292,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     models = {c: _load_uncompressed(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = _data_for(first.craftlab_meta, first, a.data)
-    if a.recipe == "repq":
+    if a.recipe == "repq" and not a.keep_going:  # with --keep-going such cells fail and are listed
         from .compression.pipeline import check_recipe_model
 
         for path, model in models.items():
@@ -299,8 +302,15 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                 raise ValueError(f"{path}: {err}") from None
     df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
                patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate, engine=a.engine,
-               address=a.address)
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+               address=a.address, keep_going=a.keep_going, cpus_per_task=a.cpus_per_task)
+    if len(df):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    failed = df.attrs.get("failed") or []
+    if failed:
+        import pandas as pd
+
+        print(f"\n{len(failed)} cell(s) failed:\n" + pd.DataFrame(failed).to_string(index=False))
+        return 1
     return 0
 
 

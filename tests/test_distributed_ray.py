@@ -51,6 +51,15 @@ def checkpoints(tmp_path_factory, digits):
             for name, rho in (("adamw", 0.0), ("sam", 0.05))]
 
 
+@pytest.fixture(scope="module")
+def resnet_ckpt(tmp_path_factory):
+    """The zoo's resnet-tiny with a 10-class head, as a checkpoint (RepQ-ViT refuses it: a failing cell)."""
+    from craftlab.checkpoint import save_checkpoint
+
+    model = craftlab.create_model("resnet-tiny", num_classes=10, progress=False)
+    return str(save_checkpoint(model, tmp_path_factory.mktemp("resnet") / "resnet", {"data": {"name": "digits"}}))
+
+
 def _cells(home: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (home / "sweeps" / "cells").glob("*.json")}
 
@@ -181,6 +190,40 @@ def test_the_address_is_checked_when_every_cell_is_cached(cluster, home, checkpo
     for address in (not_ray["closed"], not_ray["http"]):
         with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
             craftlab.sweep(checkpoints[:1], digits, settings=["FP32"], progress=False, engine="ray", address=address)
+
+
+def test_a_failing_cell_is_one_line_naming_it_or_listed_with_keep_going(cluster, home, checkpoints, resnet_ckpt,
+                                                                         digits, capsys):
+    from craftlab.cli import main
+    from craftlab.distributed.cells import CellError
+
+    models = {"vit": checkpoints[0], "resnet": resnet_ckpt}
+    settings = ["FP32", "W8A8 repq"]
+    with pytest.raises(CellError) as info:
+        craftlab.sweep(models, digits, settings=settings, progress=False, engine="ray")
+    msg = str(info.value)
+    assert "model 'resnet'" in msg and "setting 'W8A8 repq" in msg and "ValueError: recipe 'repq'" in msg
+    assert "\n" not in msg and "\x1b" not in msg
+    # keep going: the other cells' table equals the in-process engine's, the failure is listed the same way
+    df = craftlab.sweep(models, digits, settings=settings, progress=False, engine="ray", keep_going=True)
+    ref = craftlab.sweep(models, digits, settings=settings, progress=False, keep_going=True)
+    pd.testing.assert_frame_equal(df, ref, check_exact=True)
+    assert list(zip(df["model"], df["setting"])) == [("vit", "FP32"), ("vit", "W8A8 repq"), ("resnet", "FP32")]
+    assert df.attrs["failed"] == ref.attrs["failed"] and len(df.attrs["failed"]) == 1
+    fail = df.attrs["failed"][0]
+    assert (fail["model"], fail["setting"]) == ("resnet", "W8A8 repq")
+    assert fail["error"].startswith("ValueError: recipe 'repq'") and "\n" not in fail["error"]
+    # the CLI: one line and exit 2; with --keep-going the table, then the failures, and exit 1
+    argv = ["sweep", "--checkpoint", checkpoints[0], resnet_ckpt, "--methods", "magnitude", "--sparsities", "0.5",
+            "--patterns", "--bits", "8,8", "--recipe", "repq", "--engine", "ray", "--quiet"]
+    capsys.readouterr()
+    assert main(argv) == 2  # without --keep-going: RepQ-ViT's up-front check of every model, one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and resnet_ckpt in err and "ViT" in err
+    assert main([*argv, "--keep-going"]) == 1
+    out = capsys.readouterr().out
+    assert "1 cell(s) failed:" in out and "W8A8 repq" in out.split("failed:")[1]
+    assert out.count(resnet_ckpt) == 3  # its FP32 and magnitude 50% rows, and its failure
 
 
 def test_cache_folder_is_checked_on_every_node(cluster, home):

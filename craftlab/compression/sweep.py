@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .._errors import unknown_name
 from ..data import DataBundle
-from ..distributed.cells import compute_row
+from ..distributed.cells import CellError, compute_row
+from ..distributed.connect import last_line
 from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_compensation, parse_recipe, parse_setting
 
 
@@ -82,6 +83,8 @@ def sweep(
     extra_columns: Mapping[str, Mapping[str, Any]] | None = None,
     engine: str = "process",
     address: str | None = None,
+    keep_going: bool = False,
+    cpus_per_task: int = 1,
     **grid: Any,
 ) -> pd.DataFrame:
     """Evaluate every model under every compression setting.
@@ -104,6 +107,10 @@ def sweep(
         address: engine ``"ray"`` only: the cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``); default: the
             current Ray session, else ``RAY_ADDRESS``, else a local cluster started (and stopped) here. An
             unreachable address is a ConnectionError naming it, within seconds.
+        keep_going: a cell that fails is left out of the table and listed in ``df.attrs["failed"]`` (model,
+            setting, the error's last line) instead of stopping the sweep with
+            :class:`~craftlab.distributed.cells.CellError` (a one-line message naming the model and setting).
+        cpus_per_task: engine ``"ray"``: CPUs (and intra-op threads) of each cell and CPU fine-tuning task.
 
     Returns:
         One row per (model, setting): ``model, setting`` (its label), ``kind`` (fp / prune / quant /
@@ -130,21 +137,29 @@ def sweep(
     if engine == "ray":
         from ..distributed.ray_engine import run_cells
 
-        rows, counts = run_cells(models, data, settings, split=split, progress=progress, address=address)
-        df = pd.DataFrame([{**row, **extra.get(row["model"], {})} for row in rows])
+        rows, counts, failed = run_cells(models, data, settings, split=split, progress=progress, address=address,
+                                         keep_going=keep_going, cpus_per_task=cpus_per_task)
+        df = pd.DataFrame([{**row, **extra.get(row["model"], {})} for row in rows if row is not None])
         df.attrs["cells"] = counts
     else:
-        rows = []
+        rows, failed = [], []
         bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress, leave=False)
         for label, m in models.items():
             if isinstance(m, RunSpec):
                 m = get_run(m, progress=progress)
             model = m if isinstance(m, nn.Module) else load_checkpoint(m)
             for s in settings:
-                rows.append({**compute_row(model, data, s, split, label), **extra.get(label, {})})
+                try:
+                    rows.append({**compute_row(model, data, s, split, label), **extra.get(label, {})})
+                except Exception as err:
+                    failure = CellError(label, s.label(), last_line(err))
+                    if not keep_going:
+                        raise failure from err
+                    failed.append(failure.record())
                 bar.update()
         bar.close()
         df = pd.DataFrame(rows)
+    df.attrs["failed"] = failed
     if out is not None:
         save_table(df, out)
     return df

@@ -49,6 +49,19 @@ def compute_row(model: Any, data: Any, setting: Setting, split: str, label: str)
                                    "bitops", "params", "sparsity_measured")}}
 
 
+class CellError(RuntimeError):
+    """A sweep cell failed: the message names the model and the setting, then the error's last line."""
+
+    def __init__(self, model: str, setting: str, error: str):
+        super().__init__(f"sweep cell (model {model!r}, setting {setting!r}) failed: {error} -- pass keep_going=True "
+                         "(CLI: --keep-going) to skip failing cells and list them at the end")
+        self.model, self.setting, self.error = model, setting, error
+
+    def record(self) -> dict[str, str]:
+        """The row of the failures table: ``model, setting, error``."""
+        return {"model": self.model, "setting": self.setting, "error": self.error}
+
+
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 

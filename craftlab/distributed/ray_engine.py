@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Setting
-from .cells import CellStore, cell_key, compute_row, data_id, model_id
+from .cells import CellError, CellStore, cell_key, compute_row, data_id, model_id
 from .connect import ADDRESS_TIMEOUT_S, RayUnreachableError, check_address, last_line, ray_session
 
 __all__ = ["ADDRESS_TIMEOUT_S", "RayUnreachableError", "check_address", "check_shared_home", "last_line",
@@ -143,10 +143,12 @@ def check_shared_home(home: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting], split: str = "test",
-              progress: bool = True, address: str | None = None, cpus_per_task: int = 1,
-              ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The sweep's rows (models x settings, in that order) computed as Ray tasks, and cell counts
-    ``{"computed", "cached", "total"}``. `models`: label -> module, checkpoint folder or RunSpec."""
+              progress: bool = True, address: str | None = None, cpus_per_task: int = 1, keep_going: bool = False,
+              ) -> tuple[list[dict[str, Any] | None], dict[str, int], list[dict[str, str]]]:
+    """The sweep's rows (models x settings, in that order) computed as Ray tasks, cell counts
+    ``{"computed", "cached", "total"}`` and the failed cells (``model, setting, error``; their rows are None).
+    `models`: label -> module, checkpoint folder or RunSpec. A failing cell raises :class:`CellError` unless
+    `keep_going`."""
     import ray
     from tqdm.auto import tqdm
 
@@ -169,15 +171,17 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
                 todo.append((len(rows) - 1, label, m, mid, s, key))
     counts = {"computed": len(todo), "cached": len(rows) - len(todo), "total": len(rows)}
     bar = tqdm(total=len(rows), initial=counts["cached"], desc="sweep [ray]", disable=not progress, leave=False)
+    failed: list[dict[str, str]] = []
     if not todo:
         bar.close()
-        return rows, counts  # type: ignore[return-value]
+        return rows, counts, failed
     with ray_session(address):
         check_shared_home(home)
         gpus = ray.cluster_resources().get("GPU", 0)
         data_ref = ray.put(data)
         sources: dict[str, Any] = {}
         pending: dict[Any, int] = {}
+        names: dict[int, tuple[str, str]] = {}
         try:
             for pos, label, m, mid, s, key in todo:
                 if label not in sources:
@@ -189,13 +193,21 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
                 ref = _remote("_cell").options(num_cpus=cpus_per_task).remote(
                     sources[label], mid, data_ref, s, split, label, key, home, cpus_per_task)
                 pending[ref] = pos
+                names[pos] = (label, s.label())
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
-                rows[pending.pop(done[0])] = ray.get(done[0])
+                pos = pending.pop(done[0])
+                try:
+                    rows[pos] = ray.get(done[0])
+                except Exception as err:  # a RayTaskError: its cause's last line, with the cell's names
+                    failure = CellError(*names[pos], last_line(err))
+                    if not keep_going:
+                        raise failure from None
+                    failed.append(failure.record())
                 bar.update()
         finally:
             for ref in pending:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             bar.close()
-    return rows, counts  # type: ignore[return-value]
+    return rows, counts, failed
