@@ -226,6 +226,20 @@ def test_a_failing_cell_is_one_line_naming_it_or_listed_with_keep_going(cluster,
     assert out.count(resnet_ckpt) == 3  # its FP32 and magnitude 50% rows, and its failure
 
 
+def test_a_relative_checkpoint_path_is_resolved_on_the_driver(cluster, home, checkpoints, digits, monkeypatch):
+    """Workers run in their own working directory (on a cluster: another machine's): the driver's relative
+    path must reach them absolute."""
+    ckpt = Path(checkpoints[0])
+    monkeypatch.chdir(ckpt.parent.parent)
+    rel = f"{ckpt.parent.name}/{ckpt.name}"
+    worker_cwd = ray.get(ray.remote(lambda: os.getcwd()).remote())  # pickled by value
+    assert Path(worker_cwd).resolve() != Path.cwd().resolve()  # what makes a relative path break
+    df = craftlab.sweep([rel], digits, settings=["FP32", "W8A8"], progress=False, engine="ray")
+    ref = craftlab.sweep({rel: craftlab.load_checkpoint(ckpt)}, digits, settings=["FP32", "W8A8"], progress=False)
+    pd.testing.assert_frame_equal(df, ref, check_exact=True)
+    assert list(df["model"]) == [rel, rel]  # labelled as the user wrote it
+
+
 def test_cache_folder_is_checked_on_every_node(cluster, home):
     from craftlab.distributed.ray_engine import check_shared_home, shared_home_error
 

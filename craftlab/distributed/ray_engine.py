@@ -189,7 +189,9 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
                         sources[label] = str(run_dir(m)) if is_cached(m) else _remote("_finetune").options(
                             num_cpus=cpus_per_task, num_gpus=1 if gpus else 0).remote(m, home, cpus_per_task)
                     else:
-                        sources[label] = ray.put(m) if hasattr(m, "state_dict") else str(m)
+                        # a path is resolved here: a worker (another machine) has its own working directory
+                        sources[label] = ray.put(m) if hasattr(m, "state_dict") else str(
+                            Path(m).expanduser().resolve())
                 ref = _remote("_cell").options(num_cpus=cpus_per_task).remote(
                     sources[label], mid, data_ref, s, split, label, key, home, cpus_per_task)
                 pending[ref] = pos
