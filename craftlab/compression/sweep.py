@@ -102,7 +102,8 @@ def sweep(
         extra_columns: label -> columns to add to that model's rows (e.g. optimizer, rho, seed).
         engine: ``"process"`` (default: here, one cell after another) or ``"ray"``: every (model, setting) cell
             a Ray task, fine-tuning runs one GPU each; the same table, plus ``df.attrs["cells"]`` (computed /
-            cached counts). Finished cells are kept in ``$CRAFTLAB_HOME/sweeps``, so an interrupted Ray sweep,
+            cached counts) and ``df.attrs["runs"]`` (the fine-tunes it ran: path, pid, GPU ids, node).
+            Finished cells are kept in ``$CRAFTLAB_HOME/sweeps``, so an interrupted Ray sweep,
             run again, computes only what is missing. ``CRAFTLAB_HOME`` must be shared by every node (checked).
         address: engine ``"ray"`` only: the cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``); default: the
             current Ray session, else ``RAY_ADDRESS``, else a local cluster started (and stopped) here. An
@@ -137,10 +138,11 @@ def sweep(
     if engine == "ray":
         from ..distributed.ray_engine import run_cells
 
-        rows, counts, failed = run_cells(models, data, settings, split=split, progress=progress, address=address,
-                                         keep_going=keep_going, cpus_per_task=cpus_per_task)
+        rows, info = run_cells(models, data, settings, split=split, progress=progress, address=address,
+                               keep_going=keep_going, cpus_per_task=cpus_per_task)
         df = pd.DataFrame([{**row, **extra.get(row["model"], {})} for row in rows if row is not None])
-        df.attrs["cells"] = counts
+        df.attrs.update(cells=info["cells"], runs=info["runs"])
+        failed = info["failed"]
     else:
         rows, failed = [], []
         bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress, leave=False)

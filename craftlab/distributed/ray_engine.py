@@ -50,11 +50,17 @@ def _use_home(home: str, threads: int) -> None:
     configure_threads(threads)
 
 
-def _finetune(spec: Any, home: str, threads: int) -> str:
+def _finetune(spec: Any, home: str, threads: int) -> dict[str, Any]:
+    """Fine-tune `spec` (cached in the shared `home`): its folder, and where it ran (pid, GPUs, node)."""
+    import ray
+
     from ..train.runs import get_run
 
     _use_home(home, threads)
-    return str(get_run(spec, progress=False))
+    path = str(get_run(spec, progress=False))
+    ctx = ray.get_runtime_context()
+    return {"path": path, "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "node": ctx.get_node_id()}
 
 
 def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label: str, key: str, home: str,
@@ -62,6 +68,8 @@ def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label:
     from ..checkpoint import load_checkpoint
 
     _use_home(home, threads)
+    if isinstance(source, dict):  # what _finetune returned
+        source = source["path"]
     if isinstance(source, str):
         loaded = f"{source}|{mid}"  # a folder rewritten with other weights is loaded again
         if loaded not in _LOADED:
@@ -90,9 +98,13 @@ def _probe(marker: str, token: str) -> dict[str, Any]:
 
 
 @cache
-def _remote(fn_name: str) -> Any:
+def _remote(fn_name: str, gpu: bool = False) -> Any:
+    """`fn_name` as a Ray remote function; ``gpu``: one GPU, in a single-use worker process (``max_calls=1``,
+    which Ray honours only in the decorator, not in ``.options()``) so its CUDA memory is freed when it ends."""
     import ray
 
+    if gpu:
+        return ray.remote(max_retries=1, num_gpus=1, max_calls=1)(globals()[fn_name])
     return ray.remote(max_retries=1)(globals()[fn_name])
 
 
@@ -142,13 +154,34 @@ def check_shared_home(home: str | os.PathLike) -> list[dict[str, Any]]:
     return reports
 
 
+def _finetune_slots(resources: Mapping[str, float], cpus_per_task: int) -> tuple[int, bool]:
+    """How many fine-tuning tasks may run at once on a cluster with `resources`, and whether they take GPUs:
+    one per GPU when there are GPUs, else one per `cpus_per_task` CPUs (at least one).
+
+    Example::
+
+        >>> _finetune_slots({"CPU": 16, "GPU": 4}, 2), _finetune_slots({"CPU": 8}, 2)
+        ((4, True), (4, False))
+    """
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return gpus, True
+    return max(1, int(resources.get("CPU", 1)) // max(1, cpus_per_task)), False
+
+
 def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting], split: str = "test",
               progress: bool = True, address: str | None = None, cpus_per_task: int = 1, keep_going: bool = False,
-              ) -> tuple[list[dict[str, Any] | None], dict[str, int], list[dict[str, str]]]:
-    """The sweep's rows (models x settings, in that order) computed as Ray tasks, cell counts
-    ``{"computed", "cached", "total"}`` and the failed cells (``model, setting, error``; their rows are None).
+              ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
+    """The sweep's rows (models x settings, in that order; None for a failed cell) computed as Ray tasks, and
+    what happened: ``{"cells": {"computed", "cached", "total"}, "failed": [{"model", "setting", "error"}],
+    "runs": {label: {"path", "pid", "gpu_ids", "node"}}}`` (``runs``: the fine-tunes done in this call).
     `models`: label -> module, checkpoint folder or RunSpec. A failing cell raises :class:`CellError` unless
-    `keep_going`."""
+    `keep_going`.
+
+    Fine-tunes are submitted as slots free up (:func:`_finetune_slots`), the cluster's GPUs read again at each
+    submission, so GPU nodes that join during the sweep are used; a GPU fine-tune is a single-use worker process
+    (``max_calls=1``: its CUDA memory is freed when it ends).
+    """
     import ray
     from tqdm.auto import tqdm
 
@@ -161,55 +194,73 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
     store = CellStore(Path(home) / "sweeps" / "cells")
     did = data_id(data, split)
     rows: list[dict[str, Any] | None] = []
-    todo: list[tuple[int, str, Any, str, Setting, str]] = []  # (position, label, model, model id, setting, key)
+    todo: dict[str, list[tuple[int, str, Setting, str]]] = {}  # label -> (position, model id, setting, key)
     for label, m in models.items():
         mid = model_id(m if isinstance(m, RunSpec) or hasattr(m, "state_dict") else str(m))
         for s in settings:
             key = cell_key(mid, did, split, s)
             rows.append(store.get(key, label=label))
             if rows[-1] is None:
-                todo.append((len(rows) - 1, label, m, mid, s, key))
-    counts = {"computed": len(todo), "cached": len(rows) - len(todo), "total": len(rows)}
-    bar = tqdm(total=len(rows), initial=counts["cached"], desc="sweep [ray]", disable=not progress, leave=False)
-    failed: list[dict[str, str]] = []
+                todo.setdefault(label, []).append((len(rows) - 1, mid, s, key))
+    n_todo = sum(map(len, todo.values()))
+    info: dict[str, Any] = {"cells": {"computed": n_todo, "cached": len(rows) - n_todo, "total": len(rows)},
+                            "failed": [], "runs": {}}
+    bar = tqdm(total=len(rows), initial=len(rows) - n_todo, desc="sweep [ray]", disable=not progress, leave=False)
     if not todo:
         bar.close()
-        return rows, counts, failed
+        return rows, info
     with ray_session(address):
         check_shared_home(home)
-        gpus = ray.cluster_resources().get("GPU", 0)
         data_ref = ray.put(data)
-        sources: dict[str, Any] = {}
-        pending: dict[Any, int] = {}
-        names: dict[int, tuple[str, str]] = {}
-        try:
-            for pos, label, m, mid, s, key in todo:
-                if label not in sources:
-                    if isinstance(m, RunSpec):
-                        sources[label] = str(run_dir(m)) if is_cached(m) else _remote("_finetune").options(
-                            num_cpus=cpus_per_task, num_gpus=1 if gpus else 0).remote(m, home, cpus_per_task)
-                    else:
-                        # a path is resolved here: a worker (another machine) has its own working directory
-                        sources[label] = ray.put(m) if hasattr(m, "state_dict") else str(
-                            Path(m).expanduser().resolve())
+        pending: dict[Any, tuple[int, str, str]] = {}  # cell ref -> (position, label, setting label)
+        tuning: dict[Any, str] = {}  # fine-tune ref -> label
+        queue = [lb for lb in todo if isinstance(models[lb], RunSpec) and not is_cached(models[lb])]
+
+        def submit_cells(label: str, source: Any) -> None:
+            for pos, mid, s, key in todo[label]:
                 ref = _remote("_cell").options(num_cpus=cpus_per_task).remote(
-                    sources[label], mid, data_ref, s, split, label, key, home, cpus_per_task)
-                pending[ref] = pos
-                names[pos] = (label, s.label())
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                pos = pending.pop(done[0])
+                    source, mid, data_ref, s, split, label, key, home, cpus_per_task)
+                pending[ref] = (pos, label, s.label())
+
+        def submit_runs() -> None:
+            slots, gpu = _finetune_slots(ray.cluster_resources(), cpus_per_task)  # re-read: nodes come and go
+            while queue and len(tuning) < slots:
+                label = queue.pop(0)
+                ref = _remote("_finetune", gpu).options(num_cpus=cpus_per_task).remote(
+                    models[label], home, cpus_per_task)
+                tuning[ref] = label
+                submit_cells(label, ref)
+
+        try:
+            for label in todo:
+                m = models[label]
+                if isinstance(m, RunSpec):
+                    if label not in queue:
+                        submit_cells(label, str(run_dir(m)))
+                else:  # a path is resolved here: a worker (another machine) has its own working directory
+                    submit_cells(label, ray.put(m) if hasattr(m, "state_dict") else str(
+                        Path(m).expanduser().resolve()))
+            submit_runs()
+            while pending or tuning:
+                done = ray.wait([*tuning, *pending], num_returns=1)[0][0]
+                if done in tuning:
+                    label = tuning.pop(done)
+                    with contextlib.suppress(Exception):  # a failed fine-tune fails its cells: reported there
+                        info["runs"][label] = ray.get(done)
+                    submit_runs()
+                    continue
+                pos, label, setting = pending.pop(done)
                 try:
-                    rows[pos] = ray.get(done[0])
+                    rows[pos] = ray.get(done)
                 except Exception as err:  # a RayTaskError: its cause's last line, with the cell's names
-                    failure = CellError(*names[pos], last_line(err))
+                    failure = CellError(label, setting, last_line(err))
                     if not keep_going:
                         raise failure from None
-                    failed.append(failure.record())
+                    info["failed"].append(failure.record())
                 bar.update()
         finally:
-            for ref in pending:
+            for ref in [*pending, *tuning]:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             bar.close()
-    return rows, counts, failed
+    return rows, info
