@@ -109,7 +109,8 @@ def _check_real(name: str, v: Any, *, low: float = 0.0, strict: bool = False, hi
 
 
 def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
-              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first=False) -> None:
+              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first=False,
+              sync_bn=False) -> None:
     """Every argument of :func:`finetune`, checked once, before anything is built."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -139,8 +140,9 @@ def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_r
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable (it gets each epoch's record)")
-    if not isinstance(sam_sync_first, bool):
-        raise ValueError(f"sam_sync_first must be True or False, got {sam_sync_first!r}")
+    for flag, v in (("sam_sync_first", sam_sync_first), ("sync_bn", sync_bn)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{flag} must be True or False, got {v!r}")
 
 
 def finetune(
@@ -163,6 +165,7 @@ def finetune(
     progress: bool = True,
     callback: Callable[[dict[str, float]], None] | None = None,
     sam_sync_first: bool = False,
+    sync_bn: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` on `data.train`; `model` itself is not changed.
 
@@ -185,6 +188,8 @@ def finetune(
         sam_sync_first: data-parallel runs only (torchrun / ``accelerate launch``, see
             :mod:`craftlab.distributed.ddp`): all-reduce SAM's first gradient too, so every replica perturbs by the
             global batch's gradient; default False: each replica perturbs by its own (m-sharpness).
+        sync_bn: data-parallel runs only: BatchNorm with the global batch's statistics (SyncBatchNorm), so a
+            BatchNorm model equals the one-process run; default False: per-replica statistics.
 
     Returns:
         :class:`FinetuneResult` with ``.model`` (eval mode, on `device`) and ``.history`` records
@@ -200,7 +205,7 @@ def finetune(
         res.history[-1]["val_accuracy"]
     """
     _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
-              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first)
+              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first, sync_bn)
     epochs, seed = int(epochs), int(seed)  # numpy integers too
     batch_size = None if batch_size is None else int(batch_size)
     dev = _resolve_device(device)
@@ -212,7 +217,7 @@ def finetune(
         dev = world.device(dev)
 
     model = copy.deepcopy(model).to(dev)
-    net = model if world is None else world.wrap(model, dev)
+    net = model if world is None else world.wrap(model, dev, sync_bn=sync_bn)
     rng_seed = seed if world is None else seed + world.rank  # replicas draw different dropout masks
     rng = SeededRNG(rng_seed, dev) if draws_randomness(model) else contextlib.nullcontext()
     opt_cls, default_lr, base_kwargs = OPTIMIZERS[optimizer]
@@ -262,7 +267,8 @@ def finetune(
         "device": str(dev),
     }
     if world is not None:
-        config.update(batch_size=global_batch, world_size=world.size, sam_sync_first=sam_sync_first)
+        config.update(batch_size=global_batch, world_size=world.size, sam_sync_first=sam_sync_first,
+                      sync_bn=sync_bn)
     history: list[dict[str, float]] = []
     arm = ("ASAM" if adaptive else "SAM") + f" rho={sam_rho:g}" if use_sam else optimizer
     bar = tqdm(range(epochs), desc=f"finetune {config['architecture']} [{arm}]", leave=False,
@@ -311,5 +317,7 @@ def finetune(
         if callback is not None:
             callback(record)
     model.eval()
+    if world is not None and sync_bn:
+        ddp.plain_batchnorm(model)
     return FinetuneResult(model=model, history=history, config=config,
                           metrics={"val_accuracy": history[-1]["val_accuracy"]})
