@@ -255,19 +255,30 @@ def test_cache_folder_is_checked_on_every_node(cluster, home):
     assert str(reports[0]["node"])[:12] not in msg
 
 
-def test_tune_search_of_rho_reports_what_a_plain_finetune_measures(cluster, home):
+def test_tune_optimises_accuracy_after_compression_at_the_named_setting(cluster, home):
+    """The search's metric is the validation accuracy of the model compressed at `setting` after each epoch; a
+    trial that ran to the end reports exactly what a plain fine-tune then compression measure here; ASHA's grace
+    period defaults to half the schedule (no trial stopped before it)."""
     from craftlab.distributed.tune import tune_craft
 
-    spec = RunSpec("vit-tiny", "digits", epochs=2)
-    table = tune_craft(spec, sam_rho=[0.0, 0.05], grace_period=1)
-    assert list(table["sam_rho"]) == [0.0, 0.05] and set(table["epochs"]) <= {1, 2}
+    spec = RunSpec("resnet-tiny", "digits", epochs=4)
+    table = tune_craft(spec, sam_rho=[0.0, 0.05], setting="W4A4")
+    assert list(table["sam_rho"]) == [0.0, 0.05]
+    assert table.attrs["grace_period"] == 2 and table["epochs"].min() >= 2
     best = table.attrs["best"]
-    assert best["val_accuracy"] == table["val_accuracy"].max()
-    row = table[table["sam_rho"] == best["sam_rho"]].iloc[0]
-    # the independent reference: the same fine-tune, here
-    data = craftlab.load_data("digits", model=craftlab.build_model("vit-tiny"))
-    model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
-    hist = craftlab.finetune(model, data, epochs=2, sam_rho=best["sam_rho"], progress=False).history
-    assert row["val_accuracy"] == hist[int(row["epochs"]) - 1]["val_accuracy"]
+    assert best["setting"] == "W4A4" and best["compressed_val_accuracy"] == table["compressed_val_accuracy"].max()
+    assert "val_accuracy" not in best  # chosen after compression, not before
+    # the independent reference: the same fine-tune here, then W4A4 on the validation split
+    data = craftlab.load_data("digits", model=craftlab.build_model("resnet-tiny"))
+    for _, row in table[table["epochs"] == spec.epochs].iterrows():
+        model = craftlab.create_model("resnet-tiny", num_classes=10, progress=False)
+        res = craftlab.finetune(model, data, epochs=spec.epochs, sam_rho=row["sam_rho"], progress=False)
+        assert row["val_accuracy"] == res.history[-1]["val_accuracy"]
+        assert row["compressed_val_accuracy"] == craftlab.compress_and_evaluate(
+            res.model, data, split="val", setting="W4A4")["accuracy"]
     with pytest.raises(ValueError, match="sam_rho values"):
         tune_craft(spec, sam_rho=[-0.1])
+    with pytest.raises(ValueError, match="grace_period"):
+        tune_craft(spec, grace_period=0)
+    with pytest.raises(ValueError):
+        tune_craft(spec, setting="W1A1")

@@ -108,6 +108,18 @@ def _check_real(name: str, v: Any, *, low: float = 0.0, strict: bool = False, hi
         raise ValueError(f"{name} must be a finite number {bound}{' (or None)' if optional else ''}, got {v!r}")
 
 
+def _takes_model(callback: Callable[..., Any]) -> bool:
+    """Whether `callback` takes a second positional argument (the model being trained)."""
+    import inspect
+
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
               weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first=False,
               sync_bn=False) -> None:
@@ -184,7 +196,8 @@ def finetune(
         sam_rho: SAM radius ρ >= 0; 0 trains with the base optimizer alone. Everything else stays identical.
         adaptive: ASAM (scale-invariant neighbourhood; use a ~10x larger ρ). eta: ASAM's η >= 0.
         amp: ``None``, ``"bf16"`` (autocast, no scaler) or ``"fp16"`` (autocast + GradScaler; CUDA only).
-        callback: called with each epoch's record (for live plots).
+        callback: called with each epoch's record (for live plots); a callback of two arguments also gets the
+            model being trained, to evaluate it (e.g. compressed: ``craftlab.distributed.tune``), not change it.
         sam_sync_first: data-parallel runs only (torchrun / ``accelerate launch``, see
             :mod:`craftlab.distributed.ddp`): all-reduce SAM's first gradient too, so every replica perturbs by the
             global batch's gradient; default False: each replica perturbs by its own (m-sharpness).
@@ -315,7 +328,7 @@ def finetune(
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
         if callback is not None:
-            callback(record)
+            callback(*((record, model) if _takes_model(callback) else (record,)))
     model.eval()
     if world is not None and sync_bn:
         ddp.plain_batchnorm(model)
