@@ -208,6 +208,23 @@ def test_batchnorm_under_ddp_equals_one_process_only_with_sync_bn(ranks, small):
     assert not any("Sync" in type(m).__name__ for m in ddp_model.modules())
 
 
+def test_cli_finetune_under_torchrun_prints_and_evaluates_on_rank_0_only(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "craftlab.cli", "finetune", "--model", "resnet-tiny", "--data", "digits", "--epochs", "1", "--sync-bn",
+           "--quiet", "--out", str(tmp_path / "ckpt")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout
+    import json
+
+    res = json.loads(lines[0])
+    meta = craftlab.load_checkpoint(tmp_path / "ckpt").craftlab_meta
+    assert res["test_accuracy"] == meta["metrics"]["test_accuracy"]
+    assert meta["world_size"] == 2 and meta["sync_bn"] is True
+
+
 def test_batch_size_not_divisible_by_world_size_is_a_clear_error(ranks):
     for rank in (0, 1):
         msg = (ranks / f"error-{rank}.txt").read_text()

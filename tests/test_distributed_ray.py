@@ -240,6 +240,21 @@ def test_a_relative_checkpoint_path_is_resolved_on_the_driver(cluster, home, che
     assert list(df["model"]) == [rel, rel]  # labelled as the user wrote it
 
 
+def test_cli_says_what_it_computes_and_what_was_cached(cluster, home, checkpoints, capsys):
+    from craftlab.cli import main
+
+    argv = ["sweep", "--checkpoint", checkpoints[1], "--methods", "magnitude", "--sparsities", "0.5", "--patterns",
+            "--bits", "8,8", "--engine", "ray", "--cpus-per-task", "2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "sweep [ray]: 3 cells, 0 cached, 3 to compute on this session: starting workers..." in err
+    assert "cells: 3 computed, 0 cached, 0 failed (of 3)" in err
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "sweep [ray]: 3 cells, 3 cached, 0 to compute" in err and "starting workers" not in err
+    assert "cells: 0 computed, 3 cached, 0 failed (of 3)" in err
+
+
 def test_cache_folder_is_checked_on_every_node(cluster, home):
     from craftlab.distributed.ray_engine import check_shared_home, shared_home_error
 

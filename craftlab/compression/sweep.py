@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .._errors import unknown_name
 from ..data import DataBundle
-from ..distributed.cells import CellError, compute_row
+from ..distributed.cells import CellError, compute_row, evaluate_uncompressed
 from ..distributed.connect import last_line
 from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_compensation, parse_recipe, parse_setting
 
@@ -150,9 +150,10 @@ def sweep(
             if isinstance(m, RunSpec):
                 m = get_run(m, progress=progress)
             model = m if isinstance(m, nn.Module) else load_checkpoint(m)
+            fp = evaluate_uncompressed(model, data, split)  # once per model
             for s in settings:
                 try:
-                    rows.append({**compute_row(model, data, s, split, label), **extra.get(label, {})})
+                    rows.append({**compute_row(model, data, s, split, label, fp=fp), **extra.get(label, {})})
                 except Exception as err:
                     failure = CellError(label, s.label(), last_line(err))
                     if not keep_going:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +224,25 @@ class ShardedBatches(Sampler[list[int]]):
         return n // b + (n % b >= self.size)
 
 
+ACCELERATE_CPU_MESSAGE = (
+    "`accelerate launch --cpu` started this as ONE process, whatever --num_processes says (ACCELERATE_USE_CPU is "
+    "set and WORLD_SIZE is not): fine-tuning is not data-parallel. For N CPU processes use `torchrun "
+    "--standalone --nproc_per_node N ...`, or `accelerate launch --multi_gpu --num_processes N ...` without --cpu "
+    "(gloo is used when there is no GPU)")
+
+
+def accelerate_cpu_trap(environ: Any = None) -> bool:
+    """Whether this process was started by ``accelerate launch --cpu`` (``ACCELERATE_USE_CPU`` true) with no
+    process group in the environment (no ``WORLD_SIZE``): accelerate then runs one process even for
+    ``--num_processes 2``. Example::
+
+        >>> accelerate_cpu_trap({"ACCELERATE_USE_CPU": "True"}), accelerate_cpu_trap({})
+        (True, False)
+    """
+    env = os.environ if environ is None else environ
+    return env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") and "WORLD_SIZE" not in env
+
+
 def current_world(setup: bool = True) -> World | None:
     """The data-parallel group this process belongs to, or None in a single process (the usual case).
 
@@ -237,6 +257,8 @@ def current_world(setup: bool = True) -> World | None:
     if not dist.is_available():
         return None
     if not dist.is_initialized():
+        if setup and accelerate_cpu_trap():
+            warnings.warn(ACCELERATE_CPU_MESSAGE, RuntimeWarning, stacklevel=2)
         if not setup or _env_world_size() <= 1:
             return None
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -33,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Setting
-from .cells import CellError, CellStore, cell_key, compute_row, data_id, model_id
+from .cells import CellError, CellStore, cell_key, compute_row, data_id, evaluate_uncompressed, model_id
 from .connect import ADDRESS_TIMEOUT_S, RayUnreachableError, check_address, last_line, ray_session
 
 __all__ = ["ADDRESS_TIMEOUT_S", "RayUnreachableError", "check_address", "check_shared_home", "last_line",
            "ray_session", "run_cells", "shared_home_error"]
 
 _LOADED: dict[str, Any] = {}  # per worker process: the last checkpoint loaded (its cells reuse it)
+_FP: dict[str, Any] = {}  # per worker process: the uncompressed evaluation of the last model x data x split
 
 
 def _use_home(home: str, threads: int) -> None:
@@ -64,7 +66,7 @@ def _finetune(spec: Any, home: str, threads: int) -> dict[str, Any]:
 
 
 def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label: str, key: str, home: str,
-          threads: int) -> dict[str, Any]:
+          threads: int, key_data: str) -> dict[str, Any]:
     from ..checkpoint import load_checkpoint
 
     _use_home(home, threads)
@@ -76,7 +78,11 @@ def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label:
             _LOADED.clear()
             _LOADED[loaded] = load_checkpoint(source)
         source = _LOADED[loaded]
-    row = compute_row(source, data, setting, split, label)
+    fp_key = f"{mid}|{key_data}|{split}"
+    if fp_key not in _FP:
+        _FP.clear()
+        _FP[fp_key] = evaluate_uncompressed(source, data, split)
+    row = compute_row(source, data, setting, split, label, fp=_FP[fp_key])
     CellStore(Path(home) / "sweeps" / "cells").put(key, row)
     return row
 
@@ -205,7 +211,13 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
     n_todo = sum(map(len, todo.values()))
     info: dict[str, Any] = {"cells": {"computed": n_todo, "cached": len(rows) - n_todo, "total": len(rows)},
                             "failed": [], "runs": {}}
-    bar = tqdm(total=len(rows), initial=len(rows) - n_todo, desc="sweep [ray]", disable=not progress, leave=False)
+    c = info["cells"]
+    if progress:  # the start-up line: workers take seconds to start, the bar would sit at 0 meanwhile
+        where = address or os.environ.get("RAY_ADDRESS") or ("this session" if ray.is_initialized() else
+                                                             "a local cluster (started here)")
+        print(f"sweep [ray]: {c['total']} cells, {c['cached']} cached, {c['computed']} to compute"
+              + (f" on {where}: starting workers..." if todo else ""), file=sys.stderr, flush=True)
+    bar = tqdm(total=len(rows), initial=len(rows) - n_todo, desc="sweep [ray]", disable=not progress)
     if not todo:
         bar.close()
         return rows, info
@@ -219,7 +231,7 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
         def submit_cells(label: str, source: Any) -> None:
             for pos, mid, s, key in todo[label]:
                 ref = _remote("_cell").options(num_cpus=cpus_per_task).remote(
-                    source, mid, data_ref, s, split, label, key, home, cpus_per_task)
+                    source, mid, data_ref, s, split, label, key, home, cpus_per_task, did)
                 pending[ref] = (pos, label, s.label())
 
         def submit_runs() -> None:

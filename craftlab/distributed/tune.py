@@ -48,7 +48,7 @@ def _trial(config: dict[str, Any], spec: dict[str, Any], home: str, threads: int
     data = load_data(s.data, model=build_model(s.model))
     model = create_model(s.model, num_classes=data.num_classes, pretrained=True, seed=s.seed, progress=False)
     finetune(model, data, optimizer=s.optimizer, lr=config["lr"], epochs=s.epochs, sam_rho=config["sam_rho"],
-             adaptive=s.adaptive, seed=s.seed, batch_size=s.batch_size, progress=False,
+             adaptive=s.adaptive, seed=s.seed, batch_size=s.batch_size, amp=s.amp, progress=False,
              callback=lambda rec, trained: tune.report({
                  **{k: rec[k] for k in ("epoch", "val_accuracy", "val_loss", "train_loss")},
                  "compressed_val_accuracy": compress_and_evaluate(trained, data, split="val",

@@ -55,13 +55,22 @@ class RunSpec:
     batch_size: int | None = None
     """Training batch size; None: the data's default (64). Only a non-default one appears in :attr:`key` and
     :meth:`record`, so runs made before this field existed keep their keys and stay cached."""
+    amp: str | None = None
+    """Mixed precision of the forward passes: None (float32, default), ``"bf16"`` or ``"fp16"`` (CUDA only), as
+    :func:`craftlab.finetune`'s ``amp``. Like ``batch_size``, only a non-default value enters :attr:`key` and
+    :meth:`record` (old runs stay cached)."""
+
+    def __post_init__(self) -> None:
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
 
     def record(self) -> dict[str, Any]:
-        """What a checkpoint's sidecar records under ``"run"``: the fields, without ``batch_size`` when it is the
-        default (None), as runs recorded before the field existed."""
+        """What a checkpoint's sidecar records under ``"run"``: the fields, without ``batch_size`` / ``amp`` when
+        they are the default (None), as runs recorded before those fields existed."""
         out = asdict(self)
-        if self.batch_size is None:
-            del out["batch_size"]
+        for name in ("batch_size", "amp"):
+            if out[name] is None:
+                del out[name]
         return out
 
     @property
@@ -81,7 +90,8 @@ class RunSpec:
         """Folder name of the run in the cache: different for any two specs that train differently."""
         lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
         bs = "" if self.batch_size is None else f"-b{self.batch_size}"
-        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}{bs}-e{self.epochs}-s{self.seed}"
+        amp = "" if self.amp is None else f"-{self.amp}"
+        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}{bs}{amp}-e{self.epochs}-s{self.seed}"
 
     def twin(self, sam_rho: float = 0.05, adaptive: bool = False) -> RunSpec:
         """The other arm of a CrAFT comparison, everything else the same: a plain run's twin trains with
@@ -132,8 +142,8 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
     data = load_data(spec.data, model=build_model(spec.model))  # input config only
     model = create_model(spec.model, num_classes=data.num_classes, pretrained=True, seed=spec.seed)
     result = finetune(model, data, optimizer=spec.optimizer, lr=spec.lr, epochs=spec.epochs, sam_rho=spec.sam_rho,
-                      adaptive=spec.adaptive, seed=spec.seed, batch_size=spec.batch_size, progress=progress,
-                      callback=callback)
+                      adaptive=spec.adaptive, seed=spec.seed, batch_size=spec.batch_size, amp=spec.amp,
+                      progress=progress, callback=callback)
     test = evaluate(result.model, eval_loader(data, "test"))
     result.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     result.config.update(run=spec.record(), arm=spec.arm, label=spec.label, classes=data.classes)
