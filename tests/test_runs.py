@@ -11,7 +11,7 @@ from craftlab.train.runs import RunSpec, arm_label, get_run, list_runs, run_dir
 BASE = RunSpec()
 # one other value per field: each changes what finetune does
 CHANGED = {"model": "resnet-tiny", "data": "mnist5k", "optimizer": "sgd", "lr": 3e-4, "epochs": 3, "sam_rho": 0.05,
-           "adaptive": True, "seed": 1, "batch_size": 32}
+           "adaptive": True, "seed": 1, "batch_size": 32, "amp": "bf16"}
 
 
 def test_every_field_is_in_the_key():
