@@ -1,19 +1,18 @@
 """``craftlab.sweep(..., engine="ray")``: a sweep's cells as Ray tasks on a local or remote Ray cluster.
 
-* **Tasks.** A :class:`~craftlab.train.runs.RunSpec` that is not cached yet becomes one fine-tuning task (one GPU
-  when the cluster has GPUs, else one CPU); every (model, setting) cell becomes a one-CPU task that depends on
-  it, so compression/evaluation cells pack beside the fine-tuning runs. Tasks use one intra-op thread each
-  (THE thread policy for small models; ``cpus_per_task`` raises it).
+* **Tasks.** A :class:`~craftlab.train.runs.RunSpec` that is not cached yet becomes one fine-tuning task: on a
+  cluster with GPUs one GPU each, in a single-use worker process (``max_calls=1``), submitted as GPUs free up
+  with the cluster's resources read again at each submission; else ``cpus_per_task`` CPUs. Every (model,
+  setting) cell becomes a ``cpus_per_task``-CPU task that depends on its run, so compression/evaluation cells
+  pack beside the fine-tuning runs; each worker evaluates a model uncompressed once, not per setting.
 * **What is shared.** Data go through Ray's object store (put once). Runs, checkpoints and finished cells live
   in the driver's ``CRAFTLAB_HOME``, which every node must mount at the same path (NFS or a cluster file
   system): workers are told the driver's path, and :func:`check_shared_home` verifies, on every node, that a
   marker the driver wrote is visible there and that the driver sees the node's reply — a folder that is not
   shared is reported before any work starts. A worker writes each finished row to that folder (atomically), so a
   sweep killed half-way, started again, computes only the missing cells.
-* **Connecting.** ``address=None`` uses the Ray session this process already has, else ``RAY_ADDRESS`` (set by
-  ``ray job submit``), else starts a local cluster (``include_dashboard=False``) and shuts it down afterwards. An
-  explicit address is checked with a plain TCP connection first: an unreachable one fails in seconds with its
-  name in the message, never hangs.
+* **Connecting** (:mod:`~craftlab.distributed.connect`): the address is checked first, in seconds; a failing
+  cell is a one-line :class:`~craftlab.distributed.cells.CellError` naming it, or with ``keep_going`` listed.
 
 Example::
 
