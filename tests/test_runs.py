@@ -72,7 +72,7 @@ def test_get_run_trains_once_and_rebuilds_a_folder_of_another_run(monkeypatch):
     path = get_run(spec, progress=False)
     assert path == run_dir(spec)
     meta = json.loads((path / "craftlab.json").read_text())
-    assert meta["run"] == {k: v for k, v in asdict(spec).items() if k != "batch_size"}  # as recorded before the field
+    assert meta["run"] == {k: v for k, v in asdict(spec).items() if k not in ("batch_size", "amp")}  # as before
     assert meta["arm"] == "adamw" and meta["label"] == "AdamW"
     assert 0 <= meta["metrics"]["test_accuracy"] <= 1
     assert any(r["key"] == spec.key for r in list_runs())
