@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--amp", default=None, choices=["bf16", "fp16"])
+    s.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm with the global batch's "
+                   "statistics (equals one process); default: per-replica statistics (docs/scale_out.md)")
     s.add_argument("--no-pretrained", action="store_true", help="start from random weights")
     s.add_argument("--out", required=True, help="checkpoint folder to write")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -101,23 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "craftlab.load_compressed; `craftlab sharpness/landscape --checkpoint` read it too)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
-    s = sub.add_parser("sweep", help="checkpoints x sparsities x bit settings -> table (CSV + JSON)")
-    s.add_argument("--checkpoint", nargs="+", required=True)
-    s.add_argument("--data", default=None)
-    s.add_argument("--methods", nargs="+", default=["magnitude", "wanda"])
-    s.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
-    s.add_argument("--patterns", nargs="*", default=["2:4"], help="N:M patterns (none: give --patterns alone)")
-    s.add_argument("--bits", nargs="+", type=_bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)])
-    s.add_argument("--recipe", default="uniform", choices=["uniform", "repq"],
-                   help="quantization recipe of the bit settings (repq: RepQ-ViT, timm ViTs only)")
-    s.add_argument("--compensate", nargs="+", default=[], choices=["qwt", "qwt-v2"], metavar="{qwt,qwt-v2}",
-                   help="also run every pruning and bit setting with this compensation (one row each)")
-    s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
-    s.add_argument("--engine", default="process", choices=["process", "ray"],
-                   help="process: here (default); ray: every cell a Ray task, resumable (docs/scale_out.md)")
-    s.add_argument("--address", default=None, help="--engine ray: the Ray cluster, HOST:PORT (default: "
-                   "RAY_ADDRESS, else a local cluster)")
-    s.add_argument("--quiet", action="store_true")
+    from .distributed.sweep_cli import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub, _bit_pair)
 
     s = sub.add_parser("sharpness", help="Hessian lambda_max, trace and eps-sharpness of a checkpoint")
     s.add_argument("--checkpoint", required=True)
@@ -235,12 +223,18 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     model = create_model(a.model, num_classes=data.num_classes, pretrained=not a.no_pretrained, seed=a.seed)
     res = finetune(model, data, optimizer=a.optimizer, lr=a.lr, epochs=a.epochs, sam_rho=a.sam_rho,
                    adaptive=a.adaptive, seed=a.seed, device=a.device, amp=a.amp, batch_size=a.batch_size,
-                   progress=not a.quiet, sam_mode=a.sam_mode)
-    test = evaluate(res.model, data.test)
-    res.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+                   progress=not a.quiet, sam_mode=a.sam_mode, sync_bn=a.sync_bn)
+    from .distributed.ddp import current_world
+
+    world = current_world(setup=False)
+    main_rank = world is None or world.is_main  # under torchrun: rank 0 evaluates, saves and prints
+    if main_rank:
+        test = evaluate(res.model, data.test)
+        res.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     res.config["classes"] = data.classes
-    path = res.save(a.out)
-    print(json.dumps({"checkpoint": str(path), "train_time_s": round(res.train_time_s, 2), **res.metrics}))
+    path = res.save(a.out)  # written by rank 0, the others wait for it
+    if main_rank:
+        print(json.dumps({"checkpoint": str(path), "train_time_s": round(res.train_time_s, 2), **res.metrics}))
     return 0
 
 
@@ -279,24 +273,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from .compression.sweep import sweep
+    from .distributed.sweep_cli import run
 
-    models = {c: _load_uncompressed(c) for c in a.checkpoint}
-    first = next(iter(models.values()))
-    data = _data_for(first.craftlab_meta, first, a.data)
-    if a.recipe == "repq":
-        from .compression.pipeline import check_recipe_model
-
-        for path, model in models.items():
-            try:
-                check_recipe_model(model, "repq")
-            except ValueError as err:
-                raise ValueError(f"{path}: {err}") from None
-    df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
-               patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate, engine=a.engine,
-               address=a.address)
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return 0
+    return run(a, _load_uncompressed, _data_for)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:

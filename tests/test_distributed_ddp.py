@@ -36,7 +36,9 @@ SCRIPT = textwrap.dedent("""
     resnet = craftlab.create_model("resnet-tiny", num_classes=10, progress=False)
     runs = {"adamw": (vit, {}), "sam-local": (vit, {"sam_rho": 0.05}),
             "sam-sync": (vit, {"sam_rho": 0.05, "sam_sync_first": True}),
-            "resnet-sam": (resnet, {"sam_rho": 0.05}), "sam-bf16": (vit, {"sam_rho": 0.05, "amp": "bf16"})}
+            "resnet-sam": (resnet, {"sam_rho": 0.05}), "sam-bf16": (vit, {"sam_rho": 0.05, "amp": "bf16"}),
+            "resnet-adamw": (resnet, {}), "resnet-syncbn": (resnet, {"sync_bn": True}),
+            "resnet-sam-syncbn": (resnet, {"sam_rho": 0.05, "sam_sync_first": True, "sync_bn": True})}
     for name, (model, kw) in runs.items():
         res = craftlab.finetune(model, data, epochs=1, progress=False, **kw)
         torch.save({k: v.detach() for k, v in res.model.state_dict().items()}, out / f"{name}-{world.rank}.pt")
@@ -90,7 +92,8 @@ def _assert_close(a: dict, b: dict, atol: float = 1e-4, steps: int = 6, lr: floa
         torch.testing.assert_close(x, y, atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("name", ["adamw", "sam-local", "sam-sync", "resnet-sam", "sam-bf16"])
+@pytest.mark.parametrize("name", ["adamw", "sam-local", "sam-sync", "resnet-sam", "sam-bf16", "resnet-adamw",
+                                  "resnet-syncbn", "resnet-sam-syncbn"])
 def test_ranks_end_identical(ranks, name):
     r0, r1 = _load(ranks / f"{name}-0.pt"), _load(ranks / f"{name}-1.pt")
     for k in r0:
@@ -163,6 +166,63 @@ def test_sam_default_perturbs_each_replica_by_its_local_gradient(ranks, small):
     _assert_close(local, _m_sharpness_reference(vit, small, rho=0.05))
     synced = _load(ranks / "sam-sync-0.pt")
     assert any(not torch.allclose(local[k], synced[k], atol=1e-6) for k in local), "the two SAM modes agree"
+
+
+def _max_diff(a: dict, b: dict) -> dict[str, float]:
+    """Largest |a - b| over the parameters, and the largest relative difference of the BN running variances."""
+    params = max((a[k].float() - b[k].float()).abs().max().item() for k in a
+                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    rv = max(((a[k] - b[k]).abs() / b[k].abs()).max().item() for k in a if k.endswith("running_var"))
+    return {"params": params, "running_var_rel": rv}
+
+
+SYNC_BN_ATOL = 1e-4
+"""sync_bn vs one process: float tolerance (summation order of the all-reduced statistics and gradients, then
+Adam's normalisation), the same bound as the LayerNorm model's AdamW test (measured: 4.9e-6)."""
+SYNC_BN_SAM_ATOL = 1e-3
+"""The same with SAM (sam_sync_first): the ascent direction g/|g| and Adam's division by sqrt(v) amplify
+rounding differences on near-zero gradients (measured: 7.9e-5 on parameters, 8.4e-5 on running variances)."""
+
+
+def test_batchnorm_under_ddp_equals_one_process_only_with_sync_bn(ranks, small):
+    """resnet-tiny, AdamW, one epoch at global batch 32 = 2 x 16: with sync_bn the BatchNorm statistics are the
+    global batch's and the run is the one-process run; without it each replica normalises over its 16 examples
+    and the model differs (documented in docs/scale_out.md; measured in benchmarks/RESULTS.md `scale`)."""
+    torch.set_num_threads(1)
+    resnet = craftlab.create_model("resnet-tiny", num_classes=10, progress=False)
+    single = craftlab.finetune(resnet, small, epochs=1, progress=False).model.state_dict()
+    synced, plain = _load(ranks / "resnet-syncbn-0.pt"), _load(ranks / "resnet-adamw-0.pt")
+    d_sync, d_plain = _max_diff(synced, single), _max_diff(plain, single)
+    print(f"resnet-tiny DDP vs one process: sync_bn {d_sync}, per-replica BN {d_plain}")
+    assert d_sync["params"] <= SYNC_BN_ATOL and d_sync["running_var_rel"] <= 1e-4
+    torch.testing.assert_close(synced, single, atol=SYNC_BN_ATOL, rtol=1e-4)
+    assert d_plain["params"] > 10 * SYNC_BN_ATOL and d_plain["running_var_rel"] > 1e-2
+    # SAM with the all-reduced first gradient and sync_bn: the one-process SAM run
+    sam = craftlab.finetune(resnet, small, epochs=1, sam_rho=0.05, progress=False).model.state_dict()
+    d_sam = _max_diff(_load(ranks / "resnet-sam-syncbn-0.pt"), sam)
+    print(f"resnet-tiny DDP SAM (sam_sync_first, sync_bn) vs one process: {d_sam}")
+    assert d_sam["params"] <= SYNC_BN_SAM_ATOL and d_sam["running_var_rel"] <= SYNC_BN_SAM_ATOL
+    # the checkpointable model holds plain BatchNorm layers again
+    ddp_model = craftlab.create_model("resnet-tiny", num_classes=10, progress=False)
+    ddp_model.load_state_dict(synced)
+    assert not any("Sync" in type(m).__name__ for m in ddp_model.modules())
+
+
+def test_cli_finetune_under_torchrun_prints_and_evaluates_on_rank_0_only(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "craftlab.cli", "finetune", "--model", "resnet-tiny", "--data", "digits", "--epochs", "1", "--sync-bn",
+           "--quiet", "--out", str(tmp_path / "ckpt")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout
+    import json
+
+    res = json.loads(lines[0])
+    meta = craftlab.load_checkpoint(tmp_path / "ckpt").craftlab_meta
+    assert res["test_accuracy"] == meta["metrics"]["test_accuracy"]
+    assert meta["world_size"] == 2 and meta["sync_bn"] is True
 
 
 def test_batch_size_not_divisible_by_world_size_is_a_clear_error(ranks):

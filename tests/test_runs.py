@@ -11,7 +11,7 @@ from craftlab.train.runs import RunSpec, arm_label, get_run, list_runs, run_dir
 BASE = RunSpec()
 # one other value per field: each changes what finetune does
 CHANGED = {"model": "resnet-tiny", "data": "mnist5k", "optimizer": "sgd", "lr": 3e-4, "epochs": 3, "sam_rho": 0.05,
-           "adaptive": True, "seed": 1, "batch_size": 32, "sam_mode": "looksam:5"}
+           "adaptive": True, "seed": 1, "batch_size": 32, "sam_mode": "looksam:5", "amp": "bf16"}
 
 
 def test_every_field_is_in_the_key():
@@ -73,7 +73,7 @@ def test_get_run_trains_once_and_rebuilds_a_folder_of_another_run(monkeypatch):
     assert path == run_dir(spec)
     meta = json.loads((path / "craftlab.json").read_text())
     assert meta["run"] == {k: v for k, v in asdict(spec).items()
-                           if k not in ("batch_size", "sam_mode")}  # as recorded before the fields
+                           if k not in ("batch_size", "sam_mode", "amp")}  # as recorded before the fields
     assert meta["arm"] == "adamw" and meta["label"] == "AdamW"
     assert 0 <= meta["metrics"]["test_accuracy"] <= 1
     assert any(r["key"] == spec.key for r in list_runs())

@@ -336,14 +336,15 @@ def _compress(model: nn.Module, kw: dict[str, Any]) -> nn.Module:
 
 def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test",
                           compressed: nn.Module | None = None, setting: Setting | str | None = None,
-                          **settings: Any) -> dict[str, Any]:
+                          fp: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
     """Accuracy of `model` before and after :func:`compress` (calibrated on ``data.calib``).
 
     The settings (keywords of :func:`compress`, or ``setting=`` a Setting) are validated before anything
     is evaluated. Pass `compressed` (the result of ``compress(model, **settings)``) to evaluate a model
     already made. Returns ``fp_accuracy``, ``fp_loss``, ``accuracy``, ``loss``, ``accuracy_drop``, the
     settings (with ``setting``: its label), and the compressed model's ``size_mb``, ``sparsity_measured``,
-    ``bitops`` and ``params`` (QwT's side paths count as float parameters and MACs).
+    ``bitops`` and ``params`` (QwT's side paths count as float parameters and MACs). `fp`: the uncompressed
+    model's ``evaluate`` result on `split`, when known (a sweep evaluates it once per model, not per setting).
     """
     from .prune import sparsity_report
 
@@ -351,7 +352,7 @@ def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test
     kw = resolve(setting, **settings)
     _check_model(model, kw)
     loader = data.loader(split)
-    fp = evaluate(model, loader)
+    fp = evaluate(model, loader) if fp is None else fp
     if compressed is None:
         compressed = _compress(model, kw)
     res = evaluate(compressed, loader)

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .._errors import unknown_name
 from ..data import DataBundle
-from ..distributed.cells import compute_row
+from ..distributed.cells import CellError, compute_row, evaluate_uncompressed
+from ..distributed.connect import last_line
 from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_compensation, parse_recipe, parse_setting
 
 
@@ -84,6 +85,8 @@ def sweep(
     extra_columns: Mapping[str, Mapping[str, Any]] | None = None,
     engine: str = "process",
     address: str | None = None,
+    keep_going: bool = False,
+    cpus_per_task: int = 1,
     **grid: Any,
 ) -> pd.DataFrame:
     """Evaluate every model under every compression setting.
@@ -101,11 +104,16 @@ def sweep(
         extra_columns: label -> columns to add to that model's rows (e.g. optimizer, rho, seed).
         engine: ``"process"`` (default: here, one cell after another) or ``"ray"``: every (model, setting) cell
             a Ray task, fine-tuning runs one GPU each; the same table, plus ``df.attrs["cells"]`` (computed /
-            cached counts). Finished cells are kept in ``$CRAFTLAB_HOME/sweeps``, so an interrupted Ray sweep,
+            cached counts) and ``df.attrs["runs"]`` (the fine-tunes it ran: path, pid, GPU ids, node).
+            Finished cells are kept in ``$CRAFTLAB_HOME/sweeps``, so an interrupted Ray sweep,
             run again, computes only what is missing. ``CRAFTLAB_HOME`` must be shared by every node (checked).
         address: engine ``"ray"`` only: the cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``); default: the
             current Ray session, else ``RAY_ADDRESS``, else a local cluster started (and stopped) here. An
             unreachable address is a ConnectionError naming it, within seconds.
+        keep_going: a cell that fails is left out of the table and listed in ``df.attrs["failed"]`` (model,
+            setting, the error's last line) instead of stopping the sweep with
+            :class:`~craftlab.distributed.cells.CellError` (a one-line message naming the model and setting).
+        cpus_per_task: engine ``"ray"``: CPUs (and intra-op threads) of each cell and CPU fine-tuning task.
 
     Returns:
         One row per (model, setting): ``model, setting`` (its label), ``kind`` (fp / prune / quant /
@@ -132,21 +140,31 @@ def sweep(
     if engine == "ray":
         from ..distributed.ray_engine import run_cells
 
-        rows, counts = run_cells(models, data, settings, split=split, progress=progress, address=address)
-        df = pd.DataFrame([{**row, **extra.get(row["model"], {})} for row in rows])
-        df.attrs["cells"] = counts
+        rows, info = run_cells(models, data, settings, split=split, progress=progress, address=address,
+                               keep_going=keep_going, cpus_per_task=cpus_per_task)
+        df = pd.DataFrame([{**row, **extra.get(row["model"], {})} for row in rows if row is not None])
+        df.attrs.update(cells=info["cells"], runs=info["runs"])
+        failed = info["failed"]
     else:
-        rows = []
+        rows, failed = [], []
         bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress, leave=False)
         for label, m in models.items():
             if isinstance(m, RunSpec):
                 m = get_run(m, progress=progress)
             model = m if isinstance(m, nn.Module) else load_checkpoint(m)
+            fp = evaluate_uncompressed(model, data, split)  # once per model
             for s in settings:
-                rows.append({**compute_row(model, data, s, split, label), **extra.get(label, {})})
+                try:
+                    rows.append({**compute_row(model, data, s, split, label, fp=fp), **extra.get(label, {})})
+                except Exception as err:
+                    failure = CellError(label, s.label(), last_line(err))
+                    if not keep_going:
+                        raise failure from err
+                    failed.append(failure.record())
                 bar.update()
         bar.close()
         df = pd.DataFrame(rows)
+    df.attrs["failed"] = failed
     if out is not None:
         save_table(df, out)
     return df

@@ -7,11 +7,14 @@ light):
 
 * :mod:`~craftlab.distributed.cells` — one sweep cell (model x setting -> one table row), its content key and
   the on-disk store that makes an interrupted sweep resume;
-* :mod:`~craftlab.distributed.ray_engine` — ``craftlab.sweep(..., engine="ray")``: connecting to a cluster
-  (clear error for an unreachable address), checking that ``CRAFTLAB_HOME`` is shared, running the cells;
+* :mod:`~craftlab.distributed.connect` — the Ray address checked in seconds (a closed port, an HTTP server or
+  a silent proxy is one line, never a hang), Ray's connection errors as one line;
+* :mod:`~craftlab.distributed.ray_engine` — ``craftlab.sweep(..., engine="ray")``: checking that
+  ``CRAFTLAB_HOME`` is shared, running the cells and fine-tunes (GPU tasks single-use);
+* :mod:`~craftlab.distributed.sweep_cli` — the ``craftlab sweep`` command;
 * :mod:`~craftlab.distributed.tune` — a ρ / learning-rate search of the CrAFT recipe with Ray Tune and ASHA;
 * :mod:`~craftlab.distributed.ddp` — what :func:`craftlab.finetune` does when it runs in a process group
-  (sharded batches, SAM's local or all-reduced first gradient, one checkpoint written by rank 0).
+  (sharded batches, SAM's local or all-reduced first gradient, ``sync_bn``, one checkpoint written by rank 0).
 
 See ``docs/scale_out.md``.
 """

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,29 @@ from ..settings import Setting
 CELL_FORMAT = 2  # 2: recalibrate_bn also re-estimates after quantization (one BN protocol, issue 19)
 """Bump when a row's content changes meaning: older stored rows are then not reused."""
 
+CODE_FILES = ("compression", "evaluation.py", "settings.py", "distributed/cells.py")
+"""The package's sources that compute a row (relative to the package folder): their content is part of every cell
+key (:func:`code_version`), so after an upgrade or an edit the Ray engine recomputes, as the in-process one does."""
+
+
+@functools.cache
+def code_version(root: str | None = None, files: tuple[str, ...] = CODE_FILES) -> str:
+    """SHA-256 (16 hex digits) of the craftlab version and the ``.py`` sources in `files` under `root` (default:
+    the installed package), in a fixed order. Example::
+
+        >>> len(code_version())
+        16
+    """
+    from .. import __version__
+
+    base = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(__version__.encode())
+    for name in files:
+        p = base / name
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(f.relative_to(base).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
 
 def kind(s: Setting) -> str:
     """``fp``, ``prune``, ``quant`` or ``prune+quant``."""
@@ -35,18 +59,40 @@ def kind(s: Setting) -> str:
                                                                                        "prune+quant")
 
 
-def compute_row(model: Any, data: Any, setting: Setting, split: str, label: str) -> dict[str, Any]:
-    """The sweep table's row of `model` (labelled `label`) under `setting`, evaluated on `split` of `data`."""
+def evaluate_uncompressed(model: Any, data: Any, split: str) -> dict[str, Any]:
+    """`model`'s accuracy and loss on `split` of `data`, uncompressed: what every row of the model shares."""
+    from ..evaluation import evaluate
+
+    return evaluate(model, data.loader(split))
+
+
+def compute_row(model: Any, data: Any, setting: Setting, split: str, label: str,
+                fp: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sweep table's row of `model` (labelled `label`) under `setting`, evaluated on `split` of `data`;
+    `fp`: :func:`evaluate_uncompressed` of the model when already known (once per model, not per setting)."""
     from ..compression.pipeline import compress_and_evaluate
 
     s = setting
-    res = compress_and_evaluate(model, data, split=split, setting=s)
+    res = compress_and_evaluate(model, data, split=split, setting=s, fp=fp)
     return {"model": label, "setting": s.label(), "kind": kind(s),
             "method": s.nm_score if s.method == "N:M" else (s.method if s.prunes else None),
             "sparsity": s.sparsity, "pattern": s.pattern, "w_bits": s.w_bits, "a_bits": s.a_bits,
             "recipe": s.recipe, "compensation": s.compensation,
             **{k: res[k] for k in ("fp_accuracy", "accuracy", "accuracy_drop", "loss", "size_mb",
                                    "bitops", "params", "sparsity_measured")}}
+
+
+class CellError(RuntimeError):
+    """A sweep cell failed: the message names the model and the setting, then the error's last line."""
+
+    def __init__(self, model: str, setting: str, error: str):
+        super().__init__(f"sweep cell (model {model!r}, setting {setting!r}) failed: {error} -- pass keep_going=True "
+                         "(CLI: --keep-going) to skip failing cells and list them at the end")
+        self.model, self.setting, self.error = model, setting, error
+
+    def record(self) -> dict[str, str]:
+        """The row of the failures table: ``model, setting, error``."""
+        return {"model": self.model, "setting": self.setting, "error": self.error}
 
 
 def _sha(obj: Any) -> str:
@@ -89,8 +135,8 @@ def data_id(data: Any, split: str) -> str:
 
 
 def cell_key(model: str, data: str, split: str, setting: Setting) -> str:
-    """The store key of one cell (ids from :func:`model_id` and :func:`data_id`)."""
-    return _sha({"format": CELL_FORMAT, "model": model, "data": data, "split": split,
+    """The store key of one cell (ids from :func:`model_id` and :func:`data_id`), with the code version."""
+    return _sha({"format": CELL_FORMAT, "code": code_version(), "model": model, "data": data, "split": split,
                  "setting": setting.as_dict()})[:32]
 
 

@@ -15,8 +15,12 @@ training is bit-identical to what it was.
   its *own* gradient — Foret et al.'s m-sharpness with m = the per-replica batch, the default of their
   data-parallel setup. ``sam_sync_first=True`` all-reduces it instead (every replica takes the global-batch
   perturbation: the single-process SAM step). The second gradient is always all-reduced before the base step.
-  BatchNorm: as in one process (batch statistics, running statistics frozen in SAM's second pass), with
-  DDP's buffer broadcast from rank 0.
+* **BatchNorm.** By default each replica normalises with its *own* batch's statistics (per-replica BN, as
+  plain DDP does): a BatchNorm model then does NOT equal one process at the same global batch (its
+  normalisation sees B/N examples), and its running statistics are rank 0's (DDP broadcasts buffers).
+  ``sync_bn=True`` makes the BatchNorm layers use the global batch's statistics (:func:`sync_batchnorm`,
+  gradients through the all-reduce): the one-process run to float tolerance. LayerNorm models (ViTs) need
+  nothing: LayerNorm is per example. SAM's second pass keeps the running statistics frozen either way.
 * **Checkpoints** are written once, by rank 0 (atomically, as always); the other ranks wait for it.
 
 Example (2 CPU processes)::
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +84,13 @@ class World:
                 f"torchrun/accelerate started): choose a global batch size that is a multiple of {self.size}, "
                 f"e.g. {(batch_size // self.size + 1) * self.size}")
 
-    def wrap(self, model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
-        """``DistributedDataParallel(model)`` (parameters broadcast from rank 0)."""
+    def wrap(self, model: torch.nn.Module, dev: torch.device, sync_bn: bool = False) -> torch.nn.Module:
+        """``DistributedDataParallel(model)`` (parameters broadcast from rank 0); with `sync_bn` its BatchNorm
+        layers first become :func:`sync_batchnorm` layers (in place: pass the training copy)."""
         from torch.nn.parallel import DistributedDataParallel
 
+        if sync_bn:
+            sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     def loader(self, single: DataLoader) -> DataLoader:
@@ -123,6 +131,71 @@ class World:
         dist.barrier()
 
 
+class _SyncBatchNorm:
+    """Forward of a BatchNorm layer whose training statistics are those of the global batch: per-channel sums
+    are all-reduced over the ranks (two passes: the mean, then the squared deviations from it) with
+    ``torch.distributed.nn``'s differentiable all-reduce, so the gradient flows through the other ranks'
+    statistics as in one process. Works on gloo (CPU) and NCCL; ``torch.nn.SyncBatchNorm`` refuses CPU input.
+    Eval mode with running statistics is the plain layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = _PLAIN_BN[type(self)]
+        if not self.training and self.track_running_stats:
+            return plain.forward(self, x)
+        self._check_input_dim(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        local = torch.cat([xf.sum(dims), xf.new_tensor([xf.numel() / xf.shape[1]])])
+        total = all_reduce(local)
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = xf - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+_PLAIN_BN = {}
+_SYNC_BN = {}
+for _cls in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d):
+    _sync = type(f"Sync{_cls.__name__}", (_SyncBatchNorm, _cls), {"__module__": __name__})
+    _SYNC_BN[_cls], _PLAIN_BN[_sync] = _sync, _cls
+
+
+def sync_batchnorm(model: torch.nn.Module) -> int:
+    """Make `model`'s BatchNorm1d/2d/3d layers synchronise their training statistics across the ranks (in
+    place: the same parameters, buffers and state-dict keys; :func:`plain_batchnorm` undoes it). Returns how
+    many layers changed. Example::
+
+        >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+        >>> sync_batchnorm(m), type(m[1]).__name__, plain_batchnorm(m), type(m[1]).__name__
+        (1, 'SyncBatchNorm2d', 1, 'BatchNorm2d')
+    """
+    mods = [m for m in model.modules() if type(m) in _SYNC_BN]
+    for m in mods:
+        m.__class__ = _SYNC_BN[type(m)]
+    return len(mods)
+
+
+def plain_batchnorm(model: torch.nn.Module) -> int:
+    """Undo :func:`sync_batchnorm`: plain BatchNorm layers again (what a checkpoint holds)."""
+    mods = [m for m in model.modules() if type(m) in _PLAIN_BN]
+    for m in mods:
+        m.__class__ = _PLAIN_BN[type(m)]
+    return len(mods)
+
+
 class ShardedBatches(Sampler[list[int]]):
     """A batch sampler's batches, each split into `size` nearly equal slices; yields slice `rank`.
 
@@ -151,6 +224,25 @@ class ShardedBatches(Sampler[list[int]]):
         return n // b + (n % b >= self.size)
 
 
+ACCELERATE_CPU_MESSAGE = (
+    "`accelerate launch --cpu` started this as ONE process, whatever --num_processes says (ACCELERATE_USE_CPU is "
+    "set and WORLD_SIZE is not): fine-tuning is not data-parallel. For N CPU processes use `torchrun "
+    "--standalone --nproc_per_node N ...`, or `accelerate launch --multi_gpu --num_processes N ...` without --cpu "
+    "(gloo is used when there is no GPU)")
+
+
+def accelerate_cpu_trap(environ: Any = None) -> bool:
+    """Whether this process was started by ``accelerate launch --cpu`` (``ACCELERATE_USE_CPU`` true) with no
+    process group in the environment (no ``WORLD_SIZE``): accelerate then runs one process even for
+    ``--num_processes 2``. Example::
+
+        >>> accelerate_cpu_trap({"ACCELERATE_USE_CPU": "True"}), accelerate_cpu_trap({})
+        (True, False)
+    """
+    env = os.environ if environ is None else environ
+    return env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") and "WORLD_SIZE" not in env
+
+
 def current_world(setup: bool = True) -> World | None:
     """The data-parallel group this process belongs to, or None in a single process (the usual case).
 
@@ -165,6 +257,8 @@ def current_world(setup: bool = True) -> World | None:
     if not dist.is_available():
         return None
     if not dist.is_initialized():
+        if setup and accelerate_cpu_trap():
+            warnings.warn(ACCELERATE_CPU_MESSAGE, RuntimeWarning, stacklevel=2)
         if not setup or _env_world_size() <= 1:
             return None
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -1,19 +1,18 @@
 """``craftlab.sweep(..., engine="ray")``: a sweep's cells as Ray tasks on a local or remote Ray cluster.
 
-* **Tasks.** A :class:`~craftlab.train.runs.RunSpec` that is not cached yet becomes one fine-tuning task (one GPU
-  when the cluster has GPUs, else one CPU); every (model, setting) cell becomes a one-CPU task that depends on
-  it, so compression/evaluation cells pack beside the fine-tuning runs. Tasks use one intra-op thread each
-  (THE thread policy for small models; ``cpus_per_task`` raises it).
+* **Tasks.** A :class:`~craftlab.train.runs.RunSpec` that is not cached yet becomes one fine-tuning task: on a
+  cluster with GPUs one GPU each, in a single-use worker process (``max_calls=1``), submitted as GPUs free up
+  with the cluster's resources read again at each submission; else ``cpus_per_task`` CPUs. Every (model,
+  setting) cell becomes a ``cpus_per_task``-CPU task that depends on its run, so compression/evaluation cells
+  pack beside the fine-tuning runs; each worker evaluates a model uncompressed once, not per setting.
 * **What is shared.** Data go through Ray's object store (put once). Runs, checkpoints and finished cells live
   in the driver's ``CRAFTLAB_HOME``, which every node must mount at the same path (NFS or a cluster file
   system): workers are told the driver's path, and :func:`check_shared_home` verifies, on every node, that a
   marker the driver wrote is visible there and that the driver sees the node's reply — a folder that is not
   shared is reported before any work starts. A worker writes each finished row to that folder (atomically), so a
   sweep killed half-way, started again, computes only the missing cells.
-* **Connecting.** ``address=None`` uses the Ray session this process already has, else ``RAY_ADDRESS`` (set by
-  ``ray job submit``), else starts a local cluster (``include_dashboard=False``) and shuts it down afterwards. An
-  explicit address is checked with a plain TCP connection first: an unreachable one fails in seconds with its
-  name in the message, never hangs.
+* **Connecting** (:mod:`~craftlab.distributed.connect`): the address is checked first, in seconds; a failing
+  cell is a one-line :class:`~craftlab.distributed.cells.CellError` naming it, or with ``keep_going`` listed.
 
 Example::
 
@@ -26,70 +25,22 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from ..settings import Setting
-from .cells import CellStore, cell_key, compute_row, data_id, model_id
+from .cells import CellError, CellStore, cell_key, compute_row, data_id, evaluate_uncompressed, model_id
+from .connect import ADDRESS_TIMEOUT_S, RayUnreachableError, check_address, last_line, ray_session
 
-ADDRESS_TIMEOUT_S = 5.0
+__all__ = ["ADDRESS_TIMEOUT_S", "RayUnreachableError", "check_address", "check_shared_home", "last_line",
+           "ray_session", "run_cells", "shared_home_error"]
+
 _LOADED: dict[str, Any] = {}  # per worker process: the last checkpoint loaded (its cells reuse it)
-
-
-class RayUnreachableError(ConnectionError, RuntimeError):
-    """No Ray cluster answers at the given address (a ConnectionError; also a RuntimeError for the CLI)."""
-
-
-def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
-    """Raise a clear error unless a Ray head answers at `address` (``HOST:PORT``, ``ray://HOST:PORT``; ``auto``
-    and ``local`` are left to Ray) within `timeout` seconds.
-
-    Example::
-
-        >>> check_address("127.0.0.1:1")
-        Traceback (most recent call last):
-        RayUnreachableError: cannot reach the Ray cluster at '127.0.0.1:1': ...
-    """
-    if not isinstance(address, str) or not address.strip():
-        raise ValueError(f"Ray address must be a non-empty string like '10.0.0.1:6379', got {address!r}")
-    if address in ("auto", "local"):
-        return
-    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"Ray address must look like HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or 'auto', "
-                         f"got {address!r}")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        why = err.strerror or str(err) or type(err).__name__
-        raise RayUnreachableError(
-            f"cannot reach the Ray cluster at {address!r}: {why} (checked for up to {timeout:g} s). Start one with "
-            "`ray start --head` and pass the address it prints, or leave the address out for a local cluster"
-        ) from None
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
-    """Connected to Ray inside the block (see module doc for which cluster); shut down after if started here."""
-    import ray
-
-    if address is not None:
-        check_address(address)
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning")
-    else:
-        ray.init(address=address, log_to_driver=False, logging_level="warning")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+_FP: dict[str, Any] = {}  # per worker process: the uncompressed evaluation of the last model x data x split
 
 
 def _use_home(home: str, threads: int) -> None:
@@ -100,25 +51,37 @@ def _use_home(home: str, threads: int) -> None:
     configure_threads(threads)
 
 
-def _finetune(spec: Any, home: str, threads: int) -> str:
+def _finetune(spec: Any, home: str, threads: int) -> dict[str, Any]:
+    """Fine-tune `spec` (cached in the shared `home`): its folder, and where it ran (pid, GPUs, node)."""
+    import ray
+
     from ..train.runs import get_run
 
     _use_home(home, threads)
-    return str(get_run(spec, progress=False))
+    path = str(get_run(spec, progress=False))
+    ctx = ray.get_runtime_context()
+    return {"path": path, "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "node": ctx.get_node_id()}
 
 
 def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label: str, key: str, home: str,
-          threads: int) -> dict[str, Any]:
+          threads: int, key_data: str) -> dict[str, Any]:
     from ..checkpoint import load_checkpoint
 
     _use_home(home, threads)
+    if isinstance(source, dict):  # what _finetune returned
+        source = source["path"]
     if isinstance(source, str):
         loaded = f"{source}|{mid}"  # a folder rewritten with other weights is loaded again
         if loaded not in _LOADED:
             _LOADED.clear()
             _LOADED[loaded] = load_checkpoint(source)
         source = _LOADED[loaded]
-    row = compute_row(source, data, setting, split, label)
+    fp_key = f"{mid}|{key_data}|{split}"
+    if fp_key not in _FP:
+        _FP.clear()
+        _FP[fp_key] = evaluate_uncompressed(source, data, split)
+    row = compute_row(source, data, setting, split, label, fp=_FP[fp_key])
     CellStore(Path(home) / "sweeps" / "cells").put(key, row)
     return row
 
@@ -140,9 +103,13 @@ def _probe(marker: str, token: str) -> dict[str, Any]:
 
 
 @cache
-def _remote(fn_name: str) -> Any:
+def _remote(fn_name: str, gpu: bool = False) -> Any:
+    """`fn_name` as a Ray remote function; ``gpu``: one GPU, in a single-use worker process (``max_calls=1``,
+    which Ray honours only in the decorator, not in ``.options()``) so its CUDA memory is freed when it ends."""
     import ray
 
+    if gpu:
+        return ray.remote(max_retries=1, num_gpus=1, max_calls=1)(globals()[fn_name])
     return ray.remote(max_retries=1)(globals()[fn_name])
 
 
@@ -192,58 +159,119 @@ def check_shared_home(home: str | os.PathLike) -> list[dict[str, Any]]:
     return reports
 
 
+def _finetune_slots(resources: Mapping[str, float], cpus_per_task: int) -> tuple[int, bool]:
+    """How many fine-tuning tasks may run at once on a cluster with `resources`, and whether they take GPUs:
+    one per GPU when there are GPUs, else one per `cpus_per_task` CPUs (at least one).
+
+    Example::
+
+        >>> _finetune_slots({"CPU": 16, "GPU": 4}, 2), _finetune_slots({"CPU": 8}, 2)
+        ((4, True), (4, False))
+    """
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return gpus, True
+    return max(1, int(resources.get("CPU", 1)) // max(1, cpus_per_task)), False
+
+
 def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting], split: str = "test",
-              progress: bool = True, address: str | None = None, cpus_per_task: int = 1,
-              ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The sweep's rows (models x settings, in that order) computed as Ray tasks, and cell counts
-    ``{"computed", "cached", "total"}``. `models`: label -> module, checkpoint folder or RunSpec."""
+              progress: bool = True, address: str | None = None, cpus_per_task: int = 1, keep_going: bool = False,
+              ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
+    """The sweep's rows (models x settings, in that order; None for a failed cell) computed as Ray tasks, and
+    what happened: ``{"cells": {"computed", "cached", "total"}, "failed": [{"model", "setting", "error"}],
+    "runs": {label: {"path", "pid", "gpu_ids", "node"}}}`` (``runs``: the fine-tunes done in this call).
+    `models`: label -> module, checkpoint folder or RunSpec. A failing cell raises :class:`CellError` unless
+    `keep_going`.
+
+    Fine-tunes are submitted as slots free up (:func:`_finetune_slots`), the cluster's GPUs read again at each
+    submission, so GPU nodes that join during the sweep are used; a GPU fine-tune is a single-use worker process
+    (``max_calls=1``: its CUDA memory is freed when it ends).
+    """
     import ray
     from tqdm.auto import tqdm
 
     from .. import cache
     from ..train.runs import RunSpec, is_cached, run_dir
 
+    if address is not None:  # first, and also when every cell is cached: a wrong address is never silent
+        check_address(address)
     home = str(cache.home())
     store = CellStore(Path(home) / "sweeps" / "cells")
     did = data_id(data, split)
     rows: list[dict[str, Any] | None] = []
-    todo: list[tuple[int, str, Any, str, Setting, str]] = []  # (position, label, model, model id, setting, key)
+    todo: dict[str, list[tuple[int, str, Setting, str]]] = {}  # label -> (position, model id, setting, key)
     for label, m in models.items():
         mid = model_id(m if isinstance(m, RunSpec) or hasattr(m, "state_dict") else str(m))
         for s in settings:
             key = cell_key(mid, did, split, s)
             rows.append(store.get(key, label=label))
             if rows[-1] is None:
-                todo.append((len(rows) - 1, label, m, mid, s, key))
-    counts = {"computed": len(todo), "cached": len(rows) - len(todo), "total": len(rows)}
-    bar = tqdm(total=len(rows), initial=counts["cached"], desc="sweep [ray]", disable=not progress, leave=False)
+                todo.setdefault(label, []).append((len(rows) - 1, mid, s, key))
+    n_todo = sum(map(len, todo.values()))
+    info: dict[str, Any] = {"cells": {"computed": n_todo, "cached": len(rows) - n_todo, "total": len(rows)},
+                            "failed": [], "runs": {}}
+    c = info["cells"]
+    if progress:  # the start-up line: workers take seconds to start, the bar would sit at 0 meanwhile
+        where = address or os.environ.get("RAY_ADDRESS") or ("this session" if ray.is_initialized() else
+                                                             "a local cluster (started here)")
+        print(f"sweep [ray]: {c['total']} cells, {c['cached']} cached, {c['computed']} to compute"
+              + (f" on {where}: starting workers..." if todo else ""), file=sys.stderr, flush=True)
+    bar = tqdm(total=len(rows), initial=len(rows) - n_todo, desc="sweep [ray]", disable=not progress)
     if not todo:
         bar.close()
-        return rows, counts  # type: ignore[return-value]
+        return rows, info
     with ray_session(address):
         check_shared_home(home)
-        gpus = ray.cluster_resources().get("GPU", 0)
         data_ref = ray.put(data)
-        sources: dict[str, Any] = {}
-        pending: dict[Any, int] = {}
-        try:
-            for pos, label, m, mid, s, key in todo:
-                if label not in sources:
-                    if isinstance(m, RunSpec):
-                        sources[label] = str(run_dir(m)) if is_cached(m) else _remote("_finetune").options(
-                            num_cpus=cpus_per_task, num_gpus=1 if gpus else 0).remote(m, home, cpus_per_task)
-                    else:
-                        sources[label] = ray.put(m) if hasattr(m, "state_dict") else str(m)
+        pending: dict[Any, tuple[int, str, str]] = {}  # cell ref -> (position, label, setting label)
+        tuning: dict[Any, str] = {}  # fine-tune ref -> label
+        queue = [lb for lb in todo if isinstance(models[lb], RunSpec) and not is_cached(models[lb])]
+
+        def submit_cells(label: str, source: Any) -> None:
+            for pos, mid, s, key in todo[label]:
                 ref = _remote("_cell").options(num_cpus=cpus_per_task).remote(
-                    sources[label], mid, data_ref, s, split, label, key, home, cpus_per_task)
-                pending[ref] = pos
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                rows[pending.pop(done[0])] = ray.get(done[0])
+                    source, mid, data_ref, s, split, label, key, home, cpus_per_task, did)
+                pending[ref] = (pos, label, s.label())
+
+        def submit_runs() -> None:
+            slots, gpu = _finetune_slots(ray.cluster_resources(), cpus_per_task)  # re-read: nodes come and go
+            while queue and len(tuning) < slots:
+                label = queue.pop(0)
+                ref = _remote("_finetune", gpu).options(num_cpus=cpus_per_task).remote(
+                    models[label], home, cpus_per_task)
+                tuning[ref] = label
+                submit_cells(label, ref)
+
+        try:
+            for label in todo:
+                m = models[label]
+                if isinstance(m, RunSpec):
+                    if label not in queue:
+                        submit_cells(label, str(run_dir(m)))
+                else:  # a path is resolved here: a worker (another machine) has its own working directory
+                    submit_cells(label, ray.put(m) if hasattr(m, "state_dict") else str(
+                        Path(m).expanduser().resolve()))
+            submit_runs()
+            while pending or tuning:
+                done = ray.wait([*tuning, *pending], num_returns=1)[0][0]
+                if done in tuning:
+                    label = tuning.pop(done)
+                    with contextlib.suppress(Exception):  # a failed fine-tune fails its cells: reported there
+                        info["runs"][label] = ray.get(done)
+                    submit_runs()
+                    continue
+                pos, label, setting = pending.pop(done)
+                try:
+                    rows[pos] = ray.get(done)
+                except Exception as err:  # a RayTaskError: its cause's last line, with the cell's names
+                    failure = CellError(label, setting, last_line(err))
+                    if not keep_going:
+                        raise failure from None
+                    info["failed"].append(failure.record())
                 bar.update()
         finally:
-            for ref in pending:
+            for ref in [*pending, *tuning]:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             bar.close()
-    return rows, counts  # type: ignore[return-value]
+    return rows, info

@@ -108,9 +108,21 @@ def _check_real(name: str, v: Any, *, low: float = 0.0, strict: bool = False, hi
         raise ValueError(f"{name} must be a finite number {bound}{' (or None)' if optional else ''}, got {v!r}")
 
 
+def _takes_model(callback: Callable[..., Any]) -> bool:
+    """Whether `callback` takes a second positional argument (the model being trained)."""
+    import inspect
+
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
               weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first=False,
-              sam_mode="sam") -> None:
+              sam_mode="sam", sync_bn=False) -> None:
     """Every argument of :func:`finetune`, checked once, before anything is built."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -143,8 +155,9 @@ def _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_r
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable (it gets each epoch's record)")
-    if not isinstance(sam_sync_first, bool):
-        raise ValueError(f"sam_sync_first must be True or False, got {sam_sync_first!r}")
+    for flag, v in (("sam_sync_first", sam_sync_first), ("sync_bn", sync_bn)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{flag} must be True or False, got {v!r}")
 
 
 def finetune(
@@ -168,6 +181,7 @@ def finetune(
     callback: Callable[[dict[str, float]], None] | None = None,
     sam_sync_first: bool = False,
     sam_mode: str = "sam",
+    sync_bn: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` on `data.train`; `model` itself is not changed.
 
@@ -186,7 +200,8 @@ def finetune(
         sam_rho: SAM radius ρ >= 0; 0 trains with the base optimizer alone. Everything else stays identical.
         adaptive: ASAM (scale-invariant neighbourhood; use a ~10x larger ρ). eta: ASAM's η >= 0.
         amp: ``None``, ``"bf16"`` (autocast, no scaler) or ``"fp16"`` (autocast + GradScaler; CUDA only).
-        callback: called with each epoch's record (for live plots).
+        callback: called with each epoch's record (for live plots); a callback of two arguments also gets the
+            model being trained, to evaluate it (e.g. compressed: ``craftlab.distributed.tune``), not change it.
         sam_sync_first: data-parallel runs only (torchrun / ``accelerate launch``, see
             :mod:`craftlab.distributed.ddp`): all-reduce SAM's first gradient too, so every replica perturbs by the
             global batch's gradient; default False: each replica perturbs by its own (m-sharpness).
@@ -195,6 +210,8 @@ def finetune(
             ``"random:F"`` (on a random fraction F of the steps, drawn from a generator seeded by `seed`),
             ``"msam"`` (Momentum-SAM: one pass at w − ρ m/‖m‖) or ``"rwp"`` (one pass at w + filter-wise
             Gaussian noise of relative scale σ = sam_rho).
+        sync_bn: data-parallel runs only: BatchNorm with the global batch's statistics (SyncBatchNorm), so a
+            BatchNorm model equals the one-process run; default False: per-replica statistics.
 
     Returns:
         :class:`FinetuneResult` with ``.model`` (eval mode, on `device`) and ``.history`` records
@@ -210,7 +227,7 @@ def finetune(
         res.history[-1]["val_accuracy"]
     """
     _validate(model, data, optimizer, lr, epochs, schedule, warmup_epochs, sam_rho, adaptive, eta,
-              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first, sam_mode)
+              weight_decay, batch_size, seed, amp, label_smoothing, callback, sam_sync_first, sam_mode, sync_bn)
     mode = parse_sam_mode(sam_mode)
     epochs, seed = int(epochs), int(seed)  # numpy integers too
     batch_size = None if batch_size is None else int(batch_size)
@@ -223,7 +240,7 @@ def finetune(
         dev = world.device(dev)
 
     model = copy.deepcopy(model).to(dev)
-    net = model if world is None else world.wrap(model, dev)
+    net = model if world is None else world.wrap(model, dev, sync_bn=sync_bn)
     rng_seed = seed if world is None else seed + world.rank  # replicas draw different dropout masks
     rng = SeededRNG(rng_seed, dev) if draws_randomness(model) else contextlib.nullcontext()
     opt_cls, default_lr, base_kwargs = OPTIMIZERS[optimizer]
@@ -275,7 +292,8 @@ def finetune(
     if use_sam and mode.name != "sam":  # recorded only when not the default, as configs before the option
         config["sam_mode"] = mode.spec()
     if world is not None:
-        config.update(batch_size=global_batch, world_size=world.size, sam_sync_first=sam_sync_first)
+        config.update(batch_size=global_batch, world_size=world.size, sam_sync_first=sam_sync_first,
+                      sync_bn=sync_bn)
     history: list[dict[str, float]] = []
     arm = ("ASAM" if adaptive else "SAM") + f" rho={sam_rho:g}" if use_sam else optimizer
     arm += f" {mode.spec()}" if use_sam and mode.name != "sam" else ""
@@ -328,7 +346,9 @@ def finetune(
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
         if callback is not None:
-            callback(record)
+            callback(*((record, model) if _takes_model(callback) else (record,)))
     model.eval()
+    if world is not None and sync_bn:
+        ddp.plain_batchnorm(model)
     return FinetuneResult(model=model, history=history, config=config,
                           metrics={"val_accuracy": history[-1]["val_accuracy"]})

@@ -58,8 +58,14 @@ class RunSpec:
     sam_mode: str = "sam"
     """How SAM spends its second pass (``finetune(sam_mode=...)``): ``"sam"``, ``"looksam:K"``, ``"random:F"``,
     ``"msam"``, ``"rwp"``. Like `batch_size`, only a non-default mode appears in :attr:`key` and :meth:`record`."""
+    amp: str | None = None
+    """Mixed precision of the forward passes: None (float32, default), ``"bf16"`` or ``"fp16"`` (CUDA only), as
+    :func:`craftlab.finetune`'s ``amp``. Like ``batch_size``, only a non-default value enters :attr:`key` and
+    :meth:`record` (old runs stay cached)."""
 
     def __post_init__(self) -> None:
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
         if self.sam_mode != "sam":
             from .sam import parse_sam_mode  # checked (and spelled canonically) at the boundary
 
@@ -69,11 +75,12 @@ class RunSpec:
             object.__setattr__(self, "sam_mode", mode.spec())
 
     def record(self) -> dict[str, Any]:
-        """What a checkpoint's sidecar records under ``"run"``: the fields, without ``batch_size`` when it is the
-        default (None), as runs recorded before the field existed."""
+        """What a checkpoint's sidecar records under ``"run"``: the fields, without ``batch_size`` / ``amp`` when
+        they are the default (None), as runs recorded before those fields existed."""
         out = asdict(self)
-        if self.batch_size is None:
-            del out["batch_size"]
+        for name in ("batch_size", "amp"):
+            if out[name] is None:
+                del out[name]
         if self.sam_mode == "sam":
             del out["sam_mode"]
         return out
@@ -97,7 +104,8 @@ class RunSpec:
         """Folder name of the run in the cache: different for any two specs that train differently."""
         lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
         bs = "" if self.batch_size is None else f"-b{self.batch_size}"
-        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}{bs}-e{self.epochs}-s{self.seed}"
+        amp = "" if self.amp is None else f"-{self.amp}"
+        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}{bs}{amp}-e{self.epochs}-s{self.seed}"
 
     def twin(self, sam_rho: float = 0.05, adaptive: bool = False) -> RunSpec:
         """The other arm of a CrAFT comparison, everything else the same: a plain run's twin trains with
@@ -156,8 +164,8 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
     data = load_data(spec.data, model=build_model(spec.model))  # input config only
     model = create_model(spec.model, num_classes=data.num_classes, pretrained=True, seed=spec.seed)
     result = finetune(model, data, optimizer=spec.optimizer, lr=spec.lr, epochs=spec.epochs, sam_rho=spec.sam_rho,
-                      adaptive=spec.adaptive, seed=spec.seed, batch_size=spec.batch_size, progress=progress,
-                      callback=callback, sam_mode=spec.sam_mode)
+                      adaptive=spec.adaptive, seed=spec.seed, batch_size=spec.batch_size, amp=spec.amp,
+                      progress=progress, callback=callback, sam_mode=spec.sam_mode)
     test = evaluate(result.model, eval_loader(data, "test"))
     result.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     result.config.update(run=spec.record(), arm=spec.arm, label=spec.label, classes=data.classes)

@@ -1,0 +1,78 @@
+"""The ``craftlab sweep`` command: its arguments and what it runs (the in-process or the Ray engine).
+
+The address of ``--engine ray`` is checked before anything is loaded; a failing cell is one line naming it (exit
+2), or with ``--keep-going`` a table of failed cells after the results (exit 1); the Ray engine reports how many
+cells it computed and how many came from the cell store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def add_parser(sub: Any, bit_pair: Callable[[str], Any]) -> argparse.ArgumentParser:
+    """Add ``sweep`` to the ``craftlab`` subcommands (`bit_pair`: the parser of ``W,A``)."""
+    s = sub.add_parser("sweep", help="checkpoints x sparsities x bit settings -> table (CSV + JSON)")
+    s.add_argument("--checkpoint", nargs="+", required=True)
+    s.add_argument("--data", default=None)
+    s.add_argument("--methods", nargs="+", default=["magnitude", "wanda"])
+    s.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
+    s.add_argument("--patterns", nargs="*", default=["2:4"], help="N:M patterns (none: give --patterns alone)")
+    s.add_argument("--bits", nargs="+", type=bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)])
+    s.add_argument("--recipe", default="uniform", choices=["uniform", "repq"],
+                   help="quantization recipe of the bit settings (repq: RepQ-ViT, timm ViTs only)")
+    s.add_argument("--compensate", nargs="+", default=[], choices=["qwt", "qwt-v2"], metavar="{qwt,qwt-v2}",
+                   help="also run every pruning and bit setting with this compensation (one row each)")
+    s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
+    s.add_argument("--engine", default="process", choices=["process", "ray"],
+                   help="process: here (default); ray: every cell a Ray task, resumable (docs/scale_out.md)")
+    s.add_argument("--address", default=None, help="--engine ray: the Ray cluster, HOST:PORT or ray://HOST:10001 "
+                   "from a machine outside the cluster (default: RAY_ADDRESS, else a local cluster)")
+    s.add_argument("--keep-going", action="store_true", help="skip cells that fail, list them (model, setting, "
+                   "error) after the table and exit 1; default: stop at the first, with one line naming it")
+    s.add_argument("--cpus-per-task", type=int, default=1, help="--engine ray: CPUs and threads of each cell")
+    s.add_argument("--quiet", action="store_true")
+    return s
+
+
+def run(a: argparse.Namespace, load: Callable[[str], Any], data_for: Callable[..., Any]) -> int:
+    """Run ``craftlab sweep`` with the parsed arguments `a`; the exit status. `load` reads a checkpoint to compress
+    and `data_for(meta, model, name)` its data (the CLI's own helpers)."""
+    from ..compression.sweep import sweep
+
+    if a.engine == "ray" and a.address is not None:  # before loading anything: a wrong address fails in seconds
+        from .connect import check_address
+
+        check_address(a.address)
+    elif a.address is not None:
+        raise ValueError("--address is for --engine ray")
+    models = {c: load(c) for c in a.checkpoint}
+    first = next(iter(models.values()))
+    data = data_for(first.craftlab_meta, first, a.data)
+    if a.recipe == "repq" and not a.keep_going:  # with --keep-going such cells fail and are listed
+        from ..compression.pipeline import check_recipe_model
+
+        for path, model in models.items():
+            try:
+                check_recipe_model(model, "repq")
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+    df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
+               patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate, engine=a.engine,
+               address=a.address, keep_going=a.keep_going, cpus_per_task=a.cpus_per_task)
+    if len(df):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    failed = df.attrs.get("failed") or []
+    counts = df.attrs.get("cells")
+    if counts:  # --engine ray: what was computed now and what came from the cell store
+        print(f"cells: {counts['computed'] - len(failed)} computed, {counts['cached']} cached, {len(failed)} failed "
+              f"(of {counts['total']})", file=sys.stderr)
+    if failed:
+        import pandas as pd
+
+        print(f"\n{len(failed)} cell(s) failed:\n" + pd.DataFrame(failed).to_string(index=False))
+        return 1
+    return 0
