@@ -36,7 +36,7 @@ from craftlab.train.runs import RunSpec
 
 RESULTS = Path(__file__).parent / "results"
 PILOT_SEEDS = (0, 1, 2, 3, 4)
-MIN_SEEDS, MAX_SEEDS = 5, 20
+MIN_SEEDS, MAX_SEEDS = 5, 30
 ALPHA = 0.05
 ARM_RHO = {"AdamW": 0.0, "SAM ρ=0.05": 0.05}
 # each non-CrAFT arm is a compression setting of the AdamW run
