@@ -67,8 +67,19 @@ def _model(arch: str, rho: float, seed: int) -> torch.nn.Module:
     return craftlab.load_checkpoint(craftlab.get_run(spec, progress=False)).eval()
 
 
+def _adapt_arms() -> dict:
+    from benchmarks.bench_adapt import ARMS  # the adaptation benchmark's arms, same labels
+
+    return ARMS
+
+
 def _arm_correct(c: Claim, arm: str, seed: int) -> np.ndarray:
     arch, data = _arch(c), _data(_arch(c))
+    if arm in _adapt_arms():  # a frozen-backbone adaptation arm (vit-tiny → digits, 8 epochs, as bench_adapt)
+        kw = dict(_adapt_arms()[arm])
+        base = craftlab.create_model(arch, num_classes=10, progress=False)
+        res = craftlab.adapt_model(base, data, kw.pop("method"), epochs=8, seed=seed, **kw)
+        return _correct(res.model, data.test)
     if arm in ARM_RHO:  # a fine-tuning arm, compressed at the endpoint setting
         model, setting = _model(arch, ARM_RHO[arm], seed), c.setting
     else:  # a compression arm of the AdamW run

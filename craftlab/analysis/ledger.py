@@ -111,8 +111,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("miet-gather", "MIET", "an adaptor on the gathered intermediate features (Gather*) adapts better than the "
           "final features alone", "VTAB-1K 76.7 (no ablation number found)", "vit-tiny → digits, 8 epochs",
           "frozen backbone, features sent once", _ACC, "linear probe", "MIET (k=4)", 0.01,
-          "stated smallest effect of interest (1 pp)", source="adapt.csv",
-          why="both train on features the device received once"),
+          "stated smallest effect of interest (1 pp)",
+          why="both train on features the device received once (the adaptation benchmark's arms)"),
 )
 """The pre-registered claims, in ledger order."""
 
