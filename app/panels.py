@@ -211,8 +211,5 @@ def query_of(model: str, setting: Setting, kind: str = "contour", scale: str = "
         q["recipe"] = setting.recipe
     if setting.compensation:
         q["comp"] = setting.compensation
-    if kind != "contour":
-        q["kind"] = kind
-    if scale != "log10":
-        q["scale"] = scale
+    q["kind"], q["scale"] = kind, scale  # always: a link opened elsewhere shows the same landscape
     return "?" + urlencode(q)
