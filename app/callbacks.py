@@ -181,7 +181,10 @@ class Callbacks(TrainCallbacks):
         """Cards, interpretation, guide, curves and link of the session's view (skipped when it was replaced)."""
         if not self.views.current(view):
             return _skip(PANEL_OUTPUTS + 1)
-        out, pending = self._render(view)  # type: ignore[arg-type]
+        try:
+            out, pending = self._render(view)  # type: ignore[arg-type]
+        except Cancelled:  # a newer view replaced this one while it was drawn: nothing to show, nothing to log
+            return _skip(PANEL_OUTPUTS + 1)
         if not self.views.current(view):
             return _skip(PANEL_OUTPUTS + 1)
         return (*out, gr.Timer(active=True))
@@ -287,7 +290,10 @@ class Callbacks(TrainCallbacks):
         panel_out: tuple[Any, ...] = _skip(PANEL_OUTPUTS)
         pending = True
         if sig != shown.get("panels"):
-            panel_out, pending = self._render(view)
+            try:
+                panel_out, pending = self._render(view)
+            except Cancelled:  # replaced by a newer view meanwhile
+                return _skip(n)
             shown["panels"] = sig
         else:
             pending = not curves["complete"] or len(verdict["seeds"]) < verdict.get("expected_seeds", 1)

@@ -11,22 +11,25 @@ CSS = """
 
 HEAD = """
 <script>
-// Bit-width boxes: Enter after typing a value that is not exactly one of the choices would make Gradio's
-// dropdown pick the first choice *containing* it ("1" -> "16"). Take the typed text literally instead:
-// leaving the box keeps it as a custom value, which the server refuses by name ("w_bits must be one of ...").
-document.addEventListener("keydown", (e) => {
-  if (e.key !== "Enter" || !(e.target instanceof HTMLInputElement)) return;
-  if (!e.target.closest("#w_bits, #a_bits")) return;
-  const typed = e.target.value.trim().toLowerCase();
-  const labels = ["float", "16", "8", "7", "6", "5", "4", "3", "2"];
-  if (typed === "" || labels.includes(typed)) return;
-  e.preventDefault();
-  e.stopImmediatePropagation();
-  e.target.blur();
-}, true);
+// Bit-width boxes: on Enter Gradio's dropdown selects the first choice *containing* the typed text, so "6" would
+// pick "16" and "1" too. Take the typed text literally instead: leaving the box maps an exact label to its choice
+// and keeps anything else as a custom value, which the server refuses by name ("w_bits must be one of ...").
+// After ArrowUp/ArrowDown the user picked an option from the list: then Enter is left to Gradio.
+(() => {
+  const navigated = new WeakSet();
+  const box = (e) => e.target instanceof HTMLInputElement && e.target.closest("#w_bits, #a_bits");
+  document.addEventListener("input", (e) => { if (box(e)) navigated.delete(e.target); }, true);
+  document.addEventListener("keydown", (e) => {
+    if (!box(e)) return;
+    if (e.key === "ArrowUp" || e.key === "ArrowDown") { navigated.add(e.target); return; }
+    if (e.key !== "Enter" || navigated.has(e.target) || e.target.value.trim() === "") return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    e.target.blur();
+  }, true);
+})();
 </script>
 """
-
 PLANE_NOTE = (
     "_Both planes share one colour scale. If the CrAFT arm's minimum (✕) sits higher than AdamW's, it is a "
     "different point, not a worse one: SAM minimizes the worst loss around the weights, not the loss at them, "

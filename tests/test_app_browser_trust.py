@@ -114,3 +114,33 @@ def test_typing_every_offered_bit_width_selects_exactly_it(browser, served):
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_fast_use_leaves_no_traceback_in_the_server_log(browser, served, capfd):
+    """Drags, arrow keys, typed values, model switches and a refused value, as fast as a user can: every
+    replaced request is dropped quietly (no ``Cancelled`` or validation traceback in the log)."""
+    capfd.readouterr()
+    ctx, page, errors = _fresh(browser, served.local_url)
+    try:
+        wait_agree(page, "vit-tiny", "magnitude 50%", 0.5, None, timeout=int(TIMEOUT_MS * SLOW))
+        track = page.locator("#sparsity input[type=range]")
+        for model in ("resnet-tiny", "vit-tiny", "resnet-tiny"):
+            track.focus()
+            for key in ("ArrowRight", "ArrowRight", "ArrowLeft", "ArrowRight"):
+                track.press(key)
+            page.locator("#method label", has_text="wanda").click()
+            pick(page, "w_bits", "4")
+            page.locator("#method label", has_text="magnitude").click()
+            pick(page, "model", model)
+        box = sparsity_box(page)
+        box.fill("1.5")
+        box.press("Enter")  # out of range: refused by name
+        box.fill("0.6")
+        box.press("Enter")
+        wait_agree(page, "resnet-tiny", "magnitude 60% + W4AFP", 0.6, 4.0, timeout=int(TIMEOUT_MS * SLOW))
+        time.sleep(2.0)
+        assert not errors, errors
+    finally:
+        ctx.close()
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out, (log.err + log.out)[-4000:]
