@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the Playwright fixtures of test_app_browser are imported, then requested by name)
 """Issue 26 in a real browser: what a newcomer must be able to trust — a shared link opens the view it names
 (every time, in a fresh browser context, never flashing another view), links the controls cannot show are
 refused by name, typed bit-widths mean exactly what was typed, and the server log has no tracebacks.
@@ -13,7 +14,6 @@ import os
 import time
 
 import pytest
-
 from test_app_browser import (  # noqa: F401  (fixtures)
     AGREE_MS,
     TIMEOUT_MS,
@@ -48,9 +48,9 @@ def _fresh(browser, url: str):
 
 
 def test_a_shared_link_opens_its_view_every_time_and_never_flashes_another(browser, served):
-    from craftlab.settings import make_setting
-
     from craftlab_app import panels
+
+    from craftlab.settings import make_setting
 
     setting = make_setting("wanda", 0.3, 4, 8, "tensor", recalibrate_bn=True, compensation="qwt-v2")
     label = setting.label()
