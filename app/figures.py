@@ -46,9 +46,13 @@ def _layout(fig: go.Figure, title: str | None, height: int, **kw: Any) -> go.Fig
 
 
 def empty_figure(message: str, height: int = CURVE_HEIGHT) -> go.Figure:
-    """A blank figure carrying `message` (while something is being computed, or on no data)."""
+    """A blank figure carrying `message` (while something is being computed, or on no data), wrapped into
+    lines of at most 80 characters so that a long explanation is never cut at the figure's edges."""
+    import textwrap
+
+    lines = [w for part in message.split("<br>") for w in (textwrap.wrap(part, 80, break_on_hyphens=False) or [""])]
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    fig.add_annotation(text="<br>".join(lines), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font={"size": 14, "color": "grey"})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -190,6 +194,19 @@ def _resolution_note(landscapes: Mapping[str, Mapping[str, Any]]) -> str:
             ("" if res.get("final", True) else " — a finer grid follows in a few seconds"))
 
 
+def activation_gaps(landscapes: Mapping[str, Mapping[str, Any]], rtol: float = 1e-6) -> dict[str, float]:
+    """{arm label: the original model's loss} for the arms whose slice does not start at it (t = 0 differs from
+    the uncompressed model: activation quantization, which no weight move undoes); empty when every slice's
+    t = 0 is the original model."""
+    out = {}
+    for arm in landscapes.values():
+        res = arm["path"]
+        orig = res.meta.get("loss_original") if isinstance(res, PathResult) else None
+        if orig is not None and abs(float(res.loss[res.index_original]) - orig) > rtol * max(1.0, abs(orig)):
+            out[arm["label"]] = float(orig)
+    return out
+
+
 def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDSCAPE_HEIGHT,
                 tag: str = "") -> go.Figure:
     """The 1-D slices of both arms overlaid: the loss along ``w + t (C(w) − w)`` (t = 1 is the compressed
@@ -205,9 +222,22 @@ def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDS
     setting = next(iter(landscapes.values()), {}).get("setting_label", "")
     tag = tag or f"[{setting}]"
     note = _resolution_note(landscapes)
+    gaps = activation_gaps(landscapes)
     if is_path:
         title = (f"Loss along the compression direction w + t·(C(w) − w) {tag}<br><sup>★ = compressed (t = 1), "
                  f"● = fine-tuned (t = 0), dashed = 2nd-order prediction; {note}</sup>")
+        if gaps:  # activation quantization is not a weight change: t = 0 is not the float model, and says so
+            title += ("<br><sup>Activations are quantized along the whole slice (they are not weights: no weight-"
+                      "space path reaches the float model), so t = 0 is the fine-tuned weights with quantized "
+                      "activations; ○ = the original float model.</sup>")
+            for arm in landscapes.values():
+                if arm["label"] in gaps:
+                    fig.add_trace(go.Scatter(
+                        x=[0.0], y=[gaps[arm["label"]]], mode="markers+text", showlegend=False,
+                        name=f"{arm['label']}: original (float activations)", legendgroup=arm["role"],
+                        text=[f"{gaps[arm['label']]:.3g}"], textposition="middle left",
+                        marker={"symbol": "circle-open", "size": 11,
+                                "color": ROLE_COLORS.get(arm["role"], PALETTE[2]), "line": {"width": 2}}))
         xt = "t  (0 = fine-tuned weights, 1 = compressed)"
         fig.add_vline(x=1.0, line={"dash": "dot", "color": "grey", "width": 1})
     else:
