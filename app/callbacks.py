@@ -170,7 +170,7 @@ class Callbacks(TrainCallbacks):
         preset = panels.preset_of(model, s)
         out = (panels.summary(view.answer, name), card_p, card_c,
                panels.interpretation(verdict, model, s.label(), training),
-               preset.guide if preset else "",
+               panels.guide_text(preset, verdict) if preset else "",
                figs.sparsity_curve_figure(curves, s, view.answer, view.tag),
                figs.bits_curve_figure(curves, s, view.answer, view.tag),
                gr.Checkbox(interactive=bn, info=None if bn else "this model has no BatchNorm layers"))

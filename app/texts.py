@@ -7,6 +7,7 @@ CSS = """
 .big {font-size: 1.5em; font-weight: 700;}
 .view-tag {color: #777; font-size: 0.8em; font-weight: 400; white-space: nowrap;}
 #verdict {border-left: 4px solid #999; padding-left: 10px;}
+.seed0 {color: #555; font-size: 0.9em;}
 """
 
 HEAD = """
