@@ -42,6 +42,7 @@ from .links import BITS_CHOICES, COMPENSATION_CHOICES, INITIAL, PATTERN_CHOICES,
 from .panels import PRESETS
 from .texts import CSS, HEAD, LEARN, PLANE_NOTE
 from .train_ui import pretrain_section
+from .training import MAX_EPOCHS, MAX_RHO
 
 if TYPE_CHECKING:
     from .service import Explorer
@@ -208,11 +209,13 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                                              elem_id="t-data",
                                              info="digits / mnist5k offline; others download (or imagefolder:PATH)")
                         t_opt = gr.Radio(["adamw", "sgd"], value="adamw", label="optimizer")
-                        t_lr = gr.Number(None, label="learning rate (empty = the optimizer's default: AdamW 1e-3, "
-                                                     "SGD 0.05)", elem_id="t-lr")
-                        t_rho = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="SAM ρ (0 = no SAM)")
+                        t_lr = gr.Textbox("", label="learning rate (empty = the optimizer's default: AdamW 1e-3, "
+                                                    "SGD 0.05)", placeholder="optimizer's default", elem_id="t-lr")
+                        # number boxes, not sliders: a slider's box clamps a typed -0.5 to 0 and trains that;
+                        # a box keeps what was typed and the server refuses it by name
+                        t_rho = gr.Number(0.05, label=f"SAM ρ (0 = no SAM; 0 to {MAX_RHO:g})", elem_id="t-rho")
                         t_adaptive = gr.Checkbox(False, label="ASAM (adaptive; use a ~10x larger ρ)")
-                        t_epochs = gr.Slider(1, 30, value=3, step=1, label="epochs")
+                        t_epochs = gr.Number(3, label=f"epochs (1 to {MAX_EPOCHS})", precision=0, elem_id="t-epochs")
                         t_seed = gr.Number(0, label="seed", precision=0)
                         t_twin = gr.Checkbox(True, label="also train the twin arm")
                         t_batch = gr.Number(64, label="batch size (64 = the default)", precision=0, elem_id="t-batch")
@@ -302,7 +305,8 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         gr.on([demo.load, *[x.change for x in train_inputs]], cb.estimate, inputs=train_inputs, outputs=t_estimate,
               api_name="estimate", queue=False, show_progress="hidden", preprocess=False)
         t_go.click(cb.train, inputs=train_inputs, outputs=[t_status, t_plot, c["model"], t_open], api_name="train",
-                   concurrency_limit=1, concurrency_id="train", preprocess=False)
+                   concurrency_limit=1, concurrency_id="train", preprocess=False,
+                   trigger_mode="multiple")  # a click while a run trains is queued behind it, never dropped
         t_open.click(lambda: gr.Tabs(selected="explore"), outputs=tabs, api_name="open_in_explore", queue=False)
 
     demo.queue(default_concurrency_limit=2, max_size=64)

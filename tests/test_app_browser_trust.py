@@ -144,3 +144,28 @@ def test_fast_use_leaves_no_traceback_in_the_server_log(browser, served, capfd):
         ctx.close()
     log = capfd.readouterr()
     assert "Traceback" not in log.err + log.out, (log.err + log.out)[-4000:]
+
+
+@pytest.mark.parametrize("field, typed, why", [
+    ("#t-rho", "-0.5", "rho must be in [0, 10], got -0.5"),
+    ("#t-rho", "11", "rho must be in [0, 10], got 11"),
+    ("#t-epochs", "250", "epochs must be a whole number in [1, 200], got 250"),
+])
+def test_train_refuses_what_it_warns_about_and_keeps_the_typed_value(browser, served, field, typed, why):
+    ctx, page, errors = _fresh(browser, served.local_url)
+    try:
+        page.get_by_role("tab", name="Train").click()
+        page.wait_for_selector("#train-estimate >> text=/Estimated duration/", timeout=int(AGREE_MS * SLOW))
+        box = page.locator(f"{field} input")
+        box.fill(typed)
+        box.press("Tab")
+        page.wait_for_function("w => (document.querySelector('#train-estimate') || {}).textContent.includes(w)",
+                               arg=why, timeout=int(AGREE_MS * SLOW))  # the warning names it before the click
+        page.locator("#train-button").click()
+        page.wait_for_selector("[data-testid='toast-body'] >> text=/must be/", timeout=int(AGREE_MS * SLOW))
+        assert any(why in t for t in toasts(page)), toasts(page)
+        assert box.input_value() == typed  # not clamped to the slider's end and trained as that
+        assert "Done" not in page.inner_text("#train-status") and "epoch" not in page.inner_text("#train-status")
+        assert not errors, errors
+    finally:
+        ctx.close()
