@@ -380,7 +380,7 @@ class Callbacks(TrainCallbacks):
         if st["stage"] == "failed":
             return f"**Preparing the default models failed:** {panels.one_line(st['error'])}", gr.Timer(active=False)
         if st["stage"] == "ready" or (st["stage"] == "idle" and not training):
-            extra = f" · {st['pending']} background jobs" if st["pending"] else ""
+            extra = " · filling in curves and landscapes in the background" if st["pending"] else ""
             busy = bool(st["pending"]) or bool(seed_text)
             return f"**Ready**{seed_text}{extra}.", gr.Timer(active=busy)
         runs = " · ".join(r["text"] for r in training)

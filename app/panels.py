@@ -26,6 +26,7 @@ def one_line(err: BaseException | str) -> str:
     """An error message as one line that a browser toast (which renders HTML) shows whole: newlines folded,
     and ``<`` ``>`` written as ``‹`` ``›`` (``<urlopen error ...>`` would otherwise be swallowed as a tag)."""
     text = str(err) or type(err).__name__
+    text = text.replace(">=", "≥").replace("<=", "≤")  # not "›=" below
     return " ".join(text.split()).replace("<", "‹").replace(">", "›")
 
 
@@ -150,6 +151,8 @@ def cards(answer: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None = 
     seeds = (verdict or {}).get("arms", {})
     setting = answer.get("setting", {})
     quantized = setting.get("w_bits") is not None or setting.get("a_bits") is not None
+    prunes = setting.get("method") not in (None, "none")
+    what = "compressed" if quantized or prunes else "full precision (nothing compressed)"
     tag = _tag(tag_model or answer["model"], answer["setting_label"])
     out = []
     for role in ROLES:
@@ -160,15 +163,17 @@ def cards(answer: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None = 
             continue
         s = seeds.get(role)
         if s and len(s["values"]) >= 2:
-            big = (f"<span class='big'>{100 * s['mean']:.1f}%</span> ± {100 * s['sd']:.1f} compressed "
+            big = (f"<span class='big'>{100 * s['mean']:.1f}%</span> ± {100 * s['sd']:.1f} {what} "
                    f"(mean ± sd of {len(s['values'])} seeds) &nbsp;·&nbsp; FP {_pct(s['fp_mean'])} &nbsp;·&nbsp; "
                    f"drop **{100 * (s['fp_mean'] - s['mean']):+.1f} pts**\n\n"
-                   f"seed 0: {_pct(a['compressed_accuracy'])} compressed, FP {_pct(a['fp_accuracy'])}")
+                   f"seed 0: {_pct(a['compressed_accuracy'])} {what}, FP {_pct(a['fp_accuracy'])}")
         else:
-            big = (f"<span class='big'>{_pct(a['compressed_accuracy'])}</span> compressed &nbsp;·&nbsp; "
+            big = (f"<span class='big'>{_pct(a['compressed_accuracy'])}</span> {what} &nbsp;·&nbsp; "
                    f"FP {_pct(a['fp_accuracy'])} &nbsp;·&nbsp; drop **{100 * a['accuracy_drop']:+.1f} pts** "
                    "(seed 0)")
-        details = f"measured sparsity {a['sparsity_measured']:.1%}"
+        details = (f"measured sparsity {a['sparsity_measured']:.1%}" if prunes else
+                   f"no pruning; {a['sparsity_measured']:.1%} of the weights are zero after rounding" if quantized
+                   else "no pruning, no quantization")
         if quantized:
             details += f" · weights {a['size_mb']:.3f} MB (FP {a['fp_size_mb']:.3f} MB)"
         if bn_used is not None and setting.get("method") not in (None, "none"):

@@ -8,9 +8,13 @@ CSS = """
 .view-tag {color: #777; font-size: 0.8em; font-weight: 400; white-space: nowrap;}
 #verdict {border-left: 4px solid #999; padding-left: 10px;}
 .seed0 {color: #555; font-size: 0.9em;}
+/* info text under the labels: Gradio's default (rgb(187,187,194) on white, 1.91:1) fails WCAG AA; #4b5563 is 7.6:1 */
+:root, .gradio-container {--block-info-text-color: #4b5563 !important;}
+.info-text {color: #4b5563 !important;}
+.view-tag {color: #555 !important;}
 """
 
-HEAD = """
+HEAD = r"""
 <script>
 // Bit-width boxes: on Enter Gradio's dropdown selects the first choice *containing* the typed text, so "6" would
 // pick "16" and "1" too. Take the typed text literally instead: leaving the box maps an exact label to its choice
@@ -29,6 +33,26 @@ HEAD = """
     e.target.blur();
   }, true);
 })();
+// Plots have no text of their own for a screen reader: each gets role="img" and a short summary (its title,
+// its legend entries — which carry the numbers, e.g. "AdamW: loss 1.29 → 1.41" — its marked points and notes).
+setInterval(() => {
+  const clean = (t) => String(t || "").replace(/<br>/g, " ").replace(/<[^>]+>/g, "").replace(/\s+/g, " ").trim();
+  for (const el of document.querySelectorAll(".js-plotly-plot")) {
+    if (!el._fullLayout || !el._fullData) continue;
+    const parts = [clean(el._fullLayout.title && el._fullLayout.title.text)];
+    for (const d of el._fullData) {
+      if (d.showlegend !== false && d.name && !/^trace \d+$/.test(d.name)) parts.push(clean(d.name));
+      if (d.marker && d.marker.symbol === "star" && d.x && d.y && d.x.length === 1)
+        parts.push(`★ ${clean(d.name)} at ${(+d.x[0]).toPrecision(3)}, ${(+d.y[0]).toPrecision(3)}`);
+    }
+    for (const a of el._fullLayout.annotations || []) parts.push(clean(a.text));
+    const label = parts.filter(Boolean).join(". ");
+    if (el.getAttribute("aria-label") !== label) {
+      el.setAttribute("role", "img");
+      el.setAttribute("aria-label", label);
+    }
+  }
+}, 500);
 </script>
 """
 PLANE_NOTE = (

@@ -169,3 +169,52 @@ def test_train_refuses_what_it_warns_about_and_keeps_the_typed_value(browser, se
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def _luminance(rgb: str) -> float:
+    r, g, b = (int(x) / 255 for x in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_readability_contrast_titles_that_fit_text_for_every_plot_and_honest_words(browser, served):
+    ctx, page, errors = _fresh(browser, served.local_url)
+    try:
+        wait_agree(page, "vit-tiny", "magnitude 50%", 0.5, None, timeout=int(TIMEOUT_MS * SLOW))
+        fg, bg = page.evaluate("""() => {
+            const el = [...document.querySelectorAll('.info-text')]
+                .find(e => e.textContent.includes('fraction of weights zeroed'));
+            let n = el, bg = null;
+            while (n && !bg) { const b = getComputedStyle(n).backgroundColor;
+                               if (b && b !== 'rgba(0, 0, 0, 0)' && b !== 'transparent') bg = b; n = n.parentElement; }
+            return [getComputedStyle(el).color, bg || 'rgb(255, 255, 255)']; }""")
+        lf, lb = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+        assert (lf + 0.05) / (lb + 0.05) >= 4.5, (fg, bg)  # WCAG AA for 12 px text
+        tag = "[vit-tiny · magnitude 50%]"
+        for s in ("#path", "#plane-plain", "#plane-craft", "#curve-sparsity", "#curve-bits"):
+            page.wait_for_function("([s, tag]) => { const el = document.querySelector(s + ' .js-plotly-plot');"
+                                   " return el && el.getAttribute('role') === 'img'"
+                                   " && (el.getAttribute('aria-label') || '').includes(tag); }",
+                                   arg=[s, tag], timeout=int(AGREE_MS * SLOW))
+            fits = page.evaluate("""s => { const svg = document.querySelector(s + ' .main-svg');
+                const t = document.querySelector(s + ' .gtitle'); if (!svg || !t) return true;
+                const a = svg.getBoundingClientRect(), b = t.getBoundingClientRect();
+                return b.left >= a.left - 1 && b.right <= a.right + 1; }""", s)
+            assert fits, s  # the title is not cut at the figure's edges
+        label = page.locator("#path .js-plotly-plot").get_attribute("aria-label")
+        assert "loss" in label and "→" in label, label  # the legend entries carry the numbers
+        pick(page, "w_bits", "4")
+        wait_agree(page, "vit-tiny", "magnitude 50% + W4AFP", 0.5, 4.0, timeout=int(TIMEOUT_MS * SLOW))
+        page.locator("#sparsity input[type=number]").fill("0")
+        page.locator("#sparsity input[type=number]").press("Enter")
+        wait_agree(page, "vit-tiny", "W4AFP", 0.0, 4.0, timeout=int(TIMEOUT_MS * SLOW))
+        card = page.inner_text("#acc-plain")
+        assert "measured sparsity" not in card and "zero after rounding" in card, card
+        pick(page, "w_bits", "float")
+        wait_agree(page, "vit-tiny", "FP32", 0.0, None, timeout=int(TIMEOUT_MS * SLOW))
+        card = page.inner_text("#acc-plain")
+        assert "nothing compressed" in card and " compressed ·" not in card, card
+        assert "background jobs" not in page.inner_text("#status")
+        assert not errors, errors
+    finally:
+        ctx.close()
