@@ -215,6 +215,9 @@ def _arm_path_traces(arm: Mapping[str, Any]) -> list[Any]:
     for pred in middle:
         pred.update(name=f"{label}: 2nd-order prediction", line={"color": color, "width": 1.5, "dash": "dash"},
                     legendgroup=role, showlegend=False, hoverinfo="skip")
+    # the arms' labels at t = 0 and t = 1 on opposite sides, so that they do not overlap
+    original.update(textposition="top left" if role == "plain" else "bottom right")
+    compressed.update(textposition="top left" if role == "plain" else "bottom right")
     original.update(name=f"{label}: original", legendgroup=role, showlegend=False, textfont={"color": color},
                     marker={"symbol": "circle", "size": 9, "color": color, "line": {"width": 1, "color": "black"}})
     compressed.update(name=f"{label}: compressed", legendgroup=role, showlegend=False, textfont={"color": color},
@@ -390,6 +393,12 @@ def sharpness_scatter(table: pd.DataFrame, measure: str, measure_label: str, tag
     for tr in fig.data:
         if tr.name in colors:
             tr.marker.color = colors[tr.name]
+    if len(df) < 3:  # a line through two points says nothing: no fit drawn
+        fig.data = tuple(t for t in fig.data if "lines" not in (t.mode or ""))
+    title = wrap_title(str(fig.layout.title.text or ""), 60)
     fig.update_layout(xaxis_title=f"{measure_label} at the fine-tuned weights (smaller = flatter)",
-                      yaxis_title="accuracy drop (pts)", title={"font": {"size": 13}})
+                      yaxis_title="accuracy drop (pts)", title={"text": title, "font": {"size": 13}},
+                      margin={"t": 30 + 20 * _title_lines(title)})
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig

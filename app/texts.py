@@ -12,6 +12,7 @@ CSS = """
 :root, .gradio-container {--block-info-text-color: #4b5563 !important;}
 .info-text {color: #4b5563 !important;}
 .view-tag {color: #555 !important;}
+#adapt-table th, #adapt-table th * {word-break: normal !important; overflow-wrap: normal !important; hyphens: none;}
 """
 
 HEAD = r"""
