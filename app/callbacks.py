@@ -136,6 +136,7 @@ class Callbacks(TrainCallbacks):
             use = defaults
             answer, view = self._compress_values(use, request, progress)
         n = len(links.CONTROL_KEYS) + 2
+        use = {**use, "bn": view.setting.recalibrate_bn}  # a model without BatchNorm: the box is not left ticked
         if not self.views.current(view):
             return _skip(n)  # the user moved a control meanwhile: theirs wins
         controls = [use[k] if asked else gr.skip() for k in links.CONTROL_KEYS]
