@@ -58,6 +58,17 @@ def figures(summary: Any, tag: str = "") -> tuple[Any, Any]:
     return figs[0], figs[1]
 
 
+def _seeds(n: Any) -> list[int]:
+    """Seeds 0 … n−1 of the seeds slider (1 to 3); a value outside is refused by name, never clamped."""
+    try:
+        k = float(n)
+    except (TypeError, ValueError):
+        k = float("nan")
+    if not (k == k and k.is_integer() and 1 <= k <= 3):
+        raise ValueError(f"seeds must be a whole number from 1 to 3, got {n!r}")
+    return list(range(int(k)))
+
+
 def build_tab(service: AdaptView | None = None) -> AdaptView:
     """The Adapt tab, inside the caller's ``gr.Blocks`` / ``gr.Tabs``; returns its service."""
     av = service or AdaptView()
@@ -65,7 +76,7 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
     def show(methods: list[str], epochs: float, seeds: float,
              progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008
         with user_errors():
-            methods, n_epochs, seed_list = av.check(methods, epochs, list(range(int(seeds or 1))))
+            methods, n_epochs, seed_list = av.check(methods, epochs, _seeds(seeds))
         tag = (f"[{', '.join(methods)} · {n_epochs} epoch{'s' * (n_epochs != 1)} · {len(seed_list)} "
                f"seed{'s' * (len(seed_list) != 1)}]")
         if av.busy is not None:  # one request at a time: a second click is answered, not silently dropped
@@ -105,7 +116,10 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
                 else "Nothing is training.")
 
     def estimate(methods: list[str], epochs: float, seeds: float) -> str:
-        return av.estimate(methods, epochs, list(range(int(seeds or 1))))
+        try:
+            return av.estimate(methods, epochs, _seeds(seeds))
+        except ValueError as err:
+            return f"⚠ {err}"
 
     with gr.Tab("Adapt", id="adapt") as tab:
         gr.Markdown(INTRO, elem_id="adapt-intro")
@@ -130,8 +144,9 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
     outputs = [status, table, fig_mem, fig_bytes]
     tab.select(opened, outputs=outputs, api_name="adapt_open", show_progress="hidden")
     go.click(show, inputs=[methods, epochs, seeds], outputs=outputs, api_name="adapt", concurrency_limit=2,
-             concurrency_id="adapt", trigger_mode="multiple")  # a second click is answered "busy"
+             concurrency_id="adapt", trigger_mode="multiple",  # a second click is answered "busy"
+             preprocess=False)  # raw values reach av.check, which names a bad one (no Gradio validation traceback)
     stop_btn.click(stop, outputs=status, api_name="adapt_stop", queue=False)
     gr.on([tab.select, methods.change, epochs.change, seeds.change], estimate, inputs=[methods, epochs, seeds],
-          outputs=estimate_md, api_name="adapt_estimate", queue=False, show_progress="hidden")
+          outputs=estimate_md, api_name="adapt_estimate", queue=False, show_progress="hidden", preprocess=False)
     return av

@@ -150,6 +150,8 @@ def test_tab_switch_keeps_the_running_status_and_a_second_click_is_answered(view
         assert fns["adapt_open"]()[0].startswith("**Running:** [LoRA")  # not "press the button to train more"
         first = next(iter(fns["adapt"](["linear probe"], 1, 1)))
         assert first[0].startswith("**Busy:** [LoRA") and "press again when it is done" in first[0]
+        assert fns["adapt_estimate"](["linear probe"], 2, 5) == "⚠ seeds must be a whole number from 1 to 3, got 5"
+        assert fns["adapt_estimate"](["linear probe"], 50, 1).startswith("⚠ epochs must be a whole number")
     finally:
         view.busy = None
 
