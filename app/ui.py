@@ -308,6 +308,9 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                    concurrency_limit=1, concurrency_id="train", preprocess=False,
                    trigger_mode="multiple")  # a click while a run trains is queued behind it, never dropped
         t_open.click(lambda: gr.Tabs(selected="explore"), outputs=tabs, api_name="open_in_explore", queue=False)
+        # the model picker's choices (new cached runs) refresh when the tabs change; its value is never sent back,
+        # so an answer computed from an older value cannot put another model back (the page-load race of issue 26)
+        tabs.change(cb.model_list, inputs=c["model"], outputs=c["model"], api_name="models", show_progress="hidden")
 
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.explorer = explorer  # type: ignore[attr-defined]
