@@ -48,6 +48,8 @@ def _fresh(browser, url: str):
 
 
 def test_a_shared_link_opens_its_view_every_time_and_never_flashes_another(browser, served):
+    """LOADS fresh browser contexts open one link (the second half while another user keeps the server
+    computing): each shows the linked view and its controls, and no other view's tag ever appears."""
     from craftlab_app import panels
 
     from craftlab.settings import make_setting
@@ -55,8 +57,27 @@ def test_a_shared_link_opens_its_view_every_time_and_never_flashes_another(brows
     setting = make_setting("wanda", 0.3, 4, 8, "tensor", recalibrate_bn=True, compensation="qwt-v2")
     label = setting.label()
     url = served.local_url.rstrip("/") + "/" + panels.query_of("resnet-tiny", setting, kind="surface", scale="linear")
+    import random
+    import threading
+
+    from gradio_client import Client
+
+    stop = threading.Event()
+
+    def busy() -> None:  # another user keeps the server computing new settings (the "loaded server" half)
+        other, rng = Client(served.local_url, verbose=False), random.Random(0)
+        while not stop.is_set():
+            try:
+                other.predict("vit-tiny", rng.choice(["magnitude", "wanda"]), round(rng.uniform(0.05, 0.9), 2),
+                              rng.choice(["None", "8", "6", "4"]), "None", api_name="/compress")
+            except Exception:  # noqa: BLE001  (the load is all that matters here)
+                pass
+
+    loader = threading.Thread(target=busy, daemon=True)
     t0 = time.monotonic()
     for i in range(LOADS):
+        if i == LOADS // 2:
+            loader.start()
         ctx, page, errors = _fresh(browser, url)
         try:
             wait_agree(page, "resnet-tiny", label, 0.3, 4.0, timeout=int(TIMEOUT_MS * SLOW))
@@ -73,6 +94,7 @@ def test_a_shared_link_opens_its_view_every_time_and_never_flashes_another(brows
             assert not errors, errors
         finally:
             ctx.close()
+    stop.set()
     assert time.monotonic() - t0 < 60 * LOADS * SLOW
 
 
