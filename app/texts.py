@@ -114,8 +114,10 @@ here looks at it from one side.
 * **Loss along the compression direction** — the loss on the segment `w + t·(C(w) − w)`: t = 0 is the
   fine-tuned model, t = 1 (★) the compressed one. The dashed curve is the 2nd-order Taylor prediction
   `t·g·δ + t²/2·δᵀHδ`: where it bends up early, curvature along the compression direction is what hurts.
-  With activation quantization the whole curve is computed with quantized activations, so t = 0 already
-  sits above the float loss.
+  BatchNorm statistics move along with the weights (from the fine-tuned model's at t = 0 to the compressed
+  model's at t = 1), so with BN re-estimation or QwT-v2 t = 0 is exactly the fine-tuned model. With activation
+  quantization the whole curve is computed with quantized activations (they are not weights), so t = 0 sits
+  off the float loss: the slice says so and marks the float model's own loss (○).
 * **2-D landscape** — the loss on the plane spanned by the compression direction (α; ★ at α = 1) and a
   random filter-normalized direction scaled to the same length (β), in log10 or linear loss and on one colour
   scale for both arms, so wider basins are directly comparable; the loss at the fine-tuned (✕) and compressed
