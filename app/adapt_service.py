@@ -180,27 +180,30 @@ class AdaptView:
 
         methods, epochs, seeds = self.check(methods, epochs, seeds)
         todo = [(m, s) for m in methods for s in seeds]
-        rows = []
-        for i, (m, s) in enumerate(todo):
-            if self._stop.is_set():
-                break
-            row = self.cached(m, epochs, s)
-            if row is None:
-                step = f"training {m}, seed {s} ({epochs} epoch{'s' * (epochs != 1)}), run {i + 1} of {len(todo)}"
-                self.busy = f"{tag} {step}".strip()
-                if progress is not None:
-                    progress(i / len(todo), step)
-                with self._lock:
-                    row = self.cached(m, epochs, s)  # another request may have trained it meanwhile
-                    if row is None:
-                        model, data = self._load()
-                        df = compare_methods(model, data, arms={m: ARMS[m]}, seeds=[s], epochs=epochs)
-                        row = {k: v for k, v in df.iloc[0].to_dict().items() if k in COLUMNS}
-                        row.update(epochs=epochs, model=self.model_name, data=self.data_name,
-                                   command=command(m, epochs, s, self.model_name, self.data_name))
-                        self._write(self._path(m, epochs, s), row)
-                        row = {**json.loads(self._path(m, epochs, s).read_text()), "source": "live run (now)"}
-            rows.append(row)
+        rows: list[dict[str, Any]] = []
+        try:
+            for i, (m, s) in enumerate(todo):
+                if self._stop.is_set():
+                    break
+                row = self.cached(m, epochs, s)
+                if row is None:
+                    step = f"training {m}, seed {s} ({epochs} epoch{'s' * (epochs != 1)}), run {i + 1} of {len(todo)}"
+                    self.busy = f"{tag} {step}".strip()
+                    if progress is not None:
+                        progress(i / len(todo), step)
+                    with self._lock:
+                        row = self.cached(m, epochs, s)  # another request may have trained it meanwhile
+                        if row is None:
+                            model, data = self._load()
+                            df = compare_methods(model, data, arms={m: ARMS[m]}, seeds=[s], epochs=epochs)
+                            row = {k: v for k, v in df.iloc[0].to_dict().items() if k in COLUMNS}
+                            row.update(epochs=epochs, model=self.model_name, data=self.data_name,
+                                       command=command(m, epochs, s, self.model_name, self.data_name))
+                            self._write(self._path(m, epochs, s), row)
+                            row = {**json.loads(self._path(m, epochs, s).read_text()), "source": "live run (now)"}
+                rows.append(row)
+        finally:
+            self.busy = None  # idle again (also after a failure)
         return rows
 
     @staticmethod
