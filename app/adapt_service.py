@@ -76,6 +76,44 @@ class AdaptView:
         self.model_name, self.data_name = model, data
         self._lock = threading.Lock()  # one training at a time; the model and data load once
         self._model = self._data = None
+        self.busy: str | None = None
+        """What the tab is training now (a request's tag and its current run), None when idle."""
+        self._stop = threading.Event()
+
+    def stop(self) -> bool:
+        """Ask the running request to stop after its current run (one method and seed); False when idle."""
+        if self.busy is None:
+            return False
+        self._stop.set()
+        return True
+
+    def estimate(self, methods: Sequence[str], epochs: Any, seeds: Sequence[int]) -> str:
+        """How long a request would train, from the measured time per epoch of earlier live runs of each method
+        (cached rows, else the benchmark's reference); what is cached costs nothing.
+
+        Example::
+
+            >>> AdaptView().estimate(["no such method"], 2, [0])[:2]
+            '⚠ '
+        """
+        try:
+            methods, n, seeds = self.check(methods, epochs, seeds)
+        except ValueError as err:
+            return f"⚠ {err}"
+        per_epoch: dict[str, float] = {}
+        for r in [*self.reference(), *self.cached_rows()]:  # live rows (this machine) last: they win
+            t = r.get("time_per_epoch_s")
+            if isinstance(t, (int, float)) and t == t and t > 0:
+                per_epoch[r["arm"]] = float(t)
+        todo = [m for m in methods for s in seeds if self.cached(m, n, s) is None]
+        if not todo:
+            return "Everything asked is cached: the table shows it at once."
+        unknown = sorted({m for m in todo if m not in per_epoch})
+        total = sum(per_epoch[m] * n for m in todo if m in per_epoch)
+        text = f"Estimated training: about {max(1, round(total))} s for {len(todo)} run(s) not cached yet"
+        if unknown:
+            text += f" (plus {', '.join(unknown)}: no run measured yet)"
+        return text + " (from measured times per epoch; slower while other jobs run)."
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -134,29 +172,38 @@ class AdaptView:
         return sorted(rows, key=lambda r: (order[r["arm"]], r.get("epochs", 0), r.get("seed", 0)))
 
     def run(self, methods: Sequence[str], epochs: int = 4, seeds: Sequence[int] = (0,),
-            progress: Callable[[float, str], None] | None = None) -> list[dict[str, Any]]:
-        """Rows of every (method, seed): cached ones at once, the others trained now (one at a time)."""
+            progress: Callable[[float, str], None] | None = None, tag: str = "") -> list[dict[str, Any]]:
+        """Rows of every (method, seed): cached ones at once, the others trained now (one at a time). While it
+        runs, :attr:`busy` says what is training; :meth:`stop` ends it after the current run (the rows so far
+        are returned)."""
         from craftlab.adapt.compare import compare_methods
 
         methods, epochs, seeds = self.check(methods, epochs, seeds)
         todo = [(m, s) for m in methods for s in seeds]
-        rows = []
-        for i, (m, s) in enumerate(todo):
-            row = self.cached(m, epochs, s)
-            if row is None:
-                if progress is not None:
-                    progress(i / len(todo), f"training {m}, seed {s} ({epochs} epochs)")
-                with self._lock:
-                    row = self.cached(m, epochs, s)  # another request may have trained it meanwhile
-                    if row is None:
-                        model, data = self._load()
-                        df = compare_methods(model, data, arms={m: ARMS[m]}, seeds=[s], epochs=epochs)
-                        row = {k: v for k, v in df.iloc[0].to_dict().items() if k in COLUMNS}
-                        row.update(epochs=epochs, model=self.model_name, data=self.data_name,
-                                   command=command(m, epochs, s, self.model_name, self.data_name))
-                        self._write(self._path(m, epochs, s), row)
-                        row = {**json.loads(self._path(m, epochs, s).read_text()), "source": "live run (now)"}
-            rows.append(row)
+        rows: list[dict[str, Any]] = []
+        try:
+            for i, (m, s) in enumerate(todo):
+                if self._stop.is_set():
+                    break
+                row = self.cached(m, epochs, s)
+                if row is None:
+                    step = f"training {m}, seed {s} ({epochs} epoch{'s' * (epochs != 1)}), run {i + 1} of {len(todo)}"
+                    self.busy = f"{tag} {step}".strip()
+                    if progress is not None:
+                        progress(i / len(todo), step)
+                    with self._lock:
+                        row = self.cached(m, epochs, s)  # another request may have trained it meanwhile
+                        if row is None:
+                            model, data = self._load()
+                            df = compare_methods(model, data, arms={m: ARMS[m]}, seeds=[s], epochs=epochs)
+                            row = {k: v for k, v in df.iloc[0].to_dict().items() if k in COLUMNS}
+                            row.update(epochs=epochs, model=self.model_name, data=self.data_name,
+                                       command=command(m, epochs, s, self.model_name, self.data_name))
+                            self._write(self._path(m, epochs, s), row)
+                            row = {**json.loads(self._path(m, epochs, s).read_text()), "source": "live run (now)"}
+                rows.append(row)
+        finally:
+            self.busy = None  # idle again (also after a failure)
         return rows
 
     @staticmethod

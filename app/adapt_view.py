@@ -58,6 +58,17 @@ def figures(summary: Any, tag: str = "") -> tuple[Any, Any]:
     return figs[0], figs[1]
 
 
+def _seeds(n: Any) -> list[int]:
+    """Seeds 0 … n−1 of the seeds slider (1 to 3); a value outside is refused by name, never clamped."""
+    try:
+        k = float(n)
+    except (TypeError, ValueError):
+        k = float("nan")
+    if not (k == k and k.is_integer() and 1 <= k <= 3):
+        raise ValueError(f"seeds must be a whole number from 1 to 3, got {n!r}")
+    return list(range(int(k)))
+
+
 def build_tab(service: AdaptView | None = None) -> AdaptView:
     """The Adapt tab, inside the caller's ``gr.Blocks`` / ``gr.Tabs``; returns its service."""
     av = service or AdaptView()
@@ -65,35 +76,64 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
     def show(methods: list[str], epochs: float, seeds: float,
              progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008
         with user_errors():
-            methods, n_epochs, seed_list = av.check(methods, epochs, list(range(int(seeds or 1))))
+            methods, n_epochs, seed_list = av.check(methods, epochs, _seeds(seeds))
         tag = (f"[{', '.join(methods)} · {n_epochs} epoch{'s' * (n_epochs != 1)} · {len(seed_list)} "
                f"seed{'s' * (len(seed_list) != 1)}]")
-        yield (f"**{tag}** training what is not cached yet (one run at a time)…", gr.skip(), gr.skip(), gr.skip())
-        with user_errors():
-            rows = av.run(methods, n_epochs, seed_list, progress=lambda f, d: progress(f, desc=d))
+        if av.busy is not None:  # one request at a time: a second click is answered, not silently dropped
+            yield (f"**Busy:** {av.busy}. This tab trains one request at a time: press again when it is done, or "
+                   "press **Stop**.", gr.skip(), gr.skip(), gr.skip())
+            return
+        av.busy = f"{tag} starting"
+        av._stop.clear()
+        try:
+            yield (f"**{tag}** training what is not cached yet (one run at a time)…", gr.skip(), gr.skip(), gr.skip())
+            with user_errors():
+                rows = av.run(methods, n_epochs, seed_list, progress=lambda f, d: progress(f, desc=d), tag=tag)
+            stopped = av._stop.is_set()
+        finally:
+            av.busy = None
+            av._stop.clear()
         table = av.summary(rows + av.reference())
         now = sum(r["source"] == "live run (now)" for r in rows)
-        yield (f"**{tag}** {len(rows)} live run(s): {now} trained now, {len(rows) - now} read from the cache; the "
-               "benchmark's rows are the reference.", table, *figures(table, tag))
+        head = (f"**{tag} stopped** after {len(rows)} of {len(methods) * len(seed_list)} run(s)" if stopped
+                else f"**{tag}** {len(rows)} live run(s)")
+        yield (f"{head}: {now} trained now, {len(rows) - now} read from the cache; the benchmark's rows are the "
+               "reference.", table, *figures(table, tag))
 
     def opened() -> tuple[Any, ...]:
         rows = av.cached_rows()
         table = av.summary(rows + av.reference())
-        text = (f"{len(rows)} cached live run(s) and the benchmark's reference below; tick methods and press the "
-                "button to train more." if rows or len(table) else "Nothing cached yet: tick methods and press the "
-                "button.")
+        if av.busy is not None:  # coming back to the tab during a run: the run's status stays
+            text: Any = f"**Running:** {av.busy}…"
+        else:
+            text = (f"{len(rows)} cached live run(s) and the benchmark's reference below; tick methods and press "
+                    "the button to train more." if rows or len(table) else "Nothing cached yet: tick methods and "
+                    "press the button.")
         return (text, table, *figures(table))
+
+    def stop() -> str:
+        return ("**Stopping** after the current run (one method and seed)…" if av.stop()
+                else "Nothing is training.")
+
+    def estimate(methods: list[str], epochs: float, seeds: float) -> str:
+        try:
+            return av.estimate(methods, epochs, _seeds(seeds))
+        except ValueError as err:
+            return f"⚠ {err}"
 
     with gr.Tab("Adapt", id="adapt") as tab:
         gr.Markdown(INTRO, elem_id="adapt-intro")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 methods = gr.CheckboxGroup(list(METHODS), value=list(CHEAP), label="methods",
-                                           elem_id="adapt-methods", info="linear probe, LAST, MIET: seconds; "
-                                           "LoRA, full: minutes on 2 CPU cores")
+                                           elem_id="adapt-methods",
+                                           info="the estimate below is from measured times per epoch")
                 epochs = gr.Slider(1, 30, value=2, step=1, label="epochs", elem_id="adapt-epochs")
                 seeds = gr.Slider(1, 3, value=1, step=1, label="seeds (0, 1, …)", elem_id="adapt-seeds")
-                go = gr.Button("Train and compare", variant="primary", elem_id="adapt-run")
+                estimate_md = gr.Markdown(elem_id="adapt-estimate")
+                with gr.Row():
+                    go = gr.Button("Train and compare", variant="primary", elem_id="adapt-run")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="adapt-stop", min_width=80)
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="adapt-status")
                 table = gr.Dataframe(label="methods side by side", elem_id="adapt-table", interactive=False,
@@ -103,6 +143,10 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
             fig_bytes = gr.Plot(label="accuracy vs bytes per image", elem_id="adapt-bytes")
     outputs = [status, table, fig_mem, fig_bytes]
     tab.select(opened, outputs=outputs, api_name="adapt_open", show_progress="hidden")
-    go.click(show, inputs=[methods, epochs, seeds], outputs=outputs, api_name="adapt", concurrency_limit=1,
-             concurrency_id="adapt")
+    go.click(show, inputs=[methods, epochs, seeds], outputs=outputs, api_name="adapt", concurrency_limit=2,
+             concurrency_id="adapt", trigger_mode="multiple",  # a second click is answered "busy"
+             preprocess=False)  # raw values reach av.check, which names a bad one (no Gradio validation traceback)
+    stop_btn.click(stop, outputs=status, api_name="adapt_stop", queue=False)
+    gr.on([tab.select, methods.change, epochs.change, seeds.change], estimate, inputs=[methods, epochs, seeds],
+          outputs=estimate_md, api_name="adapt_estimate", queue=False, show_progress="hidden", preprocess=False)
     return av

@@ -18,7 +18,7 @@ import gradio as gr
 
 from craftlab.settings import make_setting
 
-from . import panels
+from . import links, panels
 from .concurrency import Cancelled
 from .train_callbacks import TrainCallbacks
 from .view import View, Views
@@ -41,8 +41,9 @@ figs = _Lazy(".figures")
 
 __all__ = ["Callbacks", "user_errors"]
 
-PANEL_OUTPUTS = 9
-"""summary, plain card, craft card, interpretation, guide, sparsity curve, bits curve, link, BN checkbox."""
+PANEL_OUTPUTS = 8
+"""summary, plain card, craft card, interpretation, guide, sparsity curve, bits curve, BN checkbox (the link
+is drawn by :meth:`Callbacks.link`, which knows the landscape's kind and scale)."""
 
 
 @contextlib.contextmanager
@@ -108,6 +109,52 @@ class Callbacks(TrainCallbacks):
             answer = self.ex.compress(name, setting, progress=_gr_progress(progress))
         return answer, View(view.session, view.seq, view.model, view.setting, answer)
 
+    def open_link(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any, granularity: str,
+                  pattern: str, bn: bool, recipe: str, compensation: str, kind: str, scale: str,
+                  request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        """Page load: the controls and the view of the URL's query (:func:`craftlab_app.links.parse_link`), or
+        of the controls as they are (in :data:`~craftlab_app.links.CONTROL_KEYS` order) when the page
+        has no link. One event sets the controls and computes the view from the same values, so no other view
+        is shown first and no late answer puts the default model back; a refused link is named in a warning
+        and the default view is shown. Returns the 12 controls, the answer and the view (all skipped when the
+        user changed a control meanwhile)."""
+        values = (model, method, sparsity, w_bits, a_bits, granularity, pattern, bn, recipe, compensation, kind, scale)
+        defaults = dict(zip(links.CONTROL_KEYS, values))
+        query = dict(getattr(request, "query_params", None) or {})
+        with user_errors():
+            models = [v for _, v in self.ex.model_choices()]
+        asked, problem = links.parse_link(query, defaults, models)
+        if problem is not None:
+            gr.Warning(f"This link was not opened: {panels.one_line(problem)}. Showing the default view.")
+        use = asked or defaults
+        try:
+            answer, view = self._compress_values(use, request, progress)
+        except gr.Error as err:
+            if asked is None:
+                raise
+            gr.Warning(f"This link was not opened: {err.message}. Showing the default view.")
+            use = defaults
+            answer, view = self._compress_values(use, request, progress)
+        n = len(links.CONTROL_KEYS) + 2
+        use = {**use, "bn": view.setting.recalibrate_bn}  # a model without BatchNorm: the box is not left ticked
+        if not self.views.current(view):
+            return _skip(n)  # the user moved a control meanwhile: theirs wins
+        controls = [use[k] if asked else gr.skip() for k in links.CONTROL_KEYS]
+        controls[0] = gr.Dropdown(choices=self.ex.model_choices(), value=use["model"])
+        return (*controls, answer, view)
+
+    def _compress_values(self, v: dict[str, Any], request: Any, progress: Any) -> tuple[dict[str, Any], View]:
+        return self.compress(v["model"], v["method"], v["sparsity"], v["w_bits"], v["a_bits"], v["granularity"],
+                             v["pattern"], bool(v["bn"]), v["recipe"], v["compensation"], request=request,
+                             progress=progress)
+
+    @staticmethod
+    def link(view: View | None, kind: str = "contour", scale: str = "log10") -> Any:
+        """The link under the controls: the URL query that reopens the view, with the landscape's kind and scale."""
+        if view is None:
+            return gr.skip()
+        return f"[link to this view]({panels.query_of(view.model, view.setting, kind, scale)}) · {view.tag}"
+
     def _render(self, view: View, compute_seeds: bool = False) -> tuple[tuple[Any, ...], bool]:
         """The panels of `view` from what is cached (seed points of its setting measured first with
         `compute_seeds`); and whether something is still coming (curve points, seeds)."""
@@ -124,10 +171,9 @@ class Callbacks(TrainCallbacks):
         preset = panels.preset_of(model, s)
         out = (panels.summary(view.answer, name), card_p, card_c,
                panels.interpretation(verdict, model, s.label(), training),
-               preset.guide if preset else "",
+               panels.guide_text(preset, verdict) if preset else "",
                figs.sparsity_curve_figure(curves, s, view.answer, view.tag),
                figs.bits_curve_figure(curves, s, view.answer, view.tag),
-               f"[link to this view]({panels.query_of(model, s)}) · {view.tag}",
                gr.Checkbox(interactive=bn, info=None if bn else "this model has no BatchNorm layers"))
         pending = not curves["complete"] or len(verdict.get("seeds", [])) < verdict.get("expected_seeds", 1)
         return out, pending
@@ -136,7 +182,10 @@ class Callbacks(TrainCallbacks):
         """Cards, interpretation, guide, curves and link of the session's view (skipped when it was replaced)."""
         if not self.views.current(view):
             return _skip(PANEL_OUTPUTS + 1)
-        out, pending = self._render(view)  # type: ignore[arg-type]
+        try:
+            out, pending = self._render(view)  # type: ignore[arg-type]
+        except Cancelled:  # a newer view replaced this one while it was drawn: nothing to show, nothing to log
+            return _skip(PANEL_OUTPUTS + 1)
         if not self.views.current(view):
             return _skip(PANEL_OUTPUTS + 1)
         return (*out, gr.Timer(active=True))
@@ -242,7 +291,10 @@ class Callbacks(TrainCallbacks):
         panel_out: tuple[Any, ...] = _skip(PANEL_OUTPUTS)
         pending = True
         if sig != shown.get("panels"):
-            panel_out, pending = self._render(view)
+            try:
+                panel_out, pending = self._render(view)
+            except Cancelled:  # replaced by a newer view meanwhile
+                return _skip(n)
             shown["panels"] = sig
         else:
             pending = not curves["complete"] or len(verdict["seeds"]) < verdict.get("expected_seeds", 1)
@@ -313,8 +365,9 @@ class Callbacks(TrainCallbacks):
         return tuple(out)
 
     def model_list(self, current: str | None = None) -> Any:
-        """Refresh the model picker (new cached runs appear, with readable names)."""
-        return gr.Dropdown(choices=self.ex.model_choices(), value=current)
+        """Refresh the model picker's choices (new cached runs appear, with readable names); its value is left
+        as the user has it (`current` is ignored: an answer computed from an older value would put it back)."""
+        return gr.Dropdown(choices=self.ex.model_choices())
 
     def status(self) -> tuple[str, Any]:
         """Start-up status line; the timer stops once the default models and their seeds are ready."""
@@ -328,7 +381,7 @@ class Callbacks(TrainCallbacks):
         if st["stage"] == "failed":
             return f"**Preparing the default models failed:** {panels.one_line(st['error'])}", gr.Timer(active=False)
         if st["stage"] == "ready" or (st["stage"] == "idle" and not training):
-            extra = f" · {st['pending']} background jobs" if st["pending"] else ""
+            extra = " · filling in curves and landscapes in the background" if st["pending"] else ""
             busy = bool(st["pending"]) or bool(seed_text)
             return f"**Ready**{seed_text}{extra}.", gr.Timer(active=busy)
         runs = " · ".join(r["text"] for r in training)

@@ -1,4 +1,6 @@
-"""Export of a view: its numbers as JSON and its figures as one HTML page (plotly.js embedded: opens offline).
+"""Export of a view: its numbers as JSON and its words and figures as one HTML page (plotly.js embedded: opens
+offline): the summary, both accuracy cards, the over-seeds verdict, the guide of a preset, the curves, the
+sharpness plots (when measured) and the landscapes, the markdown rendered as HTML.
 
 Each figure also has plotly's own camera button (PNG) in the page; the HTML keeps every figure interactive.
 """
@@ -47,10 +49,18 @@ def view_json(ex: Any, view: View) -> dict[str, Any]:
     return out
 
 
+def _html(markdown: str) -> str:
+    """Markdown (with the app's inline HTML, e.g. view tags) rendered to HTML."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).render(markdown)
+
+
 def export_view(ex: Any, view: View, kind: str = "contour", scale: str = "log10") -> list[str]:
-    """Write ``craftlab-<model>-<setting>.json`` and ``.html`` (all figures of the view) to a temporary folder;
-    their paths."""
+    """Write ``craftlab-<model>-<setting>.json`` and ``.html`` (the words and all figures of the view) to a
+    temporary folder; their paths."""
     data = view_json(ex, view)
+    data["url_query"] = panels.query_of(view.model, view.setting, kind, scale)
     stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"craftlab-{view.model}-{view.setting.label()}").strip("_")
     folder = Path(tempfile.mkdtemp(prefix="craftlab-export-"))
     js = folder / f"{stem}.json"
@@ -63,7 +73,24 @@ def export_view(ex: Any, view: View, kind: str = "contour", scale: str = "log10"
         lands = ex.landscape(view.model, view.setting, level=level)
         fig_list.append(figs.path_figure(lands, tag=view.tag))
         fig_list += figs.plane_figures(lands, kind=kind, log=scale != "linear", tag=view.tag)
-    parts = [f"<h1>CraftLab · {view.tag}</h1>", f"<p>{panels.summary(view.answer, data['model_name'])}</p>"]
+    verdict = ex.verdict(view.model, view.setting, compute=False)
+    try:  # sharpness plots only from what is cached: exporting never computes a probe
+        from .sharpness import MEASURES
+
+        table = ex.sharpness_table(view.model, view.setting, schedule=False)
+        if len(table):
+            fig_list[2:2] = [figs.sharpness_gap_figure(table, view.tag, MEASURES),
+                             figs.sharpness_scatter(table, "lambda_max", MEASURES["lambda_max"], view.tag)]
+    except (KeyError, ValueError, TypeError):
+        pass
+    bn = ex.has_batchnorm(view.model)
+    card_p, card_c = panels.cards(view.answer, verdict, view.model,
+                                  bn_used=view.setting.recalibrate_bn if bn else None)
+    preset = panels.preset_of(view.model, view.setting)
+    words = [panels.summary(view.answer, data["model_name"]), card_p, card_c,
+             panels.interpretation(verdict, view.model, view.setting.label()),
+             panels.guide_text(preset, verdict) if preset else "", f"Link: `{data['url_query']}`"]
+    parts = [f"<h1>CraftLab · {view.tag}</h1>", *(_html(w) for w in words if w)]
     for i, f in enumerate(fig_list):
         parts.append(f.to_html(full_html=False, include_plotlyjs=(i == 0)))
     page = folder / f"{stem}.html"

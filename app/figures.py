@@ -35,20 +35,61 @@ LANDSCAPE_HEIGHT = 420
 ACC = "test accuracy (%)"
 
 
+def wrap_title(title: str, width: int = 72) -> str:
+    """`title` with its lines (``<br>``-separated; ``<sup>`` lines kept as such) wrapped at `width` characters,
+    so that plotly, which never wraps, does not cut a long title at the figure's edges. A view tag
+    (``[model · setting]``) is never split.
+
+    Example::
+
+        >>> wrap_title("a " * 40 + "[vit-tiny · wanda 70%]").split("<br>")[-1]
+        'a a a a [vit-tiny · wanda 70%]'
+    """
+    import re
+    import textwrap
+
+    lines: list[str] = []
+    for part in title.split("<br>"):
+        sup = part.startswith("<sup>") and part.endswith("</sup>")
+        text = part[5:-6] if sup else part
+        tags = re.findall(r"\[[^\]]*\]", text)
+        protected = text
+        for i, t in enumerate(tags):  # a placeholder as long as the tag, without spaces: wrapped as one word
+            protected = protected.replace(t, chr(0xE000 + i) * len(t), 1)
+        for ln in textwrap.wrap(protected, width, break_on_hyphens=False, break_long_words=False) or [""]:
+            for i, t in enumerate(tags):
+                ln = ln.replace(chr(0xE000 + i) * len(t), t)
+            lines.append(f"<sup>{ln}</sup>" if sup else ln)
+    return "<br>".join(lines)
+
+
+def _title_lines(title: str | None) -> int:
+    return 0 if not title else title.count("<br>") + 1
+
+
 def _layout(fig: go.Figure, title: str | None, height: int, **kw: Any) -> go.Figure:
-    """The app's frame of a figure. Differs from ``craftlab.viz.plots``' own frame only in the legend (left,
-    just above the plot, where the app's long arm labels fit) and a taller top margin for its long titles."""
-    fig.update_layout(title=title, height=int(height), template=TEMPLATE, autosize=True,
-                      margin={"l": 60, "r": 20, "t": 70 if title else 30, "b": 50},
+    """The app's frame of a figure. Differs from ``craftlab.viz.plots``' own frame in the legend (left, just
+    above the plot, where the app's long arm labels fit), titles wrapped to the figure (:func:`wrap_title`) with
+    a top margin that fits them, and axis margins that grow to fit their labels."""
+    title = wrap_title(title) if title else title
+    top = 30 + 20 * _title_lines(title)
+    fig.update_layout(title=title, height=int(height) + max(0, top - 70), template=TEMPLATE, autosize=True,
+                      margin={"l": 60, "r": 20, "t": top, "b": 50},
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
                       **kw)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
 def empty_figure(message: str, height: int = CURVE_HEIGHT) -> go.Figure:
-    """A blank figure carrying `message` (while something is being computed, or on no data)."""
+    """A blank figure carrying `message` (while something is being computed, or on no data), wrapped into
+    lines of at most 80 characters so that a long explanation is never cut at the figure's edges."""
+    import textwrap
+
+    lines = [w for part in message.split("<br>") for w in (textwrap.wrap(part, 80, break_on_hyphens=False) or [""])]
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    fig.add_annotation(text="<br>".join(lines), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font={"size": 14, "color": "grey"})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -174,6 +215,9 @@ def _arm_path_traces(arm: Mapping[str, Any]) -> list[Any]:
     for pred in middle:
         pred.update(name=f"{label}: 2nd-order prediction", line={"color": color, "width": 1.5, "dash": "dash"},
                     legendgroup=role, showlegend=False, hoverinfo="skip")
+    # the arms' labels at t = 0 and t = 1 on opposite sides, so that they do not overlap
+    original.update(textposition="top left" if role == "plain" else "bottom right")
+    compressed.update(textposition="top left" if role == "plain" else "bottom right")
     original.update(name=f"{label}: original", legendgroup=role, showlegend=False, textfont={"color": color},
                     marker={"symbol": "circle", "size": 9, "color": color, "line": {"width": 1, "color": "black"}})
     compressed.update(name=f"{label}: compressed", legendgroup=role, showlegend=False, textfont={"color": color},
@@ -188,6 +232,19 @@ def _resolution_note(landscapes: Mapping[str, Mapping[str, Any]]) -> str:
     n = res["plane_steps"]
     return (f"{n}×{n} plane, {res['path_steps']}-point path" +
             ("" if res.get("final", True) else " — a finer grid follows in a few seconds"))
+
+
+def activation_gaps(landscapes: Mapping[str, Mapping[str, Any]], rtol: float = 1e-6) -> dict[str, float]:
+    """{arm label: the original model's loss} for the arms whose slice does not start at it (t = 0 differs from
+    the uncompressed model: activation quantization, which no weight move undoes); empty when every slice's
+    t = 0 is the original model."""
+    out = {}
+    for arm in landscapes.values():
+        res = arm["path"]
+        orig = res.meta.get("loss_original") if isinstance(res, PathResult) else None
+        if orig is not None and abs(float(res.loss[res.index_original]) - orig) > rtol * max(1.0, abs(orig)):
+            out[arm["label"]] = float(orig)
+    return out
 
 
 def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDSCAPE_HEIGHT,
@@ -205,9 +262,22 @@ def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDS
     setting = next(iter(landscapes.values()), {}).get("setting_label", "")
     tag = tag or f"[{setting}]"
     note = _resolution_note(landscapes)
+    gaps = activation_gaps(landscapes)
     if is_path:
         title = (f"Loss along the compression direction w + t·(C(w) − w) {tag}<br><sup>★ = compressed (t = 1), "
                  f"● = fine-tuned (t = 0), dashed = 2nd-order prediction; {note}</sup>")
+        if gaps:  # activation quantization is not a weight change: t = 0 is not the float model, and says so
+            title += ("<br><sup>Activations are quantized along the whole slice (they are not weights: no weight-"
+                      "space path reaches the float model), so t = 0 is the fine-tuned weights with quantized "
+                      "activations; ○ = the original float model.</sup>")
+            for arm in landscapes.values():
+                if arm["label"] in gaps:
+                    fig.add_trace(go.Scatter(
+                        x=[0.0], y=[gaps[arm["label"]]], mode="markers+text", showlegend=False,
+                        name=f"{arm['label']}: original (float activations)", legendgroup=arm["role"],
+                        text=[f"{gaps[arm['label']]:.3g}"], textposition="middle left",
+                        marker={"symbol": "circle-open", "size": 11,
+                                "color": ROLE_COLORS.get(arm["role"], PALETTE[2]), "line": {"width": 2}}))
         xt = "t  (0 = fine-tuned weights, 1 = compressed)"
         fig.add_vline(x=1.0, line={"dash": "dot", "color": "grey", "width": 1})
     else:
@@ -323,6 +393,12 @@ def sharpness_scatter(table: pd.DataFrame, measure: str, measure_label: str, tag
     for tr in fig.data:
         if tr.name in colors:
             tr.marker.color = colors[tr.name]
+    if len(df) < 3:  # a line through two points says nothing: no fit drawn
+        fig.data = tuple(t for t in fig.data if "lines" not in (t.mode or ""))
+    title = wrap_title(str(fig.layout.title.text or ""), 60)
     fig.update_layout(xaxis_title=f"{measure_label} at the fine-tuned weights (smaller = flatter)",
-                      yaxis_title="accuracy drop (pts)", title={"font": {"size": 13}})
+                      yaxis_title="accuracy drop (pts)", title={"text": title, "font": {"size": 13}},
+                      margin={"t": 30 + 20 * _title_lines(title)})
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig

@@ -78,8 +78,10 @@ class LandscapesMixin:
     landscape_distance: float
     probe_size: int
 
-    def _land_res(self, level: Level) -> tuple[int, int, float]:
-        return (level[0], level[1], self.landscape_distance)
+    def _land_res(self, level: Level) -> tuple[int, int, float, str]:
+        # "states": the slices move the BatchNorm statistics along with the weights (t = 0 is the original
+        # model); landscapes cached before that are not reused
+        return (level[0], level[1], self.landscape_distance, "states")
 
     def _land_key(self, la: Loaded, setting: Setting, level: Level) -> tuple:
         return (*la.point_prefix, setting.key(), self._land_res(level))
@@ -119,11 +121,13 @@ class LandscapesMixin:
                 plane = L.plane(base, probe, steps=plane_steps, distance=1.0, seed=0, loss_fn=loss_fn)
             else:
                 compressed = copy.deepcopy(self._compressed_model(la, setting)).requires_grad_(True)  # type: ignore[attr-defined]
+                # buffers=True: re-estimated BatchNorm statistics and folded offsets move along with the
+                # weights, so t = 0 is the original model (its statistics) and t = 1 the compressed one
                 path = _with_second_order(L.compression_path(base, compressed, probe, steps=path_steps,
-                                                             second_order=False, loss_fn=loss_fn),
+                                                             second_order=False, loss_fn=loss_fn, buffers=True),
                                           base, compressed, probe, loss_fn)
                 plane = L.compression_plane(base, compressed, probe, steps=plane_steps,
-                                            distance=self.landscape_distance, seed=0, loss_fn=loss_fn)
+                                            distance=self.landscape_distance, seed=0, loss_fn=loss_fn, buffers=True)
             out = {"path": path, "plane": plane, "seconds": time.perf_counter() - t0}
             self._landscape_store.write(file, out)  # type: ignore[attr-defined]
             return out

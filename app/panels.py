@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from craftlab.settings import Setting, make_setting
 
-__all__ = ["PRESETS", "Preset", "cards", "fmt_num", "interpretation", "one_line", "preset_of", "query_of",
+__all__ = ["PRESETS", "Preset", "cards", "fmt_num", "guide_text", "interpretation", "one_line", "preset_of", "query_of",
            "sharpness_text", "summary"]
 
 ROLES = ("plain", "craft")
@@ -26,6 +26,7 @@ def one_line(err: BaseException | str) -> str:
     """An error message as one line that a browser toast (which renders HTML) shows whole: newlines folded,
     and ``<`` ``>`` written as ``‹`` ``›`` (``<urlopen error ...>`` would otherwise be swallowed as a tag)."""
     text = str(err) or type(err).__name__
+    text = text.replace(">=", "≥").replace("<=", "≤")  # not "›=" below
     return " ".join(text.split()).replace("<", "‹").replace(">", "›")
 
 
@@ -54,7 +55,9 @@ def _tag(model: str, label: str) -> str:
 
 @dataclass(frozen=True)
 class Preset:
-    """A stop of the guided tour: a view and what to look at there."""
+    """A stop of the guided tour: a view, what to look at there (`guide`, which claims nothing) and the claim
+    the stop is about (`expects`: ``"craft-better"``, ``"no-difference"`` or ``"both-collapse"``), which
+    :func:`guide_text` states only as far as the view's paired over-seeds verdict supports it."""
 
     key: str
     title: str
@@ -64,26 +67,67 @@ class Preset:
     w_bits: str
     a_bits: str
     guide: str
+    expects: str = "craft-better"
 
     def setting(self) -> Setting:
         return make_setting(self.method, self.sparsity, self.w_bits, self.a_bits)
 
 
 PRESETS = (
-    Preset("pays", "Where flatness pays: resnet-tiny W4", "resnet-tiny", "magnitude", 0.0, "4", "None",
-           "**Where flatness pays.** Rounding every weight of a small CNN to 4 bits is a long move in weight "
-           "space. Compare the drops on the cards and the two 2-D landscapes (one colour scale): the flatter "
-           "CrAFT basin keeps the compressed point low. The sentence below says whether the gap is larger "
-           "than the seed-to-seed noise."),
-    Preset("not", "Where it does not: vit-tiny magnitude 50%", "vit-tiny", "magnitude", 0.5, "None", "None",
-           "**Where it does not.** Removing the smallest half of vit-tiny's weights barely moves the loss of "
-           "either arm: both curves stay near their full-precision accuracy and overlap within their seed "
-           "bands. Flatness only matters when compression moves the weights far up the walls of the basin."),
+    Preset("pays", "Does flatness pay? resnet-tiny W4", "resnet-tiny", "magnitude", 0.0, "4", "None",
+           "**Does flatness pay?** Rounding every weight of a small CNN to 4 bits is a long move in weight "
+           "space: the place where a flatter basin should keep the compressed point low. Compare the drops on "
+           "the cards and the two 2-D landscapes (one colour scale).", "craft-better"),
+    Preset("not", "Where it should not matter: vit-tiny magnitude 50%", "vit-tiny", "magnitude", 0.5, "None",
+           "None",
+           "**Where it should not matter.** Removing the smallest half of vit-tiny's weights is a short move: "
+           "compare both curves near their full-precision accuracy and their seed bands. Flatness can only "
+           "matter when compression moves the weights far up the walls of the basin.", "no-difference"),
     Preset("cliff", "The cliff: Wanda 85%", "vit-tiny", "wanda", 0.85, "None", "None",
-           "**The cliff.** Past ~80 % sparsity both arms fall off a cliff: follow the accuracy-vs-sparsity "
-           "curve bending down, and note how the seed bands widen near the edge. In the 1-D slice the "
-           "compressed point (★) sits far up the wall for both arms."),
+           "**The cliff.** Follow the accuracy-vs-sparsity curve bending down past ~80 % sparsity and the seed "
+           "bands near the edge; in the 1-D slice, see where the compressed point (★) sits on the wall.",
+           "both-collapse"),
 )
+
+COLLAPSE_PTS = 20.0
+"""A drop (mean over the seeds, FP − compressed) above this many points counts as falling off the cliff."""
+
+
+def guide_text(preset: Preset, verdict: Mapping[str, Any] | None) -> str:
+    """The guided tour's words at `preset`: its neutral guide, then what the paired over-seeds verdict says
+    about the stop's claim — stated only where the verdict supports it, and said plainly where it does not
+    (or while the seeds are still being measured)."""
+    arms = (verdict or {}).get("arms") or {}
+    comp = (verdict or {}).get("comparison")
+    if {"plain", "craft"} - set(arms) or (comp is None and preset.expects != "both-collapse"):
+        return preset.guide + "\n\n_What this stop shows is decided by the verdict over the seeds below; it is " \
+                              "still being measured._"
+    if preset.expects == "both-collapse":
+        drops = {r: 100 * (arms[r]["fp_mean"] - arms[r]["mean"]) for r in ("plain", "craft")}
+        n = len(arms["plain"].get("values", [])) or 1
+        if all(d > COLLAPSE_PTS for d in drops.values()):
+            said = (f"Both arms fall off the cliff here: they lose {drops['plain']:.1f} and {drops['craft']:.1f} "
+                    f"pts (mean of {n} seed{'s' if n != 1 else ''}).")
+        else:
+            said = (f"Not a cliff for both arms here: they lose {drops['plain']:.1f} and {drops['craft']:.1f} pts "
+                    f"(mean of {n} seed{'s' if n != 1 else ''}; a cliff would be more than {COLLAPSE_PTS:.0f}).")
+        return f"{preset.guide}\n\n{said}"
+    status = (verdict or {}).get("status", "")
+    better = status in ("supports", "partly supports")
+    worse = status == "contradicts"
+    if preset.expects == "craft-better":
+        said = ("The verdict below supports it: over the seeds, CrAFT keeps significantly more accuracy here."
+                if better else
+                "The verdict below does **not** support that flatness pays here: over the seeds, AdamW keeps "
+                "significantly more accuracy." if worse else
+                "The verdict below does **not** support that flatness pays here: over the seeds, the gap is "
+                "within the seed-to-seed noise.")
+    else:
+        said = ("As expected, the verdict below finds no significant difference over the seeds."
+                if not (better or worse) else
+                "Unexpectedly, the verdict below finds a significant difference over the seeds: flatness does "
+                f"matter here ({'CrAFT' if better else 'AdamW'} keeps more accuracy).")
+    return f"{preset.guide}\n\n{said}"
 
 
 def preset_of(model: str, setting: Setting) -> Preset | None:
@@ -107,6 +151,8 @@ def cards(answer: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None = 
     seeds = (verdict or {}).get("arms", {})
     setting = answer.get("setting", {})
     quantized = setting.get("w_bits") is not None or setting.get("a_bits") is not None
+    prunes = setting.get("method") not in (None, "none")
+    what = "compressed" if quantized or prunes else "full precision (nothing compressed)"
     tag = _tag(tag_model or answer["model"], answer["setting_label"])
     out = []
     for role in ROLES:
@@ -117,15 +163,17 @@ def cards(answer: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None = 
             continue
         s = seeds.get(role)
         if s and len(s["values"]) >= 2:
-            big = (f"<span class='big'>{100 * s['mean']:.1f}%</span> ± {100 * s['sd']:.1f} compressed "
+            big = (f"<span class='big'>{100 * s['mean']:.1f}%</span> ± {100 * s['sd']:.1f} {what} "
                    f"(mean ± sd of {len(s['values'])} seeds) &nbsp;·&nbsp; FP {_pct(s['fp_mean'])} &nbsp;·&nbsp; "
                    f"drop **{100 * (s['fp_mean'] - s['mean']):+.1f} pts**\n\n"
-                   f"seed 0: {_pct(a['compressed_accuracy'])} compressed, FP {_pct(a['fp_accuracy'])}")
+                   f"seed 0: {_pct(a['compressed_accuracy'])} {what}, FP {_pct(a['fp_accuracy'])}")
         else:
-            big = (f"<span class='big'>{_pct(a['compressed_accuracy'])}</span> compressed &nbsp;·&nbsp; "
+            big = (f"<span class='big'>{_pct(a['compressed_accuracy'])}</span> {what} &nbsp;·&nbsp; "
                    f"FP {_pct(a['fp_accuracy'])} &nbsp;·&nbsp; drop **{100 * a['accuracy_drop']:+.1f} pts** "
                    "(seed 0)")
-        details = f"measured sparsity {a['sparsity_measured']:.1%}"
+        details = (f"measured sparsity {a['sparsity_measured']:.1%}" if prunes else
+                   f"no pruning; {a['sparsity_measured']:.1%} of the weights are zero after rounding" if quantized
+                   else "no pruning, no quantization")
         if quantized:
             details += f" · weights {a['size_mb']:.3f} MB (FP {a['fp_size_mb']:.3f} MB)"
         if bn_used is not None and setting.get("method") not in (None, "none"):
@@ -145,8 +193,9 @@ def summary(answer: Mapping[str, Any] | None, model_name: str = "") -> str:
     if "plain" in arms and "craft" in arms:
         p, c = arms["plain"], arms["craft"]
         gap = 100 * (c["compressed_accuracy"] - p["compressed_accuracy"])
-        text += (f"\n\nSeed 0: {p['label']} loses {100 * p['accuracy_drop']:.1f} pts, CrAFT ({c['label']}) loses "
-                 f"{100 * c['accuracy_drop']:.1f} pts; compressed, CrAFT is **{gap:+.1f} pts** vs {p['label']}.")
+        text += (f"\n\n<span class='seed0'>Seed 0 alone (one seed; the verdict over the seeds is below the cards): "
+                 f"{p['label']} loses {100 * p['accuracy_drop']:.1f} pts, CrAFT ({c['label']}) loses "
+                 f"{100 * c['accuracy_drop']:.1f} pts; compressed, CrAFT is {gap:+.1f} pts vs {p['label']}.</span>")
     return text
 
 
@@ -168,7 +217,7 @@ def interpretation(verdict: Mapping[str, Any] | None, model: str, label: str, tr
         more = (" The other seeds are being fine-tuned in the background; the uncertainty appears when they are "
                 "ready." if training_seeds or verdict.get("expected_seeds", 1) > len(verdict.get("seeds", []))
                 else " This run has one seed, so no uncertainty can be given: train more seeds to get one.")
-        return f"**Seed 0 only:** CrAFT − {plain['label']} = **{gap:+.1f} pts** ({image}).{more} {tag}"
+        return f"_Seed 0 only:_ CrAFT − {plain['label']} = {gap:+.1f} pts ({image}).{more} {tag}"
     n, diff = int(comp["n"]), 100 * comp["mean_diff"]
     lo, hi, p = 100 * comp["ci_low"], 100 * comp["ci_high"], comp["p_adjusted"]
     status = verdict["status"]
@@ -211,8 +260,5 @@ def query_of(model: str, setting: Setting, kind: str = "contour", scale: str = "
         q["recipe"] = setting.recipe
     if setting.compensation:
         q["comp"] = setting.compensation
-    if kind != "contour":
-        q["kind"] = kind
-    if scale != "log10":
-        q["scale"] = scale
+    q["kind"], q["scale"] = kind, scale  # always: a link opened elsewhere shows the same landscape
     return "?" + urlencode(q)

@@ -7,26 +7,55 @@ CSS = """
 .big {font-size: 1.5em; font-weight: 700;}
 .view-tag {color: #777; font-size: 0.8em; font-weight: 400; white-space: nowrap;}
 #verdict {border-left: 4px solid #999; padding-left: 10px;}
+.seed0 {color: #555; font-size: 0.9em;}
+/* info text under the labels: Gradio's default (rgb(187,187,194) on white, 1.91:1) fails WCAG AA; #4b5563 is 7.6:1 */
+:root, .gradio-container {--block-info-text-color: #4b5563 !important;}
+.info-text {color: #4b5563 !important;}
+.view-tag {color: #555 !important;}
+#adapt-table th, #adapt-table th * {word-break: normal !important; overflow-wrap: normal !important; hyphens: none;}
 """
 
-HEAD = """
+HEAD = r"""
 <script>
-// Bit-width boxes: Enter after typing a value that is not exactly one of the choices would make Gradio's
-// dropdown pick the first choice *containing* it ("1" -> "16"). Take the typed text literally instead:
-// leaving the box keeps it as a custom value, which the server refuses by name ("w_bits must be one of ...").
-document.addEventListener("keydown", (e) => {
-  if (e.key !== "Enter" || !(e.target instanceof HTMLInputElement)) return;
-  if (!e.target.closest("#w_bits, #a_bits")) return;
-  const typed = e.target.value.trim().toLowerCase();
-  const labels = ["float", "16", "8", "7", "6", "5", "4", "3", "2"];
-  if (typed === "" || labels.includes(typed)) return;
-  e.preventDefault();
-  e.stopImmediatePropagation();
-  e.target.blur();
-}, true);
+// Bit-width boxes: on Enter Gradio's dropdown selects the first choice *containing* the typed text, so "6" would
+// pick "16" and "1" too. Take the typed text literally instead: leaving the box maps an exact label to its choice
+// and keeps anything else as a custom value, which the server refuses by name ("w_bits must be one of ...").
+// After ArrowUp/ArrowDown the user picked an option from the list: then Enter is left to Gradio.
+(() => {
+  const navigated = new WeakSet();
+  const box = (e) => e.target instanceof HTMLInputElement && e.target.closest("#w_bits, #a_bits");
+  document.addEventListener("input", (e) => { if (box(e)) navigated.delete(e.target); }, true);
+  document.addEventListener("keydown", (e) => {
+    if (!box(e)) return;
+    if (e.key === "ArrowUp" || e.key === "ArrowDown") { navigated.add(e.target); return; }
+    if (e.key !== "Enter" || navigated.has(e.target) || e.target.value.trim() === "") return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    e.target.blur();
+  }, true);
+})();
+// Plots have no text of their own for a screen reader: each gets role="img" and a short summary (its title,
+// its legend entries — which carry the numbers, e.g. "AdamW: loss 1.29 → 1.41" — its marked points and notes).
+setInterval(() => {
+  const clean = (t) => String(t || "").replace(/<br>/g, " ").replace(/<[^>]+>/g, "").replace(/\s+/g, " ").trim();
+  for (const el of document.querySelectorAll(".js-plotly-plot")) {
+    if (!el._fullLayout || !el._fullData) continue;
+    const parts = [clean(el._fullLayout.title && el._fullLayout.title.text)];
+    for (const d of el._fullData) {
+      if (d.showlegend !== false && d.name && !/^trace \d+$/.test(d.name)) parts.push(clean(d.name));
+      if (d.marker && d.marker.symbol === "star" && d.x && d.y && d.x.length === 1)
+        parts.push(`★ ${clean(d.name)} at ${(+d.x[0]).toPrecision(3)}, ${(+d.y[0]).toPrecision(3)}`);
+    }
+    for (const a of el._fullLayout.annotations || []) parts.push(clean(a.text));
+    const label = parts.filter(Boolean).join(". ");
+    if (el.getAttribute("aria-label") !== label) {
+      el.setAttribute("role", "img");
+      el.setAttribute("aria-label", label);
+    }
+  }
+}, 500);
 </script>
 """
-
 PLANE_NOTE = (
     "_Both planes share one colour scale. If the CrAFT arm's minimum (✕) sits higher than AdamW's, it is a "
     "different point, not a worse one: SAM minimizes the worst loss around the weights, not the loss at them, "
@@ -85,8 +114,10 @@ here looks at it from one side.
 * **Loss along the compression direction** — the loss on the segment `w + t·(C(w) − w)`: t = 0 is the
   fine-tuned model, t = 1 (★) the compressed one. The dashed curve is the 2nd-order Taylor prediction
   `t·g·δ + t²/2·δᵀHδ`: where it bends up early, curvature along the compression direction is what hurts.
-  With activation quantization the whole curve is computed with quantized activations, so t = 0 already
-  sits above the float loss.
+  BatchNorm statistics move along with the weights (from the fine-tuned model's at t = 0 to the compressed
+  model's at t = 1), so with BN re-estimation or QwT-v2 t = 0 is exactly the fine-tuned model. With activation
+  quantization the whole curve is computed with quantized activations (they are not weights), so t = 0 sits
+  off the float loss: the slice says so and marks the float model's own loss (○).
 * **2-D landscape** — the loss on the plane spanned by the compression direction (α; ★ at α = 1) and a
   random filter-normalized direction scaled to the same length (β), in log10 or linear loss and on one colour
   scale for both arms, so wider basins are directly comparable; the loss at the fine-tuned (✕) and compressed

@@ -109,7 +109,8 @@ class TrainCallbacks:
             spec = _mod(".pretraining").make_pretrain_spec(model, optimizer, rho, transform, epochs, seed)
         except ValueError as err:
             return f"⚠ {panels.one_line(err)}"
-        return (f"Pretrains **{spec.model}** on {spec.data} with **{spec.label}** for {spec.epochs} epochs "
+        n = f"{spec.epochs} epoch{'s' if spec.epochs != 1 else ''}"
+        return (f"Pretrains **{spec.model}** on {spec.data} with **{spec.label}** for {n} "
                 f"(lr {spec.lr:g}, seed {spec.seed}): `{spec.key}`.")
 
     def pretrain(self, model: str, optimizer: str, rho: float, transform: str, epochs: Any, seed: Any = 0,

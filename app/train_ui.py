@@ -30,8 +30,7 @@ def pretrain_section(cb: Any, explore_model: Any, tabs: Any, datasets: list[str]
             p_model = gr.Dropdown(["vit-tiny", "resnet-tiny"], value="resnet-tiny", label="architecture",
                                   elem_id="p-model")
             p_opt = gr.Radio(["adam", "adamw", "sgd"], value="adam", label="pretraining optimizer", elem_id="p-opt")
-            p_rho = gr.Slider(0.0, 0.5, value=0.0, step=0.01, label="SAM ρ during pretraining (0 = no SAM)",
-                              elem_id="p-rho")
+            p_rho = gr.Number(0.0, label="SAM ρ during pretraining (0 = no SAM)", elem_id="p-rho")
             p_transform = gr.Dropdown(TRANSFORM_CHOICES, value="none", label="train-time transform",
                                       allow_custom_value=True, elem_id="p-transform",
                                       info="or a spec such as expand:rate=4")
@@ -51,7 +50,7 @@ def pretrain_section(cb: Any, explore_model: Any, tabs: Any, datasets: list[str]
                                  elem_id="f-data")
             f_epochs = gr.Number(3, label="fine-tuning epochs", precision=0, elem_id="f-epochs")
             f_seed = gr.Number(0, label="seed", precision=0, elem_id="f-seed")
-            f_rho = gr.Slider(0.01, 0.5, value=0.05, step=0.01, label="SAM ρ of the CrAFT arm", elem_id="f-rho")
+            f_rho = gr.Number(0.05, label="SAM ρ of the CrAFT arm (> 0)", elem_id="f-rho")
             f_go = gr.Button("Fine-tune AdamW + CrAFT from it", variant="primary", elem_id="transfer-button")
         with gr.Column(scale=3):
             f_status = gr.Markdown(elem_id="transfer-status")
@@ -62,10 +61,10 @@ def pretrain_section(cb: Any, explore_model: Any, tabs: Any, datasets: list[str]
     gr.on([x.change for x in p_inputs], cb.pretrain_check, inputs=p_inputs, outputs=p_check, api_name="pretrain_check",
           queue=False, show_progress="hidden", preprocess=False)
     p_go.click(cb.pretrain, inputs=p_inputs, outputs=[p_status, p_plot, f_source], api_name="pretrain",
-               concurrency_limit=1, concurrency_id="train", preprocess=False)
+               concurrency_limit=1, concurrency_id="train", preprocess=False, trigger_mode="multiple")
     f_go.click(cb.transfer, inputs=[f_source, f_data, f_epochs, f_seed, f_rho],
                outputs=[f_status, f_plot, explore_model, f_open], api_name="transfer", concurrency_limit=1,
-               concurrency_id="train", preprocess=False)
+               concurrency_id="train", preprocess=False, trigger_mode="multiple")
     f_open.click(lambda: gr.Tabs(selected="explore"), outputs=tabs, api_name="open_transfer_in_explore", queue=False)
     gr.on([tabs.change], cb.pretrain_list, inputs=f_source, outputs=f_source, api_name="pretrained_runs",
           queue=False, show_progress="hidden")

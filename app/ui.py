@@ -38,9 +38,11 @@ from craftlab.threads import configure_threads
 from . import adapt_view, supernet_view
 from .callbacks import Callbacks, user_errors
 from .concurrency import Deferred
+from .links import BITS_CHOICES, COMPENSATION_CHOICES, INITIAL, PATTERN_CHOICES, RECIPE_CHOICES, SPARSITY_MAX  # noqa: F401 (re-exported)
 from .panels import PRESETS
 from .texts import CSS, HEAD, LEARN, PLANE_NOTE
 from .train_ui import pretrain_section
+from .training import MAX_EPOCHS, MAX_RHO
 
 if TYPE_CHECKING:
     from .service import Explorer
@@ -48,17 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["BITS_CHOICES", "Callbacks", "build_app", "launch", "user_errors"]
 
 DEFAULT_MODELS = ("vit-tiny", "resnet-tiny")
-BITS_CHOICES = [("float", "None"), ("16", "16"), ("8", "8"), ("7", "7"), ("6", "6"), ("5", "5"), ("4", "4"),
-                ("3", "3"), ("2", "2")]
-"""Bit-widths offered; a typed value that is not one of these labels is sent as typed (and refused by name)."""
 DATASETS = ["digits", "mnist5k", "cifar10", "cifar100", "fashion_mnist", "mnist", "flowers102", "oxford_pets"]
-INITIAL = {"method": "magnitude", "sparsity": 0.5, "w_bits": "None", "a_bits": "None", "granularity": "channel",
-           "pattern": "2:4", "kind": "contour", "scale": "log10", "recipe": "uniform", "compensation": "none"}
-RECIPE_CHOICES = [("uniform", "uniform"), ("RepQ-ViT", "repq")]
-COMPENSATION_CHOICES = [("none", "none"), ("QwT (side paths)", "qwt"), ("QwT-v2 (folded)", "qwt-v2")]
-"""Compensations offered: the value sent is what make_setting parses ("none" = no compensation)."""
-PATTERN_CHOICES = [(f"{p} (keep {p.split(':')[0]} of {p.split(':')[1]})", p) for p in ("2:4", "1:4", "4:8", "1:2")]
-"""N:M patterns offered: N weights kept of every M; the value sent is the bare pattern make_setting parses."""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -81,8 +73,8 @@ def _controls(choices: list[tuple[str, str]], first: str, info: str) -> dict[str
                              info=info)
     c["method"] = gr.Radio(["magnitude", "wanda", "N:M"], value=INITIAL["method"], label="pruning method",
                            elem_id="method")
-    c["sparsity"] = gr.Slider(0.0, 0.95, value=INITIAL["sparsity"], step=0.05, label="sparsity", elem_id="sparsity",
-                              info="fraction of weights zeroed")
+    c["sparsity"] = gr.Slider(0.0, SPARSITY_MAX, value=INITIAL["sparsity"], step=0.05, label="sparsity",
+                              elem_id="sparsity", info="fraction of weights zeroed")
     c["pattern"] = gr.Dropdown(PATTERN_CHOICES, value=INITIAL["pattern"], label="N:M pattern", visible=False,
                                elem_id="pattern", info="keeps N of every M weights (2:4 = 50 % sparse)")
     with gr.Row():
@@ -217,11 +209,13 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                                              elem_id="t-data",
                                              info="digits / mnist5k offline; others download (or imagefolder:PATH)")
                         t_opt = gr.Radio(["adamw", "sgd"], value="adamw", label="optimizer")
-                        t_lr = gr.Number(None, label="learning rate (empty = the optimizer's default: AdamW 1e-3, "
-                                                     "SGD 0.05)", elem_id="t-lr")
-                        t_rho = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="SAM ρ (0 = no SAM)")
+                        t_lr = gr.Textbox("", label="learning rate (empty = the optimizer's default: AdamW 1e-3, "
+                                                    "SGD 0.05)", placeholder="optimizer's default", elem_id="t-lr")
+                        # number boxes, not sliders: a slider's box clamps a typed -0.5 to 0 and trains that;
+                        # a box keeps what was typed and the server refuses it by name
+                        t_rho = gr.Number(0.05, label=f"SAM ρ (0 = no SAM; 0 to {MAX_RHO:g})", elem_id="t-rho")
                         t_adaptive = gr.Checkbox(False, label="ASAM (adaptive; use a ~10x larger ρ)")
-                        t_epochs = gr.Slider(1, 30, value=3, step=1, label="epochs")
+                        t_epochs = gr.Number(3, label=f"epochs (1 to {MAX_EPOCHS})", precision=0, elem_id="t-epochs")
                         t_seed = gr.Number(0, label="seed", precision=0)
                         t_twin = gr.Checkbox(True, label="also train the twin arm")
                         t_batch = gr.Number(64, label="batch size (64 = the default)", precision=0, elem_id="t-batch")
@@ -246,32 +240,48 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         api_landscape = gr.Button(visible=False)  # carries the stateless /landscape API endpoint
         setting_inputs = [c[k] for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern")]
         extra_inputs = [c["recipe"], c["compensation"]]  # optional trailing inputs of /compress and /landscape
-        panel_outputs = [summary, card_plain, card_craft, verdict, guide, curve_sparsity, curve_bits, link, c["bn"]]
+        panel_outputs = [summary, card_plain, card_craft, verdict, guide, curve_sparsity, curve_bits, c["bn"]]
         landscape_outputs = [path_plot, plane_plain, plane_craft]
+        sharp_outputs = [sharp_plain, sharp_craft, sharp_note, sharp_gap, sharp_scatter]
         probe_kw = {"concurrency_limit": 1, "concurrency_id": "landscape", "show_progress": "minimal",
                     "trigger_mode": "always_last"}
-        changes = [c[k].change for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern",
-                                        "bn", "recipe", "compensation")]
-        dep = gr.on([demo.load, *changes], cb.compress, inputs=[*setting_inputs, c["bn"], *extra_inputs],
-                    outputs=[answer, view],
+        controls = [c[k] for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern", "bn",
+                                   "recipe", "compensation")]
+        changes = [x.change for x in controls]
+        dep = gr.on(changes, cb.compress, inputs=[*setting_inputs, c["bn"], *extra_inputs], outputs=[answer, view],
                     api_name="compress", trigger_mode="always_last", concurrency_limit=4, show_progress="minimal",
                     preprocess=False,  # raw values reach make_setting, whose messages name the parameter
                     show_progress_on=summary)  # visible while a model's arms are fine-tuned
-        dep.success(cb.panels, inputs=view, outputs=[*panel_outputs, refresh_timer], api_name="panels",
-                    show_progress="hidden", concurrency_limit=None, trigger_mode="always_last").success(
-            cb.seeds, inputs=view, outputs=panel_outputs, api_name="seeds", show_progress="hidden",
-            concurrency_limit=2, trigger_mode="always_last")
-        sharp_outputs = [sharp_plain, sharp_craft, sharp_note, sharp_gap, sharp_scatter]
+        # page load: one event sets the controls from the link (if any) and computes that view, so no other
+        # view is shown first and no late load answer puts the default model back (craftlab_app.links)
+        opened = demo.load(cb.open_link, inputs=[*controls, kind, scale],
+                           outputs=[*controls, kind, scale, answer, view],
+                           api_name="open_link", concurrency_limit=4, show_progress="minimal", preprocess=False,
+                           show_progress_on=summary)
+
+        def follow(first: Any, suffix: str) -> None:
+            """The panels, seeds, sharpness, landscapes and link of the view `first` opened."""
+            first.success(cb.panels, inputs=view, outputs=[*panel_outputs, refresh_timer], api_name="panels" + suffix,
+                          show_progress="hidden", concurrency_limit=None, trigger_mode="always_last").success(
+                cb.seeds, inputs=view, outputs=panel_outputs, api_name="seeds" + suffix, show_progress="hidden",
+                concurrency_limit=2, trigger_mode="always_last")
+            first.success(cb.sharpness, inputs=[view, sharp_measure], outputs=sharp_outputs,
+                          api_name="sharpness" + suffix, show_progress="minimal", trigger_mode="always_last",
+                          concurrency_limit=1, concurrency_id="sharpness")
+            first.success(cb.landscape_of, inputs=[view, kind, scale], outputs=landscape_outputs,
+                          api_name="landscape_view" + suffix, preprocess=False, **probe_kw)
+            first.success(cb.link, inputs=[view, kind, scale], outputs=link, api_name="link" + suffix, queue=False,
+                          show_progress="hidden", preprocess=False)
+
+        follow(dep, "")
+        follow(opened, "_on_load")
         sharp_measure.change(cb.sharpness, inputs=[view, sharp_measure], outputs=sharp_outputs,
                              api_name="sharp_measure", show_progress="minimal", trigger_mode="always_last",
                              concurrency_limit=1, concurrency_id="sharpness")
-        dep.success(cb.sharpness, inputs=[view, sharp_measure], outputs=sharp_outputs, api_name="sharpness",
-                    show_progress="minimal", trigger_mode="always_last", concurrency_limit=1,
-                    concurrency_id="sharpness")
-        dep.success(cb.landscape_of, inputs=[view, kind, scale], outputs=landscape_outputs, api_name="landscape_view",
-                    preprocess=False, **probe_kw)
         gr.on([kind.change, scale.change], cb.landscape_of, inputs=[view, kind, scale], outputs=landscape_outputs,
               api_name="landscape_kind", preprocess=False, **probe_kw)
+        gr.on([kind.change, scale.change], cb.link, inputs=[view, kind, scale], outputs=link, api_name="link_kind",
+              queue=False, show_progress="hidden", preprocess=False)
         refresh_timer.tick(cb.refresh, inputs=[view, kind, scale, shown], preprocess=False,
                            outputs=[*panel_outputs, *landscape_outputs, refresh_timer, shown], api_name="refresh",
                            show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
@@ -281,12 +291,8 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         c["pattern"].change(cb.method_ui, inputs=[c["method"], c["pattern"], c["sparsity"]],
                             outputs=[c["sparsity"], c["pattern"]], api_name="pattern_ui", queue=False,
                             show_progress="hidden")
-        controls = [c[k] for k in ("model", "method", "sparsity", "w_bits", "a_bits", "granularity", "pattern", "bn",
-                                   "recipe", "compensation")]
         for key, btn in preset_buttons.items():
             btn.click(_preset_fn(cb, key), outputs=controls, api_name=f"preset_{key}", queue=False)
-        demo.load(cb.restore, outputs=[*controls, kind, scale], api_name="restore",
-                  queue=False, show_progress="hidden")
         export_btn.click(cb.export, inputs=[view, kind, scale], outputs=files, api_name="export", preprocess=False)
         api_landscape.click(cb.landscape, inputs=[*setting_inputs, kind, scale, *extra_inputs],
                             outputs=landscape_outputs,
@@ -295,13 +301,16 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
                           queue=False)
         demo.load(cb.status, outputs=[status, status_timer], api_name="status_on_load", show_progress="hidden",
                   queue=False)
-        demo.load(cb.model_list, inputs=c["model"], outputs=c["model"], api_name="models", show_progress="hidden")
         train_inputs = [t_model, t_data, t_opt, t_rho, t_adaptive, t_epochs, t_seed, t_twin, t_lr, t_batch]
         gr.on([demo.load, *[x.change for x in train_inputs]], cb.estimate, inputs=train_inputs, outputs=t_estimate,
               api_name="estimate", queue=False, show_progress="hidden", preprocess=False)
         t_go.click(cb.train, inputs=train_inputs, outputs=[t_status, t_plot, c["model"], t_open], api_name="train",
-                   concurrency_limit=1, concurrency_id="train", preprocess=False)
+                   concurrency_limit=1, concurrency_id="train", preprocess=False,
+                   trigger_mode="multiple")  # a click while a run trains is queued behind it, never dropped
         t_open.click(lambda: gr.Tabs(selected="explore"), outputs=tabs, api_name="open_in_explore", queue=False)
+        # the model picker's choices (new cached runs) refresh when the tabs change; its value is never sent back,
+        # so an answer computed from an older value cannot put another model back (the page-load race of issue 26)
+        tabs.change(cb.model_list, inputs=c["model"], outputs=c["model"], api_name="models", show_progress="hidden")
 
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.explorer = explorer  # type: ignore[attr-defined]

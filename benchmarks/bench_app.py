@@ -12,15 +12,20 @@
   then ``/landscape_view`` (what the page does: the quick, coarse level of both arms), p50 / p95; the fine
   level through the stateless ``/landscape``; and a newer setting asked while an older one still computes
   (the older gives up);
+* **on screen** (``--on-screen N``): what a user sees in a real browser (Playwright + chromium, headless): N
+  values typed in the sparsity box + Enter and N slider drags (pointer down, moved through the values on the
+  way, released), each timed from the key press / pointer release until the cards show the new setting's
+  tag and until the 1-D slice and both planes do (the quick landscape level), with the load average;
 * **threads** (``--threads-study``): a 2-epoch vit-tiny (and resnet-tiny) fine-tune on digits in a fresh
   process with 1 and 2 intra-op threads (``CRAFTLAB_THREADS``), on the machine as it is and with two extra
   processes spinning on the cores.
 
 Usage::
 
-    python -m benchmarks.bench_app [--fresh] [--changes 50] [--landscapes 12] [--threads-study]
+    python -m benchmarks.bench_app [--fresh] [--changes 50] [--landscapes 12] [--on-screen 8] [--threads-study]
 
-Prints a markdown report and writes ``benchmarks/results/app.json`` and ``benchmarks/results/app.md``.
+Prints a markdown report and writes ``benchmarks/results/app.json`` and ``benchmarks/results/app.md`` (``--out
+NAME``: ``NAME.json`` / ``NAME.md``).
 """
 
 from __future__ import annotations
@@ -178,6 +183,61 @@ def _spin() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+SHOWN_JS = """([sels, tag]) => sels.every(s => ((document.querySelector(s) || {}).textContent || "").includes(tag))"""
+CARDS = ["#acc-plain", "#acc-craft"]
+LANDSCAPE = ["#path", "#plane-plain", "#plane-craft"]
+
+
+def on_screen(url: str, model: str, n: int, rng: random.Random, timeout_ms: int = 180_000) -> dict[str, Any]:
+    """Seconds from a typed value's Enter / a slider drag's release until the cards, then the landscapes, show the
+    new setting on screen (a real chromium through Playwright), ``n`` of each; {"typed": ..., "drag": ...}."""
+    from playwright.sync_api import sync_playwright
+
+    from craftlab.settings import make_setting
+    from tests.test_app_browser import CHROMIUM_ARGS, chromium_path
+
+    out: dict[str, Any] = {"typed": {"cards_s": [], "landscape_s": []}, "drag": {"cards_s": [], "landscape_s": []},
+                           "load_avg_start": os.getloadavg()[0]}
+
+    def until_shown(page: Any, t0: float, value: float, row: dict[str, list[float]]) -> None:
+        tag = f"[{model} · {make_setting('magnitude', value).label()}]"
+        page.wait_for_function(SHOWN_JS, arg=[CARDS, tag], timeout=timeout_ms, polling="raf")
+        row["cards_s"].append(time.perf_counter() - t0)
+        page.wait_for_function(SHOWN_JS, arg=[LANDSCAPE, tag], timeout=timeout_ms, polling="raf")
+        row["landscape_s"].append(time.perf_counter() - t0)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto(url, timeout=timeout_ms)
+        page.wait_for_function(SHOWN_JS, arg=[CARDS + LANDSCAPE, f"[{model} · magnitude 50%]"], timeout=timeout_ms)
+        box = page.locator("#sparsity input[type=number]")
+        typed = rng.sample([round(0.01 * i, 2) for i in range(5, 94) if i % 5], n)  # off the curve grid: new
+        for v in typed:
+            box.fill(f"{v:g}")
+            t0 = time.perf_counter()
+            box.press("Enter")
+            until_shown(page, t0, v, out["typed"])
+        track = page.locator("#sparsity input[type=range]")
+        for _ in range(n):
+            bb = track.bounding_box()
+            start = float(box.input_value())
+            target = rng.choice([x for x in (0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8) if abs(x - start) > 0.15])
+            y = bb["y"] + bb["height"] / 2
+            page.mouse.move(bb["x"] + start / 0.95 * bb["width"], y)
+            page.mouse.down()
+            for k in range(1, 9):  # the values passed on the way, as a hand moves
+                page.mouse.move(bb["x"] + (start + (target - start) * k / 8) / 0.95 * bb["width"], y)
+                time.sleep(0.03)
+            t0 = time.perf_counter()
+            page.mouse.up()
+            page.wait_for_timeout(50)
+            until_shown(page, t0, float(box.input_value()), out["drag"])
+        browser.close()
+    out["load_avg_end"] = os.getloadavg()[0]
+    return out
+
+
 def threads_study(models: tuple[str, ...] = ("vit-tiny", "resnet-tiny"), repeats: int = 2) -> list[dict[str, Any]]:
     """2-epoch fine-tunes with 1 and 2 intra-op threads, as the machine is and with 2 extra spinning processes."""
     rows = []
@@ -216,7 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads-study", action="store_true", help="also measure the thread policy (minutes)")
     p.add_argument("--threads-from", default=None, help="take the thread study from this earlier app.json")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-screen", type=int, default=0, help="N typed values and N drags timed on screen (browser)")
+    p.add_argument("--out", default="app", help="results/OUT.json and results/OUT.md (default app)")
     a = p.parse_args(argv or [])
+    results, report_md = RESULTS.with_name(a.out + ".json"), REPORT.with_name(a.out + ".md")
     if a.fresh:
         os.environ["CRAFTLAB_HOME"] = tempfile.mkdtemp(prefix="craftlab-bench-app-")
     from craftlab_app.ui import launch
@@ -282,6 +345,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["landscape"].update(_newer_cancels_older(demo.local_url, model, *fresh[a.landscapes + 2:a.landscapes + 4]))
     res["landscape_repeat_s"] = _fine(demo.local_url, model, fresh[a.landscapes:a.landscapes + 1])[0]
     res["sharpness_s"], _ = _timed(client.predict, api_name="/sharpness")
+    if a.on_screen:
+        while ex.pending():
+            time.sleep(0.5)
+        res["on_screen"] = on_screen(demo.local_url, model, a.on_screen, rng)
+        for how in ("typed", "drag"):
+            r = res["on_screen"][how]
+            print(f"  on screen, {how}: cards p50 {_pct(r['cards_s'], 0.5):.2f} s, landscape p50 "
+                  f"{_pct(r['landscape_s'], 0.5):.2f} s", flush=True)
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints "Closing server ..."
         demo.close()
     ex.close()
@@ -295,10 +366,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["threads_study_from"] = a.threads_from
     res["load_avg_end"] = os.getloadavg()[0]
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=1))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(res, indent=1))
     text = report(res, model)
-    REPORT.write_text(text)
+    report_md.write_text(text)
     print(text)
     return res
 
@@ -336,6 +407,21 @@ def report(res: dict[str, Any], model: str) -> str:
     w(f"| repeated (cached) | {res['landscape_repeat_s']:.3f} | – | – |")
     w(f"| sharpness of both arms (cached after the first page load) | {res['sharpness_s']:.3f} | – | – |")
     w()
+    shown = res.get("on_screen")
+    if shown:
+        k = len(shown["typed"]["cards_s"])
+        w(f"**On screen** (headless chromium via Playwright, the same server; load average "
+          f"{shown['load_avg_start']:.1f} → {shown['load_avg_end']:.1f}): from Enter after a value typed in the "
+          f"sparsity box ({k} values off the curve grid, so new) or from releasing a slider drag ({k} drags that "
+          "pass other values on the way) until the cards, then the 1-D slice and both planes (quick level), show "
+          "the new setting's tag. This is what a user waits; the API rows above are one request each.\n")
+        w("| on screen | cards p50 (s) | cards max (s) | landscape p50 (s) | landscape max (s) |")
+        w("|---|---|---|---|---|")
+        for how, what in (("typed", "typed value + Enter"), ("drag", "slider drag, from release")):
+            r = shown[how]
+            w(f"| {what} | {_pct(r['cards_s'], 0.5):.2f} | {max(r['cards_s']):.2f} | "
+              f"{_pct(r['landscape_s'], 0.5):.2f} | {max(r['landscape_s']):.2f} |")
+        w()
     where = "an empty CRAFTLAB_HOME (arms fine-tuned first)" if res["fresh"] else "the cache"
     w(f"| start ({', '.join(res['models'])}, {res['epochs']} epochs; from {where}) | s |")
     w("|---|---|")

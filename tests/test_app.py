@@ -222,7 +222,8 @@ def test_api_panels_are_of_the_sessions_view(served):
     assert tag in summary and "pts" in summary and tag in verdict and "one test image = 0.28 pts" in verdict
     for fig in out[5:7]:
         assert tag in figure(fig)["layout"]["title"]["text"]
-    assert "?model=vit-tiny&method=wanda&sparsity=0.5&w=4&a=8" in out[7]
+    link = session.predict("surface", "linear", api_name="/link")  # the link knows the landscape's kind and scale
+    assert "?model=vit-tiny&method=wanda&sparsity=0.5&w=4&a=8" in link and "kind=surface&scale=linear" in link
     session.predict(**{**RAW, "method": "N:M", "pattern": "1:4"}, api_name="/compress")
     assert "(keep 1 of 4)" in session.predict(api_name="/panels")[0]
 
@@ -267,6 +268,11 @@ def test_api_one_validation_per_view_and_every_follow_up_is_of_that_view(served,
     assert paths[0].endswith(".html") and paths[1].endswith(".json")
     exported = json.loads(open(paths[1]).read())
     assert exported["setting_label"] == "wanda 75%" and exported["url_query"].startswith("?model=vit-tiny")
+    page = open(paths[0]).read()  # the words rendered (no raw markdown), with the cards and the verdict
+    body = page.split("<script", 1)[0] + page.rsplit("</script>", 1)[-1]
+    assert "**" not in body and "<strong>" in page and "compressed" in page
+    assert "AdamW" in page and ("Over " in page or "Seed 0 only" in page or "Measuring the seeds" in page)
+    assert "kind=contour&amp;scale=log10" in page or "kind=contour&scale=log10" in page
 
 
 def test_api_bn_reestimation_is_dropped_for_a_model_without_batchnorm(client):

@@ -108,6 +108,54 @@ def test_bad_requests_are_named(args, message):
         AdaptView.check(*args)
 
 
+def test_stop_ends_a_request_after_its_current_run_and_busy_says_what_runs(view):
+    import threading
+
+    for s in (5, 6):
+        view._path("linear probe", 1, s).unlink(missing_ok=True)
+    seen: list[str] = []
+    out: list[list] = []
+    t = threading.Thread(target=lambda: out.append(view.run(["linear probe"], 1, (5, 6), tag="[t]")))
+    t.start()
+    while t.is_alive() and view.busy is None:
+        threading.Event().wait(0.01)
+    seen.append(str(view.busy))
+    assert view.stop()
+    t.join()
+    view.busy = None
+    view._stop.clear()
+    assert "[t] training linear probe, seed 5 (1 epoch), run 1 of 2" in seen[0]
+    assert len(out[0]) == 1 and out[0][0]["seed"] == 5  # the second run never started
+    assert not view.stop()  # idle: nothing to stop
+
+
+def test_the_estimate_comes_from_measured_times_and_skips_what_is_cached(view):
+    (row,) = view.run(["linear probe"], epochs=EPOCHS, seeds=(0,))
+    assert view.estimate(["linear probe"], EPOCHS, [0]).startswith("Everything asked is cached")
+    text = view.estimate(["linear probe"], 7, [0, 1])
+    live = [r["time_per_epoch_s"] for r in view.cached_rows() if r["arm"] == "linear probe"]
+    assert f"about {max(1, round(live[-1] * 7 * 2))} s for 2 run(s)" in text, (text, live)
+    assert "minutes" not in text and view.estimate([], 2, [0]).startswith("⚠")
+
+
+def test_tab_switch_keeps_the_running_status_and_a_second_click_is_answered(view):
+    import gradio as gr
+    from craftlab_app import adapt_view
+
+    with gr.Blocks() as demo, gr.Tabs():
+        adapt_view.build_tab(view)
+    fns = {f.api_name: f.fn for f in demo.fns.values()}
+    view.busy = "[LoRA · 2 epochs · 1 seed] training LoRA, seed 0 (2 epochs), run 1 of 1"
+    try:
+        assert fns["adapt_open"]()[0].startswith("**Running:** [LoRA")  # not "press the button to train more"
+        first = next(iter(fns["adapt"](["linear probe"], 1, 1)))
+        assert first[0].startswith("**Busy:** [LoRA") and "press again when it is done" in first[0]
+        assert fns["adapt_estimate"](["linear probe"], 2, 5) == "⚠ seeds must be a whole number from 1 to 3, got 5"
+        assert fns["adapt_estimate"](["linear probe"], 50, 1).startswith("⚠ epochs must be a whole number")
+    finally:
+        view.busy = None
+
+
 # ------------------------------------------------------------------------------------------------------ browser
 
 @pytest.fixture(scope="module")

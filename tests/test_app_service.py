@@ -588,7 +588,7 @@ def test_panel_texts():
     assert "Smaller = flatter" in panels.SHARPNESS_NOTE and "across architectures" in panels.SHARPNESS_NOTE
     s = make_setting("N:M", 0, 4, None, pattern="1:4")
     q = panels.query_of(MODEL, s)
-    assert q == "?model=vit-tiny&method=N%3AM&sparsity=0.75&w=4&a=None&g=channel&nm=1%3A4"
+    assert q == "?model=vit-tiny&method=N%3AM&sparsity=0.75&w=4&a=None&g=channel&nm=1%3A4&kind=contour&scale=log10"
     for p in panels.PRESETS:
         assert panels.preset_of(p.model, p.setting()) is p
     assert [p.setting().label() for p in panels.PRESETS] == ["W4AFP", "magnitude 50%", "wanda 85%"]

@@ -81,9 +81,10 @@ def _path_targets(model: nn.Module, compressed_model: nn.Module, on: str) -> nn.
 
 def _grid_along(model: nn.Module, compressed_model: nn.Module, target: nn.Module, batches: Any, loss_fn: LossFn,
                 delta: Direction, eta: Direction | None, alphas: np.ndarray,
-                betas: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any], int]:
+                betas: np.ndarray, buffers: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any], int]:
     """Loss/accuracy on ``w + alpha delta (+ beta eta)`` computed by `target`, with alpha = 0 and 1 evaluated at
-    exactly the original and compressed parameters; every parameter of both models is restored afterwards."""
+    exactly the original and compressed parameters; every parameter of both models is restored afterwards.
+    With `buffers`, the floating-point buffers both models have (BatchNorm statistics) move along alpha too."""
     with preserved(model), preserved(compressed_model):
         names = list(delta)
         tp = named_params(target)
@@ -94,12 +95,22 @@ def _grid_along(model: nn.Module, compressed_model: nn.Module, target: nn.Module
         ev = Evaluator(target, on_device(batches, target), loss_fn)
         d = [delta[n].to(dtype=tp[n].dtype) for n in names]
         e = None if eta is None else [eta[n].to(dtype=tp[n].dtype) for n in names]
+        if buffers:
+            bt, bm, bc = (dict(m.named_buffers()) for m in (target, model, compressed_model))
+            bn = [n for n, b in bt.items() if b.is_floating_point() and n in bm and n in bc
+                  and bm[n].shape == b.shape == bc[n].shape]
+            targets += [bt[n] for n in bn]
+            w += [bm[n].detach().to(dtype=bt[n].dtype, device=bt[n].device).clone() for n in bn]
+            c += [bc[n].detach().to(dtype=bt[n].dtype, device=bt[n].device).clone() for n in bn]
+            d += [ci - wi for ci, wi in zip(c[len(names):], w[len(names):])]
+            if e is not None:
+                e += [torch.zeros_like(x) for x in w[len(names):]]
         loss, acc, timing = evaluate_grid(ev, targets, w, d, e, alphas, betas, anchors={0.0: w, 1.0: c})
     return loss, acc, timing, ev.n
 
 def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any,
                      t_range: tuple[float, float] = (-0.5, 1.5), steps: int = 41, second_order: bool = True,
-                     loss_fn: LossFn = F.cross_entropy, on: str = "compressed") -> PathResult:
+                     loss_fn: LossFn = F.cross_entropy, on: str = "compressed", buffers: bool = False) -> PathResult:
     """Loss along the compression path ``w + t * delta``, ``delta = C(w) - w``, plus its 2nd-order prediction.
 
     Which architecture computes the path (`on`):
@@ -114,6 +125,11 @@ def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any
       staircase; use ``on="original"`` to see the smooth weight-space path.
     * ``"original"``: written into `model`: t = 0 reproduces the original's loss exactly, t = 1 is the
       compressed weights in the original architecture (full-precision activations).
+
+    With ``buffers=True`` the floating-point buffers of both models (BatchNorm running statistics, e.g.
+    re-estimated after pruning or shifted by a folded compensation offset) move along the path too, from the
+    original's at t = 0 to the compressed model's at t = 1 (``--dir_type states`` in Li et al.'s code); with
+    False (default) `on`'s own buffers are used all along.
 
     The prediction ``predicted(t) = loss[t=0] + t g.delta + t^2/2 delta.H.delta`` uses g and H delta of the
     ORIGINAL model at w (autograd, one HVP) and is a model of the weight part of the loss change.
@@ -132,11 +148,12 @@ def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any
     loss_orig, acc_orig = evaluate(model, batches, loss_fn)
     loss_comp, acc_comp = evaluate(compressed_model, batches, loss_fn)
     loss, acc, timing, n_examples = _grid_along(model, compressed_model, target, batches, loss_fn, delta, None,
-                                                t, np.zeros(1))
+                                                t, np.zeros(1), buffers)
     loss, acc = loss[:, 0], acc[:, 0]
     i0, i1 = int(np.flatnonzero(t == 0.0)[0]), int(np.flatnonzero(t == 1.0)[0])
     meta: dict[str, Any] = {
-        **model_info(model), "kind": "compression_path", "on": on, "steps": int(steps), "t_range": [lo, hi],
+        **model_info(model), "kind": "compression_path", "on": on, "buffers": bool(buffers), "steps": int(steps),
+        "t_range": [lo, hi],
         "compressed_model": model_info(compressed_model)["model"], "delta_norm": direction_norm(delta),
         "weight_norm": direction_norm({n: p.detach() for n, p in model.named_parameters()}),
         "loss_original": loss_orig, "accuracy_original": acc_orig,
@@ -158,13 +175,14 @@ def compression_path(model: nn.Module, compressed_model: nn.Module, batches: Any
 
 def compression_plane(model: nn.Module, compressed_model: nn.Module, batches: Any, steps: int = 21,
                       distance: float = 2.0, seed: int = 0, loss_fn: LossFn = F.cross_entropy,
-                      ignore: str | None = "biasbn", on: str = "compressed") -> PlaneResult:
+                      ignore: str | None = "biasbn", on: str = "compressed", buffers: bool = False) -> PlaneResult:
     """The plane spanned by ``delta = C(w) - w`` (alpha, not normalized: the compressed point is (1, 0))
     and a filter-normalized random direction rescaled to ``||delta||`` (beta).
 
     Grid: ``linspace(-distance, distance, steps)`` on both axes, with alpha = 1 added if not on it.
-    ``on`` chooses the architecture that computes the loss, as in :func:`compression_path`; the point
-    (1, 0) is evaluated at exactly the compressed parameters. ``meta["mark"]`` marks the compressed point.
+    ``on`` and ``buffers`` choose the architecture and buffers that compute the loss, as in
+    :func:`compression_path`; the point (1, 0) is evaluated at exactly the compressed parameters.
+    ``meta["mark"]`` marks the compressed point.
     """
 
     target = _path_targets(model, compressed_model, on)
@@ -176,8 +194,8 @@ def compression_plane(model: nn.Module, compressed_model: nn.Module, batches: An
     en = direction_norm(eta)
     eta = {n: v * (dn / en if en > 0 else 0.0) for n, v in eta.items()}
     loss, acc, timing, n_examples = _grid_along(model, compressed_model, target, batches, loss_fn, delta, eta,
-                                                alphas, betas)
-    meta = {**model_info(model), "kind": "compression_plane", "on": on, "steps": int(steps),
+                                                alphas, betas, buffers)
+    meta = {**model_info(model), "kind": "compression_plane", "on": on, "buffers": bool(buffers), "steps": int(steps),
             "distance": float(distance), "seed": int(seed), "ignore": ignore, "delta_norm": dn,
             "direction_cosine": direction_dot(delta, eta) / max(dn * direction_norm(eta), 1e-300),
             "compressed_model": model_info(compressed_model)["model"],
