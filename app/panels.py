@@ -176,9 +176,14 @@ def cards(answer: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None = 
                    else "no pruning, no quantization")
         if quantized:
             details += f" · weights {a['size_mb']:.3f} MB (FP {a['fp_size_mb']:.3f} MB)"
-        if bn_used is not None and setting.get("method") not in (None, "none"):
-            details += (" · BatchNorm statistics re-estimated after pruning" if bn_used
+        if bn_used is not None and (prunes or quantized):
+            details += (" · BatchNorm statistics re-estimated after compression" if bn_used
                         else " · BatchNorm statistics kept from fine-tuning")
+        if a.get("cheap_baseline"):
+            cb = a["cheap_baseline"]
+            details += (f"\n\nthe cheap fix of the same error, **{cb['label']}** (no compensation): "
+                        f"{_pct(cb['accuracy'])} (seed 0): the compensation gains "
+                        f"**{100 * (a['compressed_accuracy'] - cb['accuracy']):+.1f} pts** over it")
         out.append(f"### {ROLE_TITLES[role]}{a['label']} {tag}\n{big}\n\n{details} · `{a['checkpoint']}`")
     return out[0], out[1]
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -270,18 +271,30 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
         with self._sched.foreground():
             loaded = self.arms(model, progress)
 
+            cheap = self.cheap_baseline(model, setting)
+
             def one(la: Loaded) -> dict[str, Any]:
                 fp = self._point(la, DEFAULT_SETTING)
                 cp = self._point(la, setting)
-                return {"role": la.arm.role, "label": la.arm.label, "checkpoint": la.path.name,
-                        "fp_accuracy": fp["accuracy"], "compressed_accuracy": cp["accuracy"],
-                        "accuracy_drop": fp["accuracy"] - cp["accuracy"], "fp_loss": fp["loss"],
-                        "compressed_loss": cp["loss"], "sparsity_measured": cp["sparsity_measured"],
-                        "size_mb": cp["size_mb"], "fp_size_mb": fp["size_mb"], "n": cp["n"]}
+                out = {"role": la.arm.role, "label": la.arm.label, "checkpoint": la.path.name,
+                       "fp_accuracy": fp["accuracy"], "compressed_accuracy": cp["accuracy"],
+                       "accuracy_drop": fp["accuracy"] - cp["accuracy"], "fp_loss": fp["loss"],
+                       "compressed_loss": cp["loss"], "sparsity_measured": cp["sparsity_measured"],
+                       "size_mb": cp["size_mb"], "fp_size_mb": fp["size_mb"], "n": cp["n"]}
+                if cheap is not None:  # the same compression with BN re-estimated and no compensation
+                    out["cheap_baseline"] = {"label": cheap.label(), "accuracy": self._point(la, cheap)["accuracy"]}
+                return out
 
             results = self._sched.map(one, loaded)
         return {"model": model.strip(), "setting": setting.as_dict(), "setting_label": setting.label(),
                 "setting_text": setting.describe(), "arms": {la.arm.name: r for la, r in zip(loaded, results)}}
+
+    def cheap_baseline(self, model: str, setting: Setting) -> Setting | None:
+        """For a compensated setting on a BatchNorm model without BN re-estimation: the same compression with BN
+        re-estimated and no compensation (the cheap fix of the same per-channel error, issue 19), else None."""
+        if setting.compensation is None or setting.recalibrate_bn or not self.has_batchnorm(model):
+            return None
+        return replace(setting, compensation=None, recalibrate_bn=True)
 
     # ------------------------------------------------------------------ background work
 

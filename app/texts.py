@@ -89,10 +89,12 @@ here looks at it from one side.
   consecutive weights (2:4 keeps 2 of 4, 50 % sparse: what sparse tensor cores run; 1:4 is 75 % sparse).
   Quantization is post-training, uniform, symmetric for weights (per output channel or per tensor) and
   asymmetric per tensor for activations calibrated on the same 128 images; "float" leaves that side in
-  full precision. BatchNorm statistics are *not* re-estimated after pruning by default, which is why
-  resnet-tiny collapses under layer-uniform sparsity; tick *re-estimate BatchNorm statistics* (CNNs) to
-  re-estimate them on the calibration images, as `craftlab compress --recalibrate-bn` (or
-  `craftlab.compress(..., recalibrate_bn=True)`) does (see notebook 03); the cards say which was used.
+  full precision. BatchNorm statistics are *not* re-estimated by default, which is why resnet-tiny collapses
+  under layer-uniform sparsity and loses most of its accuracy at 4-bit weights; tick *re-estimate BatchNorm
+  statistics* (CNNs) to re-estimate them on the calibration images after pruning *and* after quantization,
+  as `craftlab compress --recalibrate-bn` (or `craftlab.compress(..., recalibrate_bn=True)`) does: one
+  protocol for every row (see notebook 03); the cards say which was used. With a compensation on a CNN the
+  cards also show this cheap fix alone, since it corrects the same per-channel error.
 * **Accuracy vs sparsity / bits** — the same two arms over the whole range of the pruning method (at your
   chosen bits) or of the weight bits (at your chosen pruning and activation bits), mean ± 1 sd over the
   seeds, computed in the background and cached; so the star, your current setting, sits on its curve.
@@ -154,3 +156,20 @@ Open them with `jupyter lab notebooks/` (install the `notebooks` extra: `pip ins
 Everything the app shows is one call away in Python: `craftlab_app.service.Explorer().compress("vit-tiny",
 method="wanda", sparsity=0.6)`.
 """
+
+
+def learn_text() -> str:
+    """The Learn tab: :data:`LEARN` and what the claims ledger found for each paper (its verdict lines when the
+    checkout has ``benchmarks/results/claims.csv``, else how to compute them)."""
+    from craftlab.analysis import ledger
+
+    df = ledger.read_ledger()
+    if df is None:
+        return LEARN + ("\n## What the papers' claims look like here\n\nNo claims ledger in this checkout: "
+                        "`python -m benchmarks.run claims` computes it.\n")
+    papers = list(dict.fromkeys(c.paper for c in ledger.CLAIMS))
+    lines = [f"* {line}" for p in papers for line in ledger.paper_lines(p, df)]
+    return (LEARN + "\n## What the papers' claims look like here\n\nThe claims ledger "
+            "(`benchmarks/results/claims.csv`): one pre-registered primary endpoint per claim, paired seeds, one "
+            "verdict definition (supports / contradicts / equivalent / inconclusive with the effect the design could "
+            "detect). Harms are reported as plainly as gains.\n\n" + "\n".join(lines) + "\n")

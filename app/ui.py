@@ -40,7 +40,7 @@ from .callbacks import Callbacks, user_errors
 from .concurrency import Deferred
 from .links import BITS_CHOICES, COMPENSATION_CHOICES, INITIAL, PATTERN_CHOICES, RECIPE_CHOICES, SPARSITY_MAX  # noqa: F401 (re-exported)
 from .panels import PRESETS
-from .texts import CSS, HEAD, LEARN, PLANE_NOTE
+from .texts import CSS, HEAD, PLANE_NOTE, learn_text
 from .train_ui import pretrain_section
 from .training import MAX_EPOCHS, MAX_RHO
 
@@ -84,7 +84,7 @@ def _controls(choices: list[tuple[str, str]], first: str, info: str) -> dict[str
                                   allow_custom_value=True, elem_id="a_bits", min_width=100)
     c["granularity"] = gr.Radio(["channel", "tensor"], value=INITIAL["granularity"],
                                 label="weight quantization granularity", elem_id="granularity")
-    c["bn"] = gr.Checkbox(False, label="re-estimate BatchNorm statistics after pruning (CNNs)", elem_id="bn")
+    c["bn"] = gr.Checkbox(False, label="re-estimate BatchNorm statistics after compression (CNNs)", elem_id="bn")
     c["recipe"] = gr.Radio(RECIPE_CHOICES, value=INITIAL["recipe"], label="quantization recipe", elem_id="recipe",
                            info="repq: RepQ-ViT (ViTs only; quantized attention)")
     c["compensation"] = gr.Radio(COMPENSATION_CHOICES, value=INITIAL["compensation"], label="compensation",
@@ -232,7 +232,7 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
             adapt_view.build_tab(adapt_service)
 
             with gr.Tab("Learn", id="learn"):
-                gr.Markdown(LEARN)
+                gr.Markdown(learn_text())
 
         # ---------------------------------------------------------------- events
         view = gr.State(None)  # the session's current View (model, Setting, answer): validated once

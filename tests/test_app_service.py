@@ -818,3 +818,32 @@ def test_sharpness_gap_and_scatter(explorer):
     sc = figs.sharpness_scatter(table, "trace", MEASURES["trace"], tag)
     assert tag in sc.layout.title.text and "Spearman" in sc.layout.title.text
     assert sum(len(tr.x) for tr in sc.data if tr.mode == "markers") == len(table)
+
+
+def test_a_compensation_on_a_batchnorm_model_is_shown_beside_the_cheap_fix(explorer):
+    """Issue 19: on a CNN, BN re-estimation fixes the same per-channel error as QwT/QwT-v2, so the cards show it
+    beside the compensation; checked against the core's own compress + evaluate of the same checkpoints."""
+    ans = explorer.compress("resnet-tiny", "W4A4 + QwT-v2")
+    for la in explorer.arms("resnet-tiny"):  # the arms' checkpoints and the app's own test / calibration data
+        cheap = ans["arms"][la.arm.name]["cheap_baseline"]
+        assert cheap["label"] == "W4A4 +BN"
+        model = craftlab.load_checkpoint(la.path)
+        want = craftlab.evaluate(craftlab.compress(model, setting="W4A4 +BN", calib=la.ctx.calib), la.ctx.test)
+        assert cheap["accuracy"] == want["accuracy"]
+    card, _ = panels.cards(ans, tag_model="resnet-tiny")
+    assert "the cheap fix of the same error, **W4A4 +BN**" in card
+    assert "cheap_baseline" not in next(iter(explorer.compress(MODEL, "W4A4 + QwT-v2")["arms"].values()))
+
+
+def test_the_learn_tab_reads_the_claims_ledger():
+    from craftlab.analysis import ledger
+    from craftlab_app.texts import LEARN, learn_text
+
+    text = learn_text()
+    assert text.startswith(LEARN)
+    df = ledger.read_ledger()
+    if df is None:
+        assert "python -m benchmarks.run claims" in text
+    else:  # every claim's sentence, with its verdict, as the ledger states it
+        for claim_id in df["id"]:
+            assert ledger.verdict_line(claim_id, df) in text
