@@ -61,10 +61,12 @@ def test_the_slice_starts_at_the_uncompressed_model(explorer, model):
             path, plane = arm["path"], arm["plane"]
             t0 = float(path.loss[path.index_original])
             origin = float(plane.loss[list(plane.alphas).index(0.0), list(plane.betas).index(0.0)])
-            assert math.isclose(origin, t0, rel_tol=1e-6), (setting.label(), arm["role"])
+            # the same weights through two evaluation routes: float rounding only (seen: 1.2e-5 relative on vit-tiny,
+            # attention kernels differ); the bug this guards against was a factor of 3 to 25
+            assert math.isclose(origin, t0, rel_tol=1e-4), (setting.label(), arm["role"])
             orig = originals[arm["role"]]
             if setting.a_bits is None:  # weights (and BatchNorm statistics) only: t = 0 IS the original model
-                assert math.isclose(t0, orig, rel_tol=1e-5, abs_tol=1e-6), (setting.label(), arm["role"], t0, orig)
+                assert math.isclose(t0, orig, rel_tol=1e-4, abs_tol=1e-6), (setting.label(), arm["role"], t0, orig)
                 assert arm["label"] not in gaps
             elif not math.isclose(t0, orig, rel_tol=1e-6):  # quantized activations: said, and the original marked
                 assert gaps[arm["label"]] == pytest.approx(orig, rel=1e-5)
