@@ -161,3 +161,12 @@ def test_sam_alone_is_the_ledgers_craft_arm():
                 use_cache=False)
     assert t["accuracy"].iloc[0] == bench._arm_correct(c, "SAM ρ=0.05", 0).mean()
     assert t["train_s"].iloc[0] > 0 and t["run_key"].iloc[0] == "resnet-tiny-digits-adamw+sam0.05-e8-s0"
+
+
+def test_cli_registers_compose_and_reports_bad_input(capsys):
+    from craftlab.cli import main
+
+    assert main(["compose", "--model", "resnet-tiny", "--compression", "x", "--seeds", "2"]) == 2
+    assert "cannot read compression setting" in capsys.readouterr().err
+    assert main(["compose", "--model", "resnet-tiny", "--seeds", "30", "--budget", "50"]) == 2
+    assert "--design fractional" in capsys.readouterr().err
