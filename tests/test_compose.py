@@ -170,3 +170,21 @@ def test_cli_registers_compose_and_reports_bad_input(capsys):
     assert "cannot read compression setting" in capsys.readouterr().err
     assert main(["compose", "--model", "resnet-tiny", "--seeds", "30", "--budget", "50"]) == 2
     assert "--design fractional" in capsys.readouterr().err
+
+
+def test_figures_show_each_step_and_its_ci():
+    from craftlab.viz.compose_figures import interaction_figure, waterfall_figure
+
+    t = simulate(np.random.default_rng(4), 6, EFFECTS)
+    w1, w2 = factorial.waterfall(t, ["BN", "SAM"]), factorial.waterfall(t, ["SAM", "BN"])
+    fig = waterfall_figure({"BN first": w1, "SAM first": w2}, title="sim")
+    bars = [tr for tr in fig.data if tr.type == "bar"]
+    assert [b.x[0] for b in bars[:4]] == ["compressed", "+ BN", "+ SAM", "full pipeline"]
+    assert np.isclose(bars[1].y[0], 100 * w1.iloc[1]["mean_diff"])
+    assert np.isclose(bars[2].base[0], 100 * w1.iloc[1]["level"])
+    assert np.isclose(bars[3].y[0], 100 * w1.iloc[-1]["level"]) and np.isclose(bars[7].y[0], bars[3].y[0])
+    assert np.isclose(bars[1].error_y.array[0], 100 * (w1.iloc[1]["ci_high"] - w1.iloc[1]["mean_diff"]))
+    f = interaction_figure(t, "SAM", "BN")
+    assert [tr.name for tr in f.data] == ["BN off", "BN on"]
+    off = t[~t["sam"] & ~t["bn"]].groupby("seed")["accuracy"].mean().mean()
+    assert np.isclose(f.data[0].y[0], 100 * off)
