@@ -19,6 +19,7 @@ import pandas as pd
 
 from craftlab.analysis import factorial
 from craftlab.analysis.compose import compose, endpoint_setting
+from craftlab.analysis.stats import compare_paired
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = 10
@@ -57,6 +58,20 @@ def section(model: str, t: pd.DataFrame) -> list[str]:
         w = factorial.waterfall(t, order)
         out += ["", f"Waterfall ({' → '.join(order)}): compressed {100 * w.iloc[0]['level']:.1f} % " + " ".join(
             f"→ + {r['step']} {_ci(r)} = {100 * r['level']:.1f} %" for r in w.iloc[1:].to_dict("records")) + "."]
+    if "bn_last" in t and t["bn_last"].any():  # the order of BN re-estimation and compensation
+        parts = []
+        for sam in (False, True):
+            for comp in ("qwt", "qwt-v2"):
+                sel = t[(t["sam"] == sam) & t["bn"] & (t["compensation"] == comp)]
+                w = sel.pivot_table(index="seed", columns="bn_last", values="accuracy").dropna()
+                c = compare_paired(w[False], w[True])
+                arm = "SAM" if sam else "AdamW"
+                parts.append(f"{arm} + {comp}: BN before {100 * c.baseline_mean:.1f} % → BN after "
+                             f"{100 * c.treatment_mean:.1f} % ({_pp(c.mean_diff)} [{_pp(c.ci_low)}, "
+                             f"{_pp(c.ci_high)}], p = {c.p:.2g})")
+        out += ["", "Order of BN re-estimation and compensation (the ledger's protocol re-estimates BN *before* "
+                    "compensating; the other order re-estimates it after; paired, outside the factorial): "
+                + "; ".join(parts) + "."]
     # the practical question: each step's gain when it is added last (every other step already on)
     steps = ORDERS[model][0]
     last, costs = [], []

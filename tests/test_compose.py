@@ -87,6 +87,9 @@ def test_waterfall_increments_sum_to_the_full_gain():
         factorial.waterfall(frac, ["BN", "SAM"])
     assert len(factorial.main_effects(frac)) == 4  # the fractional design still gives every main effect
     assert len(factorial.interactions(frac)) == 0 and len(factorial.additivity(frac)) == 1
+    other = t[t["bn"] & (t["compensation"] != "none")].assign(bn_last=True, accuracy=0.0)  # outside the factorial
+    both = pd.concat([t.assign(bn_last=False), other], ignore_index=True)
+    pd.testing.assert_frame_equal(factorial.main_effects(both), factorial.main_effects(t))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -98,6 +101,7 @@ def test_waterfall_increments_sum_to_the_full_gain():
     (dict(model="resnet-tiny", compression="wanda 70%", bn=True, compensation="qwt-v2"), "pruned"),
     (dict(model="vit-tiny", finetune="sgd"), "fine-tuning step"),
     (dict(model="vit-tiny", pretrain="snt"), "pretraining step"),
+    (dict(model="resnet-tiny", compression="W4A4", bn=True, bn_last=True), "bn_last"),
 ])
 def test_meaningless_pipelines_say_which_step_and_why(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -107,11 +111,12 @@ def test_meaningless_pipelines_say_which_step_and_why(kwargs, match):
 def test_designs_and_budget():
     assert endpoint_setting("vit-tiny") == "W3A3 repq" and endpoint_setting("resnet-tiny") == "W4A4"
     full = design_pipelines("resnet-tiny", "full")
-    assert len(full) == 12 and len({p.label for p in full}) == 12
+    assert len(full) == 16 and len({p.label for p in full}) == 16  # 12 factorial cells + 4 with BN last
+    assert sum(p.bn_last for p in full) == 4 and "SAM ρ=0.05 → W4A4 → QwT-v2 → +BN" in {p.label for p in full}
     frac = design_pipelines("resnet-tiny", "fractional")
     assert [p.label for p in frac][-1] == "SAM ρ=0.05 → W4A4 → +BN → QwT-v2" and len(frac) == 6
     assert len(design_pipelines("vit-tiny", "full")) == 6
-    with pytest.raises(ValueError, match=r"12 pipelines × 20 seeds = 240 .*--design fractional \(120 runs\)"):
+    with pytest.raises(ValueError, match=r"16 pipelines × 20 seeds = 320 .*--design fractional \(120 runs\)"):
         compose("resnet-tiny", "full", seeds=20, budget=100)
     with pytest.raises(ValueError, match="design"):
         design_pipelines("resnet-tiny", "half")
@@ -124,6 +129,7 @@ def resnet_cells():
     """One AdamW resnet-tiny run (seed 0, trained once in the test cache) through the fractional design."""
     pipes = [p for p in design_pipelines("resnet-tiny", "fractional") if p.finetune == "adamw"]
     pipes.append(Pipeline("resnet-tiny"))  # uncompressed
+    pipes.append(Pipeline("resnet-tiny", "adamw", "W4A4", True, "qwt-v2", bn_last=True))
     return compose("resnet-tiny", seeds=[0], pipelines=pipes, use_cache=False).set_index("label")
 
 
@@ -138,6 +144,10 @@ def test_every_step_off_is_the_plain_compressed_model(resnet_cells):
     assert resnet_cells.loc["AdamW → W4A4", "accuracy"] == craftlab.evaluate(plain, data.test)["accuracy"]
     assert resnet_cells.loc["AdamW → uncompressed", "accuracy"] == pytest.approx(
         craftlab.read_meta(path)["metrics"]["test_accuracy"])
+    other_order = craftlab.recalibrate_bn(craftlab.compress(model, w_bits=4, a_bits=4, calib=data.calib, seed=0,
+                                                            compensation="qwt-v2"), data.calib)
+    assert resnet_cells.loc["AdamW → W4A4 → QwT-v2 → +BN", "accuracy"] == craftlab.evaluate(
+        other_order, data.test)["accuracy"]
     assert resnet_cells.loc["AdamW → W4A4 → QwT", "params_added"] > 0
     assert resnet_cells.loc["AdamW → W4A4 → QwT-v2", "params_added"] == 0  # folded
 

@@ -90,16 +90,20 @@ class Pipeline:
     compensation: str | None = None
     pretrain: str = "adam"
     supernet: bool = False
+    bn_last: bool = False
+    """Re-estimate BN *after* the compensation (the ledger's protocol, the default, re-estimates before it)."""
 
     @property
     def label(self) -> str:
         parts = ([] if self.pretrain == "adam" else [f"pretrain {self.pretrain}"]) + [FINETUNES.get(self.finetune,
                                                                                                    self.finetune)]
         parts.append(self.compression or "uncompressed")
-        if self.bn:
+        if self.bn and not self.bn_last:
             parts.append("+BN")
         if self.compensation:
             parts.append(COMPENSATIONS.get(self.compensation, str(self.compensation)))
+        if self.bn and self.bn_last:
+            parts.append("+BN")
         if self.supernet:
             parts.append("supernet pick")
         return " → ".join(parts)
@@ -107,7 +111,8 @@ class Pipeline:
     @property
     def steps(self) -> dict[str, Any]:
         """The factors as table columns (``sam``, ``bn``, ``compensation``: ``none``/``qwt``/``qwt-v2``)."""
-        return {"sam": self.finetune == "sam", "bn": self.bn, "compensation": self.compensation or "none"}
+        return {"sam": self.finetune == "sam", "bn": self.bn, "compensation": self.compensation or "none",
+                "bn_last": self.bn_last}
 
     def validate(self) -> Pipeline:
         """Self when the pipeline means something; ValueError naming the step and why otherwise."""
@@ -133,6 +138,8 @@ class Pipeline:
         if self.compression is None and self.bn:
             raise ValueError("BN re-estimation on an uncompressed model: its statistics are already those of "
                              "its weights (turn on a compression step)")
+        if self.bn_last and not (self.bn and self.compensation):
+            raise ValueError("bn_last re-estimates BN after the compensation: it needs bn=True and a compensation")
         s = self.setting()
         if self.compensation and self.bn and not s.quantizes:
             raise ValueError(f"compensation {COMPENSATIONS[self.compensation]} after BN re-estimation of a pruned "
@@ -145,7 +152,7 @@ class Pipeline:
         from ..settings import parse_setting
 
         s = parse_setting(self.compression or "FP32")
-        return replace(s, recalibrate_bn=self.bn, compensation=self.compensation)
+        return replace(s, recalibrate_bn=self.bn and not self.bn_last, compensation=self.compensation)
 
     def key(self, seed: int) -> str:
         return json.dumps({**asdict(self), "seed": int(seed), "v": _VERSION}, sort_keys=True)
@@ -155,7 +162,8 @@ def design_pipelines(model: str, design: str = "full", compression: str | None =
     """The pipelines of a design on `model` (compression: the ledger's endpoint unless given).
 
     ``full``: every combination of fine-tuning {AdamW, SAM} × [CNNs: BN re-estimation {off, on}] ×
-    compensation {none, QwT, QwT-v2}. ``fractional``: the all-off compressed model, each step alone (each
+    compensation {none, QwT, QwT-v2}; on CNNs also the other order (BN re-estimated after the compensation,
+    ``bn_last``), outside the factorial. ``fractional``: the all-off compressed model, each step alone (each
     compensation level alone) and the full pipeline (every step on, QwT-v2): main effects against the all-off
     model and the additivity test, no separate two-way interactions.
 
@@ -168,6 +176,8 @@ def design_pipelines(model: str, design: str = "full", compression: str | None =
     bns = (False, True) if _is_cnn(model) else (False,)
     if design == "full":
         out = [Pipeline(model, f, comp, b, c) for f, b, c in itertools.product(FINETUNES, bns, COMPENSATIONS)]
+        if len(bns) > 1:  # the order of BN re-estimation and compensation: BN re-estimated after compensating
+            out += [Pipeline(model, f, comp, True, c, bn_last=True) for f in FINETUNES for c in COMPENSATIONS if c]
     else:
         base = Pipeline(model, "adamw", comp)
         out = [base, replace(base, finetune="sam")] + ([replace(base, bn=True)] if len(bns) > 1 else [])
@@ -207,6 +217,10 @@ def _cell(p: Pipeline, seed: int) -> dict[str, Any]:
     s = p.setting()
     t0 = time.perf_counter()
     q = compress(model, setting=s, calib=data.calib, seed=int(seed)) if p.compression else model
+    if p.bn_last:
+        from ..compression.bn import recalibrate_bn
+
+        q = recalibrate_bn(q, data.calib)
     calib_s = time.perf_counter() - t0 if p.compression else 0.0
     q.eval()
     with torch.no_grad():

@@ -45,7 +45,7 @@ PAIRS = (("SAM", "QwT"), ("SAM", "QwT-v2"), ("SAM", "BN"), ("BN", "QwT"), ("BN",
 
 def _grid(table: Any, value: str) -> tuple[list[tuple], np.ndarray, list[int]]:
     """(cells, values seeds × cells, seeds): every cell present for every seed (paired design)."""
-    t = table.copy()
+    t = table[~table["bn_last"].astype(bool)].copy() if "bn_last" in table else table.copy()
     for f in FACTORS:
         if f not in t:
             t[f] = {"sam": False, "bn": False, "compensation": "none"}[f]

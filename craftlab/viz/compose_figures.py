@@ -64,7 +64,7 @@ def interaction_figure(table: Any, step_x: str, step_line: str, value: str = "ac
 
     fx, onx, offx = STEPS[step_x]
     fl, onl, offl = STEPS[step_line]
-    t = table.copy()
+    t = table[~table["bn_last"].astype(bool)].copy() if "bn_last" in table else table.copy()
     for f in FACTORS:
         if f not in t:
             t[f] = {"sam": False, "bn": False, "compensation": "none"}[f]
