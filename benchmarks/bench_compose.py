@@ -93,6 +93,11 @@ def section(model: str, t: pd.DataFrame) -> list[str]:
     useless = [s for s, r in last if not (r["p"] < 0.05 and r["mean_diff"] > 0)]
     out += ["", "Each step added last (every other step already on): " + "; ".join(worth) + ". Costs: "
             + "; ".join(costs) + f" (the compressed model: {base['size_mb']:.3f} MB)."]
+    acc = t.groupby("label", sort=False)["accuracy"].mean().sort_values(ascending=False)
+    best = t[t["label"] == acc.index[0]].iloc[0]
+    out += ["", f"Best pipeline of the design: {acc.index[0]} ({100 * acc.iloc[0]:.1f} %, "
+                f"+{best['params_added']:.0f} parameters, fine-tuning {best['train_s']:.0f} s); runner-up "
+                f"{acc.index[1]} ({100 * acc.iloc[1]:.1f} %)."]
     words = res.interactions.groupby("word")["step"].apply(list).to_dict() if len(res.interactions) else {}
     reading = [f"{k}: {', '.join(v)}" for k, v in sorted(words.items())]
     out += ["", f"**Reading ({model}).** Pairs — " + "; ".join(reading) + ". "
