@@ -72,29 +72,32 @@ def section(model: str, t: pd.DataFrame) -> list[str]:
         out += ["", "Order of BN re-estimation and compensation (the ledger's protocol re-estimates BN *before* "
                     "compensating; the other order re-estimates it after; paired, outside the factorial): "
                 + "; ".join(parts) + "."]
-    # the practical question: each step's gain when it is added last (every other step already on)
-    steps = ORDERS[model][0]
-    last, costs = [], []
-    base = cells.iloc[0]
-    for s in steps:
-        r = factorial.waterfall(t, [x for x in steps if x != s] + [s]).iloc[-1]
-        last.append((s, r))
-        if s == "SAM":
-            sam_t = t[t["sam"]]["train_s"].mean() / t[~t["sam"]]["train_s"].mean()
-            costs.append(f"SAM: ×{sam_t:.1f} fine-tuning time")
-        elif s == "BN":
-            bn_c = t[t["bn"] & (t["compensation"] == "none")]["calib_s"].mean()
-            costs.append(f"BN: {bn_c:.2f} s calibration, no parameters")
-        else:
-            c = t[t["compensation"] == s.lower()]
-            costs.append(f"{s}: {c['calib_s'].mean():.2f} s calibration (with the rest), "
-                         f"+{c['params_added'].mean():.0f} parameters")
-    worth = [f"{s} {_ci(r)}, p = {r['p']:.2g}" for s, r in last]
-    useless = [s for s, r in last if not (r["p"] < 0.05 and r["mean_diff"] > 0)]
-    out += ["", "Each step added last (every other step already on): " + "; ".join(worth) + ". Costs: "
-            + "; ".join(costs) + f" (the compressed model: {base['size_mb']:.3f} MB)."]
+    # the practical question: each step's gain when it is added last (every other step already on), in the full
+    # pipeline with each compensation
+    cnn = bool(t["bn"].any())
+    sam_t = t[t["sam"]]["train_s"].mean() / t[~t["sam"]]["train_s"].mean()
+    costs = {"SAM": f"×{sam_t:.1f} fine-tuning time"}
+    if cnn:
+        costs["BN"] = f"{t[t['bn'] & (t['compensation'] == 'none')]['calib_s'].mean():.2f} s calibration, no parameters"
+    worth, useless, harms = [], [], []
+    for comp in ("QwT", "QwT-v2"):
+        c = t[t["compensation"] == comp.lower()]
+        costs[comp] = (f"{c['calib_s'].mean():.2f} s calibration (with the rest), +{c['params_added'].mean():.0f} "
+                       f"parameters ({c['size_mb'].mean():.3f} MB vs {cells.iloc[0]['size_mb']:.3f} MB)")
+        steps = (["BN"] if cnn else []) + [comp, "SAM"]
+        part = []
+        for s_ in steps:
+            r = factorial.waterfall(t, [x for x in steps if x != s_] + [s_]).iloc[-1]
+            part.append(f"{s_} {_ci(r)}, p = {r['p']:.2g}")
+            if r["p"] < 0.05 and r["mean_diff"] < 0:
+                harms.append(f"{s_} (in the pipeline with {comp}: {_ci(r)} pp)")
+            elif not (r["p"] < 0.05 and r["mean_diff"] > 0):
+                useless.append(f"{s_} (in the pipeline with {comp}: {_ci(r)} pp)")
+        worth.append(f"with {comp} ({' + '.join(steps)}): " + "; ".join(part))
+    out += ["", "Each step added last (every other step of the full pipeline already on, pp): " + " — ".join(worth)
+            + ". Costs: " + "; ".join(f"{k}: {v}" for k, v in costs.items()) + "."]
     acc = t.groupby("label", sort=False)["accuracy"].mean().sort_values(ascending=False)
-    best = t[t["label"] == acc.index[0]].iloc[0]
+    best = t[t["label"] == acc.index[0]][["params_added", "train_s"]].mean()
     out += ["", f"Best pipeline of the design: {acc.index[0]} ({100 * acc.iloc[0]:.1f} %, "
                 f"+{best['params_added']:.0f} parameters, fine-tuning {best['train_s']:.0f} s); runner-up "
                 f"{acc.index[1]} ({100 * acc.iloc[1]:.1f} %)."]
@@ -102,8 +105,10 @@ def section(model: str, t: pd.DataFrame) -> list[str]:
     reading = [f"{k}: {', '.join(v)}" for k, v in sorted(words.items())]
     out += ["", f"**Reading ({model}).** Pairs — " + "; ".join(reading) + ". "
             + ("Not worth its cost once the others are on (gain added last not significantly > 0): "
-               + ", ".join(useless) + "." if useless else
-               "Every step still pays when added last (significant gain).")]
+               + "; ".join(useless) + "." if useless else
+               "Every step still pays when added last (significant gain).")
+            + (" HARMS once the others are on (significantly < 0 added last): " + "; ".join(harms) + "."
+               if harms else "")]
     return out
 
 
