@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "`craftlab.analysis.compose`, too costly per seed here). Train s: the cached run's fine-tuning time; "
             "calib s: compression + BN + compensation fitting, measured in the run that first computed the cell "
             "(cells are cached under `$CRAFTLAB_HOME/compose`). "
-            + "; ".join(f"{m}: {w:.0f} s this run" for m, w in walls.items()) + ".", ""]
+            + "; ".join(f"{m}: {w:.0f} s this run, {df[df['model'] == m]['calib_s'].sum():.0f} s of compression "
+                        f"(BN, compensation) summed over its {int((df['model'] == m).sum())} cells when they were "
+                        "computed" for m, w in walls.items()) + ".", ""]
     print("\n".join(head + lines).rstrip())
     return df
 
