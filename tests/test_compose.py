@@ -198,3 +198,13 @@ def test_figures_show_each_step_and_its_ci():
     assert [tr.name for tr in f.data] == ["BN off", "BN on"]
     off = t[~t["sam"] & ~t["bn"]].groupby("seed")["accuracy"].mean().mean()
     assert np.isclose(f.data[0].y[0], 100 * off)
+
+
+def test_power_columns_follow_the_ledgers_rule():
+    from craftlab.analysis.power import power, seeds_for_power
+
+    t = simulate(np.random.default_rng(5), 8, EFFECTS, cell_sd=0.02)
+    i = factorial.interactions(t).iloc[0]
+    need = seeds_for_power(0.03, i["sd_diff"], min_n=2)
+    assert i["seeds_for_3pp"] == need and power(0.03, i["sd_diff"], need) >= 0.8 > power(0.03, i["sd_diff"], need - 1)
+    assert power(i["detectable"], i["sd_diff"], 8) == pytest.approx(0.8, abs=1e-3)

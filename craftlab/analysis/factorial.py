@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import compare_paired, holm
+from .stats import compare_paired, detectable_effect, holm
 
 __all__ = ["FactorialResult", "STEPS", "additivity", "analyze", "interactions", "main_effects", "pair_word",
            "waterfall"]
@@ -72,9 +72,21 @@ def _steps_in(cells: list[tuple]) -> list[str]:
     return out
 
 
-def _row(kind: str, name: str, c: Any, **extra: Any) -> dict[str, Any]:
+EFFECT_OF_INTEREST = 0.03
+"""The smallest effect (3 pp, as the ledger's CrAFT claims) the power columns are stated for."""
+
+
+def _row(kind: str, name: str, c: Any, alpha: float = 0.05, **extra: Any) -> dict[str, Any]:
+    """A contrast's row, with its power: the effect this design finds with 80 % power (``detectable``) and the
+    seeds the ledger's rule (:func:`~craftlab.analysis.power.seeds_for_power`) asks for at 3 pp."""
+    from .power import seeds_for_power
+
+    sd = c.sd_diff if np.isfinite(c.sd_diff) else 0.0
+    detect = detectable_effect(c.n, alpha) * sd if c.n >= 2 and sd > 0 else float("nan")
+    need = seeds_for_power(EFFECT_OF_INTEREST, sd, alpha, 0.8, min_n=2, max_n=200) if c.n >= 2 else -1
     return {"kind": kind, "step": name, "n": c.n, "off_mean": c.baseline_mean, "on_mean": c.treatment_mean,
-            "mean_diff": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p, "test": c.test, **extra}
+            "mean_diff": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p, "test": c.test,
+            "sd_diff": c.sd_diff, "detectable": detect, "seeds_for_3pp": need, **extra}
 
 
 def main_effects(table: Any, value: str = "accuracy", alpha: float = 0.05) -> Any:
@@ -204,6 +216,10 @@ class FactorialResult:
     lines: list[str] = field(default_factory=list)
 
 
+def _seeds(n: int) -> str:
+    return "> 200" if n > 200 else str(n)
+
+
 def _pp(v: float) -> str:
     return f"{100 * v:+.1f}"
 
@@ -216,7 +232,10 @@ def analyze(table: Any, value: str = "accuracy", alpha: float = 0.05) -> Factori
     lines = [f"{r['step']} alone: {_pp(r['mean_diff'])} pp [{ci}% CI {_pp(r['ci_low'])}, {_pp(r['ci_high'])}], "
              f"p = {r['p']:.2g}" for r in m.to_dict("records")]
     lines += [f"{r['step']} interaction: {_pp(r['mean_diff'])} pp [{_pp(r['ci_low'])}, {_pp(r['ci_high'])}], "
-              f"Holm p = {r['p_adj']:.2g} → {r['word']}" for r in i.to_dict("records")]
+              f"Holm p = {r['p_adj']:.2g} → {r['word']}" + (
+                  f" (this design finds ±{100 * r['detectable']:.1f} pp with 80 % power; 3 pp needs "
+                  f"{_seeds(r['seeds_for_3pp'])} seeds)" if r["word"] == "inconclusive" else "")
+              for r in i.to_dict("records")]
     lines += [f"additivity ({r['step']}): full gain {_pp(r['full_gain'])} pp vs sum of parts {_pp(r['sum_of_parts'])}"
               f" pp; difference {_pp(r['mean_diff'])} [{_pp(r['ci_low'])}, {_pp(r['ci_high'])}], p = {r['p']:.2g}"
               f" → {r['word']}" for r in a.to_dict("records")]
