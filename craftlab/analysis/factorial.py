@@ -229,7 +229,7 @@ def analyze(table: Any, value: str = "accuracy", alpha: float = 0.05) -> Factori
     one sentence each (effects in pp with their 1 − α CI)."""
     m, i, a = main_effects(table, value, alpha), interactions(table, value, alpha), additivity(table, value, alpha)
     ci = round(100 * (1 - alpha))
-    lines = [f"{r['step']} alone: {_pp(r['mean_diff'])} pp [{ci}% CI {_pp(r['ci_low'])}, {_pp(r['ci_high'])}], "
+    lines = [f"{r['step']} main effect: {_pp(r['mean_diff'])} pp [{ci}% CI {_pp(r['ci_low'])}, {_pp(r['ci_high'])}], "
              f"p = {r['p']:.2g}" for r in m.to_dict("records")]
     lines += [f"{r['step']} interaction: {_pp(r['mean_diff'])} pp [{_pp(r['ci_low'])}, {_pp(r['ci_high'])}], "
               f"Holm p = {r['p_adj']:.2g} → {r['word']}" + (
