@@ -39,6 +39,7 @@ BENCHES = {
     "app": ("bench_app", "The app: slider -> answer latency, landscapes, start-up"),
     "claims": ("bench_claims", "The claims ledger: each paper's headline claim at its primary endpoint"),
     "scale": ("bench_scale", "Scale-out: a sweep on 1 vs 2 Ray workers, DDP's per-step overhead on 2 processes"),
+    "compose": ("bench_compose", "The composition study: which gains add up, which overlap, which step does not pay"),
 }
 
 

@@ -388,7 +388,7 @@ COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "compress": cmd_
 
 # Commands that live with their paper's package: each module has ``add_parser(subparsers)`` and ``run(args)``
 # and imports nothing heavy at module level (building the parser must stay fast).
-EXTENSIONS = ("craftlab.transforms.cli", "craftlab.supernet.cli", "craftlab.adapt.cli")
+EXTENSIONS = ("craftlab.transforms.cli", "craftlab.supernet.cli", "craftlab.adapt.cli", "craftlab.analysis.compose_cli")
 
 
 def _extensions() -> dict[str, Any]:

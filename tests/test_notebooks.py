@@ -53,7 +53,7 @@ def _kernel_manager():
 
 def test_notebooks_exist():
     stems = ["00_quickstart", "01_craft", "02_sharpness_compressibility", "03_qwt", "04_snt", "05_supernet",
-             "06_last", "07_miet"]
+             "06_last", "07_miet", "08_compose"]
     assert [p.name for p in SOURCES] == [f"{s}.py" for s in stems], SOURCES
     assert [p.name for p in NOTEBOOKS] == [f"{s}.ipynb" for s in stems], f"{NOTEBOOKS}: run `{SYNC}`"
     assert 'formats = "ipynb,py:percent"' in (NOTEBOOK_DIR / "jupytext.toml").read_text()

@@ -1,0 +1,300 @@
+"""The composition study: fine-tuning, compression, BatchNorm re-estimation and compensation in one pipeline.
+
+Each paper measures its method alone. :class:`Pipeline` names every step of a deployment pipeline and
+whether it is on; :func:`compose` runs a design over pipelines × seeds from **cached** fine-tuning runs
+(``craftlab.get_run``: the AdamW and SAM ρ=0.05 twins the claims ledger already made) and returns a long
+table, one row per pipeline × seed, that :mod:`craftlab.analysis.factorial` reads (main effects, two-way
+interactions, the additivity test).
+
+The steps (levels):
+
+- **pretraining** ``adam`` only: the SNT factor (Adam / SAM / a stand-in transform during pretraining) is
+  *designed* here but not run by the default designs (a pretraining run per seed is expensive);
+- **fine-tuning** ``adamw`` or ``sam`` (CrAFT, ρ = 0.05);
+- **compression** one setting per architecture, the claims ledger's primary endpoint where compensation has
+  something to fix (:data:`ENDPOINT_CLAIMS`: vit-tiny ``W3A3 repq``, resnet-tiny ``W4A4``); any other
+  setting label may be given (``wanda 70%``), ``None`` is the uncompressed model;
+- **BN re-estimation** (CNNs only) after the whole compression, quantizers on (the ledger's protocol);
+- **compensation** ``None``, ``qwt`` or ``qwt-v2``, fitted after the rest;
+- **supernet** pick at a BitOPs budget (ViTs): designed, not run here (it needs a supernet training).
+
+Each cell is ``compress(model, setting=..., calib=data.calib, seed=seed)`` on the cached checkpoint and the
+per-image accuracy on ``data.test``: exactly what ``benchmarks/bench_claims.py`` computes for its arms, so a
+step alone reproduces the ledger's single-method numbers. Results are cached as JSON under
+``$CRAFTLAB_HOME/compose`` (a rerun is a lookup).
+
+Example::
+
+    table = craftlab.compose("resnet-tiny", design="fractional", seeds=3)
+    table.groupby("label")["accuracy"].mean()
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .. import cache
+from .ledger import claim
+
+__all__ = ["DESIGNS", "ENDPOINT_CLAIMS", "Pipeline", "compose", "design_pipelines", "endpoint_setting"]
+
+DESIGNS = ("full", "fractional")
+FINETUNES = {"adamw": "AdamW", "sam": "SAM ρ=0.05"}
+COMPENSATIONS = {None: "", "qwt": "QwT", "qwt-v2": "QwT-v2"}
+PRETRAINS = ("adam",)
+ENDPOINT_CLAIMS = {"vit-tiny": "qwt-vit", "resnet-tiny": "qwt-resnet"}
+"""Architecture → the ledger claim whose primary endpoint fixes the compression setting of the study."""
+DEFAULT_BUDGET = 300
+_VERSION = 1
+
+
+def endpoint_setting(model: str) -> str:
+    """The study's compression setting for `model`: the ledger's primary endpoint (ValueError otherwise).
+
+    >>> endpoint_setting("resnet-tiny")
+    'W4A4'
+    """
+    if model not in ENDPOINT_CLAIMS:
+        raise ValueError(f"no primary endpoint for {model!r}: the study's models are {sorted(ENDPOINT_CLAIMS)} "
+                         "(or pass compression= explicitly)")
+    return claim(ENDPOINT_CLAIMS[model]).setting
+
+
+@functools.cache
+def _is_cnn(model: str) -> bool:
+    """True when `model` has BatchNorm layers (what BN re-estimation acts on)."""
+    import torch.nn as nn
+
+    from ..models import build_model
+
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build_model(model).modules())
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One deployment pipeline: each step and whether it is on.
+
+    >>> Pipeline("resnet-tiny", finetune="sam", compression="W4A4", bn=True, compensation="qwt-v2").label
+    'SAM ρ=0.05 → W4A4 → +BN → QwT-v2'
+    """
+
+    model: str
+    finetune: str = "adamw"
+    compression: str | None = None
+    bn: bool = False
+    compensation: str | None = None
+    pretrain: str = "adam"
+    supernet: bool = False
+    bn_last: bool = False
+    """Re-estimate BN *after* the compensation (the ledger's protocol, the default, re-estimates before it)."""
+
+    @property
+    def label(self) -> str:
+        parts = ([] if self.pretrain == "adam" else [f"pretrain {self.pretrain}"]) + [FINETUNES.get(self.finetune,
+                                                                                                   self.finetune)]
+        parts.append(self.compression or "uncompressed")
+        if self.bn and not self.bn_last:
+            parts.append("+BN")
+        if self.compensation:
+            parts.append(COMPENSATIONS.get(self.compensation, str(self.compensation)))
+        if self.bn and self.bn_last:
+            parts.append("+BN")
+        if self.supernet:
+            parts.append("supernet pick")
+        return " → ".join(parts)
+
+    @property
+    def steps(self) -> dict[str, Any]:
+        """The factors as table columns (``sam``, ``bn``, ``compensation``: ``none``/``qwt``/``qwt-v2``)."""
+        return {"sam": self.finetune == "sam", "bn": self.bn, "compensation": self.compensation or "none",
+                "bn_last": self.bn_last}
+
+    def validate(self) -> Pipeline:
+        """Self when the pipeline means something; ValueError naming the step and why otherwise."""
+        if self.finetune not in FINETUNES:
+            raise ValueError(f"fine-tuning step {self.finetune!r}: choose one of {list(FINETUNES)}")
+        if self.compensation not in COMPENSATIONS:
+            raise ValueError(f"compensation step {self.compensation!r}: choose one of {list(COMPENSATIONS)}")
+        cnn = _is_cnn(self.model)
+        if self.pretrain not in PRETRAINS:
+            raise ValueError(f"pretraining step {self.pretrain!r}: the SNT factor is designed but not run by "
+                             "compose (a pretraining run per seed); only 'adam' (the zoo's pretraining) is available")
+        if self.supernet and cnn:
+            raise ValueError(f"supernet step on {self.model}: the supernet supports ViTs only, not CNNs")
+        if self.supernet:
+            raise ValueError("supernet step: designed but not run by compose (it needs a supernet training per "
+                             "seed); the ledger's supernet claim is read from results/supernet_picks.csv")
+        if self.bn and not cnn:
+            raise ValueError(f"BN re-estimation on {self.model}: a ViT has no BatchNorm to re-estimate "
+                             "(LayerNorm normalizes each token by itself)")
+        if self.compression is None and self.compensation:
+            raise ValueError(f"compensation {COMPENSATIONS[self.compensation]} on an uncompressed model: "
+                             "there is no compression error to compensate")
+        if self.compression is None and self.bn:
+            raise ValueError("BN re-estimation on an uncompressed model: its statistics are already those of "
+                             "its weights (turn on a compression step)")
+        if self.bn_last and not (self.bn and self.compensation):
+            raise ValueError("bn_last re-estimates BN after the compensation: it needs bn=True and a compensation")
+        s = self.setting()
+        if self.compensation and self.bn and not s.quantizes:
+            raise ValueError(f"compensation {COMPENSATIONS[self.compensation]} after BN re-estimation of a pruned "
+                             "model: BN re-estimation already corrects the per-channel statistics a compensation "
+                             "fits (quantize too, or turn one of them off)")
+        return self
+
+    def setting(self) -> Any:
+        """The compression :class:`~craftlab.settings.Setting` of the pipeline (identity when uncompressed)."""
+        from ..settings import parse_setting
+
+        s = parse_setting(self.compression or "FP32")
+        return replace(s, recalibrate_bn=self.bn and not self.bn_last, compensation=self.compensation)
+
+    def key(self, seed: int) -> str:
+        return json.dumps({**asdict(self), "seed": int(seed), "v": _VERSION}, sort_keys=True)
+
+
+def design_pipelines(model: str, design: str = "full", compression: str | None = None) -> list[Pipeline]:
+    """The pipelines of a design on `model` (compression: the ledger's endpoint unless given).
+
+    ``full``: every combination of fine-tuning {AdamW, SAM} × [CNNs: BN re-estimation {off, on}] ×
+    compensation {none, QwT, QwT-v2}; on CNNs also the other order (BN re-estimated after the compensation,
+    ``bn_last``), outside the factorial. ``fractional``: the all-off compressed model, each step alone (each
+    compensation level alone) and the full pipeline (every step on, QwT-v2): main effects against the all-off
+    model and the additivity test, no separate two-way interactions.
+
+    >>> len(design_pipelines("vit-tiny", "full", "W3A3 repq"))
+    6
+    """
+    if design not in DESIGNS:
+        raise ValueError(f"design {design!r}: choose one of {list(DESIGNS)}")
+    comp = compression if compression is not None else endpoint_setting(model)
+    bns = (False, True) if _is_cnn(model) else (False,)
+    if design == "full":
+        out = [Pipeline(model, f, comp, b, c) for f, b, c in itertools.product(FINETUNES, bns, COMPENSATIONS)]
+        if len(bns) > 1:  # the order of BN re-estimation and compensation: BN re-estimated after compensating
+            out += [Pipeline(model, f, comp, True, c, bn_last=True) for f in FINETUNES for c in COMPENSATIONS if c]
+    else:
+        base = Pipeline(model, "adamw", comp)
+        out = [base, replace(base, finetune="sam")] + ([replace(base, bn=True)] if len(bns) > 1 else [])
+        out += [replace(base, compensation=c) for c in COMPENSATIONS if c]
+        out.append(Pipeline(model, "sam", comp, len(bns) > 1, "qwt-v2"))
+    return [p.validate() for p in out]
+
+
+_DATA: dict[str, Any] = {}
+
+
+def _data(model: str) -> Any:
+    from ..data import load_data
+    from ..models import build_model
+
+    if model not in _DATA:
+        _DATA[model] = load_data("digits", model=build_model(model))
+    return _DATA[model]
+
+
+def _train_seconds(meta: dict[str, Any]) -> float:
+    return float(sum(h.get("time_s", 0.0) for h in meta.get("history", []) if isinstance(h, dict)))
+
+
+def _cell(p: Pipeline, seed: int) -> dict[str, Any]:
+    """Compress the cached run of `p` at `seed` and evaluate it on the test images (what bench_claims does)."""
+    import torch
+
+    from ..checkpoint import load_checkpoint, read_meta
+    from ..compression.pipeline import compress
+    from ..compression.quant import model_stats
+    from ..train.runs import RunSpec, get_run
+
+    spec = RunSpec(model=p.model, sam_rho=0.05 if p.finetune == "sam" else 0.0, seed=int(seed))
+    path = get_run(spec, progress=False)
+    model, data = load_checkpoint(path).eval(), _data(p.model)
+    s = p.setting()
+    t0 = time.perf_counter()
+    q = compress(model, setting=s, calib=data.calib, seed=int(seed)) if p.compression else model
+    if p.bn_last:
+        from ..compression.bn import recalibrate_bn
+
+        q = recalibrate_bn(q, data.calib)
+    calib_s = time.perf_counter() - t0 if p.compression else 0.0
+    q.eval()
+    with torch.no_grad():
+        correct = torch.cat([(q(x).argmax(1) == y) for x, y in data.test]).numpy()
+        x = next(iter(data.test))[0][:1]
+    stats = model_stats(q, x)
+    info = (getattr(q, "craftlab_compression", {}) or {}).get("compensation") or {}
+    return {"accuracy": float(correct.mean()), "n_images": int(correct.size), "size_mb": float(stats["size_mb"]),
+            "bitops": float(stats["bitops"]), "params": int(stats["params"]),
+            "params_added": int(info.get("params_added", 0) or 0), "train_s": _train_seconds(read_meta(path)),
+            "calib_s": float(calib_s), "run_key": spec.key, "setting": s.label() if p.compression else "FP32"}
+
+
+def _cached_cell(p: Pipeline, seed: int, use_cache: bool) -> dict[str, Any]:
+    import hashlib
+
+    folder = cache.home() / "compose"
+    f = folder / (hashlib.sha256(p.key(seed).encode()).hexdigest()[:20] + ".json")
+    if use_cache and f.is_file():
+        return json.loads(f.read_text())["row"]
+    row = _cell(p, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": p.key(seed), "row": row}))
+    tmp.replace(f)
+    return row
+
+
+def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int] = 5, *,
+            compression: str | None = None, pipelines: list[Pipeline] | None = None,
+            budget: int = DEFAULT_BUDGET, use_cache: bool = True, progress: bool = False) -> Any:
+    """Run a composition design over cached runs: one row per pipeline × seed (a pandas DataFrame).
+
+    Args:
+        model: a zoo model of the study (``vit-tiny``, ``resnet-tiny``).
+        design: ``"full"`` (factorial) or ``"fractional"`` (each step alone + the full pipeline), see
+            :func:`design_pipelines`; ignored when `pipelines` is given.
+        seeds: a count (seeds 0..n-1) or a list of fine-tuning seeds (paired: every pipeline on every seed).
+        compression: the compression setting label (default: the ledger's endpoint for `model`).
+        budget: the most compress + evaluate runs a call may make (pipelines × seeds); a larger design says
+            its run count and asks for a fractional design or fewer seeds.
+        use_cache: reuse cells computed before (``$CRAFTLAB_HOME/compose``).
+
+    Columns: ``model, label, sam, bn, compensation, seed, accuracy, n_images, size_mb, bitops, params,
+    params_added, train_s, calib_s, run_key, setting``.
+
+    Example::
+
+        t = compose("resnet-tiny", design="fractional", seeds=3)
+    """
+    import pandas as pd
+
+    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
+        raise ValueError(f"seeds must be a positive count or distinct non-negative seeds, got {seeds!r}")
+    if pipelines is None:
+        pipes = design_pipelines(model, design, compression)
+    else:
+        pipes = [p.validate() for p in pipelines]
+        if any(p.model != model for p in pipes):
+            raise ValueError(f"every pipeline must be on model {model!r}")
+    runs = len(pipes) * len(seed_list)
+    if runs > budget:
+        frac = len(design_pipelines(model, "fractional", compression)) * len(seed_list)
+        raise ValueError(f"design {design!r} on {model} is {len(pipes)} pipelines × {len(seed_list)} seeds = {runs} "
+                         f"compress+evaluate runs, more than the budget of {budget}: use --design fractional "
+                         f"({frac} runs), fewer seeds or fewer levels (or raise the budget)")
+    rows = []
+    for seed in seed_list:
+        for p in pipes:
+            t0 = time.perf_counter()
+            row = _cached_cell(p, seed, use_cache)
+            rows.append({"model": model, "label": p.label, **p.steps, "seed": seed, **row})
+            if progress:
+                print(f"  {p.label} seed {seed}: {100 * row['accuracy']:.1f} % ({time.perf_counter() - t0:.1f} s)",
+                      flush=True)
+    return pd.DataFrame(rows)
