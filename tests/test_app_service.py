@@ -836,8 +836,9 @@ def test_a_compensation_on_a_batchnorm_model_is_shown_beside_the_cheap_fix(explo
 
 
 def test_the_learn_tab_reads_the_claims_ledger():
-    from craftlab.analysis import ledger
     from craftlab_app.texts import LEARN, learn_text
+
+    from craftlab.analysis import ledger
 
     text = learn_text()
     assert text.startswith(LEARN)

@@ -352,3 +352,16 @@ def test_after_bn_reestimation_compensation_corrects_the_quantization_error_only
     _assert_same_model(got, craftlab.compensate(q, pruned, calib, method="qwt-v2", fold=True).model)
     against_fp = craftlab.compensate(q, model, calib, method="qwt-v2", fold=True).model
     assert any(not torch.equal(a, b) for a, b in zip(got.state_dict().values(), against_fp.state_dict().values()))
+
+
+def test_bn_reestimation_with_qwt_v2_on_a_cnn_warns():
+    """The composition study found the two undo each other on resnet-tiny: say so, name both."""
+    model, calib = _bn_net(), _calib()
+    with pytest.warns(UserWarning, match="BatchNorm re-estimation and QwT-v2"):
+        compress(model, w_bits=4, a_bits=8, recalibrate_bn=True, compensation="qwt-v2", calib=calib)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compress(model, w_bits=4, a_bits=8, compensation="qwt-v2", calib=calib)  # either alone: no warning
+        compress(model, w_bits=4, a_bits=8, recalibrate_bn=True, calib=calib)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -248,6 +249,12 @@ def resolve(setting: Setting | str | dict[str, Any] | None = None, **kwargs: Any
     return kw
 
 
+def _has_batchnorm(model: nn.Module) -> bool:
+    from .bn import batchnorm_layers
+
+    return bool(batchnorm_layers(model))
+
+
 def _check_model(model: nn.Module, kw: dict[str, Any]) -> None:
     """Checks that need the model, run before any work: the recipe fits it, QwT finds its blocks."""
     if kw["quantizes"]:
@@ -324,6 +331,10 @@ def _compress(model: nn.Module, kw: dict[str, Any]) -> nn.Module:
             from .bn import recalibrate_bn_
 
             recalibrate_bn_(out, kw["calib"])  # the quantized model's own statistics, quantizers on (see above)
+    if kw["compensation"] == "qwt-v2" and kw["recalibrate_bn"] and _has_batchnorm(out):
+        warnings.warn("BatchNorm re-estimation and QwT-v2 correct the same per-channel error of a CNN and undo each "
+                      "other when combined (measured on resnet-tiny by the composition study, benchmarks/RESULTS.md "
+                      "'compose'): use one of them", UserWarning, stacklevel=3)
     if kw["compensation"] is not None:
         res = compensate(out, reference, kw["calib"], method=kw["compensation"], **kw["compensation_options"])
         out = res.model
