@@ -140,7 +140,10 @@ class Callbacks(TrainCallbacks):
         if not self.views.current(view):
             return _skip(n)  # the user moved a control meanwhile: theirs wins
         controls = [use[k] if asked else gr.skip() for k in links.CONTROL_KEYS]
-        controls[0] = gr.Dropdown(choices=self.ex.model_choices(), value=use["model"])
+        if asked and use["model"] not in models:  # a new cached run: its label joins the choices first
+            controls[0] = gr.Dropdown(choices=self.ex.model_choices(), value=use["model"])
+        # else a plain value: a choices update made the dropdown's value land after the other controls' change
+        # events had read the old model (a link flashed "[vit-tiny · <the link's setting>]" in 1 of 10 loads)
         return (*controls, answer, view)
 
     def _compress_values(self, v: dict[str, Any], request: Any, progress: Any) -> tuple[dict[str, Any], View]:
