@@ -16,8 +16,11 @@ tested on its own without a kernel.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
+import struct
 import sys
 import time
 from pathlib import Path
@@ -142,8 +145,19 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ widget helper
 
 
-def test_interactive_figure_rerenders_in_place(monkeypatch):
+def _output_area(box):
+    """The Output widget of an interactive_figure box (controls, then a VBox of the busy sign and it)."""
     widgets = pytest.importorskip("ipywidgets")
+    area = box.children[-1].children[-1]
+    assert isinstance(area, widgets.Output)
+    return area
+
+
+def test_interactive_figure_rerenders_in_place(monkeypatch):
+    """The Output widget itself holds the figure's plotly bundle (not an empty bundle while plotly publishes
+    the figure elsewhere), and a control change replaces it with the new figure's bundle."""
+    widgets = pytest.importorskip("ipywidgets")
+    go = pytest.importorskip("plotly.graph_objects")
     from craftlab import widgets as cw
 
     monkeypatch.delenv(cw.STATIC_ENV, raising=False)
@@ -151,17 +165,82 @@ def test_interactive_figure_rerenders_in_place(monkeypatch):
 
     def make(sparsity, method):
         calls.append((sparsity, method))
-        return f"{method}@{sparsity}"
+        print(f"kept {1 - sparsity:.0%}")
+        return go.Figure(go.Bar(x=["a", "b"], y=[sparsity, 1 - sparsity]),
+                         layout_title_text=f"{method} at {sparsity:.0%}")
 
     box = cw.interactive_figure(make, sparsity={"options": [0.3, 0.5, 0.7], "value": 0.5, "format": "{:.0%}"},
                                 method=["wanda", "magnitude"])
     assert isinstance(box, widgets.VBox)
     assert calls == [(0.5, "wanda")]
     assert isinstance(box.controls["sparsity"], widgets.SelectionSlider)
+    area = _output_area(box)
+
+    def shown():
+        kinds = [o["output_type"] for o in area.outputs]
+        assert kinds == ["stream", "display_data"], area.outputs  # one setting on screen: text, then figure
+        spec = area.outputs[1]["data"][cw.PLOTLY_MIME]
+        json.dumps(area.outputs)  # what the widget syncs to the browser must be plain JSON
+        return area.outputs[0]["text"], spec["layout"]["title"]["text"], spec["data"][0]["y"]
+
+    assert shown() == ("kept 50%\n", "wanda at 50%", [0.5, 0.5])
     box.controls["sparsity"].value = 0.7
+    assert shown()[1:] == ("wanda at 70%", [0.7, pytest.approx(0.3)])
     box.controls["method"].value = "magnitude"
     assert calls[-2:] == [(0.7, "wanda"), (0.7, "magnitude")]
-    assert box.children[-1] is not None and len(box.children) == 3
+    assert shown()[:2] == ("kept 30%\n", "magnitude at 70%")
+    # The cell's own output (what an exported notebook shows) carries the figure on screen as plotly JSON.
+    bundle = box._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert data[cw.PLOTLY_MIME]["layout"]["title"]["text"] == "magnitude at 70%"
+
+
+def test_interactive_figure_shows_errors_and_tables_in_the_area(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    pd = pytest.importorskip("pandas")
+    from craftlab import widgets as cw
+
+    monkeypatch.delenv(cw.STATIC_ENV, raising=False)
+
+    def table(n):
+        if n == 3:
+            raise ValueError("no such run")
+        return pd.DataFrame({"n": [n]})
+
+    box = cw.interactive_figure(table, n=[1, 2, 3])
+    area = _output_area(box)
+    assert "text/html" in area.outputs[-1]["data"] and "<table" in area.outputs[-1]["data"]["text/html"]
+    box.controls["n"].value = 3
+    assert [o["output_type"] for o in area.outputs] == ["stream"]
+    assert "ValueError: no such run" in area.outputs[0]["text"]
+
+
+def test_static_figures_put_a_png_beside_the_plotly_json(monkeypatch):
+    """With kaleido and a chromium, a plotly figure's bundle carries a real PNG of the figure; without them
+    the bundle is the plotly JSON alone (and static_figures says so)."""
+    go = pytest.importorskip("plotly.graph_objects")
+    pio = pytest.importorskip("plotly.io")
+    from craftlab import widgets as cw
+
+    fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[2, 0, 1]), layout_title_text="static copy")
+    before = pio.renderers.default
+    try:
+        available = cw.static_figures()
+        data = fig._repr_mimebundle_()
+    finally:
+        cw.static_figures(False)
+    assert pio.renderers.default == before
+    assert data[cw.PLOTLY_MIME]["layout"]["title"]["text"] == "static copy"
+    if not available:
+        assert "image/png" not in data
+        pytest.skip("kaleido or chromium missing: figures carry plotly JSON only")
+    png = base64.b64decode(data["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk: the figure's pixel size
+    assert (width, height) == (760, 450)
+    monkeypatch.setenv(cw.IMAGE_ENV, "0")
+    assert cw.static_image(fig) is None
 
 
 def test_interactive_figure_static_fallback(monkeypatch):
