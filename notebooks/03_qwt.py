@@ -50,6 +50,7 @@ import craftlab
 from craftlab import experiments as ex
 from craftlab import figures, stats, widgets
 
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 

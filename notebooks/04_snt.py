@@ -66,6 +66,7 @@ from craftlab import transforms as T
 from craftlab.train import pretrain_study as S
 from craftlab.viz.experiment_figures import accuracy_bar_figure
 
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 print(f"craftlab {craftlab.__version__}; cache: {cache.home()}; transforms: {T.list_transforms()}")

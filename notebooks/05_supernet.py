@@ -76,6 +76,7 @@ from craftlab.supernet.layers import lsq_quantize
 from craftlab.supernet.store import supernet_dir
 from craftlab.supernet.train import make_optimizer, sandwich_configs, sandwich_step
 
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 FULL = False  # True: the full study (3 seeds, every supernet at full length; ~15 min from an empty cache)

@@ -45,9 +45,10 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 import craftlab
-from craftlab import stats
+from craftlab import stats, widgets
 from craftlab.adapt import compare, recipes, taps
 
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 SEEDS, EPOCHS = [0, 1, 2], 8

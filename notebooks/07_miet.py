@@ -43,10 +43,11 @@ import plotly.graph_objects as go
 import torch
 
 import craftlab
-from craftlab import stats
+from craftlab import stats, widgets
 from craftlab.adapt import miet, parallel, recipes, side, taps
 from craftlab.models import SeededRNG
 
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 SEEDS, EPOCHS = [0, 1, 2], 8
