@@ -68,6 +68,7 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
 
 import craftlab
 from craftlab import stats, widgets
@@ -286,12 +287,14 @@ assert same
 
 # %%
 t = time.perf_counter()
-nets = {name: load_supernet(get_supernet(spec)) for name, spec in SPECS.items() if name.startswith("per-bit/")}
+nets = {name: load_supernet(get_supernet(spec))  # trained once, then read from the cache
+        for name, spec in tqdm([(n, sp) for n, sp in SPECS.items() if n.startswith("per-bit/")], desc="main supernets")}
 print(f"main supernets (per-bit LoRA, progressive, seeds {SEEDS}) ready in {time.perf_counter() - t:.0f} s")
 
 # %%
 t = time.perf_counter()
-nets |= {name: load_supernet(get_supernet(spec)) for name, spec in SPECS.items() if name not in nets}
+nets |= {name: load_supernet(get_supernet(spec))
+         for name, spec in tqdm([(n, sp) for n, sp in SPECS.items() if n not in nets], desc="other supernets")}
 print(f"{len(nets)} supernets ready in {time.perf_counter() - t:.0f} s")
 
 # %% [markdown]
