@@ -28,6 +28,7 @@ part is skipped (it fails instead when ``CRAFTLAB_REQUIRE_BROWSER`` is set, as i
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -165,10 +166,17 @@ class _CellClock:
         self.km, self.psutil, self.rows, self._start = km, psutil, [], None
 
     def _cpu(self) -> float | None:
+        """CPU seconds of the kernel and its child processes (finished ones and running ones, e.g. the
+        chromium that renders static figures)."""
         try:
             proc = self.psutil.Process(self.km.provisioner.process.pid)
             t = proc.cpu_times()
-            return t.user + t.system
+            total = t.user + t.system + t.children_user + t.children_system
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(self.psutil.Error):
+                    c = child.cpu_times()
+                    total += c.user + c.system
+            return total
         except Exception:
             return None
 
