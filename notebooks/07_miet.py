@@ -252,27 +252,27 @@ def verdict_of(c):
 
 g_bytes, all_bytes = bytes_of[GATHER], bytes_of["LAST (all features)"]
 rows = [{"claim": "1. minimal transfer", "comparison": "Gather* bytes vs all features (LAST)",
-         "measured": f"{g_bytes:,} vs {all_bytes:,} B ({g_bytes / all_bytes:.0%})", "95% CI": "", "p_adj": None,
+         "measured": f"{g_bytes:,} vs {all_bytes:,} B ({g_bytes / all_bytes:.0%})", "95% CI": "", "p_adj": "",
          "verdict": "fewer bytes" if g_bytes < all_bytes else "not fewer"},
         {"claim": "1. minimal transfer", "comparison": "Gather* (float32 / 8-bit) vs the image as uint8",
          "measured": f"{g_bytes:,} / {bytes_of[Q8]:,} vs {image_u8:,} B",
-         "95% CI": "", "p_adj": None,
+         "95% CI": "", "p_adj": "",
          "verdict": ("fewer bytes than the image" if bytes_of[Q8] < image_u8 else
                      "MORE bytes than sending the image (8-bit included)")}]
 for _, c in adapt_table.iterrows():
     rows.append({"claim": "2. adaptation", "comparison": f"Gather* {c.setting}",
                  "measured": f"{100 * c.mean_diff:+.1f} pp",
                  "95% CI": f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
-                 "p_adj": c.p_adjusted, "verdict": verdict_of(c)})
+                 "p_adj": f"{c.p_adjusted:.3g}", "verdict": verdict_of(c)})
 gap_all = pareto.loc[GATHER, "acc"] - pareto.loc["LAST (all features)", "acc"]
 rows.append({"claim": "2. adaptation", "comparison": "Gather* vs all features (LAST), vs full fine-tuning",
              "measured": f"{100 * gap_all:+.1f} pp, "
                          f"{100 * (pareto.loc[GATHER, 'acc'] - pareto.loc['full fine-tuning', 'acc']):+.1f} pp",
-             "95% CI": "", "p_adj": None, "verdict": "description (means over seeds)"})
+             "95% CI": "", "p_adj": "", "verdict": "description (means over seeds)"})
 q = quant_table.iloc[0]
 rows.append({"claim": "3. quantized transfer (CraftLab's)", "comparison": "8-bit minus float32",
              "measured": f"{100 * q.mean_diff:+.1f} pp at {bytes_of[Q8] / g_bytes:.0%} of the bytes",
-             "95% CI": f"[{100 * q.ci_low:+.1f}, {100 * q.ci_high:+.1f}]", "p_adj": q.p_adjusted,
+             "95% CI": f"[{100 * q.ci_low:+.1f}, {100 * q.ci_high:+.1f}]", "p_adj": f"{q.p_adjusted:.3g}",
              "verdict": verdict_of(q)})
 verdicts = pd.DataFrame(rows)
 print("CLAIM CHECK (MIET, Tang et al. 2025): minimal transfer, high adaptation capability; and quantized transfer")
