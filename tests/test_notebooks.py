@@ -345,10 +345,15 @@ def test_static_figures_put_a_png_beside_the_plotly_json(monkeypatch):
     try:
         available = cw.static_figures()
         data = fig._repr_mimebundle_()
+        box = cw.interactive_figure(lambda n: go.Figure(layout_title_text=f"n={n}"), static=False, n=[1, 2])
+        box_data = box._repr_mimebundle_()
+        box_data = box_data[0] if isinstance(box_data, tuple) else box_data
     finally:
         cw.static_figures(False)
+    assert ("image/png" in box_data) == available  # the widget's cell output carries the static copy too
     assert pio.renderers.default == before
     assert data[cw.PLOTLY_MIME]["layout"]["title"]["text"] == "static copy"
+    assert "image/png" not in cw.figure_bundle(fig)  # a PNG only where asked for
     if not available:
         assert "image/png" not in data
         pytest.skip("kaleido or chromium missing: figures carry plotly JSON only")

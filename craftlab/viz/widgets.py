@@ -13,7 +13,7 @@ JupyterLab's plotly renderer draws), never through ``display(fig)``: plotly's ow
 publishes to the *executing cell*, so a figure appended that way lands outside the widget and later
 changes are drawn nowhere.
 
-The widget's own output also carries a **static copy** of the default figure (plotly JSON and, when
+The widget's own output also carries a **static copy** of the figure (plotly JSON and, when
 :func:`static_figures` is on, a PNG), which JupyterLab ignores in favour of the live widget but which an
 exported notebook (nbconvert, nbviewer, GitHub) shows instead of an empty ``VBox(...)``. Without
 ipywidgets, or with ``CRAFTLAB_STATIC=1``, the default figure itself is returned, so a notebook runs top
@@ -211,7 +211,9 @@ def static_figures(enable: bool = True) -> bool:
 
     if not enable:
         pio.renderers.default = _KALEIDO.get("previous_renderer") or pio.renderers.default
+        _KALEIDO["enabled"] = False
         return False
+    _KALEIDO["enabled"] = True
     pio.renderers["craftlab"] = _PlotlyWithImage()
     if pio.renderers.default != "craftlab":
         _KALEIDO["previous_renderer"] = pio.renderers.default
@@ -308,7 +310,7 @@ def interactive_figure(make_figure: Callable[..., Any], static: bool | None = No
             bundle = super()._repr_mimebundle_(**kwargs)
             data = bundle[0] if isinstance(bundle, tuple) else bundle
             if isinstance(data, dict):
-                for k, v in figure_bundle(state["figure"], image=True).items():
+                for k, v in figure_bundle(state["figure"], image=bool(_KALEIDO.get("enabled"))).items():
                     data.setdefault(k, v)
             return bundle
 
