@@ -203,6 +203,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     threads = os.environ.get("OMP_NUM_THREADS") or "1"
     monkeypatch.setenv("OMP_NUM_THREADS", threads)
     monkeypatch.setenv("CRAFTLAB_THREADS", os.environ.get("CRAFTLAB_THREADS") or threads)
+    # Waiting OpenMP workers sleep instead of spinning: the kernel's CPU time then counts work (with 2 threads
+    # on a loaded machine, spinning tripled one cell's CPU time), and the spinning does not slow other processes.
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY") or "PASSIVE")
 
     nb = jupytext.read(path)  # the .py source of truth (its paired .ipynb holds the same cells, checked above)
     out_dir = Path(os.environ.get(OUT_ENV) or tmp_path)
