@@ -132,10 +132,11 @@ def test_slider_redraws_the_figure_inside_the_widget(lab):
             # the kernel is up and idle before running: the toolbar's kernel status says so
             page.wait_for_function("() => !!document.querySelector('.jp-Notebook') && "
                                    "document.body.textContent.includes('Idle')")
-            for i in range(len(NOTEBOOK_CELLS)):
-                page.locator(".jp-NotebookPanel .jp-Cell .cm-content").nth(i).click()
-                page.keyboard.press("Escape")  # command mode on this cell
-                page.keyboard.press("Shift+Enter")
+            # Run > Run All Cells (keyboard runs cell by cell could start before the editor has focus)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            page.wait_for_function("() => Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+                                   ".filter(e => /\\[\\d+\\]/.test(e.textContent)).length >= 2")
             page.wait_for_function(f"() => ({TITLES_JS})().includes('slider at n=1')")
             assert page.evaluate(ALL_TITLES_JS) == ["slider at n=1"], "a figure outside the widget, or two"
 
