@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: app demo test bench lint zoo clean
+.PHONY: app demo test bench lint zoo clean notebooks-html
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(VENV)/.installed-all
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+# Execute every notebook (from its jupytext .py) and publish it with outputs, a PNG beside every figure:
+# build/notebooks/NN_name.ipynb and .html (git-ignored), per-cell times in NN_name.cell_times.json.
+notebooks-html: $(VENV)/.installed-dev
+	CRAFTLAB_NOTEBOOK_OUT=build/notebooks $(BIN)/python -m pytest -q -m notebooks tests/test_notebooks.py
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.run

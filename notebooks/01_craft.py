@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -46,6 +46,7 @@ from craftlab import figures, landscape, plots, sharpness, widgets
 from craftlab.threads import configure_threads
 
 configure_threads()  # THE thread policy: CRAFTLAB_THREADS, else 1 for the tiny zoo models
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 

@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -68,6 +68,7 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
 
 import craftlab
 from craftlab import stats, widgets
@@ -76,6 +77,7 @@ from craftlab.supernet.layers import lsq_quantize
 from craftlab.supernet.store import supernet_dir
 from craftlab.supernet.train import make_optimizer, sandwich_configs, sandwich_step
 
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 FULL = False  # True: the full study (3 seeds, every supernet at full length; ~15 min from an empty cache)
@@ -285,12 +287,14 @@ assert same
 
 # %%
 t = time.perf_counter()
-nets = {name: load_supernet(get_supernet(spec)) for name, spec in SPECS.items() if name.startswith("per-bit/")}
+nets = {name: load_supernet(get_supernet(spec))  # trained once, then read from the cache
+        for name, spec in tqdm([(n, sp) for n, sp in SPECS.items() if n.startswith("per-bit/")], desc="main supernets")}
 print(f"main supernets (per-bit LoRA, progressive, seeds {SEEDS}) ready in {time.perf_counter() - t:.0f} s")
 
 # %%
 t = time.perf_counter()
-nets |= {name: load_supernet(get_supernet(spec)) for name, spec in SPECS.items() if name not in nets}
+nets |= {name: load_supernet(get_supernet(spec))
+         for name, spec in tqdm([(n, sp) for n, sp in SPECS.items() if n not in nets], desc="other supernets")}
 print(f"{len(nets)} supernets ready in {time.perf_counter() - t:.0f} s")
 
 # %% [markdown]
@@ -347,18 +351,20 @@ fig.add_hline(y=100 * ptq_mean.loc["FP32", "accuracy"], line_dash="dot", annotat
 fig
 
 # %%
+for op, part in ops.groupby("operator", sort=False):
+    top = part.loc[part["bitops % FP32"].idxmax()]
+    print(f"{op} (from {top['value']}, {top['bitops % FP32']:.1f}% of FP32 BitOPs, {100 * top['accuracy']:.1f}%): "
+          + ", ".join(f"{r['value']} {r['bitops % FP32']:.1f}% -> {100 * (r['accuracy'] - top['accuracy']):+.1f} pts"
+                      for _, r in part.iterrows() if r["value"] != top["value"]))
 ops[["operator", "value", "accuracy", "bitops % FP32", "size_mb"]]
 
 # %% [markdown]
-# Lowering the bits moves along a nearly flat curve: from W8A8 (8.3% of FP32) down to W3A4 (3.4%) the accuracy
-# stays within about a point, and only W2A4 starts to cost. Every structural operator pays accuracy for each
-# BitOPs it saves (in the full study: dropping heads or blocks costs several points for a 20–35% cut, the MLP
-# width is the gentlest of them; the quick version's 2-epoch supernets exaggerate these losses), and resolution
-# is the worst (a 28-px digit has only 16 patches; at 21 px the 3×3 grid no longer lines up
-# with the 4×4 grid the model was trained on, and even the 28-px subnet of that supernet lost accuracy). Width
-# and depth cut MACs; bits cut the cost of *every* MAC, by up to (8·8)/(2·4) = 8× from W8A8 to W2A4. On this
-# model, as in the paper's conclusion that the search space matters, bit-widths are the operator to search,
-# which is what the rest of the notebook does.
+# The lines above give, for each operator, what each step away from its largest setting saves in BitOPs and
+# costs in accuracy (the quick version's 2-epoch operator supernets exaggerate the structural losses). Read
+# them against the bits: width and depth cut MACs, while bits cut the cost of *every* MAC, by (8·8)/(2·4) from
+# W8A8 to W2A4. Resolution has a handicap of its own here: a 28-px digit has only 16 patches, and below 28 px
+# the patch grid no longer lines up with the one the model was trained on. Where the bits curve is the
+# flattest, bit-widths are the operator to search, which is what the rest of the notebook does.
 #
 # ## 7. Shared vs per-bit LoRA, progressive vs not, LoRA vs full weights
 #
@@ -411,10 +417,10 @@ for other in ("shared", "flat", "full"):
 
 # %% [markdown]
 # With 359 test images one image is 0.28 pp; even with three seeds only large effects can show up as
-# significant, and one seed tests nothing: read the point estimates with that in mind. On this small, already
-# robust model the four recipes (6 epochs, three seeds) land within about a point of each other; the paper's
-# motivation for per-bit ("multiplex") LoRA and for the progressive schedule, gradient conflicts and unstable
-# 2-bit subnets of a large foundation model, are mild here.
+# significant, and one seed tests nothing: read the point estimates with that in mind. How far apart the four
+# recipes land on this small model is the mean difference printed above; the paper's motivation for per-bit
+# ("multiplex") LoRA and for the progressive schedule, gradient conflicts and unstable 2-bit subnets of a large
+# foundation model, may simply be mild here.
 #
 # ## 8. Training memory: LoRA vs full weights
 #
@@ -507,7 +513,12 @@ ptq_q = ptq_mean.drop("FP32")
 fig.add_scatter(x=ptq_q["pct"], y=100 * ptq_q["accuracy"], text=[f"PTQ {k}" for k in ptq_q.index],
                 mode="markers+text", textposition="top center", marker_symbol="x", name="uniform PTQ", row=1, col=2)
 fig.add_hline(y=100 * ptq_mean.loc["FP32", "accuracy"], line_dash="dot", annotation_text="FP32", row=1, col=2)
-fig.add_vline(x=5, line_dash="dash", annotation_text="95% reduction", row=1, col=2)
+# The 95 % reduction line as a trace, in data coordinates: add_vline's annotation on a log axis is placed at
+# 10^x, far outside the plot.
+ys = [*(100 * by_budget["y"]), *(100 * unif.values), *(100 * ptq_q["accuracy"]), 100 * ptq_mean.loc["FP32", "accuracy"]]
+fig.add_scatter(x=[5, 5], y=[min(ys) - 1, max(ys) + 1], mode="lines+text", text=["", "95% reduction"],
+                textposition="top left", line=dict(dash="dash", color="gray"), name="5% of FP32 BitOPs",
+                showlegend=False, row=1, col=2)
 fig.update_xaxes(type="log", title_text="BitOPs, % of FP32 (log)")
 fig.update_yaxes(title_text="accuracy (%)")
 fig.update_layout(height=430)

@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -45,9 +45,10 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 import craftlab
-from craftlab import stats
+from craftlab import stats, widgets
 from craftlab.adapt import compare, recipes, taps
 
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
 pd.set_option("display.precision", 3)
 SEEDS, EPOCHS = [0, 1, 2], 8

@@ -77,8 +77,11 @@ def _fold_one(w: ChannelAffine) -> str:
 def fold_compensation(model: nn.Module) -> nn.Module:
     """A copy of `model` with every channel-wise affine on a Linear/Conv2d output folded into that layer.
 
-    The folded model has no ChannelAffine modules left on layers, gives the same outputs (up to float
-    rounding) and keeps each quantized weight row on its integer grid (scaled by its gain). QwT side
+    The folded model has no ChannelAffine modules left on layers and keeps each quantized weight row on its
+    integer grid (scaled by its gain). The fold is an identity in exact arithmetic (in float64 the outputs
+    agree to ~1e-8), not in float32: ``(a*s)*z`` and ``a*(s*z)`` round differently, and a value on the edge
+    of a downstream activation quantizer's code can move one code, so float32 outputs can differ by more
+    than rounding and a few top-1 predictions may change (notebook 03 measures both). QwT side
     paths and affines on other modules (e.g. block outputs) are left as they are. What happened to
     each is recorded in ``model.craftlab_compression["compensation"]["fold"]`` (a list of dicts).
 
