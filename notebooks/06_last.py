@@ -332,3 +332,21 @@ print(f"4. Parallel across hyper-parameters: {len(grid)} configurations trained 
 
 # %%
 print(f"notebook ran in {time.perf_counter() - T0:.0f} s wall, {time.process_time() - C0:.0f} s CPU in this kernel")
+
+
+# %% [markdown]
+# ## The claims ledger
+#
+# The pre-registered test of LAST's claim:
+# one primary endpoint per claim (fixed before the run, where the method has something to fix), seeds
+# chosen for 80 % power from a pilot, one verdict definition for every paper
+# (`craftlab.analysis.ledger`, `craftlab.analysis.power.endpoint_verdict`). The lines below are read from
+# `benchmarks/results/claims.csv` (`python -m benchmarks.run claims`); `ledger.live_line(claim_id, baseline,
+# treatment)` computes the same verdict from your own paired values.
+
+# %%
+from craftlab.analysis import ledger  # noqa: E402
+
+for paper in ('LAST',):
+    for line in ledger.paper_lines(paper):
+        print(line)

@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -41,9 +41,14 @@ from pathlib import Path
 import pandas as pd
 
 import craftlab
+from craftlab import widgets
 from craftlab.analysis import factorial
 from craftlab.analysis.compose import design_pipelines, endpoint_setting
+from craftlab.threads import configure_threads
 from craftlab.viz.compose_figures import interaction_figure, waterfall_figure
+
+configure_threads()  # THE thread policy: CRAFTLAB_THREADS, else 1 for the tiny zoo models
+STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 
 CSV = Path(craftlab.__file__).resolve().parents[1] / "benchmarks" / "results" / "compose.csv"
 if CSV.is_file() and not os.environ.get("CRAFTLAB_COMPOSE_LIVE"):
