@@ -35,7 +35,7 @@ import gradio as gr
 from craftlab.settings import DEFAULT_SETTING, make_setting
 from craftlab.threads import configure_threads
 
-from . import adapt_view, supernet_view
+from . import adapt_view, compose_view, supernet_view
 from .callbacks import Callbacks, user_errors
 from .concurrency import Deferred
 from .links import BITS_CHOICES, COMPENSATION_CHOICES, INITIAL, PATTERN_CHOICES, RECIPE_CHOICES, SPARSITY_MAX  # noqa: F401 (re-exported)
@@ -95,7 +95,7 @@ def _controls(choices: list[tuple[str, str]], first: str, info: str) -> dict[str
 
 def build_app(models: Sequence[str] | None = None, epochs: int | None = None, explorer: Explorer | None = None,
               warm: bool = True, threads: int | None = None, supernet_service: Any = None,
-              adapt_service: Any = None) -> gr.Blocks:
+              adapt_service: Any = None, compose_service: Any = None) -> gr.Blocks:
     """The CraftLab Blocks app.
 
     Args:
@@ -106,7 +106,7 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
         explorer: use this :class:`~craftlab_app.service.Explorer` (e.g. with smaller grids, in tests).
         warm: start the background preparation (and start-up status polling).
         threads: torch intra-op threads (process-wide), by :func:`craftlab.threads.configure_threads`.
-        supernet_service, adapt_service: the Supernet and Adapt tabs' services
+        supernet_service, adapt_service, compose_service: the Supernet, Adapt and Compose tabs' services
             (:class:`~craftlab_app.supernet_service.SupernetView`, :class:`~craftlab_app.adapt_service.AdaptView`;
             default: new ones, which prepare nothing until their tab is opened).
     """
@@ -230,6 +230,7 @@ def build_app(models: Sequence[str] | None = None, epochs: int | None = None, ex
 
             supernet_view.build_tab(supernet_service)
             adapt_view.build_tab(adapt_service)
+            compose_view.build_tab(compose_service)
 
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(learn_text())
@@ -354,7 +355,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, prevent_thread_lock: bool 
     fine-tuned (first start only) or loaded in the background, with progress in the page and on stderr.
     """
     build_kw = {k: kw.pop(k) for k in ("models", "epochs", "explorer", "warm", "threads", "supernet_service",
-                                       "adapt_service") if k in kw}
+                                       "adapt_service", "compose_service") if k in kw}
     t0 = time.perf_counter()
     demo = build_app(**build_kw)
     kw.setdefault("quiet", prevent_thread_lock)

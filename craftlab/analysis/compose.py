@@ -42,7 +42,7 @@ from typing import Any
 from .. import cache
 from .ledger import claim
 
-__all__ = ["DESIGNS", "ENDPOINT_CLAIMS", "Pipeline", "compose", "design_pipelines", "endpoint_setting"]
+__all__ = ["DESIGNS", "ENDPOINT_CLAIMS", "Pipeline", "compose", "design_pipelines", "endpoint_setting", "read_study"]
 
 DESIGNS = ("full", "fractional")
 FINETUNES = {"adamw": "AdamW", "sam": "SAM ρ=0.05"}
@@ -301,3 +301,18 @@ def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int
                 print(f"  {p.label} seed {seed}: {100 * row['accuracy']:.1f} % ({time.perf_counter() - t0:.1f} s)",
                       flush=True)
     return pd.DataFrame(rows)
+
+
+def read_study(path: Any = None) -> Any:
+    """The composition study's table (``benchmarks/results/compose.csv`` of the checkout, or `path`; the
+    benchmark writes it), or None when there is none: then compute with :func:`compose`."""
+    import os
+    from pathlib import Path
+
+    import pandas as pd
+
+    for cand in (path, os.environ.get("CRAFTLAB_COMPOSE_TABLE"),
+                 Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "compose.csv"):
+        if cand and Path(cand).is_file():
+            return pd.read_csv(cand)
+    return None

@@ -1,0 +1,113 @@
+"""The Compose tab (issue 20): the service's numbers against the study's own rows and the core's paired test;
+meaningless pipelines named; in a real browser, ticking a step moves every panel to the new pipeline's label."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("gradio")
+
+from craftlab_app.compose_service import ComposeView  # noqa: E402
+from craftlab_app.compose_view import result_text, waterfall  # noqa: E402
+from test_app_browser import browser, free_port  # noqa: E402,F401  (the real-browser fixture, shared)
+
+from craftlab.analysis.compose import Pipeline, read_study  # noqa: E402
+
+
+def _table() -> pd.DataFrame:
+    """The committed study when the checkout has it, else a small synthetic full design (no training)."""
+    study = read_study()
+    if study is not None:
+        return study
+    rng, rows = np.random.default_rng(0), []
+    for model, setting, bns in (("resnet-tiny", "W4A4", (False, True)), ("vit-tiny", "W3A3 repq", (False,))):
+        for seed in range(4):
+            for ft in ("adamw", "sam"):
+                for bn in bns:
+                    for comp in (None, "qwt", "qwt-v2"):
+                        p = Pipeline(model, ft, setting, bn, comp)
+                        acc = 0.6 + 0.05 * (ft == "sam") + 0.1 * bn + 0.08 * (comp is not None) + rng.normal(0, .01)
+                        rows.append({"model": model, "label": p.label, **p.steps, "seed": seed, "accuracy": acc,
+                                     "size_mb": 0.1, "bitops": 1e6, "params_added": 0, "train_s": 1.0,
+                                     "calib_s": 0.1})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def view():
+    return ComposeView(table=_table())
+
+
+def test_answer_is_the_study_rows_and_the_paired_gain(view):
+    from craftlab.analysis.stats import compare_paired
+
+    t = _table()
+    t = t[t["model"] == "resnet-tiny"]
+    a = view.answer("resnet-tiny", sam=True, bn=False, compensation="QwT-v2")
+    mine = t[t["label"] == "SAM ρ=0.05 → W4A4 → QwT-v2"].set_index("seed").sort_index()["accuracy"]
+    plain = t[t["label"] == "AdamW → W4A4"].set_index("seed").sort_index()["accuracy"]
+    assert a["label"] == "SAM ρ=0.05 → W4A4 → QwT-v2" and a["accuracy"] == pytest.approx(mine.mean())
+    assert a["gain"] == pytest.approx(compare_paired(plain, mine).mean_diff)
+    wf = a["waterfall"]  # the waterfall ends at the pipeline's own accuracy, through each ticked step in order
+    assert list(wf["step"])[1:] == ["SAM", "QwT-v2"] and wf["level"].iloc[-1] == pytest.approx(mine.mean())
+    text, fig = result_text(a), waterfall(a)
+    assert a["tag"] in text and a["tag"] in fig.layout.title.text
+    none = view.answer("resnet-tiny", False, False, "none")
+    assert none["accuracy"] == pytest.approx(plain.mean()) and none["waterfall"] is None
+
+
+def test_meaningless_pipelines_are_named(view):
+    with pytest.raises(ValueError, match="BN re-estimation on vit-tiny"):
+        view.answer("vit-tiny", False, True, "none")
+    with pytest.raises(ValueError, match="compensation"):
+        view.answer("resnet-tiny", False, False, "QwT-v3")
+    with pytest.raises(ValueError, match="model"):
+        view.answer("resnet18", False, False, "none")
+
+
+@pytest.fixture(scope="module")
+def served(view):
+    from craftlab_app.service import Explorer
+    from craftlab_app.ui import launch
+
+    ex = Explorer(epochs=1, seeds=(0,), sparsity_grid=(0.5,), bits_grid=(4,), landscape_steps=5, path_steps=9,
+                  coarse_steps=None, probe_size=64)
+    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=ex, models=["vit-tiny"], threads=1,
+                  warm=False, compose_service=view)
+    try:
+        yield demo
+    finally:
+        demo.close()
+        ex.close()
+
+
+AGREE = """(tag) => {
+    const t = s => (document.querySelector(s) || {}).textContent || "";
+    return t("#compose-result").includes(tag) && t("#compose-waterfall").includes(tag);
+}"""
+
+
+def test_browser_ticking_a_step_moves_every_panel(browser, served):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(served.local_url, timeout=120_000)
+        page.get_by_role("tab", name="Compose").click()
+        page.wait_for_function("() => ((document.querySelector('#compose-result') || {}).textContent || '')"
+                               ".includes('[resnet-tiny · AdamW → W4A4]')", timeout=120_000, polling=250)
+        page.locator("#compose-sam input").check()
+        page.wait_for_function(AGREE, arg="[resnet-tiny · SAM ρ=0.05 → W4A4]", timeout=120_000, polling=250)
+        page.locator("#compose-comp label", has_text="QwT-v2").click()
+        tag = "[resnet-tiny · SAM ρ=0.05 → W4A4 → QwT-v2]"
+        page.wait_for_function(AGREE, arg=tag, timeout=120_000, polling=250)
+        page.locator("#compose-model label", has_text="vit-tiny").click()
+        page.locator("#compose-bn input").check()  # a ViT has no BatchNorm: named in the panel, no toast
+        page.wait_for_function("() => ((document.querySelector('#compose-result') || {}).textContent || '')"
+                               ".includes('a ViT has no BatchNorm')", timeout=120_000, polling=250)
+        assert page.locator(".toast-body").count() == 0
+    finally:
+        page.close()
+    assert not errors, errors
