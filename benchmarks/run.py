@@ -43,6 +43,11 @@ BENCHES = {
 }
 
 
+LEDGER_PAPERS = {"craft": ("CrAFT",), "qwt": ("QwT", "QwT-v2"), "snt": ("SNT",), "supernet": ("Supernet",),
+                 "adapt": ("LAST", "MIET")}
+"""A paper's benchmark section states its primary endpoints, seeds and power (read from the claims ledger)."""
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -77,6 +82,10 @@ def main(names: list[str], argv: list[str] | None = None) -> None:
         out = buf.getvalue()
         sys.stdout.write(out)
         body = out.rstrip()  # progress goes to stderr: every printed line is a reading (none is cut)
+        if key in LEDGER_PAPERS:
+            from craftlab.analysis.ledger import endpoint_note
+
+            body = endpoint_note(LEDGER_PAPERS[key]) + "\n\n" + body
         extra = "".join(f" {a}" for a in argv or [])
         sections[key] = (f"## {key} — {title}\n\nCommand: `python -m benchmarks.run {key}{extra}` "
                          f"({wall:.0f} s on {machine()}; {load}; {time.strftime('%Y-%m-%d')}).\n\n{body}\n\n")

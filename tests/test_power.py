@@ -207,3 +207,11 @@ def test_live_line_uses_the_ledger_definition_and_paper_lines_cover_every_claim(
         assert len(lines) == sum(c.paper == paper for c in ledger.CLAIMS) and "not in the ledger" in lines[0]
     with pytest.raises(ValueError, match="no claim of paper"):
         ledger.paper_lines("BERT")
+
+
+def test_endpoint_note_states_seeds_rule_and_power():
+    row = {**ledger.claim("qwt-vit").as_dict(), "status": "inconclusive", "n": 8, "seeds_needed": 12,
+           "detectable": 0.018}
+    note = ledger.endpoint_note(["QwT"], pd.DataFrame([row]))
+    assert "**qwt-vit**" in note and "8 paired seeds (the power rule asks 12)" in note and "±1.8 pp" in note
+    assert "qwt-resnet: not in the ledger" in note

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLAIMS", "Claim", "claim", "ledger_path", "live_line", "paper_lines", "read_ledger", "verdict_line"]
+__all__ = ["CLAIMS", "Claim", "claim", "endpoint_note", "ledger_path", "live_line", "paper_lines", "read_ledger",
+           "verdict_line"]
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,27 @@ def live_line(claim_id: str, baseline: Any, treatment: Any) -> str:
     if v.status == "inconclusive" and math.isfinite(v.detectable):
         line += f"; these seeds had 80% power for ±{100 * v.detectable:.1f} pp"
     return line + "."
+
+
+def endpoint_note(papers: tuple[str, ...] | list[str], ledger: Any = None) -> str:
+    """A benchmark section's paragraph: each claim's primary endpoint, seeds (and the rule's count) and power,
+    from the ledger (:func:`paper_lines`), so every paper's section states them."""
+    df = read_ledger() if ledger is None else ledger
+    lines = []
+    for p in papers:
+        for c in (c for c in CLAIMS if c.paper == p):
+            if df is None or c.id not in set(df["id"]):
+                lines.append(f"- {c.id}: not in the ledger of this checkout (python -m benchmarks.run claims)")
+                continue
+            r = df.set_index("id").loc[c.id]
+            need = int(r["seeds_needed"])
+            power = (f"80 % power for ±{100 * float(r['detectable']):.1f} pp" if math.isfinite(float(r["detectable"]))
+                     else "no spread")
+            lines.append(f"- **{c.id}** ({c.model}, {c.setting}; {c.baseline} vs {c.treatment}): {int(r['n'])} paired "
+                         f"seeds (the power rule asks {need if need <= 200 else '> 200'}), {power}, effect of interest "
+                         f"{100 * c.effect:.1f} pp: **{r['status']}**.")
+    return ("**Primary endpoints (claims ledger, `benchmarks/results/claims.csv`):** the rest of this section is "
+            "exploratory.\n\n" + "\n".join(lines))
 
 
 def paper_lines(paper: str, ledger: Any = None) -> list[str]:
