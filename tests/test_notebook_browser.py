@@ -132,9 +132,20 @@ def test_slider_redraws_the_figure_inside_the_widget(lab):
             # the kernel is up and idle before running: the toolbar's kernel status says so
             page.wait_for_function("() => !!document.querySelector('.jp-Notebook') && "
                                    "document.body.textContent.includes('Idle')")
-            # Run > Run All Cells (keyboard runs cell by cell could start before the editor has focus)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            # Run > Run All Cells (keyboard runs cell by cell could start before the editor has focus). A click
+            # can land before the kernel's session is wired (seen in CI: nothing ran): retry until the prompts count
+            ran = "() => Array.from(document.querySelectorAll('.jp-InputPrompt'))" \
+                  ".filter(e => /\\[(\\d+|\\*)\\]/.test(e.textContent)).length >= 2"
+            for attempt in range(4):
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                try:
+                    page.wait_for_function(ran, timeout=WAIT_MS // 4)
+                    break
+                except sync_api.TimeoutError:
+                    if attempt == 3:
+                        raise
+                    page.keyboard.press("Escape")
             page.wait_for_function("() => Array.from(document.querySelectorAll('.jp-InputPrompt'))"
                                    ".filter(e => /\\[\\d+\\]/.test(e.textContent)).length >= 2")
             page.wait_for_function(f"() => ({TITLES_JS})().includes('slider at n=1')")
