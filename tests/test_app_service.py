@@ -790,7 +790,8 @@ def test_batch_size_keeps_default_run_keys():
     assert make_run_spec("vit-tiny", "digits", "adamw", 0.05, False, 3, 0, None, "").key == old.key
     small = make_run_spec("vit-tiny", "digits", "adamw", 0.05, False, 3, 0, None, 32)
     assert small.key == "vit-tiny-digits-adamw+sam0.05-b32-e3-s0"
-    assert small.record() == {k: v for k, v in asdict(small).items() if k not in ("sam_mode", "amp")}  # defaults unrecorded
+    defaults = ("sam_mode", "amp")  # not recorded when they are the default
+    assert small.record() == {k: v for k, v in asdict(small).items() if k not in defaults}
     with pytest.raises(ValueError, match="batch size must be a whole number"):
         make_run_spec("vit-tiny", batch_size=0)
 
