@@ -157,6 +157,9 @@ def test_fast_use_leaves_no_traceback_in_the_server_log(browser, served, capfd):
         box = sparsity_box(page)
         box.fill("1.5")
         box.press("Enter")  # out of range: refused by name
+        # wait for the refusal before typing on (on a loaded CI machine a later keystroke could beat the answer)
+        page.wait_for_selector("[data-testid='toast-body'] >> text=/sparsity must be in/",
+                               timeout=int(TIMEOUT_MS * SLOW))
         box.fill("0.6")
         box.press("Enter")
         wait_agree(page, "resnet-tiny", "magnitude 60% + W4AFP", 0.6, 4.0, timeout=int(TIMEOUT_MS * SLOW))
