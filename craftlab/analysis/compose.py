@@ -306,13 +306,9 @@ def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int
 def read_study(path: Any = None) -> Any:
     """The composition study's table (``benchmarks/results/compose.csv`` of the checkout, or `path`; the
     benchmark writes it), or None when there is none: then compute with :func:`compose`."""
-    import os
-    from pathlib import Path
-
     import pandas as pd
 
-    for cand in (path, os.environ.get("CRAFTLAB_COMPOSE_TABLE"),
-                 Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "compose.csv"):
-        if cand and Path(cand).is_file():
-            return pd.read_csv(cand)
-    return None
+    from .ledger import results_file
+
+    where = results_file("compose.csv", path, "CRAFTLAB_COMPOSE_TABLE")
+    return None if where is None else pd.read_csv(where)

@@ -126,14 +126,20 @@ def claim(claim_id: str) -> Claim:
     raise ValueError(f"unknown claim {claim_id!r}; the ledger has {[c.id for c in CLAIMS]}")
 
 
-def ledger_path(path: str | os.PathLike | None = None) -> Path | None:
-    """Where the ledger is: `path`, else ``$CRAFTLAB_LEDGER``, else the checkout's
-    ``benchmarks/results/claims.csv`` (beside the ``craftlab`` package); None when none exists."""
-    for cand in (path, os.environ.get("CRAFTLAB_LEDGER"),
-                 Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "claims.csv"):
+def results_file(name: str, path: str | os.PathLike | None = None, env: str | None = None) -> Path | None:
+    """A benchmark results table: `path`, else ``$env``, else the checkout's ``benchmarks/results/<name>`` (beside
+    the ``craftlab`` package); None when none exists (a wheel install has no checkout)."""
+    for cand in (path, os.environ.get(env) if env else None,
+                 Path(__file__).resolve().parents[2] / "benchmarks" / "results" / name):
         if cand and Path(cand).is_file():
             return Path(cand)
     return None
+
+
+def ledger_path(path: str | os.PathLike | None = None) -> Path | None:
+    """Where the ledger is: `path`, else ``$CRAFTLAB_LEDGER``, else the checkout's
+    ``benchmarks/results/claims.csv``; None when none exists."""
+    return results_file("claims.csv", path, "CRAFTLAB_LEDGER")
 
 
 def read_ledger(path: str | os.PathLike | None = None) -> Any:
