@@ -58,7 +58,7 @@ def command(arm: str, epochs: int, seed: int, model: str = "vit-tiny", data: str
     parts = [f"craftlab adapt train --method {kw.pop('method')}", f"--epochs {epochs}", f"--seed {seed}"]
     parts += [f"--model {model}"] if model != "vit-tiny" else []
     parts += [f"--data {data}"] if data != "digits" else []
-    flags = {"gap": "--gap", "bits": "--bits", "sam_rho": "--sam-rho", "cache": "--cache"}
+    flags = {"gap": "--gap", "bits": "--transfer-bits", "sam_rho": "--sam-rho", "cache": "--cache"}
     parts += [f"{flags[k]} {v}" for k, v in kw.items() if k in flags]
     return " ".join(parts)
 

@@ -10,7 +10,6 @@ checkpoint's content (every cache is keyed by it, so a checkpoint changed on dis
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import threading
 from dataclasses import dataclass, field, fields, replace
@@ -205,7 +204,8 @@ class ArmLoader:
         return sorted(arms, key=lambda a: a.role != "plain")
 
     def fingerprint(self, path: Path) -> str:
-        """SHA-1 of the weights and the architecture (memoized per file size and mtime)."""
+        """Fingerprint of the weights and the architecture (memoized per file size and mtime): the sidecar's
+        ``weights_sha256`` when it has one (checked against the weights on load), else the weights' bytes."""
         w, s = path / WEIGHTS, path / SIDECAR
         try:
             sw, ss = w.stat(), s.stat()
@@ -215,9 +215,8 @@ class ArmLoader:
         with self._lock:
             fp = self._fingerprints.get(key)
         if fp is None:
-            h = hashlib.sha1(w.read_bytes())
-            h.update(json.dumps(read_meta(path).get("architecture")).encode())
-            fp = h.hexdigest()
+            meta = read_meta(path)
+            fp = cache.fingerprint([meta.get("weights_sha256") or cache.file_sha256(w), meta.get("architecture")])
             with self._lock:
                 if len(self._fingerprints) > 256:
                     self._fingerprints.clear()
@@ -236,7 +235,7 @@ class ArmLoader:
         def build() -> Context:
             data = load_data(data_name, model=model)
             test = _tensors(data.test)
-            return Context(hashlib.sha1(ckey.encode()).hexdigest()[:16], data_name, test, _tensors(data.calib),
+            return Context(cache.fingerprint(ckey)[:16], data_name, test, _tensors(data.calib),
                            data.probe_batches(self.probe_size), test[0][0][:1])
 
         return self._contexts.get_or_compute(ckey, build)

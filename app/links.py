@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from craftlab.registry import PRUNE_SCORERS
 from craftlab.settings import make_setting
 
 __all__ = ["BITS_CHOICES", "COMPENSATION_CHOICES", "CONTROL_KEYS", "INITIAL", "LINK_KEYS", "PATTERN_CHOICES",
@@ -27,9 +28,12 @@ INITIAL = {"method": "magnitude", "sparsity": 0.5, "w_bits": "None", "a_bits": "
 RECIPE_CHOICES = [("uniform", "uniform"), ("RepQ-ViT", "repq")]
 COMPENSATION_CHOICES = [("none", "none"), ("QwT (side paths)", "qwt"), ("QwT-v2 (folded)", "qwt-v2")]
 """Compensations offered: the value sent is what make_setting parses ("none" = no compensation)."""
-PATTERN_CHOICES = [(f"{p} (keep {p.split(':')[0]} of {p.split(':')[1]})", p) for p in ("2:4", "1:4", "4:8", "1:2")]
+NM_PATTERNS = ("2:4", "1:4", "4:8", "1:2")
+"""N:M patterns offered (N kept of every M); also the extra points of the accuracy-vs-sparsity plot."""
+PATTERN_CHOICES = [(f"{p} (keep {p.split(':')[0]} of {p.split(':')[1]})", p) for p in NM_PATTERNS]
 """N:M patterns offered: N weights kept of every M; the value sent is the bare pattern make_setting parses."""
-METHODS = ("magnitude", "wanda", "N:M")
+METHODS = (*PRUNE_SCORERS.names(), "N:M")
+"""Pruning methods offered: every registered score (craftlab.registry.PRUNE_SCORERS) and N:M."""
 SPARSITY_MAX = 0.95
 """The sparsity slider's maximum (a link or a typed value above it is refused, never clamped)."""
 

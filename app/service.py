@@ -64,9 +64,8 @@ from .sweeps import SweepsMixin
 from .training import Trainer, is_cached, make_run_spec
 from .transfers import TransferArmLoader
 
-__all__ = ["BITS_GRID", "PRUNE_METHODS", "SEEDS", "SPARSITY_GRID", "Explorer", "as_setting"]
+__all__ = ["BITS_GRID", "SEEDS", "SPARSITY_GRID", "Explorer", "as_setting"]
 
-PRUNE_METHODS = ("magnitude", "wanda", "N:M")
 """Pruning methods offered: unstructured magnitude (global), Wanda (per row), N:M semi-structured."""
 SPARSITY_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """Sparsities of the accuracy-vs-sparsity curves (0.05 ... 0.95; 0 is the full-precision point)."""

@@ -11,15 +11,14 @@ Files carry :data:`EVAL_VERSION`; a file of another version (or a damaged one) r
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from craftlab import cache
+from craftlab.cache import atomic_write_json
 
 __all__ = ["EVAL_VERSION", "MAX_STORED_LANDSCAPES", "LandscapeStore", "PointStore", "atomic_write_json"]
 
@@ -30,14 +29,6 @@ MAX_STORED_LANDSCAPES = 256
 
 Prefix = tuple[str, str]
 """(checkpoint fingerprint, data-context key): what every stored number of an arm is keyed by."""
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as JSON to `path` through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 def _folder() -> Path:
@@ -102,7 +93,7 @@ class LandscapeStore:
 
     @staticmethod
     def path(prefix: Prefix, setting_key: str, resolution: Sequence[Any], probe_size: int) -> Path:
-        h = hashlib.sha1(json.dumps([setting_key, list(resolution), probe_size]).encode()).hexdigest()[:16]
+        h = cache.fingerprint([setting_key, list(resolution), probe_size])[:16]
         return _folder() / f"landscape-{prefix[0][:20]}-{prefix[1]}-{h}.json"
 
     def read(self, path: Path) -> dict[str, Any] | None:

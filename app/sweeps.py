@@ -23,12 +23,11 @@ import pandas as pd
 from craftlab.settings import Setting, make_setting, parse_pattern
 
 from .arms import Loaded
+from .links import NM_PATTERNS
 from .training import is_cached
 
 __all__ = ["BITS_X", "NM_PATTERNS", "SweepsMixin", "bits_x"]
 
-NM_PATTERNS = ("1:2", "2:4", "4:8", "1:4")
-"""N:M patterns offered (N kept of every M); drawn as extra points of the accuracy-vs-sparsity plot."""
 BITS_X = {16: 9.0, None: 10.0}
 """x positions of 16-bit and float weights on the accuracy-vs-bits axis (2..8 sit at their value)."""
 

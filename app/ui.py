@@ -32,13 +32,22 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from craftlab.data import OFFLINE, TORCHVISION
 from craftlab.settings import DEFAULT_SETTING, make_setting
 from craftlab.threads import configure_threads
 
 from . import adapt_view, compose_view, supernet_view
 from .callbacks import Callbacks, user_errors
 from .concurrency import Deferred
-from .links import BITS_CHOICES, COMPENSATION_CHOICES, INITIAL, PATTERN_CHOICES, RECIPE_CHOICES, SPARSITY_MAX  # noqa: F401 (re-exported)
+from .links import (  # noqa: F401 (re-exported)
+    BITS_CHOICES,
+    COMPENSATION_CHOICES,
+    INITIAL,
+    METHODS,
+    PATTERN_CHOICES,
+    RECIPE_CHOICES,
+    SPARSITY_MAX,
+)
 from .panels import PRESETS
 from .texts import CSS, HEAD, PLANE_NOTE, learn_text
 from .train_ui import pretrain_section
@@ -50,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["BITS_CHOICES", "Callbacks", "build_app", "launch", "user_errors"]
 
 DEFAULT_MODELS = ("vit-tiny", "resnet-tiny")
-DATASETS = ["digits", "mnist5k", "cifar10", "cifar100", "fashion_mnist", "mnist", "flowers102", "oxford_pets"]
+DATASETS = [*OFFLINE, *TORCHVISION]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -71,7 +80,7 @@ def _controls(choices: list[tuple[str, str]], first: str, info: str) -> dict[str
     c: dict[str, Any] = {}
     c["model"] = gr.Dropdown(choices=choices, value=first, label="model", allow_custom_value=True, elem_id="model",
                              info=info)
-    c["method"] = gr.Radio(["magnitude", "wanda", "N:M"], value=INITIAL["method"], label="pruning method",
+    c["method"] = gr.Radio(list(METHODS), value=INITIAL["method"], label="pruning method",
                            elem_id="method")
     c["sparsity"] = gr.Slider(0.0, SPARSITY_MAX, value=INITIAL["sparsity"], step=0.05, label="sparsity",
                               elem_id="sparsity", info="fraction of weights zeroed")

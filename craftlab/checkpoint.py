@@ -2,7 +2,7 @@
 
 The sidecar records the architecture (a zoo or timm name), the classes, the data, the optimizer, ρ,
 the seed, metrics and the SHA-256 of the weights file (``weights_sha256``). Each file is written atomically
-(temp file + rename; both temp files are written before either is renamed, the sidecar renamed last), and
+(:func:`craftlab.cache.atomic_write`: the weights first, the sidecar last), and
 loading checks the weights against the sidecar's hash: a save killed between the two renames (new weights
 under the old sidecar: another run's metadata and metrics) is refused, never loaded as a mix. Sidecars
 without the hash (older checkpoints) still load. Loading never unpickles anything.
@@ -10,10 +10,8 @@ without the hash (older checkpoints) still load. Loading never unpickles anythin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,10 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 from torch import nn
 
+from .cache import atomic_write, file_sha256, fingerprint
+
+sha256_file = file_sha256  # the name earlier releases exported
+
 WEIGHTS = "model.safetensors"
 SIDECAR = "craftlab.json"
 FORMAT_VERSION = 1
@@ -29,35 +31,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged or for another architecture."""
-
-
-def _temp_file(path: Path, write) -> str:
-    """Write `path`'s new content to a temp file beside it (removed if writing fails); its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return tmp
-
-
-def _unlink(path: str) -> None:
-    if os.path.exists(path):
-        os.unlink(path)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (what a sidecar's ``weights_sha256`` records)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
@@ -88,18 +61,12 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[s
     from . import __version__
 
     sidecar.setdefault("craftlab_version", __version__)
-    weights = _temp_file(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"architecture": name}))
-    meta_tmp = None
-    try:
-        sidecar["weights_sha256"] = sha256_file(weights)
-        text = json.dumps(sidecar, indent=2, default=str)
-        meta_tmp = _temp_file(directory / SIDECAR, lambda tmp: Path(tmp).write_text(text))
-        os.replace(weights, directory / WEIGHTS)
-        os.replace(meta_tmp, directory / SIDECAR)
-    finally:
-        for tmp in (weights, meta_tmp):
-            if tmp is not None:
-                _unlink(tmp)
+    def write_weights(tmp: str) -> None:
+        save_file(state, tmp, metadata={"architecture": name})
+        sidecar["weights_sha256"] = file_sha256(tmp)
+
+    atomic_write(directory / WEIGHTS, write_weights)  # the weights first: a sidecar never names missing weights
+    atomic_write(directory / SIDECAR, json.dumps(sidecar, indent=2, default=str))
     return directory
 
 
@@ -159,7 +126,7 @@ def load_checkpoint(
     except OSError as err:
         raise CheckpointError(f"checkpoint weights {str(wpath)!r} cannot be read: {err}") from err
     want_sha = meta.get("weights_sha256")
-    if want_sha is not None and hashlib.sha256(blob).hexdigest() != want_sha:
+    if want_sha is not None and fingerprint(blob) != want_sha:
         raise CheckpointError(
             f"checkpoint weights {str(wpath)!r} do not match their sidecar (SHA-256 differs from weights_sha256): "
             "damaged, or replaced after the sidecar was written (e.g. a save interrupted between the two files); "

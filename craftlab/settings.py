@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._errors import ALLOWED_BITS, check_sparsity, unknown_name
+from .registry import PRUNE_SCORERS
 
 __all__ = [
     "ALLOWED_BITS", "COMPENSATIONS", "GRANULARITIES", "PRUNE_METHODS", "RECIPES", "Setting", "DEFAULT_SETTING",
@@ -46,7 +47,7 @@ __all__ = [
     "parse_setting", "bits_label", "compensation_label",
 ]
 
-PRUNE_METHODS = ("magnitude", "wanda", "random")
+PRUNE_METHODS = PRUNE_SCORERS.names()  # the built-in scores (magnitude, random, wanda): one file each
 """Unstructured / per-row pruning criteria (N:M patterns use magnitude or Wanda scores too)."""
 GRANULARITIES = ("tensor", "channel")
 RECIPES = ("uniform", "repq")
@@ -305,8 +306,8 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
         pat, low, sparsity = f"{n}:{m}", "N:M", round(1 - n / m, 6)
     elif low in ("", "none"):
         low, sparsity = "none", 0.0
-    elif low not in PRUNE_METHODS:
-        raise unknown_name("pruning method", method, [*PRUNE_METHODS, "N:M", "none"])
+    elif low not in PRUNE_SCORERS:
+        raise unknown_name("pruning method", method, [*PRUNE_SCORERS.names(), "N:M", "none"])
     if low not in ("N:M", "none") and sparsity == 0.0:
         low = "none"
     recipe, compensation = parse_recipe(recipe), parse_compensation(compensation)

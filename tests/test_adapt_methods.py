@@ -80,7 +80,7 @@ def test_kway_speedup_counts_backbone_passes(vit, small):
 
 
 def _cli(argv):
-    from craftlab.adapt import cli
+    from craftlab.cli import adapt as cli
 
     p = argparse.ArgumentParser(prog="craftlab")
     cli.add_parser(p.add_subparsers(dest="command"))

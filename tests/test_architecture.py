@@ -17,7 +17,7 @@ MAX_LINES = 460
 # module (dotted, without the "craftlab." prefix) or package prefix -> layer; a module imports its own
 # layer or lower ones only. Keep in sync with ARCHITECTURE.md.
 LAYERS = [
-    (0, ("_errors", "cache", "settings")),
+    (0, ("_errors", "cache", "registry", "settings")),
     (1, ("models", "threads", "checkpoint", "data", "evaluation")),
     (2, ("train.sam", "compression", "probes", "analysis.stats", "analysis.rank", "analysis.power", "transforms")),
     (3, ("train", "compression.pipeline", "compression.sweep", "analysis", "adapt", "supernet", "distributed")),

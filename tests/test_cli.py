@@ -18,7 +18,7 @@ def run(*args):
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "vit-sam"
     r = run("finetune", "--model", "vit-tiny", "--data", "digits", "--sam-rho", "0.05", "--epochs", "1",
-            "--seed", "0", "--out", str(out), "--quiet")
+            "--seed", "0", "--out", str(out), "--quiet", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0.0 <= info["test_accuracy"] <= 1.0
@@ -28,6 +28,70 @@ def checkpoint(tmp_path_factory):
 def test_help_shows_examples():
     r = run("--help")
     assert r.returncode == 0 and "examples:" in r.stdout and "craftlab compress" in r.stdout
+
+
+def _commands():
+    import argparse
+
+    from craftlab.cli import build_parser
+
+    parser, _ = build_parser()
+
+    def walk(p, path):
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, p
+        for a in subs:
+            for name, sub in a.choices.items():
+                yield from walk(sub, [*path, name])
+
+    return list(walk(parser, []))
+
+
+def test_help_of_every_command_imports_no_torch():
+    """`craftlab --help` and `craftlab CMD [SUB] --help` build the parser from light modules only (a fresh process:
+    the test session has torch loaded already)."""
+    cmds = [" ".join(path) for path, _ in _commands()]
+    assert len(cmds) >= 15, cmds
+    probe = ("import sys, contextlib, io\nfrom craftlab.cli import main\n"
+             "for cmd in sys.argv[1:]:\n"
+             "    with contextlib.redirect_stdout(io.StringIO()):\n"
+             "        try:\n            main([*cmd.split(), '--help'])\n        except SystemExit:\n            pass\n"
+             "heavy = sorted(m for m in ('torch', 'pandas', 'numpy', 'plotly', 'gradio', 'timm') if m in sys.modules)\n"
+             "print('HEAVY', heavy)")
+    r = subprocess.run([sys.executable, "-c", probe, "", *cmds], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_every_option_has_help_and_every_result_can_be_json():
+    """One spelling per concept, documented: every option of every command says what it is; every command that
+    prints results can print them as JSON (the app serves, it prints none)."""
+    import argparse
+
+    missing, no_json = [], []
+    for path, p in _commands():
+        for a in p._actions:
+            if a.option_strings and a.help != argparse.SUPPRESS and not a.help:
+                missing.append(f"craftlab {' '.join(path)} {max(a.option_strings, key=len)}")
+        if path != ["app"] and not any("--json" in a.option_strings for a in p._actions):
+            no_json.append(" ".join(path))
+    assert not missing, missing
+    assert not no_json, no_json
+
+
+def test_an_old_spelling_still_works_but_is_not_shown(capsys):
+    """`adapt --bits` became `--transfer-bits` (sweep's --bits are W,A pairs): scripts keep working."""
+    from craftlab.cli import build_parser
+
+    parser, _ = build_parser()
+    old = parser.parse_args(["adapt", "train", "--method", "miet", "--bits", "4", "--rank", "8"])
+    new = parser.parse_args(["adapt", "train", "--method", "miet", "--transfer-bits", "4", "--lsa-rank", "8"])
+    assert (old.transfer_bits, old.lsa_rank) == (new.transfer_bits, new.lsa_rank) == (4, 8)
+    default = parser.parse_args(["adapt", "train"])
+    assert default.transfer_bits is None and default.lsa_rank is None
+    r = run("adapt", "train", "--help")
+    assert "--transfer-bits" in r.stdout and "--bits" not in r.stdout.replace("--transfer-bits", "")
 
 
 def test_finetune_writes_checkpoint_with_recipe(checkpoint):

@@ -212,7 +212,7 @@ def test_cli_finetune_under_torchrun_prints_and_evaluates_on_rank_0_only(tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "craftlab.cli", "finetune", "--model", "resnet-tiny", "--data", "digits", "--epochs", "1", "--sync-bn",
-           "--quiet", "--out", str(tmp_path / "ckpt")]
+           "--quiet", "--json", "--out", str(tmp_path / "ckpt")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

@@ -97,7 +97,11 @@ def test_train_supernet_copies_trains_and_lora_holds_less_than_full_weights():
 
 
 def test_cli_search_on_a_checkpoint_and_a_budget_below_the_minimum(tmp_path, capsys):
-    from craftlab.supernet.cli import main
+    from craftlab.cli import main as craftlab_main
+
+    def main(argv):
+        return craftlab_main(["supernet", *argv])
+
     from craftlab.supernet.store import save_supernet
 
     model = craftlab.build_model("vit-tiny", num_classes=10)

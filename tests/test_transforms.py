@@ -243,7 +243,7 @@ def test_transforms_command(capsys):
     reference and, with --model, the layers it would re-parameterize."""
     import argparse
 
-    from craftlab.transforms import cli
+    from craftlab.cli import transforms as cli
 
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers(dest="command"))

@@ -13,7 +13,6 @@ first block, in the same forward pass. Other models with a ``blocks`` sequence f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import numbers
 import re
@@ -25,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ..cache import atomic_write, fingerprint
 
 FORMAT = "craftlab-features/1"
 
@@ -152,14 +153,8 @@ def weights_fingerprint(model: nn.Module) -> str:
     excluded (a new head does not change the features)."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     skip = {id(t) for t in (*head.parameters(), *head.buffers())} if isinstance(head, nn.Module) else set()
-    h = hashlib.sha256()
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if id(t) in skip:
-            continue
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    kept = {n: t for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in skip}
+    return fingerprint(kept)
 
 
 def _base(ds: Dataset) -> Dataset:
@@ -174,7 +169,6 @@ def data_fingerprint(dataset: Dataset, n_sample: int = 64) -> dict[str, Any]:
     `n_sample` examples as served (after their transform)."""
     n = len(dataset)  # type: ignore[arg-type]
     transform = getattr(_base(dataset), "transform", None)
-    h = hashlib.sha256()
     base = _base(dataset)
     if isinstance(base, TensorDataset):
         idx = torch.arange(len(base))
@@ -185,16 +179,16 @@ def data_fingerprint(dataset: Dataset, n_sample: int = 64) -> dict[str, Any]:
             ds = ds.dataset
         for sub in reversed(chain):
             idx = idx[sub]
-        for t in base.tensors:
-            h.update(t[idx].contiguous().numpy().tobytes())
+        tensors = {f"t{i}": t[idx] for i, t in enumerate(base.tensors)}
         content = "all"
     else:
+        tensors = {}
         for i in range(min(n, n_sample)):
             x, y = dataset[i]
-            h.update(torch.as_tensor(x).contiguous().numpy().tobytes() + str(int(y)).encode())
+            tensors[f"x{i:06d}"], tensors[f"y{i:06d}"] = torch.as_tensor(x), torch.tensor(int(y))
         content = f"first {min(n, n_sample)}"
     shown = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))  # an address changes from run to run
-    return {"n": n, "transform": shown, "content": content, "sha256": h.hexdigest()}
+    return {"n": n, "transform": shown, "content": content, "sha256": fingerprint(tensors)}
 
 
 # ------------------------------------------------------------------------------------- extraction + cache
@@ -269,21 +263,10 @@ def _safe(name: str) -> str:
 
 
 def _save(path: Path, feats: Features, meta: dict[str, Any]) -> None:
-    import os
-    import tempfile
-
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"z": feats.z.contiguous(), "pooled": feats.pooled.contiguous(), "y": feats.y.contiguous()},
-                  tmp, metadata={"craftlab": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {"z": feats.z.contiguous(), "pooled": feats.pooled.contiguous(), "y": feats.y.contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"craftlab": json.dumps(meta, sort_keys=True)}))
 
 
 def _load(path: Path, want: dict[str, Any]) -> Features:

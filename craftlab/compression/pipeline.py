@@ -49,8 +49,8 @@ from .._errors import check_sparsity, unknown_name
 from ..checkpoint import CheckpointError, load_checkpoint, read_meta
 from ..data import DataBundle
 from ..evaluation import evaluate
+from ..registry import PRUNE_SCORERS
 from ..settings import (
-    PRUNE_METHODS,
     RECIPES,
     Setting,
     check_compensation,
@@ -213,8 +213,8 @@ def resolve(setting: Setting | str | dict[str, Any] | None = None, **kwargs: Any
         sparsity, kw["scope"], _ = check_prune_args(sparsity, kw["method"], kw["scope"], kw["pattern"], kw["calib"],
                                                     kw["wanda_inputs"], kw["recalibrate_bn"])
     else:
-        if kw["method"] not in PRUNE_METHODS:
-            raise unknown_name("pruning method", kw["method"], PRUNE_METHODS)
+        if kw["method"] not in PRUNE_SCORERS:
+            raise unknown_name("pruning method", kw["method"], PRUNE_SCORERS.names())
         if kw["wanda_inputs"] != "dense":
             raise ValueError("wanda_inputs is set but nothing is pruned: give a sparsity or a pattern")
         if kw["recalibrate_bn"] and kw["calib"] is None:

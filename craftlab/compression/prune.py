@@ -39,12 +39,12 @@ import torch
 from torch import nn
 
 from .._errors import check_sparsity, unknown_name
+from ..registry import PRUNE_SCORERS
 from ..settings import PRUNE_METHODS, parse_pattern
 from ._calib import for_each_layer_input
 
-METHODS = PRUNE_METHODS
+METHODS = PRUNE_METHODS  # the built-in scores; PRUNE_SCORERS.names() also lists the ones registered at run time
 SCOPES = ("global", "layer", "row")
-DEFAULT_SCOPE = {"magnitude": "global", "wanda": "row", "random": "global"}
 Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]  # noqa: UP007 (runtime alias, py3.10)
 
 
@@ -91,27 +91,17 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], calib: Iterable[
 WANDA_INPUTS = ("dense", "sequential")
 
 
-def _scores(method: str, layers: dict[str, nn.Module], norms: dict[str, torch.Tensor] | None,
+def _scores(scorer: Any, layers: dict[str, nn.Module], norms: dict[str, torch.Tensor] | None,
             gen: torch.Generator) -> dict[str, torch.Tensor]:
     out = {}
     for name, m in layers.items():
-        w = m.weight.detach()
-        if method == "magnitude":
-            s = w.abs()
-        elif method == "random":
-            s = torch.rand(w.shape, generator=gen).to(w.device)
-        else:  # wanda
+        norm = None
+        if scorer.needs_calib:
             if name not in norms:
-                raise ValueError(f"layer {name!r} never ran on the calibration images: no Wanda statistics for it")
-            norm = norms[name].to(w.device)
-            if isinstance(m, nn.Conv2d):
-                groups = m.groups
-                per_group = norm.view(groups, -1)  # (G, C_in/G)
-                rows = per_group.repeat_interleave(w.shape[0] // groups, dim=0)  # (O, C_in/G)
-                s = w.abs() * rows[:, :, None, None]
-            else:
-                s = w.abs() * norm[None, :]
-        out[name] = s.float()
+                raise ValueError(f"layer {name!r} never ran on the calibration images: no input statistics for "
+                                 f"{type(scorer).__name__}")
+            norm = norms[name]
+        out[name] = scorer.score(m, m.weight.detach(), input_norm=norm, generator=gen).float()
     return out
 
 
@@ -155,8 +145,9 @@ def check_prune_args(sparsity: float | None, method: str, scope: str | None, pat
                      calib: Any, wanda_inputs: str = "dense",
                      recalibrate_bn: bool = False) -> tuple[float | None, str | None, tuple[int, int] | None]:
     """Validate :func:`prune`'s arguments before any work; returns (sparsity, scope, (keep, M) or None)."""
-    if method not in METHODS:
-        raise unknown_name("pruning method", method, METHODS)
+    if method not in PRUNE_SCORERS:
+        raise unknown_name("pruning method", method, PRUNE_SCORERS.names())
+    scorer = PRUNE_SCORERS.get(method)
     if wanda_inputs not in WANDA_INPUTS:
         raise unknown_name("wanda_inputs", wanda_inputs, WANDA_INPUTS)
     nm = None
@@ -164,7 +155,7 @@ def check_prune_args(sparsity: float | None, method: str, scope: str | None, pat
         if sparsity is None:
             raise ValueError("give a sparsity in [0, 1) or an N:M pattern")
         sparsity = check_sparsity(sparsity)
-        scope = scope or DEFAULT_SCOPE[method]
+        scope = scope or scorer.default_scope
         if scope not in SCOPES:
             raise unknown_name("pruning scope", scope, SCOPES)
     else:
@@ -173,11 +164,12 @@ def check_prune_args(sparsity: float | None, method: str, scope: str | None, pat
         if sparsity is not None and abs(check_sparsity(sparsity) - zeroed) > 1e-9:
             raise ValueError(f"sparsity {sparsity} contradicts pattern {pattern!r} (which means {zeroed:g}); give one")
         sparsity, scope = None, None
-    if method == "wanda" and calib is None:
-        raise ValueError("method='wanda' needs calibration data: pass calib=<DataLoader or batches>")
+    if scorer.needs_calib and calib is None:
+        raise ValueError(f"method={method!r} needs calibration data: pass calib=<DataLoader or batches>")
     if wanda_inputs == "sequential":
-        if method != "wanda":
-            raise ValueError(f"wanda_inputs='sequential' applies to method='wanda', not {method!r}")
+        if not scorer.needs_calib:
+            raise ValueError(f"wanda_inputs='sequential' applies to scores of the inputs (method='wanda'), not "
+                             f"{method!r}")
         if scope == "global":
             raise ValueError("wanda_inputs='sequential' prunes layer by layer: use scope='layer' or 'row', or a "
                              "pattern (a global ranking needs every layer's scores at once)")
@@ -203,8 +195,10 @@ def prune(
 
     Args:
         sparsity: fraction in [0, 1) of targeted weights to zero (not needed with `pattern`).
-        method: ``magnitude``, ``wanda`` (needs `calib`) or ``random``.
-        scope: ``global``, ``layer`` or ``row``; default ``global`` for magnitude/random, ``row`` for Wanda.
+        method: a pruning score of :data:`craftlab.registry.PRUNE_SCORERS`: ``magnitude``, ``wanda`` (needs
+            `calib`), ``random``, or one you registered (:mod:`craftlab.compression.scorers`).
+        scope: ``global``, ``layer`` or ``row``; default: the score's (``global`` for magnitude/random, ``row``
+            for Wanda).
         pattern: ``"N:M"`` semi-structured sparsity (keep N of every M); overrides scope.
         calib: calibration batches (Wanda, BatchNorm re-estimation): a DataLoader / iterable of (x, y) or tensors.
         targets: which layers (see :func:`target_layers`).
@@ -222,8 +216,9 @@ def prune(
     layers = target_layers(pruned, targets)
     if not layers:
         raise ValueError("no layers to prune: targets selected no Conv2d/Linear module")
+    scorer = PRUNE_SCORERS.get(method)()
     norms = None
-    if method == "wanda":
+    if scorer.needs_calib:
         norms = input_norms(pruned, layers, calib, max_samples=calib_samples)  # dense; in forward order
     gen = torch.Generator().manual_seed(seed)
 
@@ -236,10 +231,10 @@ def prune(
         for i, name in enumerate(order):
             if i > 0:  # the layers before it are pruned now: its inputs are the pruned model's
                 norms = input_norms(pruned, {name: layers[name]}, calib, max_samples=calib_samples)
-            score = _scores(method, {name: layers[name]}, norms, gen)[name]
+            score = _scores(scorer, {name: layers[name]}, norms, gen)[name]
             apply(name, _layer_mask(name, layers[name], score, sparsity, scope, nm))
     else:
-        scores = _scores(method, layers, norms, gen)
+        scores = _scores(scorer, layers, norms, gen)
         if scope == "global":
             flat = torch.cat([s.reshape(-1) for s in scores.values()])
             mask = _mask_lowest(flat, round(sparsity * flat.numel()))
@@ -253,7 +248,7 @@ def prune(
 
         recalibrate_bn_(pruned, calib, calib_samples=calib_samples)
     info = {"method": method, "sparsity": sparsity, "scope": scope, "pattern": pattern, "layers": list(layers),
-            "wanda_inputs": wanda_inputs if method == "wanda" else None, "recalibrate_bn": bool(recalibrate_bn)}
+            "wanda_inputs": wanda_inputs if scorer.needs_calib else None, "recalibrate_bn": bool(recalibrate_bn)}
     pruned.craftlab_compression = {**getattr(model, "craftlab_compression", {}), "prune": info}
     return pruned
 

@@ -11,7 +11,7 @@ light):
   a silent proxy is one line, never a hang), Ray's connection errors as one line;
 * :mod:`~craftlab.distributed.ray_engine` — ``craftlab.sweep(..., engine="ray")``: checking that
   ``CRAFTLAB_HOME`` is shared, running the cells and fine-tunes (GPU tasks single-use);
-* :mod:`~craftlab.distributed.sweep_cli` — the ``craftlab sweep`` command;
+* the ``craftlab sweep`` command lives in :mod:`craftlab.cli.sweep`;
 * :mod:`~craftlab.distributed.tune` — a ρ / learning-rate search of the CrAFT recipe with Ray Tune and ASHA;
 * :mod:`~craftlab.distributed.ddp` — what :func:`craftlab.finetune` does when it runs in a process group
   (sharded batches, SAM's local or all-reduced first gradient, ``sync_bn``, one checkpoint written by rank 0).

@@ -11,16 +11,15 @@ Training and the cached getters are in :mod:`craftlab.train.pretrain` (which imp
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
-import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import cache
 from .._errors import unknown_name
+from ..cache import num, slug
 from ..checkpoint import read_meta, scan_checkpoints
 from ..models import ZOO
 from ..transforms import get_transform
@@ -32,16 +31,8 @@ NAMES_HINT = ("only zoo models are pretrained by name; for another architecture 
               "(craftlab.build_model(name, num_classes=...)) and out=")
 
 
-def _num(x: float) -> str:
-    """Shortest text that reads back as exactly `x` (as in :mod:`craftlab.train.runs`)."""
-    short = f"{x:g}"
-    return short if float(short) == float(x) else repr(float(x))
-
-
-def _slug(text: str) -> str:
-    """`text` made safe for a folder name, with a short hash when characters had to be replaced."""
-    safe = re.sub(r"[^A-Za-z0-9._+=-]", "_", text)
-    return text if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+def _slug_eq(text: str) -> str:
+    return slug(text, keep="._+=-")  # pretraining keys keep "=" (transform parameters)
 
 
 def recipe(model: str, optimizer: str) -> dict[str, Any]:
@@ -98,21 +89,21 @@ class PretrainSpec:
     def arm(self) -> str:
         """Short machine label: ``adam``, ``adam+sam0.05``, ``adam+expand``, ``adam+expand+sam0.05``."""
         t = "" if self.transform is None else f"+{get_transform(self.transform).spec}"
-        return f"{self.optimizer}{t}" + (f"+sam{_num(self.sam_rho)}" if self.sam_rho else "")
+        return f"{self.optimizer}{t}" + (f"+sam{num(self.sam_rho)}" if self.sam_rho else "")
 
     @property
     def label(self) -> str:
         """Human label: ``Adam``, ``Adam+SAM ρ=0.05``, ``Adam+expand``, ``Adam+expand+SAM ρ=0.05``."""
         t = "" if self.transform is None else f"+{get_transform(self.transform).spec}"
-        sam = f"+SAM ρ={_num(self.sam_rho)}" if self.sam_rho else ""
+        sam = f"+SAM ρ={num(self.sam_rho)}" if self.sam_rho else ""
         return f"{OPTIMIZER_LABELS.get(self.optimizer, self.optimizer)}{t}{sam}"
 
     @property
     def key(self) -> str:
         """Folder name in the cache: different for any two specs that train differently."""
         r = self.resolved()
-        warm = f"-w{_num(r.warmup_epochs)}" if r.warmup_epochs else ""
-        return f"{_slug(r.model)}-{_slug(r.data)}-{_slug(r.arm)}-lr{_num(r.lr)}-e{r.epochs}{warm}-s{r.seed}"
+        warm = f"-w{num(r.warmup_epochs)}" if r.warmup_epochs else ""
+        return f"{_slug_eq(r.model)}-{_slug_eq(r.data)}-{_slug_eq(r.arm)}-lr{num(r.lr)}-e{r.epochs}{warm}-s{r.seed}"
 
 
 def pretrain_dir(spec: PretrainSpec) -> Path:
@@ -123,8 +114,8 @@ def pretrain_dir(spec: PretrainSpec) -> Path:
 def transfer_dir(spec: PretrainSpec, data: str, optimizer: str, lr: float | None, epochs: int, sam_rho: float,
                  seed: int) -> Path:
     """The cache folder of a fine-tuning run that starts from `spec`'s checkpoint."""
-    arm = optimizer + (f"+sam{_num(sam_rho)}" if sam_rho else "") + ("" if lr is None else f"-lr{_num(lr)}")
-    return pretrain_dir(spec) / "finetune" / f"{_slug(data)}-{arm}-e{epochs}-s{seed}"
+    arm = optimizer + (f"+sam{num(sam_rho)}" if sam_rho else "") + ("" if lr is None else f"-lr{num(lr)}")
+    return pretrain_dir(spec) / "finetune" / f"{_slug_eq(data)}-{arm}-e{epochs}-s{seed}"
 
 
 def is_cached(path: Path, field: str, record: dict[str, Any]) -> bool:

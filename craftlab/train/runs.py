@@ -12,32 +12,16 @@ SAM) is made (:meth:`RunSpec.twin`).
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import cache
+from ..cache import num, slug
 from ..checkpoint import read_meta, scan_checkpoints
 
 OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
 """How people read the optimizer names (``finetune(optimizer=...)``)."""
-
-
-def _num(x: float) -> str:
-    """Shortest text that reads back as exactly `x` (``0.05``, ``1e-05``, ``0.5``, ``1``)."""
-    short = f"{x:g}"
-    return short if float(short) == float(x) else repr(float(x))
-
-
-def _slug(text: str) -> str:
-    """`text` made safe for a folder name; a short hash keeps two texts that differ only in replaced
-    characters (``imagefolder:/a/b`` vs ``imagefolder:/a_b``) apart."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", text)
-    if safe == text:
-        return text
-    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +76,7 @@ class RunSpec:
         if self.sam_rho == 0:
             return self.optimizer
         mode = "" if self.sam_mode == "sam" else "-" + self.sam_mode.replace(":", "")
-        return f"{self.optimizer}+{'asam' if self.adaptive else 'sam'}{_num(self.sam_rho)}{mode}"
+        return f"{self.optimizer}+{'asam' if self.adaptive else 'sam'}{num(self.sam_rho)}{mode}"
 
     @property
     def label(self) -> str:
@@ -102,10 +86,10 @@ class RunSpec:
     @property
     def key(self) -> str:
         """Folder name of the run in the cache: different for any two specs that train differently."""
-        lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
+        lr = "" if self.lr is None else f"-lr{num(self.lr)}"
         bs = "" if self.batch_size is None else f"-b{self.batch_size}"
         amp = "" if self.amp is None else f"-{self.amp}"
-        return f"{_slug(self.model)}-{_slug(self.data)}-{self.arm}{lr}{bs}{amp}-e{self.epochs}-s{self.seed}"
+        return f"{slug(self.model)}-{slug(self.data)}-{self.arm}{lr}{bs}{amp}-e{self.epochs}-s{self.seed}"
 
     def twin(self, sam_rho: float = 0.05, adaptive: bool = False) -> RunSpec:
         """The other arm of a CrAFT comparison, everything else the same: a plain run's twin trains with
@@ -128,11 +112,11 @@ def arm_label(spec: RunSpec) -> str:
     sam = "ASAM" if spec.adaptive else "SAM"
     mode = getattr(spec, "sam_mode", "sam")
     if mode == "msam":
-        name = f"M{sam} ρ={_num(spec.sam_rho)}"
+        name = f"M{sam} ρ={num(spec.sam_rho)}"
     elif mode == "rwp":
-        name = f"RWP σ={_num(spec.sam_rho)}"
+        name = f"RWP σ={num(spec.sam_rho)}"
     else:
-        name = f"{sam} ρ={_num(spec.sam_rho)}" + ("" if mode == "sam" else f" {mode}")
+        name = f"{sam} ρ={num(spec.sam_rho)}" + ("" if mode == "sam" else f" {mode}")
     return name if spec.optimizer == "adamw" else f"{base}+{name}"
 
 

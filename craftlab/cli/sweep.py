@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from ..settings import COMPENSATIONS, PRUNE_METHODS, RECIPES
+from ._args import bit_pair, data_for, load_uncompressed
 
-def add_parser(sub: Any, bit_pair: Callable[[str], Any]) -> argparse.ArgumentParser:
-    """Add ``sweep`` to the ``craftlab`` subcommands (`bit_pair`: the parser of ``W,A``)."""
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``sweep`` to the ``craftlab`` subcommands."""
     s = sub.add_parser("sweep", help="checkpoints x sparsities x bit settings -> table (CSV + JSON)")
     s.add_argument("--checkpoint", nargs="+", required=True)
     s.add_argument("--data", default=None)
-    s.add_argument("--methods", nargs="+", default=["magnitude", "wanda"])
-    s.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
+    s.add_argument("--methods", nargs="+", default=["magnitude", "wanda"], choices=PRUNE_METHODS,
+                   help="pruning scores")
+    s.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9],
+                   help="fractions of weights pruned, one setting each")
     s.add_argument("--patterns", nargs="*", default=["2:4"], help="N:M patterns (none: give --patterns alone)")
-    s.add_argument("--bits", nargs="+", type=bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)])
-    s.add_argument("--recipe", default="uniform", choices=["uniform", "repq"],
+    s.add_argument("--bits", nargs="+", type=bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)],
+                   help="W,A bit pairs (8,8 or 4,none), one quantization setting each (default: 8,8 6,6 4,8 4,4 3,8)")
+    s.add_argument("--recipe", default="uniform", choices=RECIPES,
                    help="quantization recipe of the bit settings (repq: RepQ-ViT, timm ViTs only)")
-    s.add_argument("--compensate", nargs="+", default=[], choices=["qwt", "qwt-v2"], metavar="{qwt,qwt-v2}",
+    s.add_argument("--compensate", nargs="+", default=[], choices=COMPENSATIONS, metavar="{qwt,qwt-v2}",
                    help="also run every pruning and bit setting with this compensation (one row each)")
     s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
     s.add_argument("--engine", default="process", choices=["process", "ray"],
@@ -35,21 +40,21 @@ def add_parser(sub: Any, bit_pair: Callable[[str], Any]) -> argparse.ArgumentPar
                    "error) after the table and exit 1; default: stop at the first, with one line naming it")
     s.add_argument("--cpus-per-task", type=int, default=1, help="--engine ray: CPUs and threads of each cell")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the table as JSON records (failed cells after it)")
     return s
 
 
-def run(a: argparse.Namespace, load: Callable[[str], Any], data_for: Callable[..., Any]) -> int:
-    """Run ``craftlab sweep`` with the parsed arguments `a`; the exit status. `load` reads a checkpoint to compress
-    and `data_for(meta, model, name)` its data (the CLI's own helpers)."""
+def run(a: argparse.Namespace) -> int:
+    """Run ``craftlab sweep`` with the parsed arguments `a`; the exit status."""
     from ..compression.sweep import sweep
 
     if a.engine == "ray" and a.address is not None:  # before loading anything: a wrong address fails in seconds
-        from .connect import check_address
+        from ..distributed.connect import check_address
 
         check_address(a.address)
     elif a.address is not None:
         raise ValueError("--address is for --engine ray")
-    models = {c: load(c) for c in a.checkpoint}
+    models = {c: load_uncompressed(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = data_for(first.craftlab_meta, first, a.data)
     if a.recipe == "repq" and not a.keep_going:  # with --keep-going such cells fail and are listed
@@ -63,7 +68,9 @@ def run(a: argparse.Namespace, load: Callable[[str], Any], data_for: Callable[..
     df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
                patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate, engine=a.engine,
                address=a.address, keep_going=a.keep_going, cpus_per_task=a.cpus_per_task)
-    if len(df):
+    if a.json:
+        print(df.to_json(orient="records"))
+    elif len(df):
         print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     failed = df.attrs.get("failed") or []
     counts = df.attrs.get("cells")

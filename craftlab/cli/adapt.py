@@ -1,7 +1,7 @@
 """``craftlab adapt``: frozen-backbone adaptation from the command line.
 
     craftlab adapt train --method last --gap 2 --epochs 8            # one method, one seed
-    craftlab adapt search --method last --lr 1e-3 3e-3 1e-2 --rank 8 16   # K-way grid, best on validation
+    craftlab adapt search --method last --lr 1e-3 3e-3 1e-2 --lsa-rank 8 16   # K-way grid, best on validation
     craftlab adapt compare --seeds 0 1 2 --out adapt.csv             # every method: accuracy, memory, time, bytes
     craftlab adapt bytes --k 4 --gap 2                               # bytes per image each method sends
 
@@ -17,11 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._args import old_spelling
+
 EXAMPLES = """\
 examples:
   craftlab adapt train --method last --gap 2 --epochs 8
-  craftlab adapt train --method miet --k 4 --bits 8 --json
-  craftlab adapt search --method last --lr 1e-3 3e-3 1e-2 --rank 8 16
+  craftlab adapt train --method miet --k 4 --transfer-bits 8 --json
+  craftlab adapt search --method last --lr 1e-3 3e-3 1e-2 --lsa-rank 8 16
   craftlab adapt compare --seeds 0 1 2 --epochs 8 --out adapt.csv
   craftlab adapt bytes --k 4 --gap 2
 """
@@ -44,7 +46,8 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--gap", type=int, default=1, help="LAST: one side block every g backbone blocks (default 1)")
     s.add_argument("--k", type=int, default=None, help="MIET: Gather*(k) = z_0 + ... + z_k (default: the depth L)")
-    s.add_argument("--heads", type=int, default=1, help="attention heads of the LSA modules (default 1)")
+    s.add_argument("--lsa-heads", type=int, default=1, help="attention heads of the LSA modules (default 1)")
+    old_spelling(s, "--heads", "--lsa-heads")
     s.add_argument("--cache", default=None, help="side methods: 'memory' or a folder for the feature cache")
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -63,8 +66,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--method", default="last", choices=METHOD_CHOICES)
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--weight-decay", type=float, default=0.05)
-    s.add_argument("--rank", type=int, default=None, help="LSA rank r < d (default 16)")
-    s.add_argument("--bits", type=_bits, default=None, help="MIET transfer: none (float32), 8, 4 or 2")
+    s.add_argument("--lsa-rank", type=int, default=None, help="LAST: rank r < d of the LSA modules (default 16)")
+    s.add_argument("--transfer-bits", type=_bits, default=None,
+                   help="MIET: bits of the features sent to the device: none (float32), 8, 4 or 2")
+    old_spelling(s, "--rank", "--lsa-rank")
+    old_spelling(s, "--bits", "--transfer-bits")
     s.add_argument("--lora-rank", type=int, default=4)
     s.add_argument("--sam-rho", type=float, default=0.0, help="full fine-tuning with SAM when > 0")
     s.add_argument("--seed", type=int, default=0)
@@ -74,8 +80,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--method", default="last", choices=("last", "miet", "linear"))
     s.add_argument("--lr", type=float, nargs="+", default=None)
     s.add_argument("--weight-decay", type=float, nargs="+", default=[0.05])
-    s.add_argument("--rank", type=int, nargs="+", default=None)
-    s.add_argument("--bits", type=_bits, default=None)
+    s.add_argument("--lsa-rank", type=int, nargs="+", default=None,
+                   help="LAST: LSA ranks of the grid (default 16)")
+    s.add_argument("--transfer-bits", type=_bits, default=None,
+                   help="MIET: bits of the features sent to the device: none (float32), 8, 4 or 2")
+    old_spelling(s, "--rank", "--lsa-rank")
+    old_spelling(s, "--bits", "--transfer-bits")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="write the table as CSV")
 
@@ -87,8 +97,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s = sub.add_parser("bytes", help="bytes per image each method sends to a device")
     s.add_argument("--model", default="vit-tiny")
     s.add_argument("--data", default="digits")
-    s.add_argument("--gap", type=int, default=1)
-    s.add_argument("--k", type=int, default=None)
+    s.add_argument("--gap", type=int, default=1, help="LAST: one side block every g backbone blocks")
+    s.add_argument("--k", type=int, default=None, help="MIET: Gather*(k) = z_0 + ... + z_k (default: the depth L)")
     s.add_argument("--json", action="store_true")
     p.set_defaults(adapt_parser=p)
     return p
@@ -123,25 +133,25 @@ def run(a: argparse.Namespace) -> int:
     if action == "bytes":
         return _bytes(a)
     model, data = _load(a)
-    common = dict(epochs=a.epochs, batch_size=a.batch_size, gap=a.gap, k=a.k, heads=a.heads,
+    common = dict(epochs=a.epochs, batch_size=a.batch_size, gap=a.gap, k=a.k, heads=a.lsa_heads,
                   cache=a.cache, device=a.device)
     if action == "train":
-        from .recipes import DEFAULT_RANK, adapt_model
+        from ..adapt.recipes import DEFAULT_RANK, adapt_model
 
         res = adapt_model(model, data, a.method, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed,
-                          rank=a.rank or DEFAULT_RANK, bits=a.bits, lora_rank=a.lora_rank, sam_rho=a.sam_rho,
-                          **common)
+                          rank=a.lsa_rank or DEFAULT_RANK, bits=a.transfer_bits, lora_rank=a.lora_rank,
+                          sam_rho=a.sam_rho, **common)
         _print({"method": a.method, **res.metrics, "trainable_params": res.trainable_params,
                 "time_per_epoch_s": round(res.time_per_epoch_s, 4), "config": res.config}, a.json)
         return 0
     if action == "search":
-        from .recipes import DEFAULT_LR, DEFAULT_RANK, adapt_search
+        from ..adapt.recipes import DEFAULT_LR, DEFAULT_RANK, adapt_search
 
         lrs = a.lr or [DEFAULT_LR[a.method] * f for f in (0.3, 1.0, 3.0)]
-        ranks = [None] if a.method == "linear" else (a.rank or [DEFAULT_RANK])
+        ranks = [None] if a.method == "linear" else (a.lsa_rank or [DEFAULT_RANK])
         configs = [{"lr": lr, "weight_decay": wd, **({} if r is None else {"rank": r})}
                    for lr, wd, r in itertools.product(lrs, a.weight_decay, ranks)]
-        res = adapt_search(model, data, configs, a.method, seed=a.seed, bits=a.bits, **common)
+        res = adapt_search(model, data, configs, a.method, seed=a.seed, bits=a.transfer_bits, **common)
         _print(res.table, a.json)
         if not a.json:
             print(f"K = {len(configs)} networks in {res.time_s:.1f} s, {res.backbone_passes} backbone passes over "
@@ -149,7 +159,7 @@ def run(a: argparse.Namespace) -> int:
         if a.out:
             res.table.to_csv(a.out, index=False)
         return 0
-    from .compare import compare_methods
+    from ..adapt.compare import compare_methods
 
     kw = {k: v for k, v in common.items() if k not in ("epochs", "gap", "k") and v is not None}
     kw.pop("cache", None)
@@ -169,8 +179,8 @@ def run(a: argparse.Namespace) -> int:
 def _bytes(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .miet import transfers
-    from .taps import depth
+    from ..adapt.miet import transfers
+    from ..adapt.taps import depth
 
     model, data = _load(a)
     rows = transfers(model, data.test_set[0][0], depth(model) if a.k is None else a.k, a.gap)

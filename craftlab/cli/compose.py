@@ -30,7 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "compression endpoint, paired by seed, from cached runs.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit-tiny", help="vit-tiny or resnet-tiny (default vit-tiny)")
-    p.add_argument("--design", default="full", choices=("full", "fractional"))
+    p.add_argument("--design", default="full", choices=("full", "fractional"),
+                   help="full factorial, or the documented fractional design (fewer runs)")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     p.add_argument("--compression", default=None, help="setting label (default: the ledger's primary endpoint)")
     p.add_argument("--budget", type=int, default=None, help="most compress+evaluate runs (default 300)")
@@ -44,8 +45,8 @@ def _clean(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .compose import DEFAULT_BUDGET, compose
-    from .factorial import analyze
+    from ..analysis.compose import DEFAULT_BUDGET, compose
+    from ..analysis.factorial import analyze
 
     table = compose(args.model, args.design, args.seeds, compression=args.compression,
                     budget=args.budget or DEFAULT_BUDGET)

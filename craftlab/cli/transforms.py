@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print each transform: name, parameters with defaults, reference; with ``--model``, its target layers."""
     from ..models import build_model
-    from . import get_transform, list_transforms
+    from ..transforms import get_transform, list_transforms
 
     model = build_model(args.model) if args.model else None
     out = {}

@@ -1,22 +1,23 @@
 """``craftlab supernet train ...`` and ``craftlab supernet search --budget ...``.
 
 Wire into the main parser with ``add_parser(subparsers)`` and dispatch ``args.command == "supernet"`` to
-``run(args)``; errors are ValueError / CheckpointError with one line naming the problem. Run alone:
-``python -m craftlab.supernet.cli train ...``. Importing this module does not import torch.
+``run(args)``; errors are ValueError / CheckpointError with one line naming the problem. Importing this module does not
+import torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
+
+from ._args import old_spelling
 
 EXAMPLES = """\
 examples:
   craftlab supernet train --model vit-tiny --lora per-bit                # cached in $CRAFTLAB_HOME/supernets
   craftlab supernet train --lora per-bit shared none --seeds 0 1 2       # several supernets, each cached
-  craftlab supernet train --depths 2,3,4 --w-bits 8 --a-bits 8           # an operator-study supernet
+  craftlab supernet train --depths 2,3,4 --w-bits-choices 8 --a-bits-choices 8           # an operator-study supernet
   craftlab supernet train --preset notebook                              # everything notebooks/05 uses
   craftlab supernet search --budget 4% --budget 3%                       # % of the FP32 model's BitOPs
   craftlab supernet search --checkpoint runs/supernet --budget 90M --json
@@ -44,14 +45,19 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-sam-rho", type=float, default=0.0, help="SAM radius of the base run (0: AdamW)")
     p.add_argument("--lora", nargs="+", default=["per-bit"], choices=["per-bit", "shared", "none"],
                    help="LoRA per weight bit-width, one shared LoRA, or none (full-weight training)")
-    p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
-    p.add_argument("--w-bits", type=_ints, default=(2, 3, 4, 6, 8), help="weight bit candidates (default 2,3,4,6,8)")
-    p.add_argument("--a-bits", type=_ints, default=(4, 6, 8), help="activation bit candidates (default 4,6,8)")
+    p.add_argument("--lora-rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--w-bits-choices", type=_ints, default=(2, 3, 4, 6, 8),
+                   help="weight bit-widths the search may pick per layer (default 2,3,4,6,8)")
+    p.add_argument("--a-bits-choices", type=_ints, default=(4, 6, 8),
+                   help="activation bit-widths the search may pick per layer (default 4,6,8)")
     p.add_argument("--resolutions", type=_ints, default=None, help="input resolutions, e.g. 21,28 (ViT: multiples "
                                                                    "of the patch size)")
     p.add_argument("--depths", type=_ints, default=None, help="numbers of blocks kept, e.g. 2,3,4")
     p.add_argument("--mlp-ratios", type=_floats, default=None, help="MLP hidden / embedding width, e.g. 1,1.5,2")
-    p.add_argument("--heads", type=_ints, default=None, help="attention heads kept, e.g. 2,3,4")
+    p.add_argument("--heads-choices", type=_ints, default=None, help="attention heads kept, e.g. 2,3,4")
+    for old, new in (("--rank", "--lora-rank"), ("--w-bits", "--w-bits-choices"), ("--a-bits", "--a-bits-choices"),
+                     ("--heads", "--heads-choices")):
+        old_spelling(p, old, new)
     p.add_argument("--epochs", type=int, default=6, help="supernet training epochs (default 6)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of LoRA (default 2e-3)")
     p.add_argument("--n-random", type=int, default=2, help="random subnets per sandwich step (default 2)")
@@ -93,27 +99,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _specs(args: argparse.Namespace) -> list[Any]:
-    from .store import SupernetSpec
+    from ..supernet.store import SupernetSpec
 
     return [SupernetSpec(model=args.model, data=args.data, base_epochs=args.base_epochs, base_sam_rho=args.base_sam_rho,
-                         lora=lora, rank=args.rank, w_bits=args.w_bits, a_bits=args.a_bits,
+                         lora=lora, rank=args.lora_rank, w_bits=args.w_bits_choices, a_bits=args.a_bits_choices,
                          resolutions=args.resolutions, depths=args.depths, mlp_ratios=args.mlp_ratios,
-                         heads=args.heads, epochs=args.epochs, lr=args.lr, n_random=args.n_random,
+                         heads=args.heads_choices, epochs=args.epochs, lr=args.lr, n_random=args.n_random,
                          progressive=not args.no_progressive, seed=seed)
             for lora in args.lora for seed in args.seeds]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .space import check_candidates
-    from .store import get_supernet, load_supernet, read_supernet_meta, save_supernet
+    from ..supernet.space import check_candidates
+    from ..supernet.store import get_supernet, load_supernet, read_supernet_meta, save_supernet
 
     if args.preset == "notebook":
-        from .study import prepare_notebook
+        from ..supernet.study import prepare_notebook
 
         prepare_notebook(progress=not args.quiet)
         return 0
-    check_candidates(args.w_bits, "--w-bits")
-    check_candidates(args.a_bits, "--a-bits")
+    check_candidates(args.w_bits_choices, "--w-bits-choices")
+    check_candidates(args.a_bits_choices, "--a-bits-choices")
     specs = _specs(args)
     if args.out and len(specs) != 1:
         raise ValueError(f"--out needs exactly one supernet, this command trains {len(specs)}")
@@ -144,9 +150,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from ..data import load_data
-    from .model import BITOPS_CONVENTION
-    from .search import evaluate_configs, search_budgets
-    from .store import get_supernet, load_supernet
+    from ..supernet.model import BITOPS_CONVENTION
+    from ..supernet.search import evaluate_configs, search_budgets
+    from ..supernet.store import get_supernet, load_supernet
 
     if args.checkpoint:
         sn = load_supernet(args.checkpoint)
@@ -195,19 +201,3 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "supernet_command", None) == "search":
         return _search(args)
     raise ValueError("give a subcommand: craftlab supernet train ... or craftlab supernet search --budget ...")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="craftlab")
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    args = parser.parse_args(["supernet", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:
-        print(f"craftlab supernet: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Registries of method families (timm / peft style): one module per method, found by its file name.
+
+A family lives in a package with one module per method (``compression/scorers/wanda.py``); the module registers
+its method with ``@FAMILY.register("wanda", ...)``. :meth:`Registry.names` lists the methods **without importing
+them** (the package folder's module names, ``_`` read as ``-``, plus methods registered from elsewhere), so the
+command line, the app and the benchmarks derive their choices from the registry and ``craftlab --help`` stays
+light; :meth:`Registry.get` imports the method's module on first use. Adding a method is adding one file.
+
+Example::
+
+    from craftlab.compression.scorers import PRUNE_SCORERS
+    PRUNE_SCORERS.names()                      # ('magnitude', 'random', 'wanda')
+    PRUNE_SCORERS.get("wanda").needs_calib     # True
+
+    @PRUNE_SCORERS.register("my-score")        # your own, from any module
+    class MyScore(Scorer): ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ._errors import unknown_name
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Methods of one family by name. `package` (dotted) holds one module per built-in method."""
+
+    def __init__(self, family: str, package: str) -> None:
+        self.family, self.package = family, package
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class or function decorator: make `obj` the method `name` of this family (a second registration of one
+        name by another object is an error; re-importing the same module is not)."""
+
+        def add(obj: T) -> T:
+            old = self._entries.get(name)
+            if old is not None and getattr(old, "__qualname__", None) != getattr(obj, "__qualname__", None):
+                raise ValueError(f"{self.family} {name!r} is registered already (by {old!r})")
+            self._entries[name] = obj
+            if isinstance(obj, type) or callable(obj):
+                try:
+                    obj.registered_name = name  # type: ignore[attr-defined]
+                except (AttributeError, TypeError):
+                    pass
+            return obj
+
+        return add
+
+    def _builtin(self) -> list[str]:
+        spec = importlib.util.find_spec(self.package)
+        paths = list(spec.submodule_search_locations or []) if spec else []
+        return [m.name.replace("_", "-") for m in pkgutil.iter_modules(paths) if not m.name.startswith("_")]
+
+    def names(self) -> tuple[str, ...]:
+        """Every method of the family, sorted; nothing is imported."""
+        return tuple(sorted({*self._builtin(), *self._entries}))
+
+    def get(self, name: str) -> T:
+        """The registered method `name` (its module imported on first use); an unknown name is a ValueError that
+        lists the known ones and the closest match."""
+        if name not in self._entries and name in self._builtin():
+            importlib.import_module(f"{self.package}.{name.replace('-', '_')}")
+        if name not in self._entries:
+            raise unknown_name(self.family, name, self.names())
+        return self._entries[name]
+
+    def all(self) -> dict[str, T]:
+        """{name: method} of every method (imports them all)."""
+        return {n: self.get(n) for n in self.names()}
+
+    def __contains__(self, name: Any) -> bool:
+        return isinstance(name, str) and name in self.names()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.family!r}: {', '.join(self.names())})"
+
+
+# The families. Each names the package of its built-in methods; nothing is imported until a method is used.
+PRUNE_SCORERS: Registry[Any] = Registry("pruning method", "craftlab.compression.scorers")
