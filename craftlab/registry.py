@@ -35,6 +35,7 @@ class Registry(Generic[T]):
     def __init__(self, family: str, package: str) -> None:
         self.family, self.package = family, package
         self._entries: dict[str, T] = {}
+        self._files: tuple[str, ...] | None = None
 
     def register(self, name: str) -> Callable[[T], T]:
         """Class or function decorator: make `obj` the method `name` of this family (a second registration of one
@@ -54,10 +55,13 @@ class Registry(Generic[T]):
 
         return add
 
-    def _builtin(self) -> list[str]:
-        spec = importlib.util.find_spec(self.package)
-        paths = list(spec.submodule_search_locations or []) if spec else []
-        return [m.name.replace("_", "-") for m in pkgutil.iter_modules(paths) if not m.name.startswith("_")]
+    def _builtin(self) -> tuple[str, ...]:
+        if self._files is None:  # the package folder is read once
+            spec = importlib.util.find_spec(self.package)
+            paths = list(spec.submodule_search_locations or []) if spec else []
+            self._files = tuple(m.name.replace("_", "-") for m in pkgutil.iter_modules(paths)
+                                if not m.name.startswith("_"))
+        return self._files
 
     def names(self) -> tuple[str, ...]:
         """Every method of the family, sorted; nothing is imported."""
@@ -85,3 +89,4 @@ class Registry(Generic[T]):
 
 # The families. Each names the package of its built-in methods; nothing is imported until a method is used.
 PRUNE_SCORERS: Registry[Any] = Registry("pruning method", "craftlab.compression.scorers")
+COMPENSATION_METHODS: Registry[Any] = Registry("compensation method", "craftlab.compression.compensations")

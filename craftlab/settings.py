@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._errors import ALLOWED_BITS, check_sparsity, unknown_name
-from .registry import PRUNE_SCORERS
+from .registry import COMPENSATION_METHODS, PRUNE_SCORERS
 
 __all__ = [
     "ALLOWED_BITS", "COMPENSATIONS", "GRANULARITIES", "PRUNE_METHODS", "RECIPES", "Setting", "DEFAULT_SETTING",
@@ -51,12 +51,22 @@ PRUNE_METHODS = PRUNE_SCORERS.names()  # the built-in scores (magnitude, random,
 """Unstructured / per-row pruning criteria (N:M patterns use magnitude or Wanda scores too)."""
 GRANULARITIES = ("tensor", "channel")
 RECIPES = ("uniform", "repq")
+QUANT_METHODS = {"uniform": ("minmax", "percentile", "mse"), "repq": ("repq", "minmax")}
+"""Each recipe's weight range methods, its default first (``compress(quant_method=...)``)."""
+SCOPES = ("global", "layer", "row")
+"""Where a pruning sparsity is counted (the default is the score's: global for magnitude, row for Wanda)."""
 """Quantization recipes: ``uniform`` (Conv2d/Linear fake quantization) and ``repq`` (RepQ-ViT-style, timm ViTs)."""
-COMPENSATIONS = ("qwt", "qwt-v2")
+COMPENSATIONS = COMPENSATION_METHODS.names()
 """Closed-form compensations of a compressed model's error: QwT (per block) and QwT-v2 (CWAC, per channel)."""
-_COMPENSATION_LABELS = {"qwt": "QwT", "qwt-v2": "QwT-v2"}
-_COMPENSATION_ALIASES = {"qwt": "qwt", "qwt-v2": "qwt-v2", "qwtv2": "qwt-v2", "qwt_v2": "qwt-v2", "qwt v2": "qwt-v2",
-                         "cwac": "qwt-v2"}
+
+
+def _compensation_aliases() -> dict[str, str]:
+    """Every spelling of every registered compensation -> its name (the method modules are light to import)."""
+    out = {}
+    for name, cls in COMPENSATION_METHODS.all().items():
+        out.update({name: name, **{a: name for a in cls.aliases}})
+    return out
+
 _FLOAT_WORDS = ("", "none", "null", "fp", "float", "fp32", "full precision")
 
 
@@ -112,9 +122,10 @@ def parse_compensation(value: Any) -> str | None:
     text = str(value).strip().lower()
     if text in ("", "none", "null", "off", "no"):
         return None
-    if text not in _COMPENSATION_ALIASES:
-        raise unknown_name("compensation", value, COMPENSATIONS)
-    return _COMPENSATION_ALIASES[text]
+    aliases = _compensation_aliases()
+    if text not in aliases:
+        raise unknown_name("compensation", value, COMPENSATION_METHODS.names())
+    return aliases[text]
 
 
 def check_compensation(compensation: str | None, quantizes: bool, prunes: bool, recalibrate_bn: bool) -> None:
@@ -136,7 +147,7 @@ def check_compensation(compensation: str | None, quantizes: bool, prunes: bool, 
 
 def compensation_label(compensation: str | None) -> str:
     """``QwT`` / ``QwT-v2`` (empty for None)."""
-    return _COMPENSATION_LABELS.get(compensation, "") if compensation else ""
+    return COMPENSATION_METHODS.get(compensation).label if compensation else ""
 
 
 def bits_label(w_bits: int | None, a_bits: int | None) -> str:
@@ -170,6 +181,8 @@ class Setting:
     recalibrate_bn: bool = False
     recipe: str = "uniform"
     compensation: str | None = None
+    scope: str | None = None
+    quant_method: str | None = None
 
     @property
     def is_identity(self) -> bool:
@@ -214,6 +227,10 @@ class Setting:
             kw["recipe"] = self.recipe
         if self.compensation is not None:
             kw["compensation"] = self.compensation
+        if self.scope is not None:
+            kw["scope"] = self.scope
+        if self.quant_method is not None:
+            kw["quant_method"] = self.quant_method
         return kw
 
     def key(self) -> str:
@@ -222,7 +239,7 @@ class Setting:
         import json
 
         d = asdict(self)
-        for name, default in (("recipe", "uniform"), ("compensation", None)):
+        for name, default in (("recipe", "uniform"), ("compensation", None), ("scope", None), ("quant_method", None)):
             if d[name] == default:
                 del d[name]
         return json.dumps(d, sort_keys=True)
@@ -233,7 +250,8 @@ class Setting:
     def prune_label(self) -> str:
         if self.method == "N:M":
             return f"{self.nm_score} {self.pattern}"
-        return f"{self.method} {self.sparsity:.0%}" if self.prunes else ""
+        scope = f" {self.scope}" if self.scope else ""
+        return f"{self.method} {self.sparsity:.0%}{scope}" if self.prunes else ""
 
     def label(self) -> str:
         """``magnitude 50%``, ``wanda 2:4``, ``W4A8``, ``wanda 70% + W4A4``, ``FP32`` (see module doc)."""
@@ -248,6 +266,8 @@ class Setting:
                 q += f" act-per-{self.a_granularity}"
             if self.recipe != "uniform":
                 q += f" {self.recipe}"
+            if self.quant_method:
+                q += f" {self.quant_method}"
             if self.recalibrate_bn and not self.prunes:
                 q += " +BN"
             parts.append(q)
@@ -276,7 +296,8 @@ DEFAULT_SETTING = Setting()
 def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: Any = None, a_bits: Any = None,
                  granularity: str = "channel", pattern: str | None = "2:4", a_granularity: str = "tensor",
                  nm_score: str = "magnitude", recalibrate_bn: bool = False, recipe: str = "uniform",
-                 compensation: str | None = None) -> Setting:
+                 compensation: str | None = None, scope: str | None = None,
+                 quant_method: str | None = None) -> Setting:
     """Validate and normalize user input into a :class:`Setting` (ValueError naming the problem).
 
     Args:
@@ -289,6 +310,17 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
         recipe: ``uniform`` or ``repq`` (RepQ-ViT; activations per tensor, so ``a_granularity="channel"`` is
             an error); normalized to ``uniform`` when nothing is quantized.
         compensation: None, ``qwt`` or ``qwt-v2``; an error when nothing is pruned or quantized.
+        scope: where the sparsity is counted (``global``, ``layer``, ``row``; default: the score's); kept only
+            for sparsity pruning, dropped when it is the score's default.
+        quant_method: the recipe's range method (:data:`QUANT_METHODS`; activations use it too unless the recipe
+            says otherwise); kept only when something is quantized, dropped when it is the recipe's default.
+
+    Example::
+
+        >>> make_setting("wanda", 0.7, 4, 8).label()
+        'wanda 70% + W4A8'
+        >>> make_setting("magnitude", 0.5, 4, 8, scope="layer", quant_method="mse").label()
+        'magnitude 50% layer + W4A8 mse'
     """
     if sparsity is None or (isinstance(sparsity, str) and not sparsity.strip()):
         sparsity = 0.0
@@ -297,8 +329,8 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
     for name, value in (("granularity", granularity), ("a_granularity", a_granularity)):
         if value not in GRANULARITIES:
             raise unknown_name(name, value, GRANULARITIES)
-    if nm_score not in ("magnitude", "wanda"):
-        raise unknown_name("N:M score", nm_score, ("magnitude", "wanda"))
+    if nm_score not in PRUNE_SCORERS:
+        raise unknown_name("N:M score", nm_score, PRUNE_SCORERS.names())
     low = "none" if method is None else str(method).strip().lower()
     pat: str | None = None
     if low in ("n:m", "nm") or ":" in low or low.startswith(("keep ", "zero ")):
@@ -323,12 +355,30 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
                    a_granularity=a_granularity if a_bits is not None else "tensor",
                    nm_score=nm_score if low == "N:M" else "magnitude",
                    recalibrate_bn=bool(recalibrate_bn) and (low != "none" or quantizes), recipe=recipe,
-                   compensation=compensation)
+                   compensation=compensation, scope=_scope(scope, low),
+                   quant_method=_quant_method(quant_method, recipe, quantizes))
 
 
-_LABEL_PART = re.compile(r"^(?P<method>\w+) (?:(?P<pct>[0-9.]+)%|(?P<pat>\d+:\d+))(?P<bn> \+BN)?$")
+def _scope(scope: str | None, method: str) -> str | None:
+    if scope is None or method in ("none", "N:M"):
+        return None
+    if scope not in SCOPES:
+        raise unknown_name("pruning scope", scope, SCOPES)
+    return None if scope == PRUNE_SCORERS.get(method).default_scope else scope
+
+
+def _quant_method(method: str | None, recipe: str, quantizes: bool) -> str | None:
+    if method is None or not quantizes:
+        return None
+    if method not in QUANT_METHODS[recipe]:
+        raise unknown_name(f"range method of recipe {recipe!r}", method, QUANT_METHODS[recipe])
+    return None if method == QUANT_METHODS[recipe][0] else method
+
+
+_LABEL_PART = re.compile(r"^(?P<method>[\w-]+) (?:(?P<pct>[0-9.]+)%|(?P<pat>\d+:\d+))"
+                         r"(?: (?P<scope>global|layer|row))?(?P<bn> \+BN)?$")
 _BITS_PART = re.compile(r"^W(?P<w>FP|\d+)A(?P<a>FP|\d+)(?: per-(?P<g>\w+))?(?: act-per-(?P<ag>\w+))?"
-                        r"(?: (?P<r>[a-z]\w*))?$")
+                        r"(?: (?P<r>[a-z]\w*))?(?: (?P<qm>[a-z]\w*))?$")
 
 
 def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
@@ -349,16 +399,20 @@ def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
     for part in (p.strip() for p in text.split("+") if p.strip()):
         if part == "BN":
             kw["recalibrate_bn"] = True
-        elif part.lower() in _COMPENSATION_ALIASES:
+        elif part.lower() in _compensation_aliases():
             kw["compensation"] = part
         elif b := _BITS_PART.match(part):
+            if b["r"] and b["r"] not in RECIPES and (b["qm"] or b["r"] not in QUANT_METHODS["uniform"]):
+                raise unknown_name("quantization recipe", b["r"], RECIPES,
+                                   hint=f"or a range method of uniform: {', '.join(QUANT_METHODS['uniform'])}")
+            recipe, qm = (b["r"], b["qm"]) if b["r"] in RECIPES else ("uniform", b["r"])
             kw.update(w_bits=b["w"], a_bits=b["a"], granularity=b["g"] or "channel", a_granularity=b["ag"] or "tensor",
-                      recipe=b["r"] or "uniform")
+                      recipe=recipe, quant_method=qm)
         elif p := _LABEL_PART.match(part):
             if p["pat"]:
                 kw.update(method=p["pat"], nm_score=p["method"])
             else:
-                kw.update(method=p["method"], sparsity=float(p["pct"]) / 100)
+                kw.update(method=p["method"], sparsity=float(p["pct"]) / 100, scope=p["scope"])
             if p["bn"]:
                 kw["recalibrate_bn"] = True
         else:

@@ -61,7 +61,7 @@ def test_equivalent_inputs_normalize_to_equal_settings():
     (dict(method="wanda", sparsity=1.0), "sparsity"), (dict(method="wanda", sparsity=-0.1), "sparsity"),
     (dict(method="wanda", sparsity="lots"), "sparsity"), (dict(method="snip", sparsity=0.5), "pruning method"),
     (dict(method="magnitude", sparsity=0.5, granularity="row"), "granularity"),
-    (dict(method="2:4", nm_score="random"), "N:M score"),
+    (dict(method="2:4", nm_score="snip"), "N:M score"),
 ])
 def test_bad_input_names_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -168,3 +168,46 @@ def test_dict_round_trip_with_recipe_and_compensation():
     assert parse_setting(s.as_dict()) == s
     assert parse_setting(s.label()) == s and parse_setting(s.describe().replace(" (RepQ-ViT)", "").replace(
         " (folded channel-wise affine)", "").replace(" (keep 2 of 4)", "")) == s
+
+
+def test_scope_and_range_method_live_in_the_setting_and_its_label():
+    """`--quant-method mse` used to get the minmax label: every option of a setting is in the Setting, its label
+    and its key; defaults are dropped so equal settings compare (and cache) equal."""
+    s = make_setting("magnitude", 0.5, 4, 8, scope="layer", quant_method="mse")
+    assert s.label() == "magnitude 50% layer + W4A8 mse"
+    assert parse_setting(s.label()) == s
+    assert s.compress_kwargs()["scope"] == "layer" and s.compress_kwargs()["quant_method"] == "mse"
+    rq = make_setting("none", 0, 4, 4, recipe="repq", quant_method="minmax")
+    assert rq.label() == "W4A4 repq minmax" and parse_setting(rq.label()) == rq
+    # the score's default scope and the recipe's default range method are no options: dropped
+    assert make_setting("wanda", 0.5, scope="row") == make_setting("wanda", 0.5)
+    assert make_setting("none", 0, 4, 8, quant_method="minmax") == make_setting("none", 0, 4, 8)
+    assert make_setting("2:4", scope="layer").scope is None  # N:M is counted per group of M
+    assert make_setting("none", 0, None, None, quant_method="mse").quant_method is None  # nothing quantized
+    assert "scope" not in make_setting("magnitude", 0.5).key()  # keys of settings without them are unchanged
+    with pytest.raises(ValueError, match="pruning scope"):
+        make_setting("magnitude", 0.5, scope="tensor")
+    with pytest.raises(ValueError, match="range method of recipe 'repq'"):
+        make_setting("none", 0, 4, 4, recipe="repq", quant_method="mse")
+
+
+def test_compress_follows_the_settings_scope_and_range_method():
+    """compress(setting=s) equals the direct calls with the same options (an independent path)."""
+    import torch
+
+    import craftlab
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8),
+                                torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    calib = [torch.randn(32, 16)]
+    s = make_setting("magnitude", 0.5, 4, None, scope="layer", quant_method="mse")
+    got = craftlab.compress(model, setting=s, calib=calib)
+    want = craftlab.quantize(craftlab.prune(model, 0.5, method="magnitude", scope="layer"), w_bits=4,
+                             method="mse", calib=calib)
+    x = torch.randn(8, 16)
+    assert torch.equal(got(x), want(x))
+    other = craftlab.compress(model, setting=make_setting("magnitude", 0.5, 4, None), calib=calib)
+    assert not torch.equal(other(x), got(x))  # the options matter here, so the test can fail
+    with pytest.raises(ValueError, match="give either setting= or scope"):
+        craftlab.compress(model, setting=s, scope="global", calib=calib)

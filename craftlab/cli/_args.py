@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..settings import COMPENSATIONS, PRUNE_METHODS, RECIPES
+from ..settings import COMPENSATIONS, PRUNE_METHODS, QUANT_METHODS, RECIPES, SCOPES
 
 # One spelling per concept: the help of options that several commands share. An option that a command adds
 # without help gets the text here (``fill_help``); ``tests/test_cli.py`` checks that every option has help.
@@ -97,7 +97,7 @@ def compress_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
     s.add_argument("--method", default="magnitude", choices=PRUNE_METHODS, help="pruning score")
     s.add_argument("--sparsity", type=float, default=0.0, help="fraction of weights pruned (0 = no pruning)")
-    s.add_argument("--scope", default=None, choices=["global", "layer", "row"],
+    s.add_argument("--scope", default=None, choices=SCOPES,
                    help="where sparsity is counted (default: the method's: global for magnitude/random, row for "
                         "wanda)")
     s.add_argument("--pattern", default=None, help="N:M, N kept of every M (e.g. 2:4); scored by --method")
@@ -108,7 +108,7 @@ def compress_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--recipe", default="uniform", choices=RECIPES,
                    help="quantization recipe: uniform (Conv2d/Linear) or repq (RepQ-ViT: also the attention "
                         "matmuls, log-sqrt2 softmax, LayerNorm folding; timm ViTs only)")
-    s.add_argument("--quant-method", default=None, choices=["minmax", "percentile", "mse", "repq"],
+    s.add_argument("--quant-method", default=None, choices=sorted({m for ms in QUANT_METHODS.values() for m in ms}),
                    help="weight range method (default: minmax for --recipe uniform, repq for --recipe repq)")
     s.add_argument("--compensate", default=None, choices=COMPENSATIONS,
                    help="closed-form compensation fitted on the calibration set against the uncompressed model: "
@@ -126,15 +126,12 @@ def setting_of(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if a.compensate and not (quantizes or prunes):
         raise ValueError(f"--compensate {a.compensate} needs something to compensate: give --w-bits/--a-bits "
                          "(quantization) or --sparsity/--pattern (pruning)")
+    if a.scope is not None and a.pattern:
+        raise ValueError("--scope applies to --sparsity pruning; an N:M --pattern is counted per group of M")
     chosen = make_setting(a.pattern or a.method, a.sparsity, a.w_bits, a.a_bits,
                           nm_score=a.method if a.pattern else "magnitude", recalibrate_bn=a.recalibrate_bn,
-                          recipe=a.recipe, compensation=a.compensate)
-    kwargs = chosen.compress_kwargs()
-    if a.quant_method is not None:
-        kwargs["quant_method"] = a.quant_method
-    if a.scope is not None and not a.pattern:
-        kwargs["scope"] = a.scope
-    return chosen, kwargs
+                          recipe=a.recipe, compensation=a.compensate, scope=a.scope, quant_method=a.quant_method)
+    return chosen, chosen.compress_kwargs()
 
 
 def data_for(meta: dict[str, Any], model: Any, name: str | None) -> Any:

@@ -54,12 +54,12 @@ import torch
 from torch import nn
 
 from .._errors import unknown_name
+from ..registry import COMPENSATION_METHODS
 from ._calib import iter_inputs
-from ._lstsq import Collector, fit_diagonal, fit_full, rows_fn, score, stream
 from .fold import ChannelAffine, QwTBlock, fold_compensation
 from .quant import QuantConv2d, QuantLinear
 
-METHODS = ("qwt", "qwt-v2")
+METHODS = COMPENSATION_METHODS.names()  # the built-in compensations: compression/compensations/, one module each
 CALIB_CHUNK = 64
 """Images per forward pass of the fit. The calibration images are re-batched into chunks of this size, so the fit
 does not depend on how the caller split them: float32 forwards of different batch shapes differ in the last bits,
@@ -195,88 +195,6 @@ def _gate_note(r2: float) -> str:
     return f"R² gate: R² = {r2:.3g} ≤ 0, no compensation"
 
 
-def _fit_qwt(work, reference, names, batches, opts, mods, ref_mods) -> list[dict[str, Any]]:
-    report = []
-    for name in names:
-        block = mods[name]
-        conv = any(isinstance(m, nn.Conv2d) for m in block.modules())
-        col = Collector(False, opts["holdout"], opts["max_tokens"], opts["images"], opts["seed"])
-        info: dict[str, Any] = {}
-
-        def sink(x, yq, yt, conv=conv, col=col, info=info, name=name):
-            if conv:
-                info.setdefault("stride", _stride(x, yq, name))
-                x = x[:, :, :: info["stride"], :: info["stride"]]
-            info.update(d_in=x.shape[1 if conv else -1], d_out=yq.shape[1 if conv else -1], dtype=yq.dtype,
-                        device=yq.device, per_image=x[:1].numel() // x.shape[1 if conv else -1])
-            col.add(x, yt - yq, rows_fn(1 if conv else -1))
-
-        stream(work, block, reference, ref_mods[name], name, batches, opts["target"], sink)
-        groups = opts["conv_groups"] if conv else 1
-        fit = fit_full(col.fit, opts["ridge"], groups)
-        sc = score(col.fit, fit)
-        hold = score(col.hold, fit) if col.hold.n else None
-        r2 = hold["r2"] if hold else sc["r2"]
-        use = not (opts["r2_gate"] and not r2 > 0)
-        d_in, d_out = info["d_in"], info["d_out"]
-        if conv:
-            comp = nn.Conv2d(d_in, d_out, 1, stride=info["stride"], groups=groups, bias=True)
-            gi, go = d_in // groups, d_out // groups
-            w = torch.cat([fit.weight[g * gi:(g + 1) * gi, g * go:(g + 1) * go].T for g in range(groups)])
-            comp.weight.data = w.reshape(d_out, gi, 1, 1).float()
-        else:
-            comp = nn.Linear(d_in, d_out)
-            comp.weight.data = fit.weight.T.contiguous().float()
-        comp.bias.data = fit.bias.float()
-        comp = comp.to(device=info["device"], dtype=info["dtype"])
-        if use:
-            parent, child = _parent(mods, name)
-            setattr(parent, child, QwTBlock(block, comp).train(block.training))
-        n_par = sum(p.numel() for p in comp.parameters()) if use else 0
-        report.append({"name": name, "method": "qwt", "kind": "conv1x1" if conv else "linear", "r2": sc["r2"],
-                       "r2_holdout": hold["r2"] if hold else None, "mse_before": sc["mse_before"],
-                       "mse_after": sc["mse_after"] if use else sc["mse_before"], "params_added": n_par,
-                       "macs_added": info["per_image"] * d_in * d_out // groups if use else 0,
-                       "ridge_used": fit.ridge_used, "tokens": col.fit.n, "compensated": use,
-                       "note": "; ".join(filter(None, [fit.note, "" if use else _gate_note(r2)]))})
-    return report
-
-
-def _fit_cwac(work, reference, names, batches, opts, mods, ref_mods, next_bn) -> list[dict[str, Any]]:
-    report = []
-    for name in names:
-        mod = mods[name]
-        col = Collector(True, opts["holdout"], opts["max_tokens"], opts["images"], opts["seed"])
-        info: dict[str, Any] = {}
-
-        def sink(x, yq, yt, mod=mod, col=col, info=info):
-            cd = info.setdefault("cd", _channel_dim(mod, yq))
-            info.update(dtype=yq.dtype, device=yq.device)
-            col.add(yq, yt - yq, rows_fn(cd))
-
-        stream(work, mod, reference, ref_mods[name], name, batches, opts["target"], sink)
-        fit = fit_diagonal(col.fit, opts["ridge"])
-        sc = score(col.fit, fit)
-        hold = score(col.hold, fit) if col.hold.n else None
-        r2 = hold["r2"] if hold else sc["r2"]
-        use = not (opts["r2_gate"] and not r2 > 0)
-        gain = (1.0 + fit.weight).to(device=info["device"], dtype=info["dtype"])
-        if use:
-            wrapper = ChannelAffine(mod, gain, fit.bias.to(device=info["device"], dtype=info["dtype"]), info["cd"])
-            if name in next_bn:
-                object.__setattr__(wrapper, "_next_bn", next_bn[name])  # a reference, not a registered submodule
-            parent, child = _parent(mods, name)
-            setattr(parent, child, wrapper.train(mod.training))
-        report.append({"name": name, "method": "qwt-v2", "kind": "channel affine", "r2": sc["r2"],
-                       "r2_holdout": hold["r2"] if hold else None, "mse_before": sc["mse_before"],
-                       "mse_after": sc["mse_after"] if use else sc["mse_before"],
-                       "params_added": 2 * gain.numel() if use else 0, "macs_added": 0,
-                       "ridge_used": fit.ridge_used, "tokens": col.fit.n, "compensated": use,
-                       "negative_gains": int((gain < 0).sum()) if use else 0,
-                       "note": "; ".join(filter(None, [fit.note, "" if use else _gate_note(r2)]))})
-    return report
-
-
 @contextlib.contextmanager
 def _evaluating(model: nn.Module):
     """Eval mode inside; every module's flag restored after (an added wrapper takes its wrapped module's)."""
@@ -314,8 +232,8 @@ def _seconds_per_batch(model: nn.Module, x: torch.Tensor, repeats: int = 5) -> f
 
 
 def _check_options(method, target, ridge, holdout, max_tokens, conv_groups) -> None:
-    if method not in METHODS:
-        raise unknown_name("compensation method", method, METHODS)
+    if method not in COMPENSATION_METHODS:
+        raise unknown_name("compensation method", method, COMPENSATION_METHODS.names())
     if target not in TARGETS:
         raise unknown_name("compensation target", target, TARGETS)
     if not isinstance(ridge, (int, float)) or not ridge >= 0:
@@ -351,7 +269,8 @@ def compensate(
         qmodel: the compressed model (quantized by :func:`craftlab.quantize`, pruned, or both).
         reference: the uncompressed model it was made from (same architecture, else ValueError).
         calib: calibration batches (DataLoader or iterable of (x, y) / tensors), on qmodel's device.
-        method: ``"qwt"`` (per-block linear side path) or ``"qwt-v2"`` (channel-wise affine, CWAC).
+        method: a compensation of :data:`craftlab.registry.COMPENSATION_METHODS`: ``"qwt"`` (per-block linear side
+            path) or ``"qwt-v2"`` (channel-wise affine, CWAC), or one you registered.
         blocks: QwT's blocks (default: timm ViT ``blocks.i`` / ResNet ``layerN.M``); also the blocks of
             ``placement="blocks"``.
         ridge: λ added to the input covariance (per-token scale); 0 = plain least squares, with an
@@ -381,8 +300,9 @@ def compensate(
         res = compensate(q, model, data.calib, method="qwt")
         print(res.table()[["name", "r2", "mse_before", "mse_after", "params_added"]])
     """
-    target = target or ("same-input" if method == "qwt" else "reference")
-    _check_options(method, target, ridge, holdout, max_tokens, conv_groups)
+    _check_options(method, target or "reference", ridge, holdout, max_tokens, conv_groups)
+    how = COMPENSATION_METHODS.get(method)()
+    target = target or how.default_target
     if calib is None:
         raise ValueError("compensate needs calibration data: pass calib=<DataLoader or batches>")
     _check_architecture(qmodel, reference)
@@ -405,17 +325,8 @@ def compensate(
         ref_out = [reference(x) for x in batches]
         before = _outputs_mse(work, batches, ref_out)
         t_before = _seconds_per_batch(work, batches[0])
-        if method == "qwt":
-            names = find_blocks(work, blocks)
-        elif isinstance(placement, str) and placement in ("layers", "blocks"):
-            names = _changed_layers(work, reference) if placement == "layers" else find_blocks(work, blocks)
-        else:
-            names = find_blocks(work, [placement] if isinstance(placement, str) else placement)
-        names, next_bn = _trace(work, names, batches[0][:2])
-        if method == "qwt":
-            report = _fit_qwt(work, reference, names, batches, opts, mods, ref_mods)
-        else:
-            report = _fit_cwac(work, reference, names, batches, opts, mods, ref_mods, next_bn)
+        names, next_bn = _trace(work, how.placements(work, reference, blocks, placement), batches[0][:2])
+        report = how.fit(work, reference, names, batches, opts, mods, ref_mods, next_bn)
     fit_seconds = time.perf_counter() - start
     model = fold_compensation(work) if fold else work
     with torch.no_grad(), _evaluating(model):

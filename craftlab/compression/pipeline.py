@@ -49,7 +49,7 @@ from .._errors import check_sparsity, unknown_name
 from ..checkpoint import CheckpointError, load_checkpoint, read_meta
 from ..data import DataBundle
 from ..evaluation import evaluate
-from ..registry import PRUNE_SCORERS
+from ..registry import COMPENSATION_METHODS, PRUNE_SCORERS
 from ..settings import (
     RECIPES,
     Setting,
@@ -196,10 +196,11 @@ def resolve(setting: Setting | str | dict[str, Any] | None = None, **kwargs: Any
     if unknown:
         raise TypeError(f"compress() got unexpected argument(s) {', '.join(sorted(unknown))}")
     if setting is not None:
-        clash = [k for k in _SETTING_FIELDS if k in kwargs and kwargs[k] != _DEFAULTS[k]]
+        from_setting = parse_setting(setting).compress_kwargs()
+        clash = [k for k in (*_SETTING_FIELDS, *from_setting) if k in kwargs and kwargs[k] != _DEFAULTS[k]]
         if clash:
-            raise ValueError(f"give either setting= or {', '.join(clash)}, not both")
-        kwargs = {**kwargs, **parse_setting(setting).compress_kwargs()}
+            raise ValueError(f"give either setting= or {', '.join(dict.fromkeys(clash))}, not both")
+        kwargs = {**kwargs, **from_setting}
     kw = {**_DEFAULTS, **kwargs}
     kw["pattern"] = kw["pattern"] or None
     kw["recalibrate_bn"] = bool(kw["recalibrate_bn"])
@@ -237,12 +238,12 @@ def resolve(setting: Setting | str | dict[str, Any] | None = None, **kwargs: Any
         unknown = sorted(set(opts) - set(_COMPENSATE_OPTIONS))
         if unknown:
             raise unknown_name("compensation option", unknown[0], _COMPENSATE_OPTIONS)
-        opts.setdefault("fold", kw["compensation"] == "qwt-v2")
-        if opts["fold"] and kw["compensation"] == "qwt":
-            raise ValueError("QwT's per-block matrices mix channels and cannot be folded: use compensation='qwt-v2' "
-                             "to fold, or fold=False")
-        _check_compensation_options(kw["compensation"], opts.get("target") or
-                                    ("same-input" if kw["compensation"] == "qwt" else "reference"),
+        how = COMPENSATION_METHODS.get(kw["compensation"])
+        opts.setdefault("fold", how.foldable)
+        if opts["fold"] and not how.foldable:
+            raise ValueError(f"{how.label} cannot be folded into the layers (QwT's per-block matrices mix channels): "
+                             "use compensation='qwt-v2' to fold, or fold=False")
+        _check_compensation_options(kw["compensation"], opts.get("target") or how.default_target,
                                     opts.get("ridge", 0.0), opts.get("holdout", 0.0), opts.get("max_tokens"),
                                     opts.get("conv_groups", 1))
     kw["compensation_options"] = opts

@@ -40,11 +40,10 @@ from torch import nn
 
 from .._errors import check_sparsity, unknown_name
 from ..registry import PRUNE_SCORERS
-from ..settings import PRUNE_METHODS, parse_pattern
+from ..settings import PRUNE_METHODS, SCOPES, parse_pattern
 from ._calib import for_each_layer_input
 
 METHODS = PRUNE_METHODS  # the built-in scores; PRUNE_SCORERS.names() also lists the ones registered at run time
-SCOPES = ("global", "layer", "row")
 Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]  # noqa: UP007 (runtime alias, py3.10)
 
 

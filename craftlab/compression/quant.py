@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._errors import unknown_name
-from ..settings import GRANULARITIES, parse_bits
+from ..settings import GRANULARITIES, QUANT_METHODS, parse_bits
 from ._calib import RangeObserver, for_each_layer_input
 from .prune import Targets, target_layers
 
-METHODS = ("minmax", "percentile", "mse")
+METHODS = QUANT_METHODS["uniform"]
 CALIB_SAMPLE_VALUES = 2**20
 """Per layer: the most activation values kept for percentile/MSE calibration (a uniform subsample)."""
 

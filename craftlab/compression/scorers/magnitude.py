@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from . import PRUNE_SCORERS, Scorer
+
+if TYPE_CHECKING:  # the module is light: torch is imported where the score is computed
+    import torch
+    from torch import nn
 
 
 @PRUNE_SCORERS.register("magnitude")

@@ -7,11 +7,13 @@ it is per input channel, applied to every kernel position of that channel (group
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from . import PRUNE_SCORERS, Scorer
+
+if TYPE_CHECKING:  # the module is light: torch is imported where the score is computed
+    import torch
+    from torch import nn
 
 
 @PRUNE_SCORERS.register("wanda")
@@ -27,6 +29,8 @@ class Wanda(Scorer):
         if input_norm is None:
             raise ValueError("Wanda needs the layer's input norms (calibration images)")
         norm = input_norm.to(weight.device)
+        from torch import nn
+
         if isinstance(layer, nn.Conv2d):
             groups = layer.groups
             per_group = norm.view(groups, -1)  # (G, C_in/G)

@@ -1,0 +1,84 @@
+"""Registries of method families: names listed without importing anything, methods found by file name, your own
+method registered from anywhere and used by the library like a built-in one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import craftlab
+from craftlab.compression.scorers import Scorer
+from craftlab.registry import COMPENSATION_METHODS, PRUNE_SCORERS, Registry
+from craftlab.settings import make_setting, parse_setting
+
+
+def test_names_are_listed_without_importing_a_method_or_torch():
+    code = ("import sys; from craftlab.registry import PRUNE_SCORERS, COMPENSATION_METHODS as C; "
+            "print(PRUNE_SCORERS.names(), C.names()); "
+            "print(sorted(m for m in sys.modules if m.startswith('torch') or m.count('.') == 3))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["('magnitude', 'random', 'wanda') ('qwt', 'qwt-v2')", "[]"]  # no method module, no torch
+
+
+def test_method_modules_are_light_to_import():
+    """A method's module (its label, aliases, defaults) loads without torch: the CLI and settings read them."""
+    code = ("import sys; from craftlab.registry import PRUNE_SCORERS, COMPENSATION_METHODS as C; "
+            "PRUNE_SCORERS.all(); C.all(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_unknown_names_say_what_exists():
+    with pytest.raises(ValueError, match="unknown pruning method 'wand'.*wanda"):
+        PRUNE_SCORERS.get("wand")
+    with pytest.raises(ValueError, match="pruning method"):
+        craftlab.prune(torch.nn.Sequential(torch.nn.Linear(4, 4)), 0.5, method="snip")
+
+
+def test_a_registered_score_is_used_like_a_built_in_one():
+    """Your own score, registered from anywhere: prune(), make_setting() and the choices list it; |W| registered
+    again under another name prunes exactly what magnitude prunes."""
+
+    @PRUNE_SCORERS.register("abs-copy")
+    @dataclass(frozen=True)
+    class AbsCopy(Scorer):
+        default_scope = "layer"
+
+        def score(self, layer, weight, input_norm=None, generator=None):
+            return weight.abs()
+
+    try:
+        assert "abs-copy" in PRUNE_SCORERS.names() and "abs-copy" in PRUNE_SCORERS
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+        mine = craftlab.prune(model, 0.5, method="abs-copy", targets="all")
+        ref = craftlab.prune(model, 0.5, method="magnitude", scope="layer", targets="all")
+        for a, b in zip(mine.parameters(), ref.parameters()):
+            assert torch.equal(a, b)
+        assert mine.craftlab_compression["prune"]["scope"] == "layer"  # the score's default scope
+        assert make_setting("abs-copy", 0.5).label() == "abs-copy 50%"
+        with pytest.raises(ValueError, match="registered already"):
+            PRUNE_SCORERS.register("abs-copy")(type("Other", (Scorer,), {}))
+    finally:
+        PRUNE_SCORERS._entries.pop("abs-copy", None)
+    assert "abs-copy" not in PRUNE_SCORERS.names()
+
+
+def test_compensation_labels_and_spellings_come_from_the_method():
+    qwt2 = COMPENSATION_METHODS.get("qwt-v2")
+    assert qwt2.label == "QwT-v2" and "cwac" in qwt2.aliases and qwt2.foldable
+    assert COMPENSATION_METHODS.get("qwt").default_target == "same-input"
+    s = make_setting("magnitude", 0.5, 4, 4, compensation="cwac")
+    assert s.compensation == "qwt-v2" and s.label() == "magnitude 50% + W4A4 + QwT-v2"
+    assert parse_setting(s.label()) == s
+
+
+def test_a_registry_checks_its_names():
+    reg: Registry = Registry("widget", "craftlab.compression.scorers")
+    assert reg.names() == PRUNE_SCORERS.names()  # built-ins are the package's files
+    with pytest.raises(ValueError, match="unknown widget"):
+        reg.get("nothing")
