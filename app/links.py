@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from craftlab.registry import PRUNE_SCORERS
+from craftlab.registry import COMPENSATION_METHODS, PRUNE_SCORERS
 from craftlab.settings import make_setting
 
 __all__ = ["BITS_CHOICES", "COMPENSATION_CHOICES", "CONTROL_KEYS", "INITIAL", "LINK_KEYS", "PATTERN_CHOICES",
@@ -26,7 +26,8 @@ BITS_CHOICES = [("float", "None"), ("16", "16"), ("8", "8"), ("7", "7"), ("6", "
 INITIAL = {"method": "magnitude", "sparsity": 0.5, "w_bits": "None", "a_bits": "None", "granularity": "channel",
            "pattern": "2:4", "kind": "contour", "scale": "log10", "recipe": "uniform", "compensation": "none"}
 RECIPE_CHOICES = [("uniform", "uniform"), ("RepQ-ViT", "repq")]
-COMPENSATION_CHOICES = [("none", "none"), ("QwT (side paths)", "qwt"), ("QwT-v2 (folded)", "qwt-v2")]
+COMPENSATION_CHOICES = [("none", "none"), *((f"{c.label} ({c.blurb})", name)
+                                            for name, c in COMPENSATION_METHODS.all().items())]
 """Compensations offered: the value sent is what make_setting parses ("none" = no compensation)."""
 NM_PATTERNS = ("2:4", "1:4", "4:8", "1:2")
 """N:M patterns offered (N kept of every M); also the extra points of the accuracy-vs-sparsity plot."""

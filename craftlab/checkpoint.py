@@ -30,7 +30,15 @@ FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged or for another architecture."""
+    """A checkpoint is missing, damaged or for another architecture.
+
+    Example::
+
+        try:
+            model = craftlab.load_checkpoint("runs/vit-sam")
+        except craftlab.CheckpointError as err:
+            print(err)   # names the folder and what is wrong with it
+    """
 
 
 def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
@@ -38,6 +46,11 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[s
 
     `meta` is merged into the sidecar (``data``, ``optimizer``, ``sam_rho``, ``seed``, ``metrics``...).
     The architecture comes from ``model.craftlab_name`` (set by :func:`craftlab.create_model`).
+
+    Example::
+
+        model = craftlab.create_model("vit-tiny", num_classes=10)
+        craftlab.save_checkpoint(model, "runs/mine", {"data": {"name": "digits"}})
     """
     name = getattr(model, "craftlab_name", None)
     if name is None:
@@ -71,7 +84,12 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[s
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """The sidecar of a checkpoint folder (raises CheckpointError when missing or damaged)."""
+    """The sidecar of a checkpoint folder (raises CheckpointError when missing or damaged).
+
+    Example::
+
+        craftlab.read_meta("runs/mine")["architecture"]      # 'vit-tiny', without loading weights
+    """
     path = Path(directory) / SIDECAR
     if not path.exists():
         raise CheckpointError(f"{str(directory)!r} is not a craftlab checkpoint (no {SIDECAR})")
@@ -112,6 +130,11 @@ def load_checkpoint(
 
     Raises CheckpointError naming the problem for a missing/damaged file or an architecture that
     differs from `expected_architecture` (or from `model`'s).
+
+    Example::
+
+        model = craftlab.load_checkpoint("runs/mine")      # the architecture comes from the sidecar
+        model.craftlab_meta["data"]                          # {'name': 'digits'}
     """
     meta = read_meta(directory)
     arch = meta["architecture"]

@@ -122,7 +122,13 @@ ZOO: dict[str, ZooSpec] = {
 
 
 def zoo_names() -> list[str]:
-    """Names of the offline zoo models."""
+    """Names of the offline zoo models.
+
+    Example::
+
+        >>> zoo_names()
+        ['resnet-tiny', 'vit-tiny']
+    """
     return sorted(ZOO)
 
 
@@ -205,6 +211,11 @@ def build_model(
 
     Returns:
         The model in eval mode, with ``model.craftlab_name`` set.
+
+    Example::
+
+        model = craftlab.build_model("resnet-tiny", num_classes=10)     # random weights; the zoo's are
+                                                                      # loaded by craftlab.create_model
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")

@@ -90,3 +90,4 @@ class Registry(Generic[T]):
 # The families. Each names the package of its built-in methods; nothing is imported until a method is used.
 PRUNE_SCORERS: Registry[Any] = Registry("pruning method", "craftlab.compression.scorers")
 COMPENSATION_METHODS: Registry[Any] = Registry("compensation method", "craftlab.compression.compensations")
+SAM_MODES_REGISTRY: Registry[Any] = Registry("sam_mode", "craftlab.train.sam_modes")

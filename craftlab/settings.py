@@ -168,6 +168,12 @@ class Setting:
     ``recipe`` is the quantization recipe
     (``uniform`` unless something is quantized with ``repq``); ``compensation`` (None, ``qwt``, ``qwt-v2``)
     is fitted on the compressed model against the uncompressed one.
+
+    Example::
+
+        >>> s = Setting(method="wanda", sparsity=0.7, w_bits=4, a_bits=8)
+        >>> s.label(), s.prunes, s.quantizes
+        ('wanda 70% + W4A8', True, True)
     """
 
     method: str = "none"

@@ -113,6 +113,11 @@ def configure_threads(n: Any = None, model: Any = None) -> int:
             An explicit number holds for the process: a later call without one (e.g. the app started by
             ``craftlab --threads 2 app``) keeps it.
         model: what will run (a name, an ``nn.Module`` or a parameter count) for the per-size default.
+
+    Example::
+
+        craftlab.configure_threads(2)                     # explicit: 2 torch threads from now on
+        craftlab.configure_threads(None, model="vit-tiny")  # the policy: $CRAFTLAB_THREADS, else 1 for a tiny model
     """
     import torch
 

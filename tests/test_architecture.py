@@ -19,7 +19,8 @@ MAX_LINES = 460
 LAYERS = [
     (0, ("_errors", "cache", "registry", "settings")),
     (1, ("models", "threads", "checkpoint", "data", "evaluation")),
-    (2, ("train.sam", "compression", "probes", "analysis.stats", "analysis.rank", "analysis.power", "transforms")),
+    (2, ("train.sam", "train.sam_modes", "compression", "probes", "analysis.stats", "analysis.rank", "analysis.power",
+         "transforms")),
     (3, ("train", "compression.pipeline", "compression.sweep", "analysis", "adapt", "supernet", "distributed")),
     (4, ("viz",)),
     (5, ("cli", "__init__")),

@@ -1,6 +1,6 @@
-import hashlib
 """Checkpoints: round trips, refusals, atomic writes, the weights hash that catches an interrupted overwrite."""
 
+import hashlib
 import json
 import os
 from pathlib import Path

@@ -26,8 +26,8 @@ def test_names_are_listed_without_importing_a_method_or_torch():
 
 def test_method_modules_are_light_to_import():
     """A method's module (its label, aliases, defaults) loads without torch: the CLI and settings read them."""
-    code = ("import sys; from craftlab.registry import PRUNE_SCORERS, COMPENSATION_METHODS as C; "
-            "PRUNE_SCORERS.all(); C.all(); print('torch' in sys.modules)")
+    code = ("import sys; from craftlab.registry import PRUNE_SCORERS, COMPENSATION_METHODS as C, SAM_MODES_REGISTRY "
+            "as S; PRUNE_SCORERS.all(); C.all(); S.all(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -82,3 +82,18 @@ def test_a_registry_checks_its_names():
     assert reg.names() == PRUNE_SCORERS.names()  # built-ins are the package's files
     with pytest.raises(ValueError, match="unknown widget"):
         reg.get("nothing")
+
+
+def test_sam_modes_come_from_their_modules():
+    from craftlab.registry import SAM_MODES_REGISTRY
+    from craftlab.train.sam import SAM, SAM_MODES, parse_sam_mode
+
+    assert SAM_MODES_REGISTRY.names() == ("looksam", "msam", "random", "rwp", "sam")
+    assert SAM_MODES == {"looksam": 5, "msam": None, "random": 0.5, "rwp": None, "sam": None}
+    assert parse_sam_mode("looksam:3").options() == {"mode": "looksam", "interval": 3}
+    with pytest.raises(ValueError, match="'looksam\\[:K\\]'.*'random\\[:F\\]'"):
+        parse_sam_mode("lookahead")
+    with pytest.raises(ValueError, match="interval must be a positive integer"):
+        parse_sam_mode("looksam:2.5")
+    opt = SAM([torch.nn.Parameter(torch.ones(2))], torch.optim.SGD, mode="looksam", interval=4, lr=0.1)
+    assert opt.rule.interval == 4 and opt.rule.alpha == 0.7

@@ -109,6 +109,11 @@ def recalibrate_bn(model: nn.Module, calib: Iterable[Any], calib_samples: int | 
     Each running mean/variance becomes the mean / unbiased variance of that layer's input pooled over
     the calibration images, with BatchNorm layers normalising by batch statistics during the pass and
     every other module in eval mode (see the module docstring).
+
+    Example::
+
+        q = craftlab.quantize(model, w_bits=4, a_bits=4, calib=data.calib)
+        q = craftlab.recalibrate_bn(q, data.calib)     # the quantized model's own statistics, a new model
     """
     out = copy.deepcopy(model)
     recalibrate_bn_(out, calib, calib_samples=calib_samples)

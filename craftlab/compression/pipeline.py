@@ -357,6 +357,11 @@ def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test
     settings (with ``setting``: its label), and the compressed model's ``size_mb``, ``sparsity_measured``,
     ``bitops`` and ``params`` (QwT's side paths count as float parameters and MACs). `fp`: the uncompressed
     model's ``evaluate`` result on `split`, when known (a sweep evaluates it once per model, not per setting).
+
+    Example::
+
+        res = craftlab.compress_and_evaluate(model, data, setting="wanda 70% + W4A8", calib=data.calib)
+        res["fp_accuracy"], res["accuracy"], res["size_mb"], res["bitops"]
     """
     from .prune import sparsity_report
 

@@ -209,6 +209,13 @@ def prune(
 
     Global scope zeroes exactly ``round(sparsity * N)`` of the N targeted weights (lowest scores,
     ties broken by position); layer and row scope do the same per tensor / per output row.
+
+    Example::
+
+        pruned = craftlab.prune(model, 0.5)                                  # magnitude, global
+        pruned = craftlab.prune(model, 0.7, method="wanda", calib=data.calib)  # per output row
+        pruned = craftlab.prune(model, pattern="2:4", method="wanda", calib=data.calib)
+        craftlab.sparsity_report(pruned)["sparsity"]
     """
     sparsity, scope, nm = check_prune_args(sparsity, method, scope, pattern, calib, wanda_inputs, recalibrate_bn)
     pruned = copy.deepcopy(model)
@@ -257,6 +264,10 @@ def sparsity_report(model: nn.Module, targets: Targets = None) -> dict[str, Any]
 
     Returns ``{"layers": {name: {"zeros", "total", "sparsity", "targeted"}}, "overall": s_targets,
     "overall_all": s_all_conv_linear}`` where ``overall`` counts the targeted layers only.
+
+    Example::
+
+        craftlab.sparsity_report(craftlab.prune(model, 0.5))["sparsity"]   # 0.5 of the targeted weights
     """
     chosen = set(target_layers(model, targets))
     layers, z_t, n_t, z_a, n_a = {}, 0, 0, 0, 0

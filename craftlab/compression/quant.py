@@ -128,7 +128,14 @@ def _mse_search(x: torch.Tensor, axis: int | None, lo: torch.Tensor, hi: torch.T
 
 def quantize_tensor(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool = True,
                     method: str = "minmax", percentile: float = 99.99) -> torch.Tensor:
-    """Fake-quantize `x` to a `bits`-bit grid (per channel along `axis`, per tensor if None); same shape/dtype."""
+    """Fake-quantize `x` to a `bits`-bit grid (per channel along `axis`, per tensor if None); same shape/dtype.
+
+    Example::
+
+        >>> import torch
+        >>> quantize_tensor(torch.tensor([-1.0, -0.3, 0.2, 1.0]), bits=2).tolist()
+        [-1.0, 0.0, 0.0, 1.0]
+    """
     bits = _int_bits(bits)
     scale, zp = qparams(x, bits, axis, symmetric, method, percentile)
     qmin, qmax = grid(bits, symmetric)
@@ -297,6 +304,11 @@ def model_stats(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     other parameter at 32 bits), ``size_mb`` (size_bits / 8 / 2**20), and with `example_input` (one
     image, shape (1, C, H, W) or (C, H, W)): ``macs`` of the Conv2d/Linear layers (attention matmuls
     are not counted) and ``bitops`` = Σ MACs · w_bits · a_bits (32 for float).
+
+    Example::
+
+        craftlab.model_stats(craftlab.quantize(model, w_bits=4, a_bits=8, calib=data.calib))
+        # {'size_mb': ..., 'bitops': ..., 'params': ..., 'sparsity': ...}
     """
     size_bits, params, nonzero = 0, 0, 0
     weight_bits = {}

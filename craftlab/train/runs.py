@@ -26,7 +26,14 @@ OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a fine-tuning run is: the CrAFT recipe's knobs."""
+    """What a fine-tuning run is: the CrAFT recipe's knobs.
+
+    Example::
+
+        >>> spec = RunSpec(model="vit-tiny", data="digits", epochs=8, sam_rho=0.05, seed=3)
+        >>> spec.key, spec.arm
+        ('vit-tiny-digits-adamw+sam0.05-e8-s3', 'adamw+sam0.05')
+    """
 
     model: str = "vit-tiny"
     data: str = "digits"
@@ -135,7 +142,13 @@ def is_cached(spec: RunSpec) -> bool:
 
 def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
     """The checkpoint folder of `spec`, fine-tuning it first if it is not cached (or if the cached
-    folder holds another spec's run)."""
+    folder holds another spec's run).
+
+    Example::
+
+        path = craftlab.get_run(craftlab.RunSpec(model="vit-tiny", sam_rho=0.05))   # fine-tunes once, then cached
+        model = craftlab.load_checkpoint(path)
+    """
     path = run_dir(spec)
     if is_cached(spec):
         return path
@@ -157,7 +170,12 @@ def get_run(spec: RunSpec, progress: bool = True, callback: Any = None) -> Path:
 
 
 def list_runs() -> list[dict[str, Any]]:
-    """Every cached run: ``{"path", "key", "architecture", "arm", "test_accuracy", ...}``."""
+    """Every cached run: ``{"path", "key", "architecture", "arm", "test_accuracy", ...}``.
+
+    Example::
+
+        [(r["key"], r["test_accuracy"]) for r in craftlab.list_runs()]
+    """
     out = []
     for path, meta in scan_checkpoints(cache.home() / "runs"):
         out.append({"path": str(path), "key": path.name, "architecture": meta["architecture"],

@@ -15,7 +15,8 @@ and adds what it lacks:
 Update (p = 2):  ε = ρ · T² g / ‖T g‖,  T = |w| + η for ASAM (``adaptive=True``), T = I for SAM;
 then w ← w + ε, g' = ∇L(w + ε), w ← w − ε, base_optimizer.step() with g'.
 
-Efficient modes (``mode=``, one optimizer; see :data:`SAM_MODES` and :func:`parse_sam_mode`):
+Efficient modes (``mode=``, one optimizer; one module each in :mod:`craftlab.train.sam_modes`; see :data:`SAM_MODES`
+and :func:`parse_sam_mode`):
 
 * ``"sam"``: the update above on every step (two passes).
 * ``"looksam"`` (LookSAM, Liu et al. 2022): the two-pass step on every ``interval``-th step only; it keeps
@@ -46,10 +47,18 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..registry import SAM_MODES_REGISTRY
+
 
 @contextlib.contextmanager
 def frozen_bn(model: nn.Module | None) -> Iterator[None]:
-    """BatchNorm layers use batch statistics but do not update running stats (nor the batch counter)."""
+    """BatchNorm layers use batch statistics but do not update running stats (nor the batch counter).
+
+    Example::
+
+        with frozen_bn(model):
+            loss_fn(model(x), y).backward()   # the perturbed pass leaves the BatchNorm statistics alone
+    """
     if model is None:
         yield
         return
@@ -63,8 +72,9 @@ def frozen_bn(model: nn.Module | None) -> Iterator[None]:
             m.track_running_stats = True
 
 
-SAM_MODES = {"sam": None, "looksam": 5, "random": 0.5, "msam": None, "rwp": None}
-"""Mode name → default value (LookSAM's interval k, the random mode's fraction; None: the mode takes none)."""
+SAM_MODES = {name: mode.default for name, mode in SAM_MODES_REGISTRY.all().items()}
+"""Mode name → default value (LookSAM's interval k, the random mode's fraction; None: the mode takes none); the
+modes are the modules of :mod:`craftlab.train.sam_modes`."""
 
 
 class SamMode(NamedTuple):
@@ -79,12 +89,8 @@ class SamMode(NamedTuple):
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`SAM` for this mode."""
-        out: dict[str, Any] = {"mode": self.name}
-        if self.name == "looksam":
-            out["interval"] = self.value
-        elif self.name == "random":
-            out["fraction"] = self.value
-        return out
+        option = SAM_MODES_REGISTRY.get(self.name).option
+        return {"mode": self.name, **({option: self.value} if option else {})}
 
 
 def parse_sam_mode(text: str | SamMode) -> SamMode:
@@ -104,24 +110,23 @@ def parse_sam_mode(text: str | SamMode) -> SamMode:
         raise ValueError(f"sam_mode must be a string such as 'sam', 'looksam:5', 'random:0.5', 'msam' or 'rwp', "
                          f"got {text!r}")
     name, _, raw = text.strip().lower().partition(":")
-    if name not in SAM_MODES:
-        raise ValueError(f"unknown sam_mode {text!r}; choose one of 'sam', 'looksam[:K]', 'random[:F]', 'msam', 'rwp'")
-    default = SAM_MODES[name]
-    if default is None:
+    if name not in SAM_MODES_REGISTRY:
+        shown = ", ".join(f"'{n}[:{'K' if m.option == 'interval' else 'F'}]'" if m.option else f"'{n}'"
+                          for n, m in SAM_MODES_REGISTRY.all().items())
+        raise ValueError(f"unknown sam_mode {text!r}; choose one of {shown}")
+    mode = SAM_MODES_REGISTRY.get(name)
+    if mode.option is None:
         if raw:
             raise ValueError(f"sam_mode {name!r} takes no value, got {text!r}")
         return SamMode(name)
     try:
-        value = float(raw) if raw else float(default)
+        value = float(raw) if raw else float(mode.default)
     except ValueError:
         raise ValueError(f"sam_mode {text!r}: the value after ':' must be a number") from None
-    if name == "looksam":
-        if not (value.is_integer() and value >= 1):
-            raise ValueError(f"sam_mode {text!r}: LookSAM's interval must be a positive integer")
-        return SamMode(name, int(value))
-    if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise ValueError(f"sam_mode {text!r}: the fraction of SAM steps must be in (0, 1]")
-    return SamMode(name, value)
+    try:
+        return SamMode(name, mode.check(value))
+    except ValueError as err:
+        raise ValueError(f"sam_mode {text!r}: {err}") from None
 
 
 class SAM(torch.optim.Optimizer):
@@ -157,8 +162,8 @@ class SAM(torch.optim.Optimizer):
             raise ValueError(f"rho must be non-negative, got {rho}")
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError("base_optimizer must be a torch.optim.Optimizer class, e.g. torch.optim.SGD")
-        if mode not in SAM_MODES:
-            raise ValueError(f"mode must be one of {tuple(SAM_MODES)}, got {mode!r}")
+        if mode not in SAM_MODES_REGISTRY:
+            raise ValueError(f"mode must be one of {SAM_MODES_REGISTRY.names()}, got {mode!r}")
         if not (isinstance(interval, numbers.Integral) and not isinstance(interval, bool) and interval >= 1):
             raise ValueError(f"interval must be a positive integer, got {interval!r}")
         if not (isinstance(fraction, numbers.Real) and 0.0 < fraction <= 1.0):
@@ -172,6 +177,9 @@ class SAM(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         self.model = model
         self.mode, self.interval, self.fraction, self.alpha = mode, int(interval), float(fraction), float(alpha)
+        rule = SAM_MODES_REGISTRY.get(mode)
+        given = {"interval": self.interval, "fraction": self.fraction, "alpha": self.alpha}
+        self.rule = rule(**{k: v for k, v in given.items() if k in rule.__dataclass_fields__})
         self.steps = 0  # base-optimizer steps taken (second_step calls)
         self._generator = torch.Generator().manual_seed(int(seed))
         self._two_pass: bool | None = None  # the plan of the step under way
@@ -197,14 +205,7 @@ class SAM(torch.optim.Optimizer):
         (:meth:`perturb`, gradient, :meth:`second_step`). ``"sam"`` always plans two passes; ``"looksam"`` on
         every ``interval``-th step; ``"random"`` with probability ``fraction`` (one draw from the private
         generator per call); ``"msam"`` and ``"rwp"`` never."""
-        if self.mode == "sam":
-            two = True
-        elif self.mode == "looksam":
-            two = self.steps % self.interval == 0
-        elif self.mode == "random":
-            two = float(torch.rand((), generator=self._generator)) < self.fraction
-        else:
-            two = False
+        two = self.rule.plan(self)
         self._two_pass = two
         return two
 
@@ -227,9 +228,7 @@ class SAM(torch.optim.Optimizer):
     def first_step(self, zero_grad: bool = False) -> None:
         """w ← w + ε(w) with ε = ρ T² g / ‖T g‖ (the ascent step). Needs gradients at w."""
         grads = {p: p.grad for g in self.param_groups for p in g["params"] if p.grad is not None}
-        if self.mode == "looksam":
-            for p, g in grads.items():
-                self.state[p]["looksam_g"] = g.detach().clone()
+        self.rule.after_ascent(self, grads)
         self._ascend(grads)
         if zero_grad:
             self.zero_grad()
@@ -239,47 +238,7 @@ class SAM(torch.optim.Optimizer):
         """The one-pass modes' move before the forward pass: ``"msam"`` w ← w − ρ T² m / ‖T m‖ (m: the base
         optimizer's first moment; nothing before the first step), ``"rwp"`` w ← w + ρ‖W_i‖·N(0, I) per output
         row of every parameter with 2+ dimensions; the other modes do nothing. :meth:`second_step` restores w."""
-        if self.mode == "msam":
-            moments = {}
-            for group in self.param_groups:
-                for p in group["params"]:
-                    st = self.base_optimizer.state.get(p, {})
-                    m = st.get("exp_avg", st.get("momentum_buffer"))
-                    if m is not None:
-                        moments[p] = -m
-            self._ascend(moments)
-        elif self.mode == "rwp":
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.ndim < 2:
-                        continue
-                    noise = torch.randn(p.shape, generator=self._generator, dtype=p.dtype).to(p.device)
-                    scale = group["rho"] * p.detach().flatten(1).norm(dim=1).view(-1, *[1] * (p.ndim - 1))
-                    self.state[p]["old_p"] = p.detach().clone()
-                    p.add_(noise * scale)
-
-    @torch.no_grad()
-    def _looksam_gradient(self) -> None:
-        """After a two-pass step: keep ĝ_v, the unit part of g' orthogonal to g. After a one-pass step:
-        g ← g + α‖g‖ĝ_v (LookSAM's reuse of the last ascent's information)."""
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not params:
-            return
-        if "looksam_g" in self.state[params[0]]:
-            g = {p: self.state[p].pop("looksam_g") for p in params}
-            dot = sum((p.grad * g[p]).sum() for p in params)
-            g_sq = sum((g[p] ** 2).sum() for p in params)
-            coef = dot / g_sq if float(g_sq) > 0 else torch.zeros(())
-            gv = {p: p.grad - coef * g[p] for p in params}
-            gv_norm = torch.sqrt(sum((v ** 2).sum() for v in gv.values()))
-            if bool(torch.isfinite(gv_norm)):
-                for p in params:
-                    self.state[p]["looksam_gv"] = gv[p] / gv_norm if float(gv_norm) > 0 else torch.zeros_like(p)
-        else:
-            g_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
-            for p in params:
-                if "looksam_gv" in self.state[p]:
-                    p.grad.add_(self.state[p]["looksam_gv"] * (self.alpha * g_norm))
+        self.rule.perturb(self)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
@@ -289,8 +248,7 @@ class SAM(torch.optim.Optimizer):
             for p in group["params"]:
                 if "old_p" in self.state[p]:
                     p.data.copy_(self.state[p].pop("old_p"))
-        if self.mode == "looksam":
-            self._looksam_gradient()
+        self.rule.before_base_step(self)
         if scaler is not None:
             scaler.step(self.base_optimizer)
         else:
@@ -311,7 +269,7 @@ class SAM(torch.optim.Optimizer):
         """
         if closure is None:
             raise ValueError("SAM.step needs a closure that recomputes the loss (or call first_step/second_step)")
-        if self.mode in ("msam", "rwp"):
+        if not self.rule.closure:
             raise ValueError(f"mode {self.mode!r} takes its one gradient at the perturbed point: call perturb() "
                              "before the forward pass, then second_step() (step(closure) cannot)")
         two = self._two_pass if self._two_pass is not None else self.plan_step()

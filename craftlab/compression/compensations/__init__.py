@@ -29,9 +29,10 @@ __all__ = ["COMPENSATION_METHODS", "Compensation"]
 class Compensation:
     """A closed-form compensation. `label`: how settings name it (``W4A4 + QwT``); `default_target`: what each fit
     aims at unless the caller says (``same-input`` or ``reference``); `foldable`: it folds into the layers; `aliases`:
-    other spellings people type (``cwac`` for ``qwt-v2``)."""
+    other spellings people type (``cwac`` for ``qwt-v2``); `blurb`: a few words a choice list shows beside the label."""
 
     label: ClassVar[str] = ""
+    blurb: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     default_target: ClassVar[str] = "reference"
     foldable: ClassVar[bool] = False

@@ -21,6 +21,7 @@ class QwT(Compensation):
     """A linear side path per block (cannot fold: it costs parameters and latency)."""
 
     label = "QwT"
+    blurb = "side paths"
     default_target = "same-input"
 
     def placements(self, work: nn.Module, reference: nn.Module, blocks: Sequence[str] | None,

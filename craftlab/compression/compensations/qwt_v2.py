@@ -22,6 +22,7 @@ class QwTv2(Compensation):
 
     label = "QwT-v2"
     aliases = ("qwtv2", "qwt_v2", "qwt v2", "cwac")
+    blurb = "folded"
     default_target = "reference"
     foldable = True
 
