@@ -91,3 +91,4 @@ class Registry(Generic[T]):
 PRUNE_SCORERS: Registry[Any] = Registry("pruning method", "craftlab.compression.scorers")
 COMPENSATION_METHODS: Registry[Any] = Registry("compensation method", "craftlab.compression.compensations")
 SAM_MODES_REGISTRY: Registry[Any] = Registry("sam_mode", "craftlab.train.sam_modes")
+TRANSFORMS: Registry[Any] = Registry("transform", "craftlab.transforms")

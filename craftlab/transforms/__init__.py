@@ -10,7 +10,8 @@ provides the comparison frame with stand-ins from the literature, each labelled 
   one pass per step.
 
 ``get_transform(name, **params)``, ``list_transforms()``, ``register_transform(name)`` (a class decorator for
-your own :class:`Transform`), ``fold(model)``. Example::
+your own :class:`Transform`), ``fold(model)``. The built-in transforms are one module each (``expand.py``,
+``repvgg.py``, ``weight_noise.py``) in :data:`craftlab.registry.TRANSFORMS`, imported when first used. Example::
 
     from craftlab import transforms
     t = transforms.get_transform("expand", rate=4)
@@ -20,7 +21,6 @@ your own :class:`Transform`), ``fold(model)``. Example::
 
 from __future__ import annotations
 
-from . import noise, overparam  # noqa: F401  (registers the built-in transforms)
-from .base import Transform, fold, get_transform, list_transforms, register_transform, transform_info
+from ._base import Transform, fold, get_transform, list_transforms, register_transform, transform_info
 
 __all__ = ["Transform", "fold", "get_transform", "list_transforms", "register_transform", "transform_info"]

@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._errors import unknown_name
+from ..registry import TRANSFORMS
 
-_REGISTRY: dict[str, type[Transform]] = {}
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 INFO_ATTR = "craftlab_transform"
 """Attribute that a transformed model carries: ``{"name", "spec", "params", "layers"}``."""
@@ -231,19 +231,20 @@ def register_transform(name: str) -> Callable[[type[Transform]], type[Transform]
     def decorate(cls: type[Transform]) -> type[Transform]:
         if not (isinstance(cls, type) and issubclass(cls, Transform)):
             raise TypeError(f"register_transform decorates Transform subclasses, got {cls!r}")
-        old = _REGISTRY.get(name)
+        old = TRANSFORMS._entries.get(name)
         if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
             raise ValueError(f"transform name {name!r} is taken by {old.__module__}.{old.__qualname__}")
+        TRANSFORMS._entries.pop(name, None)  # the same class again (a re-run notebook cell) replaces it
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return TRANSFORMS.register(name)(cls)
 
     return decorate
 
 
 def list_transforms() -> list[str]:
-    """Names of the registered transforms."""
-    return sorted(_REGISTRY)
+    """Names of the registered transforms: the built-in ones (one module each in this package, not imported
+    until used) and yours."""
+    return list(TRANSFORMS.names())
 
 
 def _value(text: str) -> Any:
@@ -277,9 +278,7 @@ def get_transform(name: str | Transform, **params: Any) -> Transform:
         if not eq:
             raise ValueError(f"transform parameters are written key=value, got {item!r} in {name!r}")
         params.setdefault(key.strip(), _value(text.strip()))
-    if base not in _REGISTRY:
-        raise unknown_name("transform", base, list_transforms())
-    return _REGISTRY[base](**params)
+    return TRANSFORMS.get(base)(**params)
 
 
 def fold(model: nn.Module) -> nn.Module:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Transform, check_number, register_transform
+from ._base import Transform, check_number, register_transform
 
 
 class NoisyWeight(nn.Module):
