@@ -53,12 +53,6 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def small():
-    x, y = craftlab.load_data("digits").train_set.tensors
-    return craftlab.from_tensors(x[:300], y[:300], name="digits300", batch_size=32)
-
-
-@pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Run the script on 2 gloo ranks; the folder of what they wrote."""
     out = tmp_path_factory.mktemp("ddp")

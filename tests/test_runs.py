@@ -86,3 +86,16 @@ def test_get_run_trains_once_and_rebuilds_a_folder_of_another_run(monkeypatch):
     (path / "craftlab.json").write_text(json.dumps({**meta, "run": {**meta["run"], "lr": 0.1}}))
     with pytest.raises(AssertionError, match="trained again"):  # holds another run: not reused
         get_run(spec, progress=False)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(epochs=0), "epochs must be a whole number >= 1"), (dict(epochs=2.5), "epochs"),
+    (dict(seed=-1), "seed must be a whole number >= 0"), (dict(batch_size=0), "batch_size"),
+    (dict(sam_rho=-0.1), "sam_rho must be a finite number >= 0"), (dict(sam_rho=float("nan")), "sam_rho"),
+    (dict(adaptive=True), "ASAM .* needs sam_rho > 0"), (dict(lr=0.0), "lr must be a positive number"),
+    (dict(optimizer="adamx"), "unknown optimizer 'adamx'"), (dict(model=""), "model must be a model name"),
+])
+def test_a_runspec_checks_its_fields(kw, match):
+    """The core refuses a run that cannot train (it used to accept epochs=0: only the app checked)."""
+    with pytest.raises(ValueError, match=match):
+        RunSpec(**{"model": "vit-tiny", **kw})

@@ -18,14 +18,6 @@ CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 
 
 @pytest.fixture(scope="module")
-def small(digits):
-    # a quarter of digits keeps these tests fast
-    x = torch.cat([b[0] for b in digits.loader("train", shuffle=False)])[:300]
-    y = torch.cat([b[1] for b in digits.loader("train", shuffle=False)])[:300]
-    return craftlab.from_tensors(x, y, val=(x[:100], y[:100]), test=(x[:100], y[:100]), batch_size=50)
-
-
-@pytest.fixture(scope="module")
 def vit_arms(small):
     """vit-tiny from the zoo, fine-tuned one epoch on `small` per arm (same seed), and its untrained loss."""
     model = craftlab.create_model("vit-tiny", num_classes=10)

@@ -55,6 +55,34 @@ class RunSpec:
     :meth:`record` (old runs stay cached)."""
 
     def __post_init__(self) -> None:
+        """The one check of a run: every field in its range (a RunSpec is trusted after this)."""
+        import math
+        import numbers
+
+        from .._errors import unknown_name
+        from .finetune import OPTIMIZERS
+
+        def whole(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}")
+
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model must be a model name, got {self.model!r}")
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise ValueError(f"data must be a dataset name, got {self.data!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
+        whole("epochs", 1)
+        whole("seed", 0)
+        if self.batch_size is not None:
+            whole("batch_size", 1)
+        if not (isinstance(self.sam_rho, numbers.Real) and math.isfinite(self.sam_rho) and self.sam_rho >= 0):
+            raise ValueError(f"sam_rho must be a finite number >= 0, got {self.sam_rho!r}")
+        if self.adaptive and self.sam_rho == 0:
+            raise ValueError("ASAM (adaptive=True) needs sam_rho > 0")
+        if self.lr is not None and not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number (or None for the optimizer's default), got {self.lr!r}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
         if self.sam_mode != "sam":
