@@ -52,8 +52,8 @@ def make_run_spec(model: str, data: str = "digits", optimizer: str = "adamw", sa
     """Read loose user input (a form, an API call) into a :class:`RunSpec`; ValueError names the problem.
 
     The form's reading: names checked against what exists, sliders' floats as whole numbers, empty fields as
-    defaults, the form's upper limits; :class:`RunSpec` itself checks every field's range (the core's rule). ``epochs`` and ``seed`` may be
-    floats holding whole numbers (sliders send 3.0); ρ is in [0, 10]; ASAM needs ρ > 0; ``lr`` is a peak
+    defaults, the form's upper limits; :class:`RunSpec` itself checks every field's range (the core's rule).
+    ``epochs`` and ``seed`` may be floats holding whole numbers (sliders send 3.0); ρ is in [0, 10]; ``lr`` is a peak
     learning rate in (0, 10], or None / 0 / "" for the optimizer's default; ``batch_size`` a whole number in
     [1, 4096], or None / "" for the data's default (64, which is also stored as None: the same run, the same key).
 
