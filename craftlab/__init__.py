@@ -18,8 +18,7 @@ landscapes), ``analysis/`` (statistics, multi-run experiments), ``viz/`` (figure
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -56,16 +55,4 @@ _MODULES: dict[str, str] = {
 __all__ = ["__version__", *_NAMES, *_MODULES]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name], __name__), name)
-    elif name in _MODULES:
-        value = importlib.import_module(_MODULES[name], __name__)
-    else:
-        raise AttributeError(f"module 'craftlab' has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _NAMES, _MODULES)
