@@ -1,0 +1,176 @@
+"""Accuracy against epochs and against training wall time, each method at its own tuned learning rate
+(:func:`adapt_curves`).
+
+A comparison at one budget with hand-set learning rates can favour whichever method's rate happened to fit that
+budget. Here every arm trains at every learning rate of a small grid (:func:`lr_grid`: its default ÷3, ×1, ×3)
+and every seed for ``epochs`` epochs; the validation and test accuracy are read after each epoch. Each arm's rate
+is the one with the highest mean *validation* accuracy at the last epoch (ties: the lower mean validation loss,
+then the smaller rate); the test split never chooses anything. The curve of an arm is its chosen rate's runs,
+averaged over seeds, epoch by epoch, with the cumulative training wall time (evaluation excluded).
+
+The schedule is the recipe's cosine over the whole run: epoch e of an ``epochs``-epoch curve is *not* an
+``e``-epoch run (that one would have annealed to 0 at e); only the last point is the ``epochs``-epoch run
+(:func:`craftlab.adapt.recipes.adapt_model` with the same arguments gives the same numbers).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataBundle
+from .recipes import DEFAULT_LR, METHODS, adapt_model
+
+CURVE_ARMS: dict[str, dict[str, Any]] = {
+    "LoRA (r=4, qkv)": {"method": "lora"},
+    "LAST (g=1, m=4)": {"method": "last", "gap": 1},
+    "full": {"method": "full"},
+}
+"""The default arms: the claims ledger's LAST-vs-LoRA endpoint and full fine-tuning (labels as the adaptation
+benchmark's)."""
+
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+"""The default grid around each method's :data:`~craftlab.adapt.recipes.DEFAULT_LR`."""
+
+
+def lr_grid(method: str, factors: Sequence[float] = LR_FACTORS) -> list[float]:
+    """The learning rates tried for `method`: its default rate times each factor, rounded to 3 significant digits.
+
+    >>> lr_grid("last")
+    [0.00333, 0.01, 0.03]
+    """
+    if method not in DEFAULT_LR:
+        raise ValueError(f"unknown adaptation method {method!r}; choose one of {list(DEFAULT_LR)}")
+    return [float(f"{DEFAULT_LR[method] * f:.3g}") for f in factors]
+
+
+@dataclass
+class Curves:
+    """What :func:`adapt_curves` measured.
+
+    ``runs``: one row per (arm, lr, seed, epoch): ``val_accuracy``, ``val_loss``, ``test_accuracy``, ``time_s``
+    (that epoch's training), ``cum_time_s``. ``grid``: one row per (arm, lr): last-epoch ``val_accuracy`` /
+    ``val_loss`` / ``test_accuracy`` means over seeds, ``val_sd``, ``chosen``. ``curves``: one row per (arm, epoch)
+    at the chosen rate: ``lr``, means over seeds of ``val_accuracy``, ``test_accuracy``, ``cum_time_s``, the sd
+    over seeds of ``test_accuracy`` and ``seeds``."""
+
+    runs: Any
+    grid: Any
+    curves: Any
+
+    @property
+    def chosen(self) -> dict[str, float]:
+        """Arm → the learning rate chosen on validation."""
+        g = self.grid[self.grid["chosen"]]
+        return dict(zip(g["arm"], g["lr"].astype(float)))
+
+
+def _check(arms: Mapping[str, Mapping[str, Any]], lrs: Mapping[str, Sequence[float]], seeds: Sequence[int],
+           epochs: Any) -> None:
+    if not arms:
+        raise ValueError("adapt_curves needs at least one arm")
+    for label, kw in arms.items():
+        if kw.get("method") not in METHODS:
+            raise ValueError(f"arm {label!r} needs a 'method' among {list(METHODS)}, got {kw.get('method')!r}")
+        if "lr" in kw or "callback" in kw:
+            raise ValueError(f"arm {label!r}: the learning rate comes from the grid (lrs), not the arm")
+    for label, grid in lrs.items():
+        if label not in arms:
+            raise ValueError(f"lrs names an unknown arm {label!r}; arms: {list(arms)}")
+        if len(grid) < 1 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in grid):
+            raise ValueError(f"the learning rates of {label!r} must be numbers > 0 (at least one), got {list(grid)}")
+        if len(set(grid)) != len(grid):
+            raise ValueError(f"the learning rates of {label!r} repeat: {list(grid)}")
+    if len(seeds) < 1 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be integers (at least one), got {list(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {list(seeds)}")
+    if not (isinstance(epochs, numbers.Integral) and not isinstance(epochs, bool) and epochs >= 1):
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+
+
+def choose(grid: Any) -> Any:
+    """Mark each arm's chosen rate in a grid table (``arm``, ``lr``, ``val_accuracy``, ``val_loss``): the highest
+    validation accuracy, then the lowest validation loss, then the smallest rate. Returns a copy with ``chosen``.
+
+    >>> choose(pd.DataFrame({"arm": ["a", "a"], "lr": [.1, .3], "val_accuracy": [.9, .95], "val_loss": [1, 1]}))
+    ... # doctest: +SKIP
+    """
+    order = grid.sort_values(["arm", "val_accuracy", "val_loss", "lr"], ascending=[True, False, True, True],
+                             kind="stable")
+    best = set(order.groupby("arm", sort=False).head(1).index)
+    return grid.assign(chosen=[i in best for i in grid.index])
+
+
+def adapt_curves(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[str, Any]] | None = None,
+                 lrs: Mapping[str, Sequence[float]] | None = None, seeds: Sequence[int] = (0, 1), epochs: int = 8,
+                 progress: bool = False, device: str | torch.device = "cpu") -> Curves:
+    """Accuracy-vs-epochs and accuracy-vs-wall-time curves, each arm at the learning rate chosen on validation.
+
+    Args:
+        arms: label → :func:`~craftlab.adapt.recipes.adapt_model` arguments with a ``method`` and no ``lr``
+            (default :data:`CURVE_ARMS`: LoRA, LAST, full fine-tuning).
+        lrs: label → the learning rates tried (default :func:`lr_grid` of the arm's method).
+        seeds: every (arm, rate) trains at each seed (same data order per seed across arms).
+        epochs: the budget; the cosine schedule spans it.
+
+    Every run is :func:`~craftlab.adapt.recipes.adapt_model` (the caller's model is not changed), evaluated on
+    the validation and test splits after each epoch.
+
+    >>> cv = adapt_curves(craftlab.create_model("vit-tiny", num_classes=10), data, seeds=[0, 1])  # doctest: +SKIP
+    >>> cv.chosen, cv.curves[cv.curves["epoch"] == 8]                                              # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from ..evaluation import evaluate
+    from ..train.finetune import eval_loader
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(data, DataBundle):
+        raise TypeError("data must be a craftlab DataBundle (see craftlab.load_data / craftlab.from_tensors)")
+    arms = {k: dict(v) for k, v in (CURVE_ARMS if arms is None else arms).items()}
+    lrs = {k: list(v) for k, v in (lrs or {}).items()}
+    seeds = list(seeds)
+    _check(arms, lrs, seeds, epochs)
+    rows = []
+    for label, kw in arms.items():
+        kw = dict(kw)
+        method = kw.pop("method")
+        for lr in lrs.get(label) or lr_grid(method):
+            for seed in seeds:
+                test_acc: list[float] = []
+
+                def on_epoch(rec: dict[str, float], net: nn.Module, test_acc: list[float] = test_acc) -> None:
+                    test_acc.append(evaluate(net, eval_loader(data, "test"))["accuracy"])
+
+                res = adapt_model(model, data, method, epochs=int(epochs), lr=float(lr), seed=int(seed),
+                                  device=device, callback=on_epoch, **kw)
+                cum = 0.0
+                for h, t in zip(res.history, test_acc):
+                    cum += h["time_s"]
+                    rows.append({"arm": label, "method": method, "lr": float(lr), "seed": int(seed),
+                                 "epoch": int(h["epoch"]), "val_accuracy": h["val_accuracy"],
+                                 "val_loss": h["val_loss"], "test_accuracy": t, "time_s": h["time_s"],
+                                 "cum_time_s": cum})
+                if progress:
+                    print(f"  {label} lr {lr:g} seed {seed}: val {res.metrics['val_accuracy']:.3f} "
+                          f"test {test_acc[-1]:.3f} ({cum:.1f} s)", flush=True)
+    runs = pd.DataFrame(rows)
+    last = runs[runs["epoch"] == int(epochs)]
+    grid = (last.groupby(["arm", "lr"], sort=False)
+            .agg(method=("method", "first"), val_accuracy=("val_accuracy", "mean"), val_sd=("val_accuracy", "std"),
+                 val_loss=("val_loss", "mean"), test_accuracy=("test_accuracy", "mean"))
+            .reset_index())
+    grid = choose(grid)
+    pick = runs.merge(grid[grid["chosen"]][["arm", "lr"]], on=["arm", "lr"])
+    curves = (pick.groupby(["arm", "epoch"], sort=False)
+              .agg(lr=("lr", "first"), val_accuracy=("val_accuracy", "mean"), test_accuracy=("test_accuracy", "mean"),
+                   test_sd=("test_accuracy", "std"), cum_time_s=("cum_time_s", "mean"), seeds=("seed", "nunique"))
+              .reset_index())
+    return Curves(runs, grid, curves)
