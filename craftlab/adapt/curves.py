@@ -16,6 +16,7 @@ The schedule is the recipe's cosine over the whole run: epoch e of an ``epochs``
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -160,12 +161,24 @@ def adapt_curves(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[
                                  "cum_time_s": cum})
                 if progress:
                     print(f"  {label} lr {lr:g} seed {seed}: val {res.metrics['val_accuracy']:.3f} "
-                          f"test {test_acc[-1]:.3f} ({cum:.1f} s)", flush=True)
-    runs = pd.DataFrame(rows)
-    last = runs[runs["epoch"] == int(epochs)]
+                          f"test {test_acc[-1]:.3f} ({cum:.1f} s)", file=sys.stderr, flush=True)
+    return summarize(pd.DataFrame(rows))
+
+
+def summarize(runs: Any) -> Curves:
+    """The grid (with each arm's chosen rate, :func:`choose`) and the curves from a table of runs as
+    :attr:`Curves.runs` (e.g. read back from ``benchmarks/results/adapt_curves.csv``); the last epoch of the
+    table is the budget the rate is chosen at.
+
+    >>> cv = summarize(pd.read_csv("benchmarks/results/adapt_curves.csv"))  # doctest: +SKIP
+    """
+    need = {"arm", "method", "lr", "seed", "epoch", "val_accuracy", "val_loss", "test_accuracy", "cum_time_s"}
+    if missing := need - set(runs.columns):
+        raise ValueError(f"a curves table needs the columns {sorted(need)}; missing {sorted(missing)}")
+    last = runs[runs["epoch"] == runs["epoch"].max()]
     grid = (last.groupby(["arm", "lr"], sort=False)
             .agg(method=("method", "first"), val_accuracy=("val_accuracy", "mean"), val_sd=("val_accuracy", "std"),
-                 val_loss=("val_loss", "mean"), test_accuracy=("test_accuracy", "mean"))
+                 val_loss=("val_loss", "mean"), test_accuracy=("test_accuracy", "mean"), seeds=("seed", "nunique"))
             .reset_index())
     grid = choose(grid)
     pick = runs.merge(grid[grid["chosen"]][["arm", "lr"]], on=["arm", "lr"])
