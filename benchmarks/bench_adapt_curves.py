@@ -24,16 +24,6 @@ from craftlab.adapt import curves
 RESULTS = Path(__file__).parent / "results"
 CSV = RESULTS / "adapt_curves.csv"
 SEEDS, EPOCHS = 3, 16
-LORA, LAST = "LoRA (r=4, qkv)", "LAST (g=1, m=4)"
-
-
-def _acc_at_time(c: pd.DataFrame, t: float) -> tuple[float, int]:
-    """Test accuracy (and epoch) of an arm's curve at the last epoch that ended within `t` seconds."""
-    done = c[c["cum_time_s"] <= t + 1e-9]
-    if done.empty:
-        return float("nan"), 0
-    r = done.iloc[-1]
-    return float(r["test_accuracy"]), int(r["epoch"])
 
 
 def markdown(cv: curves.Curves) -> str:
@@ -60,56 +50,8 @@ def markdown(cv: curves.Curves) -> str:
         cells = [f"{100 * wide[a].loc[e, 'val_accuracy']:.1f} / {100 * wide[a].loc[e, 'test_accuracy']:.1f} / "
                  f"{wide[a].loc[e, 'cum_time_s']:.1f}" for a in arms]
         out.append(f"| {e} | " + " | ".join(cells) + " |")
-    out += ["", reading(cv)]
+    out += ["", curves.reading(cv)]
     return "\n".join(out)
-
-
-def reading(cv: curves.Curves) -> str:
-    """The sentences of the reading, every number computed from the table."""
-    runs, cur = cv.runs, cv.curves
-    E = int(runs["epoch"].max())
-    if not {LORA, LAST} <= set(cur["arm"]):
-        return ""
-    chosen = cv.chosen
-    pick = runs.merge(pd.DataFrame({"arm": list(chosen), "lr": list(chosen.values())}), on=["arm", "lr"])
-
-    def paired(a: str, b: str, e: int) -> tuple[float, float, float]:
-        w = pick[pick["epoch"] == e].pivot_table(index="seed", columns="arm", values="test_accuracy")
-        d = (w[b] - w[a]).to_numpy()
-        return float(d.mean()), float(d.min()), float(d.max())
-
-    lines = ["**Reading** (computed from the table above):"]
-    wins = [e for e in range(1, E + 1) if paired(LORA, LAST, e)[0] > 0]
-    m, lo, hi = paired(LORA, LAST, E)
-    lines.append(f"- At epoch {E}, tuned LAST − tuned LoRA = {100 * m:+.1f} pp test accuracy (per seed "
-                 f"{100 * lo:+.1f} to {100 * hi:+.1f}); LAST's mean is ahead at "
-                 f"{len(wins)} of {E} epochs{' (' + ', '.join(map(str, wins)) + ')' if wins else ''}.")
-    if "full" in set(cur["arm"]):
-        mf, lof, hif = paired("full", LAST, E)
-        lines.append(f"- Tuned LAST − tuned full fine-tuning at epoch {E}: {100 * mf:+.1f} pp "
-                     f"(per seed {100 * lof:+.1f} to {100 * hif:+.1f}).")
-    c = {a: cur[cur["arm"] == a].reset_index(drop=True) for a in set(cur["arm"])}
-    t_last = float(c[LAST]["cum_time_s"].iloc[-1])
-    lines.append(f"- Wall time: LAST's {E} epochs took {t_last:.0f} s, LoRA's "
-                 f"{float(c[LORA]['cum_time_s'].iloc[-1]):.0f} s"
-                 + (f", full fine-tuning's {float(c['full']['cum_time_s'].iloc[-1]):.0f} s" if "full" in c else "")
-                 + " (mean over seeds).")
-    at = []
-    for a in c:
-        if a == LAST:
-            continue
-        acc, e = _acc_at_time(c[a], t_last)
-        at.append(f"{a} had finished {e} epoch(s)" + (f" at {100 * acc:.1f} % test" if e else ""))
-    lines.append(f"- In the time LAST needs for all {E} epochs ({100 * float(c[LAST]['test_accuracy'].iloc[-1]):.1f} "
-                 f"% test): " + "; ".join(at) + ". Epoch e of these curves is a point inside one "
-                 f"{E}-epoch cosine run, not an e-epoch run (which would anneal to 0 at e): read the time axis as "
-                 "'what a run of this length shows along the way', not as the best run of that length.")
-    grid = cv.grid
-    edge = [f"{r['arm']} ({r['lr']:g})" for r in grid[grid["chosen"]].to_dict("records")
-            if r["lr"] in (grid[grid["arm"] == r["arm"]]["lr"].min(), grid[grid["arm"] == r["arm"]]["lr"].max())]
-    lines.append("- Chosen rate at the edge of its grid (a wider grid could move it): "
-                 + (", ".join(edge) if edge else "none") + ".")
-    return "\n".join(lines)
 
 
 def extend(model, data, cv: curves.Curves, seeds: list[int], epochs: int, rounds: int = 2) -> curves.Curves:

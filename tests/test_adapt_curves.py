@@ -128,3 +128,19 @@ def test_lr_grid_and_bad_input(vit, small):
             curves.adapt_curves(vit, small, **kwargs)
     with pytest.raises(TypeError, match="DataBundle"):
         curves.adapt_curves(vit, "digits")
+
+
+def test_reading_states_the_hand_computed_difference(cv):
+    lr = cv.chosen
+    last = cv.runs[cv.runs["epoch"] == EPOCHS]
+    by_seed = {a: last[(last["arm"] == a) & (last["lr"] == lr[a])].set_index("seed")["test_accuracy"]
+               for a in ("LAST", "LoRA")}
+    diff = (by_seed["LAST"] - by_seed["LoRA"]).mean()
+    text = curves.reading(cv, ref="LoRA", arm="LAST")
+    assert f"tuned LAST − tuned LoRA = {100 * diff:+.1f} pp" in text
+    assert curves.reading(cv, ref="absent", arm="LAST") == ""
+    again = curves.summarize(cv.runs)  # a table read back gives the same choice and curves
+    assert again.chosen == cv.chosen
+    pd.testing.assert_frame_equal(again.curves, cv.curves)
+    with pytest.raises(ValueError, match="missing"):
+        curves.summarize(cv.runs.drop(columns="val_loss"))

@@ -187,3 +187,65 @@ def summarize(runs: Any) -> Curves:
                    test_sd=("test_accuracy", "std"), cum_time_s=("cum_time_s", "mean"), seeds=("seed", "nunique"))
               .reset_index())
     return Curves(runs, grid, curves)
+
+
+def _acc_at_time(c: Any, t: float) -> tuple[float, int]:
+    """Test accuracy (and epoch) of an arm's curve at the last epoch that ended within `t` seconds."""
+    done = c[c["cum_time_s"] <= t + 1e-9]
+    if done.empty:
+        return float("nan"), 0
+    r = done.iloc[-1]
+    return float(r["test_accuracy"]), int(r["epoch"])
+
+
+def reading(cv: Curves, ref: str = "LoRA (r=4, qkv)", arm: str = "LAST (g=1, m=4)") -> str:
+    """A markdown reading of `arm` against `ref` (and ``full`` when present), every number computed from `cv`:
+    the paired difference by seed at the last epoch, the epochs where `arm` leads, the wall times, what each other
+    arm had reached within `arm`'s time, and chosen rates left at the edge of their grid ("" when either is absent).
+
+    >>> print(reading(summarize(pd.read_csv("benchmarks/results/adapt_curves.csv"))))  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    runs, cur = cv.runs, cv.curves
+    E = int(runs["epoch"].max())
+    if not {ref, arm} <= set(cur["arm"]):
+        return ""
+    chosen = cv.chosen
+    pick = runs.merge(pd.DataFrame({"arm": list(chosen), "lr": list(chosen.values())}), on=["arm", "lr"])
+
+    def paired(base: str, e: int) -> tuple[float, float, float]:
+        w = pick[pick["epoch"] == e].pivot_table(index="seed", columns="arm", values="test_accuracy")
+        d = (w[arm] - w[base]).to_numpy()
+        return float(d.mean()), float(d.min()), float(d.max())
+
+    lines = ["**Reading** (computed from the table above):"]
+    wins = [e for e in range(1, E + 1) if paired(ref, e)[0] > 0]
+    m, lo, hi = paired(ref, E)
+    lines.append(f"- At epoch {E}, tuned {arm} − tuned {ref} = {100 * m:+.1f} pp test accuracy (per seed "
+                 f"{100 * lo:+.1f} to {100 * hi:+.1f}); {arm}'s mean is ahead at {len(wins)} of {E} epochs"
+                 f"{' (' + ', '.join(map(str, wins)) + ')' if wins else ''}.")
+    if "full" in set(cur["arm"]):
+        mf, lof, hif = paired("full", E)
+        lines.append(f"- Tuned {arm} − tuned full fine-tuning at epoch {E}: {100 * mf:+.1f} pp "
+                     f"(per seed {100 * lof:+.1f} to {100 * hif:+.1f}).")
+    c = {a: cur[cur["arm"] == a].reset_index(drop=True) for a in dict.fromkeys(cur["arm"])}
+    t_arm = float(c[arm]["cum_time_s"].iloc[-1])
+    lines.append(f"- Training wall time of the {E} epochs (mean over seeds): "
+                 + ", ".join(f"{a} {float(v['cum_time_s'].iloc[-1]):.0f} s" for a, v in c.items()) + ".")
+    at = []
+    for a, v in c.items():
+        if a != arm:
+            acc, e = _acc_at_time(v, t_arm)
+            at.append(f"{a} had finished {e} epoch(s)" + (f" at {100 * acc:.1f} % test" if e else ""))
+    lines.append(f"- In the time {arm} needs for all {E} epochs ({100 * float(c[arm]['test_accuracy'].iloc[-1]):.1f}"
+                 " % test): " + "; ".join(at) + f". Epoch e of these curves is a point inside one {E}-epoch cosine "
+                 "run, not an e-epoch run (which would have annealed to 0 at e): the curves show what a run of this "
+                 "length reaches along the way, not the best run of each shorter length.")
+    grid = cv.grid
+    span = grid.groupby("arm")["lr"].agg(["min", "max"])
+    edge = [f"{r['arm']} ({r['lr']:g})" for r in grid[grid["chosen"]].to_dict("records")
+            if r["lr"] in tuple(span.loc[r["arm"]])]
+    lines.append("- Chosen rates left at the edge of their grid (a wider grid could move them): "
+                 + (", ".join(edge) if edge else "none") + ".")
+    return "\n".join(lines)
