@@ -23,7 +23,7 @@ from craftlab.adapt import curves
 
 RESULTS = Path(__file__).parent / "results"
 CSV = RESULTS / "adapt_curves.csv"
-SEEDS, EPOCHS = 3, 16
+SEEDS, EPOCHS, WIDEN = 3, 16, 2
 
 
 def markdown(cv: curves.Curves) -> str:
@@ -54,28 +54,6 @@ def markdown(cv: curves.Curves) -> str:
     return "\n".join(out)
 
 
-def extend(model, data, cv: curves.Curves, seeds: list[int], epochs: int, rounds: int = 2) -> curves.Curves:
-    """A rate chosen at the edge of its arm's grid gets one more rate beyond that edge (×3 or ÷3), up to `rounds`
-    times, so that the chosen rate is an interior optimum of the grid whenever these rounds allow."""
-    order = list(dict.fromkeys(cv.runs["arm"]))
-    for _ in range(rounds):
-        more = {}
-        for r in cv.grid[cv.grid["chosen"]].to_dict("records"):
-            tried = sorted(cv.grid.loc[cv.grid["arm"] == r["arm"], "lr"])
-            if r["lr"] == tried[0]:
-                more[r["arm"]] = [float(f"{r['lr'] / 3:.3g}")]
-            elif r["lr"] == tried[-1]:
-                more[r["arm"]] = [float(f"{r['lr'] * 3:.3g}")]
-        if not more:
-            break
-        extra = curves.adapt_curves(model, data, arms={a: curves.CURVE_ARMS[a] for a in more}, lrs=more, seeds=seeds,
-                                    epochs=epochs, progress=True)
-        runs = pd.concat([cv.runs, extra.runs], ignore_index=True)
-        runs = runs.assign(_o=runs["arm"].map(order.index)).sort_values(["_o", "lr", "seed", "epoch"], kind="stable")
-        cv = curves.summarize(runs.drop(columns="_o").reset_index(drop=True))
-    return cv
-
-
 def main(argv: list[str] | None = None) -> curves.Curves:
     argv = list(argv or [])
     if "--report" in argv:
@@ -87,8 +65,7 @@ def main(argv: list[str] | None = None) -> curves.Curves:
     t0 = time.perf_counter()
     model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
     data = craftlab.load_data("digits")
-    cv = curves.adapt_curves(model, data, seeds=list(range(n)), epochs=epochs, progress=True)
-    cv = extend(model, data, cv, list(range(n)), epochs)
+    cv = curves.adapt_curves(model, data, seeds=list(range(n)), epochs=epochs, widen=WIDEN, progress=True)
     RESULTS.mkdir(exist_ok=True)
     cv.runs.to_csv(CSV, index=False)
     print(markdown(cv))

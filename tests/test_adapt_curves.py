@@ -144,3 +144,20 @@ def test_reading_states_the_hand_computed_difference(cv):
     pd.testing.assert_frame_equal(again.curves, cv.curves)
     with pytest.raises(ValueError, match="missing"):
         curves.summarize(cv.runs.drop(columns="val_loss"))
+
+
+def test_widen_adds_one_rate_beyond_a_chosen_edge(vit, small):
+    grid0 = [0.001, 0.003]
+    cv = curves.adapt_curves(vit, small, arms={"probe": ARMS["probe"]}, lrs={"probe": grid0}, seeds=[0], epochs=1,
+                             widen=1)
+    first = curves.summarize(cv.runs[cv.runs["lr"].isin(grid0)]).chosen["probe"]
+    tried = sorted(cv.grid["lr"])
+    extra = sorted(set(tried) - set(grid0))
+    assert first in grid0
+    # a chosen edge (both rates are edges of a 2-rate grid) gets exactly one rate beyond it, and its runs
+    assert extra == [pytest.approx(first * 3 if first == max(grid0) else first / 3, rel=1e-3)]
+    assert len(cv.runs[cv.runs["lr"] == extra[0]]) == 1
+    assert cv.chosen["probe"] == curves.summarize(cv.runs).chosen["probe"]
+    with pytest.raises(ValueError, match="widen"):
+        curves.adapt_curves(vit, small, arms={"probe": ARMS["probe"]}, lrs={"probe": grid0}, seeds=[0], epochs=1,
+                            widen=-1)

@@ -110,7 +110,7 @@ def choose(grid: Any) -> Any:
 
 def adapt_curves(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[str, Any]] | None = None,
                  lrs: Mapping[str, Sequence[float]] | None = None, seeds: Sequence[int] = (0, 1), epochs: int = 8,
-                 progress: bool = False, device: str | torch.device = "cpu") -> Curves:
+                 widen: int = 0, progress: bool = False, device: str | torch.device = "cpu") -> Curves:
     """Accuracy-vs-epochs and accuracy-vs-wall-time curves, each arm at the learning rate chosen on validation.
 
     Args:
@@ -119,6 +119,8 @@ def adapt_curves(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[
         lrs: label → the learning rates tried (default :func:`lr_grid` of the arm's method).
         seeds: every (arm, rate) trains at each seed (same data order per seed across arms).
         epochs: the budget; the cosine schedule spans it.
+        widen: rounds in which an arm whose chosen rate is the smallest or largest of its grid tries one more
+            rate beyond it (÷3 or ×3), so that the choice ends inside the grid when the rounds allow.
 
     Every run is :func:`~craftlab.adapt.recipes.adapt_model` (the caller's model is not changed), evaluated on
     the validation and test splits after each epoch.
@@ -139,6 +141,8 @@ def adapt_curves(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[
     lrs = {k: list(v) for k, v in (lrs or {}).items()}
     seeds = list(seeds)
     _check(arms, lrs, seeds, epochs)
+    if not (isinstance(widen, numbers.Integral) and not isinstance(widen, bool) and widen >= 0):
+        raise ValueError(f"widen must be an integer >= 0, got {widen!r}")
     rows = []
     for label, kw in arms.items():
         kw = dict(kw)
@@ -162,7 +166,29 @@ def adapt_curves(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[
                 if progress:
                     print(f"  {label} lr {lr:g} seed {seed}: val {res.metrics['val_accuracy']:.3f} "
                           f"test {test_acc[-1]:.3f} ({cum:.1f} s)", file=sys.stderr, flush=True)
-    return summarize(pd.DataFrame(rows))
+    cv = summarize(pd.DataFrame(rows))
+    if widen:
+        more = _beyond_edges(cv)
+        if more:
+            extra = adapt_curves(model, data, {a: arms[a] for a in more}, more, seeds, epochs, widen - 1, progress,
+                                 device)
+            order = list(arms)
+            runs = pd.concat([cv.runs, extra.runs], ignore_index=True)
+            runs = runs.iloc[sorted(range(len(runs)), key=lambda i: (order.index(runs["arm"].iat[i]),
+                                                                     runs["lr"].iat[i], runs["seed"].iat[i],
+                                                                     runs["epoch"].iat[i]))]
+            cv = summarize(runs.reset_index(drop=True))
+    return cv
+
+
+def _beyond_edges(cv: Curves) -> dict[str, list[float]]:
+    """Arm → the one rate beyond its grid's edge, for arms whose chosen rate is at that edge (grids of ≥ 2)."""
+    more = {}
+    for arm, lr in cv.chosen.items():
+        tried = sorted(cv.grid.loc[cv.grid["arm"] == arm, "lr"])
+        if len(tried) >= 2 and lr in (tried[0], tried[-1]):
+            more[arm] = [float(f"{lr / 3 if lr == tried[0] else lr * 3:.3g}")]
+    return more
 
 
 def summarize(runs: Any) -> Curves:
