@@ -15,6 +15,7 @@ The schedule is the recipe's cosine over the whole run: epoch e of an ``epochs``
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from collections.abc import Mapping, Sequence
@@ -245,7 +246,8 @@ def reading(cv: Curves, ref: str = "LoRA (r=4, qkv)", arm: str = "LAST (g=1, m=4
         d = (w[arm] - w[base]).to_numpy()
         return float(d.mean()), float(d.min()), float(d.max())
 
-    lines = ["**Reading** (computed from the table above):"]
+    n_seeds = int(pick["seed"].nunique())
+    lines = [f"**Reading** (computed from the table above; {n_seeds} seeds describe the curves, they test nothing):"]
     wins = [e for e in range(1, E + 1) if paired(ref, e)[0] > 0]
     m, lo, hi = paired(ref, E)
     lines.append(f"- At epoch {E}, tuned {arm} − tuned {ref} = {100 * m:+.1f} pp test accuracy (per seed "
@@ -257,8 +259,10 @@ def reading(cv: Curves, ref: str = "LoRA (r=4, qkv)", arm: str = "LAST (g=1, m=4
                      f"(per seed {100 * lof:+.1f} to {100 * hif:+.1f}).")
     c = {a: cur[cur["arm"] == a].reset_index(drop=True) for a in dict.fromkeys(cur["arm"])}
     t_arm = float(c[arm]["cum_time_s"].iloc[-1])
+    t_ref = float(c[ref]["cum_time_s"].iloc[-1])
     lines.append(f"- Training wall time of the {E} epochs (mean over seeds): "
-                 + ", ".join(f"{a} {float(v['cum_time_s'].iloc[-1]):.0f} s" for a, v in c.items()) + ".")
+                 + ", ".join(f"{a} {float(v['cum_time_s'].iloc[-1]):.0f} s" for a, v in c.items())
+                 + f"; {arm} took {t_arm / t_ref:.0%} of {ref}'s time (one thread on a shared machine: indicative).")
     at = []
     for a, v in c.items():
         if a != arm:
@@ -272,6 +276,14 @@ def reading(cv: Curves, ref: str = "LoRA (r=4, qkv)", arm: str = "LAST (g=1, m=4
     span = grid.groupby("arm")["lr"].agg(["min", "max"])
     edge = [f"{r['arm']} ({r['lr']:g})" for r in grid[grid["chosen"]].to_dict("records")
             if r["lr"] in tuple(span.loc[r["arm"]])]
+    methods = dict(zip(grid["arm"], grid["method"]))
+
+    def vs_default(a: str, lr: float) -> str:
+        ratio = lr / DEFAULT_LR[methods[a]]
+        return f"{a} {lr:g} ({'the default' if math.isclose(ratio, 1, rel_tol=1e-3) else f'{ratio:.3g}× the default'})"
+
+    lines.append("- Chosen rates against the defaults that the fixed-budget comparisons use (`DEFAULT_LR`): "
+                 + ", ".join(vs_default(a, lr) for a, lr in chosen.items()) + ".")
     lines.append("- Chosen rates left at the edge of their grid (a wider grid could move them): "
                  + (", ".join(edge) if edge else "none") + ".")
     return "\n".join(lines)
