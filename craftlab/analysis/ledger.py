@@ -110,7 +110,7 @@ CLAIMS: tuple[Claim, ...] = (
           "stated smallest effect of interest (1 pp): the paper gives VTAB numbers only",
           why="the adaptation benchmark's arms, run live with the seeds the power rule asks (a 5-seed pilot); memory "
               "and time are measurements (RESULTS adapt section), not tests; learning rates as the benchmark's "
-              "(the tuned curves are in the adapt section)"),
+              "(tuned curves: RESULTS adapt_curves)"),
     Claim("miet-gather", "MIET", "an adaptor on the gathered intermediate features (Gather*) adapts better than the "
           "final features alone", "VTAB-1K 76.7 (no ablation number found)", "vit-tiny → digits, 8 epochs",
           "frozen backbone, features sent once", _ACC, "linear probe", "MIET (k=4)", 0.01,
