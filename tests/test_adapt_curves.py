@@ -146,18 +146,22 @@ def test_reading_states_the_hand_computed_difference(cv):
         curves.summarize(cv.runs.drop(columns="val_loss"))
 
 
-def test_widen_adds_one_rate_beyond_a_chosen_edge(vit, small):
-    grid0 = [0.001, 0.003]
+@pytest.mark.parametrize("widen", [1, 2])
+def test_widen_adds_rates_beyond_a_chosen_edge_round_by_round(vit, small, widen):
+    grid0 = [1e-4, 3e-4]
     cv = curves.adapt_curves(vit, small, arms={"probe": ARMS["probe"]}, lrs={"probe": grid0}, seeds=[0], epochs=1,
-                             widen=1)
-    first = curves.summarize(cv.runs[cv.runs["lr"].isin(grid0)]).chosen["probe"]
-    tried = sorted(cv.grid["lr"])
-    extra = sorted(set(tried) - set(grid0))
-    assert first in grid0
-    # a chosen edge (both rates are edges of a 2-rate grid) gets exactly one rate beyond it, and its runs
-    assert extra == [pytest.approx(first * 3 if first == max(grid0) else first / 3, rel=1e-3)]
-    assert len(cv.runs[cv.runs["lr"] == extra[0]]) == 1
-    assert cv.chosen["probe"] == curves.summarize(cv.runs).chosen["probe"]
+                             widen=widen)
+    # replay the rule by hand on the returned runs: each round, a chosen edge gets one rate beyond it
+    tried = list(grid0)
+    for _ in range(widen):
+        best = curves.summarize(cv.runs[cv.runs["lr"].isin(tried)]).chosen["probe"]
+        if best not in (min(tried), max(tried)):
+            break
+        tried.append(float(f"{best * 3 if best == max(tried) else best / 3:.3g}"))
+    assert sorted(cv.grid["lr"]) == pytest.approx(sorted(tried), rel=1e-6)
+    assert len(tried) == len(grid0) + widen  # on this slice these rates are far too small: every round widens
+    assert all(len(cv.runs[cv.runs["lr"] == lr]) == 1 for lr in cv.grid["lr"])
+    assert list(cv.runs["lr"]) == sorted(cv.runs["lr"])  # runs kept in (arm, lr, seed, epoch) order
     with pytest.raises(ValueError, match="widen"):
         curves.adapt_curves(vit, small, arms={"probe": ARMS["probe"]}, lrs={"probe": grid0}, seeds=[0], epochs=1,
                             widen=-1)

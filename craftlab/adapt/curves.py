@@ -168,17 +168,16 @@ def adapt_curves(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[
                     print(f"  {label} lr {lr:g} seed {seed}: val {res.metrics['val_accuracy']:.3f} "
                           f"test {test_acc[-1]:.3f} ({cum:.1f} s)", file=sys.stderr, flush=True)
     cv = summarize(pd.DataFrame(rows))
-    if widen:
+    order = {a: i for i, a in enumerate(arms)}
+    for _ in range(int(widen)):  # each round looks at every rate tried so far
         more = _beyond_edges(cv)
-        if more:
-            extra = adapt_curves(model, data, {a: arms[a] for a in more}, more, seeds, epochs, widen - 1, progress,
-                                 device)
-            order = list(arms)
-            runs = pd.concat([cv.runs, extra.runs], ignore_index=True)
-            runs = runs.iloc[sorted(range(len(runs)), key=lambda i: (order.index(runs["arm"].iat[i]),
-                                                                     runs["lr"].iat[i], runs["seed"].iat[i],
-                                                                     runs["epoch"].iat[i]))]
-            cv = summarize(runs.reset_index(drop=True))
+        if not more:
+            break
+        extra = adapt_curves(model, data, {a: arms[a] for a in more}, more, seeds, epochs, 0, progress, device)
+        runs = pd.concat([cv.runs, extra.runs], ignore_index=True)
+        runs = (runs.assign(_arm=runs["arm"].map(order))
+                .sort_values(["_arm", "lr", "seed", "epoch"], kind="stable").drop(columns="_arm"))
+        cv = summarize(runs.reset_index(drop=True))
     return cv
 
 
