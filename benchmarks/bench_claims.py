@@ -15,7 +15,8 @@ For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before 
 
 Writes ``results/claims.csv`` (one row per claim) and prints the RESULTS.md section.
 Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids]``; ``--report``
-re-prints the section from ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``).
+re-prints the section from ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``), and so
+are the adaptation arms' per-image results (:func:`_adapt_correct`).
 """
 
 from __future__ import annotations
