@@ -15,7 +15,8 @@ For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before 
 
 Writes ``results/claims.csv`` (one row per claim) and prints the RESULTS.md section.
 Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids]``; ``--report``
-re-prints the section from ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``).
+re-prints the section from ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``), and so
+are the adaptation arms' per-image results (:func:`_adapt_correct`).
 """
 
 from __future__ import annotations
@@ -73,13 +74,36 @@ def _adapt_arms() -> dict:
     return ARMS
 
 
+def _adapt_correct(arch: str, arm: str, seed: int, epochs: int = 8) -> np.ndarray:
+    """Per-image test correctness of an adaptation arm, cached like the fine-tuning runs (in
+    ``$CRAFTLAB_HOME/claims/adapt``, keyed by the architecture, the arm's arguments, epochs and seed; training is
+    deterministic per seed, so a re-run of the ledger reuses it; delete the folder to retrain)."""
+    import hashlib
+    import json
+    import os
+
+    from craftlab import cache
+
+    kw = dict(_adapt_arms()[arm])
+    key = json.dumps({"arch": arch, "data": "digits", "epochs": epochs, "seed": seed, **kw}, sort_keys=True)
+    path = cache.subdir("claims") / "adapt" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path)
+    data = _data(arch)
+    base = craftlab.create_model(arch, num_classes=10, progress=False)
+    res = craftlab.adapt_model(base, data, kw.pop("method"), epochs=epochs, seed=seed, **kw)
+    correct = _correct(res.model, data.test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, correct)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+    return correct
+
+
 def _arm_correct(c: Claim, arm: str, seed: int) -> np.ndarray:
     arch, data = _arch(c), _data(_arch(c))
     if arm in _adapt_arms():  # a frozen-backbone adaptation arm (vit-tiny → digits, 8 epochs, as bench_adapt)
-        kw = dict(_adapt_arms()[arm])
-        base = craftlab.create_model(arch, num_classes=10, progress=False)
-        res = craftlab.adapt_model(base, data, kw.pop("method"), epochs=8, seed=seed, **kw)
-        return _correct(res.model, data.test)
+        return _adapt_correct(arch, arm, seed)
     if arm in ARM_RHO:  # a fine-tuning arm, compressed at the endpoint setting
         model, setting = _model(arch, ARM_RHO[arm], seed), c.setting
     else:  # a compression arm of the AdamW run

@@ -36,6 +36,7 @@ BENCHES = {
     "snt": ("bench_snt", "SNT: compression-friendly pretraining with stand-in transforms"),
     "supernet": ("bench_supernet", "Mixed-precision supernet with LoRA: Pareto front, memory, search"),
     "adapt": ("bench_adapt", "Frozen-backbone adaptation: LAST, MIET vs linear probe / LoRA / full"),
+    "adapt_curves": ("bench_adapt_curves", "LAST vs LoRA vs full: accuracy by epoch and wall time, tuned lr"),
     "app": ("bench_app", "The app: slider -> answer latency, landscapes, start-up"),
     "claims": ("bench_claims", "The claims ledger: each paper's headline claim at its primary endpoint"),
     "scale": ("bench_scale", "Scale-out: a sweep on 1 vs 2 Ray workers, DDP's per-step overhead on 2 processes"),

@@ -10,7 +10,9 @@
 - :mod:`.memory`: what training holds (tensors saved for backward, gradients, optimizer state);
 - :mod:`.baselines`: linear probe, LoRA on the backbone (HF ``peft``), full fine-tuning;
 - :mod:`.recipes`: ``adapt_model(model, data, method=...)``, one entry point for every method, and
-  ``compare_methods``; :mod:`.cli`: the ``craftlab adapt`` command.
+  ``compare_methods``; :mod:`.cli`: the ``craftlab adapt`` command;
+- :mod:`.curves`: accuracy against epochs and training wall time, each method at the learning rate chosen on
+  validation (``adapt_curves``).
 
 LAST (Tang et al. 2024, arXiv 2402.04009) and MIET/MIST (Tang et al., CVPR 2025, arXiv 2406.17559) publish no
 code; the side-network recurrence, the LSA block's insides and the adaptor are reconstructions, labelled

@@ -13,7 +13,7 @@ the same number of epochs. The caller's model is never changed. :func:`adapt_sea
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,8 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
                 lr: float | None = None, weight_decay: float = 0.05, batch_size: int | None = None, seed: int = 0,
                 rank: int = DEFAULT_RANK, heads: int = 1, gap: int = 1, k: int | None = None, bits: int | None = None,
                 lora_rank: int = 4, sam_rho: float = 0.0, cache: str | Path | None = None,
-                device: str | torch.device = "cpu") -> AdaptResult:
+                device: str | torch.device = "cpu",
+                callback: Callable[[dict[str, float], nn.Module], None] | None = None) -> AdaptResult:
     """Adapt a pretrained ViT to `data` with one of :data:`METHODS`; the caller's `model` is left unchanged.
 
     Args:
@@ -195,12 +196,17 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
             (None = float32, 8, 4, 2). lora_rank: LoRA's. sam_rho: full fine-tuning with SAM when > 0.
         cache: side methods: None (the backbone runs on every batch), ``"memory"`` (tapped once) or a folder
             (the on-disk feature cache, which refuses stale entries).
+        callback: called after each epoch with a copy of the epoch's record and the image → logits model as
+            trained so far (to evaluate it, e.g. on the test split: :func:`craftlab.adapt.curves.adapt_curves`;
+            not to change it). Its time is not in the records' ``time_s``.
 
     >>> res = adapt_model(craftlab.create_model("vit-tiny", num_classes=10), data, "last", gap=2)  # doctest: +SKIP
     >>> res.metrics["test_accuracy"], res.trainable_params                                       # doctest: +SKIP
     """
     _check_common(model, data, method)
     _check_hyper(epochs, lr, weight_decay, seed)
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable (it gets each epoch's record and the model)")
     lr = DEFAULT_LR[method] if lr is None else float(lr)
     bs = int(batch_size or data.batch_size)
     dev = torch.device(device)
@@ -211,8 +217,10 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
         taps, view = side_spec(model, method, gap=gap, k=k, bits=bits, rank=rank, heads=heads)
         src = sources(model, data, taps, view, cache, dev)
         side = build_side(model, method, taps, data.num_classes, rank=rank, heads=heads, seed=seed).to(dev)
+        seen = AdaptedModel(model, side, taps, view)
         fit = fit_one(side, src["train"], src["val"], epochs=int(epochs), lr=lr, weight_decay=weight_decay,
-                      batch_size=bs, seed=int(seed))
+                      batch_size=bs, seed=int(seed),
+                      callback=None if callback is None else lambda rec: callback(dict(rec), seen))
         config.update(taps=list(taps), cache=None if cache is None else str(cache))
         if method != "linear":
             config.update(rank=rank, heads=heads)
@@ -221,7 +229,8 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
     from .baselines import finetune_full, finetune_lora
 
     kw = dict(optimizer="adamw", lr=lr, epochs=int(epochs), weight_decay=weight_decay, batch_size=bs, seed=int(seed),
-              device=dev, progress=False)
+              device=dev, progress=False,
+              callback=None if callback is None else lambda rec, net: callback(dict(rec), net))
     if method == "lora":
         res = finetune_lora(model, data, rank=lora_rank, **kw)
         config["lora_rank"] = lora_rank

@@ -108,7 +108,9 @@ CLAIMS: tuple[Claim, ...] = (
           "its memory", "'significantly higher accuracy', ~30 % memory, ~60 % time", "vit-tiny → digits, 8 epochs",
           "frozen backbone", _ACC, "LoRA (r=4, qkv)", "LAST (g=1, m=4)", 0.01,
           "stated smallest effect of interest (1 pp): the paper gives VTAB numbers only",
-          why="the benchmark's arms; memory is a measurement (RESULTS adapt section), not a test", source="adapt.csv"),
+          why="the adaptation benchmark's arms, run live with the seeds the power rule asks (a 5-seed pilot); memory "
+              "and time are measurements (RESULTS adapt section), not tests; learning rates as the benchmark's "
+              "(tuned curves: RESULTS adapt_curves)"),
     Claim("miet-gather", "MIET", "an adaptor on the gathered intermediate features (Gather*) adapts better than the "
           "final features alone", "VTAB-1K 76.7 (no ablation number found)", "vit-tiny → digits, 8 epochs",
           "frozen backbone, features sent once", _ACC, "linear probe", "MIET (k=4)", 0.01,
