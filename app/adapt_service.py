@@ -12,7 +12,7 @@ checkout that has it (a wheel does not ship it: the live rows never depend on it
 Example::
 
     av = AdaptView()
-    rows = av.run(["linear probe", "LAST"], epochs=2, seeds=(0,))   # trains what is not cached
+    rows = av.run(["linear probe", "LAST (g=1, m=4)"], epochs=2, seeds=(0,))   # trains what is not cached
     av.summary(rows)                                                 # one row per method
 """
 
@@ -27,23 +27,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from craftlab.adapt.compare import ARMS, LAST, MIET
+
 __all__ = ["ARMS", "CHEAP", "METHODS", "AdaptView", "command"]
 
-ARMS: dict[str, dict[str, Any]] = {
-    "linear probe": {"method": "linear", "cache": "memory"},
-    "LoRA": {"method": "lora"},
-    "full": {"method": "full"},
-    "full + SAM": {"method": "full", "sam_rho": 0.05},
-    "LAST": {"method": "last"},
-    "LAST (g=2)": {"method": "last", "gap": 2},
-    "MIET": {"method": "miet", "cache": "memory"},
-    "MIET 8-bit": {"method": "miet", "cache": "memory", "bits": 8},
-    "MIET 4-bit": {"method": "miet", "cache": "memory", "bits": 4},
-}
-"""The methods offered: :data:`craftlab.adapt.compare.ARMS` plus the edge variants (LAST with a side block every
-2 backbone blocks; MIET sending 8- or 4-bit features). Label → :func:`craftlab.adapt_model` arguments."""
 METHODS = tuple(ARMS)
-CHEAP = ("linear probe", "LAST", "MIET")
+"""The methods offered: :data:`craftlab.adapt.compare.ARMS`, the one table (the reference rows carry its labels)."""
+CHEAP = ("linear probe", LAST, MIET)
 """Cheap on 2 CPU cores at small size (seconds per epoch on vit-tiny): the default live picks."""
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "adapt.csv"
 BENCH_COMMAND = "python -m benchmarks.run adapt"

@@ -25,18 +25,7 @@ from craftlab.adapt import compare, miet, parallel, recipes
 from craftlab.analysis import stats
 
 RESULTS = Path(__file__).parent / "results"
-ARMS = {
-    "linear probe": {"method": "linear", "cache": "memory"},
-    "LoRA (r=4, qkv)": {"method": "lora"},
-    "full": {"method": "full"},
-    "full + SAM": {"method": "full", "sam_rho": 0.05},
-    "LAST (g=1, m=4)": {"method": "last", "gap": 1},
-    "LAST (g=2, m=2)": {"method": "last", "gap": 2},
-    "MIET (k=4)": {"method": "miet", "cache": "memory"},
-    "MIET (k=4, 8-bit)": {"method": "miet", "cache": "memory", "bits": 8},
-    "MIET (k=4, 4-bit)": {"method": "miet", "cache": "memory", "bits": 4},
-}
-LORA, LAST = "LoRA (r=4, qkv)", "LAST (g=1, m=4)"
+ARMS, LORA, LAST = compare.ARMS, compare.LORA, compare.LAST  # the one table of arms
 VITB_ARMS = {
     "linear probe": ("linear", {}), "LoRA (r=4, qkv)": ("lora", {}), "full": ("full", {}),
     "full + SAM": ("full", {"sam_rho": 0.05}), "LAST (g=3, m=4)": ("last", {"gap": 3}),

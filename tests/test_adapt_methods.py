@@ -56,15 +56,15 @@ def test_disk_cache_inside_training_skips_the_backbone(vit, small, tmp_path):
 
 
 def test_compare_methods_table(vit, small):
-    from craftlab.adapt.compare import ARMS, compare_methods
+    from craftlab.adapt.compare import ARMS, LAST, MIET, compare_methods
 
-    arms = {k: ARMS[k] for k in ("linear probe", "LAST", "MIET")}
+    arms = {k: ARMS[k] for k in ("linear probe", LAST, MIET)}
     df = compare_methods(vit, small, arms=arms, seeds=[0, 1], epochs=1, gap=2, k=2)
-    assert list(df["arm"]) == ["linear probe"] * 2 + ["LAST"] * 2 + ["MIET"] * 2
+    assert list(df["arm"]) == ["linear probe"] * 2 + [LAST] * 2 + [MIET] * 2
     per_arm = df.groupby("arm").first()
-    assert per_arm.loc["LAST", "memory_bytes"] > per_arm.loc["linear probe", "memory_bytes"] > 0
-    assert per_arm.loc["linear probe", "bytes_per_image"] < per_arm.loc["MIET", "bytes_per_image"] \
-        < per_arm.loc["LAST", "bytes_per_image"]
+    assert per_arm.loc[LAST, "memory_bytes"] > per_arm.loc["linear probe", "memory_bytes"] > 0
+    assert per_arm.loc["linear probe", "bytes_per_image"] < per_arm.loc[MIET, "bytes_per_image"] \
+        < per_arm.loc[LAST, "bytes_per_image"]
     assert df["test_accuracy"].between(0, 1).all() and (df["time_per_epoch_s"] > 0).all()
 
 

@@ -41,7 +41,7 @@ def view():
 
 
 @pytest.mark.parametrize("arm,method,kw", [("linear probe", "linear", {"cache": "memory"}),
-                                           ("MIET 4-bit", "miet", {"cache": "memory", "bits": 4})])
+                                           ("MIET (k=4, 4-bit)", "miet", {"cache": "memory", "bits": 4})])
 def test_a_live_row_equals_a_direct_adapt_model_run_and_is_cached(view, digits, arm, method, kw):
     (row,) = view.run([arm], epochs=EPOCHS, seeds=(0,))
     model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
@@ -70,15 +70,16 @@ def test_the_shown_command_reproduces_the_live_row(view):
 
 
 def test_the_edge_variants_send_fewer_bytes(view):
-    rows = {r["arm"]: r for r in view.run(["MIET", "MIET 4-bit"], epochs=1, seeds=(0,))}
-    assert rows["MIET 4-bit"]["bytes_per_image"] < rows["MIET"]["bytes_per_image"]
-    assert rows["MIET 4-bit"]["command"].endswith("--bits 4")
+    rows = {r["arm"]: r for r in view.run(["MIET (k=4)", "MIET (k=4, 4-bit)"], epochs=1, seeds=(0,))}
+    assert rows["MIET (k=4, 4-bit)"]["bytes_per_image"] < rows["MIET (k=4)"]["bytes_per_image"]
+    assert rows["MIET (k=4, 4-bit)"]["command"].endswith("--transfer-bits 4")
 
 
 def test_the_table_marks_sources_and_averages_seeds():
-    rows = [{"arm": "LAST", "method": "last", "seed": s, "epochs": 2, "test_accuracy": acc, "trainable_params": 10,
+    rows = [{"arm": "LAST (g=1, m=4)", "method": "last", "seed": s, "epochs": 2, "test_accuracy": acc,
+             "trainable_params": 10,
              "time_per_epoch_s": 1.0, "memory_bytes": 2e6, "bytes_per_image": 100, "source": src,
-             "command": command("LAST", 2, s)}
+             "command": command("LAST (g=1, m=4)", 2, s)}
             for s, acc, src in ((0, 0.8, "live run (now)"), (1, 0.9, "live run (cached)"))]
     ref = {**rows[0], "seed": 0, "epochs": 8, "source": "benchmark (reference)", "command": "python -m x"}
     table = AdaptView.summary([*rows, ref])
@@ -98,11 +99,11 @@ def test_the_benchmark_reference_is_labelled_and_optional(monkeypatch, tmp_path)
     assert AdaptView.reference() == []
 
 
-@pytest.mark.parametrize("args,message", [((["LAST", "adapters"], 2, [0]), "unknown method 'adapters'"),
+@pytest.mark.parametrize("args,message", [((["LAST (g=1, m=4)", "adapters"], 2, [0]), "unknown method 'adapters'"),
                                           (([], 2, [0]), "at least one method"),
-                                          ((["LAST"], 0, [0]), "epochs must be a whole number"),
-                                          ((["LAST"], 2.5, [0]), "epochs must be a whole number"),
-                                          ((["LAST"], 2, [-1]), "seeds must be non-negative")])
+                                          ((["LAST (g=1, m=4)"], 0, [0]), "epochs must be a whole number"),
+                                          ((["LAST (g=1, m=4)"], 2.5, [0]), "epochs must be a whole number"),
+                                          ((["LAST (g=1, m=4)"], 2, [-1]), "seeds must be non-negative")])
 def test_bad_requests_are_named(args, message):
     with pytest.raises(ValueError, match=message):
         AdaptView.check(*args)
@@ -175,7 +176,7 @@ def served(view):
 
 
 def test_browser_adapt_tab_trains_the_ticked_method(browser, served, view):  # noqa: F811
-    view.run(["MIET"], epochs=1, seeds=(0,))  # a cached row, whichever tests of this module ran before (-m browser)
+    view.run(["MIET (k=4)"], epochs=1, seeds=(0,))  # a cached row, whichever tests of the module ran (-m browser)
     view._path("linear probe", 1, 0).unlink(missing_ok=True)  # so that the button trains it (a re-run too)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
@@ -184,7 +185,7 @@ def test_browser_adapt_tab_trains_the_ticked_method(browser, served, view):  # n
     page.get_by_role("tab", name="Adapt").click()
     page.wait_for_function("() => (document.querySelector('#adapt-table') || {}).textContent.includes('cached')",
                            timeout=60_000, polling=250)  # earlier runs of this module, read from the cache
-    for name in ("LAST", "MIET"):
+    for name in ("LAST (g=1, m=4)", "MIET (k=4)"):
         page.locator("#adapt-methods label", has_text=name).first.click()  # untick: the linear probe only
     box = page.locator("#adapt-epochs input[type=number]")
     box.fill("1")
@@ -200,3 +201,21 @@ def test_browser_adapt_tab_trains_the_ticked_method(browser, served, view):  # n
     assert f"{100 * row['test_accuracy']:.1f}" in page.inner_text("#adapt-table")
     page.close()
     assert not errors, errors
+
+
+def test_live_and_reference_rows_share_every_label():
+    """One table of arms (craftlab.adapt.compare.ARMS): every method the tab offers has reference rows under the
+    same label in the benchmark's table, and the benchmark, the curves and the ledger use those labels too."""
+    import pandas as pd
+    from craftlab_app.adapt_service import METHODS, REFERENCE
+
+    from benchmarks import bench_adapt
+    from craftlab.adapt import compare, curves
+    from craftlab.analysis.ledger import CLAIMS
+
+    reference = set(pd.read_csv(REFERENCE)["arm"])
+    assert set(METHODS) == reference == set(compare.ARMS)
+    assert bench_adapt.ARMS is compare.ARMS and set(curves.CURVE_ARMS) <= reference
+    for claim in CLAIMS:
+        if claim.paper in ("LAST", "MIET"):
+            assert {claim.baseline, claim.treatment} <= reference, claim.id

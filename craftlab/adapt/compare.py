@@ -21,17 +21,25 @@ from .parallel import fit_one, fit_parallel
 from .recipes import DEFAULT_LR, DEFAULT_RANK, SIDE_METHODS, adapt_model, build_side, side_spec, sources
 from .taps import depth, tap_batch
 
+LORA, LAST, MIET = "LoRA (r=4, qkv)", "LAST (g=1, m=4)", "MIET (k=4)"
 ARMS: dict[str, dict[str, Any]] = {
     "linear probe": {"method": "linear", "cache": "memory"},
-    "LoRA": {"method": "lora"},
+    LORA: {"method": "lora"},
     "full": {"method": "full"},
     "full + SAM": {"method": "full", "sam_rho": 0.05},
-    "LAST": {"method": "last"},
-    "MIET": {"method": "miet", "cache": "memory"},
+    LAST: {"method": "last", "gap": 1},
+    "LAST (g=2, m=2)": {"method": "last", "gap": 2},
+    MIET: {"method": "miet", "cache": "memory"},
+    "MIET (k=4, 8-bit)": {"method": "miet", "cache": "memory", "bits": 8},
+    "MIET (k=4, 4-bit)": {"method": "miet", "cache": "memory", "bits": 4},
 }
-"""The compared arms: label → :func:`~craftlab.adapt.recipes.adapt_model` arguments. The linear probe and MIET's
-device train on features received (or tapped) once; LAST runs the frozen backbone on every batch, as LoRA and
-full fine-tuning do."""
+"""THE table of adaptation arms: label → :func:`~craftlab.adapt.recipes.adapt_model` arguments. The app's Adapt tab,
+the adaptation benchmark, the curves, the claims ledger and notebook 06 all use these labels (on the zoo
+vit-tiny, 4 blocks: a side block every g = 1 block gives m = 4 of them, and MIET gathers k = 4 blocks). The linear
+probe and MIET's device train on features received (or tapped) once; LAST runs the frozen backbone on every batch,
+as LoRA and full fine-tuning do."""
+MAIN_ARMS = ("linear probe", LORA, "full", "full + SAM", LAST, MIET)
+"""The arms :func:`compare_methods` runs by default (the edge variants are extra)."""
 
 
 @dataclass
@@ -112,7 +120,8 @@ def _memory_kwargs(kw: Mapping[str, Any]) -> dict[str, Any]:
 def compare_methods(model: nn.Module, data: DataBundle, arms: Mapping[str, Mapping[str, Any]] | None = None,
                     seeds: Sequence[int] = (0, 1, 2), epochs: int = 8, gap: int = 1, k: int | None = None,
                     progress: bool = False, **common: Any) -> Any:
-    """Every arm (default :data:`ARMS`) at every seed, on the same data and budget: a DataFrame with one row per
+    """Every arm (default: the :data:`MAIN_ARMS` of :data:`ARMS`) at every seed, on the same data and budget: a
+    DataFrame with one row per
     (arm, seed): ``arm``, ``method``, ``seed``, ``val_accuracy``, ``test_accuracy``, ``trainable_params``,
     ``time_per_epoch_s``, and per arm (measured once, on one training batch) ``saved_bytes``, ``grad_bytes``,
     ``optimizer_bytes``, ``input_bytes`` (the image batch, or the tapped features a side method trains on),
@@ -123,7 +132,7 @@ def compare_methods(model: nn.Module, data: DataBundle, arms: Mapping[str, Mappi
     """
     import pandas as pd
 
-    arms = dict(ARMS if arms is None else arms)
+    arms = dict({k: ARMS[k] for k in MAIN_ARMS} if arms is None else arms)
     x, y = next(iter(data.loader("train", shuffle=False)))
     rows = []
     for label, kw in arms.items():

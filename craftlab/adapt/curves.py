@@ -26,13 +26,10 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from .compare import ARMS, LAST, LORA
 from .recipes import DEFAULT_LR, METHODS, adapt_model
 
-CURVE_ARMS: dict[str, dict[str, Any]] = {
-    "LoRA (r=4, qkv)": {"method": "lora"},
-    "LAST (g=1, m=4)": {"method": "last", "gap": 1},
-    "full": {"method": "full"},
-}
+CURVE_ARMS: dict[str, dict[str, Any]] = {k: ARMS[k] for k in (LORA, LAST, "full")}
 """The default arms: the claims ledger's LAST-vs-LoRA endpoint and full fine-tuning (labels as the adaptation
 benchmark's)."""
 
