@@ -34,6 +34,8 @@ def add_parser(sub: Any, bit_pair: Callable[[str], Any]) -> argparse.ArgumentPar
     s.add_argument("--keep-going", action="store_true", help="skip cells that fail, list them (model, setting, "
                    "error) after the table and exit 1; default: stop at the first, with one line naming it")
     s.add_argument("--cpus-per-task", type=int, default=1, help="--engine ray: CPUs and threads of each cell")
+    s.add_argument("--gpus-per-cell", type=float, default=None, help="--engine ray: share of a GPU each cell asks "
+                   "for and runs on (default: 0.5 when the cluster has GPUs, else 0: CPUs)")
     s.add_argument("--quiet", action="store_true")
     return s
 
@@ -49,6 +51,12 @@ def run(a: argparse.Namespace, load: Callable[[str], Any], data_for: Callable[..
         check_address(a.address)
     elif a.address is not None:
         raise ValueError("--address is for --engine ray")
+    if a.gpus_per_cell is not None:
+        if a.engine != "ray":
+            raise ValueError("--gpus-per-cell is for --engine ray")
+        from .cells import check_gpus_per_cell
+
+        check_gpus_per_cell(a.gpus_per_cell)
     models = {c: load(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = data_for(first.craftlab_meta, first, a.data)
@@ -62,7 +70,8 @@ def run(a: argparse.Namespace, load: Callable[[str], Any], data_for: Callable[..
                 raise ValueError(f"{path}: {err}") from None
     df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
                patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate, engine=a.engine,
-               address=a.address, keep_going=a.keep_going, cpus_per_task=a.cpus_per_task)
+               address=a.address, keep_going=a.keep_going, cpus_per_task=a.cpus_per_task,
+               gpus_per_cell=a.gpus_per_cell)
     if len(df):
         print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     failed = df.attrs.get("failed") or []
