@@ -56,9 +56,9 @@ def _sweep(ckpt: str, address: str | None, tmp: Path) -> float:
 
 
 def run() -> dict:
+    from craftlab import create_model
     from craftlab.checkpoint import save_checkpoint
     from craftlab.distributed.connect import check_address
-    from craftlab.models import create_model
 
     tmp = Path(tempfile.mkdtemp(prefix="r23b-", dir="/tmp"))  # short: Ray's socket paths must stay short
     ckpt = str(save_checkpoint(create_model("resnet-tiny", num_classes=10, progress=False), tmp / "ckpt",

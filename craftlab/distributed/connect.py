@@ -106,7 +106,8 @@ def local_raylets() -> list[str] | None:
 
 def join_error(address: str, err: BaseException) -> RayUnreachableError:
     """`err` of ``ray.init(address=...)`` as one line naming the address (Ray's own is a traceback; a driver
-    without a local raylet gets ``RuntimeError: No node info found ...`` after a minute), with the way out.
+    without a local raylet gets ``ConnectionError: Failed to connect ...`` caused by ``RuntimeError: No node info
+    found ...`` after a minute: both are named), with the way out.
 
     Example::
 
@@ -117,7 +118,10 @@ def join_error(address: str, err: BaseException) -> RayUnreachableError:
     """
     host = address.split("://", 1)[-1].rpartition(":")[0] or "HEAD"
     hint = ("" if "://" in address else " " + _USE_CLIENT.format(host=host))
-    return RayUnreachableError(f"could not join the Ray cluster at {address!r}: {last_line(err)}.{hint}")
+    why = last_line(err)
+    if isinstance(err.__cause__, BaseException):  # Ray wraps the reason: ConnectionError("Failed to connect ...")
+        why += f" ({last_line(err.__cause__)})"
+    return RayUnreachableError(f"could not join the Ray cluster at {address!r}: {why}.{hint}")
 
 
 def last_line(err: BaseException) -> str:
