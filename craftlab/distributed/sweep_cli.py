@@ -77,8 +77,12 @@ def run(a: argparse.Namespace, load: Callable[[str], Any], data_for: Callable[..
     failed = df.attrs.get("failed") or []
     counts = df.attrs.get("cells")
     if counts:  # --engine ray: what was computed now and what came from the cell store
+        from collections import Counter
+
+        devices = Counter(p["device"] for p in df.attrs.get("placement") or [])
         print(f"cells: {counts['computed'] - len(failed)} computed, {counts['cached']} cached, {len(failed)} failed "
-              f"(of {counts['total']})", file=sys.stderr)
+              f"(of {counts['total']})" + ("; computed on " + ", ".join(f"{d}: {n}" for d, n in sorted(
+                  devices.items())) if devices else ""), file=sys.stderr)
     if failed:
         import pandas as pd
 
