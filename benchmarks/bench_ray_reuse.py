@@ -12,7 +12,8 @@ A resnet-tiny checkpoint, 3 cells (FP32, magnitude 50%, W8A8 on the digits test 
   job), so what is saved is the cluster's start and stop.
 
 Quick settings (3 cells, 3 calls each, one thread per process) on a shared 2-core machine: a measurement of the
-start-up, not of throughput.
+start-up, not of throughput. ``RAY_raylet_start_wait_time_s=120`` (Ray's default is 30 s) keeps Ray from giving up
+on a raylet that starts slowly on the loaded machine.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ REPEATS = 3
 
 def _env(home: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1", "CRAFTLAB_HOME": home,
-           "RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "RAY_AUTH_MODE": "disabled", "RAY_raylet_start_wait_time_s": "120",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -71,13 +73,14 @@ def run() -> dict:
     t0 = time.perf_counter()
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port",
                              str(port), "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir",
-                             str(tmp / "ray")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             str(tmp / "ray")], stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT,
                             env=_env(str(tmp / "home")), start_new_session=True)
     try:
         while True:
-            with contextlib.suppress(ConnectionError, RuntimeError):
+            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
                 check_address(address, timeout=1)
-                break
+                if "Ray runtime started" in (tmp / "head.log").read_text():  # GCS first, the raylet after
+                    break
             if head.poll() is not None or time.perf_counter() - t0 > 300:
                 raise RuntimeError("ray start --head did not come up")
             time.sleep(0.5)
@@ -85,6 +88,8 @@ def run() -> dict:
         local, attached = [], []
         for _ in range(REPEATS):
             local.append(_sweep(ckpt, None, tmp))
+            if head.poll() is not None:
+                raise RuntimeError("the head exited: " + (tmp / "head.log").read_text()[-3000:])
             attached.append(_sweep(ckpt, address, tmp))
     finally:
         with contextlib.suppress(ProcessLookupError):

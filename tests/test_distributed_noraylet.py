@@ -46,7 +46,8 @@ def _raylet_of(port: int) -> bool:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1", "RAY_AUTH_MODE": "disabled", **extra,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1", "RAY_AUTH_MODE": "disabled",
+           "RAY_raylet_start_wait_time_s": "120", **extra,  # Ray's 30 s raylet start limit fails on a loaded machine
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
     return env
