@@ -1,7 +1,8 @@
 """Connecting to a Ray cluster: the address checked in seconds (never a hang), Ray's errors as one line.
 
 ``address=None`` uses the Ray session this process already has, else ``RAY_ADDRESS`` (set by ``ray job
-submit``), else starts a local cluster (``include_dashboard=False``) and shuts it down afterwards. An explicit
+submit``), else ``ray.init()``: Ray joins the last ``ray start`` cluster of this machine whose address file is in
+its default temp folder, else starts a local cluster (``include_dashboard=False``) shut down afterwards. An explicit
 address is probed first (:func:`check_address`): a closed port, an HTTP server or a silent proxy fails within
 :data:`ADDRESS_TIMEOUT_S` seconds with the address in a one-line message.
 
