@@ -11,6 +11,7 @@ take turns on a file lock beside it, so DDP ranks or Ray workers never download 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +288,8 @@ def _torchvision(name, image_size, channels, cfg, root, download, *, seed, batch
     }
     make = makers[name]
     # ranks / workers that start at once: one downloads, the others wait and then find the files (a lock beside them)
-    lock = cache.file_lock(Path(root) / f".{name}.download.lock") if download else contextlib.nullcontext()
+    lock = (cache.file_lock(Path(root) / f".{name}.download.lock") if download and _writable(root)
+            else contextlib.nullcontext())  # a read-only folder: nobody downloads there, nothing to lock
     try:
         with lock:
             train_full, train_eval, test_set = make("train", t_train), make("train", t_eval), make("test", t_eval)
@@ -312,6 +314,14 @@ def _torchvision(name, image_size, channels, cfg, root, download, *, seed, batch
     return DataBundle(name, train_set, val_set, test_set, _calib_subset(calib_base, calib_size, seed),
                       len(classes), classes, (channels, image_size, image_size), batch_size=batch_size,
                       seed=seed, num_workers=num_workers, meta={"source": f"torchvision.datasets ({root})"})
+
+
+def _writable(root: str) -> bool:
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(root, os.W_OK)
 
 
 def _targets(ds) -> list[int]:
