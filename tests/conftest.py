@@ -17,7 +17,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 SLOW_MODULES = frozenset({
     "test_app", "test_app_adapt", "test_app_service", "test_app_supernet", "test_adapt_methods",  # train / serve
     "test_consistency",
-    "test_distributed_ddp", "test_distributed_ray",  # spawn processes, start Ray
+    "test_distributed_ddp", "test_distributed_ray", "test_distributed_gpu", "test_distributed_noraylet",
+    "test_data_lock",  # spawn processes, start Ray
     "test_pretrain", "test_supernet", "test_supernet_search",  # pretrain or train a supernet
 })
 NOTEBOOK_MODULES = frozenset({"test_notebooks"})

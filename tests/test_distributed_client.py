@@ -64,6 +64,7 @@ def client_address():
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+        __import__("shutil").rmtree(temp, ignore_errors=True)  # the head's session folder and log
 
 
 def test_a_driver_outside_the_cluster_sweeps_through_ray_client(client_address, tmp_path, digits):

@@ -248,11 +248,14 @@ def test_cli_says_what_it_computes_and_what_was_cached(cluster, home, checkpoint
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "sweep [ray]: 3 cells, 0 cached, 3 to compute on this session: starting workers..." in err
-    assert "cells: 3 computed, 0 cached, 0 failed (of 3)" in err
+    assert "cells: 3 computed, 0 cached, 0 failed (of 3); computed on cpu: 3" in err  # a cluster without GPUs
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "sweep [ray]: 3 cells, 3 cached, 0 to compute" in err and "starting workers" not in err
-    assert "cells: 0 computed, 3 cached, 0 failed (of 3)" in err
+    assert "cells: 0 computed, 3 cached, 0 failed (of 3)\n" in err
+    argv[argv.index("0.5")] = "0.7"  # a cell to compute, asking for GPUs that this cluster does not have
+    assert main([*argv, "--gpus-per-cell", "0.5"]) == 2  # refused, one line
+    assert "gpus_per_cell=0.5, but the Ray cluster has no GPUs" in capsys.readouterr().err
 
 
 def test_cache_folder_is_checked_on_every_node(cluster, home):

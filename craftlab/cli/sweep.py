@@ -39,6 +39,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--keep-going", action="store_true", help="skip cells that fail, list them (model, setting, "
                    "error) after the table and exit 1; default: stop at the first, with one line naming it")
     s.add_argument("--cpus-per-task", type=int, default=1, help="--engine ray: CPUs and threads of each cell")
+    s.add_argument("--gpus-per-cell", type=float, default=None, help="--engine ray: share of a GPU each cell asks "
+                   "for and runs on (default: 0.5 when the cluster has GPUs, else 0: CPUs)")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--json", action="store_true", help="print the table as JSON records (failed cells after it)")
     return s
@@ -54,6 +56,12 @@ def run(a: argparse.Namespace) -> int:
         check_address(a.address)
     elif a.address is not None:
         raise ValueError("--address is for --engine ray")
+    if a.gpus_per_cell is not None:
+        if a.engine != "ray":
+            raise ValueError("--gpus-per-cell is for --engine ray")
+        from ..distributed.cells import check_gpus_per_cell
+
+        check_gpus_per_cell(a.gpus_per_cell)
     models = {c: load_uncompressed(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = data_for(first.craftlab_meta, first, a.data)
@@ -67,7 +75,8 @@ def run(a: argparse.Namespace) -> int:
                 raise ValueError(f"{path}: {err}") from None
     df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,
                patterns=a.patterns, bits=a.bits, recipe=a.recipe, compensations=a.compensate, engine=a.engine,
-               address=a.address, keep_going=a.keep_going, cpus_per_task=a.cpus_per_task)
+               address=a.address, keep_going=a.keep_going, cpus_per_task=a.cpus_per_task,
+               gpus_per_cell=a.gpus_per_cell)
     if a.json:
         print(df.to_json(orient="records"))
     elif len(df):
@@ -75,8 +84,12 @@ def run(a: argparse.Namespace) -> int:
     failed = df.attrs.get("failed") or []
     counts = df.attrs.get("cells")
     if counts:  # --engine ray: what was computed now and what came from the cell store
+        from collections import Counter
+
+        devices = Counter(p["device"] for p in df.attrs.get("placement") or [])
         print(f"cells: {counts['computed'] - len(failed)} computed, {counts['cached']} cached, {len(failed)} failed "
-              f"(of {counts['total']})", file=sys.stderr)
+              f"(of {counts['total']})" + ("; computed on " + ", ".join(f"{d}: {n}" for d, n in sorted(
+                  devices.items())) if devices else ""), file=sys.stderr)
     if failed:
         import pandas as pd
 

@@ -87,6 +87,7 @@ def sweep(
     address: str | None = None,
     keep_going: bool = False,
     cpus_per_task: int = 1,
+    gpus_per_cell: float | None = None,
     **grid: Any,
 ) -> pd.DataFrame:
     """Evaluate every model under every compression setting.
@@ -114,6 +115,9 @@ def sweep(
             setting, the error's last line) instead of stopping the sweep with
             :class:`~craftlab.distributed.cells.CellError` (a one-line message naming the model and setting).
         cpus_per_task: engine ``"ray"``: CPUs (and intra-op threads) of each cell and CPU fine-tuning task.
+        gpus_per_cell: engine ``"ray"``: the share of a GPU each compression/evaluation cell asks for, which it
+            then runs on (``df.attrs["placement"]`` records the device of each computed cell); default: 0.5 when
+            the cluster has GPUs, else 0 (CPUs).
 
     Returns:
         One row per (model, setting): ``model, setting`` (its label), ``kind`` (fp / prune / quant /
@@ -133,6 +137,8 @@ def sweep(
         raise unknown_name("sweep engine", engine, ENGINES)
     if address is not None and engine != "ray":
         raise ValueError(f"address={address!r} is for engine='ray' (the in-process engine runs here)")
+    if gpus_per_cell is not None and engine != "ray":
+        raise ValueError(f"gpus_per_cell={gpus_per_cell!r} is for engine='ray' (the in-process engine runs here)")
     if not isinstance(models, Mapping):
         models = {(p.key if isinstance(p, RunSpec) else str(p)): p for p in models}
     settings = [parse_setting(s) for s in settings] if settings is not None else settings_grid(**grid)
@@ -141,9 +147,9 @@ def sweep(
         from ..distributed.ray_engine import run_cells
 
         rows, info = run_cells(models, data, settings, split=split, progress=progress, address=address,
-                               keep_going=keep_going, cpus_per_task=cpus_per_task)
+                               keep_going=keep_going, cpus_per_task=cpus_per_task, gpus_per_cell=gpus_per_cell)
         df = pd.DataFrame([{**row, **extra.get(row["model"], {})} for row in rows if row is not None])
-        df.attrs.update(cells=info["cells"], runs=info["runs"])
+        df.attrs.update(cells=info["cells"], runs=info["runs"], placement=info["placement"])
         failed = info["failed"]
     else:
         rows, failed = [], []

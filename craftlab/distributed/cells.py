@@ -66,6 +66,34 @@ def evaluate_uncompressed(model: Any, data: Any, split: str) -> dict[str, Any]:
     return evaluate(model, data.loader(split))
 
 
+def cell_device(gpu_ids: list[str], cuda_available: bool) -> str:
+    """Where a cell runs: ``"cuda"`` when Ray gave its task a GPU (`gpu_ids`, which Ray also makes the process's
+    only visible device) and CUDA works here, else ``"cpu"`` (a GPU resource without a usable CUDA device — a
+    fake-GPU test cluster, a driver-less node — falls back to the CPU; the sweep records which).
+
+    Example::
+
+        >>> cell_device(["0"], True), cell_device(["0"], False), cell_device([], True)
+        ('cuda', 'cpu', 'cpu')
+    """
+    return "cuda" if gpu_ids and cuda_available else "cpu"
+
+
+def check_gpus_per_cell(gpus: float | None) -> None:
+    """Refuse a GPU share per cell that is not None (automatic) or a number in [0, 1] (Ray gives a task a
+    fraction of one GPU, or whole GPUs; a cell needs at most one).
+
+    Example::
+
+        >>> check_gpus_per_cell(1.5)
+        Traceback (most recent call last):
+        ValueError: gpus_per_cell must be between 0 and 1 (a share of one GPU; None: automatic), got 1.5
+    """
+    ok = gpus is None or (isinstance(gpus, (int, float)) and not isinstance(gpus, bool) and 0 <= gpus <= 1)
+    if not ok:
+        raise ValueError(f"gpus_per_cell must be between 0 and 1 (a share of one GPU; None: automatic), got {gpus!r}")
+
+
 def compute_row(model: Any, data: Any, setting: Setting, split: str, label: str,
                 fp: dict[str, Any] | None = None) -> dict[str, Any]:
     """The sweep table's row of `model` (labelled `label`) under `setting`, evaluated on `split` of `data`;

@@ -1,7 +1,8 @@
 """Connecting to a Ray cluster: the address checked in seconds (never a hang), Ray's errors as one line.
 
 ``address=None`` uses the Ray session this process already has, else ``RAY_ADDRESS`` (set by ``ray job
-submit``), else starts a local cluster (``include_dashboard=False``) and shuts it down afterwards. An explicit
+submit``), else ``ray.init()``: Ray joins the last ``ray start`` cluster of this machine whose address file is in
+its default temp folder, else starts a local cluster (``include_dashboard=False``) shut down afterwards. An explicit
 address is probed first (:func:`check_address`): a closed port, an HTTP server or a silent proxy fails within
 :data:`ADDRESS_TIMEOUT_S` seconds with the address in a one-line message.
 
@@ -83,6 +84,45 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
         seen = (f"it answered {answer[:9]!r}" if answer else "it sent nothing back")
         raise _unreachable(address, f"the port is open but is not a Ray head ({seen}; expected gRPC, e.g. the "
                                     "GCS port, not the dashboard's 8265)", timeout)
+    if "://" not in address and local_raylets() == []:  # Ray would wait a minute, then "No node info found"
+        raise RayUnreachableError(
+            f"cannot join the Ray cluster at {address!r} from here: this machine runs no Ray node (no raylet "
+            f"process), and a driver at the GCS address must run on a node. {_USE_CLIENT.format(host=host)}")
+
+
+_USE_CLIENT = ("From a machine outside the cluster use Ray Client: --address ray://{host}:10001 (the head's "
+               "--ray-client-server-port); or run the driver on a node (after `ray start --address HEAD:6379` here)")
+
+
+def local_raylets() -> list[str] | None:
+    """The node ids of the Ray nodes (raylet processes) on this machine — what ``ray.init(address=HOST:PORT)`` looks
+    for to attach a driver — or None when Ray cannot tell (not installed, or its process listing failed)."""
+    try:
+        from ray._private.services import find_node_ids
+
+        return list(find_node_ids())
+    except Exception:  # a private Ray function: when it moves or fails, Ray's own error remains (join_error)
+        return None
+
+
+def join_error(address: str, err: BaseException) -> RayUnreachableError:
+    """`err` of ``ray.init(address=...)`` as one line naming the address (Ray's own is a traceback; a driver
+    without a local raylet gets ``ConnectionError: Failed to connect ...`` caused by ``RuntimeError: No node info
+    found ...`` after a minute: both are named), with the way out.
+
+    Example::
+
+        >>> msg = str(join_error("10.0.0.5:6379", RuntimeError("No node info found matching attributes: ''")))
+        >>> msg.startswith("could not join the Ray cluster at '10.0.0.5:6379': RuntimeError: No node info"), \\
+        ...     "ray://10.0.0.5:10001" in msg
+        (True, True)
+    """
+    host = address.split("://", 1)[-1].rpartition(":")[0] or "HEAD"
+    hint = ("" if "://" in address else " " + _USE_CLIENT.format(host=host))
+    why = last_line(err)
+    if isinstance(err.__cause__, BaseException):  # Ray wraps the reason: ConnectionError("Failed to connect ...")
+        why += f" ({last_line(err.__cause__)})"
+    return RayUnreachableError(f"could not join the Ray cluster at {address!r}: {why}.{hint}")
 
 
 def last_line(err: BaseException) -> str:
@@ -123,9 +163,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         except Exception as err:  # Ray's ConnectionError / "No node info found" + tracebacks: one line instead
             with contextlib.suppress(Exception):
                 ray.shutdown()
-            raise RayUnreachableError(
-                f"could not join the Ray cluster at {address!r}: {last_line(err)}. A driver on a machine that is "
-                "not a node of the cluster (no local raylet) must use Ray Client: ray://HEAD:10001") from None
+            raise join_error(address, err) from None
     try:
         yield
     finally:

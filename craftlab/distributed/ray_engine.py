@@ -4,7 +4,9 @@
   cluster with GPUs one GPU each, in a single-use worker process (``max_calls=1``), submitted as GPUs free up
   with the cluster's resources read again at each submission; else ``cpus_per_task`` CPUs. Every (model,
   setting) cell becomes a ``cpus_per_task``-CPU task that depends on its run, so compression/evaluation cells
-  pack beside the fine-tuning runs; each worker evaluates a model uncompressed once, not per setting.
+  pack beside the fine-tuning runs; a model's uncompressed evaluation is one task its cells share. On a cluster
+  with GPUs a cell (and that evaluation) also asks for ``gpus_per_cell`` of a GPU (default half of one) and runs
+  on ``cuda``, in a single-use worker process: a reused one could not move to the GPU Ray assigns next.
 * **What is shared.** Data go through Ray's object store (put once). Runs, checkpoints and finished cells live
   in the driver's ``CRAFTLAB_HOME``, which every node must mount at the same path (NFS or a cluster file
   system): workers are told the driver's path, and :func:`check_shared_home` verifies, on every node, that a
@@ -33,14 +35,27 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Setting
-from .cells import CellError, CellStore, cell_key, compute_row, data_id, evaluate_uncompressed, model_id
+from .cells import (
+    CellError,
+    CellStore,
+    cell_device,
+    cell_key,
+    check_gpus_per_cell,
+    compute_row,
+    data_id,
+    evaluate_uncompressed,
+    model_id,
+)
 from .connect import ADDRESS_TIMEOUT_S, RayUnreachableError, check_address, last_line, ray_session
 
-__all__ = ["ADDRESS_TIMEOUT_S", "RayUnreachableError", "check_address", "check_shared_home", "last_line",
-           "ray_session", "run_cells", "shared_home_error"]
+__all__ = ["ADDRESS_TIMEOUT_S", "AUTO_GPUS_PER_CELL", "RayUnreachableError", "cell_device", "check_address",
+           "check_shared_home", "gpus_per_cell_for", "last_line", "ray_session", "run_cells", "shared_home_error"]
 
 _LOADED: dict[str, Any] = {}  # per worker process: the last checkpoint loaded (its cells reuse it)
-_FP: dict[str, Any] = {}  # per worker process: the uncompressed evaluation of the last model x data x split
+
+AUTO_GPUS_PER_CELL = 0.5
+"""What a compression/evaluation cell asks for on a cluster with GPUs when ``gpus_per_cell`` is left to the engine:
+half a GPU, so two cells share one (one calibrating while the other evaluates)."""
 
 
 def _use_home(home: str, threads: int) -> None:
@@ -64,8 +79,12 @@ def _finetune(spec: Any, home: str, threads: int) -> dict[str, Any]:
             "node": ctx.get_node_id()}
 
 
-def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label: str, key: str, home: str,
-          threads: int, key_data: str) -> dict[str, Any]:
+def _placed(source: Any, mid: str, home: str, threads: int) -> tuple[Any, dict[str, Any]]:
+    """In a worker: the model of `source` (a module, a checkpoint folder or what :func:`_finetune` returned) on
+    this task's device (:func:`~craftlab.distributed.cells.cell_device`), and where it runs."""
+    import ray
+    import torch
+
     from ..checkpoint import load_checkpoint
 
     _use_home(home, threads)
@@ -77,13 +96,26 @@ def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label:
             _LOADED.clear()
             _LOADED[loaded] = load_checkpoint(source)
         source = _LOADED[loaded]
-    fp_key = f"{mid}|{key_data}|{split}"
-    if fp_key not in _FP:
-        _FP.clear()
-        _FP[fp_key] = evaluate_uncompressed(source, data, split)
-    row = compute_row(source, data, setting, split, label, fp=_FP[fp_key])
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    device = cell_device(gpu_ids, torch.cuda.is_available())
+    if device != "cpu":  # a single-use process (max_calls=1): its own copy, on the GPU Ray gave it
+        source = source.to(device)
+    return source, {"device": device, "pid": os.getpid(), "gpu_ids": gpu_ids}
+
+
+def _fp_eval(source: Any, mid: str, data: Any, split: str, home: str, threads: int) -> dict[str, Any]:
+    """The uncompressed evaluation of one model, done once and shared by all its cells."""
+    model, _ = _placed(source, mid, home, threads)
+    return evaluate_uncompressed(model, data, split)
+
+
+def _cell(source: Any, mid: str, data: Any, setting: Setting, split: str, label: str, key: str, home: str,
+          threads: int, fp: dict[str, Any] | None) -> dict[str, Any]:
+    """One cell in a worker: its row (also stored under `key` in the shared `home`) and where it ran."""
+    model, where = _placed(source, mid, home, threads)
+    row = compute_row(model, data, setting, split, label, fp=fp)
     CellStore(Path(home) / "sweeps" / "cells").put(key, row)
-    return row
+    return {"row": row, "where": where}
 
 
 def _probe(marker: str, token: str) -> dict[str, Any]:
@@ -103,14 +135,35 @@ def _probe(marker: str, token: str) -> dict[str, Any]:
 
 
 @cache
-def _remote(fn_name: str, gpu: bool = False) -> Any:
-    """`fn_name` as a Ray remote function; ``gpu``: one GPU, in a single-use worker process (``max_calls=1``,
-    which Ray honours only in the decorator, not in ``.options()``) so its CUDA memory is freed when it ends."""
+def _remote(fn_name: str, gpus: float = 0) -> Any:
+    """`fn_name` as a Ray remote function; ``gpus`` > 0: that many GPUs (a fraction: a share of one), in a
+    single-use worker process (``max_calls=1``, which Ray honours only in the decorator, not in ``.options()``), so
+    its CUDA memory is freed when it ends and the next task gets a fresh process on the GPU Ray assigns it."""
     import ray
 
-    if gpu:
-        return ray.remote(max_retries=1, num_gpus=1, max_calls=1)(globals()[fn_name])
+    if gpus:
+        return ray.remote(max_retries=1, num_gpus=gpus, max_calls=1)(globals()[fn_name])
     return ray.remote(max_retries=1)(globals()[fn_name])
+
+
+def gpus_per_cell_for(requested: float | None, resources: Mapping[str, float]) -> float:
+    """The GPUs each compression/evaluation cell asks for on a cluster with `resources`: `requested` when given
+    (0: on CPUs), else :data:`AUTO_GPUS_PER_CELL` when the cluster has GPUs and 0 when it has none.
+
+    Example::
+
+        >>> gpus_per_cell_for(None, {"CPU": 16, "GPU": 4}), gpus_per_cell_for(None, {"CPU": 8})
+        (0.5, 0)
+        >>> gpus_per_cell_for(0.25, {"CPU": 16, "GPU": 4}), gpus_per_cell_for(0, {"CPU": 16, "GPU": 4})
+        (0.25, 0)
+    """
+    check_gpus_per_cell(requested)
+    if requested is None:
+        return AUTO_GPUS_PER_CELL if resources.get("GPU", 0) else 0
+    if requested and not resources.get("GPU", 0):
+        raise ValueError(f"gpus_per_cell={requested:g}, but the Ray cluster has no GPUs (resources: "
+                         f"{dict(resources)}): leave it out or pass 0 to run the cells on CPUs")
+    return requested
 
 
 def shared_home_error(home: str, reports: Sequence[Mapping[str, Any]]) -> str | None:
@@ -176,12 +229,17 @@ def _finetune_slots(resources: Mapping[str, float], cpus_per_task: int) -> tuple
 
 def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting], split: str = "test",
               progress: bool = True, address: str | None = None, cpus_per_task: int = 1, keep_going: bool = False,
-              ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
+              gpus_per_cell: float | None = None) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
     """The sweep's rows (models x settings, in that order; None for a failed cell) computed as Ray tasks, and
     what happened: ``{"cells": {"computed", "cached", "total"}, "failed": [{"model", "setting", "error"}],
-    "runs": {label: {"path", "pid", "gpu_ids", "node"}}}`` (``runs``: the fine-tunes done in this call).
+    "runs": {label: {"path", "pid", "gpu_ids", "node"}}, "placement": [{"model", "setting", "device", "pid",
+    "gpu_ids"}]}`` (``runs``: the fine-tunes done in this call; ``placement``: where each computed cell ran).
     `models`: label -> module, checkpoint folder or RunSpec. A failing cell raises :class:`CellError` unless
     `keep_going`.
+
+    Cells ask for `gpus_per_cell` GPUs (:func:`gpus_per_cell_for`: by default half a GPU when the cluster has
+    GPUs, else none) and then run their model and data on ``cuda`` (:func:`~craftlab.distributed.cells.cell_device`),
+    each in a single-use worker process; a model's uncompressed evaluation is one task that its cells share.
 
     Fine-tunes are submitted as slots free up (:func:`_finetune_slots`), the cluster's GPUs read again at each
     submission, so GPU nodes that join during the sweep are used; a GPU fine-tune is a single-use worker process
@@ -193,6 +251,7 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
     from .. import cache
     from ..train.runs import RunSpec, is_cached, run_dir
 
+    check_gpus_per_cell(gpus_per_cell)
     if address is not None:  # first, and also when every cell is cached: a wrong address is never silent
         check_address(address)
     home = str(cache.home())
@@ -209,7 +268,7 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
                 todo.setdefault(label, []).append((len(rows) - 1, mid, s, key))
     n_todo = sum(map(len, todo.values()))
     info: dict[str, Any] = {"cells": {"computed": n_todo, "cached": len(rows) - n_todo, "total": len(rows)},
-                            "failed": [], "runs": {}}
+                            "failed": [], "runs": {}, "placement": []}
     c = info["cells"]
     if progress:  # the start-up line: workers take seconds to start, the bar would sit at 0 meanwhile
         where = address or os.environ.get("RAY_ADDRESS") or ("this session" if ray.is_initialized() else
@@ -222,22 +281,27 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
         return rows, info
     with ray_session(address):
         check_shared_home(home)
+        gpus = gpus_per_cell_for(gpus_per_cell, ray.cluster_resources())
         data_ref = ray.put(data)
         pending: dict[Any, tuple[int, str, str]] = {}  # cell ref -> (position, label, setting label)
         tuning: dict[Any, str] = {}  # fine-tune ref -> label
         queue = [lb for lb in todo if isinstance(models[lb], RunSpec) and not is_cached(models[lb])]
 
         def submit_cells(label: str, source: Any) -> None:
-            for pos, mid, s, key in todo[label]:
-                ref = _remote("_cell").options(num_cpus=cpus_per_task).remote(
-                    source, mid, data_ref, s, split, label, key, home, cpus_per_task, did)
+            cells, fp = todo[label], None
+            if len(cells) > 1:  # the uncompressed evaluation: once per model, its cells wait for it
+                fp = _remote("_fp_eval", gpus).options(num_cpus=cpus_per_task).remote(
+                    source, cells[0][1], data_ref, split, home, cpus_per_task)
+            for pos, mid, s, key in cells:
+                ref = _remote("_cell", gpus).options(num_cpus=cpus_per_task).remote(
+                    source, mid, data_ref, s, split, label, key, home, cpus_per_task, fp)
                 pending[ref] = (pos, label, s.label())
 
         def submit_runs() -> None:
             slots, gpu = _finetune_slots(ray.cluster_resources(), cpus_per_task)  # re-read: nodes come and go
             while queue and len(tuning) < slots:
                 label = queue.pop(0)
-                ref = _remote("_finetune", gpu).options(num_cpus=cpus_per_task).remote(
+                ref = _remote("_finetune", 1 if gpu else 0).options(num_cpus=cpus_per_task).remote(
                     models[label], home, cpus_per_task)
                 tuning[ref] = label
                 submit_cells(label, ref)
@@ -262,7 +326,9 @@ def run_cells(models: Mapping[str, Any], data: Any, settings: Sequence[Setting],
                     continue
                 pos, label, setting = pending.pop(done)
                 try:
-                    rows[pos] = ray.get(done)
+                    got = ray.get(done)
+                    rows[pos] = got["row"]
+                    info["placement"].append({"model": label, "setting": setting, **got["where"]})
                 except Exception as err:  # a RayTaskError: its cause's last line, with the cell's names
                     failure = CellError(label, setting, last_line(err))
                     if not keep_going:

@@ -1,0 +1,147 @@
+"""A driver on a machine that is not a node of the Ray cluster (no local raylet) given the GCS address
+``HEAD:6379``: one line saying to use Ray Client, in seconds, instead of Ray's ``No node info found`` after a minute.
+
+The condition is made for real on one machine: a head started with ``ray start --head`` (private temp folder, no
+dashboard), and the driver run in a new PID namespace (``unshare --user --map-root-user --pid --fork
+--mount-proc``: same network, but the head's raylet is invisible to it, as on another machine). Skipped where
+unprivileged namespaces are not allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+ROOT = Path(__file__).resolve().parent.parent
+UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+LOAD = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))  # a loaded machine gets proportionally longer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raylet_of(port: int) -> bool:
+    """Is the raylet of the head whose GCS listens on `port` running (visible from this process)?"""
+    import psutil
+
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "raylet" and any(f":{port}" in a for a in p.info["cmdline"] or []):
+            return True
+    return False
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1", "RAY_AUTH_MODE": "disabled",
+           "RAY_raylet_start_wait_time_s": "120", **extra,  # Ray's 30 s raylet start limit fails on a loaded machine
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def head():
+    if shutil.which("unshare") is None or subprocess.run([*UNSHARE, "true"], capture_output=True).returncode:
+        pytest.skip("unprivileged PID namespaces (unshare) are not available here")
+    from craftlab.distributed.connect import check_address
+
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="r23n-", dir="/tmp")  # short: Ray's socket paths must stay short
+    log = open(Path(temp) / "head.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port",
+                             str(port), "--num-cpus", "1", "--include-dashboard", "false", "--temp-dir", temp],
+                            stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                check_address(f"127.0.0.1:{port}", timeout=2)
+                if _raylet_of(port):  # the GCS answers first, then the raylet starts
+                    break
+                time.sleep(1)
+                continue
+            except (ConnectionError, RuntimeError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    text = (Path(temp) / "head.log").read_text()
+                    if "timed out during startup" in text:
+                        pytest.skip("the Ray head did not start within Ray's 30 s limit (machine overloaded)")
+                    raise AssertionError(f"ray start --head failed:\n{text[-3000:]}") from None
+                time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started, nothing else
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_cli_without_a_local_raylet_says_use_ray_client_in_seconds(head, tmp_path):
+    from craftlab import create_model
+    from craftlab.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(create_model("resnet-tiny", num_classes=10, progress=False), tmp_path / "ckpt",
+                           {"data": {"name": "digits"}})
+    cmd = [*UNSHARE, sys.executable, "-m", "craftlab.cli", "sweep", "--checkpoint", str(ckpt), "--methods",
+           "magnitude", "--sparsities", "0.5", "--patterns", "--bits", "8,8", "--engine", "ray", "--address", head,
+           "--quiet"]
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=_env(CRAFTLAB_HOME=str(tmp_path / "home")))
+    wall = time.monotonic() - t0
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stdout[-1000:] + done.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"cannot join the Ray cluster at '{head}' from here: this machine runs no Ray node" in lines[0]
+    assert "ray://127.0.0.1:10001" in lines[0]
+    assert wall < 30 * LOAD, f"{wall:.0f} s to the one-line error (Ray alone waits 60 s)"
+    # the same check on the head's own machine (its raylet visible) lets the driver through; under heavy load
+    # Ray's raylet has been seen to exit mid-module, so this part needs it still running
+    from craftlab.distributed.connect import check_address, local_raylets
+
+    if _raylet_of(int(head.rpartition(":")[2])):
+        assert local_raylets()
+        check_address(head)
+
+
+def test_rays_own_no_node_info_error_becomes_one_line(head):
+    """Past the check (here: straight ``ray.init``), Ray's real exception of that condition goes through
+    ``join_error``; Ray's wait is shortened to 5 s for the test."""
+    script = textwrap.dedent(f"""
+        import ray
+        from craftlab.distributed.connect import join_error
+        try:
+            ray.init(address={head!r}, log_to_driver=False, logging_level="error")
+        except Exception as err:
+            print("RAY", type(err).__name__, str(err).replace(chr(10), " ")[:300], "| cause:",
+                  repr(err.__cause__).replace(chr(10), " ")[:300])
+            print("ONE", str(join_error({head!r}, err)).replace(chr(10), "<NL>"))
+        else:
+            print("JOINED")
+            ray.shutdown()
+    """)
+    done = subprocess.run([*UNSHARE, sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=_env(RAY_gcs_server_request_timeout_seconds="5"))
+    out = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:4] in ("RAY ", "ONE "))
+    assert "RAY" in out, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "No node info found" in out["RAY"], out["RAY"]  # Ray 2.60: ConnectionError from RuntimeError(...)
+    assert "<NL>" not in out["ONE"] and "ray://127.0.0.1:10001" in out["ONE"]
+    assert out["ONE"].startswith(f"could not join the Ray cluster at '{head}': "), out["ONE"]
+    assert "RuntimeError: No node info found" in out["ONE"], out["ONE"]
