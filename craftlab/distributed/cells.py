@@ -17,13 +17,12 @@ Example::
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..cache import atomic_write_json, file_sha256, fingerprint
 from ..settings import Setting
 
 CELL_FORMAT = 2  # 2: recalibrate_bn also re-estimates after quantization (one BN protocol, issue 19)
@@ -45,12 +44,12 @@ def code_version(root: str | None = None, files: tuple[str, ...] = CODE_FILES) -
     from .. import __version__
 
     base = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-    h = hashlib.sha256(__version__.encode())
+    parts = []
     for name in files:
         p = base / name
         for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            h.update(f.relative_to(base).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+            parts.append(f.relative_to(base).as_posix().encode() + b"\0" + f.read_bytes())
+    return fingerprint(b"".join(parts), salt=__version__)[:16]
 
 
 def kind(s: Setting) -> str:
@@ -123,30 +122,20 @@ class CellError(RuntimeError):
         return {"model": self.model, "setting": self.setting, "error": self.error}
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def model_id(model: Any) -> str:
     """What a model's rows depend on: ``run:<key>`` for a RunSpec, ``weights:<sha256>`` for a checkpoint folder
     (its sidecar's hash, so a moved folder keeps its cells), ``module:<sha256>`` of a module's tensors."""
-    import torch
     from torch import nn
 
-    from ..checkpoint import read_meta, sha256_file
+    from ..checkpoint import read_meta
     from ..train.runs import RunSpec
 
     if isinstance(model, RunSpec):
-        return f"run:{model.key}:{_sha(model.record())[:16]}"
+        return f"run:{model.key}:{fingerprint(model.record())[:16]}"
     if isinstance(model, nn.Module):
-        h = hashlib.sha256(type(model).__name__.encode())
-        for k, v in model.state_dict().items():
-            h.update(k.encode())
-            h.update(str(v.dtype).encode() + str(tuple(v.shape)).encode())
-            h.update(v.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
-        return f"module:{h.hexdigest()}"
+        return f"module:{fingerprint(model, salt=type(model).__name__)}"
     meta = read_meta(model)
-    return "weights:" + (meta.get("weights_sha256") or sha256_file(Path(model) / "model.safetensors"))
+    return "weights:" + (meta.get("weights_sha256") or file_sha256(Path(model) / "model.safetensors"))
 
 
 def data_id(data: Any, split: str) -> str:
@@ -154,17 +143,16 @@ def data_id(data: Any, split: str) -> str:
     calibration split (two bundles built from different tensors under one name get different ids)."""
     import torch
 
-    h = hashlib.sha256(json.dumps(data.describe(), sort_keys=True, default=str).encode())
+    first = {}
     for name in (split, "calib"):
         x, y = next(iter(data.loader(name, shuffle=False)))
-        h.update(x.contiguous().numpy().tobytes())
-        h.update(y.to(torch.int64).numpy().tobytes())
-    return f"data:{h.hexdigest()}"
+        first[f"{name}.x"], first[f"{name}.y"] = x, y.to(torch.int64)
+    return f"data:{fingerprint(first, salt=json.dumps(data.describe(), sort_keys=True, default=str))}"
 
 
 def cell_key(model: str, data: str, split: str, setting: Setting) -> str:
     """The store key of one cell (ids from :func:`model_id` and :func:`data_id`), with the code version."""
-    return _sha({"format": CELL_FORMAT, "code": code_version(), "model": model, "data": data, "split": split,
+    return fingerprint({"format": CELL_FORMAT, "code": code_version(), "model": model, "data": data, "split": split,
                  "setting": setting.as_dict()})[:32]
 
 
@@ -177,8 +165,7 @@ class CellStore:
 
     Example::
 
-        >>> import tempfile
-        >>> store = CellStore(tempfile.mkdtemp())
+        >>>         >>> store = CellStore(tempfile.mkdtemp())
         >>> store.put("k1", {"model": "a", "accuracy": 0.5}); store.get("k1", label="b")
         {'model': 'b', 'accuracy': 0.5}
     """
@@ -204,13 +191,5 @@ class CellStore:
         return row
 
     def put(self, key: str, row: dict[str, Any]) -> None:
-        """Write `row` atomically (temp file + rename): a killed writer leaves no half-written row."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({k: _plain(v) for k, v in row.items()}, f)
-            os.replace(tmp, self.path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        """Write `row` atomically (:func:`craftlab.cache.atomic_write`): a killed writer leaves no half-written row."""
+        atomic_write_json(self.path(key), {k: _plain(v) for k, v in row.items()})
