@@ -14,7 +14,8 @@ A budget goes through :func:`craftlab.supernet.space.parse_budget` only (a bare 
 ``5%``, ``120M``, ``1.2e8`` as the CLI takes them) and then to :func:`craftlab.supernet.search.evolutionary_search`:
 a budget already searched is a lookup (cached per budget), any other one a short live search (the study's quick
 settings; every subnet's accuracy is cached on disk by the core, so it mostly re-uses scores). The pick follows the
-core's selection rule (a mixed subnet must beat the best uniform one by more than 2 standard errors). Budgets below
+core's selection rule (mixed subnets must beat the best uniform one by more than 2 standard errors held out over 5
+random halves of the validation images). Budgets below
 the smallest subnet or above the FP32 model are refused with one message. Accuracies ranked on are validation
 accuracies; test accuracies are reported beside them. BitOPs: see :data:`craftlab.supernet.model.BITOPS_CONVENTION`
 (attention matmuls included).

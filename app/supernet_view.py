@@ -23,7 +23,8 @@ attention matmuls q·kᵀ and attn·v quantized at the block's activation bits),
 weights, each subnet scored with its **own BatchNorm statistics** re-estimated on the 128 calibration images.
 Type a budget and press Enter: it goes to the core's evolutionary search (a budget searched before is a lookup,
 any other one a short live search). The search ranks on the **validation** split and keeps the best *uniform*
-subnet unless a mixed one beats it by more than 2 standard errors; test accuracy is shown beside it.
+subnet unless mixed ones beat it by more than 2 standard errors held out (chosen on one random half of the
+validation images, compared on the other, 5 splits); test accuracy is shown beside it.
 
 **BitOPs** = Σ Conv/Linear MACs · weight bits · activation bits (patch embedding / stem and head at 32 × 32)
 + Σ attention-matmul MACs · activation bits²; budgets are in **% of the FP32 model's BitOPs** (a bare number,

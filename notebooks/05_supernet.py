@@ -43,8 +43,9 @@
 # progressive, 6 epochs) exactly as in the full study; the LoRA-mode / progressive / full-weight comparison and
 # the operator study with supernets trained for only 2 epochs; a smaller search (population 12, 4 generations,
 # 4 budgets); the memory probe on a ViT-S-sized stand-in at 64 px (`study.QUICK` lists it all). The
-# **3-seed numbers** of the claim check come from the benchmark, `python -m benchmarks.bench_supernet`
-# (results in `benchmarks/results/supernet.md` / `.csv`), which the claim check reads when present.
+# **multi-seed numbers** of the claim check come from the benchmark, `python -m benchmarks.bench_supernet
+# --seeds 0 1 2 3 4` (the claims ledger's 5 seeds; results in `benchmarks/results/supernet.md` / `.csv`), which
+# the claim check reads when present.
 # `FULL = True` runs the full study here (3 seeds, every variant at 6 epochs, paired tests with Holm correction,
 # the ViT-B stand-in at 224 px); build it beforehand with
 #
@@ -557,8 +558,8 @@ widgets.interactive_figure(chosen_subnet, budget={"options": sorted(set(picked["
 # *consistent* if only the mean does, *contradicted* if the mean drops by more than 1 pp. We also give the
 # largest reduction whose subnet stays within 1 pp of FP32 on validation (the selection) and its test accuracy,
 # and the same numbers against a W8A8 reference. A confidence interval needs seeds: the quick version measures
-# seed 0 live and takes the **3-seed verdict from the benchmark run** (`python -m benchmarks.bench_supernet`,
-# `benchmarks/results/supernet.csv`; same supernets, search with population 16 and 6 generations) when that
+# seed 0 live and takes the **multi-seed verdict from the benchmark run** (`python -m benchmarks.bench_supernet`,
+# `benchmarks/results/supernet.csv`; same supernets, the quick search: population 12, 4 generations) when that
 # file is present; `FULL = True` computes it here.
 
 # %% tags=["claim-check"]

@@ -53,7 +53,7 @@ def test_search_results_are_cached_and_budget_errors_name_the_minimum():
     first = evolutionary_search(sn, data, low * 1.3, population=6, generations=1, seed=3)
     again = evolutionary_search(sn, data, low * 1.3, population=6, generations=1, seed=3)
     assert first.evaluated > 0 and again.evaluated == 0
-    assert again.best["config"] == first.best["config"]
+    assert again.best["config"] == first.best["config"] and again.estimate == first.estimate
     with pytest.raises(ValueError, match=r"below the smallest subnet of this supernet: .* BitOPs \(.*% of FP32"):
         evolutionary_search(sn, data, low * 0.9)
     with pytest.raises(ValueError, match="budget must be"):

@@ -91,8 +91,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="BatchNorm statistics of each subnet (CNNs): re-estimated for it on the calibration images "
                         "(default) or the shared ones training left")
     s.add_argument("--margin-se", type=float, default=2.0,
-                   help="report a mixed subnet only if it beats the best uniform one by more than this many "
-                        "standard errors (default 2; 0: the most accurate one)")
+                   help="report a mixed subnet only if mixed ones beat the best uniform one by more than this "
+                        "many standard errors, held out over 5 random halves of the validation images (default 2; "
+                        "0: the most accurate one)")
     s.add_argument("--out", default=None, help="write the results as JSON to this file")
     s.add_argument("--json", action="store_true", help="print JSON")
     return p

@@ -5,7 +5,8 @@ Layer 3 (orchestration) of craftlab. Modules: ``space`` (configurations, search 
 (switchable LSQ fake-quant layers), ``lora`` (peft LoRA shared / per bit-width), ``model`` (the supernet:
 configure, run, export, cost), ``build`` (``build_supernet``), ``train`` (sandwich rule, progressive bits),
 ``memory`` (training memory), ``store`` (checkpoints, the cached supernets), ``search`` (evolutionary search,
-Pareto front), ``cli`` (``craftlab supernet ...``).
+Pareto front), ``selection`` (the reported subnet: uniform unless mixed ones win held out over repeated
+splits), ``cli`` (``craftlab supernet ...``).
 
 Names load on first use (``craftlab.supernet.build_supernet``), so importing the package stays light; peft is
 imported only when a supernet gets LoRA.
@@ -29,7 +30,8 @@ search are not published):
   the patch embedding and the head, at 32x32 bits) + Σ attention-matmul MACs (q·kᵀ, attn·v, quantized at the
   activation bits of the block's qkv layer) · b_a² (``BITOPS_CONVENTION``); per-subnet BatchNorm re-estimated on
   the calibration images for CNNs (OFA); LoRA quantized with the weight without a second weight-sized tensor in
-  the graph; the reported subnet is uniform unless a mixed one beats it by > 2 standard errors;
+  the graph; the reported subnet is uniform unless mixed ones beat it by > 2 standard errors held out over 5
+  random halves of the validation images;
   per-layer W/A bits from W{2,3,4,6,8} x A{4,6,8};
   LSQ step sizes per candidate bit-width (log-parametrized, MSE-initialized), symmetric signed grids, weights per
   output channel, inputs per tensor; LoRA rank 4 (alpha = rank) on every searchable Linear, the low-rank update
@@ -55,6 +57,7 @@ _NAMES: dict[str, str] = {
     "SearchResult": ".search", "evolutionary_search": ".search", "search_budgets": ".search",
     "pareto_front": ".search", "evaluate_configs": ".search", "SearchReport": ".search",
     "step_memory": ".train", "study": None, "BITOPS_CONVENTION": ".model", "select": ".search",
+    "split_estimate": ".selection",
 }
 
 __all__ = list(_NAMES)

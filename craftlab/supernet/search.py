@@ -9,14 +9,16 @@ Reconstruction choices (the paper's search is not published): a configuration ov
 lowering random genes one step (a bit-width or a structural value) until it fits, rather than rejected and
 resampled, so tight budgets stay searchable; the first population also holds every uniform-bit subnet that fits
 (so the search starts at least as good as the best uniform subnet). Fitness: validation accuracy, ties broken by
-fewer BitOPs. The subnet *reported* is chosen by :func:`select`: the most accurate one, except that a
-mixed-precision subnet must beat the best uniform subnet under the budget by more than :data:`MARGIN_SE` standard
-errors (the winner of hundreds of noisy comparisons is otherwise a winner's curse). A CNN's subnets are scored
-with BatchNorm statistics re-estimated for each of them on the calibration images (``bn="subnet"``).
+fewer BitOPs. The subnet *reported* is chosen by :func:`select` (:mod:`craftlab.supernet.selection`): the most
+accurate one, except that mixed-precision subnets must beat the best uniform subnet under the budget by more than
+:data:`MARGIN_SE` standard errors **held out over** :data:`SPLITS` **repeated random splits** of the validation
+images (chosen on one half, compared per image on the other: the winner of hundreds of noisy comparisons is
+otherwise a winner's curse). A CNN's subnets are scored with BatchNorm statistics re-estimated for each of them on
+the calibration images (``bn="subnet"``).
 
-Every accuracy is cached by configuration in ``$CRAFTLAB_HOME/supernet-search/<supernet>-<data>.json`` (the
-supernet's fingerprint: any change of its weights is a new file), so a repeated search (deterministic for a seed)
-costs only the BitOPs arithmetic.
+Every subnet's per-image correctness is cached by configuration in
+``$CRAFTLAB_HOME/supernet-search/<supernet>-<data>-img.json`` (the supernet's fingerprint: any change of its weights
+is a new file), so a repeated search (deterministic for a seed) costs only the BitOPs arithmetic.
 
 Example::
 
@@ -36,13 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import cache as _cache
 from ..data import DataBundle
 from ..train.finetune import eval_loader
 from .model import Supernet
+from .selection import MARGIN_SE, SPLITS, is_uniform, select, split_estimate, standard_error
 from .space import SubnetConfig, parse_budget
+
+__all__ = ["AccuracyCache", "BN_MODES", "MARGIN_SE", "SPLITS", "SearchReport", "SearchResult", "evaluate_configs",
+           "evolutionary_search", "is_uniform", "pareto_front", "search_budgets", "select", "split_estimate",
+           "standard_error"]
 
 
 class AccuracyCache:
@@ -75,10 +83,6 @@ def _batches(supernet: Supernet, data: DataBundle, split: str) -> list[tuple[tor
 BN_MODES = ("subnet", "shared")
 """BatchNorm statistics a subnet is scored with: re-estimated for it on the calibration images (``subnet``, OFA's
 per-subnet BN; the default) or the shared ones training left (``shared``). Models without BN ignore it."""
-MARGIN_SE = 2.0
-"""A mixed-precision subnet replaces the best uniform one only if its accuracy is higher by more than this many
-standard errors of the difference (two independent binomial proportions on n images: conservative for paired)."""
-
 
 def _bn_calib(supernet: Supernet, data: DataBundle, bn: str) -> list | None:
     if bn not in BN_MODES:
@@ -89,18 +93,23 @@ def _bn_calib(supernet: Supernet, data: DataBundle, bn: str) -> list | None:
     return [x.to(dev) for x, _ in data.calib]
 
 
-def _accuracy(supernet: Supernet, batches: list, cfg: SubnetConfig, bn_calib: list | None = None) -> float:
+def _correct(supernet: Supernet, batches: list, cfg: SubnetConfig, bn_calib: list | None = None) -> torch.Tensor:
+    """Per-image correctness (bool, in the split's order) of subnet `cfg`."""
     was_training = supernet.training
     supernet.eval()
-    correct = total = 0
+    out = []
     try:
         with supernet.using(cfg), supernet.subnet_bn(bn_calib), torch.inference_mode():
             for x, y in batches:
-                correct += int((supernet(x).argmax(1) == y).sum())
-                total += len(y)
+                out.append((supernet(x).argmax(1) == y).cpu())
     finally:
         supernet.train(was_training)
-    return correct / total
+    return torch.cat(out)
+
+
+def _accuracy(supernet: Supernet, batches: list, cfg: SubnetConfig, bn_calib: list | None = None) -> float:
+    hits = _correct(supernet, batches, cfg, bn_calib)
+    return int(hits.sum()) / len(hits)  # exact in float64 (a float32 mean is off by ~1e-9)
 
 
 def evaluate_configs(supernet: Supernet, data: DataBundle, configs: list[SubnetConfig],
@@ -110,40 +119,6 @@ def evaluate_configs(supernet: Supernet, data: DataBundle, configs: list[SubnetC
     batches, calib = _batches(supernet, data, split), _bn_calib(supernet, data, bn)
     return [{"label": supernet.space.label(c), "config": c, "accuracy": _accuracy(supernet, batches, c, calib),
              "n": sum(len(y) for _, y in batches), **supernet.cost(c)} for c in configs]
-
-
-def is_uniform(space: Any, cfg: SubnetConfig) -> bool:
-    """One weight and one activation bit-width over every layer that runs."""
-    active = space.active_layers(cfg)
-    return len({cfg.w_bits[i] for i in active}) == 1 and len({cfg.a_bits[i] for i in active}) == 1
-
-
-def standard_error(p1: float, p2: float, n: int) -> float:
-    """Standard error of the difference of two accuracies measured on `n` images each (unpaired binomial).
-
-    >>> round(standard_error(0.9, 0.9, 400), 4)
-    0.0212
-    """
-    return ((p1 * (1 - p1) + p2 * (1 - p2)) / max(n, 1)) ** 0.5
-
-
-def select(points: list[dict[str, Any]], budget: float, n: int, space: Any,
-           margin_se: float = MARGIN_SE) -> tuple[dict[str, Any], str]:
-    """The subnet to report under `budget` among scored `points`, and why: the most accurate one (ties: fewer
-    BitOPs) unless it is mixed-precision and beats the most accurate *uniform* subnet that fits by no more than
-    `margin_se` standard errors (:func:`standard_error`, `n` scoring images) — then the uniform one is kept."""
-    fits = [p for p in points if p["bitops"] <= budget]
-    top = min(fits, key=lambda p: (-p["accuracy"], p["bitops"]))
-    uniform = [p for p in fits if is_uniform(space, p["config"])]
-    if is_uniform(space, top["config"]) or not uniform or margin_se <= 0:
-        return top, "most accurate"
-    u = min(uniform, key=lambda p: (-p["accuracy"], p["bitops"]))
-    se = standard_error(top["accuracy"], u["accuracy"], n)
-    gain = top["accuracy"] - u["accuracy"]
-    if gain > margin_se * se:
-        by = f"{gain / se:.1f} SE" if se > 0 else f"{100 * gain:.1f} pts (no sampling error)"
-        return top, f"mixed beats uniform {u['label']} by {by} > {margin_se:g}"
-    return u, f"uniform kept: the best mixed subnet is {gain / se if se else 0:.1f} SE better (needs > {margin_se:g})"
 
 
 def pareto_front(points: list[dict[str, Any]], x: str = "bitops", y: str = "accuracy") -> list[dict[str, Any]]:
@@ -168,6 +143,9 @@ class SearchResult:
     top: dict[str, Any] | None = None
     """The most accurate subnet found (``best`` unless the selection rule kept a uniform one)."""
     rule: str = ""
+    estimate: dict[str, Any] | None = None
+    """The selection rule's held-out mixed − uniform estimate over repeated splits
+    (:func:`craftlab.supernet.selection.split_estimate`; None when the most accurate subnet is uniform)."""
 
 
 @dataclass
@@ -204,20 +182,25 @@ class _Searcher:
         path = None
         if use_cache:
             ident = f"{data.name}-s{data.seed}-{split}-n{self.n}" + ("-bnsubnet" if self.calib is not None else "")
-            path = _cache.subdir("supernet-search") / f"{supernet.fingerprint()[:20]}-{ident}.json"
-        self.cache = AccuracyCache(path)
+            path = _cache.subdir("supernet-search") / f"{supernet.fingerprint()[:20]}-{ident}-img.json"
+        self.cache = AccuracyCache(path)  # key -> per-image correctness as a "0101..." string
         self.new = 0
         self.seen: dict[str, dict[str, Any]] = {}
+        self.correct: dict[str, np.ndarray] = {}
 
     def score(self, cfg: SubnetConfig) -> dict[str, Any]:
         cfg = self.space.canonical(cfg)
         key = cfg.key()
         if key not in self.seen:
-            if key not in self.cache.values:
-                self.cache.values[key] = _accuracy(self.sn, self.batches, cfg, self.calib)
+            bits = self.cache.values.get(key)
+            if not isinstance(bits, str) or len(bits) != self.n:
+                hits = _correct(self.sn, self.batches, cfg, self.calib)
+                bits = self.cache.values[key] = "".join("1" if h else "0" for h in hits.tolist())
                 self.cache.dirty, self.new = True, self.new + 1
+            self.correct[key] = np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1")
             cost = self.sn.cost(cfg)
-            self.seen[key] = {"label": self.space.label(cfg), "config": cfg, "accuracy": self.cache.values[key],
+            self.seen[key] = {"label": self.space.label(cfg), "config": cfg,
+                              "accuracy": float(self.correct[key].mean()),
                               "bitops": cost["bitops"], "size_mb": cost["size_mb"], "macs": cost["macs"]}
         return self.seen[key]
 
@@ -241,12 +224,12 @@ def _check_budget(supernet: Supernet, budget: Any) -> float:
 def evolutionary_search(supernet: Supernet, data: DataBundle, budget: Any, *, split: str = "val",
                         population: int = 16, generations: int = 6, parent_ratio: float = 0.25,
                         mutation_ratio: float = 0.5, mutate_prob: float = 0.1, seed: int = 0,
-                        cache: bool = True, bn: str = "subnet", margin_se: float = MARGIN_SE,
+                        cache: bool = True, bn: str = "subnet", margin_se: float = MARGIN_SE, splits: int = SPLITS,
                         _searcher: _Searcher | None = None) -> SearchResult:
     """The best subnet with BitOPs <= `budget` (a number, ``"120M"`` or ``"4%"`` of FP32) by evolutionary search on
-    `split`, chosen by :func:`select` (a mixed subnet must beat the best uniform one by > `margin_se` standard
-    errors). `bn`: :data:`BN_MODES`. ValueError (saying the minimum) when the budget is below the smallest
-    subnet."""
+    `split`, chosen by :func:`select` (mixed subnets must beat the best uniform one by > `margin_se` standard
+    errors held out over `splits` random halves of `split`, seeded by `seed`). `bn`: :data:`BN_MODES`.
+    ValueError (saying the minimum) when the budget is below the smallest subnet."""
     value = _check_budget(supernet, budget)
     if population < 4 or generations < 0 or not 0 < parent_ratio < 1 or not 0 <= mutation_ratio <= 1:
         raise ValueError("need population >= 4, generations >= 0, 0 < parent_ratio < 1, 0 <= mutation_ratio <= 1")
@@ -280,10 +263,11 @@ def evolutionary_search(supernet: Supernet, data: DataBundle, budget: Any, *, sp
             children.append(s.score(s.repair(child, value, rng)))
         scored = parents + children
     top = min((p for p in s.seen.values() if p["bitops"] <= value), key=rank)
-    best, why = select(list(s.seen.values()), value, s.n, space, margin_se)
+    best, why, est = select(list(s.seen.values()), value, s.n, space, margin_se, correct=s.correct, splits=splits,
+                            seed=seed)
     if _searcher is None:
         s.cache.save()
-    return SearchResult(value, best, history, s.new - new0, time.perf_counter() - t0, top, why)
+    return SearchResult(value, best, history, s.new - new0, time.perf_counter() - t0, top, why, est)
 
 
 def search_budgets(supernet: Supernet, data: DataBundle, budgets: list[Any], *, split: str = "val",
