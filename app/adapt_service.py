@@ -19,15 +19,14 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from craftlab.adapt.compare import ARMS, LAST, MIET
+from craftlab.cache import atomic_write_json
 
 __all__ = ["ARMS", "CHEAP", "METHODS", "AdaptView", "command"]
 
@@ -198,11 +197,7 @@ class AdaptView:
 
     @staticmethod
     def _write(path: Path, row: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}, f)
-        os.replace(tmp, path)
+        atomic_write_json(path, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
 
     @staticmethod
     def reference() -> list[dict[str, Any]]:

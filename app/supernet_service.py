@@ -31,12 +31,12 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 import time
 from typing import Any
+
+from craftlab.cache import atomic_write_json
 
 __all__ = ["MODELS", "REFERENCES", "SupernetView"]
 
@@ -187,12 +187,7 @@ class SupernetView:
             return {}
 
     def _save_extras(self, sn: Any, extras: dict[str, Any]) -> None:
-        path = self._extras_path(sn)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(extras, f)
-        os.replace(tmp, path)
+        atomic_write_json(self._extras_path(sn), extras)
 
     @property
     def ready(self) -> bool:

@@ -78,25 +78,25 @@ def _adapt_correct(arch: str, arm: str, seed: int, epochs: int = 8) -> np.ndarra
     """Per-image test correctness of an adaptation arm, cached like the fine-tuning runs (in
     ``$CRAFTLAB_HOME/claims/adapt``, keyed by the architecture, the arm's arguments, epochs and seed; training is
     deterministic per seed, so a re-run of the ledger reuses it; delete the folder to retrain)."""
-    import hashlib
     import json
-    import os
 
     from craftlab import cache
 
     kw = dict(_adapt_arms()[arm])
     key = json.dumps({"arch": arch, "data": "digits", "epochs": epochs, "seed": seed, **kw}, sort_keys=True)
-    path = cache.subdir("claims") / "adapt" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    path = cache.subdir("claims") / "adapt" / f"{cache.fingerprint(key)[:16]}.npy"
     if path.exists():
         return np.load(path)
     data = _data(arch)
     base = craftlab.create_model(arch, num_classes=10, progress=False)
     res = craftlab.adapt_model(base, data, kw.pop("method"), epochs=epochs, seed=seed, **kw)
     correct = _correct(res.model, data.test)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, correct)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, correct)
+
+    cache.atomic_write(path, write)  # a concurrent reader sees the whole file or none
     return correct
 
 

@@ -22,8 +22,6 @@ from torch import nn
 
 from .cache import atomic_write, file_sha256, fingerprint
 
-sha256_file = file_sha256  # the name earlier releases exported
-
 WEIGHTS = "model.safetensors"
 SIDECAR = "craftlab.json"
 FORMAT_VERSION = 1
@@ -74,13 +72,57 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, meta: dict[s
     from . import __version__
 
     sidecar.setdefault("craftlab_version", __version__)
-    def write_weights(tmp: str) -> None:
-        save_file(state, tmp, metadata={"architecture": name})
+    return write_weights_and_sidecar(directory, state, sidecar, {"architecture": name})
+
+
+def write_weights_and_sidecar(directory: str | os.PathLike, state: dict[str, Any], sidecar: dict[str, Any],
+                              metadata: dict[str, str], weights: str = WEIGHTS) -> Path:
+    """THE format of every saved network (checkpoints, supernets): `state` as safetensors (with `metadata`) and
+    `sidecar` as JSON with the weights' SHA-256 (``weights_sha256``), each written atomically, the weights first,
+    so a sidecar never names missing weights. Returns the folder.
+
+    Example::
+
+        write_weights_and_sidecar("out", {"w": torch.zeros(2)}, {"format": "mine"}, {"format": "mine"})
+    """
+    directory = Path(directory)
+
+    def write(tmp: str) -> None:
+        save_file(state, tmp, metadata=metadata)
         sidecar["weights_sha256"] = file_sha256(tmp)
 
-    atomic_write(directory / WEIGHTS, write_weights)  # the weights first: a sidecar never names missing weights
+    atomic_write(directory / weights, write)
     atomic_write(directory / SIDECAR, json.dumps(sidecar, indent=2, default=str))
     return directory
+
+
+def read_verified_weights(directory: str | os.PathLike, meta: dict[str, Any], weights: str = WEIGHTS,
+                          what: str = "checkpoint") -> dict[str, Any]:
+    """The tensors of `directory`'s weights file, checked against the sidecar's ``weights_sha256`` (older sidecars
+    without it still load); CheckpointError names a missing, unreadable, replaced or damaged file.
+
+    Example::
+
+        state = read_verified_weights("runs/mine", read_meta("runs/mine"))
+    """
+    wpath = Path(directory) / weights
+    try:
+        blob = wpath.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {str(directory)!r} has no {weights}") from None
+    except OSError as err:
+        raise CheckpointError(f"{what} weights {str(wpath)!r} cannot be read: {err}") from err
+    want_sha = meta.get("weights_sha256")
+    if want_sha is not None and fingerprint(blob) != want_sha:
+        raise CheckpointError(
+            f"{what} weights {str(wpath)!r} do not match their sidecar (SHA-256 differs from weights_sha256): "
+            "damaged, or replaced after the sidecar was written (e.g. a save interrupted between the two files); "
+            "save it again"
+        )
+    try:
+        return load_bytes(blob)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{what} weights {str(wpath)!r} are damaged: {err}") from err
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
@@ -141,24 +183,7 @@ def load_checkpoint(
     want = expected_architecture or (getattr(model, "craftlab_name", None) if model is not None else None)
     if want is not None and want != arch:
         raise CheckpointError(f"checkpoint {str(directory)!r} holds a {arch!r} model, not {want!r}")
-    wpath = Path(directory) / WEIGHTS
-    try:
-        blob = wpath.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(directory)!r} has no {WEIGHTS}") from None
-    except OSError as err:
-        raise CheckpointError(f"checkpoint weights {str(wpath)!r} cannot be read: {err}") from err
-    want_sha = meta.get("weights_sha256")
-    if want_sha is not None and fingerprint(blob) != want_sha:
-        raise CheckpointError(
-            f"checkpoint weights {str(wpath)!r} do not match their sidecar (SHA-256 differs from weights_sha256): "
-            "damaged, or replaced after the sidecar was written (e.g. a save interrupted between the two files); "
-            "save the checkpoint again"
-        )
-    try:
-        state = load_bytes(blob)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint weights {str(wpath)!r} are damaged: {err}") from err
+    state = read_verified_weights(directory, meta)
     if model is None:
         from .models import build_model
 

@@ -112,12 +112,20 @@ def _writes_by_rename(path: Path) -> list[int]:
     return out
 
 
-def test_one_atomic_writer_in_the_core():
-    """Every atomic write of the core goes through cache.atomic_write: no other module renames temp files."""
-    allowed = {ROOT / "craftlab" / "cache.py"}
-    found = {str(p.relative_to(ROOT)): lines for p in sorted((ROOT / "craftlab").rglob("*.py"))
-             if p not in allowed and (lines := _writes_by_rename(p))}
-    assert found == {}, f"write through craftlab.cache.atomic_write instead: {found}"
+def _sources() -> list[Path]:
+    return sorted(p for folder in ("craftlab", "app", "benchmarks") for p in (ROOT / folder).rglob("*.py")
+                  if p != ROOT / "craftlab" / "cache.py")
+
+
+def test_one_atomic_writer_and_one_fingerprint_in_the_repository():
+    """Every atomic write goes through cache.atomic_write (no other module renames temp files) and every content
+    hash through cache.fingerprint / cache.file_sha256 (no other module imports hashlib)."""
+    renames = {str(p.relative_to(ROOT)): lines for p in _sources() if (lines := _writes_by_rename(p))}
+    assert renames == {}, f"write through craftlab.cache.atomic_write instead: {renames}"
+    hashers = [str(p.relative_to(ROOT)) for p in _sources()
+               if any(isinstance(n, (ast.Import, ast.ImportFrom)) and "hashlib" in ast.dump(n)
+                      for n in ast.walk(ast.parse(p.read_text())))]
+    assert hashers == [], f"hash through craftlab.cache.fingerprint instead: {hashers}"
 
 
 def test_doctests(monkeypatch, tmp_path):

@@ -165,7 +165,8 @@ class CellStore:
 
     Example::
 
-        >>>         >>> store = CellStore(tempfile.mkdtemp())
+        >>> import tempfile
+        >>> store = CellStore(tempfile.mkdtemp())
         >>> store.put("k1", {"model": "a", "accuracy": 0.5}); store.get("k1", label="b")
         {'model': 'b', 'accuracy': 0.5}
     """

@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import math
 import re
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cache import fingerprint
 from ..compression.prune import target_layers
 from .layers import make_switchable
 from .model import Supernet
@@ -40,11 +40,7 @@ def is_vit(model: nn.Module) -> bool:
 
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 of a model's state dict (which base model a supernet was made from)."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return fingerprint(model)
 
 
 def _ints(values: Any, what: str, low: int, high: int, hint: str) -> tuple[int, ...]:

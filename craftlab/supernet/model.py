@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache import fingerprint
 from ..compression.quant import QuantConv2d, QuantLinear
 from .layers import SwitchableQuantConv2d, SwitchableQuantLinear
 from .space import SearchSpace, SubnetConfig
@@ -389,11 +389,7 @@ class Supernet(nn.Module):
 
     def fingerprint(self) -> str:
         """SHA-256 of every tensor of the supernet and its search space (cache keys of search results)."""
-        h = hashlib.sha256(repr(self.space.to_dict()).encode())
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return fingerprint(self, salt=repr(self.space.to_dict()))
 
 
 def _is_lora(m: nn.Module) -> bool:

@@ -30,9 +30,7 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ import numpy as np
 import torch
 
 from .. import cache as _cache
+from ..cache import atomic_write_json
 from ..data import DataBundle
 from ..train.finetune import eval_loader
 from .model import Supernet
@@ -67,11 +66,7 @@ class AccuracyCache:
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".search.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.values, f)
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.values)
         self.dirty = False
 
 

@@ -16,16 +16,15 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import cache
-from ..checkpoint import CheckpointError, sha256_file
+from ..cache import fingerprint
+from ..checkpoint import CheckpointError, read_verified_weights, write_weights_and_sidecar
 from .model import Supernet
 
 WEIGHTS = "supernet.safetensors"
@@ -35,45 +34,13 @@ RECIPE = 1
 """Version of the training code: part of every cache key, bumped when a change alters trained supernets."""
 
 
-def _write_atomic(directory: Path, files: dict[str, Any]) -> None:
-    """Write each file through a temp file beside it, then rename them (the sidecar last)."""
-    temps = {}
-    try:
-        for name, write in files.items():
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            temps[name] = tmp
-            write(tmp)
-            os.chmod(tmp, 0o644)
-        for name, tmp in temps.items():
-            os.replace(tmp, directory / name)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
 def save_supernet(supernet: Supernet, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Save `supernet` to `directory` (created); `meta` (history, metrics, spec...) goes into the sidecar."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").clone().contiguous() for k, v in supernet.state_dict().items()}
     sidecar = {"format": FORMAT, "architecture": supernet.info["architecture"], "kind": supernet.kind,
                "build": supernet.info, "space": supernet.space.to_dict(), **(meta or {})}
-    fd, wtmp = tempfile.mkstemp(dir=directory, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, wtmp, metadata={"format": FORMAT})
-        sidecar["weights_sha256"] = sha256_file(wtmp)
-        text = json.dumps(sidecar, indent=2, default=str)
-        _write_atomic(directory, {WEIGHTS: lambda tmp: os.replace(wtmp, tmp),
-                                  SIDECAR: lambda tmp: Path(tmp).write_text(text)})
-    finally:
-        if os.path.exists(wtmp):
-            os.unlink(wtmp)
-    return directory
+    return write_weights_and_sidecar(directory, state, sidecar, {"format": FORMAT}, weights=WEIGHTS)
 
 
 def read_supernet_meta(directory: str | os.PathLike) -> dict[str, Any]:
@@ -96,8 +63,6 @@ def load_supernet(directory: str | os.PathLike, expected_architecture: str | Non
                   base_model: Any = None) -> Supernet:
     """Load a supernet checkpoint. `expected_architecture` / `base_model` (the model it should have been made
     from: same architecture and, for LoRA supernets, the same frozen weights) make a mismatch a CheckpointError."""
-    from safetensors.torch import load as load_bytes
-
     from .build import build_supernet, model_fingerprint
 
     meta = read_supernet_meta(directory)
@@ -110,13 +75,7 @@ def load_supernet(directory: str | os.PathLike, expected_architecture: str | Non
         raise CheckpointError(f"supernet checkpoint {str(directory)!r} was made from another {arch!r} base model "
                               "(its frozen weights differ from the given model's): load it without base_model, or "
                               "build a new supernet from this model")
-    blob_path = Path(directory) / WEIGHTS
-    try:
-        blob = blob_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"supernet checkpoint {str(directory)!r} has no {WEIGHTS}") from None
-    if meta.get("weights_sha256") and hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
-        raise CheckpointError(f"supernet weights {str(blob_path)!r} do not match their sidecar (damaged or replaced)")
+    state = read_verified_weights(directory, meta, weights=WEIGHTS, what="supernet checkpoint")
     if base_model is None:
         from ..models import build_model
 
@@ -131,7 +90,7 @@ def load_supernet(directory: str | os.PathLike, expected_architecture: str | Non
                         input_size=tuple(info["input_size"]), **args)
     sn.info = info
     try:
-        sn.load_state_dict(load_bytes(blob), strict=True)
+        sn.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"supernet checkpoint {str(directory)!r} does not fit the rebuilt supernet: "
                               + " ".join(str(err).splitlines()[:3])) from err
@@ -166,7 +125,7 @@ class SupernetSpec:
     @property
     def key(self) -> str:
         """Folder name in the cache: readable prefix + a hash of every field."""
-        digest = hashlib.sha256(json.dumps(_spec_json(self), sort_keys=True).encode()).hexdigest()[:10]
+        digest = fingerprint(_spec_json(self))[:10]
         prog = "prog" if self.progressive else "flat"
         return f"{self.model}-{self.data}-{self.lora}-{prog}-e{self.epochs}-s{self.seed}-{digest}"
 

@@ -9,7 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -126,7 +125,7 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
 
     args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 2,
             "torch": torch.__version__}
-    path = cache.subdir("supernet-memory") / (hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16] + ".json")
+    path = cache.subdir("supernet-memory") / (cache.fingerprint(args)[:16] + ".json")
     if use_cache and path.exists():
         return json.loads(path.read_text())["memory"]
     with SeededRNG(seed):
