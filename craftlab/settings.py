@@ -377,7 +377,9 @@ def _quant_method(method: str | None, recipe: str, quantizes: bool) -> str | Non
     if method is None or not quantizes:
         return None
     if method not in QUANT_METHODS[recipe]:
-        raise unknown_name(f"range method of recipe {recipe!r}", method, QUANT_METHODS[recipe])
+        other = [r for r, names in QUANT_METHODS.items() if method in names]
+        hint = f"{method!r} is a range estimator of recipe {other[0]!r}" if other else f"recipe {recipe!r}'s methods"
+        raise unknown_name("method", method, QUANT_METHODS[recipe], hint=hint)
     return None if method == QUANT_METHODS[recipe][0] else method
 
 
