@@ -20,7 +20,7 @@ import pandas as pd
 
 import craftlab
 from craftlab.analysis.stats import claim_verdict, compare_arms
-from craftlab.compression.sweep import settings_grid
+from craftlab.distributed.sweep import settings_grid
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = {"AdamW": (0.0, False), "SAM 0.05": (0.05, False), "SAM 0.1": (0.1, False), "ASAM 0.5": (0.5, True)}

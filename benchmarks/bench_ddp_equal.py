@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     import torch
     import craftlab
-    from craftlab.distributed.ddp import current_world
+    from craftlab.train.ddp import current_world
 
     out = sys.argv[1]
     x, y = craftlab.load_data("digits").train_set.tensors

@@ -30,7 +30,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1"}
 DDP_SCRIPT = textwrap.dedent("""
     import json, sys
     import craftlab
-    from craftlab.distributed.ddp import current_world
+    from craftlab.train.ddp import current_world
     out, batch = sys.argv[1], int(sys.argv[2])
     world = current_world()
     data = craftlab.load_data("digits")

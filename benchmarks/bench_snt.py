@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 import craftlab
-from craftlab.train import pretrain_study as S
+from craftlab.studies import snt as S
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("vit-tiny", "resnet-tiny")

@@ -38,7 +38,7 @@ _NAMES: dict[str, str] = {
     "model_stats": ".compression.quant", "quantize_tensor": ".compression.quant",
     "RunSpec": ".train.runs", "get_run": ".train.runs", "list_runs": ".train.runs",
     "SAM": ".train.sam", "frozen_bn": ".train.sam",
-    "settings_grid": ".compression.sweep", "sweep": ".compression.sweep",
+    "settings_grid": ".distributed.sweep", "sweep": ".distributed.sweep",
     "FinetuneResult": ".train.finetune", "finetune": ".train.finetune",
     "PretrainSpec": ".train.pretrain_runs", "get_pretrain": ".train.pretrain", "get_transfer": ".train.pretrain",
     "compose": ".analysis.compose", "Pipeline": ".analysis.compose",

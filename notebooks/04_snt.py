@@ -65,7 +65,7 @@ from torch import nn
 import craftlab
 from craftlab import cache, stats, widgets
 from craftlab import transforms as T
-from craftlab.train import pretrain_study as S
+from craftlab.studies import snt as S
 from craftlab.viz.experiment_figures import accuracy_bar_figure
 
 STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere

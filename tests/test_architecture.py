@@ -12,16 +12,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "craftlab"
-MAX_LINES = 460
+MAX_LINES = 450
 
 # module (dotted, without the "craftlab." prefix) or package prefix -> layer; a module imports its own
 # layer or lower ones only. Keep in sync with ARCHITECTURE.md.
 LAYERS = [
-    (0, ("_errors", "cache", "registry", "settings")),
+    (0, ("_errors", "_lazy", "cache", "registry", "settings")),
     (1, ("models", "threads", "checkpoint", "data", "evaluation")),
     (2, ("train.sam", "train.sam_modes", "compression", "probes", "analysis.stats", "analysis.rank", "analysis.power",
-         "transforms")),
-    (3, ("train", "compression.pipeline", "compression.sweep", "analysis", "adapt", "supernet", "distributed")),
+         "transforms", "measure",
+         # the paper packages, per module: their algorithms here, their recipes in layer 3
+         "adapt.taps", "adapt.side", "adapt.miet", "adapt.memory", "adapt.parallel",
+         "supernet", "supernet.attention", "supernet.layers", "supernet.lora", "supernet.model", "supernet.space",
+         "supernet.build", "supernet.memory")),
+    (3, ("train", "compression.pipeline", "analysis", "adapt", "supernet.train", "supernet.search", "supernet.store",
+         "supernet.study", "distributed", "studies")),
     (4, ("viz",)),
     (5, ("cli", "__init__")),
 ]
@@ -115,6 +120,37 @@ def test_no_import_circle():
     for m in sorted(g):
         if m not in state:
             visit(m)
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_no_circle_between_packages():
+    """Packages too import without circles (modules can be acyclic while train -> distributed -> train)."""
+    edges: dict[str, set[str]] = {}
+    for mod, deps in graph().items():
+        for dep in deps - {"__init__"}:
+            if mod != "__init__" and _package(dep) != _package(mod):
+                edges.setdefault(_package(mod), set()).add(_package(dep))
+    state: dict[str, int] = {}
+
+    def visit(p: str, path: list[str]) -> None:
+        state[p] = 1
+        for q in sorted(edges.get(p, ())):
+            if state.get(q) == 1:
+                cycle = path[path.index(q):] + [q] if q in path else [p, q]
+                why = {f"{a} -> {b}": sorted(m for m, d in graph().items() if _package(m) == a
+                                              for x in d if _package(x) == b)
+                       for a, b in zip(cycle, cycle[1:])}
+                pytest.fail(f"package circle {' -> '.join(cycle)}: {why}")
+            if q not in state:
+                visit(q, [*path, q])
+        state[p] = 2
+
+    for p in sorted(edges):
+        if p not in state:
+            visit(p, [p])
 
 
 def test_core_never_imports_the_app():

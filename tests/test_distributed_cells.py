@@ -69,7 +69,7 @@ def test_runspec_amp_changes_the_key_only_when_set(tmp_path, monkeypatch):
 
 
 def test_accelerate_cpu_launch_of_one_process_is_reported(monkeypatch, small):
-    from craftlab.distributed.ddp import current_world
+    from craftlab.train.ddp import current_world
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")

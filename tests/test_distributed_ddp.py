@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     import craftlab
-    from craftlab.distributed.ddp import current_world
+    from craftlab.train.ddp import current_world
 
     out = Path(sys.argv[1])
     x, y = craftlab.load_data("digits").train_set.tensors

@@ -193,7 +193,7 @@ def test_study_arms_settings_and_claim_statistics():
     import numpy as np
     import pandas as pd
 
-    from craftlab.train import pretrain_study as S
+    from craftlab.studies import snt as S
 
     built_in = ["expand", "repvgg", "weight-noise"]  # (other tests register their own transforms too)
     vit_arms, resnet_arms = S.snt_arms("vit-tiny", built_in), S.snt_arms("resnet-tiny", built_in)
@@ -228,7 +228,7 @@ def test_study_arms_settings_and_claim_statistics():
 
 
 def test_step_times_measures_every_arm(mnist_small):
-    from craftlab.train import pretrain_study as S
+    from craftlab.studies import snt as S
 
     arms = {k: v for k, v in S.snt_arms("resnet-tiny").items() if k in ("Adam", "SAM", "repvgg")}
     times = S.step_times("resnet-tiny", arms, mnist_small, reps=2, warmup=1, batch_size=16)

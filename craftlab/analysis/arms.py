@@ -15,8 +15,8 @@ import pandas as pd
 from torch import nn
 
 from ..checkpoint import load_checkpoint, read_meta
-from ..compression.sweep import sweep
 from ..data import DataBundle, load_data
+from ..distributed.sweep import sweep
 from ..models import build_model
 from ..settings import Setting, bits_label, parse_setting
 from ..train.runs import RunSpec, get_run, run_dir

@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(a: argparse.Namespace) -> int:
     """Run ``craftlab sweep`` with the parsed arguments `a`; the exit status."""
-    from ..compression.sweep import sweep
+    from ..distributed.sweep import sweep
 
     if a.engine == "ray" and a.address is not None:  # before loading anything: a wrong address fails in seconds
         from ..distributed.connect import check_address

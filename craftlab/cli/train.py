@@ -96,7 +96,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     res = finetune(model, data, optimizer=a.optimizer, lr=a.lr, epochs=a.epochs, sam_rho=a.sam_rho,
                    adaptive=a.adaptive, seed=a.seed, device=a.device, amp=a.amp, batch_size=a.batch_size,
                    progress=not a.quiet, sam_mode=a.sam_mode, sync_bn=a.sync_bn)
-    from ..distributed.ddp import current_world
+    from ..train.ddp import current_world
 
     world = current_world(setup=False)
     main_rank = world is None or world.is_main  # under torchrun: rank 0 evaluates, saves and prints
@@ -119,7 +119,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..checkpoint import load_checkpoint
-    from ..compression.sweep import settings_grid, sweep
+    from ..distributed.sweep import settings_grid, sweep
     from ..train.runs import RunSpec, get_run
 
     say = (lambda *_: None) if a.json else print

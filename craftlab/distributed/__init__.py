@@ -1,10 +1,13 @@
-"""Scale-out on existing engines: sweeps on a Ray cluster, data-parallel fine-tuning under torchrun / accelerate.
+"""Sweeps, here or on a Ray cluster, and scale-out on existing engines (the data-parallel hook of fine-tuning is
+:mod:`craftlab.train.ddp`).
 
 Nothing here is a scheduler or a cluster of its own: Ray schedules the sweep's tasks and Tune's trials,
 ``torchrun`` (or ``accelerate launch``) starts the data-parallel processes and ``torch.distributed`` moves the
 gradients. The modules (each imports Ray / ``torch.distributed`` only when used, so ``import craftlab`` stays
 light):
 
+* :mod:`~craftlab.distributed.sweep` — ``craftlab.sweep``: models × compression settings → one table, in this
+  process or as Ray tasks (``engine=``);
 * :mod:`~craftlab.distributed.cells` — one sweep cell (model x setting -> one table row), its content key and
   the on-disk store that makes an interrupted sweep resume;
 * :mod:`~craftlab.distributed.connect` — the Ray address checked in seconds (a closed port, an HTTP server or
@@ -13,8 +16,6 @@ light):
   ``CRAFTLAB_HOME`` is shared, running the cells and fine-tunes (GPU tasks single-use);
 * the ``craftlab sweep`` command lives in :mod:`craftlab.cli.sweep`;
 * :mod:`~craftlab.distributed.tune` — a ρ / learning-rate search of the CrAFT recipe with Ray Tune and ASHA;
-* :mod:`~craftlab.distributed.ddp` — what :func:`craftlab.finetune` does when it runs in a process group
-  (sharded batches, SAM's local or all-reduced first gradient, ``sync_bn``, one checkpoint written by rank 0).
 
 See ``docs/scale_out.md``.
 """

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from .._errors import unknown_name
 from ..data import DataBundle
-from ..distributed import ddp
 from ..evaluation import evaluate
 from ..models import SeededRNG
+from . import ddp
 from .sam import SAM, frozen_bn, parse_sam_mode
 
 OPTIMIZERS = {
@@ -203,7 +203,7 @@ def finetune(
         callback: called with each epoch's record (for live plots); a callback of two arguments also gets the
             model being trained, to evaluate it (e.g. compressed: ``craftlab.distributed.tune``), not change it.
         sam_sync_first: data-parallel runs only (torchrun / ``accelerate launch``, see
-            :mod:`craftlab.distributed.ddp`): all-reduce SAM's first gradient too, so every replica perturbs by the
+            :mod:`craftlab.train.ddp`): all-reduce SAM's first gradient too, so every replica perturbs by the
             global batch's gradient; default False: each replica perturbs by its own (m-sharpness).
         sam_mode: how SAM spends its second pass (with sam_rho > 0; see :mod:`craftlab.train.sam`): ``"sam"``
             (every step, 2 passes), ``"looksam:K"`` (every K-th step, LookSAM's reused component in between),

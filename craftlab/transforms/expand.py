@@ -67,7 +67,7 @@ class Expand(Transform):
     with rate× the channels inside; ``fold`` contracts the product. Reference: ExpandNets (Guo, Alvarez &
     Salzmann, NeurIPS 2020, arXiv 1811.10495). ``rate`` 2 is CraftLab's default, for CPU cost (ExpandNets' own
     rate is reported as 4; not checked here). Under Adam the product moves faster than a plain weight: give it a
-    lower lr (the SNT study uses a third of the recipe's, :data:`craftlab.train.pretrain_study.EXPAND_LR_SCALE`).
+    lower lr (the SNT study uses a third of the recipe's, :data:`craftlab.studies.snt.EXPAND_LR_SCALE`).
 
     Example::
 

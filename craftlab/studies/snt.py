@@ -27,16 +27,16 @@ import torch.nn.functional as F
 
 from ..analysis.stats import claim_verdict, compare_arms
 from ..checkpoint import load_checkpoint
-from ..compression.sweep import sweep
 from ..data import DataBundle, load_data
+from ..distributed.sweep import sweep
 from ..models import build_model
 from ..probes.sharpness import sharpness_summary
 from ..settings import Setting, make_setting
+from ..train.finetune import OPTIMIZERS
+from ..train.pretrain import get_pretrain, get_transfer
+from ..train.pretrain_runs import PretrainSpec, recipe
+from ..train.sam import SAM, frozen_bn
 from ..transforms import get_transform, list_transforms
-from .finetune import OPTIMIZERS
-from .pretrain import get_pretrain, get_transfer
-from .pretrain_runs import PretrainSpec, recipe
-from .sam import SAM, frozen_bn
 
 BASELINE = "Adam"
 SAM_RHO = 0.05

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from .._errors import unknown_name
 from ..data import DataBundle
-from ..distributed.cells import CellError, compute_row, evaluate_uncompressed
-from ..distributed.connect import last_line
 from ..settings import DEFAULT_SETTING, Setting, make_setting, parse_compensation, parse_recipe, parse_setting
+from .cells import CellError, compute_row, evaluate_uncompressed
+from .connect import last_line
 
 
 def settings_grid(
@@ -144,7 +144,7 @@ def sweep(
     settings = [parse_setting(s) for s in settings] if settings is not None else settings_grid(**grid)
     extra = extra_columns or {}
     if engine == "ray":
-        from ..distributed.ray_engine import run_cells
+        from .ray_engine import run_cells
 
         rows, info = run_cells(models, data, settings, split=split, progress=progress, address=address,
                                keep_going=keep_going, cpus_per_task=cpus_per_task, gpus_per_cell=gpus_per_cell)
