@@ -35,6 +35,14 @@ class DataBundle:
 
     ``.train`` (shuffled, seeded), ``.val``, ``.test`` and ``.calib`` are DataLoaders yielding
     ``(x, y)`` with ``x`` of shape (B, C, H, W) float and ``y`` of shape (B,) int64.
+
+    Example::
+
+        data = craftlab.load_data("digits", model=model)
+        data.num_classes, len(data.train_set), len(data.test_set)
+        for x, y in data.loader("train"):        # shuffled batches of the training split
+            ...
+        x, y = data.probe_batches(128)[0]            # the probe batch every landscape and Hessian uses
     """
 
     name: str
@@ -136,6 +144,12 @@ def load_data(
         model: take input size, channels, mean/std (and for real datasets timm's transforms) from it.
         root: where torchvision datasets live (default ``$CRAFTLAB_HOME/data``).
         download: allow torchvision to download a missing dataset.
+
+    Example::
+
+        data = craftlab.load_data("digits")                            # offline, shipped with sklearn
+        data = craftlab.load_data("cifar10", model=model)              # torchvision (downloads once, locked)
+        data = craftlab.load_data("imagefolder:/data/flowers", model=model)
     """
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string, got {name!r}")
@@ -166,6 +180,11 @@ def from_tensors(
     """Wrap in-memory tensors (x: (N, C, H, W) float, y: (N,) int) as a bundle.
 
     Without `val`/`test`, 20% of the examples each are split off (seeded, stratified).
+
+    Example::
+
+        x, y = torch.randn(300, 1, 8, 8), torch.randint(0, 10, (300,))
+        data = craftlab.from_tensors(x, y, name="mine", batch_size=32)   # 60/20/20 split, seeded
     """
     x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):

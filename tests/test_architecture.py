@@ -194,3 +194,15 @@ def test_every_package_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob("__init__.py")}
     assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_the_public_api_has_docstring_examples():
+    """Every public name of ``craftlab`` (not the module aliases) says in its docstring how it is called."""
+    import inspect
+
+    import craftlab
+
+    missing = [name for name in craftlab.__all__ if name != "__version__"
+               and not inspect.ismodule(obj := getattr(craftlab, name))
+               and not any(mark in (inspect.getdoc(obj) or "") for mark in ("Example", ">>>"))]
+    assert missing == [], f"add an example to the docstring of: {missing}"

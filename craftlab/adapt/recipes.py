@@ -75,7 +75,13 @@ class AdaptedModel(nn.Module):
 @dataclass
 class AdaptResult:
     """An adapted model: ``model`` maps images to logits (:func:`craftlab.evaluate` works on it), ``history`` has
-    one record per epoch (``time_s``: training wall time), ``metrics`` ``val_accuracy`` / ``test_accuracy``."""
+    one record per epoch (``time_s``: training wall time), ``metrics`` ``val_accuracy`` / ``test_accuracy``.
+
+    Example::
+
+        res = craftlab.adapt_model(model, data, "last", epochs=8)
+        res.metrics["test_accuracy"], res.trainable_params, res.train_time_s
+    """
 
     method: str
     model: nn.Module

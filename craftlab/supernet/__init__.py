@@ -44,8 +44,7 @@ search are not published):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _NAMES: dict[str, str] = {
     "SearchSpace": ".space", "SubnetConfig": ".space", "parse_budget": ".space",
@@ -63,14 +62,4 @@ _NAMES: dict[str, str] = {
 __all__ = list(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _NAMES:
-        raise AttributeError(f"module 'craftlab.supernet' has no attribute {name!r}")
-    module = importlib.import_module(_NAMES[name] or f".{name}", __name__)
-    value = module if _NAMES[name] is None else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _NAMES)

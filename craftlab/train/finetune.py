@@ -41,7 +41,14 @@ AMP_MODES = (None, "bf16", "fp16")
 
 @dataclass
 class FinetuneResult:
-    """The fine-tuned model (a new object), per-epoch history and the configuration used."""
+    """The fine-tuned model (a new object), per-epoch history and the configuration used.
+
+    Example::
+
+        res = craftlab.finetune(model, data, sam_rho=0.05, epochs=8)
+        res.metrics["val_accuracy"], res.train_time_s, res.history[-1]
+        res.save("runs/vit-sam")                       # a checkpoint folder (safetensors + JSON)
+    """
 
     model: nn.Module
     history: list[dict[str, float]]

@@ -260,6 +260,12 @@ def get_transfer(spec: PretrainSpec, data: str = "digits", epochs: int = 8, opti
     The same plain recipe for every pretraining arm (:func:`craftlab.finetune`: AdamW, cosine, `epochs`); a fresh
     head seeded by `seed` (default: the pretraining seed). The target data split is the dataset's default (seed 0),
     as for :func:`craftlab.get_run`. `callback` gets each fine-tuning epoch's record (as in :func:`finetune`).
+
+    Example::
+
+        spec = craftlab.PretrainSpec(model="resnet-tiny", optimizer="adam", transform="repvgg", seed=0)
+        path = craftlab.get_transfer(spec, data="digits", sam_rho=0.05)   # pretrained once, fine-tuned once, cached
+        model = craftlab.load_checkpoint(path)
     """
     r = spec.resolved()
     seed = r.seed if seed is None else seed
