@@ -25,8 +25,8 @@ LAYERS = [
          "adapt.taps", "adapt.side", "adapt.miet", "adapt.memory", "adapt.parallel",
          "supernet", "supernet.attention", "supernet.layers", "supernet.lora", "supernet.model", "supernet.space",
          "supernet.build", "supernet.memory")),
-    (3, ("train", "compression.pipeline", "analysis", "adapt", "supernet.train", "supernet.search", "supernet.store",
-         "supernet.study", "distributed", "studies")),
+    (3, ("train", "compression.pipeline", "analysis", "adapt", "distributed", "studies",
+         "supernet.train", "supernet.search", "supernet.selection", "supernet.store", "supernet.study")),
     (4, ("viz",)),
     (5, ("cli", "__init__")),
 ]
