@@ -229,21 +229,16 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
 
     def _point(self, loaded: Loaded, setting: Setting) -> dict[str, Any]:
         """Accuracy/loss (and size, measured sparsity) of one arm under one setting; cached."""
-        from craftlab.compression.prune import sparsity_report
-        from craftlab.compression.quant import model_stats
-        from craftlab.evaluation import evaluate
+        from craftlab.compression.pipeline import measure
 
         computed = []
 
         def compute() -> dict[str, Any]:
             t0 = time.perf_counter()
             model = loaded.model if setting.is_identity else self._compressed_model(loaded, setting)
-            res = evaluate(model, loaded.ctx.test)  # evaluation only reads the model
+            res = measure(model, loaded.ctx.test, loaded.ctx.example)  # the core's numbers; it only reads the model
             computed.append(True)
-            return {"accuracy": res["accuracy"], "loss": res["loss"], "n": res["n"],
-                    "sparsity_measured": sparsity_report(model)["overall"],
-                    "size_mb": model_stats(model, loaded.ctx.example)["size_mb"],
-                    "seconds": time.perf_counter() - t0}
+            return {**res, "seconds": time.perf_counter() - t0}
 
         out = self._points.get_or_compute((*loaded.point_prefix, setting.key()), compute,
                                           background=self._sched.in_background)

@@ -363,8 +363,6 @@ def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test
         res = craftlab.compress_and_evaluate(model, data, setting="wanda 70% + W4A8", calib=data.calib)
         res["fp_accuracy"], res["accuracy"], res["size_mb"], res["bitops"]
     """
-    from .prune import sparsity_report
-
     settings.setdefault("calib", data.calib)
     kw = resolve(setting, **settings)
     _check_model(model, kw)
@@ -372,17 +370,32 @@ def compress_and_evaluate(model: nn.Module, data: DataBundle, split: str = "test
     fp = evaluate(model, loader) if fp is None else fp
     if compressed is None:
         compressed = _compress(model, kw)
-    res = evaluate(compressed, loader)
-    x = next(iter(loader))[0][:1]
-    stats = model_stats(compressed, x)
+    res = measure(compressed, loader, next(iter(loader))[0][:1], kw["targets"])
     shown = {k: v for k, v in settings.items() if k != "calib"}
     if setting is not None:
         s = parse_setting(setting)
         shown = {**s.compress_kwargs(), **shown, "setting": s.label()}
-    return {**shown, "fp_accuracy": fp["accuracy"], "fp_loss": fp["loss"], "accuracy": res["accuracy"],
-            "loss": res["loss"], "accuracy_drop": fp["accuracy"] - res["accuracy"],
-            "sparsity_measured": sparsity_report(compressed, kw["targets"])["overall"],
-            "size_mb": stats["size_mb"], "bitops": stats["bitops"], "params": stats["params"], "n": res["n"]}
+    return {**shown, "fp_accuracy": fp["accuracy"], "fp_loss": fp["loss"], **res,
+            "accuracy_drop": fp["accuracy"] - res["accuracy"]}
+
+
+def measure(model: nn.Module, split: Any, example: torch.Tensor, targets: Any = None) -> dict[str, Any]:
+    """THE numbers every table reports of one (compressed) model on one split: ``accuracy``, ``loss``, ``n``
+    (:func:`~craftlab.evaluate` on `split`, a DataLoader or batches), ``sparsity_measured`` (of the `targets`
+    layers), ``size_mb``, ``bitops`` and ``params`` (:func:`~craftlab.compression.quant.model_stats` on one
+    `example` input). The app's points and :func:`compress_and_evaluate` both use it.
+
+    Example::
+
+        measure(craftlab.compress(model, setting="W4A8", calib=data.calib), data.test, data.test_set[0][0][None])
+    """
+    from .prune import sparsity_report
+
+    res = evaluate(model, split)
+    stats = model_stats(model, example)
+    return {"accuracy": res["accuracy"], "loss": res["loss"], "n": res["n"],
+            "sparsity_measured": sparsity_report(model, targets)["overall"], "size_mb": stats["size_mb"],
+            "bitops": stats["bitops"], "params": stats["params"]}
 
 
 def load_compressed(directory: str | os.PathLike) -> nn.Module:
