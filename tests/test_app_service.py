@@ -530,6 +530,41 @@ def test_a_quick_landscape_is_coarse_then_the_fine_one_follows(explorer):
         ex.close()
 
 
+def test_the_fine_level_reuses_the_quick_one_and_equals_the_probes(explorer):
+    """The fine level after the quick one: path and plane in one pass, the quick level's points (and its
+    second-order terms) not computed again, and the values those of a direct compression_path /
+    compression_plane (a random line / plane with no compression) to 1e-6."""
+    from craftlab.probes import landscape as L
+
+    ex = small_explorer(landscape_steps=9, path_steps=13, coarse_steps=(5, 9), persist=False)
+    try:
+        for setting in (make_setting("magnitude", 0.55, 6, None), Setting()):
+            ex.compress(MODEL, setting)
+            quick = ex.landscape(MODEL, setting, level=0)
+            fine = ex.landscape(MODEL, setting, level=1)
+            for la in ex.arms(MODEL):
+                arm, probe = fine[la.arm.name], la.ctx.probe
+                if setting.is_identity:
+                    path = L.line(la.model, probe, steps=13, distance=1.0, seed=0)
+                    plane = L.plane(la.model, probe, steps=9, distance=1.0, seed=0)
+                else:
+                    comp = ex._compressed_model(la, setting)
+                    path = L.compression_path(la.model, comp, probe, steps=13, buffers=True)
+                    plane = L.compression_plane(la.model, comp, probe, steps=9, distance=1.5, seed=0, buffers=True)
+                    np.testing.assert_allclose(arm["path"].predicted, path.predicted, rtol=1e-6, atol=1e-6)
+                    assert arm["path"].meta["loss_original"] == pytest.approx(path.meta["loss_original"], abs=1e-6)
+                np.testing.assert_allclose(arm["path"].loss, path.loss, rtol=0, atol=1e-6)
+                np.testing.assert_allclose(arm["plane"].loss, plane.loss, rtol=0, atol=1e-6)
+                np.testing.assert_array_equal(arm["plane"].accuracy, plane.accuracy)
+                assert np.ptp(plane.loss) > 1e-3
+                timing = arm["plane"].meta["timing"]
+                assert timing["reused"] >= quick[la.arm.name]["plane"].loss.size  # the quick plane lies on the fine one
+                n_line = len(path.t) if hasattr(path, "t") else len(path.alphas)
+                assert timing["points"] + timing["reused"] < plane.loss.size + n_line  # the path's points on the plane
+    finally:
+        ex.close()
+
+
 def test_a_replaced_request_gives_up_and_does_not_poison_the_cache(fresh):
     explorer = fresh
     setting = make_setting("wanda", 0.45, 6, None)
