@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--code", action="append", default=[])
+    p.add_argument("--out", default="app_fine", help="writes benchmarks/results/OUT.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sys.stderr.write(out.stderr[-2000:])
             rows[c] += json.loads(out.stdout.strip().splitlines()[-1])
     res = {"model": a.model, "rounds": a.rounds, "rows": rows, "summary": {c: summary(v) for c, v in rows.items()}}
+    out_file = Path(__file__).resolve().parent / "results" / f"{a.out}.json"
+    out_file.write_text(json.dumps(res, indent=1))
     print(json.dumps(res["summary"], indent=1))
     return res
 
