@@ -13,7 +13,11 @@ is 15-40 ms and every grid point is one forward pass; batching grid points into 
 ``vmap`` over parameter sets) was *slower* (compute-bound, and no batching rule for the fused CPU
 attention), so the levels cut the number of points instead: the coarse level (5×5 plane, α = 1 added: 30
 points; 9-point path; ~45 forward passes per arm) answers a new setting in about 2 s on 2 busy cores, the fine
-level (13×13 + 21) is computed in the background and replaces it. The arms run in parallel, one thread each.
+level (13×13 + 21) is computed in the background and replaces it. The arms run in parallel, one thread each
+(in the background too, on low-priority threads). A level's path and plane are one pass
+(:func:`craftlab.probes.landscape.compression_slices`, ``line_and_plane``: the path is the plane's β = 0 line),
+and the fine level reuses the coarse level's points and second-order terms: 150 forward passes per arm instead
+of 192 plus a gradient and a Hessian-vector product (benchmarks/RESULTS.md, *app fine landscape*).
 
 Cancellation: ``cancelled()`` is asked before every forward pass (through the probes' ``loss_fn``), so a
 request replaced by a newer one stops within one forward pass and frees its lane.
