@@ -274,7 +274,9 @@ class Scheduler:
                 while not self._idle.wait(0.5):  # foreground requests first
                     if self._stop.is_set():
                         return
-                if wanted is None or wanted():
+                with self._lock:  # moved up while it waited (taken before the request that moved it): the other
+                    stale = self._queued.get(key) != priority  # entry runs instead
+                if not stale and (wanted is None or wanted()):
                     fn(*args)
             except Cancelled:
                 pass

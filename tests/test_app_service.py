@@ -613,6 +613,25 @@ def test_scheduler_moves_a_job_up_and_drops_unwanted_ones():
         sched.close()
 
 
+def test_a_job_moved_up_while_the_worker_holds_it_runs_once():
+    """The worker may take a job, then wait for the foreground; a request moving the job up meanwhile queues a
+    better entry: the job runs once (the held, stale entry is dropped), not twice (seen under load)."""
+    order = []
+    sched = Scheduler(workers=1)
+    try:
+        with sched.foreground():
+            sched.enqueue(5, "a", order.append, "a")
+            time.sleep(0.3)  # the worker took it and waits for the foreground to finish
+            sched.enqueue(1, "a", order.append, "a")
+        deadline = time.time() + scaled(5)
+        while sched.pending() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert order == ["a"]
+    finally:
+        sched.close()
+
+
 def test_panel_texts():
     assert panels.one_line("could not load 'x':\n <urlopen error [Errno -2]>") == \
         "could not load 'x': ‹urlopen error [Errno -2]›"
