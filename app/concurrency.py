@@ -179,7 +179,10 @@ class Scheduler:
 
     def __init__(self, workers: int = 2, on_idle: Callable[[], None] | None = None,
                  on_error: Callable[[BaseException], None] | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="craftlab-explore")
+        self._workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="craftlab-explore")
+        self._bg_pool: ThreadPoolExecutor | None = None  # the background's helpers (map(..., parallel_background))
+        self._bg_threads: set[int] = set()
         self._on_idle = on_idle or (lambda: None)
         self._on_error = on_error or (lambda err: None)
         self._lock = threading.Lock()
@@ -194,13 +197,27 @@ class Scheduler:
 
     @property
     def in_background(self) -> bool:
-        """True on the background worker thread."""
-        return threading.current_thread() is self._worker
+        """True on the background worker thread and on its low-priority helpers."""
+        return threading.current_thread() is self._worker or threading.get_ident() in self._bg_threads
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """fn over items: in parallel on the pool for a request, sequentially on the background worker."""
-        if len(items) <= 1 or self.in_background:
+    def _bg_init(self) -> None:
+        lower_priority()
+        self._bg_threads.add(threading.get_ident())
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], parallel_background: bool = False) -> list[Any]:
+        """fn over items: in parallel on the pool for a request; on the background worker sequentially, or
+        with `parallel_background` in parallel on low-priority helper threads (as many as the pool's)."""
+        if len(items) <= 1:
             return [fn(x) for x in items]
+        if self.in_background:
+            if not parallel_background or threading.get_ident() in self._bg_threads:
+                return [fn(x) for x in items]
+            with self._lock:
+                if self._bg_pool is None:
+                    self._bg_pool = ThreadPoolExecutor(max_workers=self._workers, initializer=self._bg_init,
+                                                       thread_name_prefix="craftlab-explore-bg")
+                pool = self._bg_pool
+            return list(pool.map(fn, items))
         return list(self._pool.map(fn, items))
 
     @contextlib.contextmanager
@@ -257,7 +274,9 @@ class Scheduler:
                 while not self._idle.wait(0.5):  # foreground requests first
                     if self._stop.is_set():
                         return
-                if wanted is None or wanted():
+                with self._lock:  # moved up while it waited (taken before the request that moved it): the other
+                    stale = self._queued.get(key) != priority  # entry runs instead
+                if not stale and (wanted is None or wanted()):
                     fn(*args)
             except Cancelled:
                 pass
@@ -275,6 +294,8 @@ class Scheduler:
         if self._worker is not None:
             self._worker.join(timeout=30)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._bg_pool is not None:
+            self._bg_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Deferred:

@@ -13,7 +13,11 @@ is 15-40 ms and every grid point is one forward pass; batching grid points into 
 ``vmap`` over parameter sets) was *slower* (compute-bound, and no batching rule for the fused CPU
 attention), so the levels cut the number of points instead: the coarse level (5×5 plane, α = 1 added: 30
 points; 9-point path; ~45 forward passes per arm) answers a new setting in about 2 s on 2 busy cores, the fine
-level (13×13 + 21) is computed in the background and replaces it. The arms run in parallel, one thread each.
+level (13×13 + 21) is computed in the background and replaces it. The arms run in parallel, one thread each
+(in the background too, on low-priority threads). A level's path and plane are one pass
+(:func:`craftlab.probes.landscape.compression_slices`, ``line_and_plane``: the path is the plane's β = 0 line),
+and the fine level reuses the coarse level's points and second-order terms: 150 forward passes per arm instead
+of 192 plus a gradient and a Hessian-vector product (benchmarks/RESULTS.md, *app fine landscape*).
 
 Cancellation: ``cancelled()`` is asked before every forward pass (through the probes' ``loss_fn``), so a
 request replaced by a newer one stops within one forward pass and frees its lane.
@@ -52,19 +56,24 @@ def cancellable_loss(cancelled: Callable[[], bool] | None) -> Callable[..., Any]
     return loss
 
 
-def _with_second_order(path: Any, base: Any, compressed: Any, probe: Any, loss_fn: Any) -> Any:
+def _with_second_order(path: Any, base: Any, compressed: Any, probe: Any, loss_fn: Any,
+                       known: dict[str, Any] | None = None) -> Any:
     """`path` with the 2nd-order prediction ``loss(0) + t g·δ + t²/2 δᵀHδ`` that ``compression_path`` adds with
     ``second_order=True``: the same terms (:func:`craftlab.probes.landscape.second_order_terms`), computed under
-    :data:`~craftlab_app.concurrency.HVP_LOCK` so that the grid's forward passes run outside it."""
+    :data:`~craftlab_app.concurrency.HVP_LOCK` so that the grid's forward passes run outside it, or taken from
+    `known` (the meta of a coarser level's path of the same models: the terms do not depend on the level)."""
     from dataclasses import replace
 
     import numpy as np
 
     from craftlab.probes import landscape as L
 
-    with HVP_LOCK:
-        so = L.second_order_terms(base, probe, L.compression_delta(base, compressed), loss_fn)
-    gd, dhd = so["grad_dot_delta"], so["delta_H_delta"]
+    if known is not None and "grad_dot_delta" in known:
+        gd, dhd = known["grad_dot_delta"], known["delta_H_delta"]
+    else:
+        with HVP_LOCK:
+            so = L.second_order_terms(base, probe, L.compression_delta(base, compressed), loss_fn)
+        gd, dhd = so["grad_dot_delta"], so["delta_H_delta"]
     t = np.asarray(path.t, float)
     predicted = path.loss[path.index_original] + t * gd + 0.5 * t ** 2 * dhd
     meta = {**path.meta, "grad_dot_delta": gd, "delta_H_delta": dhd, "predicted_jump": gd + 0.5 * dhd}
@@ -116,18 +125,32 @@ class LandscapesMixin:
             loss_fn = cancellable_loss(cancelled)
             base = copy.deepcopy(la.model).requires_grad_(True)  # the probes write weights in place: private copies
             probe = la.ctx.probe
+            # a coarser level's points lie on this one's grid (same extent and directions): not computed again
+            prior = [got for lv in self.levels if lv != level
+                     for got in [self._cached_landscape(la, setting, lv)] if got is not None]
+            reuse = tuple(r for got in prior for r in (got["path"], got["plane"]))
             if setting.is_identity:
-                path: Any = L.line(base, probe, steps=path_steps, distance=1.0, seed=0, loss_fn=loss_fn)
-                plane = L.plane(base, probe, steps=plane_steps, distance=1.0, seed=0, loss_fn=loss_fn)
+                def slices(reuse: tuple) -> tuple[Any, Any]:
+                    return L.line_and_plane(base, probe, line_steps=path_steps, plane_steps=plane_steps,
+                                            distance=1.0, seed=0, loss_fn=loss_fn, reuse=reuse)
             else:
                 compressed = copy.deepcopy(self._compressed_model(la, setting)).requires_grad_(True)  # type: ignore[attr-defined]
+
                 # buffers=True: re-estimated BatchNorm statistics and folded offsets move along with the
-                # weights, so t = 0 is the original model (its statistics) and t = 1 the compressed one
-                path = _with_second_order(L.compression_path(base, compressed, probe, steps=path_steps,
-                                                             second_order=False, loss_fn=loss_fn, buffers=True),
-                                          base, compressed, probe, loss_fn)
-                plane = L.compression_plane(base, compressed, probe, steps=plane_steps,
-                                            distance=self.landscape_distance, seed=0, loss_fn=loss_fn, buffers=True)
+                # weights, so t = 0 is the original model (its statistics) and t = 1 the compressed one;
+                # path and plane in one pass (the path is the plane's beta = 0 line)
+                def slices(reuse: tuple) -> tuple[Any, Any]:
+                    return L.compression_slices(base, compressed, probe, path_steps=path_steps,
+                                                plane_steps=plane_steps, distance=self.landscape_distance, seed=0,
+                                                loss_fn=loss_fn, buffers=True, second_order=False, reuse=reuse)
+            try:
+                path, plane = slices(reuse)
+            except ValueError:  # a coarser level computed otherwise (an older version's file): not reused
+                reuse = ()
+                path, plane = slices(reuse)
+            if not setting.is_identity:
+                known = next((r.meta for r in reuse if "grad_dot_delta" in r.meta), None)
+                path = _with_second_order(path, base, compressed, probe, loss_fn, known)
             out = {"path": path, "plane": plane, "seconds": time.perf_counter() - t0}
             self._landscape_store.write(file, out)  # type: ignore[attr-defined]
             return out
@@ -175,7 +198,8 @@ class LandscapesMixin:
                 lv = self.levels[0] if quick else self.levels[-1]
             else:
                 lv = self.levels[level]
-            results = sched.map(lambda la: self._landscape_arm(la, setting, lv, cancelled), loaded)
+            results = sched.map(lambda la: self._landscape_arm(la, setting, lv, cancelled), loaded,
+                                parallel_background=True)  # one low-priority thread per arm in the background
         if lv != self.levels[-1]:
             closing = self._closing  # type: ignore[attr-defined]
 

@@ -1,6 +1,8 @@
 import contextlib
+import functools
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,65 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 SLOW_MODULES = frozenset({
     "test_app", "test_app_adapt", "test_app_service", "test_app_supernet", "test_adapt_methods",  # train / serve
     "test_consistency",
-    "test_distributed_ddp", "test_distributed_ray", "test_distributed_gpu", "test_distributed_noraylet",
-    "test_data_lock",  # spawn processes, start Ray
+    "test_distributed_ddp", "test_distributed_ray", "test_distributed_noraylet", "test_data_lock",  # spawn, Ray
+    "test_distributed_client", "test_distributed_gpu",  # start a Ray cluster (a minute of setup on a busy machine)
     "test_pretrain", "test_supernet", "test_supernet_search",  # pretrain or train a supernet
 })
 NOTEBOOK_MODULES = frozenset({"test_notebooks"})
+
+
+# ------------------------------------------------------------------------ timeouts that scale with the machine
+
+CALIBRATION_CPU_S = 0.045
+"""CPU seconds of :func:`_calibration_work` on the 2-core development machine (1 thread): its wall time there
+when the machine is quiet. The waits of the browser and timing-sensitive tests were written for that machine."""
+
+
+def _calibration_work() -> None:
+    a = torch.randn(192, 192, generator=torch.Generator().manual_seed(0))
+    for _ in range(160):  # tensor work on one thread, then interpreter work: both slow down under load
+        a = torch.tanh(a @ a * 0.01)
+    s = 0
+    for i in range(240_000):
+        s += i * i
+
+
+@functools.lru_cache(maxsize=1)
+def slowness() -> float:
+    """How many times slower this machine is now than the quiet development machine the tests' waits were written
+    for, at least 1 and at most 10: ``CRAFTLAB_TEST_SLOW`` when set, else the larger of the wall time of a
+    ~0.05 s calibration (one thread, median of 3) over its quiet time and the 1-minute load average per core.
+    Measured once per session (the browser modules read it when they are imported)."""
+    env = os.environ.get("CRAFTLAB_TEST_SLOW")
+    if env:
+        return max(1.0, float(env))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        walls = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            _calibration_work()
+            walls.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else 0.0
+    return float(min(10.0, max(1.0, sorted(walls)[1] / CALIBRATION_CPU_S, load)))
+
+
+def scaled(value: float) -> float:
+    """`value` (a timeout or a time limit, any unit) times :func:`slowness`: ``scaled(5)`` is 5 on a quiet
+    development machine, up to 50 on a loaded one."""
+    return value * slowness()
+
+
+def scaled_ms(ms: float) -> int:
+    """A Playwright timeout in milliseconds, scaled by :func:`slowness`."""
+    return int(scaled(ms))
+
+
+def pytest_report_header(config):
+    return f"timeouts of browser and timing tests scaled by {slowness():.1f} (tests/conftest.py slowness)"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -34,8 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-TIMEOUT_MS = 180_000
-AGREE_MS = 90_000
+try:  # the waits scale with the machine (tests/conftest.py slowness)
+    from conftest import scaled_ms
+except ImportError:  # imported outside pytest (benchmarks.bench_app)
+    from tests.conftest import scaled_ms
+
+TIMEOUT_MS = scaled_ms(180_000)
+AGREE_MS = scaled_ms(90_000)
 TEXT_PANELS = ["#summary", "#acc-plain", "#acc-craft", "#path", "#plane-plain", "#plane-craft"]
 
 # True when every panel shows (model, label): the texts name the setting (the cards and the summary the model
@@ -193,7 +198,7 @@ def test_typing_then_tab_computes_that_value_and_nothing_else(page):
     box.press("Tab")
     wait_agree(page, "vit-tiny", "magnitude 70%", 0.7, None)
     time.sleep(3)  # a late answer for 30% must not overwrite the panels
-    wait_agree(page, "vit-tiny", "magnitude 70%", 0.7, None, timeout=5_000)
+    wait_agree(page, "vit-tiny", "magnitude 70%", 0.7, None, timeout=scaled_ms(5_000))
 
 
 def test_arrow_keys_on_the_slider_recompute(page):

@@ -5,7 +5,7 @@ refused by name, typed bit-widths mean exactly what was typed, and the server lo
 
 Uses the Playwright fixtures of ``test_app_browser`` (same skips). CPU-heavy: run this file on its own
 (``nice -n 5 python -m pytest -q tests/test_app_browser_trust.py``); waits are event-based with timeouts
-scaled by ``CRAFTLAB_TEST_SLOW`` (default 1).
+scaled by ``conftest.slowness()`` (``CRAFTLAB_TEST_SLOW``, else measured on the machine).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import time
 
 import pytest
+from conftest import slowness
 from test_app_browser import (  # noqa: F401  (fixtures)
     AGREE_MS,
     TIMEOUT_MS,
@@ -25,7 +26,7 @@ from test_app_browser import (  # noqa: F401  (fixtures)
     wait_agree,
 )
 
-SLOW = float(os.environ.get("CRAFTLAB_TEST_SLOW", "1") or 1)
+SLOW = slowness()  # CRAFTLAB_TEST_SLOW, else measured (tests/conftest.py)
 LOADS = int(os.environ.get("CRAFTLAB_LINK_LOADS", "10"))
 
 # every view tag the page ever shows, sampled every 20 ms from the first script on: a flash of another view

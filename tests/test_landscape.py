@@ -445,3 +445,84 @@ def test_vmapped_grid_equals_the_loop(name, unchanged) -> None:
     assert loop.loss.std() > 1e-3  # the grid is not flat: the comparison means something
     with pytest.raises(ValueError, match="batch_points"):
         L.plane(model, batches, steps=3, batch_points=0)
+
+
+# ------------------------------------------------------------------------------- slices in one pass, reuse
+
+def _bn_shifted(model: nn.Module) -> nn.Module:
+    """A pruned copy whose BatchNorm statistics moved too (as re-estimated after pruning)."""
+    c = pruned(model)
+    with torch.no_grad():
+        c.bn.running_mean.add_(0.3)
+        c.bn.running_var.mul_(1.2)  # stays > 0 at alpha = -1.5
+    return c
+
+
+@pytest.mark.parametrize("on,buffers", [("compressed", True), ("compressed", False), ("original", False)])
+def test_compression_slices_equal_path_and_plane(on, buffers, unchanged) -> None:
+    """One pass (path = the plane's beta = 0 line) gives exactly compression_path's and compression_plane's
+    values; reusing a coarser level's points evaluates only the new ones and still gives the same values."""
+    net, batch = make_net(), make_batch()
+    comp = _bn_shifted(net)
+    kw = dict(on=on, buffers=buffers)
+    with unchanged(net), unchanged(comp):
+        path = L.compression_path(net, comp, batch, steps=21, **kw)
+        plane = L.compression_plane(net, comp, batch, steps=13, distance=1.5, seed=2, **kw)
+        sp, sq = L.compression_slices(net, comp, batch, path_steps=21, plane_steps=13, distance=1.5, seed=2, **kw)
+        coarse = L.compression_slices(net, comp, batch, path_steps=9, plane_steps=5, distance=1.5, seed=2, **kw)
+        rp, rq = L.compression_slices(net, comp, batch, path_steps=21, plane_steps=13, distance=1.5, seed=2,
+                                      reuse=coarse, **kw)
+    for p, q in ((sp, sq), (rp, rq)):
+        np.testing.assert_allclose(p.loss, path.loss, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(p.t, path.t)
+        np.testing.assert_array_equal(p.accuracy, path.accuracy)
+        np.testing.assert_allclose(p.predicted, path.predicted, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(q.loss, plane.loss, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(q.alphas, plane.alphas)
+        np.testing.assert_array_equal(q.accuracy, plane.accuracy)
+        for key in ("loss_original", "loss_compressed", "architecture_gap", "delta_H_delta", "grad_dot_delta"):
+            assert p.meta[key] == pytest.approx(path.meta[key], abs=1e-6), key
+    assert plane.loss.std() > 1e-3 and np.ptp(path.loss) > 1e-3  # not flat: the comparison means something
+    # 21-point path t = -0.5 .. 1.5 (step 0.1) shares -0.5, 0, 0.5, 1, 1.5 with the 13 x 13 plane (step 0.25)
+    assert plane.loss.shape == (13, 13)
+    assert sp.meta["timing"]["points"] == 169 + 16 and sp.meta["timing"]["reused"] == 0
+    # the coarse 6 x 5 plane (alpha 1 added) lies on the fine grid; its 9-point path (step 0.25) adds 5 points
+    # off that plane (-0.5, -0.25, 0.25, 0.5, 1.25), all on the fine plane's beta = 0 row
+    assert rp.meta["timing"]["reused"] == 30 + 5
+    assert rp.meta["timing"]["points"] == 169 + 16 - 35
+
+
+def test_compression_slices_refuse_results_of_other_slices() -> None:
+    net, batch = make_net(), make_batch()
+    comp = pruned(net)
+    coarse = L.compression_slices(net, comp, batch, path_steps=5, plane_steps=3, seed=0, second_order=False)
+    with pytest.raises(ValueError, match="seed"):
+        L.compression_slices(net, comp, batch, path_steps=9, plane_steps=5, seed=1, reuse=coarse)
+    with pytest.raises(ValueError, match="delta_norm"):
+        L.compression_slices(net, pruned(net, 0.3), batch, path_steps=9, plane_steps=5, reuse=coarse)
+    with pytest.raises(ValueError, match="buffers"):
+        L.compression_slices(net, comp, batch, path_steps=9, plane_steps=5, buffers=True, reuse=coarse)
+    with pytest.raises(ValueError, match="compression_path"):
+        L.compression_slices(net, comp, batch, path_steps=9, plane_steps=5, reuse=[L.line(net, batch, steps=3)])
+
+
+def test_line_and_plane_equal_line_and_plane(unchanged) -> None:
+    """The random line is the random plane's beta = 0 row: one pass gives line()'s and plane()'s values, and a
+    coarser level's points are reused; a level drawn with another seed is refused."""
+    net, batch = make_net(), make_batch()
+    with unchanged(net):
+        ln, pl = L.line(net, batch, steps=21, seed=4), L.plane(net, batch, steps=13, seed=4)
+        one_ln, one_pl = L.line_and_plane(net, batch, line_steps=21, plane_steps=13, seed=4)
+        coarse = L.line_and_plane(net, batch, line_steps=9, plane_steps=5, seed=4)
+        re_ln, re_pl = L.line_and_plane(net, batch, line_steps=21, plane_steps=13, seed=4, reuse=coarse)
+    for a, b in ((one_ln, ln), (re_ln, ln), (one_pl, pl), (re_pl, pl)):
+        np.testing.assert_array_equal(a.alphas, b.alphas)
+        np.testing.assert_allclose(a.loss, b.loss, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(a.accuracy, b.accuracy)
+    assert pl.loss.std() > 1e-3
+    # the line's 21 points (step 0.1) meet the plane's 13 (step 1/6) at -1, -0.5, 0, 0.5, 1
+    assert one_pl.meta["timing"]["points"] == 169 + 21 - 5
+    assert re_pl.meta["timing"]["reused"] > 0
+    assert re_pl.meta["timing"]["points"] == 169 + 21 - 5 - re_pl.meta["timing"]["reused"]
+    with pytest.raises(ValueError, match="seed"):
+        L.line_and_plane(net, batch, line_steps=21, plane_steps=13, seed=5, reuse=coarse)

@@ -24,13 +24,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import scaled_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 START_S = 240
-WAIT_MS = 180_000
+WAIT_MS = scaled_ms(180_000)  # scales with the machine (tests/conftest.py slowness)
 
 NOTEBOOK_CELLS = [
     "import plotly.graph_objects as go\nfrom craftlab import widgets\n\n"

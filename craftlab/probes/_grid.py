@@ -89,22 +89,26 @@ def with_points(axis: np.ndarray, points: Sequence[float]) -> np.ndarray:
 
 def evaluate_grid(evaluator: Evaluator, targets: list[torch.Tensor], base: list[torch.Tensor],
                   d1: list[torch.Tensor], d2: list[torch.Tensor] | None, alphas: np.ndarray, betas: np.ndarray,
-                  anchors: Mapping[float, list[torch.Tensor]] | None = None
+                  anchors: Mapping[float, list[torch.Tensor]] | None = None, skip: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Evaluate ``base + a * d1 + b * d2`` written into `targets` for every (a, b).
 
     `anchors` maps an alpha to exact tensors for ``base + alpha * d1`` (e.g. the compressed weights at 1.0),
-    so such points are evaluated at exactly those values, free of rounding. Returns (loss, accuracy, timing),
-    arrays of shape (len(alphas), len(betas)).
+    so such points are evaluated at exactly those values, free of rounding. `skip` (booleans shaped like the
+    grid) marks points not to evaluate (left NaN). Returns (loss, accuracy, timing), arrays of shape
+    (len(alphas), len(betas)).
     """
     anchors = dict(anchors or {})
     loss = np.full((len(alphas), len(betas)), np.nan)
     acc = np.full_like(loss, np.nan)
+    skip = np.zeros(loss.shape, bool) if skip is None else np.asarray(skip, bool)
     write_s = 0.0
     t_start = time.perf_counter()
     evaluator.forward_s = 0.0
     with torch.inference_mode():
         for i, a in enumerate(alphas):
+            if skip[i].all():
+                continue
             t0 = time.perf_counter()
             a = float(a)
             if a in anchors:
@@ -115,6 +119,8 @@ def evaluate_grid(evaluator: Evaluator, targets: list[torch.Tensor], base: list[
                 row = torch._foreach_add(base, d1, alpha=a)
             write_s += time.perf_counter() - t0
             for j, b in enumerate(betas):
+                if skip[i, j]:
+                    continue
                 t0 = time.perf_counter()
                 torch._foreach_copy_(targets, row)
                 if d2 is not None and float(b) != 0.0:
@@ -123,8 +129,59 @@ def evaluate_grid(evaluator: Evaluator, targets: list[torch.Tensor], base: list[
                 loss[i, j], acc[i, j] = evaluator()
     total = time.perf_counter() - t_start
     timing = {"total_s": total, "forward_s": evaluator.forward_s, "write_s": write_s,
-              "other_s": max(total - evaluator.forward_s - write_s, 0.0), "points": int(loss.size)}
+              "other_s": max(total - evaluator.forward_s - write_s, 0.0), "points": int((~skip).sum())}
     return loss, acc, timing
+
+
+Known = Mapping[tuple[float, float], tuple[float, float]]
+"""(alpha, beta) -> (loss, accuracy) of points already evaluated on the same models, batches and directions."""
+
+
+def evaluate_line_and_plane(evaluator: Evaluator, targets: list[torch.Tensor], base: list[torch.Tensor],
+                            d1: list[torch.Tensor], d2: list[torch.Tensor], line_alphas: np.ndarray,
+                            alphas: np.ndarray, betas: np.ndarray,
+                            anchors: Mapping[float, list[torch.Tensor]] | None = None, known: Known | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """The line ``base + a * d1`` (a in `line_alphas`) and the plane ``base + a * d1 + b * d2`` in one pass of
+    :func:`evaluate_grid`: a point both need is evaluated once, and the points in `known` not at all (their
+    values are taken as given). Each point is computed by the same operations as in two separate grids, so the
+    values equal theirs bit for bit. Returns (line loss, line accuracy, plane loss, plane accuracy, timing);
+    ``timing["points"]`` counts the forward passes, ``timing["reused"]`` the known points used."""
+    all_a, all_b = np.union1d(line_alphas, alphas), np.union1d(betas, [0.0])
+    ia = {float(a): i for i, a in enumerate(all_a)}
+    ib = {float(b): j for j, b in enumerate(all_b)}
+    rows, cols, zero = [ia[float(a)] for a in alphas], [ib[float(b)] for b in betas], ib[0.0]
+    line_rows = [ia[float(a)] for a in line_alphas]
+    need = np.zeros((len(all_a), len(all_b)), bool)
+    need[np.ix_(rows, cols)] = True
+    need[line_rows, zero] = True
+    got = {(ia[a], ib[b]): v for (a, b), v in (known or {}).items()
+           if a in ia and b in ib and need[ia[a], ib[b]]}
+    skip = ~need
+    for ij in got:
+        skip[ij] = True
+    loss, acc, timing = evaluate_grid(evaluator, targets, base, d1, d2, all_a, all_b, anchors, skip)
+    for (i, j), (lv, av) in got.items():
+        loss[i, j], acc[i, j] = lv, av
+    timing["reused"] = len(got)
+    return (loss[line_rows, zero], acc[line_rows, zero], loss[np.ix_(rows, cols)], acc[np.ix_(rows, cols)],
+            timing)
+
+
+def known_points(*results: Any) -> dict[tuple[float, float], tuple[float, float]]:
+    """(alpha, beta) -> (loss, accuracy) of earlier line / path / plane results: a line's or path's points lie
+    at beta = 0. The caller vouches that they were computed on the same models, batches and directions."""
+    out: dict[tuple[float, float], tuple[float, float]] = {}
+    for r in results:
+        if hasattr(r, "betas"):
+            for i, a in enumerate(r.alphas):
+                for j, b in enumerate(r.betas):
+                    out[(float(a), float(b))] = (float(r.loss[i, j]), float(r.accuracy[i, j]))
+        else:
+            xs = r.t if hasattr(r, "t") else r.alphas
+            for i, a in enumerate(xs):
+                out[(float(a), 0.0)] = (float(r.loss[i]), float(r.accuracy[i]))
+    return {k: v for k, v in out.items() if np.isfinite(v[0])}
 
 
 def evaluate_grid_batched(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn,

@@ -51,13 +51,21 @@ from ._grid import (
     evaluate,
     evaluate_grid,
     evaluate_grid_batched,
+    evaluate_line_and_plane,
+    known_points,
     model_info,
     named_params,
     symmetric_axis,
     with_points,
 )
 from ._probe import LossFn, on_device, preserved
-from .compression import compression_delta, compression_path, compression_plane, second_order_terms
+from .compression import (
+    compression_delta,
+    compression_path,
+    compression_plane,
+    compression_slices,
+    second_order_terms,
+)
 from .directions import (  # noqa: F401  (NORMALIZATIONS, IGNORES: re-exported)
     IGNORES,
     NORMALIZATIONS,
@@ -77,9 +85,11 @@ __all__ = [
     "compression_delta",
     "compression_path",
     "compression_plane",
+    "compression_slices",
     "evaluate",
     "interpolate",
     "line",
+    "line_and_plane",
     "normalize_direction",
     "plane",
     "random_direction",
@@ -186,6 +196,64 @@ def plane(model: nn.Module, batches: Any, directions: Sequence[DirectionLike | N
             "direction_cosine": direction_dot(d1, d2) / max(direction_norm(d1) * direction_norm(d2), 1e-300),
             "n_examples": sum(len(y) for _, y in batch_list), "timing": timing}
     return PlaneResult(alphas, alphas.copy(), loss, acc, meta)
+
+
+def line_and_plane(model: nn.Module, batches: Any, line_steps: int = 51, plane_steps: int = 21, distance: float = 1.0,
+                   seed: int = 0, normalization: str | None = "filter", loss_fn: LossFn = F.cross_entropy,
+                   ignore: str | None = "biasbn", reuse: Sequence[LineResult | PlaneResult] = ()
+                   ) -> tuple[LineResult, PlaneResult]:
+    """:func:`line` (random direction, `line_steps`) and :func:`plane` (random directions, `plane_steps`) with
+    the same `distance`, `seed`, `normalization` and `ignore`, in one pass: the same values, bit for bit.
+
+    The line's direction is the plane's first one (both are the first draw of the generator seeded with
+    `seed`), so the line is the plane's beta = 0 row and a point both need is evaluated once. `reuse` takes
+    earlier lines / planes of the SAME model, batches and `loss_fn` (e.g. a coarser level): their points are
+    not evaluated again (matched by exact coordinates); one drawn otherwise (seed, normalization, ignore,
+    given directions, batch size) is refused. ``meta["timing"]`` counts the forward passes (``points``) and
+    the points reused (``reused``).
+
+    Example::
+
+        >>> ln, pl = line_and_plane(model, probe, line_steps=21, plane_steps=13)  # doctest: +SKIP
+    """
+    check_normalization(normalization, ignore)
+    line_alphas, alphas = symmetric_axis(distance, line_steps), symmetric_axis(distance, plane_steps)
+    with preserved(model):
+        gen = torch.Generator().manual_seed(int(seed))
+        d1 = resolve_direction(model, None, normalization, ignore, gen)
+        d2 = resolve_direction(model, None, normalization, ignore, gen)
+        params = named_params(model)
+        names = list(params)
+        targets = [params[n] for n in names]
+        base = [p.detach().clone() for p in targets]
+        ev = Evaluator(model, on_device(batches, model), loss_fn)
+        for r in reuse:
+            m = getattr(r, "meta", None) or {}
+            kind = m.get("kind")
+            if kind not in ("line", "plane"):
+                raise ValueError(f"reuse takes line / plane results, got {kind!r}")
+            want: dict[str, Any] = {"seed": int(seed), "normalization": normalization, "ignore": ignore,
+                                    "n_examples": ev.n}
+            if kind == "line":
+                want.update(random=True, direction_norm=direction_norm(d1))
+            else:
+                want.update(random=[True, True], direction_norms=[direction_norm(d1), direction_norm(d2)])
+            bad = {k: (m.get(k), v) for k, v in want.items() if m.get(k) != v}
+            if bad:
+                raise ValueError(f"a result in reuse was computed otherwise (theirs, these): {bad}")
+        l_loss, l_acc, loss, acc, timing = evaluate_line_and_plane(
+            ev, targets, base, [d1[n] for n in names], [d2[n] for n in names], line_alphas, alphas, alphas,
+            known=known_points(*reuse))
+    common = {**model_info(model), "distance": float(distance), "normalization": normalization, "ignore": ignore,
+              "seed": int(seed), "n_examples": ev.n, "timing": timing}
+    ln = LineResult(line_alphas, l_loss, l_acc, {**common, "kind": "line", "steps": int(line_steps), "random": True,
+                                                 "direction_norm": direction_norm(d1),
+                                                 "weight_norm": direction_norm(dict(zip(names, base)))})
+    pl = PlaneResult(alphas, alphas.copy(), loss, acc, {
+        **common, "kind": "plane", "steps": int(plane_steps), "backend": "native", "random": [True, True],
+        "direction_norms": [direction_norm(d1), direction_norm(d2)],
+        "direction_cosine": direction_dot(d1, d2) / max(direction_norm(d1) * direction_norm(d2), 1e-300)})
+    return ln, pl
 
 
 def _plane_loss_landscapes(model: nn.Module, batch_list: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn,
