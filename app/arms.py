@@ -204,8 +204,8 @@ class ArmLoader:
         return sorted(arms, key=lambda a: a.role != "plain")
 
     def fingerprint(self, path: Path) -> str:
-        """Fingerprint of the weights and the architecture (memoized per file size and mtime): the sidecar's
-        ``weights_sha256`` when it has one (checked against the weights on load), else the weights' bytes."""
+        """Fingerprint of the weights file's bytes and the architecture (memoized per file size and mtime): the
+        bytes, not the sidecar's hash, so weights damaged or replaced on disk never answer from a cache."""
         w, s = path / WEIGHTS, path / SIDECAR
         try:
             sw, ss = w.stat(), s.stat()
@@ -216,7 +216,7 @@ class ArmLoader:
             fp = self._fingerprints.get(key)
         if fp is None:
             meta = read_meta(path)
-            fp = cache.fingerprint([meta.get("weights_sha256") or cache.file_sha256(w), meta.get("architecture")])
+            fp = cache.fingerprint([cache.file_sha256(w), meta.get("architecture")])
             with self._lock:
                 if len(self._fingerprints) > 256:
                     self._fingerprints.clear()
