@@ -14,6 +14,11 @@ import os
 
 import pytest
 
+try:
+    from conftest import scaled_ms
+except ImportError:  # run from the repository root as a package
+    from tests.conftest import scaled_ms
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
@@ -181,10 +186,10 @@ def test_browser_adapt_tab_trains_the_ticked_method(browser, served, view):  # n
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(served.local_url, timeout=120_000)
+    page.goto(served.local_url, timeout=scaled_ms(120_000))
     page.get_by_role("tab", name="Adapt").click()
     page.wait_for_function("() => (document.querySelector('#adapt-table') || {}).textContent.includes('cached')",
-                           timeout=60_000, polling=250)  # earlier runs of this module, read from the cache
+                           timeout=scaled_ms(60_000), polling=250)  # earlier runs of this module, read from the cache
     for name in ("LAST (g=1, m=4)", "MIET (k=4)"):
         page.locator("#adapt-methods label", has_text=name).first.click()  # untick: the linear probe only
     box = page.locator("#adapt-epochs input[type=number]")
@@ -196,7 +201,7 @@ def test_browser_adapt_tab_trains_the_ticked_method(browser, served, view):  # n
         return t("#adapt-status").includes("[linear probe · 1 epoch · 1 seed]")
             && t("#adapt-status").includes("1 trained now") && t("#adapt-table").includes("--epochs 1 --seed 0")
             && t("#adapt-memory").includes("linear probe (1 ep)");
-    }""", timeout=120_000, polling=250)
+    }""", timeout=scaled_ms(120_000), polling=250)
     (row,) = view.run(["linear probe"], epochs=1, seeds=(0,))  # what the button trained, now cached
     assert f"{100 * row['test_accuracy']:.1f}" in page.inner_text("#adapt-table")
     page.close()

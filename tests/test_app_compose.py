@@ -7,6 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+try:
+    from conftest import scaled_ms
+except ImportError:  # run from the repository root as a package
+    from tests.conftest import scaled_ms
+
 pytest.importorskip("gradio")
 
 from craftlab_app.compose_service import ComposeView  # noqa: E402
@@ -94,19 +99,19 @@ def test_browser_ticking_a_step_moves_every_panel(browser, served):  # noqa: F81
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.goto(served.local_url, timeout=120_000)
+        page.goto(served.local_url, timeout=scaled_ms(120_000))
         page.get_by_role("tab", name="Compose").click()
         page.wait_for_function("() => ((document.querySelector('#compose-result') || {}).textContent || '')"
-                               ".includes('[resnet-tiny · AdamW → W4A4]')", timeout=120_000, polling=250)
+                               ".includes('[resnet-tiny · AdamW → W4A4]')", timeout=scaled_ms(120_000), polling=250)
         page.locator("#compose-sam input").check()
-        page.wait_for_function(AGREE, arg="[resnet-tiny · SAM ρ=0.05 → W4A4]", timeout=120_000, polling=250)
+        page.wait_for_function(AGREE, arg="[resnet-tiny · SAM ρ=0.05 → W4A4]", timeout=scaled_ms(120_000), polling=250)
         page.locator("#compose-comp label", has_text="QwT-v2").click()
         tag = "[resnet-tiny · SAM ρ=0.05 → W4A4 → QwT-v2]"
-        page.wait_for_function(AGREE, arg=tag, timeout=120_000, polling=250)
+        page.wait_for_function(AGREE, arg=tag, timeout=scaled_ms(120_000), polling=250)
         page.locator("#compose-model label", has_text="vit-tiny").click()
         page.locator("#compose-bn input").check()  # a ViT has no BatchNorm: named in the panel, no toast
         page.wait_for_function("() => ((document.querySelector('#compose-result') || {}).textContent || '')"
-                               ".includes('a ViT has no BatchNorm')", timeout=120_000, polling=250)
+                               ".includes('a ViT has no BatchNorm')", timeout=scaled_ms(120_000), polling=250)
         assert page.locator(".toast-body").count() == 0
     finally:
         page.close()

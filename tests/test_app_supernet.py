@@ -14,6 +14,11 @@ import time
 
 import pytest
 
+try:
+    from conftest import scaled_ms
+except ImportError:  # run from the repository root as a package
+    from tests.conftest import scaled_ms
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
@@ -174,7 +179,7 @@ def page(browser, served):  # noqa: F811  (the fixture imported above)
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(served.local_url, timeout=120_000)
+    pg.goto(served.local_url, timeout=scaled_ms(120_000))
     yield pg
     pg.close()
     assert not errors, errors
@@ -191,7 +196,7 @@ AGREE = """([tag, label]) => {
 def test_browser_typed_budgets_move_every_supernet_panel(page, supernet):
     page.get_by_role("tab", name="Supernet").click()
     first = supernet.choose(5.0)
-    page.wait_for_function(AGREE, arg=["[vit-tiny · budget 5% of FP32]", first["label"]], timeout=120_000,
+    page.wait_for_function(AGREE, arg=["[vit-tiny · budget 5% of FP32]", first["label"]], timeout=scaled_ms(120_000),
                            polling=250)
     assert "ready" in page.inner_text("#supernet-status")
     box = page.locator("#supernet-budget textarea, #supernet-budget input").first
@@ -199,7 +204,7 @@ def test_browser_typed_budgets_move_every_supernet_panel(page, supernet):
     box.fill("3")
     box.press("Enter")
     want = supernet.choose(3.0)
-    page.wait_for_function(AGREE, arg=["[vit-tiny · budget 3% of FP32]", want["label"]], timeout=60_000,
+    page.wait_for_function(AGREE, arg=["[vit-tiny · budget 3% of FP32]", want["label"]], timeout=scaled_ms(60_000),
                            polling=100)
     print(f"budget -> every panel redrawn in the browser: {time.perf_counter() - t0:.2f} s")
     shown = page.inner_text("#supernet-result")
@@ -215,7 +220,7 @@ def test_browser_typed_budgets_move_every_supernet_panel(page, supernet):
         return t("#supernet-result").includes("[vit-tiny · budget 0.5]")
             && t("#supernet-result").includes("below the smallest subnet") && t("#supernet-result").includes(low)
             && t("#supernet-bits").includes("no subnet for this budget");
-    }""", arg=low, timeout=60_000, polling=250)
+    }""", arg=low, timeout=scaled_ms(60_000), polling=250)
     assert page.locator(".toast-body").count() == 0
 
 
