@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 import craftlab
-from craftlab.analysis.ledger import CLAIMS, Claim
+from craftlab.analysis.ledger import CLAIMS, SNT_QUANT_RULE, Claim
 from craftlab.analysis.power import endpoint_verdict, mcnemar_exact, noise_split, seeds_for_power
 from craftlab.train.runs import RunSpec
 
@@ -46,7 +46,7 @@ _DATA: dict[str, object] = {}
 
 
 def _arch(c: Claim) -> str:
-    return c.model.split(" ")[0]
+    return c.model.split(" ")[0].rstrip(",")
 
 
 def _data(arch: str):
@@ -74,7 +74,12 @@ def _adapt_arms() -> dict:
 
 
 def _arm_correct(c: Claim, arm: str, seed: int) -> np.ndarray:
-    arch, data = _arch(c), _data(_arch(c))
+    arch = _arch(c)
+    if c.paper == "SNT":  # a pretraining arm (cached PretrainSpec run), scored on its seed's mnist5k test split
+        from craftlab.train import pretrain_study as S
+
+        return S.pretrained_correct(arch, S.snt_arms(arch)[arm], seed, c.setting)
+    data = _data(arch)
     if arm in _adapt_arms():  # a frozen-backbone adaptation arm (vit-tiny → digits, 8 epochs, as bench_adapt)
         kw = dict(_adapt_arms()[arm])
         base = craftlab.create_model(arch, num_classes=10, progress=False)
@@ -146,8 +151,30 @@ def planning_sd(sd: float, n: int, level: float = 0.8) -> float:
     return sd * math.sqrt((n - 1) / chi2.ppf(1 - level, n - 1))
 
 
+def resolve_rule(c: Claim) -> Claim:
+    """A claim whose setting is chosen by a rule on the pilot (:data:`SNT_QUANT_RULE`, see its ``why``): the
+    Adam arm's accuracy on the pilot seeds at FP32 and every candidate (written to ``results/snt_quant_pilot.csv``)
+    picks the setting; the treatment arm is never looked at."""
+    if c.setting != SNT_QUANT_RULE:
+        return c
+    from dataclasses import replace
+
+    from craftlab.train import pretrain_study as S
+
+    arch = _arch(c)
+    rows = [{"seed": seed, "arm": c.baseline, "setting": s,
+             "accuracy": float(S.pretrained_correct(arch, S.snt_arms(arch)[c.baseline], seed, s).mean())}
+            for seed in PILOT_SEEDS for s in ("FP32", *S.QUANT_BN_CANDIDATES)]
+    pilot = pd.DataFrame(rows)
+    pilot.to_csv(RESULTS / "snt_quant_pilot.csv", index=False)
+    chosen = S.endpoint_by_loss(pilot)
+    print(f"  {c.id}: endpoint by the rule: {chosen}", file=sys.stderr, flush=True)
+    return replace(c, setting=chosen)
+
+
 def run_claim(c: Claim) -> dict:
     t0 = time.perf_counter()
+    c = resolve_rule(c)
     if c.source != "live":
         df = table_pairs(c)
         sd = float((df["treatment"] - df["baseline"]).std(ddof=1))
