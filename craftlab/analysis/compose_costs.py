@@ -42,8 +42,9 @@ def step_costs(pipeline: Pipeline, seed: int = 0) -> Any:
     """Run `pipeline` on the cached fine-tuning run of `seed` step by step: one row per step (a DataFrame).
 
     Columns: ``model, label, seed, step, method`` (the setting, ``BN``, ``QwT``/``QwT-v2``, ``test images``),
-    ``seconds, size_mb, bitops, params, params_added, accuracy`` (accuracy is
-    on the last row only: the evaluation) and the uncompressed model's ``fp_size_mb, fp_bitops, fp_params``. ``.attrs["pipeline_s"]``: the chain's wall time, which the steps'
+    ``seconds, size_mb, bitops, params, params_added, accuracy`` (accuracy on the evaluation row only) and the
+    uncompressed model's ``fp_size_mb, fp_bitops, fp_params``. ``.attrs["pipeline_s"]``: the chain's wall time, which
+    the steps'
     seconds sum to. A pipeline that prunes *and* re-estimates BN is refused (``compress`` re-estimates after the
     pruning inside that step, so BN has no separate cost there).
 
