@@ -44,6 +44,7 @@ import craftlab
 from craftlab import widgets
 from craftlab.analysis import factorial
 from craftlab.analysis.compose import design_pipelines, endpoint_setting
+from craftlab.analysis.compose_costs import cost_summary, step_costs
 from craftlab.threads import configure_threads
 from craftlab.viz.compose_figures import interaction_figure, waterfall_figure
 
@@ -92,6 +93,27 @@ for m in MODELS:
         print(f"{m} [{name}]: compressed {100 * w.iloc[0]['level']:.1f} % " + " ".join(
             f"→ +{r['step']} {100 * r['mean_diff']:+.1f} pp [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
             for r in w.iloc[1:].to_dict("records")))
+
+# %% [markdown]
+# ## What each step costs
+# Every step of every pipeline timed on its own (compression, BN re-estimation, compensation fit, evaluation),
+# with the size / BitOPs / parameters it adds: the benchmark's table (`compose_costs.csv`) when present, else one
+# pipeline per model measured here. Wall times of a shared machine: compare them within one table only.
+
+# %%
+COSTS = CSV.with_name("compose_costs.csv")
+if COSTS.is_file() and not os.environ.get("CRAFTLAB_COMPOSE_LIVE"):
+    costs = pd.read_csv(COSTS)
+else:  # one pipeline per model, every step on, seed 0 (seconds each)
+    full = {m: [p for p in design_pipelines(m, "full") if not p.bn_last][-1] for m in MODELS}
+    costs = pd.concat([step_costs(full[m], seed=0) for m in MODELS], ignore_index=True)
+for m in MODELS:
+    part = costs[costs["model"] == m]
+    summary = cost_summary([g for _, g in part.groupby(["label", "seed"], sort=False)])
+    print(f"{m}: per-step cost (median over {part.groupby(['label', 'seed']).ngroups} timed pipelines)")
+    print(summary[["step", "method", "seconds", "d_size_mb", "d_bitops", "d_params"]].round(3).to_string(index=False))
+    sam = table[table["model"] == m].groupby("sam")["train_s"].median()
+    print(f"   fine-tuning: AdamW {sam[False]:.1f} s, SAM {sam[True]:.1f} s (×{sam[True] / sam[False]:.1f})\n")
 
 # %% [markdown]
 # ## The interaction plot

@@ -79,14 +79,14 @@ def step_costs(pipeline: Pipeline, seed: int = 0) -> Any:
     if p.compensation:
         opts = resolve(replace(s, recalibrate_bn=p.bn, compensation=p.compensation),
                        calib=data.calib)["compensation_options"]
+    plain = replace(s, recalibrate_bn=False, compensation=None)  # the compression step alone
     rows: list[dict[str, Any]] = []
     cur, added, side_s, acc = model, 0, 0.0, float("nan")
     start = time.perf_counter()
     for step in _steps(p):
         t0 = time.perf_counter()
         if step == "compression":
-            cur = compress(model, setting=replace(s, recalibrate_bn=False, compensation=None), calib=data.calib,
-                           seed=int(seed))
+            cur = compress(model, setting=plain, calib=data.calib, seed=int(seed))
         elif step == "BN re-estimation":
             recalibrate_bn_(cur, data.calib)  # cur is this call's own compressed copy
         elif step == "compensation fit":
@@ -100,7 +100,7 @@ def step_costs(pipeline: Pipeline, seed: int = 0) -> Any:
         t1 = time.perf_counter()
         st = model_stats(cur, x1)
         side_s += time.perf_counter() - t1
-        method = {"compression": s.label(), "BN re-estimation": "BN", "evaluation": "test images"}.get(
+        method = {"compression": plain.label(), "BN re-estimation": "BN", "evaluation": "test images"}.get(
             step, COMPENSATIONS.get(p.compensation))
         rows.append({"model": p.model, "label": p.label, "seed": int(seed), "step": step, "method": method,
                      "seconds": seconds,
