@@ -249,6 +249,16 @@ def markdown(ledger: pd.DataFrame) -> str:
               "notebooks)."]
     lines += ["", "Rows read from an existing results table (`source` column) keep that table's seeds: they were not "
               "re-run with the power rule, and their verdicts say what those seeds could detect."]
+    short = [r for r in ledger.to_dict("records") if int(r["seeds_needed"]) > int(r["n"]) and
+             r["status"] == "inconclusive"]
+    if short:
+        lines += ["", "Inconclusive and not powered here (the rule asks more seeds than were run): " + "; ".join(
+            f"**{r['id']}**: the pilot's sd of the paired difference is {100 * r['pilot_sd']:.1f} pp against a "
+            f"{100 * r['effect']:.1f} pp effect of interest, so the rule asks "
+            f"{r['seeds_needed'] if r['seeds_needed'] <= 200 else '> 200'} seeds; {r['n']} were run"
+            + (f" (cap {MAX_SEEDS})" if r["source"] == "live" else " (the table's seeds)")
+            + (f", enough for ±{100 * r['detectable']:.1f} pp at 80 % power" if math.isfinite(r["detectable"])
+               else "") for r in short) + "."]
     lines += ["", "Endpoints and why (written before the run): " + " ".join(
         f"**{r['id']}**: {r['why']}." for r in ledger.to_dict("records") if r["why"])]
     return "\n".join(lines)
