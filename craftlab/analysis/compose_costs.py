@@ -95,7 +95,7 @@ def step_costs(pipeline: Pipeline, seed: int = 0) -> Any:
         else:
             cur.eval()
             with torch.no_grad():
-                acc = float(torch.cat([(cur(x).argmax(1) == y) for x, y in data.test]).float().mean())
+                acc = float(torch.cat([(cur(x).argmax(1) == y) for x, y in data.test]).numpy().mean())
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         st = model_stats(cur, x1)
