@@ -183,8 +183,10 @@ def section(model: str, t: pd.DataFrame, rule: pd.DataFrame | None = None,
         f"{r['step']} {_ci(r)}, p = {r['p']:.2g}" for r in res.main.to_dict("records")) + "."]
     out += ["", "Two-way interactions (Holm over the family; negative = the gains overlap): " + "; ".join(
         f"{r['step']} {_ci(r)}, Holm p = {r['p_adj']:.2g} → **{r['word']}**" + (
-            f" (finds ±{100 * r['detectable']:.1f} pp with 80 % power; 3 pp needs "
-            f"{factorial._seeds(r['seeds_for_3pp'])} seeds)" if r["word"] == "inconclusive" else "")
+            f" (finds ±{100 * r['detectable']:.1f} pp with 80 % power" + (
+                "; seeds: the rule's table above)" if rule is not None else
+                f"; 3 pp needs {factorial._seeds(r['seeds_for_3pp'])} seeds)")
+            if r["word"] == "inconclusive" else "")
         for r in res.interactions.to_dict("records")) + "."]
     for r in res.additivity.to_dict("records"):
         out += ["", f"Additivity ({r['step']}): the full pipeline gains {_pp(r['full_gain'])} pp over the plain "
