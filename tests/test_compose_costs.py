@@ -74,3 +74,61 @@ def test_bad_input_names_the_step():
         step_costs(Pipeline("resnet-tiny", "adamw", "W4A4"), seed=-1)
     with pytest.raises(ValueError, match="no step-cost"):
         cost_summary([])
+
+
+def _sim(n_seeds, rng, sam_gain=0.05, bn_gain=0.0, noise=0.02):
+    """A resnet-like full design on the 1/359 grid: SAM gains `sam_gain`, BN `bn_gain`, no compensation gain."""
+    import itertools
+
+    import numpy as np
+
+    rows = []
+    for s in range(n_seeds):
+        u = rng.normal(0, 0.03)
+        for sam, bn, comp in itertools.product((False, True), (False, True), ("none", "qwt", "qwt-v2")):
+            y = 0.6 + u + sam_gain * sam + bn_gain * bn + rng.normal(0, noise)
+            rows.append({"sam": sam, "bn": bn, "compensation": comp, "seed": s,
+                         "accuracy": np.round(y * 359) / 359})
+    return pd.DataFrame(rows)
+
+
+def test_seeds_by_the_ledgers_rule_from_a_pilot():
+    import numpy as np
+
+    bench = pytest.importorskip("benchmarks.bench_compose")
+    from benchmarks.bench_claims import planning_sd
+    from craftlab.analysis.power import seeds_for_power
+
+    t = _sim(10, np.random.default_rng(0))
+    rule = bench.seeds_by_rule(t).set_index(["kind", "step"])
+    # SAM's main effect by hand: per seed, mean over the 6 SAM-on cells minus the 6 SAM-off cells
+    w = t.pivot_table(index="seed", columns="sam", values="accuracy", aggfunc="mean")
+    sd = float((w[True] - w[False]).std(ddof=1))
+    assert rule.loc[("main", "SAM"), "pilot_sd"] == pytest.approx(sd)
+    assert rule.loc[("main", "SAM"), "needed"] == seeds_for_power(0.03, planning_sd(sd, 10), min_n=5, max_n=200)
+    # SAM × BN by hand: (y11 − y01) − (y10 − y00), averaged over the compensation levels
+    g = t.pivot_table(index="seed", columns=["sam", "bn"], values="accuracy", aggfunc="mean")
+    inter = g[(True, True)] - g[(False, True)] - g[(True, False)] + g[(False, False)]
+    assert rule.loc[("interaction", "SAM × BN"), "pilot_sd"] == pytest.approx(float(inter.std(ddof=1)))
+    assert {"main", "interaction", "additivity"} <= set(rule.index.get_level_values(0))
+    r = rule.reset_index()
+    assert bench.design_seeds(r.assign(needed=5), "resnet-tiny") == 10  # never fewer than the pilot's
+    assert bench.design_seeds(r.assign(needed=17), "resnet-tiny") == 17
+    assert bench.design_seeds(r.assign(needed=201), "resnet-tiny") == bench.CAP
+    assert bench.design_seeds(r.assign(needed=201), "vit-tiny") == bench.AVAILABLE["vit-tiny"]
+
+
+def test_waterfall_reading_names_the_steps_not_worth_their_cost():
+    import numpy as np
+
+    bench = pytest.importorskip("benchmarks.bench_compose")
+    from craftlab.analysis import factorial
+
+    t = _sim(12, np.random.default_rng(1), sam_gain=0.08, bn_gain=0.0, noise=0.01)
+    w = factorial.waterfall(t, ["SAM", "BN"])
+    cost = {"SAM": {"seconds": 12.0, "what": "fine-tuning", "d_params": 0.0, "d_bitops": 0.0},
+            "BN": {"seconds": 0.4, "what": "calibration", "d_params": 0.0, "d_bitops": 0.0}}
+    text, bad = bench.waterfall_reading(w, cost)
+    assert w.iloc[1]["p"] < 0.05 and w.iloc[1]["mean_diff"] > 0  # SAM pays
+    assert [b.split(" ")[0] for b in bad] == ["BN"] and "0.40 s more calibration" in bad[0]
+    assert "12 s more fine-tuning" in text
