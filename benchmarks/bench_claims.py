@@ -14,8 +14,9 @@ For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before 
    per-image view (exact McNemar on seed 0's test images) and which noise dominates (seeds or images).
 
 Writes ``results/claims.csv`` (one row per claim) and prints the RESULTS.md section.
-Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids]``; ``--report``
-re-prints the section from ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``).
+Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids] [--max-seeds K]``:
+K caps the seeds below the rule's, recorded in the row's command; ``--report`` re-prints the section from
+``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``).
 """
 
 from __future__ import annotations
@@ -172,7 +173,9 @@ def resolve_rule(c: Claim) -> Claim:
     return replace(c, setting=chosen)
 
 
-def run_claim(c: Claim) -> dict:
+def run_claim(c: Claim, max_seeds: int | None = None) -> dict:
+    """One ledger row; `max_seeds` caps a live claim's seeds below the rule's (a compute budget: the row's command
+    records it and the section says the rule was not met)."""
     t0 = time.perf_counter()
     c = resolve_rule(c)
     if c.source != "live":
@@ -183,12 +186,15 @@ def run_claim(c: Claim) -> dict:
     sd, source, pilot = _pilot_sd(c)
     need = seeds_for_power(c.effect, max(planning_sd(sd, len(PILOT_SEEDS)), 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS,
                            max_n=200)
-    n = min(max(need, MIN_SEEDS), MAX_SEEDS)
+    n = min(max(need, MIN_SEEDS), MAX_SEEDS, max_seeds or MAX_SEEDS)
     done = pilot if pilot is not None else pd.DataFrame()
     todo = [s for s in range(n) if done.empty or s not in set(done["seed"])]
     df = pd.concat([done, paired(c, todo)], ignore_index=True) if todo else done
     df = df[df["seed"] < n].sort_values("seed")
-    return _row(c, df, sd, source, need, t0)
+    row = _row(c, df, sd, source, need, t0)
+    if n < min(max(need, MIN_SEEDS), MAX_SEEDS):
+        row["command"] = f"python -m benchmarks.bench_claims {c.id} --max-seeds {n}"
+    return row
 
 
 def _row(c: Claim, df: pd.DataFrame, sd: float, source: str, need: int, t0: float) -> dict:
@@ -256,7 +262,8 @@ def markdown(ledger: pd.DataFrame) -> str:
             f"**{r['id']}**: the pilot's sd of the paired difference is {100 * r['pilot_sd']:.1f} pp against a "
             f"{100 * r['effect']:.1f} pp effect of interest, so the rule asks "
             f"{r['seeds_needed'] if r['seeds_needed'] <= 200 else '> 200'} seeds; {r['n']} were run"
-            + (f" (cap {MAX_SEEDS})" if r["source"] == "live" else " (the table's seeds)")
+            + (" (the compute budget of this run: `" + r["command"] + "`)" if "--max-seeds" in str(r["command"])
+               else f" (cap {MAX_SEEDS})" if r["source"] == "live" else " (the table's seeds)")
             + (f", enough for ±{100 * r['detectable']:.1f} pp at 80 % power" if math.isfinite(r["detectable"])
                else "") for r in short) + "."]
     lines += ["", "Endpoints and why (written before the run): " + " ".join(
@@ -270,9 +277,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         ledger = pd.read_csv(RESULTS / "claims.csv")
         print(markdown(ledger))
         return ledger
-    ids = [a for a in (argv or []) if not a.startswith("-")]
+    argv = list(argv or [])
+    cap = int(argv.pop(argv.index("--max-seeds") + 1)) if "--max-seeds" in argv else None
+    ids = [a for a in argv if not a.startswith("-")]
     claims = [c for c in CLAIMS if not ids or c.id in ids]
-    rows = [run_claim(c) for c in claims]
+    rows = [run_claim(c, cap) for c in claims]
     ledger = pd.DataFrame(rows)
     path = RESULTS / "claims.csv"
     if ids and path.exists():  # a subset: keep the other claims' rows

@@ -99,7 +99,9 @@ CLAIMS: tuple[Claim, ...] = (
           "wanda 70% +BN", _ACC, "Adam", "repvgg", 0.02, "paper: up to +2 pp on pruning",
           why="RepVGG-style branches (folded after training) are the stand-in closest to SNT's 'architectural "
               "transformation'; the +BN pruning setting where Adam loses most; quantization rows of that table "
-              "have stale BatchNorm statistics and are not used", source="snt.csv"),
+              "have stale BatchNorm statistics and are not used; run live on the pretraining runs it shares with "
+              "snt-resnet-quant (same seeds: the rule asks far more than results/snt.csv's 5), decided before any "
+              "of them was scored at this endpoint"),
     Claim("snt-resnet-quant", "SNT", "the same transformation gives models that lose less under post-training "
           "quantization, with BatchNorm statistics re-estimated on the quantized model in both arms",
           "+5.4 % on quantization over Adam", "resnet-tiny, pretrained on mnist5k", SNT_QUANT_RULE, _ACC, "Adam",
