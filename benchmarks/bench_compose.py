@@ -14,7 +14,8 @@ step by step (:func:`craftlab.analysis.compose_costs.step_costs`) on ``COST_SEED
 
 Writes ``results/compose.csv`` (one row per pipeline × seed), ``results/compose_seeds.csv`` (the rule per effect)
 and ``results/compose_costs.csv`` (one row per step × pipeline × cost seed) and prints the RESULTS.md section.
-Run: ``python -m benchmarks.run compose`` (or ``python -m benchmarks.bench_compose [--seeds N]``: N seeds, no rule).
+Run: ``python -m benchmarks.run compose`` (or ``python -m benchmarks.bench_compose [--seeds N]``: N seeds, no rule;
+``--reuse-costs``: read the step timings from ``results/compose_costs.csv`` instead of measuring them).
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def step_cost_lines(model: str, t: pd.DataFrame, costs: pd.DataFrame) -> tuple[l
            "each step's size/BitOPs effect is the change it makes; fine-tuning from the cached runs' records):", "",
            "| step | method | median s | runs | size MB after | Δ size MB | Δ BitOPs (M) | Δ parameters |",
            "|---|---|---|---|---|---|---|---|",
-           f"| fine-tuning | AdamW | {tr[False]:.1f} | {int((~t['sam']).sum())} | | | | |",
-           f"| fine-tuning | SAM ρ=0.05 | {tr[True]:.1f} | {int(t['sam'].sum())} | | | | |"]
+           f"| fine-tuning | AdamW | {tr[False]:.1f} | {t[~t['sam']]['seed'].nunique()} | | | | |",
+           f"| fine-tuning | SAM ρ=0.05 | {tr[True]:.1f} | {t[t['sam']]['seed'].nunique()} | | | | |"]
     for r in summ.to_dict("records"):
         out.append(f"| {r['step']} | {r['method']} | {r['seconds']:.2f} | {r['runs']} | {r['size_mb']:.3f} | "
                    f"{r['d_size_mb']:+.3f} | {r['d_bitops'] / 1e6:+.1f} | {r['d_params']:+.0f} |")
@@ -129,7 +130,8 @@ def waterfall_reading(w: pd.DataFrame, cost: dict[str, dict]) -> tuple[str, list
                  if c else "cost not measured")
         parts.append(f"→ + {r['step']} {_ci(r)} = {100 * r['level']:.1f} % ({price})")
         if not (r["p"] < 0.05 and r["mean_diff"] > 0):
-            bad.append(f"{r['step']} ({_ci(r)} pp for {price})")
+            harm = " — it HARMS (significantly < 0)" if r["p"] < 0.05 else ""
+            bad.append(f"{r['step']} ({_ci(r)} pp for {price}{harm})")
     return f"compressed {100 * w.iloc[0]['level']:.1f} % " + " ".join(parts), bad
 
 
@@ -256,6 +258,8 @@ def section(model: str, t: pd.DataFrame, rule: pd.DataFrame | None = None,
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     argv = list(argv or [])
     fixed = int(argv[argv.index("--seeds") + 1]) if "--seeds" in argv else None
+    cost_csv = RESULTS / "compose_costs.csv"
+    reuse = pd.read_csv(cost_csv) if "--reuse-costs" in argv and cost_csv.is_file() else None
     tables, lines, walls, rules, all_costs = [], [], {}, [], []
     for model in MODELS:
         t0 = time.perf_counter()
@@ -267,8 +271,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         t = compose(model, "full", n, budget=10_000)
         walls[model] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        costs = measure_costs(model)
-        walls[model + " costs"] = time.perf_counter() - t1
+        if reuse is not None:
+            costs = reuse[reuse["model"] == model]
+        else:
+            costs = measure_costs(model)
+            walls[model + " costs"] = time.perf_counter() - t1
         all_costs.append(costs)
         tables.append(t)
         lines += section(model, t, rule, costs) + [""]
@@ -287,7 +294,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             f"machine (load in the command line above): medians over {len(COST_SEEDS)} seeds × every pipeline, "
             "comparable within this run only. "
             + "; ".join(f"{m}: {w:.0f} s" for m, w in walls.items()) + " this run (accuracy cells cached under "
-            "`$CRAFTLAB_HOME/compose`; the step timings are measured afresh).", ""]
+            "`$CRAFTLAB_HOME/compose`; " + ("the step timings read from `results/compose_costs.csv`, measured by an "
+                                            "earlier run of this benchmark without --reuse-costs)." if reuse is not None
+                                            else "the step timings are measured afresh)."), ""]
     print("\n".join(head + lines).rstrip())
     return df
 
