@@ -244,13 +244,15 @@ def markdown(ledger: pd.DataFrame) -> str:
                      f" | {r['p']:.2g} | {r['n']} ({need}) | **{r['status']}**"
                      f"{ni(r)}"
                      f" | {note} | {noise(r)} |")
-    lines += ["", "Per-image view (seed 0, exact McNemar on the same 359 test images): " + "; ".join(
+    lines += ["", "Per-image view (seed 0, exact McNemar on the test images both arms see: the 359 digits test images; "
+              "the SNT rows: the pretraining seed's mnist5k test split): " + "; ".join(
         f"{r['id']}: {int(r['seed0_only_baseline'])} images only {r['baseline']} gets right, "
         f"{int(r['seed0_only_treatment'])} "
         f"only {r['treatment']}, p = {r['seed0_mcnemar_p']:.2g}" for r in ledger.to_dict("records")
         if r["source"] == "live") + "."]
     live = ledger[ledger["source"] == "live"]
-    lines += ["", f"The {len(live)} live claims took {live['wall_s'].sum():.0f} s of compression and evaluation when "
+    lines += ["", f"The {len(live)} live claims took {live['wall_s'].sum():.0f} s of compression and evaluation (the "
+              "SNT rows: with the pretraining runs they found missing) when "
               "the ledger was computed (fine-tuning runs cached by `craftlab.get_run`, shared with the app and "
               "notebooks)."]
     lines += ["", "Rows read from an existing results table (`source` column) keep that table's seeds: they were not "

@@ -215,9 +215,9 @@ def endpoint_note(papers: tuple[str, ...] | list[str], ledger: Any = None) -> st
             need = int(r["seeds_needed"])
             power = (f"80 % power for ±{100 * float(r['detectable']):.1f} pp" if math.isfinite(float(r["detectable"]))
                      else "no spread")
-            lines.append(f"- **{c.id}** ({c.model}, {c.setting}; {c.baseline} vs {c.treatment}): {int(r['n'])} paired "
-                         f"seeds (the power rule asks {need if need <= 200 else '> 200'}), {power}, effect of interest "
-                         f"{100 * c.effect:.1f} pp: **{r['status']}**.")
+            lines.append(f"- **{c.id}** ({c.model}, {r['setting']}; {c.baseline} vs {c.treatment}): {int(r['n'])} "
+                         f"paired seeds (the power rule asks {need if need <= 200 else '> 200'}), {power}, effect of "
+                         f"interest {100 * c.effect:.1f} pp: **{r['status']}**.")
     return ("**Primary endpoints (claims ledger, `benchmarks/results/claims.csv`):** the rest of this section is "
             "exploratory.\n\n" + "\n".join(lines))
 
