@@ -20,6 +20,7 @@ Run: ``python -m benchmarks.run compose`` (or ``python -m benchmarks.bench_compo
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,8 +82,9 @@ def measure_costs(model: str, seeds=COST_SEEDS) -> pd.DataFrame:
     out = []
     for seed in seeds:
         for p in design_pipelines(model, "full"):
+            load = os.getloadavg()[0]
             t = step_costs(p, seed)
-            out.append(t.assign(pipeline_s=t.attrs["pipeline_s"]))
+            out.append(t.assign(pipeline_s=t.attrs["pipeline_s"], load_1m=load))
     return pd.concat(out, ignore_index=True)
 
 
@@ -281,7 +283,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         lines += section(model, t, rule, costs) + [""]
     df = pd.concat(tables, ignore_index=True)
     df.to_csv(RESULTS / "compose.csv", index=False)
-    pd.concat(all_costs, ignore_index=True).to_csv(RESULTS / "compose_costs.csv", index=False)
+    costs_df = pd.concat(all_costs, ignore_index=True)
+    costs_df.to_csv(RESULTS / "compose_costs.csv", index=False)
     if rules:
         pd.concat(rules, ignore_index=True).to_csv(RESULTS / "compose_seeds.csv", index=False)
     how = (f"seeds by the ledger's power rule from a {PILOT}-seed pilot (per model below; capped at {CAP})"
@@ -291,8 +294,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "ledger's protocol (after the whole compression, quantizers on, before compensation). Not run: the SNT "
             "pretraining factor and the supernet pick (designed in `craftlab.analysis.compose`, too costly per seed "
             "here). Train s: the cached run's fine-tuning time. Per-step costs are wall times on a shared 2-core "
-            f"machine (load in the command line above): medians over {len(COST_SEEDS)} seeds × every pipeline, "
-            "comparable within this run only. "
+            f"machine: medians over {len(COST_SEEDS)} seeds × every pipeline, comparable within this run only"
+            + (f" (1-min load average while timing: median {costs_df['load_1m'].median():.1f}, range "
+               f"{costs_df['load_1m'].min():.1f}-{costs_df['load_1m'].max():.1f})" if "load_1m" in costs_df else "")
+            + ". "
             + "; ".join(f"{m}: {w:.0f} s" for m, w in walls.items()) + " this run (accuracy cells cached under "
             "`$CRAFTLAB_HOME/compose`; " + ("the step timings read from `results/compose_costs.csv`, measured by an "
                                             "earlier run of this benchmark without --reuse-costs)." if reuse is not None
