@@ -12,7 +12,9 @@ as ``bench_claims``), and the design runs the largest count, capped at ``CAP`` (
 fewer than the pilot's seeds (the pilot is part of the run). Per-step costs: every pipeline of the design timed
 step by step (:func:`craftlab.analysis.compose_costs.step_costs`) on ``COST_SEEDS``.
 
-Writes ``results/compose.csv`` (one row per pipeline × seed), ``results/compose_seeds.csv`` (the rule per effect)
+The SNT pretraining factor runs as its own design on resnet-tiny (``design="snt"``, ``results/compose_snt.csv``;
+``--no-snt`` skips it). Writes ``results/compose.csv`` (one row per pipeline × seed), ``results/compose_seeds.csv``
+(the rule per effect)
 and ``results/compose_costs.csv`` (one row per step × pipeline × cost seed) and prints the RESULTS.md section.
 Run: ``python -m benchmarks.run compose`` (or ``python -m benchmarks.bench_compose [--seeds N]``: N seeds, no rule;
 ``--reuse-costs``: read the step timings from ``results/compose_costs.csv`` instead of measuring them).
@@ -257,6 +259,58 @@ def section(model: str, t: pd.DataFrame, rule: pd.DataFrame | None = None,
     return out
 
 
+def _pretrain_seconds(seeds: list[int]) -> dict[str, float]:
+    """Median recorded pretraining time of the SNT arms (Adam, repvgg) over `seeds` (cached runs' metadata)."""
+    from craftlab.checkpoint import read_meta
+    from craftlab.train.pretrain import get_pretrain
+    from craftlab.train.pretrain_runs import PretrainSpec
+    from craftlab.train.pretrain_study import snt_arms
+
+    arms = snt_arms("resnet-tiny")
+    return {arm: float(np.median([read_meta(get_pretrain(PretrainSpec("resnet-tiny", optimizer="adam", seed=s,
+                                                                      **arms[arm]), progress=False))
+                                  ["metrics"]["train_time_s"] for s in seeds])) for arm in ("Adam", "repvgg")}
+
+
+def snt_section(t: pd.DataFrame, rule: pd.DataFrame) -> list[str]:
+    """The SNT pretraining factor on resnet-tiny (design 'snt'): cells, the rule's seeds, effects, interactions,
+    additivity and a waterfall with each step's cost."""
+    res = factorial.analyze(t)
+    n = t["seed"].nunique()
+    pre = _pretrain_seconds(sorted(t["seed"].unique().tolist()))
+    out = [f"### resnet-tiny — the SNT pretraining factor, {endpoint_setting('resnet-tiny')}, design 'snt', {n} "
+           "paired seeds", "",
+           "Pretraining {Adam, repvgg} (the SNT study's per-seed mnist5k runs, the ones the ledger's SNT rows score) "
+           "× fine-tuning {AdamW, SAM ρ=0.05} (`get_transfer`: digits, 8 epochs) × BN re-estimation {off, on} × "
+           "compensation {none, QwT-v2}: a fraction of the full design (QwT and the other BN order left out). "
+           "Its AdamW arm is not the zoo runs' (another pretraining per seed), so its numbers are not the tables "
+           "above.", ""]
+    out += rule_lines("resnet-tiny", rule, res, n)
+    out += ["| pipeline | accuracy % | fine-tuning s |", "|---|---|---|"]
+    cells = t.groupby("label", sort=False)[["accuracy", "train_s"]].mean()
+    out += [f"| {label} | {100 * r['accuracy']:.1f} | {r['train_s']:.1f} |" for label, r in cells.iterrows()]
+    out += ["", "Main effects (pp, 95 % CI, paired t): " + "; ".join(
+        f"{r['step']} {_ci(r)}, p = {r['p']:.2g}" for r in res.main.to_dict("records")) + "."]
+    out += ["", "Two-way interactions (Holm over the family): " + "; ".join(
+        f"{r['step']} {_ci(r)}, Holm p = {r['p_adj']:.2g} → **{r['word']}**" + (
+            f" (finds ±{100 * r['detectable']:.1f} pp with 80 % power)" if r["word"] == "inconclusive" else "")
+        for r in res.interactions.to_dict("records")) + "."]
+    for r in res.additivity.to_dict("records"):
+        out += ["", f"Additivity ({r['step']}): full gain {_pp(r['full_gain'])} pp, parts alone "
+                    f"{_pp(r['sum_of_parts'])} pp; observed − sum {_ci(r)}, p = {r['p']:.2g} → **{r['word']}**."]
+    tr = t.groupby("sam")["train_s"].median()
+    cost = {"SNT": {"seconds": pre["repvgg"] - pre["Adam"], "what": "pretraining", "d_params": 0.0, "d_bitops": 0.0},
+            "SAM": {"seconds": float(tr[True] - tr[False]), "what": "fine-tuning", "d_params": 0.0, "d_bitops": 0.0}}
+    for order in (["SNT", "SAM", "QwT-v2"], ["SAM", "QwT-v2", "SNT"]):
+        text, bad = waterfall_reading(factorial.waterfall(t, order), cost)
+        out += ["", f"Waterfall ({' → '.join(order)}): {text}. " + (
+            "Not worth its cost in this order (increment not significantly > 0, computed): " + "; ".join(bad) + "."
+            if bad else "Every step of this order pays.")]
+    out += ["", f"Pretraining time (recorded, median over the seeds): Adam {pre['Adam']:.0f} s, repvgg "
+                f"{pre['repvgg']:.0f} s (folded back after training: same deployed model size)."]
+    return out
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     argv = list(argv or [])
     fixed = int(argv[argv.index("--seeds") + 1]) if "--seeds" in argv else None
@@ -281,6 +335,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         all_costs.append(costs)
         tables.append(t)
         lines += section(model, t, rule, costs) + [""]
+    if "--no-snt" not in argv:  # the SNT pretraining factor on resnet-tiny (design 'snt')
+        t0 = time.perf_counter()
+        rule = seeds_by_rule(compose("resnet-tiny", "snt", fixed or PILOT, budget=10_000))
+        rules.append(rule.assign(model="resnet-tiny (snt)"))
+        t = compose("resnet-tiny", "snt", fixed or design_seeds(rule, "resnet-tiny"), budget=10_000)
+        walls["resnet-tiny snt"] = time.perf_counter() - t0
+        t.to_csv(RESULTS / "compose_snt.csv", index=False)
+        lines += snt_section(t, rule) + [""]
     df = pd.concat(tables, ignore_index=True)
     df.to_csv(RESULTS / "compose.csv", index=False)
     costs_df = pd.concat(all_costs, ignore_index=True)
@@ -291,9 +353,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
            if fixed is None else f"{fixed} fine-tuning seeds (0..N-1) per model, fixed by --seeds (no power rule)")
     head = [f"Design: full factorial at each model's claims-ledger compression endpoint, {how}, paired by seed "
             "(every pipeline compresses the same cached AdamW / SAM ρ=0.05 run). BN re-estimation follows the "
-            "ledger's protocol (after the whole compression, quantizers on, before compensation). Not run: the SNT "
-            "pretraining factor and the supernet pick (designed in `craftlab.analysis.compose`, too costly per seed "
-            "here). Train s: the cached run's fine-tuning time. Per-step costs are wall times on a shared 2-core "
+            "ledger's protocol (after the whole compression, quantizers on, before compensation). The SNT pretraining "
+            "factor is its own design on resnet-tiny (last subsection). Not run: the supernet pick (designed in "
+            "`craftlab.analysis.compose`, a supernet training per seed). Train s: the cached run's fine-tuning time. "
+            "Per-step costs are wall times on a shared 2-core "
             f"machine: medians over {len(COST_SEEDS)} seeds × every pipeline, comparable within this run only"
             + (f" (1-min load average while timing: median {costs_df['load_1m'].median():.1f}, range "
                f"{costs_df['load_1m'].min():.1f}-{costs_df['load_1m'].max():.1f})" if "load_1m" in costs_df else "")
