@@ -27,7 +27,9 @@
 # ledger (where compensation has something to fix): fine-tuning {AdamW, SAM ρ=0.05} × BN re-estimation
 # {off, on} (CNNs only: a ViT has no BatchNorm) × compensation {none, QwT, QwT-v2}. Every pipeline of a seed
 # compresses the same cached fine-tuning run, so seed-to-seed noise cancels in each contrast. The pretraining
-# (SNT) and supernet steps are designed in `craftlab.analysis.compose` but not run (too costly per seed).
+# (SNT) factor is a design of its own on resnet-tiny (`design="snt"`: the SNT study's per-seed pretraining runs,
+# Adam or the repvgg stand-in, fine-tuned on digits), read at the end from the benchmark's table; the supernet step
+# is designed in `craftlab.analysis.compose` but not run (a supernet training per seed).
 #
 # **This notebook** reads the benchmark's table (`benchmarks/results/compose.csv`, written by
 # `python -m benchmarks.run compose`) when it is present, and otherwise runs a reduced live design
@@ -145,3 +147,20 @@ for m in MODELS:
                "synergy": "CONTRADICTS (the gains more than add up)", "inconclusive": "INCONCLUSIVE"}[a["word"]]
     print(f"   verdict -> {verdict}: full pipeline {100 * a['full_gain']:+.1f} pp vs sum of parts "
           f"{100 * a['sum_of_parts']:+.1f} pp")
+
+# %% [markdown]
+# ## The SNT pretraining factor (resnet-tiny)
+# Does compression-friendly pretraining (SNT's claim, with the repvgg stand-in) still pay once CrAFT, BN
+# re-estimation and QwT-v2 are on? Read from the benchmark's `compose_snt.csv` (a pretraining per seed and arm is
+# too costly to run here; `craftlab.compose("resnet-tiny", design="snt", seeds=N)` computes it).
+
+# %%
+SNT_CSV = CSV.with_name("compose_snt.csv")
+if SNT_CSV.is_file():
+    snt_table = pd.read_csv(SNT_CSV)
+    res = factorial.analyze(snt_table)
+    print(f"{snt_table['seed'].nunique()} paired seeds, {snt_table['label'].nunique()} pipelines")
+    for line in res.lines:
+        print("  ", line)
+else:
+    print("no compose_snt.csv in this checkout: python -m benchmarks.run compose writes it")
