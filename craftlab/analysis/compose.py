@@ -301,8 +301,8 @@ def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int
             its run count and asks for a fractional design or fewer seeds.
         use_cache: reuse cells computed before (``$CRAFTLAB_HOME/compose``).
 
-    Columns: ``model, label, sam, bn, compensation, seed, accuracy, n_images, size_mb, bitops, params,
-    params_added, train_s, calib_s, run_key, setting``.
+    Columns: ``model, label, sam, bn, compensation, bn_last, snt, pretrain, seed, accuracy, n_images, size_mb,
+    bitops, params, params_added, train_s, calib_s, run_key, setting``.
 
     Example::
 
