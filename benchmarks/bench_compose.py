@@ -272,7 +272,7 @@ def _pretrain_seconds(seeds: list[int]) -> dict[str, float]:
                                   ["metrics"]["train_time_s"] for s in seeds])) for arm in ("Adam", "repvgg")}
 
 
-def snt_section(t: pd.DataFrame, rule: pd.DataFrame) -> list[str]:
+def snt_section(t: pd.DataFrame, rule: pd.DataFrame, step_cost: dict[str, dict] | None = None) -> list[str]:
     """The SNT pretraining factor on resnet-tiny (design 'snt'): cells, the rule's seeds, effects, interactions,
     additivity and a waterfall with each step's cost."""
     res = factorial.analyze(t)
@@ -284,7 +284,7 @@ def snt_section(t: pd.DataFrame, rule: pd.DataFrame) -> list[str]:
            "× fine-tuning {AdamW, SAM ρ=0.05} (`get_transfer`: digits, 8 epochs) × BN re-estimation {off, on} × "
            "compensation {none, QwT-v2}: a fraction of the full design (QwT and the other BN order left out). "
            "Its AdamW arm is not the zoo runs' (another pretraining per seed), so its numbers are not the tables "
-           "above.", ""]
+           "above. Calibration steps' costs: the per-step table of the main resnet-tiny design.", ""]
     out += rule_lines("resnet-tiny", rule, res, n)
     out += ["| pipeline | accuracy % | fine-tuning s |", "|---|---|---|"]
     cells = t.groupby("label", sort=False)[["accuracy", "train_s"]].mean()
@@ -299,7 +299,8 @@ def snt_section(t: pd.DataFrame, rule: pd.DataFrame) -> list[str]:
         out += ["", f"Additivity ({r['step']}): full gain {_pp(r['full_gain'])} pp, parts alone "
                     f"{_pp(r['sum_of_parts'])} pp; observed − sum {_ci(r)}, p = {r['p']:.2g} → **{r['word']}**."]
     tr = t.groupby("sam")["train_s"].median()
-    cost = {"SNT": {"seconds": pre["repvgg"] - pre["Adam"], "what": "pretraining", "d_params": 0.0, "d_bitops": 0.0},
+    cost = {**(step_cost or {}),  # the calibration steps' costs, timed on the main design's resnet-tiny runs
+            "SNT": {"seconds": pre["repvgg"] - pre["Adam"], "what": "pretraining", "d_params": 0.0, "d_bitops": 0.0},
             "SAM": {"seconds": float(tr[True] - tr[False]), "what": "fine-tuning", "d_params": 0.0, "d_bitops": 0.0}}
     for order in (["SNT", "SAM", "QwT-v2"], ["SAM", "QwT-v2", "SNT"]):
         text, bad = waterfall_reading(factorial.waterfall(t, order), cost)
@@ -342,7 +343,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         t = compose("resnet-tiny", "snt", fixed or design_seeds(rule, "resnet-tiny"), budget=10_000)
         walls["resnet-tiny snt"] = time.perf_counter() - t0
         t.to_csv(RESULTS / "compose_snt.csv", index=False)
-        lines += snt_section(t, rule) + [""]
+        resnet = MODELS.index("resnet-tiny")
+        lines += snt_section(t, rule, step_cost_lines("resnet-tiny", tables[resnet], all_costs[resnet])[1]) + [""]
     df = pd.concat(tables, ignore_index=True)
     df.to_csv(RESULTS / "compose.csv", index=False)
     costs_df = pd.concat(all_costs, ignore_index=True)
