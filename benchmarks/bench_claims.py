@@ -14,9 +14,10 @@ For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before 
    per-image view (exact McNemar on seed 0's test images) and which noise dominates (seeds or images).
 
 Writes ``results/claims.csv`` (one row per claim) and prints the RESULTS.md section.
-Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids]``; ``--report``
-re-prints the section from ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``), and so
-are the adaptation arms' per-image results (:func:`_adapt_correct`).
+Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids] [--max-seeds K]``:
+K caps the seeds below the rule's, recorded in the row's command; ``--report`` re-prints the section from
+``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``), and so are the adaptation arms'
+per-image results (:func:`_adapt_correct`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 
 import craftlab
-from craftlab.analysis.ledger import CLAIMS, Claim
+from craftlab.analysis.ledger import CLAIMS, SNT_QUANT_RULE, Claim
 from craftlab.analysis.power import endpoint_verdict, mcnemar_exact, noise_split, seeds_for_power
 from craftlab.train.runs import RunSpec
 
@@ -47,7 +48,7 @@ _DATA: dict[str, object] = {}
 
 
 def _arch(c: Claim) -> str:
-    return c.model.split(" ")[0]
+    return c.model.split(" ")[0].rstrip(",")
 
 
 def _data(arch: str):
@@ -101,7 +102,12 @@ def _adapt_correct(arch: str, arm: str, seed: int, epochs: int = 8) -> np.ndarra
 
 
 def _arm_correct(c: Claim, arm: str, seed: int) -> np.ndarray:
-    arch, data = _arch(c), _data(_arch(c))
+    arch = _arch(c)
+    if c.paper == "SNT":  # a pretraining arm (cached PretrainSpec run), scored on its seed's mnist5k test split
+        from craftlab.studies import snt as S
+
+        return S.pretrained_correct(arch, S.snt_arms(arch)[arm], seed, c.setting)
+    data = _data(arch)
     if arm in _adapt_arms():  # a frozen-backbone adaptation arm (vit-tiny → digits, 8 epochs, as bench_adapt)
         return _adapt_correct(arch, arm, seed)
     if arm in ARM_RHO:  # a fine-tuning arm, compressed at the endpoint setting
@@ -170,8 +176,32 @@ def planning_sd(sd: float, n: int, level: float = 0.8) -> float:
     return sd * math.sqrt((n - 1) / chi2.ppf(1 - level, n - 1))
 
 
-def run_claim(c: Claim) -> dict:
+def resolve_rule(c: Claim) -> Claim:
+    """A claim whose setting is chosen by a rule on the pilot (:data:`SNT_QUANT_RULE`, see its ``why``): the
+    Adam arm's accuracy on the pilot seeds at FP32 and every candidate (written to ``results/snt_quant_pilot.csv``)
+    picks the setting; the treatment arm is never looked at."""
+    if c.setting != SNT_QUANT_RULE:
+        return c
+    from dataclasses import replace
+
+    from craftlab.studies import snt as S
+
+    arch = _arch(c)
+    rows = [{"seed": seed, "arm": c.baseline, "setting": s,
+             "accuracy": float(S.pretrained_correct(arch, S.snt_arms(arch)[c.baseline], seed, s).mean())}
+            for seed in PILOT_SEEDS for s in ("FP32", *S.QUANT_BN_CANDIDATES)]
+    pilot = pd.DataFrame(rows)
+    pilot.to_csv(RESULTS / "snt_quant_pilot.csv", index=False)
+    chosen = S.endpoint_by_loss(pilot)
+    print(f"  {c.id}: endpoint by the rule: {chosen}", file=sys.stderr, flush=True)
+    return replace(c, setting=chosen)
+
+
+def run_claim(c: Claim, max_seeds: int | None = None) -> dict:
+    """One ledger row; `max_seeds` caps a live claim's seeds below the rule's (a compute budget: the row's command
+    records it and the section says the rule was not met)."""
     t0 = time.perf_counter()
+    c = resolve_rule(c)
     if c.source != "live":
         df = table_pairs(c)
         sd = float((df["treatment"] - df["baseline"]).std(ddof=1))
@@ -180,12 +210,15 @@ def run_claim(c: Claim) -> dict:
     sd, source, pilot = _pilot_sd(c)
     need = seeds_for_power(c.effect, max(planning_sd(sd, len(PILOT_SEEDS)), 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS,
                            max_n=200)
-    n = min(max(need, MIN_SEEDS), MAX_SEEDS)
+    n = min(max(need, MIN_SEEDS), MAX_SEEDS, max_seeds or MAX_SEEDS)
     done = pilot if pilot is not None else pd.DataFrame()
     todo = [s for s in range(n) if done.empty or s not in set(done["seed"])]
     df = pd.concat([done, paired(c, todo)], ignore_index=True) if todo else done
     df = df[df["seed"] < n].sort_values("seed")
-    return _row(c, df, sd, source, need, t0)
+    row = _row(c, df, sd, source, need, t0)
+    if n < min(max(need, MIN_SEEDS), MAX_SEEDS):
+        row["command"] = f"python -m benchmarks.bench_claims {c.id} --max-seeds {n}"
+    return row
 
 
 def _row(c: Claim, df: pd.DataFrame, sd: float, source: str, need: int, t0: float) -> dict:
@@ -235,17 +268,30 @@ def markdown(ledger: pd.DataFrame) -> str:
                      f" | {r['p']:.2g} | {r['n']} ({need}) | **{r['status']}**"
                      f"{ni(r)}"
                      f" | {note} | {noise(r)} |")
-    lines += ["", "Per-image view (seed 0, exact McNemar on the same 359 test images): " + "; ".join(
+    lines += ["", "Per-image view (seed 0, exact McNemar on the test images both arms see: the 359 digits test images; "
+              "the SNT rows: the pretraining seed's mnist5k test split): " + "; ".join(
         f"{r['id']}: {int(r['seed0_only_baseline'])} images only {r['baseline']} gets right, "
         f"{int(r['seed0_only_treatment'])} "
         f"only {r['treatment']}, p = {r['seed0_mcnemar_p']:.2g}" for r in ledger.to_dict("records")
         if r["source"] == "live") + "."]
     live = ledger[ledger["source"] == "live"]
-    lines += ["", f"The {len(live)} live claims took {live['wall_s'].sum():.0f} s of compression and evaluation when "
+    lines += ["", f"The {len(live)} live claims took {live['wall_s'].sum():.0f} s of compression and evaluation (the "
+              "SNT rows: with the pretraining runs they found missing) when "
               "the ledger was computed (fine-tuning runs cached by `craftlab.get_run`, shared with the app and "
               "notebooks)."]
     lines += ["", "Rows read from an existing results table (`source` column) keep that table's seeds: they were not "
               "re-run with the power rule, and their verdicts say what those seeds could detect."]
+    short = [r for r in ledger.to_dict("records") if int(r["seeds_needed"]) > int(r["n"]) and
+             r["status"] == "inconclusive"]
+    if short:
+        lines += ["", "Inconclusive and not powered here (the rule asks more seeds than were run): " + "; ".join(
+            f"**{r['id']}**: the pilot's sd of the paired difference is {100 * r['pilot_sd']:.1f} pp against a "
+            f"{100 * r['effect']:.1f} pp effect of interest, so the rule asks "
+            f"{r['seeds_needed'] if r['seeds_needed'] <= 200 else '> 200'} seeds; {r['n']} were run"
+            + (" (the compute budget of this run: `" + r["command"] + "`)" if "--max-seeds" in str(r["command"])
+               else f" (cap {MAX_SEEDS})" if r["source"] == "live" else " (the table's seeds)")
+            + (f", enough for ±{100 * r['detectable']:.1f} pp at 80 % power" if math.isfinite(r["detectable"])
+               else "") for r in short) + "."]
     lines += ["", "Endpoints and why (written before the run): " + " ".join(
         f"**{r['id']}**: {r['why']}." for r in ledger.to_dict("records") if r["why"])]
     return "\n".join(lines)
@@ -257,9 +303,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         ledger = pd.read_csv(RESULTS / "claims.csv")
         print(markdown(ledger))
         return ledger
-    ids = [a for a in (argv or []) if not a.startswith("-")]
+    argv = list(argv or [])
+    cap = int(argv.pop(argv.index("--max-seeds") + 1)) if "--max-seeds" in argv else None
+    ids = [a for a in argv if not a.startswith("-")]
     claims = [c for c in CLAIMS if not ids or c.id in ids]
-    rows = [run_claim(c) for c in claims]
+    rows = [run_claim(c, cap) for c in claims]
     ledger = pd.DataFrame(rows)
     path = RESULTS / "claims.csv"
     if ids and path.exists():  # a subset: keep the other claims' rows

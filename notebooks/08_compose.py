@@ -27,7 +27,9 @@
 # ledger (where compensation has something to fix): fine-tuning {AdamW, SAM ρ=0.05} × BN re-estimation
 # {off, on} (CNNs only: a ViT has no BatchNorm) × compensation {none, QwT, QwT-v2}. Every pipeline of a seed
 # compresses the same cached fine-tuning run, so seed-to-seed noise cancels in each contrast. The pretraining
-# (SNT) and supernet steps are designed in `craftlab.analysis.compose` but not run (too costly per seed).
+# (SNT) factor is a design of its own on resnet-tiny (`design="snt"`: the SNT study's per-seed pretraining runs,
+# Adam or the repvgg stand-in, fine-tuned on digits), read at the end from the benchmark's table; the supernet step
+# is designed in `craftlab.analysis.compose` but not run (a supernet training per seed).
 #
 # **This notebook** reads the benchmark's table (`benchmarks/results/compose.csv`, written by
 # `python -m benchmarks.run compose`) when it is present, and otherwise runs a reduced live design
@@ -44,6 +46,7 @@ import craftlab
 from craftlab import widgets
 from craftlab.analysis import factorial
 from craftlab.analysis.compose import design_pipelines, endpoint_setting
+from craftlab.analysis.compose_costs import cost_summary, step_costs
 from craftlab.threads import configure_threads
 from craftlab.viz.compose_figures import interaction_figure, waterfall_figure
 
@@ -94,6 +97,27 @@ for m in MODELS:
             for r in w.iloc[1:].to_dict("records")))
 
 # %% [markdown]
+# ## What each step costs
+# Every step of every pipeline timed on its own (compression, BN re-estimation, compensation fit, evaluation),
+# with the size / BitOPs / parameters it adds: the benchmark's table (`compose_costs.csv`) when present, else one
+# pipeline per model measured here. Wall times of a shared machine: compare them within one table only.
+
+# %%
+COSTS = CSV.with_name("compose_costs.csv")
+if COSTS.is_file() and not os.environ.get("CRAFTLAB_COMPOSE_LIVE"):
+    costs = pd.read_csv(COSTS)
+else:  # one pipeline per model, every step on, seed 0 (seconds each)
+    full = {m: [p for p in design_pipelines(m, "full") if not p.bn_last][-1] for m in MODELS}
+    costs = pd.concat([step_costs(full[m], seed=0) for m in MODELS], ignore_index=True)
+for m in MODELS:
+    part = costs[costs["model"] == m]
+    summary = cost_summary([g for _, g in part.groupby(["label", "seed"], sort=False)])
+    print(f"{m}: per-step cost (median over {part.groupby(['label', 'seed']).ngroups} timed pipelines)")
+    print(summary[["step", "method", "seconds", "d_size_mb", "d_bitops", "d_params"]].round(3).to_string(index=False))
+    sam = table[table["model"] == m].groupby("sam")["train_s"].median()
+    print(f"   fine-tuning: AdamW {sam[False]:.1f} s, SAM {sam[True]:.1f} s (×{sam[True] / sam[False]:.1f})\n")
+
+# %% [markdown]
 # ## The interaction plot
 # Parallel lines: the two steps add up. Converging lines: the second step gains less once the first is on
 # (their gains overlap). Shown for SAM × QwT-v2 on each model, and BN × QwT-v2 on the CNN.
@@ -123,3 +147,20 @@ for m in MODELS:
                "synergy": "CONTRADICTS (the gains more than add up)", "inconclusive": "INCONCLUSIVE"}[a["word"]]
     print(f"   verdict -> {verdict}: full pipeline {100 * a['full_gain']:+.1f} pp vs sum of parts "
           f"{100 * a['sum_of_parts']:+.1f} pp")
+
+# %% [markdown]
+# ## The SNT pretraining factor (resnet-tiny)
+# Does compression-friendly pretraining (SNT's claim, with the repvgg stand-in) still pay once CrAFT, BN
+# re-estimation and QwT-v2 are on? Read from the benchmark's `compose_snt.csv` (a pretraining per seed and arm is
+# too costly to run here; `craftlab.compose("resnet-tiny", design="snt", seeds=N)` computes it).
+
+# %%
+SNT_CSV = CSV.with_name("compose_snt.csv")
+if SNT_CSV.is_file():
+    snt_table = pd.read_csv(SNT_CSV)
+    res = factorial.analyze(snt_table)
+    print(f"{snt_table['seed'].nunique()} paired seeds, {snt_table['label'].nunique()} pipelines")
+    for line in res.lines:
+        print("  ", line)
+else:
+    print("no compose_snt.csv in this checkout: python -m benchmarks.run compose writes it")

@@ -8,8 +8,12 @@ interactions, the additivity test).
 
 The steps (levels):
 
-- **pretraining** ``adam`` only: the SNT factor (Adam / SAM / a stand-in transform during pretraining) is
-  *designed* here but not run by the default designs (a pretraining run per seed is expensive);
+- **pretraining** ``adam`` (default): the zoo's pretrained checkpoint, which every cached fine-tuning run starts
+  from; or the SNT factor, ``snt-adam`` / ``snt-repvgg``: the SNT study's per-seed pretraining runs on mnist5k
+  (:class:`~craftlab.train.pretrain_runs.PretrainSpec`, Adam, with or without the RepVGG-style stand-in — the
+  checkpoints the ledger's SNT rows score), each fine-tuned on digits with the same 8-epoch recipe
+  (:func:`~craftlab.train.pretrain.get_transfer`, AdamW or SAM ρ = 0.05). The two families are not mixed in one
+  design (``design="snt"`` crosses the SNT levels with the other steps);
 - **fine-tuning** ``adamw`` or ``sam`` (CrAFT, ρ = 0.05);
 - **compression** one setting per architecture, the claims ledger's primary endpoint where compensation has
   something to fix (:data:`ENDPOINT_CLAIMS`: vit-tiny ``W3A3 repq``, resnet-tiny ``W4A4``); any other
@@ -44,10 +48,11 @@ from .ledger import claim
 
 __all__ = ["DESIGNS", "ENDPOINT_CLAIMS", "Pipeline", "compose", "design_pipelines", "endpoint_setting", "read_study"]
 
-DESIGNS = ("full", "fractional")
+DESIGNS = ("full", "fractional", "snt")
 FINETUNES = {"adamw": "AdamW", "sam": "SAM ρ=0.05"}
 COMPENSATIONS = {None: "", "qwt": "QwT", "qwt-v2": "QwT-v2"}
-PRETRAINS = ("adam",)
+PRETRAINS = ("adam", "snt-adam", "snt-repvgg")
+"""``adam``: the zoo's checkpoint; ``snt-*``: the SNT study's per-seed pretraining (Adam, or the repvgg stand-in)."""
 ENDPOINT_CLAIMS = {"vit-tiny": "qwt-vit", "resnet-tiny": "qwt-resnet"}
 """Architecture → the ledger claim whose primary endpoint fixes the compression setting of the study."""
 DEFAULT_BUDGET = 300
@@ -113,7 +118,7 @@ class Pipeline:
     def steps(self) -> dict[str, Any]:
         """The factors as table columns (``sam``, ``bn``, ``compensation``: ``none``/``qwt``/``qwt-v2``)."""
         return {"sam": self.finetune == "sam", "bn": self.bn, "compensation": self.compensation or "none",
-                "bn_last": self.bn_last}
+                "bn_last": self.bn_last, "snt": self.pretrain == "snt-repvgg", "pretrain": self.pretrain}
 
     def validate(self) -> Pipeline:
         """Self when the pipeline means something; ValueError naming the step and why otherwise."""
@@ -123,8 +128,11 @@ class Pipeline:
             raise ValueError(f"compensation step {self.compensation!r}: choose one of {list(COMPENSATIONS)}")
         cnn = _is_cnn(self.model)
         if self.pretrain not in PRETRAINS:
-            raise ValueError(f"pretraining step {self.pretrain!r}: the SNT factor is designed but not run by "
-                             "compose (a pretraining run per seed); only 'adam' (the zoo's pretraining) is available")
+            raise ValueError(f"pretraining step {self.pretrain!r}: choose one of {list(PRETRAINS)} ('adam': the zoo's "
+                             "checkpoint; 'snt-adam' / 'snt-repvgg': the SNT study's per-seed pretraining)")
+        if self.pretrain == "snt-repvgg" and not cnn:
+            raise ValueError(f"pretraining step snt-repvgg on {self.model}: the RepVGG-style stand-in applies to "
+                             "convolutional models only")
         if self.supernet and cnn:
             raise ValueError(f"supernet step on {self.model}: the supernet supports ViTs only, not CNNs")
         if self.supernet:
@@ -166,7 +174,10 @@ def design_pipelines(model: str, design: str = "full", compression: str | None =
     compensation {none, QwT, QwT-v2}; on CNNs also the other order (BN re-estimated after the compensation,
     ``bn_last``), outside the factorial. ``fractional``: the all-off compressed model, each step alone (each
     compensation level alone) and the full pipeline (every step on, QwT-v2): main effects against the all-off
-    model and the additivity test, no separate two-way interactions.
+    model and the additivity test, no separate two-way interactions. ``snt`` (CNNs: the stand-in is RepVGG-style):
+    pretraining {snt-adam, snt-repvgg} × fine-tuning {AdamW, SAM} × BN {off, on} × compensation {none, QwT-v2},
+    a fraction of the full design (QwT and the other BN order left out) that holds the SNT factor's main effect
+    and its interactions with CrAFT, BN re-estimation and QwT-v2.
 
     >>> len(design_pipelines("vit-tiny", "full", "W3A3 repq"))
     6
@@ -175,7 +186,13 @@ def design_pipelines(model: str, design: str = "full", compression: str | None =
         raise ValueError(f"design {design!r}: choose one of {list(DESIGNS)}")
     comp = compression if compression is not None else endpoint_setting(model)
     bns = (False, True) if _is_cnn(model) else (False,)
-    if design == "full":
+    if design == "snt":
+        if len(bns) < 2:
+            raise ValueError(f"design 'snt' on {model}: the SNT stand-in (RepVGG-style branches) applies to "
+                             "convolutional models only")
+        out = [Pipeline(model, f, comp, b, c, pretrain=pre) for pre, f, b, c in
+               itertools.product(("snt-adam", "snt-repvgg"), FINETUNES, bns, (None, "qwt-v2"))]
+    elif design == "full":
         out = [Pipeline(model, f, comp, b, c) for f, b, c in itertools.product(FINETUNES, bns, COMPENSATIONS)]
         if len(bns) > 1:  # the order of BN re-estimation and compensation: BN re-estimated after compensating
             out += [Pipeline(model, f, comp, True, c, bn_last=True) for f in FINETUNES for c in COMPENSATIONS if c]
@@ -203,6 +220,25 @@ def _train_seconds(meta: dict[str, Any]) -> float:
     return float(sum(h.get("time_s", 0.0) for h in meta.get("history", []) if isinstance(h, dict)))
 
 
+def _run_path(p: Pipeline, seed: int) -> tuple[Any, str]:
+    """The cached fine-tuning run of `p` at `seed` and its key: a zoo run (``get_run``), or for the SNT levels the
+    SNT study's pretraining of that seed fine-tuned on digits (``get_transfer``, 8 epochs, AdamW or SAM)."""
+    rho = 0.05 if p.finetune == "sam" else 0.0
+    if p.pretrain == "adam":
+        from ..train.runs import RunSpec, get_run
+
+        spec = RunSpec(model=p.model, sam_rho=rho, seed=int(seed))
+        return get_run(spec, progress=False), spec.key
+    from ..studies.snt import snt_arms
+    from ..train.pretrain import get_transfer
+    from ..train.pretrain_runs import PretrainSpec
+
+    arm = snt_arms(p.model)["Adam" if p.pretrain == "snt-adam" else "repvgg"]
+    path = get_transfer(PretrainSpec(p.model, optimizer="adam", seed=int(seed), **arm), "digits", epochs=8,
+                        sam_rho=rho, progress=False)
+    return path, f"{path.parent.parent.name}/{path.name}"
+
+
 def _cell(p: Pipeline, seed: int) -> dict[str, Any]:
     """Compress the cached run of `p` at `seed` and evaluate it on the test images (what bench_claims does)."""
     import torch
@@ -210,10 +246,8 @@ def _cell(p: Pipeline, seed: int) -> dict[str, Any]:
     from ..checkpoint import load_checkpoint, read_meta
     from ..compression.pipeline import compress
     from ..compression.quant import model_stats
-    from ..train.runs import RunSpec, get_run
 
-    spec = RunSpec(model=p.model, sam_rho=0.05 if p.finetune == "sam" else 0.0, seed=int(seed))
-    path = get_run(spec, progress=False)
+    path, run_key = _run_path(p, seed)
     model, data = load_checkpoint(path).eval(), _data(p.model)
     s = p.setting()
     t0 = time.perf_counter()
@@ -234,7 +268,7 @@ def _cell(p: Pipeline, seed: int) -> dict[str, Any]:
     return {"accuracy": float(correct.mean()), "n_images": int(correct.size), "size_mb": float(stats["size_mb"]),
             "bitops": float(stats["bitops"]), "params": int(stats["params"]),
             "params_added": int(info.get("params_added", 0) or 0), "train_s": _train_seconds(read_meta(path)),
-            "calib_s": float(calib_s), "run_key": spec.key, "setting": s.label() if p.compression else "FP32"}
+            "calib_s": float(calib_s), "run_key": run_key, "setting": s.label() if p.compression else "FP32"}
 
 
 def _cached_cell(p: Pipeline, seed: int, use_cache: bool) -> dict[str, Any]:
@@ -267,8 +301,8 @@ def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int
             its run count and asks for a fractional design or fewer seeds.
         use_cache: reuse cells computed before (``$CRAFTLAB_HOME/compose``).
 
-    Columns: ``model, label, sam, bn, compensation, seed, accuracy, n_images, size_mb, bitops, params,
-    params_added, train_s, calib_s, run_key, setting``.
+    Columns: ``model, label, sam, bn, compensation, bn_last, snt, pretrain, seed, accuracy, n_images, size_mb,
+    bitops, params, params_added, train_s, calib_s, run_key, setting``.
 
     Example::
 

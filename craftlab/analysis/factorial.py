@@ -34,21 +34,26 @@ from .stats import compare_paired, detectable_effect, holm
 __all__ = ["FactorialResult", "STEPS", "additivity", "analyze", "interactions", "main_effects", "pair_word",
            "waterfall"]
 
-FACTORS = ("sam", "bn", "compensation")
+FACTORS = ("sam", "bn", "compensation", "snt")
 STEPS: dict[str, tuple[str, Any, Any]] = {
     "SAM": ("sam", True, False), "BN": ("bn", True, False),
-    "QwT": ("compensation", "qwt", "none"), "QwT-v2": ("compensation", "qwt-v2", "none")}
+    "QwT": ("compensation", "qwt", "none"), "QwT-v2": ("compensation", "qwt-v2", "none"),
+    "SNT": ("snt", True, False)}
 """A step name → (factor column, its "on" level, its "off" level)."""
-PAIRS = (("SAM", "QwT"), ("SAM", "QwT-v2"), ("SAM", "BN"), ("BN", "QwT"), ("BN", "QwT-v2"))
+PAIRS = (("SAM", "QwT"), ("SAM", "QwT-v2"), ("SAM", "BN"), ("BN", "QwT"), ("BN", "QwT-v2"), ("SNT", "SAM"),
+         ("SNT", "BN"), ("SNT", "QwT-v2"))
 """The two-way interactions that matter (those whose steps are both in the design are tested)."""
 
 
 def _grid(table: Any, value: str) -> tuple[list[tuple], np.ndarray, list[int]]:
     """(cells, values seeds × cells, seeds): every cell present for every seed (paired design)."""
     t = table[~table["bn_last"].astype(bool)].copy() if "bn_last" in table else table.copy()
+    if "pretrain" in t and "adam" in set(t["pretrain"]) and len(set(t["pretrain"])) > 1:
+        raise ValueError("the table mixes the zoo's pretraining ('adam') with the SNT study's ('snt-*'): analyze "
+                         "each design alone")
     for f in FACTORS:
         if f not in t:
-            t[f] = {"sam": False, "bn": False, "compensation": "none"}[f]
+            t[f] = {"sam": False, "bn": False, "compensation": "none", "snt": False}[f]
     t["compensation"] = t["compensation"].fillna("none")
     w = t.pivot_table(index="seed", columns=list(FACTORS), values=value, aggfunc="mean")
     w = w.dropna(axis=0, how="any")
@@ -158,9 +163,9 @@ def additivity(table: Any, value: str = "accuracy", alpha: float = 0.05, compens
 
     cells, y, _ = _grid(table, value)
     idx = {c: i for i, c in enumerate(cells)}
-    names = [n for n in _steps_in(cells) if n in ("SAM", "BN") or n == {"qwt": "QwT", "qwt-v2": "QwT-v2"}.get(
+    names = [n for n in _steps_in(cells) if n in ("SAM", "BN", "SNT") or n == {"qwt": "QwT", "qwt-v2": "QwT-v2"}.get(
         compensation)]
-    base = (False, False, "none")
+    base = (False, False, "none", False)
     if base not in idx:
         return pd.DataFrame()
     full = dict(zip(FACTORS, base))
@@ -188,7 +193,7 @@ def waterfall(table: Any, order: list[str], value: str = "accuracy", alpha: floa
 
     cells, y, _ = _grid(table, value)
     idx = {c: i for i, c in enumerate(cells)}
-    cur = (False, False, "none")
+    cur = (False, False, "none", False)
     if cur not in idx:
         raise ValueError("the design has no all-off pipeline to start the waterfall from")
     rows = [{"kind": "start", "step": "compressed", "level": float(y[:, idx[cur]].mean()), "mean_diff": np.nan,

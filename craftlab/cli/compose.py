@@ -30,8 +30,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "compression endpoint, paired by seed, from cached runs.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit-tiny", help="vit-tiny or resnet-tiny (default vit-tiny)")
-    p.add_argument("--design", default="full", choices=("full", "fractional"),
-                   help="full factorial, or the documented fractional design (fewer runs)")
+    p.add_argument("--design", default="full", choices=("full", "fractional", "snt"),
+                   help="full factorial; fractional: the documented fractional design (fewer runs); snt: the SNT "
+                        "pretraining factor (Adam / repvgg per seed) × the rest (CNNs)")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     p.add_argument("--compression", default=None, help="setting label (default: the ledger's primary endpoint)")
     p.add_argument("--budget", type=int, default=None, help="most compress+evaluate runs (default 300)")

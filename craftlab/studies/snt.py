@@ -211,7 +211,8 @@ def claim_lines(table: pd.DataFrame, stage: str = "source") -> list[str]:
     """Per arm, in words, with one rule for every arm: a family (pruning, quantization) holds only when the arm
     has a supporting verdict on **every** model of the study (an arm not run on a model does not hold there), and
     only significant gains are quoted. These are exploratory families, each Holm-corrected alone; the
-    pre-registered test of SNT's claim is the claims ledger's primary endpoint (``snt-resnet``)."""
+    pre-registered tests of SNT's claim are the claims ledger's primary endpoints (``snt-resnet``,
+    ``snt-resnet-quant``)."""
     part = table[table["stage"] == stage]
     models = list(dict.fromkeys(part["model"]))
     lines = []
@@ -233,5 +234,53 @@ def claim_lines(table: pd.DataFrame, stage: str = "source") -> list[str]:
         lines.append(f"{arm} -> {verdict} ({parts}). {sizes}.{note}")
     n_fam = int(part.groupby(["arm", "model", "family"]).ngroups)
     lines.append(f"Exploratory: {n_fam} families, each corrected alone (no correction across them); the "
-                 "pre-registered test is the claims ledger's snt-resnet row.")
+                 "pre-registered tests are the claims ledger's snt-resnet and snt-resnet-quant rows.")
     return lines
+
+
+QUANT_BN_CANDIDATES = ("W8A8 +BN", "W6A6 +BN", "W4A8 +BN", "W4A4 +BN")
+"""The quantization settings (BatchNorm re-estimated after quantizing) the ledger's ``snt-resnet-quant`` endpoint
+rule chooses from."""
+
+
+def pretrained_correct(model: str, arm: Mapping[str, Any], seed: int, setting: Setting | str) -> Any:
+    """Per-image correctness (a bool array) of the cached pretraining run ``PretrainSpec(model, seed=seed, **arm)``
+    compressed with `setting` (``"FP32"``: as it is), on its seed's mnist5k test split, calibrated on that split's
+    calibration images (what :func:`run_study` scores as ``source``, image by image).
+
+    Example::
+
+        ok = pretrained_correct("resnet-tiny", {"transform": "repvgg"}, 0, "W4A4 +BN")
+    """
+    import numpy as np
+
+    from ..compression.pipeline import compress
+    from ..settings import parse_setting
+
+    s = parse_setting(setting)
+    data = load_data("mnist5k", model=build_model(model), seed=seed)
+    net = load_checkpoint(get_pretrain(PretrainSpec(model, optimizer="adam", seed=seed, **dict(arm)),
+                                       progress=False)).eval()
+    q = compress(net, setting=s, calib=data.calib, seed=seed).eval() if s.label() != "FP32" else net
+    with torch.no_grad():
+        return np.concatenate([(q(x).argmax(1) == y).numpy() for x, y in data.test])
+
+
+def endpoint_by_loss(pilot: pd.DataFrame, candidates: Iterable[str] = QUANT_BN_CANDIDATES) -> str:
+    """The candidate setting where the baseline loses the most accuracy from FP32, mean over the pilot's seeds.
+
+    `pilot`: columns ``seed``, ``setting`` (``FP32`` and the candidates) and ``accuracy`` (the baseline arm only).
+    Ties go to the first candidate.
+
+    >>> t = pd.DataFrame({"seed": [0, 0, 0, 1, 1, 1], "setting": ["FP32", "W8A8 +BN", "W4A4 +BN"] * 2,
+    ...                   "accuracy": [0.9, 0.89, 0.5, 0.9, 0.9, 0.6]})
+    >>> endpoint_by_loss(t, ["W8A8 +BN", "W4A4 +BN"])
+    'W4A4 +BN'
+    """
+    w = pilot.pivot_table(index="seed", columns="setting", values="accuracy")
+    cands = list(candidates)
+    missing = [c for c in ["FP32", *cands] if c not in w.columns]
+    if missing:
+        raise ValueError(f"the pilot table lacks the settings {missing}")
+    loss = {c: float((w["FP32"] - w[c]).mean()) for c in cands}
+    return max(cands, key=lambda c: (loss[c], -cands.index(c)))

@@ -67,7 +67,7 @@ def interaction_figure(table: Any, step_x: str, step_line: str, value: str = "ac
     t = table[~table["bn_last"].astype(bool)].copy() if "bn_last" in table else table.copy()
     for f in FACTORS:
         if f not in t:
-            t[f] = {"sam": False, "bn": False, "compensation": "none"}[f]
+            t[f] = {"sam": False, "bn": False, "compensation": "none", "snt": False}[f]
     fig = go.Figure()
     for lvl, name in ((offl, f"{step_line} off"), (onl, f"{step_line} on")):
         ys, lows, highs = [], [], []
