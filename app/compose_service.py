@@ -2,7 +2,7 @@
 the study's paired seeds, its size / BitOPs / costs, its paired gain over the plain compressed model, and the
 waterfall from the compressed model through each ticked step.
 
-Everything is a lookup in the composition study's table (:func:`craftlab.analysis.compose.read_study`: the
+Everything is a lookup in the composition study's table (:func:`craftlab.studies.compose.read_study`: the
 benchmark's ``results/compose.csv``); without that table, a small live design (:func:`craftlab.compose`, cached
 fine-tuning runs and cells) is computed once per model. Validation is the core's :meth:`Pipeline.validate`.
 """
@@ -31,7 +31,7 @@ class ComposeView:
         """The study's rows of `model` (the factorial cells only, BN-after-compensation kept for lookups)."""
         with self._lock:
             if model not in self._tables:
-                from craftlab.analysis.compose import compose, read_study
+                from craftlab.studies.compose import compose, read_study
 
                 study = self._given if self._given is not None else read_study()
                 part = None if study is None else study[study["model"] == model]
@@ -48,8 +48,8 @@ class ComposeView:
         the paired gain with its CI, size, BitOPs, parameters added, training and calibration seconds, and the
         waterfall table. ValueError (the core's message) for a pipeline that means nothing."""
         from craftlab.analysis import factorial
-        from craftlab.analysis.compose import Pipeline, endpoint_setting
         from craftlab.analysis.stats import compare_paired
+        from craftlab.studies.compose import Pipeline, endpoint_setting
 
         if model not in MODELS:
             raise ValueError(f"model {model!r}: the composition study covers {list(MODELS)}")

@@ -10,7 +10,7 @@ additivity test's sd of the per-seed contrast; :func:`seeds_by_rule` asks
 :func:`~craftlab.analysis.power.seeds_for_power` for 3 pp at 80 % power (planned with the sd's upper 80 % bound,
 as ``bench_claims``), and the design runs the largest count, capped at ``CAP`` (and at the cached runs), never
 fewer than the pilot's seeds (the pilot is part of the run). Per-step costs: every pipeline of the design timed
-step by step (:func:`craftlab.analysis.compose_costs.step_costs`) on ``COST_SEEDS``.
+step by step (:func:`craftlab.studies.compose_costs.step_costs`) on ``COST_SEEDS``.
 
 The SNT pretraining factor runs as its own design on resnet-tiny (``design="snt"``, ``results/compose_snt.csv``;
 ``--no-snt`` skips it). Writes ``results/compose.csv`` (one row per pipeline × seed), ``results/compose_seeds.csv``
@@ -32,10 +32,10 @@ import pandas as pd
 
 from benchmarks.bench_claims import ALPHA, MIN_SEEDS, planning_sd
 from craftlab.analysis import factorial
-from craftlab.analysis.compose import compose, design_pipelines, endpoint_setting
-from craftlab.analysis.compose_costs import cost_summary, step_costs
 from craftlab.analysis.power import seeds_for_power
 from craftlab.analysis.stats import compare_paired
+from craftlab.studies.compose import compose, design_pipelines, endpoint_setting
+from craftlab.studies.compose_costs import cost_summary, step_costs
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = PILOT = 10
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "(every pipeline compresses the same cached AdamW / SAM ρ=0.05 run). BN re-estimation follows the "
             "ledger's protocol (after the whole compression, quantizers on, before compensation). The SNT pretraining "
             "factor is its own design on resnet-tiny (last subsection). Not run: the supernet pick (designed in "
-            "`craftlab.analysis.compose`, a supernet training per seed). Train s: the cached run's fine-tuning time. "
+            "`craftlab.studies.compose`, a supernet training per seed). Train s: the cached run's fine-tuning time. "
             "Per-step costs are wall times on a shared 2-core "
             f"machine: medians over {len(COST_SEEDS)} seeds × every pipeline, comparable within this run only"
             + (f" (1-min load average while timing: median {costs_df['load_1m'].median():.1f}, range "

@@ -41,7 +41,7 @@ _NAMES: dict[str, str] = {
     "settings_grid": ".distributed.sweep", "sweep": ".distributed.sweep",
     "FinetuneResult": ".train.finetune", "finetune": ".train.finetune",
     "PretrainSpec": ".train.pretrain_runs", "get_pretrain": ".train.pretrain", "get_transfer": ".train.pretrain",
-    "compose": ".analysis.compose", "Pipeline": ".analysis.compose", "step_costs": ".analysis.compose_costs",
+    "compose": ".studies.compose", "Pipeline": ".studies.compose", "step_costs": ".studies.compose_costs",
     "adapt_model": ".adapt.recipes", "adapt_search": ".adapt.recipes", "AdaptResult": ".adapt.recipes",
 }
 # public module aliases kept from the flat layout: craftlab.sharpness, craftlab.landscape, ...

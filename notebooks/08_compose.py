@@ -29,7 +29,7 @@
 # compresses the same cached fine-tuning run, so seed-to-seed noise cancels in each contrast. The pretraining
 # (SNT) factor is a design of its own on resnet-tiny (`design="snt"`: the SNT study's per-seed pretraining runs,
 # Adam or the repvgg stand-in, fine-tuned on digits), read at the end from the benchmark's table; the supernet step
-# is designed in `craftlab.analysis.compose` but not run (a supernet training per seed).
+# is designed in `craftlab.studies.compose` but not run (a supernet training per seed).
 #
 # **This notebook** reads the benchmark's table (`benchmarks/results/compose.csv`, written by
 # `python -m benchmarks.run compose`) when it is present, and otherwise runs a reduced live design
@@ -45,8 +45,8 @@ import pandas as pd
 import craftlab
 from craftlab import widgets
 from craftlab.analysis import factorial
-from craftlab.analysis.compose import design_pipelines, endpoint_setting
-from craftlab.analysis.compose_costs import cost_summary, step_costs
+from craftlab.studies.compose import design_pipelines, endpoint_setting
+from craftlab.studies.compose_costs import cost_summary, step_costs
 from craftlab.threads import configure_threads
 from craftlab.viz.compose_figures import interaction_figure, waterfall_figure
 

@@ -18,7 +18,7 @@ from craftlab_app.compose_service import ComposeView  # noqa: E402
 from craftlab_app.compose_view import result_text, waterfall  # noqa: E402
 from test_app_browser import browser, free_port  # noqa: E402,F401  (the real-browser fixture, shared)
 
-from craftlab.analysis.compose import Pipeline, read_study  # noqa: E402
+from craftlab.studies.compose import Pipeline, read_study  # noqa: E402
 
 
 def _table() -> pd.DataFrame:

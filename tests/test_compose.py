@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from craftlab.analysis import factorial
-from craftlab.analysis.compose import Pipeline, compose, design_pipelines, endpoint_setting
+from craftlab.studies.compose import Pipeline, compose, design_pipelines, endpoint_setting
 
 GRID = 1 / 359  # accuracy moves by one test image
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from craftlab.analysis.compose import Pipeline, compose
-from craftlab.analysis.compose_costs import STEP_NAMES, cost_summary, step_costs
+from craftlab.studies.compose import Pipeline, compose
+from craftlab.studies.compose_costs import STEP_NAMES, cost_summary, step_costs
 
 
 @pytest.fixture(scope="module")

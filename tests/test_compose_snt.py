@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from craftlab.analysis import factorial
-from craftlab.analysis.compose import Pipeline, compose, design_pipelines
+from craftlab.studies.compose import Pipeline, compose, design_pipelines
 
 
 def simulate(rng, n_seeds, effects, inter, cell_sd=0.006):

@@ -1,6 +1,6 @@
 """Paired-by-seed analysis of a (fractional-)factorial composition design.
 
-Input: the long table of :func:`craftlab.analysis.compose.compose` (or any table with the factor columns
+Input: the long table of :func:`craftlab.studies.compose.compose` (or any table with the factor columns
 ``sam`` and ``bn`` (booleans), ``compensation`` (``none``/``qwt``/``qwt-v2``), ``seed`` and a value column).
 Every contrast is computed **per seed** (all cells of one seed share the fine-tuning run) and tested with
 :func:`craftlab.analysis.stats.compare_paired` (paired t; the exact sign-flip p when the differences have

@@ -46,8 +46,8 @@ def _clean(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.compose import DEFAULT_BUDGET, compose
     from ..analysis.factorial import analyze
+    from ..studies.compose import DEFAULT_BUDGET, compose
 
     table = compose(args.model, args.design, args.seeds, compression=args.compression,
                     budget=args.budget or DEFAULT_BUDGET)

@@ -2,10 +2,11 @@
 returns and its claim checks through :mod:`craftlab.analysis.stats`.
 
 * :mod:`.snt` — SNT: pretraining arms (Adam, SAM, the stand-in transforms) × fine-tuning × compression, sharpness
-  and the paired claim checks (``benchmarks/bench_snt.py`` and notebook 04 run it).
+  and the paired claim checks (``benchmarks/bench_snt.py`` and notebook 04 run it);
+* :mod:`.compose` + :mod:`.compose_costs` — the composition study: pipelines × seeds from cached runs (its factorial
+  analysis is :mod:`craftlab.analysis.factorial`) and each step's cost.
 
 The other papers' recipes live beside their algorithms for now: CrAFT in :mod:`craftlab.analysis.arms` and
 :mod:`craftlab.analysis.sharpness_study`, the supernet in :mod:`craftlab.supernet.study`, LAST / MIET in
-:mod:`craftlab.adapt.compare` and :mod:`craftlab.adapt.curves`, the composition study in
-:mod:`craftlab.analysis.compose`.
+:mod:`craftlab.adapt.compare` and :mod:`craftlab.adapt.curves`.
 """

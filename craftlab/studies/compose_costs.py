@@ -1,6 +1,6 @@
 """What each step of a composition pipeline costs: wall time, size and BitOPs, step by step.
 
-:func:`step_costs` runs one :class:`~craftlab.analysis.compose.Pipeline` on one cached fine-tuning run as
+:func:`step_costs` runs one :class:`~craftlab.studies.compose.Pipeline` on one cached fine-tuning run as
 separate, timed steps — **compression** (pruning / quantization with its calibration), **BN re-estimation**
 (quantizers on), **compensation fit** (QwT / QwT-v2 against the uncompressed model), **evaluation** (the test
 images) — in the pipeline's order (``bn_last``: BN after the compensation). The steps are the ones
@@ -13,7 +13,7 @@ wall time of the whole chain measured around it (minus the out-of-band measureme
 
 Example::
 
-    from craftlab.analysis.compose import Pipeline
+    from craftlab.studies.compose import Pipeline
     t = step_costs(Pipeline("resnet-tiny", "sam", "W4A4", bn=True, compensation="qwt"), seed=0)
     t[["step", "seconds", "size_mb", "bitops"]]
 """

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .. import cache
-from .ledger import claim
+from ..analysis.ledger import claim
 
 __all__ = ["DESIGNS", "ENDPOINT_CLAIMS", "Pipeline", "compose", "design_pipelines", "endpoint_setting", "read_study"]
 
@@ -229,9 +229,9 @@ def _run_path(p: Pipeline, seed: int) -> tuple[Any, str]:
 
         spec = RunSpec(model=p.model, sam_rho=rho, seed=int(seed))
         return get_run(spec, progress=False), spec.key
-    from ..studies.snt import snt_arms
     from ..train.pretrain import get_transfer
     from ..train.pretrain_runs import PretrainSpec
+    from .snt import snt_arms
 
     arm = snt_arms(p.model)["Adam" if p.pretrain == "snt-adam" else "repvgg"]
     path = get_transfer(PretrainSpec(p.model, optimizer="adam", seed=int(seed), **arm), "digits", epochs=8,
@@ -272,17 +272,11 @@ def _cell(p: Pipeline, seed: int) -> dict[str, Any]:
 
 
 def _cached_cell(p: Pipeline, seed: int, use_cache: bool) -> dict[str, Any]:
-    import hashlib
-
-    folder = cache.home() / "compose"
-    f = folder / (hashlib.sha256(p.key(seed).encode()).hexdigest()[:20] + ".json")
+    f = cache.home() / "compose" / (cache.fingerprint(p.key(seed))[:20] + ".json")
     if use_cache and f.is_file():
         return json.loads(f.read_text())["row"]
     row = _cell(p, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": p.key(seed), "row": row}))
-    tmp.replace(f)
+    cache.atomic_write_json(f, {"key": p.key(seed), "row": row})
     return row
 
 
@@ -342,7 +336,7 @@ def read_study(path: Any = None) -> Any:
     benchmark writes it), or None when there is none: then compute with :func:`compose`."""
     import pandas as pd
 
-    from .ledger import results_file
+    from ..analysis.ledger import results_file
 
     where = results_file("compose.csv", path, "CRAFTLAB_COMPOSE_TABLE")
     return None if where is None else pd.read_csv(where)
