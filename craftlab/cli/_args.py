@@ -28,9 +28,7 @@ GLOSSARY = {
     "--amp": "mixed precision on CUDA (bf16 or fp16 with a gradient scaler)",
     "--host": "interface to serve on",
     "--port": "port to serve on",
-    "--kind": "what to compute",
     "--models": "model names",
-    "--method": "the method",
     "--sam-rho": "SAM radius; 0 = no SAM",
     "--lora-rank": "rank of the LoRA adapters",
 }

@@ -63,7 +63,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="adapt with one method and report accuracy, parameters, time")
     _common(s)
-    s.add_argument("--method", default="last", choices=METHOD_CHOICES)
+    s.add_argument("--method", default="last", choices=METHOD_CHOICES,
+                   help="adaptation method: LAST side-tuning, MIET, linear probe, LoRA or full fine-tuning")
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--weight-decay", type=float, default=0.05)
     s.add_argument("--lsa-rank", type=int, default=None, help="LAST: rank r < d of the LSA modules (default 16)")
@@ -77,7 +78,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="K side networks at once over a grid of lr x weight decay x rank")
     _common(s)
-    s.add_argument("--method", default="last", choices=("last", "miet", "linear"))
+    s.add_argument("--method", default="last", choices=("last", "miet", "linear"),
+                   help="a method whose K configurations train at once on one backbone pass")
     s.add_argument("--lr", type=float, nargs="+", default=None)
     s.add_argument("--weight-decay", type=float, nargs="+", default=[0.05])
     s.add_argument("--lsa-rank", type=int, nargs="+", default=None,

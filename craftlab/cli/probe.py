@@ -25,7 +25,9 @@ def add_parser(sub: Any) -> None:
 
     s = sub.add_parser("landscape", help="loss landscape around a checkpoint: line, plane or compression slice")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--kind", default="plane", choices=["line", "plane", "compression"])
+    s.add_argument("--kind", default="plane", choices=["line", "plane", "compression"],
+                   help="a line or a plane through random filter-normalized directions, or the compression slice "
+                        "(the path w -> C(w) and the plane around it)")
     s.add_argument("--steps", type=int, default=None, help="grid points per axis (line 51, plane 21, path 41)")
     s.add_argument("--distance", type=float, default=1.0, help="half-width of line/plane in filter-normalized units")
     s.add_argument("--batch-size", type=int, default=128)

@@ -1,7 +1,5 @@
-"""ExpandNets-style linear expansion that folds back exactly (a stand-in for SNT's transformation; ``repvgg.py``
-is the other over-parameterization).
-
-The two over-parameterizations:
+"""ExpandNets-style linear expansion that folds back exactly (a stand-in for SNT's transformation;
+:mod:`craftlab.transforms.repvgg` is the other over-parameterization).
 
 Both are stand-ins for SNT's unpublished transformation (arXiv 2305.04526v1 names "an architectural
 transformation" applied during pretraining and nothing more): transformations known to change the training

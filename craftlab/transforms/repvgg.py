@@ -1,26 +1,12 @@
-"""RepVGG-style branches that fold back exactly (a stand-in for SNT's transformation; ``expand.py`` is the other
-over-parameterization).
+"""RepVGG-style branches that fold back exactly: a stand-in for SNT's unpublished transformation (see
+:mod:`craftlab.transforms.expand` for why over-parameterizations stand in for it, and the choices both share).
 
-The two over-parameterizations:
-
-Both are stand-ins for SNT's unpublished transformation (arXiv 2305.04526v1 names "an architectural
-transformation" applied during pretraining and nothing more): transformations known to change the training
-dynamics of a network while computing the same function class, so that they fold away after training.
-
-* ``expand`` (ExpandNets, Guo, Alvarez & Salzmann, NeurIPS 2020, arXiv 1811.10495): a ``Linear`` n→m is
-  trained as two linear layers n→r·n→m (W = W₂W₁), a k×k ``Conv2d`` I→O as 1×1 I→r·I, k×k r·I→r·O,
-  1×1 r·O→O (ExpandNets' "CL" expansion). Inner factors carry no bias, so the contraction is exact at the
-  borders too; the bias stays on the last factor.
-* ``repvgg`` (RepVGG, arXiv 2101.03697): a k×k ``Conv2d`` (odd k, padding k//2, groups 1)
-  is trained as k×k + 1×1 + identity branches (identity only when in = out channels and stride 1), whose
-  kernels add up. RepVGG puts a BatchNorm in every branch; here the branches are BN-free (the network's
-  own normalization follows the sum), so folding is a plain kernel sum.
-
-Differences from the papers, all CraftLab's choices: the factors are applied as a parametrization (the weight
-is the product / sum, computed once per step, instead of running the factor layers on the activations: the
-same function and gradients, a fraction of the cost); ``apply`` starts from the model's current function
-(ExpandNets and RepVGG initialise their layers afresh): ``expand`` splits each weight with random matrices
-with orthonormal columns (W₂ = W·Qᵀ, W₁ = Q, so W₂W₁ = W), ``repvgg`` starts its extra branches at zero.
+``repvgg`` (RepVGG, arXiv 2101.03697): a k×k ``Conv2d`` (odd k, padding k//2, groups 1) is trained as k×k + 1×1 +
+identity branches (identity only when in = out channels and stride 1), whose kernels add up. RepVGG puts a
+BatchNorm in every branch; here the branches are BN-free (the network's own normalization follows the sum), so
+folding is a plain kernel sum. CraftLab's choices: the sum is a parametrization of the weight (computed once per
+step), and ``apply`` starts the extra branches at zero, so training starts from the model's current function
+(RepVGG initialises its layers afresh).
 """
 
 from __future__ import annotations
