@@ -179,6 +179,10 @@ def cards(answer: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None = 
         if bn_used is not None and (prunes or quantized):
             details += (" · BatchNorm statistics re-estimated after compression" if bn_used
                         else " · BatchNorm statistics kept from fine-tuning")
+        if bn_used and setting.get("compensation") == "qwt-v2":
+            from craftlab.compression.pipeline import BN_QWT2_CLASH
+
+            details += f"\n\n**Note:** {BN_QWT2_CLASH}."
         if a.get("cheap_baseline"):
             cb = a["cheap_baseline"]
             details += (f"\n\nthe cheap fix of the same error, **{cb['label']}** (no compensation): "

@@ -40,8 +40,10 @@ machine, multi-threaded kernels can be 10-20x slower than one thread).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -222,10 +224,14 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
     def _compressed_model(self, la: Loaded, setting: Setting) -> nn.Module:
         """`la`'s model compressed by `setting` (shared: read it, or deep-copy it). Kept in a small LRU for
         foreground requests (the landscape of the setting just asked reuses it), not for background sweeps."""
-        return self._compressed.get_or_compute(
-            (*la.point_prefix, setting.key()),
-            lambda: pipeline.compress(la.model, calib=la.ctx.calib, **setting.compress_kwargs()),
-            store=not self._sched.in_background, background=self._sched.in_background)
+        def make() -> nn.Module:
+            with warnings.catch_warnings():  # the cards say it (panels.cards); the server log stays clean
+                warnings.filterwarnings("ignore", message=re.escape(pipeline.BN_QWT2_CLASH[:40]))
+                return pipeline.compress(la.model, calib=la.ctx.calib, **setting.compress_kwargs())
+
+        return self._compressed.get_or_compute((*la.point_prefix, setting.key()), make,
+                                               store=not self._sched.in_background,
+                                               background=self._sched.in_background)
 
     def _point(self, loaded: Loaded, setting: Setting) -> dict[str, Any]:
         """Accuracy/loss (and size, measured sparsity) of one arm under one setting; cached."""

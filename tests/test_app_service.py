@@ -891,6 +891,19 @@ def test_a_compensation_on_a_batchnorm_model_is_shown_beside_the_cheap_fix(explo
     assert "cheap_baseline" not in next(iter(explorer.compress(MODEL, "W4A4 + QwT-v2")["arms"].values()))
 
 
+def test_bn_with_qwt_v2_on_a_cnn_is_said_in_the_cards_not_in_the_log(explorer, recwarn):
+    """compress() warns that BN re-estimation and QwT-v2 undo each other on a CNN; the app says it under the cards
+    and keeps the server log free of the warning."""
+    from craftlab.compression.pipeline import BN_QWT2_CLASH
+
+    ans = explorer.compress("resnet-tiny", "W4A4 +BN + QwT-v2")
+    card, _ = panels.cards(ans, tag_model="resnet-tiny", bn_used=True)
+    assert BN_QWT2_CLASH in card
+    assert not [w for w in recwarn if BN_QWT2_CLASH[:40] in str(w.message)]
+    plain, _ = panels.cards(explorer.compress("resnet-tiny", "W4A4 + QwT-v2"), tag_model="resnet-tiny", bn_used=False)
+    assert BN_QWT2_CLASH not in plain
+
+
 def test_the_learn_tab_reads_the_claims_ledger():
     from craftlab_app.texts import LEARN, learn_text
 

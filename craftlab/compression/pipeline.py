@@ -174,6 +174,11 @@ def quantize(
     return quantize_vit(model, w_bits, a_bits, calib, **kw)
 
 
+BN_QWT2_CLASH = ("BatchNorm re-estimation and QwT-v2 correct the same per-channel error of a CNN and undo each "
+                 "other when combined (measured on resnet-tiny by the composition study, benchmarks/RESULTS.md "
+                 "'compose'): use one of them")
+"""What :func:`compress` warns (and the app says under its cards) when a CNN gets both."""
+
 _DEFAULTS: dict[str, Any] = {
     "method": "magnitude", "sparsity": 0.0, "pattern": None, "w_bits": None, "a_bits": None, "calib": None,
     "scope": None, "w_granularity": "channel", "a_granularity": "tensor", "quant_method": None,
@@ -333,9 +338,7 @@ def _compress(model: nn.Module, kw: dict[str, Any]) -> nn.Module:
 
             recalibrate_bn_(out, kw["calib"])  # the quantized model's own statistics, quantizers on (see above)
     if kw["compensation"] == "qwt-v2" and kw["recalibrate_bn"] and _has_batchnorm(out):
-        warnings.warn("BatchNorm re-estimation and QwT-v2 correct the same per-channel error of a CNN and undo each "
-                      "other when combined (measured on resnet-tiny by the composition study, benchmarks/RESULTS.md "
-                      "'compose'): use one of them", UserWarning, stacklevel=3)
+        warnings.warn(BN_QWT2_CLASH, UserWarning, stacklevel=3)
     if kw["compensation"] is not None:
         res = compensate(out, reference, kw["calib"], method=kw["compensation"], **kw["compensation_options"])
         out = res.model
