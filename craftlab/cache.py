@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["LockTimeout", "Spec", "Store", "atomic_write", "atomic_write_json", "file_lock", "file_sha256",
-           "fingerprint", "home", "num", "slug", "subdir"]
+           "fingerprint", "home", "num", "read_json", "slug", "subdir"]
 
 
 def home() -> Path:

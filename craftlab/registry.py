@@ -29,6 +29,10 @@ from ._errors import unknown_name
 T = TypeVar("T")
 
 
+def _origin(obj: Any) -> tuple[str, str]:
+    return getattr(obj, "__module__", ""), getattr(obj, "__qualname__", repr(obj))
+
+
 class Registry(Generic[T]):
     """Methods of one family by name. `package` (dotted) holds one module per built-in method."""
 
@@ -38,19 +42,16 @@ class Registry(Generic[T]):
         self._files: tuple[str, ...] | None = None
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Class or function decorator: make `obj` the method `name` of this family (a second registration of one
-        name by another object is an error; re-importing the same module is not)."""
+        """Class or function decorator: make `obj` the method `name` of this family. The same definition again (a
+        re-imported module, a re-run notebook cell: same module and qualified name) replaces it; another one under
+        a taken name is an error."""
 
         def add(obj: T) -> T:
             old = self._entries.get(name)
-            if old is not None and getattr(old, "__qualname__", None) != getattr(obj, "__qualname__", None):
-                raise ValueError(f"{self.family} {name!r} is registered already (by {old!r})")
+            if old is not None and _origin(old) != _origin(obj):
+                raise ValueError(f"{self.family} {name!r} is registered already: the name is taken by "
+                                 f"{'.'.join(_origin(old))}")
             self._entries[name] = obj
-            if isinstance(obj, type) or callable(obj):
-                try:
-                    obj.registered_name = name  # type: ignore[attr-defined]
-                except (AttributeError, TypeError):
-                    pass
             return obj
 
         return add

@@ -404,10 +404,11 @@ def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
     if text.upper() in ("FP32", "FP", "FULL PRECISION", "NONE", ""):
         return DEFAULT_SETTING
     kw: dict[str, Any] = {"method": "none"}
+    aliases = _compensation_aliases()
     for part in (p.strip() for p in text.split("+") if p.strip()):
         if part == "BN":
             kw["recalibrate_bn"] = True
-        elif part.lower() in _compensation_aliases():
+        elif part.lower() in aliases:
             kw["compensation"] = part
         elif b := _BITS_PART.match(part):
             if b["r"] and b["r"] not in RECIPES and (b["qm"] or b["r"] not in QUANT_METHODS["uniform"]):

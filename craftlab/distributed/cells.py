@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_write_json, file_sha256, fingerprint
+from ..cache import atomic_write_json, file_sha256, fingerprint, read_json
 from ..settings import Setting
 
 CELL_FORMAT = 2  # 2: recalibrate_bn also re-estimates after quantization (one BN protocol, issue 19)
@@ -183,9 +183,8 @@ class CellStore:
 
     def get(self, key: str, label: str | None = None) -> dict[str, Any] | None:
         """The stored row of `key` (its ``model`` column set to `label`), or None when there is none."""
-        try:
-            row = json.loads(self.path(key).read_text())
-        except (OSError, json.JSONDecodeError):
+        row = read_json(self.path(key))
+        if row is None:
             return None
         if label is not None:
             row["model"] = label

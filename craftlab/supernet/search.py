@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from .. import cache as _cache
-from ..cache import atomic_write_json
+from ..cache import atomic_write_json, read_json
 from ..data import DataBundle
 from ..train.finetune import eval_loader
 from .model import Supernet
@@ -56,12 +55,8 @@ class AccuracyCache:
     """Accuracy of configurations of one supernet on one data split, kept in a JSON file (None: memory only)."""
 
     def __init__(self, path: Path | None):
-        self.path, self.values, self.dirty = path, {}, False
-        if path is not None and path.exists():
-            try:
-                self.values = json.loads(path.read_text())
-            except (OSError, ValueError):
-                self.values = {}
+        self.path, self.dirty = path, False
+        self.values = (read_json(path) if path is not None else None) or {}
 
     def save(self) -> None:
         if self.path is None or not self.dirty:

@@ -231,12 +231,9 @@ def register_transform(name: str) -> Callable[[type[Transform]], type[Transform]
     def decorate(cls: type[Transform]) -> type[Transform]:
         if not (isinstance(cls, type) and issubclass(cls, Transform)):
             raise TypeError(f"register_transform decorates Transform subclasses, got {cls!r}")
-        old = TRANSFORMS._entries.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f"transform name {name!r} is taken by {old.__module__}.{old.__qualname__}")
-        TRANSFORMS._entries.pop(name, None)  # the same class again (a re-run notebook cell) replaces it
+        TRANSFORMS.register(name)(cls)  # the same class again (a re-run notebook cell) replaces it
         cls.name = name
-        return TRANSFORMS.register(name)(cls)
+        return cls
 
     return decorate
 
