@@ -39,6 +39,10 @@ from craftlab.train.runs import RunSpec
 RESULTS = Path(__file__).parent / "results"
 PILOT_SEEDS = (0, 1, 2, 3, 4)
 MIN_SEEDS, MAX_SEEDS = 5, 30
+EXTEND_MAX = 200
+"""The second stage's seed limit (the power rule's own maximum). Written 2026-12-07, after the 30-seed SNT rows
+were inconclusive and before any of their seeds 30-199 was scored: a row inconclusive at ``MAX_SEEDS`` whose
+design cannot detect its effect of interest is extended once, to the rule's count, at most this."""
 ALPHA = 0.05
 ARM_RHO = {"AdamW": 0.0, "SAM ρ=0.05": 0.05}
 # each non-CrAFT arm is a compression setting of the AdamW run
@@ -75,38 +79,54 @@ def _adapt_arms() -> dict:
     return ARMS
 
 
-def _adapt_correct(arch: str, arm: str, seed: int, epochs: int = 8) -> np.ndarray:
-    """Per-image test correctness of an adaptation arm, cached like the fine-tuning runs (in
-    ``$CRAFTLAB_HOME/claims/adapt``, keyed by the architecture, the arm's arguments, epochs and seed; training is
-    deterministic per seed, so a re-run of the ledger reuses it; delete the folder to retrain)."""
+def _cached_correct(kind: str, record: dict, make) -> np.ndarray:
+    """Per-image correctness cached in ``$CRAFTLAB_HOME/claims/<kind>``, keyed by `record` (every input that
+    decides it: training and scoring are deterministic per seed, so a re-run of the ledger reuses it; delete the
+    folder to recompute). Written atomically: a concurrent reader sees the whole file or none."""
     import json
 
     from craftlab import cache
 
-    kw = dict(_adapt_arms()[arm])
-    key = json.dumps({"arch": arch, "data": "digits", "epochs": epochs, "seed": seed, **kw}, sort_keys=True)
-    path = cache.subdir("claims") / "adapt" / f"{cache.fingerprint(key)[:16]}.npy"
+    path = cache.subdir("claims") / kind / f"{cache.fingerprint(json.dumps(record, sort_keys=True))[:16]}.npy"
     if path.exists():
         return np.load(path)
-    data = _data(arch)
-    base = craftlab.create_model(arch, num_classes=10, progress=False)
-    res = craftlab.adapt_model(base, data, kw.pop("method"), epochs=epochs, seed=seed, **kw)
-    correct = _correct(res.model, data.test)
+    correct = np.asarray(make(), dtype=bool)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, correct)
 
-    cache.atomic_write(path, write)  # a concurrent reader sees the whole file or none
+    cache.atomic_write(path, write)
     return correct
+
+
+def _adapt_correct(arch: str, arm: str, seed: int, epochs: int = 8) -> np.ndarray:
+    """Per-image test correctness of an adaptation arm (vit-tiny → digits, as bench_adapt), cached."""
+    kw = dict(_adapt_arms()[arm])
+
+    def make() -> np.ndarray:
+        base = craftlab.create_model(arch, num_classes=10, progress=False)
+        res = craftlab.adapt_model(base, _data(arch), kw["method"], epochs=epochs, seed=seed,
+                                   **{k: v for k, v in kw.items() if k != "method"})
+        return _correct(res.model, _data(arch).test)
+
+    return _cached_correct("adapt", {"arch": arch, "data": "digits", "epochs": epochs, "seed": seed, **kw}, make)
+
+
+def _snt_correct(arch: str, arm: str, seed: int, setting: str) -> np.ndarray:
+    """Per-image correctness of an SNT pretraining arm (the cached :class:`PretrainSpec` run of `seed`) compressed
+    with `setting`, on its seed's mnist5k test split (:func:`craftlab.studies.snt.pretrained_correct`), cached."""
+    from craftlab.studies import snt as S
+
+    kw = S.snt_arms(arch)[arm]
+    return _cached_correct("snt", {"arch": arch, "data": "mnist5k", "seed": seed, "setting": setting, **kw},
+                           lambda: S.pretrained_correct(arch, kw, seed, setting))
 
 
 def _arm_correct(c: Claim, arm: str, seed: int) -> np.ndarray:
     arch = _arch(c)
     if c.paper == "SNT":  # a pretraining arm (cached PretrainSpec run), scored on its seed's mnist5k test split
-        from craftlab.studies import snt as S
-
-        return S.pretrained_correct(arch, S.snt_arms(arch)[arm], seed, c.setting)
+        return _snt_correct(arch, arm, seed, c.setting)
     data = _data(arch)
     if arm in _adapt_arms():  # a frozen-backbone adaptation arm (vit-tiny → digits, 8 epochs, as bench_adapt)
         return _adapt_correct(arch, arm, seed)
@@ -188,7 +208,7 @@ def resolve_rule(c: Claim) -> Claim:
 
     arch = _arch(c)
     rows = [{"seed": seed, "arm": c.baseline, "setting": s,
-             "accuracy": float(S.pretrained_correct(arch, S.snt_arms(arch)[c.baseline], seed, s).mean())}
+             "accuracy": float(_snt_correct(arch, c.baseline, seed, s).mean())}
             for seed in PILOT_SEEDS for s in ("FP32", *S.QUANT_BN_CANDIDATES)]
     pilot = pd.DataFrame(rows)
     pilot.to_csv(RESULTS / "snt_quant_pilot.csv", index=False)
@@ -199,7 +219,12 @@ def resolve_rule(c: Claim) -> Claim:
 
 def run_claim(c: Claim, max_seeds: int | None = None) -> dict:
     """One ledger row; `max_seeds` caps a live claim's seeds below the rule's (a compute budget: the row's command
-    records it and the section says the rule was not met)."""
+    records it and the section says the rule was not met).
+
+    Two stages (:data:`EXTEND_MAX`): a live row still inconclusive after ``MAX_SEEDS`` seeds whose design could not
+    detect its effect of interest is extended once to the rule's count (at most ``EXTEND_MAX``). That second look
+    is recorded in the row (``stage1_*``), and the verdict at α/2 (Bonferroni over the two looks) is given
+    beside the final one."""
     t0 = time.perf_counter()
     c = resolve_rule(c)
     if c.source != "live":
@@ -211,14 +236,42 @@ def run_claim(c: Claim, max_seeds: int | None = None) -> dict:
     need = seeds_for_power(c.effect, max(planning_sd(sd, len(PILOT_SEEDS)), 1e-9), ALPHA, 0.8, min_n=MIN_SEEDS,
                            max_n=200)
     n = min(max(need, MIN_SEEDS), MAX_SEEDS, max_seeds or MAX_SEEDS)
-    done = pilot if pilot is not None else pd.DataFrame()
-    todo = [s for s in range(n) if done.empty or s not in set(done["seed"])]
-    df = pd.concat([done, paired(c, todo)], ignore_index=True) if todo else done
-    df = df[df["seed"] < n].sort_values("seed")
+    df = _seeds(c, pilot, n)
     row = _row(c, df, sd, source, need, t0)
     if n < min(max(need, MIN_SEEDS), MAX_SEEDS):
         row["command"] = f"python -m benchmarks.bench_claims {c.id} --max-seeds {n}"
+    elif max_seeds is None and (n2 := second_stage(row, need, c.effect)):
+        first = row
+        df = _seeds(c, df, n2)
+        row = _row(c, df, sd, source, need, t0)
+        two = endpoint_verdict(df["baseline"], df["treatment"], c.effect, margin=c.margin, kind=c.kind,
+                               alpha=ALPHA / 2, higher_is_better=c.higher_is_better, scale=100, unit=" pp")
+        row.update(stage1_n=first["n"], stage1_status=first["status"], stage1_diff=first["mean_diff"],
+                   stage1_detectable=first["detectable"], stage1_sd=first["sd_diff"], status_two_looks=two.status)
     return row
+
+
+def second_stage(first: dict, need: int, effect: float) -> int | None:
+    """The seeds of the second stage, or None: only a row run at the cap (``MAX_SEEDS``, below the rule's `need`),
+    still inconclusive there, whose design cannot detect the effect of interest, goes on, to the rule's count (at
+    most :data:`EXTEND_MAX`).
+
+    >>> second_stage({"n": 30, "status": "inconclusive", "detectable": 0.039}, need=201, effect=0.02)
+    200
+    >>> second_stage({"n": 30, "status": "supports", "detectable": 0.039}, need=201, effect=0.02) is None
+    True
+    """
+    if first["n"] == MAX_SEEDS < need and first["status"] == "inconclusive" and first["detectable"] > effect:
+        return min(need, EXTEND_MAX)
+    return None
+
+
+def _seeds(c: Claim, done: pd.DataFrame | None, n: int) -> pd.DataFrame:
+    """Seeds ``0..n-1`` of `c`'s paired comparison: those in `done` kept, the others run."""
+    done = done if done is not None else pd.DataFrame()
+    todo = [s for s in range(n) if done.empty or s not in set(done["seed"])]
+    df = pd.concat([done, paired(c, todo)], ignore_index=True) if todo else done
+    return df[df["seed"] < n].sort_values("seed")
 
 
 def _row(c: Claim, df: pd.DataFrame, sd: float, source: str, need: int, t0: float) -> dict:
@@ -248,8 +301,9 @@ def markdown(ledger: pd.DataFrame) -> str:
     ledger = ledger.assign(source=ledger["source"].fillna("live") if "source" in ledger else "live")
     lines = ["Each row: the paper's claim, its primary endpoint (fixed before the run), the seeds chosen for 80 % "
              "power at the effect of interest from a pilot's spread (capped at "
-             f"{MAX_SEEDS}), the paired effect with its 90 % CI (two one-sided tests at α = {ALPHA}), and one verdict "
-             "definition for all: supports / contradicts (significant), equivalent (CI inside ±margin), "
+             f"{MAX_SEEDS}; a row still inconclusive there and unable to detect its effect is extended once, to "
+             f"at most {EXTEND_MAX}), the paired effect with its 90 % CI (two one-sided tests at α = {ALPHA}), and one "
+             "verdict definition for all: supports / contradicts (significant), equivalent (CI inside ±margin), "
              "inconclusive (then: the effect it could detect). Accuracies in %, differences in pp.", "",
              "| claim | paper says | endpoint | baseline → treatment | difference [90% CI] | p | seeds (needed) "
              "| verdict | power note | noise |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -281,6 +335,13 @@ def markdown(ledger: pd.DataFrame) -> str:
               "notebooks)."]
     lines += ["", "Rows read from an existing results table (`source` column) keep that table's seeds: they were not "
               "re-run with the power rule, and their verdicts say what those seeds could detect."]
+    ext = [r for r in ledger.to_dict("records") if "stage1_n" in r and pd.notna(r.get("stage1_n"))]
+    if ext:
+        lines += ["", "Extended in a second stage (two looks at the data; the second stage was decided before its "
+                  "seeds were scored): " + "; ".join(
+            f"**{r['id']}**: {int(r['stage1_n'])} seeds gave {_f(r['stage1_diff'])} pp, {r['stage1_status']} "
+            f"(could detect ±{100 * r['stage1_detectable']:.1f} pp); {r['n']} seeds give {_f(r['mean_diff'])} pp, "
+            f"**{r['status']}**; at α/2 for the two looks (Bonferroni): {r['status_two_looks']}" for r in ext) + "."]
     short = [r for r in ledger.to_dict("records") if int(r["seeds_needed"]) > int(r["n"]) and
              r["status"] == "inconclusive"]
     if short:

@@ -55,5 +55,8 @@ def test_ledger_row_endpoint_is_the_one_its_why_names():
     n = int(row["n"])
     if n < min(max(need, bench.MIN_SEEDS), bench.MAX_SEEDS):  # capped by a compute budget: the command says so
         assert row["command"] == f"python -m benchmarks.bench_claims snt-resnet-quant --max-seeds {n}"
+    elif pd.notna(row.get("stage1_n", float("nan"))):  # extended once: first stage at the cap, then the rule
+        assert int(row["stage1_n"]) == bench.MAX_SEEDS < need and n == min(need, bench.EXTEND_MAX)
+        assert row["stage1_status"] == "inconclusive" and row["stage1_detectable"] > row["effect"]
     else:
         assert n == min(max(need, bench.MIN_SEEDS), bench.MAX_SEEDS)
