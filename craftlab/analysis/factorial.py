@@ -34,14 +34,16 @@ from .stats import compare_paired, detectable_effect, holm
 __all__ = ["FactorialResult", "STEPS", "additivity", "analyze", "interactions", "main_effects", "pair_word",
            "waterfall"]
 
-FACTORS = ("sam", "bn", "compensation", "snt")
+FACTORS = ("sam", "bn", "compensation", "snt", "supernet")
 STEPS: dict[str, tuple[str, Any, Any]] = {
     "SAM": ("sam", True, False), "BN": ("bn", True, False),
     "QwT": ("compensation", "qwt", "none"), "QwT-v2": ("compensation", "qwt-v2", "none"),
-    "SNT": ("snt", True, False)}
+    "SNT": ("snt", True, False), "supernet": ("supernet", True, False)}
+ALL_OFF = (False, False, "none", False, False)
+"""The all-off pipeline's levels, in :data:`FACTORS` order (a factor missing from a table is at this level)."""
 """A step name → (factor column, its "on" level, its "off" level)."""
 PAIRS = (("SAM", "QwT"), ("SAM", "QwT-v2"), ("SAM", "BN"), ("BN", "QwT"), ("BN", "QwT-v2"), ("SNT", "SAM"),
-         ("SNT", "BN"), ("SNT", "QwT-v2"))
+         ("SNT", "BN"), ("SNT", "QwT-v2"), ("SAM", "supernet"))
 """The two-way interactions that matter (those whose steps are both in the design are tested)."""
 
 
@@ -53,7 +55,7 @@ def _grid(table: Any, value: str) -> tuple[list[tuple], np.ndarray, list[int]]:
                          "each design alone")
     for f in FACTORS:
         if f not in t:
-            t[f] = {"sam": False, "bn": False, "compensation": "none", "snt": False}[f]
+            t[f] = dict(zip(FACTORS, ALL_OFF))[f]
     t["compensation"] = t["compensation"].fillna("none")
     w = t.pivot_table(index="seed", columns=list(FACTORS), values=value, aggfunc="mean")
     w = w.dropna(axis=0, how="any")
@@ -165,7 +167,7 @@ def additivity(table: Any, value: str = "accuracy", alpha: float = 0.05, compens
     idx = {c: i for i, c in enumerate(cells)}
     names = [n for n in _steps_in(cells) if n in ("SAM", "BN", "SNT") or n == {"qwt": "QwT", "qwt-v2": "QwT-v2"}.get(
         compensation)]
-    base = (False, False, "none", False)
+    base = ALL_OFF
     if base not in idx:
         return pd.DataFrame()
     full = dict(zip(FACTORS, base))
@@ -193,7 +195,7 @@ def waterfall(table: Any, order: list[str], value: str = "accuracy", alpha: floa
 
     cells, y, _ = _grid(table, value)
     idx = {c: i for i, c in enumerate(cells)}
-    cur = (False, False, "none", False)
+    cur = ALL_OFF
     if cur not in idx:
         raise ValueError("the design has no all-off pipeline to start the waterfall from")
     rows = [{"kind": "start", "step": "compressed", "level": float(y[:, idx[cur]].mean()), "mean_diff": np.nan,

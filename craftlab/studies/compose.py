@@ -20,7 +20,9 @@ The steps (levels):
   setting label may be given (``wanda 70%``), ``None`` is the uncompressed model;
 - **BN re-estimation** (CNNs only) after the whole compression, quantizers on (the ledger's protocol);
 - **compensation** ``None``, ``qwt`` or ``qwt-v2``, fitted after the rest;
-- **supernet** pick at a BitOPs budget (ViTs): designed, not run here (it needs a supernet training).
+- **supernet** pick at a BitOPs budget (ViTs; design ``supernet``): instead of the fixed quantization setting, a
+  mixed-precision supernet trained on the fine-tuned run and the search's pick at 5 % of the FP32 BitOPs
+  (:mod:`craftlab.studies.compose_supernet`: the supernet claim's budget, the supernet benchmark's pick).
 
 Each cell is ``compress(model, setting=..., calib=data.calib, seed=seed)`` on the cached checkpoint and the
 per-image accuracy on ``data.test``: exactly what ``benchmarks/bench_claims.py`` computes for its arms, so a
@@ -48,7 +50,7 @@ from ..analysis.ledger import claim
 
 __all__ = ["DESIGNS", "ENDPOINT_CLAIMS", "Pipeline", "compose", "design_pipelines", "endpoint_setting", "read_study"]
 
-DESIGNS = ("full", "fractional", "snt")
+DESIGNS = ("full", "fractional", "snt", "supernet")
 FINETUNES = {"adamw": "AdamW", "sam": "SAM ρ=0.05"}
 COMPENSATIONS = {None: "", "qwt": "QwT", "qwt-v2": "QwT-v2"}
 PRETRAINS = ("adam", "snt-adam", "snt-repvgg")
@@ -103,6 +105,10 @@ class Pipeline:
     def label(self) -> str:
         parts = ([] if self.pretrain == "adam" else [f"pretrain {self.pretrain}"]) + [FINETUNES.get(self.finetune,
                                                                                                    self.finetune)]
+        if self.supernet:
+            from .compose_supernet import SUPERNET_BUDGET
+
+            return " → ".join(parts + [f"supernet pick ≤ {SUPERNET_BUDGET}"])
         parts.append(self.compression or "uncompressed")
         if self.bn and not self.bn_last:
             parts.append("+BN")
@@ -110,15 +116,14 @@ class Pipeline:
             parts.append(COMPENSATIONS.get(self.compensation, str(self.compensation)))
         if self.bn and self.bn_last:
             parts.append("+BN")
-        if self.supernet:
-            parts.append("supernet pick")
         return " → ".join(parts)
 
     @property
     def steps(self) -> dict[str, Any]:
         """The factors as table columns (``sam``, ``bn``, ``compensation``: ``none``/``qwt``/``qwt-v2``)."""
         return {"sam": self.finetune == "sam", "bn": self.bn, "compensation": self.compensation or "none",
-                "bn_last": self.bn_last, "snt": self.pretrain == "snt-repvgg", "pretrain": self.pretrain}
+                "bn_last": self.bn_last, "snt": self.pretrain == "snt-repvgg", "pretrain": self.pretrain,
+                "supernet": self.supernet}
 
     def validate(self) -> Pipeline:
         """Self when the pipeline means something; ValueError naming the step and why otherwise."""
@@ -134,10 +139,13 @@ class Pipeline:
             raise ValueError(f"pretraining step snt-repvgg on {self.model}: the RepVGG-style stand-in applies to "
                              "convolutional models only")
         if self.supernet and cnn:
-            raise ValueError(f"supernet step on {self.model}: the supernet supports ViTs only, not CNNs")
-        if self.supernet:
-            raise ValueError("supernet step: designed but not run by compose (it needs a supernet training per "
-                             "seed); the ledger's supernet claim is read from results/supernet_picks.csv")
+            raise ValueError(f"supernet step on {self.model}: the study's budget, 5 % of FP32 BitOPs, is out of a "
+                             "CNN subnet's reach (its FP32 stem and head cap the reduction; the supernet benchmark "
+                             "searches CNNs at larger budgets): the step is run on ViTs")
+        if self.supernet and (self.compression or self.compensation or self.pretrain != "adam"):
+            raise ValueError("supernet step with a compression, a compensation or an SNT pretraining: the supernet "
+                             "pick is the pipeline's compression (it replaces the fixed PTQ setting; a compensation "
+                             "of a subnet is not implemented), after the zoo checkpoint's fine-tuning")
         if self.bn and not cnn:
             raise ValueError(f"BN re-estimation on {self.model}: a ViT has no BatchNorm to re-estimate "
                              "(LayerNorm normalizes each token by itself)")
@@ -177,7 +185,9 @@ def design_pipelines(model: str, design: str = "full", compression: str | None =
     model and the additivity test, no separate two-way interactions. ``snt`` (CNNs: the stand-in is RepVGG-style):
     pretraining {snt-adam, snt-repvgg} × fine-tuning {AdamW, SAM} × BN {off, on} × compensation {none, QwT-v2},
     a fraction of the full design (QwT and the other BN order left out) that holds the SNT factor's main effect
-    and its interactions with CrAFT, BN re-estimation and QwT-v2.
+    and its interactions with CrAFT, BN re-estimation and QwT-v2. ``supernet`` (ViTs): fine-tuning {AdamW, SAM} ×
+    the last step {the endpoint's PTQ, PTQ + QwT-v2, the supernet pick at 5 % of FP32 BitOPs}: the supernet step's
+    main effect against the fixed PTQ setting and its interaction with SAM (the PTQ cells are the full design's).
 
     >>> len(design_pipelines("vit-tiny", "full", "W3A3 repq"))
     6
@@ -192,6 +202,12 @@ def design_pipelines(model: str, design: str = "full", compression: str | None =
                              "convolutional models only")
         out = [Pipeline(model, f, comp, b, c, pretrain=pre) for pre, f, b, c in
                itertools.product(("snt-adam", "snt-repvgg"), FINETUNES, bns, (None, "qwt-v2"))]
+    elif design == "supernet":
+        if len(bns) > 1:
+            raise ValueError(f"design 'supernet' on {model}: the supernet step is run on ViTs (a CNN subnet cannot "
+                             "reach the study's 5 % budget)")
+        out = [Pipeline(model, f, comp, compensation=c) for f in FINETUNES for c in (None, "qwt-v2")]
+        out += [Pipeline(model, f, supernet=True) for f in FINETUNES]
     elif design == "full":
         out = [Pipeline(model, f, comp, b, c) for f, b, c in itertools.product(FINETUNES, bns, COMPENSATIONS)]
         if len(bns) > 1:  # the order of BN re-estimation and compensation: BN re-estimated after compensating
@@ -214,6 +230,17 @@ def _data(model: str) -> Any:
     if model not in _DATA:
         _DATA[model] = load_data("digits", model=build_model(model))
     return _DATA[model]
+
+
+@functools.cache
+def _float_attention_bitops(model: str) -> float:
+    """BitOPs of `model`'s attention matmuls on one test image, run in float (32 x 32): what a fixed PTQ setting
+    leaves unquantized (0 for a CNN). ``model_stats`` counts Conv2d/Linear layers only."""
+    from ..models import build_model
+    from ..supernet.study import float_attention_macs
+
+    x = next(iter(_data(model).test))[0][:1]
+    return float(float_attention_macs(build_model(model), x)) * 32 * 32
 
 
 def _train_seconds(meta: dict[str, Any]) -> float:
@@ -247,6 +274,10 @@ def _cell(p: Pipeline, seed: int) -> dict[str, Any]:
     from ..compression.pipeline import compress
     from ..compression.quant import model_stats
 
+    if p.supernet:
+        from .compose_supernet import supernet_cell
+
+        return supernet_cell(p.model, 0.05 if p.finetune == "sam" else 0.0, seed, _data(p.model))
     path, run_key = _run_path(p, seed)
     model, data = load_checkpoint(path).eval(), _data(p.model)
     s = p.setting()
@@ -295,8 +326,10 @@ def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int
             its run count and asks for a fractional design or fewer seeds.
         use_cache: reuse cells computed before (``$CRAFTLAB_HOME/compose``).
 
-    Columns: ``model, label, sam, bn, compensation, bn_last, snt, pretrain, seed, accuracy, n_images, size_mb,
-    bitops, params, params_added, train_s, calib_s, run_key, setting``.
+    Columns: ``model, label, sam, bn, compensation, bn_last, snt, pretrain, supernet, seed, accuracy, n_images,
+    size_mb, bitops, params, params_added, train_s, calib_s, run_key, setting, bitops_total``. ``bitops``: the
+    Conv2d/Linear layers (``model_stats``); ``bitops_total`` adds the attention matmuls as the model runs them
+    (float after a fixed PTQ setting, at the subnet's activation bits after the supernet step).
 
     Example::
 
@@ -324,6 +357,8 @@ def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int
         for p in pipes:
             t0 = time.perf_counter()
             row = _cached_cell(p, seed, use_cache)
+            if "bitops_total" not in row:  # a fixed-setting cell: its attention matmuls run in float
+                row = {**row, "bitops_total": row["bitops"] + _float_attention_bitops(model)}
             rows.append({"model": model, "label": p.label, **p.steps, "seed": seed, **row})
             if progress:
                 print(f"  {p.label} seed {seed}: {100 * row['accuracy']:.1f} % ({time.perf_counter() - t0:.1f} s)",
