@@ -123,7 +123,7 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
     from .build import build_supernet
     from .train import step_memory
 
-    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 2,
+    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 3,
             "torch": torch.__version__}
     path = cache.subdir("supernet-memory") / (cache.fingerprint(args)[:16] + ".json")
     if use_cache and path.exists():
