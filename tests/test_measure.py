@@ -96,3 +96,69 @@ def test_training_memory_is_one_dataclass_with_both_spellings_of_its_dict():
     assert "parameters trainable" in m.summary()
     with pytest.raises(AttributeError):
         m.saved_bytes = 5  # frozen: a measurement is not edited
+
+
+# ------------------------------------------------------------------------------------------ BitOPs and size
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 4, 3, stride=2, groups=2),
+                         nn.Flatten(), nn.Linear(16, 3))
+
+
+def test_forward_macs_and_bitops_equal_a_hand_count():
+    from craftlab.measure.bitops import FP_BITS, bitops, forward_macs
+
+    net = _cnn().train()
+    x = torch.randn(5, 1, 5, 5)  # the first image only
+    counts = forward_macs(net, x, layers=[net[0], net[2], net[4]])
+    # conv 1: 2 x 5 x 5 outputs x (1 x 3 x 3) inputs; conv 2 (2 groups, stride 2, no padding): 4 x 2 x 2 outputs
+    # x (2 / 2 x 3 x 3); the Linear: 3 outputs x 16 inputs
+    hand = {net[0]: 2 * 25 * 9, net[2]: 4 * 2 * 2 * 1 * 9, net[4]: 3 * 16}
+    assert counts == hand
+    assert net.training, "the caller's mode is restored"
+    assert bitops(counts[net[2]], 4, 8) == 144 * 32 and bitops(12, None, None) == 12 * FP_BITS * FP_BITS
+    twice = nn.Linear(3, 3)
+    assert forward_macs(nn.Sequential(twice, twice), torch.zeros(1, 3), layers=[twice]) == {twice: 18}
+
+
+def test_model_stats_reads_the_measures_on_a_quantized_model():
+    """``craftlab.model_stats`` (the compression pipeline's, the sweep's and the composition study's size and
+    BitOPs) equals a hand count from the layer shapes and the bits quantize set."""
+    import craftlab
+    from craftlab.compression.quant import QuantConv2d, QuantLinear
+
+    net = _cnn()
+    calib = [(torch.randn(8, 1, 5, 5), torch.zeros(8, dtype=torch.long))]
+    q = craftlab.quantize(net, 4, 8, calib=calib, targets=["2"])
+    assert isinstance(q[2], QuantConv2d) and not isinstance(q[4], QuantLinear)
+    stats = craftlab.model_stats(q, torch.randn(1, 1, 5, 5))
+    assert stats["macs"] == 450 + 144 + 48
+    assert stats["bitops"] == (450 + 48) * 32 * 32 + 144 * 4 * 8
+    n = {name: p.numel() for name, p in net.named_parameters()}
+    assert stats["size_bits"] == sum(n.values()) * 32 - n["2.weight"] * (32 - 4)
+    assert stats["size_mb"] == stats["size_bits"] / 8 / 2**20 and stats["params"] == sum(n.values())
+
+
+def test_supernet_costs_read_the_same_measures():
+    """The supernet's BitOPs of the largest subnet = the measures on its export (Conv2d/Linear) + the attention
+    matmuls at the qkv activation bits; its FP32 reference counts every MAC at 32 x 32."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from craftlab.compression.quant import model_stats
+    from craftlab.measure.bitops import attention_macs, bitops
+    from craftlab.supernet.build import build_supernet
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2,
+                            mlp_ratio=2.0).eval()
+    calib = [(torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))]
+    sn = build_supernet(vit, calib, lora=None, step_init="minmax", input_size=(1, 8, 8), w_bits=(4, 8), a_bits=(8,))
+    cfg = sn.space.largest()
+    cost = sn.cost(cfg)
+    attn = attention_macs(2, 5, 4)  # 4 patches + the class token, head_dim 8 / 2
+    assert cost["macs_attention"] == attn and cost["bitops_attention"] == bitops(attn, 8, 8)
+    plain = sn.export(cfg)
+    assert cost["bitops"] == model_stats(plain, torch.zeros(1, 1, 8, 8))["bitops"] + bitops(attn, 8, 8)
+    assert sn.references()["FP32"] == bitops(cost["macs"] + attn, None, None)
