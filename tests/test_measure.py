@@ -162,3 +162,37 @@ def test_supernet_costs_read_the_same_measures():
     plain = sn.export(cfg)
     assert cost["bitops"] == model_stats(plain, torch.zeros(1, 1, 8, 8))["bitops"] + bitops(attn, 8, 8)
     assert sn.references()["FP32"] == bitops(cost["macs"] + attn, None, None)
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def test_time_interleaved_runs_the_arms_in_turn_skips_warmup_and_takes_the_median():
+    from craftlab.measure.timing import time_interleaved
+
+    now, order = [0.0], []
+    cost = {"a": [5.0, 1.0, 3.0, 2.0], "b": [7.0, 4.0, 4.0, 9.0]}  # seconds of each call, the first is warm-up
+
+    def make(label):
+        def fn():
+            order.append(label)
+            now[0] += cost[label][sum(1 for o in order if o == label) - 1]
+        return fn
+
+    t = time_interleaved({"a": make("a"), "b": make("b")}, reps=3, warmup=1, threads=1, clock=lambda: now[0])
+    assert order == ["a", "b"] * 4
+    assert t.samples == {"a": [1.0, 3.0, 2.0], "b": [4.0, 4.0, 9.0]}
+    assert t.median() == {"a": 2.0, "b": 4.0}
+
+
+def test_time_interleaved_restores_the_threads_and_leaves_the_policy_alone():
+    from craftlab import threads
+    from craftlab.measure.timing import time_interleaved
+
+    before, explicit = torch.get_num_threads(), list(threads._EXPLICIT)
+    seen = []
+    t = time_interleaved({"x": lambda: seen.append(torch.get_num_threads())}, reps=2, warmup=0, threads=1)
+    assert seen == [1, 1] and t.threads == 1
+    assert torch.get_num_threads() == before and threads._EXPLICIT == explicit
+    with pytest.raises(ValueError, match="reps"):
+        time_interleaved({"x": lambda: None}, reps=0)
