@@ -201,7 +201,7 @@ class Setting:
     a_granularity: str = "tensor"
     nm_score: str = "magnitude"
     recalibrate_bn: bool = False
-    recipe: str = "uniform"
+    recipe: str = DEFAULT_RECIPE
     compensation: str | None = None
     scope: str | None = None
     quant_method: str | None = None
@@ -244,7 +244,7 @@ class Setting:
             kw.update(method=self.method, sparsity=self.sparsity)
         if self.recalibrate_bn and not self.is_identity:
             kw["recalibrate_bn"] = True
-        if self.recipe != "uniform":
+        if self.recipe != DEFAULT_RECIPE:
             kw["recipe"] = self.recipe
         if self.compensation is not None:
             kw["compensation"] = self.compensation
@@ -260,7 +260,8 @@ class Setting:
         import json
 
         d = asdict(self)
-        for name, default in (("recipe", "uniform"), ("compensation", None), ("scope", None), ("quant_method", None)):
+        for name, default in (("recipe", DEFAULT_RECIPE), ("compensation", None), ("scope", None),
+                              ("quant_method", None)):
             if d[name] == default:
                 del d[name]
         return json.dumps(d, sort_keys=True)
@@ -285,7 +286,7 @@ class Setting:
                 q += f" per-{self.granularity}"
             if self.a_bits is not None and self.a_granularity != "tensor":
                 q += f" act-per-{self.a_granularity}"
-            if self.recipe != "uniform":
+            if self.recipe != DEFAULT_RECIPE:
                 q += f" {self.recipe}"
             if self.quant_method:
                 q += f" {self.quant_method}"

@@ -31,11 +31,12 @@ from torch import nn
 from .._errors import unknown_name
 from ..measure.bitops import bitops, forward_macs
 from ..measure.size import model_size
-from ..settings import GRANULARITIES, QUANT_METHODS, parse_bits
+from ..settings import GRANULARITIES, parse_bits, range_methods
 from ._calib import RangeObserver, for_each_layer_input
 from .prune import Targets, target_layers
 
-METHODS = QUANT_METHODS["uniform"]
+METHODS = range_methods("uniform")
+"""The range methods of recipe ``uniform`` (its module, :mod:`craftlab.compression.recipes.uniform`, says them)."""
 CALIB_SAMPLE_VALUES = 2**20
 """Per layer: the most activation values kept for percentile/MSE calibration (a uniform subsample)."""
 
