@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 
 import craftlab
+from craftlab import settings
 from craftlab.analysis.stats import claim_verdict, compare_arms
-from craftlab.settings import bits_label
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("vit-tiny", "resnet-tiny")
@@ -45,8 +45,18 @@ ALPHA = 0.05
 N_TEST = 359
 
 
-def _recipes(name: str) -> tuple[str, ...]:
-    return ("uniform", "repq") if name.startswith("vit") else ("uniform",)
+def _recipes(model: torch.nn.Module) -> tuple[str, ...]:
+    """Every registered quantization recipe that can quantize `model` (the registry's; repq: timm ViTs only)."""
+    from craftlab.compression.pipeline import check_recipe_model
+
+    def fits(recipe: str) -> bool:
+        try:
+            check_recipe_model(model, recipe)
+            return True
+        except ValueError:
+            return False
+
+    return tuple(r for r in settings.RECIPES if fits(r))
 
 
 def _latency(base: torch.nn.Module, comp: torch.nn.Module, x: torch.Tensor, repeats: int = 25) -> tuple[float, float]:
@@ -102,10 +112,10 @@ def run(models=MODELS, arms=ARMS, seeds=SEEDS, epochs=EPOCHS, bits=BITS, sparsit
                 base = {"model": name, "arm": arm, "seed": seed}
                 out = [{"setting": "FP32", "family": "fp", "method": "FP",
                         "accuracy": craftlab.evaluate(ref, data.test)["accuracy"]}]
-                for recipe in _recipes(name):
+                for recipe in _recipes(ref):
                     for w, a in bits:
                         q = craftlab.quantize(ref, w, a, calib=data.calib, recipe=recipe)
-                        setting = bits_label(w, a) + ("" if recipe == "uniform" else " repq")
+                        setting = settings.make_setting("none", 0, w, a, recipe=recipe).label()
                         timed = x_lat if (seed == seeds[0] and arm == next(iter(arms)) and (w, a) == (4, 4)) else None
                         out += _compensated(q, ref, data, setting, recipe, fp["params"], fp["macs"], x1, timed)
                 for s in sparsities:

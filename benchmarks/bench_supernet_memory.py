@@ -2,7 +2,7 @@
 random init, 224 px, 10 classes) at two batch sizes: per-bit LoRA, shared LoRA and full weights, and per-bit LoRA
 through the previous path that quantized a materialized ``W + s·B·A`` (kept by autograd for backward).
 
-Memory as :mod:`craftlab.supernet.memory` counts it: saved-for-backward tensors (peak bytes alive, parameters not
+Memory as :mod:`craftlab.measure.memory` counts it: saved-for-backward tensors (peak bytes alive, parameters not
 counted) + gradients + AdamW state, in MiB (2^20 bytes). Run: ``python -m benchmarks.bench_supernet_memory``
 (writes benchmarks/results/supernet_memory.md; a few minutes on 2 CPU cores).
 """

@@ -11,6 +11,7 @@ Example::
     from craftlab.compression.scorers import PRUNE_SCORERS
     PRUNE_SCORERS.names()                      # ('magnitude', 'random', 'wanda')
     PRUNE_SCORERS.get("wanda").needs_calib     # True
+    QUANT_RECIPES.choices()                    # [('uniform', 'uniform'), ('RepQ-ViT', 'repq')]: default first
 
     @PRUNE_SCORERS.register("my-score")        # your own, from any module
     class MyScore(Scorer): ...
@@ -36,8 +37,8 @@ def _origin(obj: Any) -> tuple[str, str]:
 class Registry(Generic[T]):
     """Methods of one family by name. `package` (dotted) holds one module per built-in method."""
 
-    def __init__(self, family: str, package: str) -> None:
-        self.family, self.package = family, package
+    def __init__(self, family: str, package: str, default: str | None = None) -> None:
+        self.family, self.package, self.default = family, package, default
         self._entries: dict[str, T] = {}
         self._files: tuple[str, ...] | None = None
 
@@ -77,6 +78,26 @@ class Registry(Generic[T]):
             raise unknown_name(self.family, name, self.names())
         return self._entries[name]
 
+    def ordered(self) -> tuple[str, ...]:
+        """:meth:`names` with the family's default first (what a choice list shows)."""
+        names = self.names()
+        return (self.default, *(n for n in names if n != self.default)) if self.default in names else names
+
+    def canonical(self, value: Any) -> str:
+        """The name of the method `value` spells: a name or one of the method's ``aliases``, any case and spacing
+        around it; anything else is a ValueError that lists the names (imports the methods to read aliases)."""
+        text = str(value).strip().lower()
+        if text in self.names():
+            return text
+        aliases = {a: n for n in self.names() for a in getattr(self.get(n), "aliases", ())}
+        if text not in aliases:
+            raise unknown_name(self.family, value, self.ordered())
+        return aliases[text]
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) of every method, the default first: a method's ``label`` or else its name."""
+        return [(getattr(self.get(n), "label", "") or n, n) for n in self.ordered()]
+
     def all(self) -> dict[str, T]:
         """{name: method} of every method (imports them all)."""
         return {n: self.get(n) for n in self.names()}
@@ -93,3 +114,4 @@ PRUNE_SCORERS: Registry[Any] = Registry("pruning method", "craftlab.compression.
 COMPENSATION_METHODS: Registry[Any] = Registry("compensation method", "craftlab.compression.compensations")
 SAM_MODES_REGISTRY: Registry[Any] = Registry("sam_mode", "craftlab.train.sam_modes")
 TRANSFORMS: Registry[Any] = Registry("transform", "craftlab.transforms")
+QUANT_RECIPES: Registry[Any] = Registry("quantization recipe", "craftlab.compression.recipes", default="uniform")

@@ -15,7 +15,8 @@ Conventions:
   non-default granularity is appended (``W4A8 per-tensor``), then a non-default quantization recipe
   (``W4A4 repq``), and a compensation is one more part (``W4A4 repq + QwT-v2``, ``magnitude 50% + QwT-v2``).
   :func:`parse_setting` inverts them.
-* **Recipes** (:data:`RECIPES`): ``uniform`` (the default: :func:`craftlab.compression.quant.quantize`,
+* **Recipes** (:data:`RECIPES`, read from the registry ``QUANT_RECIPES``: one module per recipe in
+  ``compression/recipes/``): ``uniform`` (the default: :func:`craftlab.compression.quant.quantize`,
   Conv2d/Linear weights and inputs) and ``repq`` (RepQ-ViT-style ViT PTQ,
   :func:`craftlab.compression.vit_quant.quantize_vit`: attention matmul inputs too, log√2 softmax,
   LayerNorm re-parameterization; timm ViTs only, activations per tensor).
@@ -39,25 +40,39 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._errors import ALLOWED_BITS, check_sparsity, unknown_name
-from .registry import COMPENSATION_METHODS, PRUNE_SCORERS
+from .registry import COMPENSATION_METHODS, PRUNE_SCORERS, QUANT_RECIPES
 
 __all__ = [
-    "ALLOWED_BITS", "COMPENSATIONS", "GRANULARITIES", "PRUNE_METHODS", "RECIPES", "Setting", "DEFAULT_SETTING",
+    "ALLOWED_BITS", "COMPENSATIONS", "GRANULARITIES", "PRUNE_METHODS", "Setting", "DEFAULT_SETTING",
     "check_compensation", "make_setting", "parse_bits", "parse_compensation", "parse_pattern", "parse_recipe",
-    "parse_setting", "bits_label", "compensation_label",
+    "parse_setting", "bits_label", "compensation_label", "range_methods", "DEFAULT_RECIPE",
+    *("RECIPES", "QUANT_METHODS"),  # read from the registry when asked (module __getattr__)
 ]
 
 PRUNE_METHODS = PRUNE_SCORERS.names()  # the built-in scores (magnitude, random, wanda): one file each
 """Unstructured / per-row pruning criteria (N:M patterns use magnitude or Wanda scores too)."""
 GRANULARITIES = ("tensor", "channel")
-RECIPES = ("uniform", "repq")
-QUANT_METHODS = {"uniform": ("minmax", "percentile", "mse"), "repq": ("repq", "minmax")}
-"""Each recipe's weight range methods, its default first (``compress(quant_method=...)``)."""
+DEFAULT_RECIPE = str(QUANT_RECIPES.default)
+"""The recipe of a setting that names none."""
 SCOPES = ("global", "layer", "row")
 """Where a pruning sparsity is counted (the default is the score's: global for magnitude, row for Wanda)."""
-"""Quantization recipes: ``uniform`` (Conv2d/Linear fake quantization) and ``repq`` (RepQ-ViT-style, timm ViTs)."""
 COMPENSATIONS = COMPENSATION_METHODS.names()
 """Closed-form compensations of a compressed model's error: QwT (per block) and QwT-v2 (CWAC, per channel)."""
+
+
+def range_methods(recipe: str) -> tuple[str, ...]:
+    """The weight range methods of `recipe`, its default first: ``range_methods("repq")`` is ``('repq', 'minmax')``."""
+    return QUANT_RECIPES.get(recipe).range_methods
+
+
+def __getattr__(name: str) -> Any:
+    """``RECIPES`` (names, the default first) and ``QUANT_METHODS`` (recipe → its range methods, default first),
+    read from the registry when asked, so a recipe registered from user code is listed too."""
+    if name == "RECIPES":
+        return QUANT_RECIPES.ordered()
+    if name == "QUANT_METHODS":
+        return {n: range_methods(n) for n in QUANT_RECIPES.ordered()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _compensation_aliases() -> dict[str, str]:
@@ -107,11 +122,12 @@ def parse_pattern(pattern: str) -> tuple[int, int]:
 
 
 def parse_recipe(value: Any) -> str:
-    """A quantization recipe from user input (``uniform`` / ``repq``, any case; None = ``uniform``)."""
-    text = "uniform" if value is None else str(value).strip().lower()
-    if text not in RECIPES:
-        raise unknown_name("quantization recipe", value, RECIPES)
-    return text
+    """A quantization recipe from user input (a name of the registry or an alias, any case; None = ``uniform``).
+
+    >>> parse_recipe("RepQ-ViT")
+    'repq'
+    """
+    return QUANT_RECIPES.canonical(DEFAULT_RECIPE if value is None else value)
 
 
 def parse_compensation(value: Any) -> str | None:
@@ -185,7 +201,7 @@ class Setting:
     a_granularity: str = "tensor"
     nm_score: str = "magnitude"
     recalibrate_bn: bool = False
-    recipe: str = "uniform"
+    recipe: str = DEFAULT_RECIPE
     compensation: str | None = None
     scope: str | None = None
     quant_method: str | None = None
@@ -211,9 +227,8 @@ class Setting:
             >>> make_setting("none", 0, 4, 4, recipe="repq").weight_path_problem()[:22]
             'RepQ-ViT re-parameteri'
         """
-        if self.recipe == "repq":
-            return ("RepQ-ViT re-parameterizes each LayerNorm and the Linear after it, so the straight line from w "
-                    "to C(w) passes through models that compute other functions")
+        if self.quantizes and QUANT_RECIPES.get(self.recipe).weight_path_problem:
+            return QUANT_RECIPES.get(self.recipe).weight_path_problem
         if self.compensation == "qwt":
             return ("QwT adds side-path parameters, so the compensated model is not a point in the original's "
                     "weight space")
@@ -229,7 +244,7 @@ class Setting:
             kw.update(method=self.method, sparsity=self.sparsity)
         if self.recalibrate_bn and not self.is_identity:
             kw["recalibrate_bn"] = True
-        if self.recipe != "uniform":
+        if self.recipe != DEFAULT_RECIPE:
             kw["recipe"] = self.recipe
         if self.compensation is not None:
             kw["compensation"] = self.compensation
@@ -245,7 +260,8 @@ class Setting:
         import json
 
         d = asdict(self)
-        for name, default in (("recipe", "uniform"), ("compensation", None), ("scope", None), ("quant_method", None)):
+        for name, default in (("recipe", DEFAULT_RECIPE), ("compensation", None), ("scope", None),
+                              ("quant_method", None)):
             if d[name] == default:
                 del d[name]
         return json.dumps(d, sort_keys=True)
@@ -270,7 +286,7 @@ class Setting:
                 q += f" per-{self.granularity}"
             if self.a_bits is not None and self.a_granularity != "tensor":
                 q += f" act-per-{self.a_granularity}"
-            if self.recipe != "uniform":
+            if self.recipe != DEFAULT_RECIPE:
                 q += f" {self.recipe}"
             if self.quant_method:
                 q += f" {self.quant_method}"
@@ -287,8 +303,9 @@ class Setting:
         if self.method == "N:M":
             n, m = parse_pattern(self.pattern or "")
             text = text.replace(f"{self.pattern}", f"{self.pattern} (keep {n} of {m})", 1)
-        if self.recipe == "repq":
-            text = text.replace(" repq", " repq (RepQ-ViT)", 1)
+        label = QUANT_RECIPES.get(self.recipe).label
+        if self.recipe != DEFAULT_RECIPE and label and label != self.recipe:
+            text = text.replace(f" {self.recipe}", f" {self.recipe} ({label})", 1)
         if self.compensation == "qwt-v2":
             text += " (folded channel-wise affine)"
         elif self.compensation == "qwt":
@@ -351,10 +368,9 @@ def make_setting(method: str | None = "magnitude", sparsity: Any = 0.0, w_bits: 
     recipe, compensation = parse_recipe(recipe), parse_compensation(compensation)
     quantizes = w_bits is not None or a_bits is not None
     if not quantizes:
-        recipe = "uniform"
-    if recipe == "repq" and a_bits is not None and a_granularity != "tensor":
-        raise ValueError("recipe 'repq' quantizes activations per tensor (post-LayerNorm per-channel ranges are folded "
-                         "into the LayerNorm): a_granularity must be 'tensor'")
+        recipe = DEFAULT_RECIPE
+    if a_bits is not None:
+        QUANT_RECIPES.get(recipe).check_a_granularity(a_granularity)
     check_compensation(compensation, quantizes, low != "none", bool(recalibrate_bn))
     return Setting(method=low, sparsity=sparsity if low != "none" else 0.0, pattern=pat, w_bits=w_bits, a_bits=a_bits,
                    granularity=granularity if w_bits is not None else "channel",
@@ -376,17 +392,18 @@ def _scope(scope: str | None, method: str) -> str | None:
 def _quant_method(method: str | None, recipe: str, quantizes: bool) -> str | None:
     if method is None or not quantizes:
         return None
-    if method not in QUANT_METHODS[recipe]:
-        other = [r for r, names in QUANT_METHODS.items() if method in names]
+    own = range_methods(recipe)
+    if method not in own:
+        other = [r for r in QUANT_RECIPES.ordered() if method in range_methods(r)]
         hint = f"{method!r} is a range estimator of recipe {other[0]!r}" if other else f"recipe {recipe!r}'s methods"
-        raise unknown_name("method", method, QUANT_METHODS[recipe], hint=hint)
-    return None if method == QUANT_METHODS[recipe][0] else method
+        raise unknown_name("method", method, own, hint=hint)
+    return None if method == own[0] else method
 
 
 _LABEL_PART = re.compile(r"^(?P<method>[\w-]+) (?:(?P<pct>[0-9.]+)%|(?P<pat>\d+:\d+))"
                          r"(?: (?P<scope>global|layer|row))?(?P<bn> \+BN)?$")
 _BITS_PART = re.compile(r"^W(?P<w>FP|\d+)A(?P<a>FP|\d+)(?: per-(?P<g>\w+))?(?: act-per-(?P<ag>\w+))?"
-                        r"(?: (?P<r>[a-z]\w*))?(?: (?P<qm>[a-z]\w*))?$")
+                        r"(?: (?P<r>[a-z][\w-]*))?(?: (?P<qm>[a-z]\w*))?$")
 
 
 def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
@@ -411,10 +428,11 @@ def parse_setting(label: str | Setting | dict[str, Any]) -> Setting:
         elif part.lower() in aliases:
             kw["compensation"] = part
         elif b := _BITS_PART.match(part):
-            if b["r"] and b["r"] not in RECIPES and (b["qm"] or b["r"] not in QUANT_METHODS["uniform"]):
-                raise unknown_name("quantization recipe", b["r"], RECIPES,
-                                   hint=f"or a range method of uniform: {', '.join(QUANT_METHODS['uniform'])}")
-            recipe, qm = (b["r"], b["qm"]) if b["r"] in RECIPES else ("uniform", b["r"])
+            names, plain = QUANT_RECIPES.ordered(), range_methods(DEFAULT_RECIPE)
+            if b["r"] and b["r"] not in names and (b["qm"] or b["r"] not in plain):
+                raise unknown_name("quantization recipe", b["r"], names,
+                                   hint=f"or a range method of {DEFAULT_RECIPE}: {', '.join(plain)}")
+            recipe, qm = (b["r"], b["qm"]) if b["r"] in names else (DEFAULT_RECIPE, b["r"])
             kw.update(w_bits=b["w"], a_bits=b["a"], granularity=b["g"] or "channel", a_granularity=b["ag"] or "tensor",
                       recipe=recipe, quant_method=qm)
         elif p := _LABEL_PART.match(part):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["ENV", "SMALL_MODEL_PARAMS", "configure_threads", "default_threads", "resolve_threads"]
+__all__ = ["ENV", "SMALL_MODEL_PARAMS", "configure_threads", "default_threads", "policy_threads", "resolve_threads"]
 
 ENV = "CRAFTLAB_THREADS"
 SMALL_MODEL_PARAMS = 5_000_000
@@ -103,6 +103,17 @@ def resolve_threads(n: Any = None, model: Any = None, env: dict[str, str] | None
 
 _EXPLICIT: list[int] = []
 """The number an explicit `n` set in this process (the CLI's ``--threads``): later calls without one keep it."""
+
+
+def policy_threads(n: Any = None, model: Any = None) -> int:
+    """The number :func:`configure_threads` would set for (`n`, `model`), without setting anything (an explicit
+    number given earlier in the process holds when `n` is None): what a measurement runs with.
+
+    >>> policy_threads(3)
+    3
+    """
+    threads, source = resolve_threads(n, model)
+    return _EXPLICIT[0] if source != "argument" and _EXPLICIT else threads
 
 
 def configure_threads(n: Any = None, model: Any = None) -> int:

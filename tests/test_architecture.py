@@ -24,7 +24,7 @@ LAYERS = [
          # the paper packages, per module: their algorithms here, their recipes in layer 3
          "adapt.taps", "adapt.side", "adapt.miet", "adapt.memory", "adapt.parallel",
          "supernet", "supernet.attention", "supernet.layers", "supernet.lora", "supernet.model", "supernet.space",
-         "supernet.build", "supernet.memory")),
+         "supernet.build")),
     (3, ("train", "compression.pipeline", "analysis", "adapt", "distributed", "studies",
          "supernet.train", "supernet.search", "supernet.selection", "supernet.store", "supernet.study")),
     (4, ("viz",)),

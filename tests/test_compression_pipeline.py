@@ -197,8 +197,12 @@ def test_settings_are_validated_before_any_work(monkeypatch, bad, match):
     def fail(*_a, **_k):
         raise AssertionError("worked before validating")
 
-    for name in ("evaluate", "prune", "quantize", "compensate", "quantize_vit", "_quantize_uniform"):
+    from craftlab.compression import quant, vit_quant
+
+    for name in ("evaluate", "prune", "quantize", "compensate", "_recipe_quantize"):
         monkeypatch.setattr(pipeline, name, fail)
+    monkeypatch.setattr(quant, "quantize", fail)  # what the recipes call
+    monkeypatch.setattr(vit_quant, "quantize_vit", fail)
     data = craftlab.from_tensors(torch.randn(40, 1, 6, 6), torch.arange(40) % 2)
     with pytest.raises(ValueError, match=match):
         compress_and_evaluate(_bn_net(), data, **bad)

@@ -8,63 +8,27 @@ process that joins it only through Ray Client.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
+from _ray_head import free_port, ray_head, tcp_open
 
 import craftlab
 
 pytest.importorskip("ray")
-START_TIMEOUT_S = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def client_address():
-    port = _free_port()
-    temp = tempfile.mkdtemp(prefix="r23c-", dir="/tmp")  # short: Ray's socket paths must stay short
-    log = open(Path(temp) / "head.log", "w")
-    ray_bin = Path(sys.executable).with_name("ray")
+    port = free_port()
     # Ray Client sends no authentication token (Ray 2.60 here: the client server logs "Authentication required but
     # no authorization header provided" and the client times out), so the head runs without token authentication
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--port", "0", "--ray-client-server-port",
-                             str(port), "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", temp],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            text = (Path(temp) / "head.log").read_text()
-            if "timed out during startup" in text:  # Ray's fixed 30 s raylet start limit on a loaded machine
-                pytest.skip("the Ray head did not start within Ray's 30 s limit (machine overloaded)")
-            raise AssertionError(f"ray start --head failed:\n{text[-3000:]}")
+    # (ray_env)
+    with ray_head(["--port", "0", "--ray-client-server-port", str(port)], lambda: tcp_open(port), num_cpus=2,
+                  prefix="r23c-"):
         yield f"ray://127.0.0.1:{port}"
-    finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started, nothing else
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        __import__("shutil").rmtree(temp, ignore_errors=True)  # the head's session folder and log
 
 
 def test_a_driver_outside_the_cluster_sweeps_through_ray_client(client_address, tmp_path, digits):

@@ -9,30 +9,19 @@ unprivileged namespaces are not allowed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from _ray_head import free_port, ray_env, ray_head
 
 pytest.importorskip("ray")
-ROOT = Path(__file__).resolve().parent.parent
 UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
 LOAD = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))  # a loaded machine gets proportionally longer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _raylet_of(port: int) -> bool:
@@ -45,12 +34,7 @@ def _raylet_of(port: int) -> bool:
     return False
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRAFTLAB_THREADS": "1", "RAY_AUTH_MODE": "disabled",
-           "RAY_raylet_start_wait_time_s": "120", **extra,  # Ray's 30 s raylet start limit fails on a loaded machine
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("RAY_ADDRESS", None)
-    return env
+_env = ray_env
 
 
 @pytest.fixture(scope="module")
@@ -59,38 +43,17 @@ def head():
         pytest.skip("unprivileged PID namespaces (unshare) are not available here")
     from craftlab.distributed.connect import check_address
 
-    port = _free_port()
-    temp = tempfile.mkdtemp(prefix="r23n-", dir="/tmp")  # short: Ray's socket paths must stay short
-    log = open(Path(temp) / "head.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port",
-                             str(port), "--num-cpus", "1", "--include-dashboard", "false", "--temp-dir", temp],
-                            stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 150
-        while True:
-            try:
-                check_address(f"127.0.0.1:{port}", timeout=2)
-                if _raylet_of(port):  # the GCS answers first, then the raylet starts
-                    break
-                time.sleep(1)
-                continue
-            except (ConnectionError, RuntimeError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    text = (Path(temp) / "head.log").read_text()
-                    if "timed out during startup" in text:
-                        pytest.skip("the Ray head did not start within Ray's 30 s limit (machine overloaded)")
-                    raise AssertionError(f"ray start --head failed:\n{text[-3000:]}") from None
-                time.sleep(1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started, nothing else
+    port = free_port()
+
+    def ready() -> bool:
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+            check_address(f"127.0.0.1:{port}", timeout=2)
+        except (ConnectionError, RuntimeError):
+            return False
+        return _raylet_of(port)  # the GCS answers first, then the raylet starts
+
+    with ray_head(["--port", str(port)], ready, num_cpus=1, prefix="r23n-"):
+        yield f"127.0.0.1:{port}"
 
 
 def test_cli_without_a_local_raylet_says_use_ray_client_in_seconds(head, tmp_path):

@@ -97,3 +97,72 @@ def test_sam_modes_come_from_their_modules():
         parse_sam_mode("looksam:2.5")
     opt = SAM([torch.nn.Parameter(torch.ones(2))], torch.optim.SGD, mode="looksam", interval=4, lr=0.1)
     assert opt.rule.interval == 4 and opt.rule.alpha == 0.7
+
+
+# ------------------------------------------------------------------------------------------ quantization recipes
+
+
+def test_recipes_are_listed_default_first_and_read_without_torch():
+    """settings, the CLI and the app read names, labels, aliases and range methods from the recipe modules, which
+    load without torch."""
+    code = ("import sys; from craftlab.registry import QUANT_RECIPES as Q; from craftlab import settings; "
+            "print(Q.ordered(), Q.choices(), settings.RECIPES, settings.QUANT_METHODS); "
+            "print(settings.parse_recipe(' RepQ-ViT '), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["('uniform', 'repq') [('uniform', 'uniform'), ('RepQ-ViT', 'repq')] ('uniform', 'repq') "
+                   "{'uniform': ('minmax', 'percentile', 'mse'), 'repq': ('repq', 'minmax')}", "repq False"]
+
+
+def test_recipe_options_default_as_their_quantizers_do():
+    """A recipe's dataclass fields are its options: their defaults are the backend's (one truth, not two)."""
+    import inspect
+
+    from craftlab.compression import quant, vit_quant
+    from craftlab.registry import QUANT_RECIPES
+
+    for name, fn in (("uniform", quant.quantize), ("repq", vit_quant.quantize_vit)):
+        how = QUANT_RECIPES.get(name)
+        params = inspect.signature(fn).parameters
+        assert {o: params[o].default for o in how.options()} == how().config(), name
+
+
+def test_a_registered_recipe_quantizes_exactly_like_the_built_in_one_it_copies():
+    """Your own recipe, registered from a test: quantize(), compress(), make_setting()/parse_setting() and the
+    CLI's choices take it; a copy of ``uniform`` with another name gives the same model bit for bit."""
+    from craftlab import settings
+    from craftlab.cli import build_parser
+    from craftlab.compression.recipes import QUANT_RECIPES
+    from craftlab.compression.recipes.uniform import Uniform
+
+    @QUANT_RECIPES.register("uniform-copy")
+    @dataclass(frozen=True)
+    class UniformCopy(Uniform):
+        label = "uniform (copy)"
+        aliases = ("copy",)
+
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+                                    torch.nn.Linear(8, 3))
+        calib = [(torch.randn(16, 8), torch.zeros(16, dtype=torch.long))]
+        x = torch.randn(5, 8)
+        ref = craftlab.quantize(model, 4, 8, calib=calib, method="mse")
+        for mine in (craftlab.quantize(model, 4, 8, calib=calib, method="mse", recipe="uniform-copy"),
+                     craftlab.compress(model, setting="W4A8 uniform-copy mse", calib=calib)):
+            assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), ref.state_dict().values()))
+            assert torch.equal(mine(x), ref(x))
+        s = make_setting("none", 0, 4, 8, recipe="COPY", quant_method="mse")
+        assert s.recipe == "uniform-copy" and s.label() == "W4A8 uniform-copy mse" and parse_setting(s.label()) == s
+        assert s.describe() == "W4A8 uniform-copy (uniform (copy)) mse"
+        assert settings.RECIPES[0] == "uniform" and "uniform-copy" in settings.RECIPES
+        assert ("uniform (copy)", "uniform-copy") in QUANT_RECIPES.choices()
+        args = build_parser()[0].parse_args(["compress", "--checkpoint", "c", "--w-bits", "4", "--recipe",
+                                             "uniform-copy"])
+        assert args.recipe == "uniform-copy"  # the choices are read from the registry when the parser is built
+        with pytest.raises(ValueError, match=r"percentile belong\(s\) to recipe 'uniform', not to recipe 'repq'"):
+            craftlab.quantize(model, 4, 8, calib=calib, recipe="repq", percentile=99.0)
+    finally:
+        QUANT_RECIPES._entries.pop("uniform-copy", None)
+    assert "uniform-copy" not in settings.RECIPES
+    with pytest.raises(ValueError, match="unknown quantization recipe 'uniform-copy'"):
+        make_setting("none", 0, 4, 8, recipe="uniform-copy")

@@ -5,8 +5,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import craftlab
+from craftlab.measure.memory import SavedTensorMeter
 from craftlab.supernet.build import build_supernet
-from craftlab.supernet.memory import SavedTensorMeter
 from craftlab.supernet.search import evolutionary_search, pareto_front, search_budgets
 from craftlab.supernet.train import train_supernet
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..settings import COMPENSATIONS, PRUNE_METHODS, QUANT_METHODS, RECIPES, SCOPES
+from .. import settings
+from ..registry import QUANT_RECIPES
+from ..settings import COMPENSATIONS, DEFAULT_RECIPE, PRUNE_METHODS, SCOPES
 
 # One spelling per concept: the help of options that several commands share. An option that a command adds
 # without help gets the text here (``fill_help``); ``tests/test_cli.py`` checks that every option has help.
@@ -103,11 +105,11 @@ def compress_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--a-bits", default=None, help="activation bits: 2-8 or 16 (default: float)")
     s.add_argument("--recalibrate-bn", action="store_true",
                    help="re-estimate BatchNorm statistics after the whole compression (pruning and quantization)")
-    s.add_argument("--recipe", default="uniform", choices=RECIPES,
-                   help="quantization recipe: uniform (Conv2d/Linear) or repq (RepQ-ViT: also the attention "
-                        "matmuls, log-sqrt2 softmax, LayerNorm folding; timm ViTs only)")
-    s.add_argument("--quant-method", default=None, choices=sorted({m for ms in QUANT_METHODS.values() for m in ms}),
-                   help="weight range method (default: minmax for --recipe uniform, repq for --recipe repq)")
+    methods = settings.QUANT_METHODS  # the registry's recipes now, a recipe registered by user code included
+    s.add_argument("--recipe", default=DEFAULT_RECIPE, choices=settings.RECIPES, help=recipe_help())
+    s.add_argument("--quant-method", default=None, choices=sorted({m for ms in methods.values() for m in ms}),
+                   help="weight range method (default: " + ", ".join(
+                       f"{ms[0]} for --recipe {r}" for r, ms in methods.items()) + ")")
     s.add_argument("--compensate", default=None, choices=COMPENSATIONS,
                    help="closed-form compensation fitted on the calibration set against the uncompressed model: "
                         "qwt (a linear side path per block) or qwt-v2 (a channel-wise affine per layer, folded)")
@@ -119,7 +121,7 @@ def setting_of(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     quantizes = parse_bits(a.w_bits, "w_bits") is not None or parse_bits(a.a_bits, "a_bits") is not None
     prunes = bool(a.pattern) or (a.sparsity or 0) > 0
-    if a.recipe != "uniform" and not quantizes:
+    if a.recipe != DEFAULT_RECIPE and not quantizes:
         raise ValueError(f"--recipe {a.recipe} is a quantization recipe: give --w-bits and/or --a-bits")
     if a.compensate and not (quantizes or prunes):
         raise ValueError(f"--compensate {a.compensate} needs something to compensate: give --w-bits/--a-bits "
@@ -149,3 +151,14 @@ def load_uncompressed(path: str) -> Any:
         raise ValueError(f"{path} already holds a compressed model ({done}); compress the checkpoint it came from "
                          "(inspect it with craftlab.load_compressed)")
     return load_checkpoint(path)
+
+
+def recipe_help() -> str:
+    """The ``--recipe`` help, from the registry: each recipe's name, label and blurb (the default first).
+
+    >>> recipe_help().startswith("quantization recipe (default uniform): uniform (")
+    True
+    """
+    parts = [f"{name} ({how.label}: {how.blurb})" if how.label != name else f"{name} ({how.blurb})"
+             for name, how in ((n, QUANT_RECIPES.get(n)) for n in QUANT_RECIPES.ordered())]
+    return f"quantization recipe (default {DEFAULT_RECIPE}): " + "; ".join(parts)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..settings import DEFAULT_RECIPE
 from ._args import compress_args, data_for, setting_of
 
 
@@ -70,7 +71,7 @@ def cmd_landscape(a: argparse.Namespace) -> int:
     from ..probes import landscape
     from ..viz import plots
 
-    if a.kind != "compression" and (a.recipe != "uniform" or a.compensate or a.quant_method):
+    if a.kind != "compression" and (a.recipe != DEFAULT_RECIPE or a.compensate or a.quant_method):
         raise ValueError(f"--recipe/--compensate/--quant-method apply to --kind compression, not --kind {a.kind}")
     setting, settings = setting_of(a) if a.kind == "compression" else (None, {})
     if setting is not None:
@@ -78,7 +79,8 @@ def cmd_landscape(a: argparse.Namespace) -> int:
             raise ValueError("--kind compression needs a compression: --sparsity, --pattern, --w-bits or --a-bits")
         problem = setting.weight_path_problem()
         if problem:
-            flag, fix = (("--recipe repq", "use --recipe uniform") if setting.recipe == "repq" else
+            flag, fix = ((f"--recipe {setting.recipe}", f"use --recipe {DEFAULT_RECIPE}")
+                         if setting.recipe != DEFAULT_RECIPE else
                          ("--compensate qwt", "use --compensate qwt-v2 (folded into the layers)"))
             raise ValueError(f"--kind compression with {flag}: {problem}; {fix}")
     model, data, batch = _probe_batch(a)

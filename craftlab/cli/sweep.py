@@ -11,8 +11,9 @@ import argparse
 import sys
 from typing import Any
 
-from ..settings import COMPENSATIONS, PRUNE_METHODS, RECIPES
-from ._args import bit_pair, data_for, load_uncompressed
+from .. import settings
+from ..settings import COMPENSATIONS, DEFAULT_RECIPE, PRUNE_METHODS
+from ._args import bit_pair, data_for, load_uncompressed, recipe_help
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -27,8 +28,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--patterns", nargs="*", default=["2:4"], help="N:M patterns (none: give --patterns alone)")
     s.add_argument("--bits", nargs="+", type=bit_pair, default=[(8, 8), (6, 6), (4, 8), (4, 4), (3, 8)],
                    help="W,A bit pairs (8,8 or 4,none), one quantization setting each (default: 8,8 6,6 4,8 4,4 3,8)")
-    s.add_argument("--recipe", default="uniform", choices=RECIPES,
-                   help="quantization recipe of the bit settings (repq: RepQ-ViT, timm ViTs only)")
+    s.add_argument("--recipe", default=DEFAULT_RECIPE, choices=settings.RECIPES,
+                   help="the bit settings' " + recipe_help())
     s.add_argument("--compensate", nargs="+", default=[], choices=COMPENSATIONS, metavar="{qwt,qwt-v2}",
                    help="also run every pruning and bit setting with this compensation (one row each)")
     s.add_argument("--out", default=None, help="NAME.csv (also writes NAME.json) or a folder")
@@ -65,12 +66,12 @@ def run(a: argparse.Namespace) -> int:
     models = {c: load_uncompressed(c) for c in a.checkpoint}
     first = next(iter(models.values()))
     data = data_for(first.craftlab_meta, first, a.data)
-    if a.recipe == "repq" and not a.keep_going:  # with --keep-going such cells fail and are listed
+    if a.recipe != DEFAULT_RECIPE and not a.keep_going:  # with --keep-going such cells fail and are listed
         from ..compression.pipeline import check_recipe_model
 
         for path, model in models.items():
             try:
-                check_recipe_model(model, "repq")
+                check_recipe_model(model, a.recipe)
             except ValueError as err:
                 raise ValueError(f"{path}: {err}") from None
     df = sweep(models, data, out=a.out, progress=not a.quiet, methods=a.methods, sparsities=a.sparsities,

@@ -49,11 +49,13 @@ from .._errors import check_sparsity, unknown_name
 from ..checkpoint import CheckpointError, load_checkpoint, read_meta
 from ..data import DataBundle
 from ..evaluation import evaluate
-from ..registry import COMPENSATION_METHODS, PRUNE_SCORERS
+from ..registry import COMPENSATION_METHODS, PRUNE_SCORERS, QUANT_RECIPES
 from ..settings import (
+    GRANULARITIES,
     RECIPES,
     Setting,
     check_compensation,
+    parse_bits,
     parse_compensation,
     parse_recipe,
     parse_setting,
@@ -61,17 +63,10 @@ from ..settings import (
 from .compensate import _check_options as _check_compensation_options
 from .compensate import compensate, find_blocks
 from .prune import check_prune_args, prune
-from .quant import METHODS as UNIFORM_METHODS
-from .quant import check_quant_args, model_stats
-from .quant import quantize as _quantize_uniform
-from .vit_quant import W_METHODS as REPQ_METHODS
-from .vit_quant import quantize_vit
+from .quant import model_stats
 
 __all__ = ["RECIPES", "compress", "compress_and_evaluate", "load_compressed", "quantize", "resolve"]
 
-_UNIFORM_ONLY = ("w_symmetric", "a_symmetric", "percentile")
-_REPQ_ONLY = ("softmax_quantizer", "ln_reparam", "quantize_stem_head")
-_BOTH = ("calib_samples",)
 _COMPENSATE_OPTIONS = tuple(n for n in inspect.signature(compensate).parameters
                             if n not in ("qmodel", "reference", "calib", "method"))
 
@@ -80,57 +75,45 @@ def check_recipe_args(recipe: Any, w_bits: Any, a_bits: Any, w_granularity: str 
                       a_granularity: str = "tensor", method: str | None = None, a_method: str | None = None,
                       calib: Any = None, targets: Any = None,
                       options: dict[str, Any] | None = None) -> tuple[str, int | None, int | None, dict[str, Any]]:
-    """Validate :func:`quantize`'s arguments for `recipe` before any work.
+    """Validate :func:`quantize`'s arguments for `recipe` (a name of :data:`~craftlab.registry.QUANT_RECIPES`)
+    before any work.
 
-    Returns ``(recipe, w_bits, a_bits, backend keyword arguments)``: for ``uniform`` those of
-    :func:`craftlab.compression.quant.quantize`, for ``repq`` those of :func:`quantize_vit`. Mapping for
-    ``repq``: ``method`` → ``w_method`` (``repq`` or ``minmax``; default ``repq``) and ``a_method`` →
-    ``a_method`` (default: ``method``, as for uniform); ``w_granularity`` as is; ``a_granularity`` must be
-    ``"tensor"`` (post-LayerNorm per-channel ranges are folded by ``ln_reparam``); ``targets`` is refused
-    (the recipe quantizes every Linear and the patch embedding; ``quantize_stem_head=False`` keeps stem
-    and head float); ``w_symmetric``, ``a_symmetric``, ``percentile`` are uniform-only,
-    ``softmax_quantizer``, ``ln_reparam``, ``quantize_stem_head`` repq-only.
+    Returns ``(recipe, w_bits, a_bits, keyword arguments of the recipe's quantize)``. `method` is the recipe's
+    weight range method (default: its first), `a_method` the activations' (default: `method`); `options` are the
+    recipe's own (its dataclass fields: uniform ``w_symmetric``, ``a_symmetric``, ``percentile``; repq
+    ``softmax_quantizer``, ``ln_reparam``, ``quantize_stem_head``; both ``calib_samples``); an option of another
+    recipe is a ValueError that names its owner. ``repq`` quantizes activations per tensor and chooses its layers
+    itself (``targets`` is refused; ``quantize_stem_head=False`` keeps stem and head float).
     """
     recipe = parse_recipe(recipe)
+    how = QUANT_RECIPES.get(recipe)
     options = dict(options or {})
-    known = {"uniform": _UNIFORM_ONLY + _BOTH, "repq": _REPQ_ONLY + _BOTH}[recipe]
-    wrong = sorted(set(options) - set(known))
+    wrong = sorted(set(options) - set(how.options()))
     if wrong:
-        other = [o for o in wrong if o in (_REPQ_ONLY if recipe == "uniform" else _UNIFORM_ONLY)]
+        owners = {o: n for n in QUANT_RECIPES.ordered()[::-1] if n != recipe for o in QUANT_RECIPES.get(n).options()}
+        other = [o for o in wrong if o in owners]
         if other:
-            owner = "repq" if recipe == "uniform" else "uniform"
-            raise ValueError(f"{', '.join(other)} belong(s) to recipe {owner!r}, not to recipe {recipe!r}")
+            raise ValueError(f"{', '.join(other)} belong(s) to recipe {owners[other[0]]!r}, not to recipe {recipe!r}")
         raise TypeError(f"quantize() got unexpected argument(s) {', '.join(wrong)}")
-    if recipe == "uniform":
-        method = method or "minmax"
-        w_bits, a_bits = check_quant_args(w_bits, a_bits, w_granularity, a_granularity, method, a_method, calib)
-        return recipe, w_bits, a_bits, {"w_granularity": w_granularity, "a_granularity": a_granularity,
-                                        "method": method, "a_method": a_method, "targets": targets, **options}
-    method = method or "repq"
-    for what, value in (("method", method), ("a_method", a_method or method)):
-        if value not in REPQ_METHODS:
-            hint = (f"{value!r} is a range estimator of recipe 'uniform'" if value in UNIFORM_METHODS else "")
-            raise unknown_name(f"{what} of recipe 'repq'", value, REPQ_METHODS, hint=hint)
-    if a_granularity != "tensor":
-        raise ValueError("recipe 'repq' quantizes activations per tensor (post-LayerNorm per-channel ranges are folded "
-                         "into the LayerNorm): a_granularity must be 'tensor'")
-    if targets is not None:
-        raise ValueError("recipe 'repq' quantizes every Linear and the patch embedding of a ViT: targets= is for "
-                         "recipe 'uniform' (quantize_stem_head=False keeps the stem and the head float)")
-    w_bits, a_bits = check_quant_args(w_bits, a_bits, w_granularity, "tensor", "minmax", None, calib)
-    return recipe, w_bits, a_bits, {"w_granularity": w_granularity, "w_method": method, "a_method": a_method or method,
-                                    **options}
+    kw = how(**options).backend_kwargs(w_granularity, a_granularity, method, a_method, targets)
+    w_bits, a_bits = parse_bits(w_bits, "w_bits"), parse_bits(a_bits, "a_bits")
+    for name, value in (("w_granularity", w_granularity), ("a_granularity", a_granularity)):
+        if value not in GRANULARITIES:
+            raise unknown_name(name, value, GRANULARITIES)
+    if a_bits is not None and calib is None:
+        raise ValueError("a_bits needs calibration data to set activation ranges: pass calib=<DataLoader or batches>")
+    return recipe, w_bits, a_bits, kw
 
 
 def check_recipe_model(model: nn.Module, recipe: str) -> None:
     """ValueError when `recipe` cannot quantize `model` (``repq`` needs a timm VisionTransformer)."""
-    if recipe != "repq":
-        return
-    from timm.models.vision_transformer import VisionTransformer
+    QUANT_RECIPES.get(parse_recipe(recipe))().check_model(model)
 
-    if not isinstance(model, VisionTransformer):
-        raise ValueError(f"recipe 'repq' (RepQ-ViT) quantizes timm Vision Transformers (ViT / DeiT) only, got "
-                         f"{type(model).__name__}: use recipe 'uniform' for CNNs and other models")
+
+def _recipe_quantize(model: nn.Module, recipe: str, w_bits: int | None, a_bits: int | None, calib: Any,
+                     kw: dict[str, Any]) -> nn.Module:
+    """The quantized copy of `model` by `recipe` (`kw`: :func:`check_recipe_args`'s, the recipe's options inside)."""
+    return QUANT_RECIPES.get(recipe)().quantize(model, w_bits, a_bits, calib, **kw)
 
 
 def quantize(
@@ -169,9 +152,7 @@ def quantize(
     recipe, w_bits, a_bits, kw = check_recipe_args(recipe, w_bits, a_bits, w_granularity, a_granularity, method,
                                                    a_method, calib, targets, options)
     check_recipe_model(model, recipe)
-    if recipe == "uniform":
-        return _quantize_uniform(model, w_bits=w_bits, a_bits=a_bits, calib=calib, **kw)
-    return quantize_vit(model, w_bits, a_bits, calib, **kw)
+    return _recipe_quantize(model, recipe, w_bits, a_bits, calib, kw)
 
 
 BN_QWT2_CLASH = ("BatchNorm re-estimation and QwT-v2 correct the same per-channel error of a CNN and undo each "
@@ -327,12 +308,7 @@ def _compress(model: nn.Module, kw: dict[str, Any]) -> nn.Module:
     if kw["recalibrate_bn"] and kw["prunes"]:
         reference = out  # compensate against the BN-re-estimated float model (see the module docstring)
     if kw["quantizes"]:
-        q = kw["quant_kwargs"]
-        if kw["recipe"] == "uniform":
-            out = quantize(out, w_bits=kw["w_bits"], a_bits=kw["a_bits"], calib=kw["calib"], **q)
-        else:
-            out = quantize(out, kw["w_bits"], kw["a_bits"], w_granularity=q["w_granularity"], method=q["w_method"],
-                           a_method=q["a_method"], calib=kw["calib"], recipe="repq")
+        out = _recipe_quantize(out, kw["recipe"], kw["w_bits"], kw["a_bits"], kw["calib"], kw["quant_kwargs"])
         if kw["recalibrate_bn"]:
             from .bn import recalibrate_bn_
 

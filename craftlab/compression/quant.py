@@ -29,11 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._errors import unknown_name
-from ..settings import GRANULARITIES, QUANT_METHODS, parse_bits
+from ..measure.bitops import bitops, forward_macs
+from ..measure.size import model_size
+from ..settings import GRANULARITIES, parse_bits, range_methods
 from ._calib import RangeObserver, for_each_layer_input
 from .prune import Targets, target_layers
 
-METHODS = QUANT_METHODS["uniform"]
+METHODS = range_methods("uniform")
+"""The range methods of recipe ``uniform`` (its module, :mod:`craftlab.compression.recipes.uniform`, says them)."""
 CALIB_SAMPLE_VALUES = 2**20
 """Per layer: the most activation values kept for percentile/MSE calibration (a uniform subsample)."""
 
@@ -303,49 +306,22 @@ def model_stats(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     Returns ``params``, ``nonzero_params``, ``size_bits`` (quantized layers' weights at w_bits, every
     other parameter at 32 bits), ``size_mb`` (size_bits / 8 / 2**20), and with `example_input` (one
     image, shape (1, C, H, W) or (C, H, W)): ``macs`` of the Conv2d/Linear layers (attention matmuls
-    are not counted) and ``bitops`` = Σ MACs · w_bits · a_bits (32 for float).
+    are not counted) and ``bitops`` = Σ MACs · w_bits · a_bits (32 for float). Each quantity is defined once in
+    :mod:`craftlab.measure` (``size.model_size``, ``bitops.forward_macs`` / ``bitops.bitops``).
 
     Example::
 
         craftlab.model_stats(craftlab.quantize(model, w_bits=4, a_bits=8, calib=data.calib))
         # {'size_mb': ..., 'bitops': ..., 'params': ..., 'sparsity': ...}
     """
-    size_bits, params, nonzero = 0, 0, 0
-    weight_bits = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, _QuantMixin) and mod.w_bits is not None:
-            weight_bits[f"{name}.weight" if name else "weight"] = mod.w_bits
-    for name, p in model.named_parameters():
-        bits = weight_bits.get(name, 32 if p.dtype == torch.float32 else torch.finfo(p.dtype).bits)
-        size_bits += p.numel() * bits
-        params += p.numel()
-        nonzero += int((p != 0).sum())
-    stats = {"params": params, "nonzero_params": nonzero, "size_bits": size_bits, "size_mb": size_bits / 8 / 2**20}
+    weight_bits = {f"{name}.weight" if name else "weight": mod.w_bits for name, mod in model.named_modules()
+                   if isinstance(mod, _QuantMixin) and mod.w_bits is not None}
+    stats = model_size(model, weight_bits)
     if example_input is not None:
         x = example_input if example_input.ndim == 4 else example_input[None]
-        macs, bitops = 0, 0
-
-        def hook(mod, inputs, out):
-            nonlocal macs, bitops
-            if isinstance(mod, nn.Conv2d):
-                kh, kw = mod.kernel_size
-                m = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * kh * kw
-            else:
-                m = out.numel() // out.shape[0] * mod.in_features
-            wb = getattr(mod, "w_bits", None) or 32
-            ab = getattr(mod, "a_bits", None) or 32
-            macs += m
-            bitops += m * wb * ab
-
-        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                model(x[:1].to(next(model.parameters()).device))
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
-        stats.update(macs=macs, bitops=bitops)
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        macs = forward_macs(model, x, layers=layers)
+        stats.update(macs=sum(macs.values()),
+                     bitops=sum(bitops(n, getattr(m, "w_bits", None), getattr(m, "a_bits", None))
+                                for m, n in macs.items()))
     return stats

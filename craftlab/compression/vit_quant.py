@@ -81,7 +81,7 @@ from timm.models.vision_transformer import Block, ResPostBlock, VisionTransforme
 from torch import nn
 
 from .._errors import unknown_name
-from ..settings import GRANULARITIES, QUANT_METHODS, parse_bits
+from ..settings import GRANULARITIES, parse_bits, range_methods
 from ._calib import run_calibration
 from ._quantizers import (
     ACT_METHODS,
@@ -108,7 +108,7 @@ except ImportError:  # timm releases whose Attention takes no mask
 __all__ = ["QuantAttention", "explicit_attention", "quantize_vit", "quantize_weight", "quantization_disabled",
            "reparam_layernorm", "SOFTMAX_QUANTIZERS", "W_METHODS"]
 
-W_METHODS = QUANT_METHODS["repq"]
+W_METHODS = range_methods("repq")  # the recipe's range methods (compression/recipes/repq.py says them)
 STEM_MIN_BITS = 8  # RepQ-ViT keeps the image (patch-embedding input) at 8 bits
 
 

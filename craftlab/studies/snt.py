@@ -16,7 +16,7 @@ The notebook ``04_snt`` and ``benchmarks/bench_snt.py`` both run this module.
 from __future__ import annotations
 
 import copy
-import statistics
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -24,11 +24,13 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..analysis.stats import claim_verdict, compare_arms
 from ..checkpoint import load_checkpoint
 from ..data import DataBundle, load_data
 from ..distributed.sweep import sweep
+from ..measure.timing import time_interleaved
 from ..models import build_model
 from ..probes.sharpness import sharpness_summary
 from ..settings import Setting, make_setting
@@ -155,7 +157,8 @@ def family_verdict(acc: pd.DataFrame, model: str, stage: str, fam: str, arm: str
 def step_times(model: str, arms: Mapping[str, dict], data: DataBundle, reps: int = 12, warmup: int = 2,
                batch_size: int = 64) -> pd.Series:
     """Median seconds per training step of each arm (its transform's training form, Adam or SAM(Adam)), the arms
-    interleaved step by step on one batch so that the machine's load hits them alike. Index: arm labels."""
+    interleaved step by step on one batch so that the machine's load hits them alike
+    (:func:`craftlab.measure.timing.time_interleaved`, threads by THE policy). Index: arm labels."""
     x, y = data.probe_batches(batch_size)[0]
     base = build_model(model, num_classes=data.num_classes)
     setups = {}
@@ -167,22 +170,20 @@ def step_times(model: str, arms: Mapping[str, dict], data: DataBundle, reps: int
         rho = kw.get("sam_rho", 0.0)
         opt = SAM(params, opt_cls, rho=rho, model=net, lr=lr, **extra) if rho else opt_cls(params, lr=lr, **extra)
         setups[arm] = (net, opt, rho)
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    for rep in range(warmup + reps):
-        for arm, (net, opt, rho) in setups.items():
-            t0 = time.perf_counter()
-            F.cross_entropy(net(x), y).backward()
-            if rho:
-                opt.first_step(zero_grad=True)
-                with frozen_bn(net):
-                    F.cross_entropy(net(x), y).backward()
-                opt.second_step(zero_grad=True)
-            else:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if rep >= warmup:
-                times[arm].append(time.perf_counter() - t0)
-    return pd.Series({arm: statistics.median(v) for arm, v in times.items()}, name="seconds_per_step")
+
+    def step(net: nn.Module, opt: Any, rho: float) -> None:
+        F.cross_entropy(net(x), y).backward()
+        if rho:
+            opt.first_step(zero_grad=True)
+            with frozen_bn(net):
+                F.cross_entropy(net(x), y).backward()
+            opt.second_step(zero_grad=True)
+        else:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    fns = {arm: functools.partial(step, *setup) for arm, setup in setups.items()}
+    return pd.Series(time_interleaved(fns, reps=reps, warmup=warmup, model=base).median(), name="seconds_per_step")
 
 
 CLAIMED_PP = {"pruning": 2.0, "quantization": 5.4}

@@ -35,19 +35,11 @@ import torch
 from torch import nn
 
 from ..compression.quant import grid, qparams, scale_floor
+from ..measure.bitops import attention_macs  # noqa: F401 (moved to craftlab.measure; re-exported)
 from .layers import _LSQ
 
 OPERANDS = ("q", "k", "v", "p")
 """Quantized operands: query, key, value (signed grids) and the softmax probabilities (unsigned grid)."""
-
-
-def attention_macs(num_heads: int, tokens: int, head_dim: int) -> int:
-    """MACs of q·kᵀ plus attn·v of one image: ``2 · heads · N² · head_dim``.
-
-    >>> attention_macs(3, 5, 64)
-    9600
-    """
-    return 2 * num_heads * tokens * tokens * head_dim
 
 
 class QuantAttention(nn.Module):

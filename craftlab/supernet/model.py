@@ -35,10 +35,11 @@ from torch import nn
 
 from ..cache import fingerprint
 from ..compression.quant import QuantConv2d, QuantLinear
+from ..measure.bitops import FP_BITS, bitops, forward_macs
+from ..measure.size import size_mb
 from .layers import SwitchableQuantConv2d, SwitchableQuantLinear
 from .space import SearchSpace, SubnetConfig
 
-FP_BITS = 32
 BITOPS_CONVENTION = ("BitOPs = Σ Conv2d/Linear MACs · w_bits · a_bits (patch embedding, stem and head at 32x32) + "
                      "Σ attention matmul MACs (q·kᵀ, attn·v) · a_bits² (the block's qkv activation bits)")
 """How every supernet BitOPs figure is counted (printed beside the numbers by the CLI, the app and the benchmark)."""
@@ -261,44 +262,19 @@ class Supernet(nn.Module):
         if key in self._macs_cache:
             return self._macs_cache[key]
         layers = self.layers()
-        index = {id(m): i for i, m in enumerate(layers.values())}
-        macs, numel, fixed = [0] * len(layers), [(0, 0)] * len(layers), [0]
-        attn_macs = [0] * len(self._attn)
-        attn_index = {id(m): j for j, (m, _) in enumerate(self._attn)}
-
-        def attn_hook(mod, inputs, out):
-            from .attention import attention_macs
-
-            attn_macs[attn_index[id(mod)]] = attention_macs(mod.num_heads, inputs[0].shape[1], mod.head_dim)
-
-        def hook(mod, inputs, out):
-            if isinstance(mod, nn.Conv2d):
-                kh, kw = mod.kernel_size
-                m = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * kh * kw
-            else:
-                m = out.numel() // out.shape[0] * inputs[0].shape[-1]
-            if id(mod) in index:
+        fixed_mods = [self.net.get_submodule(n) for n in self._fixed]
+        with self.using(replace(self.space.largest(), resolution=cfg.resolution, depth=cfg.depth,
+                                mlp_ratio=cfg.mlp_ratio, heads=cfg.heads)):
+            dev = next(self.parameters()).device
+            counts = forward_macs(self, torch.zeros(1, *self.input_size, device=dev),
+                                  layers=[*layers.values(), *fixed_mods], attention=[m for m, _ in self._attn])
+            numel = []
+            for mod in layers.values():  # the active slice of each searchable layer, under the same structure
                 w, b = mod.active_weight()
-                macs[index[id(mod)]] = m
-                numel[index[id(mod)]] = (w.numel(), b.numel() if b is not None else 0)
-            else:
-                fixed[0] += m
-
-        mods = list(layers.values()) + [self.net.get_submodule(n) for n in self._fixed]
-        handles = [m.register_forward_hook(hook) for m in mods]
-        handles += [m.register_forward_hook(attn_hook) for m, _ in self._attn]
-        was_training = self.training
-        self.eval()
-        try:
-            with self.using(replace(self.space.largest(), resolution=cfg.resolution, depth=cfg.depth,
-                                    mlp_ratio=cfg.mlp_ratio, heads=cfg.heads)):
-                dev = next(self.parameters()).device
-                self(torch.zeros(1, *self.input_size, device=dev))
-        finally:
-            for h in handles:
-                h.remove()
-            self.train(was_training)
-        self._macs_cache[key] = (macs, numel, fixed[0], attn_macs)
+                numel.append((w.numel(), b.numel() if b is not None else 0) if mod in counts else (0, 0))
+        macs = [counts.get(m, 0) for m in layers.values()]
+        attn_macs = [counts.get(m, 0) for m, _ in self._attn]
+        self._macs_cache[key] = (macs, numel, sum(counts.get(m, 0) for m in fixed_mods), attn_macs)
         return self._macs_cache[key]
 
     def cost(self, cfg: SubnetConfig | None = None) -> dict[str, float]:
@@ -309,8 +285,8 @@ class Supernet(nn.Module):
         ``model_stats`` counts the exported model. ``model_stats(export)["bitops"] == bitops - bitops_attention``."""
         cfg = self.space.validate(cfg) if cfg is not None else self._config
         macs, numel, fixed, attn_macs = self._measure(cfg)
-        attn_bitops = sum(m * cfg.a_bits[i] ** 2 for m, (_, i) in zip(attn_macs, self._attn))
-        bitops = sum(m * w * a for m, w, a in zip(macs, cfg.w_bits, cfg.a_bits)) + fixed * FP_BITS * FP_BITS
+        attn_bitops = sum(bitops(m, cfg.a_bits[i], cfg.a_bits[i]) for m, (_, i) in zip(attn_macs, self._attn))
+        total = sum(bitops(m, w, a) for m, w, a in zip(macs, cfg.w_bits, cfg.a_bits)) + bitops(fixed, None, None)
         size = sum(nw * w + nb * FP_BITS for (nw, nb), w in zip(numel, cfg.w_bits))
         depth = cfg.depth
         for name, n, block in self._other_params:
@@ -321,8 +297,8 @@ class Supernet(nn.Module):
                 prefix = 0 if self.net.no_embed_class else self.net.num_prefix_tokens
                 n = (prefix + g[0] * g[1]) * self.net.embed_dim
             size += n * FP_BITS
-        return {"macs": sum(macs) + fixed, "macs_attention": sum(attn_macs), "bitops": bitops + attn_bitops,
-                "bitops_attention": attn_bitops, "size_bits": size, "size_mb": size / 8 / 2**20}
+        return {"macs": sum(macs) + fixed, "macs_attention": sum(attn_macs), "bitops": total + attn_bitops,
+                "bitops_attention": attn_bitops, "size_bits": size, "size_mb": size_mb(size)}
 
     def bitops(self, cfg: SubnetConfig | None = None) -> float:
         """BitOPs of subnet `cfg` (default: the current one), attention matmuls included (:meth:`cost`)."""
@@ -332,8 +308,8 @@ class Supernet(nn.Module):
         """BitOPs of the base model in FP32 (every layer and attention matmul 32x32) and at W8A8 (the searchable
         layers and attention matmuls 8x8): the references a BitOPs reduction is quoted against."""
         macs, _, fixed, attn = self._measure(self.space.largest())
-        return {"FP32": (sum(macs) + fixed + sum(attn)) * FP_BITS * FP_BITS,
-                "W8A8": (sum(macs) + sum(attn)) * 64 + fixed * FP_BITS * FP_BITS}
+        return {"FP32": bitops(sum(macs) + fixed + sum(attn), None, None),
+                "W8A8": bitops(sum(macs) + sum(attn), 8, 8) + bitops(fixed, None, None)}
 
     # ---- export --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -62,29 +62,11 @@ def notebook_specs(seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> d
 def float_attention_macs(model: Any, x: Any) -> int:
     """MACs of the attention matmuls (q·kᵀ and attn·v) of one image `x` (1, C, H, W) in `model`'s timm
     ``Attention`` modules: ``2 · heads · N² · head_dim`` each (0 for a model without them)."""
-    import torch
     from timm.models.vision_transformer import Attention
 
-    from .attention import attention_macs
+    from ..measure.bitops import forward_macs
 
-    total = [0]
-
-    def hook(mod, inputs, out):
-        total[0] += attention_macs(mod.num_heads, inputs[0].shape[1], mod.head_dim)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Attention)]
-    if not handles:
-        return 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(x[:1].to(next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return total[0]
+    return sum(forward_macs(model, x, attention=[m for m in model.modules() if isinstance(m, Attention)]).values())
 
 
 def ptq_baselines(model: Any, data: Any, settings: tuple[str, ...] = PTQ_SETTINGS,
@@ -95,6 +77,7 @@ def ptq_baselines(model: Any, data: Any, settings: tuple[str, ...] = PTQ_SETTING
     (``bitops_conv_linear``) plus the attention matmuls, which ``craftlab.quantize`` leaves in float (32x32)."""
     from ..compression.quant import model_stats, quantize
     from ..evaluation import evaluate
+    from ..measure.bitops import bitops
     from ..train.finetune import eval_loader
 
     x = next(iter(eval_loader(data, split)))[0][:1]
@@ -105,7 +88,7 @@ def ptq_baselines(model: Any, data: Any, settings: tuple[str, ...] = PTQ_SETTING
                                                    calib=data.calib)
         conv_linear = model_stats(m, x)["bitops"]
         rows.append({"label": label, "accuracy": evaluate(m, eval_loader(data, split))["accuracy"],
-                     "bitops": conv_linear + attn * 32 * 32, "bitops_conv_linear": conv_linear,
+                     "bitops": conv_linear + bitops(attn, None, None), "bitops_conv_linear": conv_linear,
                      "macs_attention": attn})
     return rows
 
@@ -123,7 +106,7 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
     from .build import build_supernet
     from .train import step_memory
 
-    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 2,
+    args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 3,
             "torch": torch.__version__}
     path = cache.subdir("supernet-memory") / (cache.fingerprint(args)[:16] + ".json")
     if use_cache and path.exists():

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from ..data import DataBundle
 from ..evaluation import evaluate
+from ..measure.memory import TrainingMemory, measure_training_memory
 from ..train.finetune import eval_loader
-from .memory import TrainingMemory, measure_training_memory
 from .model import Supernet
 from .space import SubnetConfig
 
@@ -209,7 +209,7 @@ def train_supernet(
 def step_memory(supernet: Supernet, x: torch.Tensor, y: torch.Tensor, *, n_random: int = 0, seed: int = 0,
                 lr: float = 2e-3, weight_lr: float = 2e-4, step_lr: float = 1e-3) -> TrainingMemory:
     """Training memory of one sandwich step (largest, `n_random` random, smallest subnet) on the batch (x, y), run
-    on a copy of `supernet`: saved tensors (peak), gradients and AdamW state (:mod:`craftlab.supernet.memory`).
+    on a copy of `supernet`: saved tensors (peak), gradients and AdamW state (:mod:`craftlab.measure.memory`).
 
     Example (a ViT-B-sized stand-in: random init, 224 px, batch 2)::
 
