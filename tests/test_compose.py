@@ -96,8 +96,9 @@ def test_waterfall_increments_sum_to_the_full_gain():
     (dict(model="resnet-tiny", compensation="qwt"), "uncompressed"),
     (dict(model="resnet-tiny", bn=True), "uncompressed"),
     (dict(model="vit-tiny", compression="W3A3 repq", bn=True), "ViT has no BatchNorm"),
-    (dict(model="resnet-tiny", compression="W4A4", supernet=True), "ViTs only"),
-    (dict(model="vit-tiny", compression="W3A3 repq", supernet=True), "not run by compose"),
+    (dict(model="resnet-tiny", supernet=True), "out of a CNN subnet's reach"),
+    (dict(model="vit-tiny", compression="W3A3 repq", supernet=True), "the supernet pick is the pipeline's compression"),
+    (dict(model="vit-tiny", supernet=True, compensation="qwt-v2"), "compensation of a subnet is not implemented"),
     (dict(model="resnet-tiny", compression="wanda 70%", bn=True, compensation="qwt-v2"), "pruned"),
     (dict(model="vit-tiny", finetune="sgd"), "fine-tuning step"),
     (dict(model="vit-tiny", pretrain="snt"), "pretraining step"),
@@ -118,6 +119,12 @@ def test_designs_and_budget():
     assert len(design_pipelines("vit-tiny", "full")) == 6
     with pytest.raises(ValueError, match=r"16 pipelines × 20 seeds = 320 .*--design fractional \(120 runs\)"):
         compose("resnet-tiny", "full", seeds=20, budget=100)
+    sn = design_pipelines("vit-tiny", "supernet")
+    full_labels = {p.label for p in design_pipelines("vit-tiny", "full")}
+    assert [p.label for p in sn if p.supernet] == ["AdamW → supernet pick ≤ 5%", "SAM ρ=0.05 → supernet pick ≤ 5%"]
+    assert {p.label for p in sn if not p.supernet} <= full_labels and len(sn) == 6  # PTQ cells: the full design's
+    with pytest.raises(ValueError, match="design 'supernet' on resnet-tiny"):
+        design_pipelines("resnet-tiny", "supernet")
     with pytest.raises(ValueError, match="design"):
         design_pipelines("resnet-tiny", "half")
     with pytest.raises(ValueError, match="seeds"):
@@ -208,3 +215,49 @@ def test_power_columns_follow_the_ledgers_rule():
     need = seeds_for_power(0.03, i["sd_diff"], min_n=2)
     assert i["seeds_for_3pp"] == need and power(0.03, i["sd_diff"], need) >= 0.8 > power(0.03, i["sd_diff"], need - 1)
     assert power(i["detectable"], i["sd_diff"], 8) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_supernet_factor_main_effect_and_interaction_with_sam():
+    """The supernet design's table (fine-tuning × {PTQ, PTQ + QwT-v2, supernet pick}) on simulated data: the
+    planted supernet effect and SAM × supernet interaction come back; QwT-v2's effect is read from PTQ cells only."""
+    rng, rows = np.random.default_rng(7), []
+    for s in range(16):
+        u = rng.normal(0, 0.03)
+        for sam, last in itertools.product((False, True), ("ptq", "qwt-v2", "supernet")):
+            y = 0.85 + u + 0.01 * sam + 0.02 * (last == "qwt-v2") + 0.07 * (last == "supernet")
+            y += -0.02 * (sam and last == "supernet")
+            y = np.round((y + rng.normal(0, 0.004)) / GRID) * GRID
+            rows.append({"sam": sam, "bn": False, "compensation": "qwt-v2" if last == "qwt-v2" else "none",
+                         "supernet": last == "supernet", "seed": s, "accuracy": y})
+    res = factorial.analyze(pd.DataFrame(rows))
+    m = res.main.set_index("step")
+    assert set(m.index) == {"SAM", "QwT-v2", "supernet"}
+    for step, v in {"supernet": 0.07 - 0.02 / 2, "QwT-v2": 0.02}.items():
+        assert m.loc[step, "ci_low"] < v < m.loc[step, "ci_high"], step
+    i = res.interactions.set_index("step")
+    assert i.loc["SAM × supernet", "ci_low"] < -0.02 < i.loc["SAM × supernet", "ci_high"]
+    assert i.loc["SAM × supernet", "word"] == "overlap"
+    assert abs(i.loc["SAM × QwT-v2", "mean_diff"]) < 0.006
+
+
+@pytest.mark.slow
+def test_supernet_step_alone_is_the_supernet_benchmarks_pick():
+    """AdamW → supernet pick ≤ 5 % is the pick ``benchmarks/bench_supernet.py`` reports (the ledger's supernet
+    row reads that table), and the cell's accuracy is the exported subnet's, evaluated independently."""
+    import craftlab
+    from craftlab.studies.compose_supernet import supernet_spec
+    from craftlab.supernet import get_supernet, load_supernet
+
+    bench = pytest.importorskip("benchmarks.bench_supernet")
+    t = compose("vit-tiny", seeds=[0], pipelines=[Pipeline("vit-tiny", supernet=True)], use_cache=False).iloc[0]
+    _, picks, _ = bench.run_model("vit-tiny", 0)
+    pick = next(q for q in picks if abs(q["budget_pct"] - 5.0) < 1e-6)
+    assert t["accuracy"] == pick["pick_test"] and t["setting"].startswith(f"pick ≤ 5%: {pick['pick']} (")
+    sn = load_supernet(get_supernet(supernet_spec("vit-tiny", 0.0, 0)))
+    uniform = {sn.space.label(c): c for c in (sn.space.uniform(w, a) for w in sn.space.w_bits
+                                                for a in sn.space.a_bits)}
+    cfg = uniform.get(pick["pick"])
+    if cfg is not None:  # a uniform pick: its exported model, evaluated by craftlab.evaluate
+        data = craftlab.load_data("digits", model=craftlab.build_model("vit-tiny"))
+        assert craftlab.evaluate(sn.export(cfg), data.test)["accuracy"] == pytest.approx(t["accuracy"], abs=1e-9)
+        assert t["bitops_total"] == sn.bitops(cfg) <= 0.05 * sn.references()["FP32"]
