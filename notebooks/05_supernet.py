@@ -74,7 +74,8 @@ from tqdm.auto import tqdm
 import craftlab
 from craftlab import stats, widgets
 from craftlab.analysis.power import endpoint_verdict
-from craftlab.supernet import build_supernet, evaluate_configs, get_supernet, load_supernet, study
+from craftlab.studies import supernet as study
+from craftlab.supernet import build_supernet, evaluate_configs, get_supernet, load_supernet
 from craftlab.supernet.layers import lsq_quantize
 from craftlab.supernet.store import supernet_dir
 from craftlab.supernet.train import make_optimizer, sandwich_configs, sandwich_step

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import cache
-from .store import SupernetSpec, get_supernet, load_supernet
+from ..supernet.store import SupernetSpec, get_supernet, load_supernet
 
 OPERATOR_STUDY = {"resolution": {"resolutions": (14, 21, 28)}, "depth": {"depths": (2, 3, 4)},
                   "mlp_ratio": {"mlp_ratios": (1.0, 1.5, 2.0)}, "heads": {"heads": (2, 3, 4)}}
@@ -65,7 +65,7 @@ def float_attention_macs(model: Any, x: Any) -> int:
     import torch
     from timm.models.vision_transformer import Attention
 
-    from .attention import attention_macs
+    from ..supernet.attention import attention_macs
 
     total = [0]
 
@@ -120,8 +120,8 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
     import torch
 
     from ..models import SeededRNG
-    from .build import build_supernet
-    from .train import step_memory
+    from ..supernet.build import build_supernet
+    from ..supernet.train import step_memory
 
     args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 2,
             "torch": torch.__version__}
@@ -148,7 +148,7 @@ def main_search(seed: int, data: Any, supernet: Any = None, budgets: tuple[str, 
                 cache: bool = True, quick: bool = False) -> Any:
     """The study's search on the main supernet of `seed` (loaded from the cache unless given; evaluations cached):
     ``(supernet, SearchReport)``. ``quick=True``: the budgets and search settings of :data:`QUICK`."""
-    from .search import search_budgets
+    from ..supernet.search import search_budgets
 
     sn = supernet or load_supernet(get_supernet(notebook_specs((seed,))[f"per-bit/s{seed}"]))
     budgets = budgets or (QUICK["budgets"] if quick else BUDGETS)
