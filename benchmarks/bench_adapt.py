@@ -21,16 +21,17 @@ from pathlib import Path
 import torch
 
 import craftlab
-from craftlab.adapt import compare, miet, parallel, recipes
+from craftlab.adapt import methods, miet, parallel, recipes, steps
 from craftlab.analysis import stats
+from craftlab.studies import adapt as study
 
 RESULTS = Path(__file__).parent / "results"
-ARMS, LORA, LAST = compare.ARMS, compare.LORA, compare.LAST  # the one table of arms
-VITB_ARMS = {
-    "linear probe": ("linear", {}), "LoRA (r=4, qkv)": ("lora", {}), "full": ("full", {}),
-    "full + SAM": ("full", {"sam_rho": 0.05}), "LAST (g=3, m=4)": ("last", {"gap": 3}),
-    "LAST (g=1, m=12)": ("last", {"gap": 1}), "MIET (k=12)": ("miet", {}),
-}
+ARMS, LORA, LAST = methods.ARMS, methods.LORA, methods.LAST  # the one table of arms
+VITB_DEPTH = 12
+VITB_ARMS = {methods.method(m).configure(kw).label(VITB_DEPTH): (m, kw) for m, kw in (
+    ("linear", {}), ("lora", {}), ("full", {}), ("full", {"sam_rho": 0.05}), ("last", {"gap": 3}),
+    ("last", {"gap": 1}), ("miet", {}))}
+"""The ViT-B stand-in's memory arms, labelled by the method registry for its 12 blocks."""
 
 
 def _mb(b: float) -> str:
@@ -40,7 +41,7 @@ def _mb(b: float) -> str:
 def tiny_table(seeds, epochs):
     model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
     data = craftlab.load_data("digits")
-    df = compare.compare_methods(model, data, arms=ARMS, seeds=seeds, epochs=epochs, progress=True)
+    df = study.compare_methods(model, data, arms=ARMS, seeds=seeds, epochs=epochs, progress=True)
     g = df.groupby("arm", sort=False)
     summ = g.agg(acc=("test_accuracy", "mean"), sd=("test_accuracy", "std"), params=("trainable_params", "first"),
                  saved=("saved_bytes", "first"), grads=("grad_bytes", "first"), opt=("optimizer_bytes", "first"),
@@ -84,7 +85,7 @@ def vitb(batch=4):
     x, y = torch.randn(batch, 3, 224, 224, generator=g), torch.arange(batch) % 10
     rows = {}
     for arm, (method, kw) in VITB_ARMS.items():
-        step = compare.training_step(model, x, y, method, num_classes=10, **kw)
+        step = steps.training_step(model, x, y, method, num_classes=10, **kw)
         mem = step.memory()
         t0 = time.perf_counter()
         step.run()
@@ -110,7 +111,7 @@ def vitb(batch=4):
 def kway_tiny():
     model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
     data = craftlab.load_data("digits")
-    df = compare.kway_speedup(model, data, ks=(1, 4, 8, 16), epochs=1)
+    df = study.kway_speedup(model, data, ks=(1, 4, 8, 16), epochs=1)
     print("### K-way parallel LAST (vit-tiny, g=1, r=16, one epoch, the backbone run per batch)\n")
     print("| K | K-way (s) | K sequential (s) | speed-up | backbone passes K-way / sequential |")
     print("|---|---|---|---|---|")
