@@ -59,6 +59,31 @@ def notebook_specs(seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> d
     return out
 
 
+NO_DEGRADATION = "supernet-ni"
+"""The claims ledger's row of the paper's "about 95 % BitOPs reduction without degradation"."""
+
+
+def no_degradation(baseline: Any, treatment: Any) -> Any:
+    """The "without degradation" check: the non-inferiority verdict of `treatment` (the subnet searched under 5 %
+    of FP32 BitOPs) against `baseline` (FP32), paired by seed, with the ledger's effect of interest, margin and
+    kind (:func:`craftlab.analysis.power.endpoint_verdict` on :func:`craftlab.analysis.ledger.claim`
+    ``("supernet-ni")``); None with fewer than 2 seeds.
+
+    >>> no_degradation([0.95, 0.96, 0.94], [0.949, 0.957, 0.942]).status
+    'supports'
+    """
+    from ..analysis.ledger import claim
+    from ..analysis.power import endpoint_verdict
+
+    if len(baseline) != len(treatment):
+        raise ValueError(f"paired by seed: {len(baseline)} baseline values, {len(treatment)} treatment values")
+    if len(baseline) < 2:
+        return None
+    c = claim(NO_DEGRADATION)
+    return endpoint_verdict(list(baseline), list(treatment), c.effect, margin=c.margin, kind=c.kind,
+                            higher_is_better=c.higher_is_better, scale=100, unit=" pp")
+
+
 def float_attention_macs(model: Any, x: Any) -> int:
     """MACs of the attention matmuls (q·kᵀ and attn·v) of one image `x` (1, C, H, W) in `model`'s timm
     ``Attention`` modules: ``2 · heads · N² · head_dim`` each (0 for a model without them)."""
