@@ -557,12 +557,12 @@ widgets.interactive_figure(chosen_subnet, budget={"options": sorted(set(picked["
 # seed, on the test split, paired by seed. "Without degradation" is read as non-inferiority with a 1-point
 # margin, with the claims ledger's verdict (`study.no_degradation`: `craftlab.analysis.power.endpoint_verdict`
 # with the margin and effect of the ledger's `supernet-ni` row: *supports* when the 90% CI of the change stays
-# above −1 pp, *contradicts* when it lies below, otherwise *inconclusive* with the effect the seeds could detect). We also give the
-# largest reduction whose subnet stays within 1 pp of FP32 on validation (the selection) and its test accuracy,
-# and the same numbers against a W8A8 reference. A confidence interval needs seeds: the quick version measures
-# seed 0 live and takes the **multi-seed verdict from the benchmark run** (`python -m benchmarks.bench_supernet`,
-# `benchmarks/results/supernet.csv`; same supernets, the quick search: population 12, 4 generations) when that
-# file is present; `FULL = True` computes it here.
+# above −1 pp, *contradicts* when it lies below, otherwise *inconclusive* with the effect the seeds could detect).
+# We also give the largest reduction whose subnet stays within 1 pp of FP32 on validation (the selection) and
+# its test accuracy, and the same numbers against a W8A8 reference. A confidence interval needs seeds: the quick
+# version measures seed 0 live and takes the **multi-seed verdict from the benchmark run**
+# (`python -m benchmarks.bench_supernet`, `benchmarks/results/supernet.csv`; same supernets, the quick search:
+# population 12, 4 generations) when that file is present; `FULL = True` computes it here.
 
 # %% tags=["claim-check"]
 fp32 = ptq[ptq["label"] == "FP32"].set_index("seed")["accuracy"]
