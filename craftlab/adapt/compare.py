@@ -16,7 +16,7 @@ from .methods import ARMS, LAST, LORA, MAIN_ARMS, MIET
 from .steps import Step, method_memory, training_step
 
 _STUDY = "craftlab.studies.adapt"
-__all__ = ["ARMS", "LAST", "LORA", "MAIN_ARMS", "MIET", "Step", "compare_methods", "kway_speedup", "method_memory",
-           "training_step"]
+_LAZY = {"compare_methods": _STUDY, "kway_speedup": _STUDY}
+__all__ = ["ARMS", "LAST", "LORA", "MAIN_ARMS", "MIET", "Step", "method_memory", "training_step", *_LAZY]
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), {"compare_methods": _STUDY, "kway_speedup": _STUDY})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -27,8 +27,7 @@ from .._errors import unknown_name
 from ..data import DataBundle
 from ..models import SeededRNG
 from ..registry import ADAPT_METHODS
-from .methods import DEFAULT_LR, DEFAULT_RANK, AdaptMethod, FinetuneMethod, SideMethod
-from .methods._base import View
+from .methods import DEFAULT_LR, DEFAULT_RANK, AdaptMethod, FinetuneMethod, SideMethod, View
 from .parallel import FitResult, Source, evaluate_source, fit_one, fit_parallel
 from .side import trainable_parameters
 from .taps import extract, tap_batch

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ...registry import ADAPT_METHODS
-from ._base import COMMON, DEFAULT_RANK, AdaptMethod, FinetuneMethod, SideMethod
+from ._base import COMMON, DEFAULT_RANK, AdaptMethod, FinetuneMethod, SideMethod, View
 
 __all__ = ["ADAPT_METHODS", "ARMS", "COMMON", "DEFAULT_LR", "DEFAULT_RANK", "LAST", "LORA", "MAIN_ARMS", "MIET",
-           "ZOO_DEPTH", "AdaptMethod", "FinetuneMethod", "SideMethod", "arms_table", "method"]
+           "ZOO_DEPTH", "AdaptMethod", "FinetuneMethod", "SideMethod", "View", "arms_table", "method"]
 
 ZOO_DEPTH = 4
 """Blocks of the zoo's vit-tiny, the backbone :data:`ARMS` is labelled for (m = L/g side blocks, k = L)."""
