@@ -106,6 +106,10 @@ def test_cli_bytes_and_search(capsys):
                  "--cache", "memory"]) == 0
     out = capsys.readouterr().out
     assert "K = 2 networks" in out and "best" in out
+    # the choices come from the method registry; a method that trains through the backbone cannot be searched
+    # K-way, and the command says so before it loads anything
+    with pytest.raises(ValueError, match="K-way search trains side networks"):
+        _cli(["adapt", "search", "--method", "lora", "--epochs", "1"])
 
 
 def test_the_arms_table_is_the_registry_s():
