@@ -134,9 +134,6 @@ class SideMethod(AdaptMethod):
         """A fresh side network (called under the seeded stream of its initialisation)."""
         raise NotImplementedError
 
-    def record(self) -> dict[str, Any]:
-        return {}
-
 
 @dataclass(frozen=True)
 class FinetuneMethod(AdaptMethod):
