@@ -22,7 +22,6 @@ import torch
 
 import craftlab
 from craftlab.adapt import methods, miet, parallel, recipes, steps
-from craftlab.analysis import stats
 from craftlab.studies import adapt as study
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,19 +63,15 @@ def tiny_table(seeds, epochs):
 
 
 def _paired(df):
-    pairs = [(LORA, LAST), ("full", LAST), (LORA, "MIET (k=4)"), ("linear probe", "MIET (k=4)"),
-             ("MIET (k=4)", "MIET (k=4, 8-bit)"), ("MIET (k=4)", "MIET (k=4, 4-bit)")]
-    wide = df.pivot(index="seed", columns="arm", values="test_accuracy")
-    comps = [stats.compare_paired(wide[b], wide[t], setting=f"{t} vs {b}") for b, t in pairs]
-    p_adj = stats.holm([c.p for c in comps])
+    tests = study.paired_tests(df)  # the study's pairs, t test by seed, Holm across the rows
     print("Paired by seed (test accuracy, treatment − baseline, t test, Holm across the rows):\n")
     print("| comparison | mean difference (pp) | 95 % CI | d_z | p (Holm) |")
     print("|---|---|---|---|---|")
-    for c, p in zip(comps, p_adj):
+    for c, p in tests.values():
         print(f"| {c.setting} | {100 * c.mean_diff:+.1f} | [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}] | "
               f"{c.effect_size:+.1f} | {p:.2g} |")
     print()
-    return dict(zip([c.setting for c in comps], zip(comps, p_adj)))
+    return tests
 
 
 def vitb(batch=4):

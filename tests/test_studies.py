@@ -95,3 +95,23 @@ def test_supernet_no_degradation_is_the_ledger_s_non_inferiority_verdict():
     assert no_degradation([0.9], [0.8]) is None  # one seed: not tested
     with pytest.raises(ValueError, match="paired"):
         no_degradation([0.9, 0.8], [0.8])
+
+
+def test_adapt_paired_tests_pair_by_seed_and_holm_across_the_pairs():
+    from scipy import stats as st
+
+    from craftlab.adapt.methods import ARMS, LAST, LORA
+    from craftlab.studies.adapt import PAIRS, paired_tests
+
+    assert {label for pair in PAIRS for label in pair} <= set(ARMS)  # the benchmark's pairs name real arms
+    acc = {LORA: [0.80, 0.82, 0.81, 0.79], LAST: [0.83, 0.86, 0.82, 0.80], "full": [0.85, 0.85, 0.84, 0.86]}
+    df = pd.DataFrame([{"arm": a, "seed": s, "test_accuracy": v} for a, vs in acc.items() for s, v in enumerate(vs)])
+    tests = paired_tests(df, pairs=[(LORA, LAST), ("full", LAST)])
+    d1, d2 = np.subtract(acc[LAST], acc[LORA]), np.subtract(acc[LAST], acc["full"])
+    p1, p2 = st.ttest_1samp(d1, 0).pvalue, st.ttest_1samp(d2, 0).pvalue
+    holm = sorted([p1, p2])
+    holm = {p: min(1.0, max(holm[0] * 2, holm[1]) if p == holm[1] else holm[0] * 2) for p in holm}  # by hand, k=2
+    c, p = tests[f"{LAST} vs {LORA}"]
+    assert c.mean_diff == pytest.approx(d1.mean()) and p == pytest.approx(holm[p1])
+    c, p = tests[f"{LAST} vs full"]
+    assert c.mean_diff == pytest.approx(d2.mean()) and p == pytest.approx(holm[p2])

@@ -39,15 +39,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapt.methods import ARMS, COMMON, DEFAULT_LR, DEFAULT_RANK, LAST, LORA, MAIN_ARMS
+from ..adapt.methods import ARMS, COMMON, DEFAULT_LR, DEFAULT_RANK, LAST, LORA, MAIN_ARMS, MIET
 from ..adapt.parallel import fit_one, fit_parallel
 from ..adapt.recipes import adapt_model, build_side, configure, side_spec, sources
 from ..adapt.steps import method_memory
 from ..data import DataBundle
 from ..registry import ADAPT_METHODS
 
-__all__ = ["CURVE_ARMS", "LR_FACTORS", "Curves", "adapt_curves", "choose", "compare_methods", "kway_speedup",
-           "lr_grid", "reading", "summarize"]
+__all__ = ["CURVE_ARMS", "LR_FACTORS", "PAIRS", "Curves", "adapt_curves", "choose", "compare_methods",
+           "kway_speedup", "lr_grid", "paired_tests", "reading", "summarize"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,6 +139,27 @@ def kway_speedup(model: nn.Module, data: DataBundle, ks: Sequence[int] = (1, 4, 
         rows.append({"K": K, "parallel_s": par, "sequential_s": seq, "speedup": seq / par,
                      "backbone_passes_parallel": par_passes, "backbone_passes_sequential": seq_passes})
     return pd.DataFrame(rows)
+
+
+PAIRS = ((LORA, LAST), ("full", LAST), (LORA, MIET), ("linear probe", MIET),
+         (MIET, configure("miet", bits=8).label()), (MIET, configure("miet", bits=4).label()))
+"""The adaptation benchmark's comparisons (baseline, treatment), labels of :data:`~craftlab.adapt.methods.ARMS`."""
+
+
+def paired_tests(df: Any, pairs: Sequence[tuple[str, str]] = PAIRS,
+                 value: str = "test_accuracy") -> dict[str, tuple[Any, float]]:
+    """Each (baseline, treatment) arm pair of a :func:`compare_methods` table, paired by seed
+    (:func:`~craftlab.analysis.stats.compare_paired`, t test), Holm across the pairs: ``"{treatment} vs
+    {baseline}"`` → (the Comparison, its Holm-adjusted p).
+
+    >>> paired_tests(pd.read_csv("benchmarks/results/adapt.csv"))[f"{LAST} vs {LORA}"][1]  # doctest: +SKIP
+    """
+    from ..analysis import stats
+
+    wide = df.pivot(index="seed", columns="arm", values=value)
+    comps = [stats.compare_paired(wide[b], wide[t], setting=f"{t} vs {b}") for b, t in pairs]
+    p_adj = stats.holm([c.p for c in comps])
+    return dict(zip([c.setting for c in comps], zip(comps, (float(p) for p in p_adj))))
 
 
 # ----------------------------------------------------------------------------------------------
