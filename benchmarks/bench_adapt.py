@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 
 import craftlab
-from craftlab.adapt import compare, miet, parallel, recipes
-from craftlab.analysis import stats
+from craftlab.adapt import methods, miet, parallel, recipes, steps
+from craftlab.studies import adapt as study
 
 RESULTS = Path(__file__).parent / "results"
-ARMS, LORA, LAST = compare.ARMS, compare.LORA, compare.LAST  # the one table of arms
-VITB_ARMS = {
-    "linear probe": ("linear", {}), "LoRA (r=4, qkv)": ("lora", {}), "full": ("full", {}),
-    "full + SAM": ("full", {"sam_rho": 0.05}), "LAST (g=3, m=4)": ("last", {"gap": 3}),
-    "LAST (g=1, m=12)": ("last", {"gap": 1}), "MIET (k=12)": ("miet", {}),
-}
+ARMS, LORA, LAST = methods.ARMS, methods.LORA, methods.LAST  # the one table of arms
+VITB_DEPTH = 12
+VITB_ARMS = {methods.method(m).configure(kw).label(VITB_DEPTH): (m, kw) for m, kw in (
+    ("linear", {}), ("lora", {}), ("full", {}), ("full", {"sam_rho": 0.05}), ("last", {"gap": 3}),
+    ("last", {"gap": 1}), ("miet", {}))}
+"""The ViT-B stand-in's memory arms, labelled by the method registry for its 12 blocks."""
 
 
 def _mb(b: float) -> str:
@@ -40,7 +40,7 @@ def _mb(b: float) -> str:
 def tiny_table(seeds, epochs):
     model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
     data = craftlab.load_data("digits")
-    df = compare.compare_methods(model, data, arms=ARMS, seeds=seeds, epochs=epochs, progress=True)
+    df = study.compare_methods(model, data, arms=ARMS, seeds=seeds, epochs=epochs, progress=True)
     g = df.groupby("arm", sort=False)
     summ = g.agg(acc=("test_accuracy", "mean"), sd=("test_accuracy", "std"), params=("trainable_params", "first"),
                  saved=("saved_bytes", "first"), grads=("grad_bytes", "first"), opt=("optimizer_bytes", "first"),
@@ -63,19 +63,15 @@ def tiny_table(seeds, epochs):
 
 
 def _paired(df):
-    pairs = [(LORA, LAST), ("full", LAST), (LORA, "MIET (k=4)"), ("linear probe", "MIET (k=4)"),
-             ("MIET (k=4)", "MIET (k=4, 8-bit)"), ("MIET (k=4)", "MIET (k=4, 4-bit)")]
-    wide = df.pivot(index="seed", columns="arm", values="test_accuracy")
-    comps = [stats.compare_paired(wide[b], wide[t], setting=f"{t} vs {b}") for b, t in pairs]
-    p_adj = stats.holm([c.p for c in comps])
+    tests = study.paired_tests(df)  # the study's pairs, t test by seed, Holm across the rows
     print("Paired by seed (test accuracy, treatment − baseline, t test, Holm across the rows):\n")
     print("| comparison | mean difference (pp) | 95 % CI | d_z | p (Holm) |")
     print("|---|---|---|---|---|")
-    for c, p in zip(comps, p_adj):
+    for c, p in tests.values():
         print(f"| {c.setting} | {100 * c.mean_diff:+.1f} | [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}] | "
               f"{c.effect_size:+.1f} | {p:.2g} |")
     print()
-    return dict(zip([c.setting for c in comps], zip(comps, p_adj)))
+    return tests
 
 
 def vitb(batch=4):
@@ -84,7 +80,7 @@ def vitb(batch=4):
     x, y = torch.randn(batch, 3, 224, 224, generator=g), torch.arange(batch) % 10
     rows = {}
     for arm, (method, kw) in VITB_ARMS.items():
-        step = compare.training_step(model, x, y, method, num_classes=10, **kw)
+        step = steps.training_step(model, x, y, method, num_classes=10, **kw)
         mem = step.memory()
         t0 = time.perf_counter()
         step.run()
@@ -110,7 +106,7 @@ def vitb(batch=4):
 def kway_tiny():
     model = craftlab.create_model("vit-tiny", num_classes=10, progress=False)
     data = craftlab.load_data("digits")
-    df = compare.kway_speedup(model, data, ks=(1, 4, 8, 16), epochs=1)
+    df = study.kway_speedup(model, data, ks=(1, 4, 8, 16), epochs=1)
     print("### K-way parallel LAST (vit-tiny, g=1, r=16, one epoch, the backbone run per batch)\n")
     print("| K | K-way (s) | K sequential (s) | speed-up | backbone passes K-way / sequential |")
     print("|---|---|---|---|---|")

@@ -1,5 +1,5 @@
 """Benchmark: LAST vs LoRA (and full fine-tuning) as accuracy-vs-epochs and accuracy-vs-wall-time curves, each
-method at the learning rate chosen on the validation split (:func:`craftlab.adapt.curves.adapt_curves`).
+method at the learning rate chosen on the validation split (:func:`craftlab.studies.adapt.adapt_curves`).
 
 vit-tiny (mnist5k-pretrained) → digits, the claims ledger's arms (LoRA r=4 on qkv, LAST g=1 m=4) and full
 fine-tuning; each at its default lr ÷3, ×1, ×3; a few seeds (quick settings on a shared machine).
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 import craftlab
-from craftlab.adapt import curves
+from craftlab.studies import adapt as curves
 
 RESULTS = Path(__file__).parent / "results"
 CSV = RESULTS / "adapt_curves.csv"

@@ -18,44 +18,17 @@ from pathlib import Path
 
 import pandas as pd
 
-import craftlab
-from craftlab.analysis.stats import claim_verdict, compare_arms
-from craftlab.distributed.sweep import settings_grid
+from craftlab.studies import craft as study
 
 RESULTS = Path(__file__).parent / "results"
-ARMS = {"AdamW": (0.0, False), "SAM 0.05": (0.05, False), "SAM 0.1": (0.1, False), "ASAM 0.5": (0.5, True)}
-BASELINE = "AdamW"
-MODELS = ("vit-tiny", "resnet-tiny")
-SEEDS = (0, 1, 2, 3, 4)
-EPOCHS = 8
-ALPHA = 0.05
-
-
-def settings_for(name: str) -> list:
-    grid = settings_grid()
-    if name == "resnet-tiny":  # BatchNorm re-estimation after pruning and quantization (vit-tiny has no BatchNorm)
-        grid += [s for s in settings_grid(recalibrate_bn=True) if s.recalibrate_bn]
-    return grid
+ARMS, BASELINE, MODELS = study.BENCH_ARMS, study.BENCH_BASELINE, study.BENCH_MODELS
+SEEDS, EPOCHS, ALPHA = study.BENCH_SEEDS, study.BENCH_EPOCHS, study.BENCH_ALPHA
+settings_for = study.bench_settings
 
 
 def run(models=MODELS, seeds=SEEDS, arms=ARMS, epochs=EPOCHS) -> pd.DataFrame:
-    frames = []
-    for name in models:
-        data = craftlab.load_data("digits", model=craftlab.build_model(name))
-        settings = settings_for(name)
-        for seed in seeds:
-            base = craftlab.create_model(name, num_classes=10, seed=seed)
-            for arm, (rho, adaptive) in arms.items():
-                t0 = time.perf_counter()
-                res = craftlab.finetune(base, data, epochs=epochs, sam_rho=rho, adaptive=adaptive, seed=seed,
-                                        progress=False)
-                wall = time.perf_counter() - t0
-                df = craftlab.sweep({arm: res.model}, data, settings, progress=False)
-                df["arch"], df["arm"], df["seed"], df["train_time_s"] = name, arm, seed, wall
-                frames.append(df)
-                print(f"  {name} seed {seed} {arm}: FP {df.accuracy.iloc[0]:.3f} ({wall:.0f}s)", file=sys.stderr,
-                      flush=True)
-    return pd.concat(frames, ignore_index=True)
+    """The study's table (:func:`craftlab.studies.craft.bench_table`), one line per run on stderr."""
+    return study.bench_table(models, seeds, arms, epochs, log=sys.stderr)
 
 
 def table(df: pd.DataFrame) -> str:
@@ -77,8 +50,10 @@ def table(df: pd.DataFrame) -> str:
 
 
 def paired(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    """Per (model, arm): paired differences to AdamW by seed over the compressed settings, Holm within the family."""
-    lines, frames = [], []
+    """Per (model, arm): paired differences to AdamW by seed over the compressed settings, Holm within the family
+    (:func:`craftlab.studies.craft.bench_claims`), as markdown."""
+    stats, verdicts = study.bench_claims(df, BASELINE, list(ARMS), ALPHA)
+    lines = []
     for arch, part in df.groupby("arch", sort=False):
         compressed = part[part["setting"] != "FP32"]
         n_test = 359
@@ -87,17 +62,8 @@ def paired(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
                   f"one test image = {100 / n_test:.2f} pts. Bold: survives correction.", "",
                   "| setting | " + " | ".join(a for a in ARMS if a != BASELINE) + " |",
                   "|---|" + "---|" * (len(ARMS) - 1)]
-        cols = {}
-        for arm in ARMS:
-            if arm == BASELINE:
-                continue
-            cmp = compare_arms(compressed, BASELINE, arm, value="accuracy", test="t", correction="holm", alpha=ALPHA)
-            cmp["arch"], cmp["arm"] = arch, arm
-            frames.append(cmp)
-            cols[arm] = cmp.set_index("setting")
-            v = claim_verdict(cmp, claim=f"{arm} loses less accuracy under compression than {BASELINE} ({arch})",
-                              alpha=ALPHA, scale=100, unit=" pts")
-            cols[arm].attrs["verdict"] = v
+        cols = {arm: stats[(stats["arch"] == arch) & (stats["arm"] == arm)].set_index("setting")
+                for arm in ARMS if arm != BASELINE}
         for setting in dict.fromkeys(compressed["setting"]):
             cells = []
             for c in cols.values():
@@ -107,10 +73,10 @@ def paired(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
                 cells.append(f"**{text}**" if r["significant"] else text)
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         lines.append("")
-        for arm, c in cols.items():
-            lines.append(f"- {arm}: {c.attrs['verdict'].text}")
+        for arm in cols:
+            lines.append(f"- {arm}: {verdicts[(arch, arm)].text}")
         lines.append("")
-    return "\n".join(lines), pd.concat(frames, ignore_index=True)
+    return "\n".join(lines), stats
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

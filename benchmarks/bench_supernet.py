@@ -30,7 +30,8 @@ import pandas as pd
 
 import craftlab
 from craftlab.analysis.stats import mean_ci
-from craftlab.supernet import evaluate_configs, get_supernet, load_supernet, study
+from craftlab.studies import supernet as study
+from craftlab.supernet import evaluate_configs, get_supernet, load_supernet
 from craftlab.supernet.model import BITOPS_CONVENTION
 from craftlab.supernet.search import MARGIN_SE, SPLITS, search_budgets
 

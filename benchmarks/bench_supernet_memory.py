@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from craftlab.supernet import study
+from craftlab.studies import supernet as study
 from craftlab.supernet.lora import QuantLoraLinear
 
 RESULTS = Path(__file__).parent / "results"

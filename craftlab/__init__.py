@@ -49,7 +49,7 @@ _MODULES: dict[str, str] = {
     "sharpness": ".probes.sharpness", "landscape": ".probes.landscape", "hessian": ".probes.hessian",
     "quant": ".compression.quant", "plots": ".viz.plots", "widgets": ".viz.widgets",
     "figures": ".viz.experiment_figures", "transforms": ".transforms",
-    "experiments": ".analysis.experiments", "stats": ".analysis.stats", "settings": ".settings",
+    "experiments": ".studies.experiments", "stats": ".analysis.stats", "settings": ".settings",
 }
 
 __all__ = ["__version__", *_NAMES, *_MODULES]

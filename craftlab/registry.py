@@ -57,6 +57,13 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove a method registered from outside the family's package (a test's, a notebook's); a built-in
+        method (a module of the package) cannot be removed (ValueError)."""
+        if name in self._builtin():
+            raise ValueError(f"{self.family} {name!r} is built in ({self.package}); it cannot be unregistered")
+        self._entries.pop(name, None)
+
     def _builtin(self) -> tuple[str, ...]:
         if self._files is None:  # the package folder is read once
             spec = importlib.util.find_spec(self.package)
@@ -110,6 +117,7 @@ class Registry(Generic[T]):
 
 
 # The families. Each names the package of its built-in methods; nothing is imported until a method is used.
+ADAPT_METHODS: Registry[Any] = Registry("adaptation method", "craftlab.adapt.methods")
 PRUNE_SCORERS: Registry[Any] = Registry("pruning method", "craftlab.compression.scorers")
 COMPENSATION_METHODS: Registry[Any] = Registry("compensation method", "craftlab.compression.compensations")
 SAM_MODES_REGISTRY: Registry[Any] = Registry("sam_mode", "craftlab.train.sam_modes")

@@ -58,7 +58,8 @@ from tqdm.auto import tqdm
 
 import craftlab
 from craftlab import experiments as ex
-from craftlab import figures, stats, widgets
+from craftlab import figures, widgets
+from craftlab.studies import qwt as study
 
 STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
@@ -419,13 +420,10 @@ fig
 # does the same from a shell.
 
 # %%
-ARMS = {"AdamW": {}, "SAM ρ=0.05": {"sam_rho": 0.05}}
+# the study's grid (craftlab.studies.qwt): arms, seeds, bit settings, the recipe per model, the compensations
+ARMS, SEEDS, BITS, RECIPE, METHODS = study.NB_ARMS, study.NB_SEEDS, study.NB_BITS, study.RECIPE, study.NB_METHODS
 BASE, CRAFT = list(ARMS)
-SEEDS = (0, 1, 2)
-BITS = ("W8A8", "W6A6", "W4A4")
-RECIPE = {"vit-tiny": " repq", "resnet-tiny": ""}
-METHODS = {"PTQ": "", "+QwT": " + QwT", "+QwT-v2": " + QwT-v2"}
-BENCH_ARMS = {"AdamW": BASE, "SAM 0.05": CRAFT}  # the benchmark's arm labels -> this notebook's (same runs)
+BENCH_ARMS = study.BENCH_TO_NB  # the benchmark's arm labels -> this notebook's (same runs)
 
 
 def find_results(name):
@@ -436,22 +434,6 @@ def find_results(name):
     return None
 
 
-def compress_rows(name, run, data_m, bits=BITS, methods=METHODS):
-    """FP32, then every bits × method of one fine-tuned run, evaluated on the test split."""
-    model = ex.load_run(run)
-    key = {"model": name, "arm": run["arm"], "seed": run["seed"]}
-    n0 = sum(p.numel() for p in model.parameters())
-    rows = [{**key, "bits": "FP32", "method": "FP", "params_added": 0.0,
-             "accuracy": craftlab.evaluate(model, data_m.test)["accuracy"]}]
-    for b in bits:
-        for method, suffix in methods.items():
-            m = craftlab.compress(model, setting=b + RECIPE[name] + suffix, calib=data_m.calib)
-            rows.append({**key, "bits": b, "method": method,
-                         "params_added": sum(p.numel() for p in m.parameters()) / n0 - 1,
-                         "accuracy": craftlab.evaluate(m, data_m.test)["accuracy"]})
-    return rows
-
-
 t = time.perf_counter()
 bench_path = None if FULL else find_results("qwt.csv")
 if bench_path is None:  # FULL = True (or no benchmark table): every model compressed here
@@ -460,22 +442,15 @@ if bench_path is None:  # FULL = True (or no benchmark table): every model compr
         runs = ex.run_arms(ARMS, seeds=SEEDS, model=name, verbose=False)
         data_m = ex.load_data_for(runs)
         for _, run in tqdm(list(runs.iterrows()), desc=f"{name}: compress + evaluate"):
-            rows += compress_rows(name, run, data_m)
+            rows += study.compress_rows(name, run, data_m)  # FP32, then bits × method via craftlab.compress
     table = pd.DataFrame(rows)
     print(f"{len(table)} models evaluated in {time.perf_counter() - t:.0f} s")
 else:
-    bench = pd.read_csv(bench_path)
-    bench = bench[bench["model"].isin(list(RECIPE)) & bench["seed"].isin(SEEDS) & bench["arm"].isin(list(BENCH_ARMS))]
-    bench = bench.assign(bits=bench["setting"].str.replace(" repq", "", regex=False),
-                         arm=bench["arm"].map(BENCH_ARMS), params_added=bench["params_added_pct"].fillna(0) / 100)
-    recipe_ok = bench["setting"] == bench["bits"] + bench["model"].map(RECIPE)
-    wanted = recipe_ok & bench["bits"].isin(BITS) & bench["method"].isin(list(METHODS))
-    table = bench[(bench["method"] == "FP") | wanted]
-    table = table[["model", "arm", "seed", "bits", "method", "params_added", "accuracy"]].reset_index(drop=True)
+    table = study.notebook_table(pd.read_csv(bench_path), seeds=SEEDS)
     print(f"read {len(table)} evaluated models from {bench_path.name} (seeds {SEEDS}; FULL = True recomputes them)")
     # One fine-tuned model recomputed live: the table is what this library computes, not a stale copy.
     runs = ex.run_arms({BASE: ARMS[BASE]}, seeds=SEEDS[:1], model="vit-tiny", verbose=False)
-    live = pd.DataFrame(compress_rows("vit-tiny", runs.iloc[0], ex.load_data_for(runs), bits=("W4A4",)))
+    live = pd.DataFrame(study.compress_rows("vit-tiny", runs.iloc[0], ex.load_data_for(runs), bits=("W4A4",)))
     check = live.merge(table, on=["model", "arm", "seed", "bits", "method"], suffixes=(" live", " cached"))
     check["same"] = (check["accuracy live"] - check["accuracy cached"]).abs() < 0.5 / 359
     print(check[["model", "arm", "seed", "bits", "method", "accuracy live", "accuracy cached", "same"]]
@@ -514,42 +489,18 @@ cost = table[table["method"] != "FP"].groupby(["model", "method"], sort=False)["
 # counted from that same table.
 #
 # **QwT's claim**, per model × arm × method: each compensation against the same quantized model, paired by
-# seed (paired t test), Holm correction across the three bit settings (`stats.compare_arms`). A row
+# seed (paired t test), Holm correction across the three bit settings (`stats.compare_arms`, through
+# `craftlab.studies.qwt.qwt_claims`, which holds every rule of this section). A row
 # *holds* when the W4A4 gain is significant and the W6A6 gain is shown small: the upper end of its 95 %
 # confidence interval below 1 point (with 3 seeds that bound is loose, so "small" may simply not be
 # established).
 
 # %% tags=["claim-check"]
-MARGIN = 0.01  # 1 point: "adds little" / "matches" within this
-
-
-def paired(df, baseline, treatment, arm="method", value="accuracy"):
-    cmp = stats.compare_arms(df, baseline, treatment, arm=arm, value=value, by="bits", pair="seed")
-    return cmp.set_index("setting")
-
-
-claim_rows = []
-for (name, arm, method), part in table[table["method"].isin(["+QwT", "+QwT-v2"])].groupby(
-        ["model", "arm", "method"], sort=False):
-    base = table[(table["model"] == name) & (table["arm"] == arm) & (table["method"] == "PTQ")]
-    r = paired(pd.concat([base, part]), "PTQ", method)
-    w4_gain = bool(r.loc["W4A4", "significant"] and r.loc["W4A4", "direction"] == "gain")
-    w6_small = bool(r.loc["W6A6", "ci_high"] < MARGIN)
-    verdict = ("holds" if w4_gain and w6_small else
-               "W4A4 gain not significant" + ("" if w6_small else "; W6A6 not shown small") if not w4_gain else
-               "W6A6 gain not shown < 1 pt")
-    claim_rows.append({"model": name, "arm": arm, "method": method,
-                       "W4A4 gain (pts)": 100 * r.loc["W4A4", "mean_diff"],
-                       "W4A4 p_adj": r.loc["W4A4", "p_adjusted"],
-                       "W6A6 gain (pts)": 100 * r.loc["W6A6", "mean_diff"],
-                       "W6A6 CI high (pts)": 100 * r.loc["W6A6", "ci_high"], "verdict": verdict})
-claims = pd.DataFrame(claim_rows)
+MARGIN = study.MARGIN  # 1 point: "adds little" / "matches" within this
+claims, verdict = study.qwt_claims(table, margin=MARGIN)
 print("CLAIM CHECK (QwT): compensation recovers accuracy at W4A4 but adds little at W6A6")
 print(claims.round(3).to_string(index=False))
-held = int((claims["verdict"] == "holds").sum())
-print(f"Verdict: holds in {held} of {len(claims)} model × arm × method rows "
-      f"({'supported' if held == len(claims) else 'partly supported' if held else 'not supported'} on this run; "
-      f"{len(SEEDS)} seeds, 359 test images, one image = {100 / 359:.2f} pts).")
+print(verdict)
 
 # %% [markdown]
 # **QwT-v2's claim**: CWAC "matches or even outperforms QwT" with no extra parameters. Per model × arm ×
@@ -558,30 +509,10 @@ print(f"Verdict: holds in {held} of {len(claims)} model × arm × method rows "
 # within ±1 point, and is *inconclusive* otherwise; beside it, the parameters each adds (after the fold).
 
 # %% tags=["claim-check"]
-v2_rows = []
-comp = table[table["method"].isin(["+QwT", "+QwT-v2"])]
-for (name, arm), part in comp.groupby(["model", "arm"], sort=False):
-    r = paired(part, "+QwT", "+QwT-v2")
-    added = part.groupby("method")["params_added"].mean()
-    for bits, c in r.iterrows():
-        verdict = ("beats" if c["significant"] and c["direction"] == "gain" else
-                   "worse" if c["significant"] and c["direction"] == "harm" else
-                   "matches" if -MARGIN < c["ci_low"] and c["ci_high"] < MARGIN else "inconclusive")
-        v2_rows.append({"model": name, "arm": arm, "bits": bits, "QwT": 100 * c["baseline_mean"],
-                        "QwT-v2": 100 * c["treatment_mean"], "v2 - QwT (pts)": 100 * c["mean_diff"],
-                        "95% CI": f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]",
-                        "p_adj": c["p_adjusted"], "params QwT (%)": 100 * added["+QwT"],
-                        "params QwT-v2 (%)": 100 * added["+QwT-v2"], "verdict": verdict})
-v2_claims = pd.DataFrame(v2_rows)
+v2_claims, verdict = study.v2_claims(table, margin=MARGIN)
 print("CLAIM CHECK (QwT-v2): channel-wise affine compensation matches or beats QwT, with no extra parameters")
 print(v2_claims.round(2).to_string(index=False))
-ok = v2_claims["verdict"].isin(["beats", "matches"])
-no_params = bool((v2_claims["params QwT-v2 (%)"].abs() < 1e-9).all())
-print(f"Verdict: matches or beats QwT in {int(ok.sum())} of {len(v2_claims)} rows "
-      f"(beats {int((v2_claims['verdict'] == 'beats').sum())}, worse {int((v2_claims['verdict'] == 'worse').sum())}, "
-      f"inconclusive {int((v2_claims['verdict'] == 'inconclusive').sum())}); parameters added after the fold: "
-      f"{'none' if no_params else 'some'} (QwT adds "
-      f"{v2_claims.groupby('model')['params QwT (%)'].mean().round(1).to_dict()} %).")
+print(verdict)
 
 # %% [markdown]
 # **CrAFT × compensation**: the gain of each compensation on the SAM arm minus its gain on the AdamW arm,
@@ -590,35 +521,10 @@ print(f"Verdict: matches or beats QwT in {int(ok.sum())} of {len(v2_claims)} row
 # smaller, and SAM + compensation is *ahead* when that difference is a significant gain.
 
 # %% tags=["claim-check"]
-acc_w = table.pivot_table(index=["model", "arm", "seed", "bits"], columns="method", values="accuracy")
-inter_rows = []
-for name in RECIPE:
-    for method in ("+QwT", "+QwT-v2"):
-        gain = (acc_w[method] - acc_w["PTQ"]).rename("gain").reset_index()
-        gain = gain[(gain["model"] == name) & (gain["bits"] != "FP32")]
-        inter = stats.compare_arms(gain, BASE, CRAFT, value="gain", by="bits", pair="seed").set_index("setting")
-        after = acc_w[method].rename("acc").reset_index()
-        after = after[(after["model"] == name) & (after["bits"] != "FP32")]
-        both = stats.compare_arms(after, BASE, CRAFT, value="acc", by="bits", pair="seed").set_index("setting")
-        for bits, r in inter.iterrows():
-            rb = both.loc[bits]
-            smaller = bool(r["significant"] and r["direction"] == "harm")
-            ahead = bool(rb["significant"] and rb["direction"] == "gain")
-            behind = bool(rb["significant"] and rb["direction"] == "harm")
-            inter_rows.append({"model": name, "method": method, "bits": bits,
-                               f"gain on {BASE}": 100 * r["baseline_mean"],
-                               f"gain on {CRAFT}": 100 * r["treatment_mean"],
-                               "difference": 100 * r["mean_diff"], "p_adj": r["p_adjusted"],
-                               "SAM+comp - AdamW+comp": 100 * rb["mean_diff"], "p_adj ": rb["p_adjusted"],
-                               "verdict": ("flatness took part of it" if smaller else "adds up")
-                               + ("; SAM+comp ahead" if ahead else "; SAM+comp behind" if behind else "")})
-inter_tab = pd.DataFrame(inter_rows)
+inter_tab, verdict = study.interaction_claims(table, BASE, CRAFT)
 print("CLAIM CHECK (CrAFT × compensation): does compensation add up on top of SAM? (pts, paired by seed)")
 print(inter_tab.round(2).to_string(index=False))
-print(f"Verdict: the gain shrinks significantly on the SAM arm in "
-      f"{int(inter_tab['verdict'].str.startswith('flatness').sum())} of {len(inter_tab)} rows; SAM + compensation "
-      f"is significantly ahead in {int(inter_tab['verdict'].str.contains('ahead').sum())}, behind in "
-      f"{int(inter_tab['verdict'].str.contains('behind').sum())}.")
+print(verdict)
 
 # %% [markdown]
 # **Reading it.** On the QwT paper's scale (ImageNet, DeiT/ViT/Swin) RepQ-ViT W4A4 loses many points and

@@ -73,8 +73,8 @@ from tqdm.auto import tqdm
 
 import craftlab
 from craftlab import stats, widgets
-from craftlab.analysis.power import endpoint_verdict
-from craftlab.supernet import build_supernet, evaluate_configs, get_supernet, load_supernet, study
+from craftlab.studies import supernet as study
+from craftlab.supernet import build_supernet, evaluate_configs, get_supernet, load_supernet
 from craftlab.supernet.layers import lsq_quantize
 from craftlab.supernet.store import supernet_dir
 from craftlab.supernet.train import make_optimizer, sandwich_configs, sandwich_step
@@ -555,14 +555,14 @@ widgets.interactive_figure(chosen_subnet, budget={"options": sorted(set(picked["
 # *"About a 95% reduction in BitOPs without performance degradation."* We test it directly: the subnet searched
 # under a budget of **5% of the FP32 BitOPs** (a 95% reduction vs FP32) against the FP32 base model of the same
 # seed, on the test split, paired by seed. "Without degradation" is read as non-inferiority with a 1-point
-# margin, with the claims ledger's verdict (`craftlab.analysis.power.endpoint_verdict`, the same function and
-# margin as the ledger's `supernet-ni` row: *supports* when the 90% CI of the change stays above −1 pp,
-# *contradicts* when it lies below, otherwise *inconclusive* with the effect the seeds could detect). We also give the
-# largest reduction whose subnet stays within 1 pp of FP32 on validation (the selection) and its test accuracy,
-# and the same numbers against a W8A8 reference. A confidence interval needs seeds: the quick version measures
-# seed 0 live and takes the **multi-seed verdict from the benchmark run** (`python -m benchmarks.bench_supernet`,
-# `benchmarks/results/supernet.csv`; same supernets, the quick search: population 12, 4 generations) when that
-# file is present; `FULL = True` computes it here.
+# margin, with the claims ledger's verdict (`study.no_degradation`: `craftlab.analysis.power.endpoint_verdict`
+# with the margin and effect of the ledger's `supernet-ni` row: *supports* when the 90% CI of the change stays
+# above −1 pp, *contradicts* when it lies below, otherwise *inconclusive* with the effect the seeds could detect).
+# We also give the largest reduction whose subnet stays within 1 pp of FP32 on validation (the selection) and
+# its test accuracy, and the same numbers against a W8A8 reference. A confidence interval needs seeds: the quick
+# version measures seed 0 live and takes the **multi-seed verdict from the benchmark run**
+# (`python -m benchmarks.bench_supernet`, `benchmarks/results/supernet.csv`; same supernets, the quick search:
+# population 12, 4 generations) when that file is present; `FULL = True` computes it here.
 
 # %% tags=["claim-check"]
 fp32 = ptq[ptq["label"] == "FP32"].set_index("seed")["accuracy"]
@@ -574,12 +574,9 @@ floor = 100 * bits_net.cost(bits_net.space.smallest())["bitops"] / FP32_BITOPS
 
 
 def verdict(baseline, treatment):
-    """The ledger's non-inferiority verdict (1 pp margin, 2 pp effect of interest), paired by seed."""
-    if len(baseline) < 2:
-        return "NOT TESTED (one seed)"
-    v = endpoint_verdict(list(baseline), list(treatment), effect=0.02, margin=0.01, kind="non-inferiority",
-                         scale=100, unit=" pp")
-    return v.status.upper()
+    """The ledger's non-inferiority verdict (its `supernet-ni` row: margin, effect of interest), paired by seed."""
+    v = study.no_degradation(baseline, treatment)
+    return "NOT TESTED (one seed)" if v is None else v.status.upper()
 
 
 def change(c):

@@ -46,7 +46,8 @@ from plotly.subplots import make_subplots
 
 import craftlab
 from craftlab import stats, widgets
-from craftlab.adapt import compare, recipes, taps
+from craftlab.adapt import methods, recipes, steps, taps
+from craftlab.studies import adapt as study
 
 STATIC = widgets.static_figures()  # a PNG beside every plotly figure: the executed notebook shows them anywhere
 T0, C0 = time.perf_counter(), time.process_time()
@@ -174,31 +175,35 @@ full_saved = saved_bytes_from_scratch(lambda: F.cross_entropy(full_copy(x), y), 
 last_net = last.model.side.train()
 last_saved = saved_bytes_from_scratch(lambda: F.cross_entropy(last_net(taps.tap_batch(model, x)[0]), y),
                                       last_net.parameters())
-lib = compare.training_step(model, x, y, "last", gap=1).memory()
+lib = steps.training_step(model, x, y, "last", gap=1).memory()
 print(f"saved for backward, batch of {len(x)}: full fine-tuning {full_saved / 1e6:.2f} MB, "
       f"LAST {last_saved / 1e6:.2f} MB (library: {lib.saved_bytes / 1e6:.2f} MB)")
 assert lib.saved_bytes == last_saved
 
 # %% [markdown]
 # Training also holds the gradients and the optimizer's state (AdamW: two moments per trainable parameter).
-# `compare.training_step(...).memory()` counts all three. On vit-tiny, with 64 images of 17 tokens, activations are
+# `steps.training_step(...).memory()` counts all three. On vit-tiny, with 64 images of 17 tokens, activations are
 # small; the papers work with ViT-B/16 at 224 px (197 tokens, width 768), where they dominate. We measure a
 # **ViT-S-sized stand-in** too (timm `vit_small_patch16_224`, random weights: memory does not depend on them;
 # batch 2, so it stays quick).
 
 # %%
-ARMS = {"linear probe": ("linear", {}), "LoRA (r=4)": ("lora", {}), "full": ("full", {}),
-        "LAST (g=1)": ("last", {"gap": 1})}
+LORA, LAST = methods.LORA, methods.LAST  # the labels every table of the project uses (methods.ARMS)
+MEM_ARMS = {k: methods.ARMS[k] for k in ("linear probe", LORA, "full", LAST)}
 mem_rows = []
 stand_in = craftlab.build_model("vit_small_patch16_224", num_classes=10)
 xs, ys = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
 for where, (m, xb, yb) in {"vit-tiny, batch 64": (model, x, y), "ViT-S stand-in, batch 2": (stand_in, xs, ys)}.items():
-    for arm, (method, kw) in ARMS.items():
-        step = compare.training_step(m, xb, yb, method, num_classes=10, **kw)
+    for kw in MEM_ARMS.values():
+        kw = dict(kw)
+        method = kw.pop("method")
+        arm = recipes.configure(method, **kw).label(taps.depth(m))  # labelled for this backbone's depth
+        step = steps.training_step(m, xb, yb, method, num_classes=10, **kw)
         mem = step.memory()
         t = time.perf_counter()
         step.run()
-        mem_rows.append({"model": where, "arm": arm, "saved": mem.saved_bytes / 1e6, "gradients": mem.grad_bytes / 1e6,
+        mem_rows.append({"model": where, "arm": arm, "method": method, "saved": mem.saved_bytes / 1e6,
+                         "gradients": mem.grad_bytes / 1e6,
                          "optimizer": mem.optimizer_bytes / 1e6, "total_MB": mem.total_bytes / 1e6,
                          "step_s": time.perf_counter() - t, "trainable": mem.trainable_params})
 mem_df = pd.DataFrame(mem_rows)
@@ -219,9 +224,8 @@ fig
 
 # %%
 t = time.perf_counter()
-LORA, LAST = compare.LORA, compare.LAST  # the labels every table of the project uses
-arms = {k: compare.ARMS[k] for k in ("linear probe", LORA, "full", LAST)}
-df = compare.compare_methods(model, data, arms=arms, seeds=SEEDS, epochs=EPOCHS)
+arms = {k: methods.ARMS[k] for k in ("linear probe", LORA, "full", LAST)}
+df = study.compare_methods(model, data, arms=arms, seeds=SEEDS, epochs=EPOCHS)
 print(f"{len(df)} runs in {time.perf_counter() - t:.0f} s")
 summary = df.groupby("arm", sort=False).agg(test_accuracy=("test_accuracy", "mean"), sd=("test_accuracy", "std"),
                                             params=("trainable_params", "first"),
@@ -272,7 +276,7 @@ go.Figure(go.Heatmap(z=pivot.values, x=[f"{c:g}" for c in pivot.columns], y=[f"r
           layout=dict(title="K-way search: validation accuracy per (rank, lr)", height=330, xaxis_title="peak lr"))
 
 # %%
-speed = compare.kway_speedup(model, data, ks=(1, 4, 8), epochs=1)
+speed = study.kway_speedup(model, data, ks=(1, 4, 8), epochs=1)
 speed
 
 # %%
@@ -297,13 +301,13 @@ acc = stats.compare_arms(df.assign(setting="vit-tiny → digits"), LORA, LAST, v
 tim = stats.compare_arms(df.assign(setting="vit-tiny → digits"), LORA, LAST, value="time_per_epoch_s",
                          higher_is_better=False)
 mem = summary["memory_MB"]
-big = mem_df[mem_df["model"].str.startswith("ViT-S")].set_index("arm")["total_MB"]
-mem_ratio, big_ratio = mem[LAST] / mem[LORA], big["LAST (g=1)"] / big["LoRA (r=4)"]
+big = mem_df[mem_df["model"].str.startswith("ViT-S")].set_index("method")["total_MB"]
+mem_ratio, big_ratio = mem[LAST] / mem[LORA], big["last"] / big["lora"]
 time_ratio = summary.loc[LAST, "s_per_epoch"] / summary.loc[LORA, "s_per_epoch"]
 print("CLAIM CHECK (LAST, Tang et al. 2024, against LoRA as the PEFT method)")
 print(f"1. ≈30% of PEFT's training memory: LAST holds {mem_ratio:.0%} of LoRA's on vit-tiny "
       f"({mem[LAST]:.2f} vs {mem[LORA]:.2f} MB) and {big_ratio:.0%} on the ViT-S stand-in "
-      f"({big['LAST (g=1)']:.1f} vs {big['LoRA (r=4)']:.1f} MB): "
+      f"({big['last']:.1f} vs {big['lora']:.1f} MB): "
       + ("holds (below 50% on both)." if max(mem_ratio, big_ratio) < 0.5 else "does not hold here."))
 print(f"2. ≈60% of PEFT's training time: LAST's epoch takes {time_ratio:.0%} of LoRA's "
       f"({summary.loc[LAST, 's_per_epoch']:.2f} vs {summary.loc[LORA, 's_per_epoch']:.2f} s).")
@@ -328,7 +332,7 @@ print(f"4. Parallel across hyper-parameters: {len(grid)} configurations trained 
 # ## 7. Accuracy against epochs and wall time, each learning rate tuned on validation
 #
 # One budget with hand-set learning rates can favour the method whose rate happens to suit that budget.
-# `adapt.curves.adapt_curves` trains each arm (LoRA, LAST, full fine-tuning) at its default rate ÷3, ×1 and ×3
+# `studies.adapt.adapt_curves` trains each arm (LoRA, LAST, full fine-tuning) at its default rate ÷3, ×1 and ×3
 # (a rate chosen at the edge of its grid gets one more beyond it: `widen`), picks each arm's rate by the mean
 # validation accuracy at the last epoch (the test split chooses nothing), and records validation and test
 # accuracy after every epoch with the cumulative training time (evaluation excluded). The benchmark
@@ -337,18 +341,17 @@ print(f"4. Parallel across hyper-parameters: {len(grid)} configurations trained 
 # CPU thread).
 
 # %%
-from craftlab.adapt import curves  # noqa: E402
 from craftlab.analysis.ledger import results_file  # noqa: E402
 
 FULL = False  # True: train every arm × rate × seed here (the benchmark's settings) instead of reading its table
 curve_csv = None if FULL else results_file("adapt_curves.csv")
 if curve_csv is not None:
-    cv = curves.summarize(pd.read_csv(curve_csv))
+    cv = study.summarize(pd.read_csv(curve_csv))
     print(f"read {cv.runs.groupby(['arm', 'lr', 'seed']).ngroups} runs of {cv.runs['epoch'].max()} epochs from "
           f"{curve_csv.name} (FULL = True recomputes them)")
 else:  # FULL, or an install without the benchmark's table (then a quick version: one seed, 4 epochs)
     c_seeds, c_epochs = ([0, 1, 2], 16) if FULL else ([0], 4)
-    cv = curves.adapt_curves(model, data, seeds=c_seeds, epochs=c_epochs, widen=2, progress=True)
+    cv = study.adapt_curves(model, data, seeds=c_seeds, epochs=c_epochs, widen=2, progress=True)
 cv.grid
 
 # %%
@@ -367,7 +370,7 @@ curve_fig.update_layout(height=430, title=f"tuned learning rates, {cv.curves['se
 curve_fig
 
 # %%
-print(curves.reading(cv))
+print(study.reading(cv))
 
 # %% [markdown]
 # **Reading it.** The lines above are computed from the table; they are the answer to "does LAST beat LoRA once
@@ -381,7 +384,7 @@ print(curves.reading(cv))
 # 1. `gap=2` (m = 2 side blocks) or `rank=8`: how much accuracy does a smaller side network cost, and what does it
 #    save in memory?
 # 2. Search weight decay too: add `"weight_decay": wd for wd in (0.0, 0.05, 0.3)` to the grid.
-# 3. `compare.ARMS` also has `"full + SAM"` (CrAFT's recipe) and `"MIET"` (notebook 07): add them to `arms`.
+# 3. `methods.ARMS` also has `"full + SAM"` (CrAFT's recipe) and `"MIET"` (notebook 07): add them to `arms`.
 
 # %%
 print(f"notebook ran in {time.perf_counter() - T0:.0f} s wall, {time.process_time() - C0:.0f} s CPU in this kernel")

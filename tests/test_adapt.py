@@ -317,7 +317,7 @@ def test_measure_step_counts_saved_tensors_grads_and_adamw_state():
 
 
 def test_side_tuning_holds_less_than_backpropagating_through_the_backbone(vit, digits):
-    from craftlab.adapt.compare import method_memory
+    from craftlab.adapt.steps import method_memory
 
     x, y = next(iter(digits.loader("train", batch_size=16, shuffle=False)))
     last = method_memory(vit, x, y, "last", gap=2)
@@ -330,7 +330,7 @@ def test_side_tuning_holds_less_than_backpropagating_through_the_backbone(vit, d
 
 def test_training_memory_counts_the_step_input(vit, digits):
     """Issue 19: LAST trains on tapped features, a larger input than the image: its memory must count them."""
-    from craftlab.adapt.compare import method_memory
+    from craftlab.adapt.steps import method_memory
 
     x, y = next(iter(digits.loader("train", batch_size=16, shuffle=False)))
     z, pooled = taps.tap_batch(vit, x, [0, 2, 4])

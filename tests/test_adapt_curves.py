@@ -1,4 +1,4 @@
-"""craftlab.adapt.curves: accuracy against epochs and wall time at a learning rate tuned on validation.
+"""craftlab.studies.adapt (curves): accuracy against epochs and wall time at a learning rate tuned on validation.
 
 Checked against independent computations: the chosen rate against a hand selection from the raw runs, the last
 point of a curve against a separate adapt_model run, the per-epoch callback against the run's own history."""
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import craftlab
-from craftlab.adapt import curves, recipes
+from craftlab.adapt import recipes
+from craftlab.studies import adapt as curves
 from craftlab.train.finetune import eval_loader
 
 ARMS = {"probe": {"method": "linear", "cache": "memory"}, "LAST": {"method": "last", "gap": 2},

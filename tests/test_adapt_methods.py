@@ -56,7 +56,8 @@ def test_disk_cache_inside_training_skips_the_backbone(vit, small, tmp_path):
 
 
 def test_compare_methods_table(vit, small):
-    from craftlab.adapt.compare import ARMS, LAST, MIET, compare_methods
+    from craftlab.adapt.methods import ARMS, LAST, MIET
+    from craftlab.studies.adapt import compare_methods
 
     arms = {k: ARMS[k] for k in ("linear probe", LAST, MIET)}
     df = compare_methods(vit, small, arms=arms, seeds=[0, 1], epochs=1, gap=2, k=2)
@@ -69,7 +70,7 @@ def test_compare_methods_table(vit, small):
 
 
 def test_kway_speedup_counts_backbone_passes(vit, small):
-    from craftlab.adapt.compare import kway_speedup
+    from craftlab.studies.adapt import kway_speedup
 
     df = kway_speedup(vit, small, ks=(1, 3), gap=2)
     batches = -(-len(small.train_set) // small.batch_size)
@@ -105,3 +106,82 @@ def test_cli_bytes_and_search(capsys):
                  "--cache", "memory"]) == 0
     out = capsys.readouterr().out
     assert "K = 2 networks" in out and "best" in out
+    # the choices come from the method registry; a method that trains through the backbone cannot be searched
+    # K-way, and the command says so before it loads anything
+    with pytest.raises(ValueError, match="K-way search trains side networks"):
+        _cli(["adapt", "search", "--method", "lora", "--epochs", "1"])
+
+
+def test_the_arms_table_is_the_registry_s():
+    """ARMS is derived from the method modules: every arm's label is its config's label, every method has an arm,
+    and the arms carry the labels the reference table and the ledger use."""
+    from craftlab.adapt.methods import ARMS, LAST, LORA, MIET, arms_table, method
+    from craftlab.registry import ADAPT_METHODS
+
+    assert set(ADAPT_METHODS.names()) == {"full", "last", "linear", "lora", "miet"} == {a["method"] for a in
+                                                                                        ARMS.values()}
+    for label, kw in ARMS.items():
+        kw = dict(kw)
+        assert method(kw.pop("method")).configure(kw).label(4) == label
+    assert (LORA, LAST, MIET) == ("LoRA (r=4, qkv)", "LAST (g=1, m=4)", "MIET (k=4)")
+    vitb = arms_table(depth=12)  # the same arms labelled for a 12-block backbone
+    assert vitb["LAST (g=1, m=12)"] == ARMS[LAST] and vitb["MIET (k=12)"] == ARMS[MIET]
+    with pytest.raises(ValueError, match="has no option"):
+        recipes.configure("last", kk=3)
+    with pytest.raises(ValueError, match="adaptation method"):
+        recipes.configure("lastt")
+
+
+def test_a_method_registered_from_a_test_joins_the_arms_table_and_trains(vit, small, unchanged):
+    """Adding an adaptation method is one class: it appears in ARMS (after the built-in ones), adapt_model trains
+    it with the shared recipe, and compare_methods measures it."""
+    from dataclasses import dataclass
+
+    from craftlab.adapt.methods import ARMS, FinetuneMethod
+    from craftlab.registry import ADAPT_METHODS
+    from craftlab.studies.adapt import compare_methods
+
+    @dataclass(frozen=True)
+    class HeadOnly(FinetuneMethod):
+        """Only the classifier trains; the backbone is frozen."""
+
+        default_lr = 3e-2
+        arms = ({}, {"width": 2})
+        width: int = 1  # an option of its own (labels only)
+
+        def label(self, depth: int = 4) -> str:
+            return f"head only (x{self.width})"
+
+        def prepare(self, model, seed=0):
+            import copy
+
+            net = copy.deepcopy(model)
+            head = net.get_classifier()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            for p in head.parameters():
+                p.requires_grad_(True)
+            return net
+
+    ADAPT_METHODS.register("head-only")(HeadOnly)
+    try:
+        assert list(ARMS)[-2:] == ["head only (x1)", "head only (x2)"]
+        assert ARMS["head only (x2)"] == {"method": "head-only", "width": 2}
+        with unchanged(vit):
+            res = recipes.adapt_model(vit, small, "head-only", epochs=1, width=2)
+        head = vit.get_classifier()
+        assert res.trainable_params == sum(p.numel() for p in head.parameters())
+        assert res.config["lr"] == 3e-2 and res.metrics["test_accuracy"] > 0.0
+        trained = dict(res.model.named_parameters())
+        for name, p in vit.named_parameters():  # the backbone kept its weights, the head moved
+            moved = not torch.equal(p, trained[name])
+            assert moved == (p.data_ptr() in {q.data_ptr() for q in head.parameters()}), name
+        df = compare_methods(vit, small, arms={"head only (x1)": ARMS["head only (x1)"]}, seeds=[0], epochs=1)
+        assert df["trainable_params"].tolist() == [res.trainable_params] and df["memory_bytes"].iloc[0] > 0
+        with pytest.raises(ValueError, match="has no option"):
+            recipes.adapt_model(vit, small, "head-only", epochs=1, depth=3)
+    finally:
+        ADAPT_METHODS.unregister("head-only")
+    assert "head only (x1)" not in ARMS
+    with pytest.raises(ValueError, match="built in"):
+        ADAPT_METHODS.unregister("last")

@@ -26,7 +26,7 @@ LAYERS = [
          "supernet", "supernet.attention", "supernet.layers", "supernet.lora", "supernet.model", "supernet.space",
          "supernet.build")),
     (3, ("train", "compression.pipeline", "analysis", "adapt", "distributed", "studies",
-         "supernet.train", "supernet.search", "supernet.selection", "supernet.store", "supernet.study")),
+         "supernet.train", "supernet.search", "supernet.selection", "supernet.store")),
     (4, ("viz",)),
     (5, ("cli", "__init__")),
 ]

@@ -255,7 +255,7 @@ def test_cli_finetune_sam_mode(tmp_path, capsys):
 
 
 def test_notebook_arms_accept_a_sam_mode():
-    from craftlab.analysis.arms import _arm_items
+    from craftlab.studies.craft import _arm_items
 
     items = _arm_items({"AdamW": {}, "LookSAM": {"sam_rho": 0.05, "sam_mode": "looksam:5"}})
     assert items[1] == ("LookSAM", {"sam_rho": 0.05, "sam_mode": "looksam:5"})

@@ -419,7 +419,7 @@ def test_global_random_state_untouched():
 def test_experiments_claim_check_uses_stats():
     import inspect
 
-    ex = pytest.importorskip("craftlab.analysis.experiments")
+    ex = pytest.importorskip("craftlab.studies.experiments")
     rng = np.random.default_rng(0)
     settings, drops, effects = ["magnitude 50%", "wanda 70%", "W8A8", "W4A4"], [0.02, 0.08, 0.0, 0.15], [0, .03, 0, .05]
     rows = []

@@ -96,7 +96,7 @@ def test_search_keeps_uniform_when_mixed_subnets_are_indistinguishable(small):
 def test_ptq_baselines_count_their_float_attention_like_the_supernet_counts_its_quantized_one(small):
     from timm.models.vision_transformer import VisionTransformer
 
-    from craftlab.supernet import study
+    from craftlab.studies import supernet as study
 
     torch.manual_seed(0)
     vit = VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=2,

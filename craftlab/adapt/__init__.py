@@ -9,10 +9,13 @@
 - :mod:`.miet`: the server/device split of MIET (Gather*, quantized transfer) and the bytes each method sends;
 - :mod:`.memory`: what training holds (tensors saved for backward, gradients, optimizer state);
 - :mod:`.baselines`: linear probe, LoRA on the backbone (HF ``peft``), full fine-tuning;
-- :mod:`.recipes`: ``adapt_model(model, data, method=...)``, one entry point for every method, and
-  ``compare_methods``; :mod:`.cli`: the ``craftlab adapt`` command;
-- :mod:`.curves`: accuracy against epochs and training wall time, each method at the learning rate chosen on
-  validation (``adapt_curves``).
+- :mod:`.methods`: the adaptation methods as a registry (``ADAPT_METHODS``), one module each with its config
+  dataclass, and THE arms table ``ARMS`` derived from it;
+- :mod:`.recipes`: ``adapt_model(model, data, method=...)``, one entry point for every registered method, and
+  ``adapt_search``; :mod:`.steps`: one training step of any method and what it holds.
+
+The study that compares the methods (``compare_methods``, ``kway_speedup``, ``adapt_curves``) is
+:mod:`craftlab.studies.adapt`; :mod:`.compare` and :mod:`.curves` are its old paths, kept as re-exports.
 
 LAST (Tang et al. 2024, arXiv 2402.04009) and MIET/MIST (Tang et al., CVPR 2025, arXiv 2406.17559) publish no
 code; the side-network recurrence, the LSA block's insides and the adaptor are reconstructions, labelled

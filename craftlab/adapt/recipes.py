@@ -1,4 +1,5 @@
-"""One entry point for every way of adapting a pretrained ViT to a new task: :func:`adapt_model`.
+"""One entry point for every way of adapting a pretrained ViT to a new task: :func:`adapt_model`, with any
+method of the registry :data:`craftlab.registry.ADAPT_METHODS` (one module each in :mod:`craftlab.adapt.methods`):
 
 - ``"last"``: LAST side-tuning (the backbone frozen and run without autograd; a side network of LSA blocks);
 - ``"miet"``: MIET edge tuning (the device trains an adaptor on Gather*(k), optionally received quantized);
@@ -25,35 +26,19 @@ from torch.utils.data import default_collate
 from .._errors import unknown_name
 from ..data import DataBundle
 from ..models import SeededRNG
-from . import miet as _miet
+from ..registry import ADAPT_METHODS
+from .methods import DEFAULT_LR, DEFAULT_RANK, AdaptMethod, FinetuneMethod, SideMethod, View
 from .parallel import FitResult, Source, evaluate_source, fit_one, fit_parallel
-from .side import GatherAdaptor, LASTSideNet, LinearProbe, check_rank, trainable_parameters
-from .taps import depth, extract, last_taps, tap_batch
+from .side import trainable_parameters
+from .taps import extract, tap_batch
+
+__all__ = ["DEFAULT_LR", "DEFAULT_RANK", "METHODS", "SIDE_METHODS", "AdaptResult", "AdaptedModel", "SearchResult",
+           "View", "adapt_model", "adapt_search", "build_side", "configure", "side_spec", "sources"]
 
 METHODS = ("last", "miet", "linear", "lora", "full")
+"""The built-in methods (the registry may hold more: ``ADAPT_METHODS.names()``)."""
 SIDE_METHODS = ("last", "miet", "linear")
-DEFAULT_LR = {"last": 1e-2, "miet": 3e-2, "linear": 1e-1, "lora": 3e-2, "full": 1e-3}
-"""Peak AdamW learning rates per method: the best validation accuracy on the embedded default (vit-tiny →
-digits, 8 epochs) over 1e-3 … 1e-1 (full fine-tuning: :func:`craftlab.finetune`'s default)."""
-DEFAULT_RANK = 16
-"""LSA rank r of LAST and MIET (d/4 on vit-tiny's d = 64)."""
-
-
-@dataclass(frozen=True)
-class View:
-    """What a side network reads from the tapped features (z of the taps, pooled): LAST's z_0, z_g, …, z_L;
-    MIET's Gather*(k), sent at `bits`; the linear probe's pooled feature."""
-
-    method: str
-    k: int = 0
-    bits: int | None = None
-
-    def __call__(self, z: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        if self.method == "last":
-            return z
-        if self.method == "miet":
-            return _miet.quantized_copy(_miet.gather_star(z, self.k), self.bits)  # the taps are z_0 … z_k
-        return pooled
+"""The built-in side methods (a registered one says so by subclassing :class:`~craftlab.adapt.methods.SideMethod`)."""
 
 
 class AdaptedModel(nn.Module):
@@ -99,50 +84,47 @@ class AdaptResult:
         return self.train_time_s / max(1, len(self.history))
 
 
+def configure(method: str, **options: Any) -> AdaptMethod:
+    """The config of registered `method` from `options` (its fields; the options every method takes and it does
+    not use are left; unknown names and unknown methods are ValueErrors).
+
+    >>> configure("miet", k=2, bits=8).label(depth=4)
+    'MIET (k=2, 8-bit)'
+    """
+    if not isinstance(method, str) or method not in ADAPT_METHODS:
+        raise unknown_name("adaptation method", method, ADAPT_METHODS.names())
+    return ADAPT_METHODS.get(method).configure(options)
+
+
 def _check_common(model: Any, data: Any, method: str) -> None:
-    if method not in METHODS:
-        raise unknown_name("adaptation method", method, METHODS)
+    if not isinstance(method, str) or method not in ADAPT_METHODS:
+        raise unknown_name("adaptation method", method, ADAPT_METHODS.names())
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(data, DataBundle):
         raise TypeError("data must be a craftlab DataBundle (see craftlab.load_data / craftlab.from_tensors)")
 
 
-def _dim(model: nn.Module) -> int:
-    return int(getattr(model, "embed_dim", None) or model.num_features)
-
-
-def _pool(model: nn.Module) -> str:
-    has_cls = getattr(model, "cls_token", None) is not None
-    return "cls" if getattr(model, "global_pool", "token") == "token" and has_cls else "mean"
+def _side(method: str, **options: Any) -> SideMethod:
+    cfg = configure(method, **options)
+    if not isinstance(cfg, SideMethod):
+        raise ValueError(f"{method!r} trains through the backbone, not a side network on its taps")
+    return cfg
 
 
 def side_spec(model: nn.Module, method: str, *, gap: int = 1, k: int | None = None, bits: int | None = None,
               rank: int = DEFAULT_RANK, heads: int = 1) -> tuple[tuple[int, ...], View]:
     """The taps and the view a side method needs on `model`, every argument checked (k or g outside the depth,
-    r ≥ d, unknown bits: ValueError)."""
-    L = depth(model)
-    if method == "last":
-        check_rank(rank, _dim(model), heads)
-        return last_taps(model, gap), View("last")
-    if method == "miet":
-        check_rank(rank, _dim(model), heads)
-        k = _miet.check_k(L if k is None else k, L)
-        return tuple(range(k + 1)), View("miet", k=k, bits=_miet.check_bits(bits))
-    return (L,), View("linear")
+    r ≥ d, unknown bits: ValueError): :meth:`SideMethod.spec <craftlab.adapt.methods.SideMethod.spec>`."""
+    return _side(method, gap=gap, k=k, bits=bits, rank=rank, heads=heads).spec(model)
 
 
 def build_side(model: nn.Module, method: str, taps: Sequence[int], num_classes: int, *, rank: int = DEFAULT_RANK,
                heads: int = 1, seed: int = 0) -> nn.Module:
     """A fresh side network for `method` (its initialisation drawn from a private stream seeded by `seed`)."""
-    dim, pool = _dim(model), _pool(model)
-    norm = model.norm.state_dict() if isinstance(getattr(model, "norm", None), nn.LayerNorm) else None
+    cfg = _side(method, rank=rank, heads=heads)
     with SeededRNG(seed):
-        if method == "last":
-            return LASTSideNet(dim, num_classes, m=len(taps) - 1, rank=rank, heads=heads, pool=pool, norm=norm)
-        if method == "miet":
-            return GatherAdaptor(dim, num_classes, rank=rank, heads=heads, pool=pool)
-        return LinearProbe(dim, num_classes)
+        return cfg.build(model, tuple(taps), num_classes)
 
 
 def sources(model: nn.Module, data: DataBundle, taps: Sequence[int], view: View, cache: str | Path | None,
@@ -190,11 +172,13 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
                 rank: int = DEFAULT_RANK, heads: int = 1, gap: int = 1, k: int | None = None, bits: int | None = None,
                 lora_rank: int = 4, sam_rho: float = 0.0, cache: str | Path | None = None,
                 device: str | torch.device = "cpu",
-                callback: Callable[[dict[str, float], nn.Module], None] | None = None) -> AdaptResult:
-    """Adapt a pretrained ViT to `data` with one of :data:`METHODS`; the caller's `model` is left unchanged.
+                callback: Callable[[dict[str, float], nn.Module], None] | None = None,
+                **options: Any) -> AdaptResult:
+    """Adapt a pretrained ViT to `data` with a method of the registry; the caller's `model` is left unchanged.
 
     Args:
-        method: ``"last"``, ``"miet"``, ``"linear"``, ``"lora"`` or ``"full"``.
+        method: ``"last"``, ``"miet"``, ``"linear"``, ``"lora"``, ``"full"`` or any registered one
+            (:data:`craftlab.registry.ADAPT_METHODS`).
         epochs, lr (default :data:`DEFAULT_LR`), weight_decay, batch_size (default the bundle's), seed: the
             budget and recipe, shared by all methods (AdamW, cosine per step, data order from `seed`).
         rank, heads: LAST's / MIET's LSA modules (1 ≤ r < d). gap: LAST's g (one side block every g of the L
@@ -205,6 +189,7 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
         callback: called after each epoch with a copy of the epoch's record and the image → logits model as
             trained so far (to evaluate it, e.g. on the test split: :func:`craftlab.adapt.curves.adapt_curves`;
             not to change it). Its time is not in the records' ``time_s``.
+        options: a registered method's own options (its config fields) beyond the ones above.
 
     >>> res = adapt_model(craftlab.create_model("vit-tiny", num_classes=10), data, "last", gap=2)  # doctest: +SKIP
     >>> res.metrics["test_accuracy"], res.trainable_params                                       # doctest: +SKIP
@@ -213,36 +198,35 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
     _check_hyper(epochs, lr, weight_decay, seed)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable (it gets each epoch's record and the model)")
-    lr = DEFAULT_LR[method] if lr is None else float(lr)
+    cfg = configure(method, rank=rank, heads=heads, gap=gap, k=k, bits=bits, lora_rank=lora_rank,
+                    sam_rho=sam_rho, cache=cache, **options)
+    lr = cfg.default_lr if lr is None else float(lr)
     bs = int(batch_size or data.batch_size)
     dev = torch.device(device)
     config = {"method": method, "epochs": int(epochs), "lr": lr, "weight_decay": weight_decay, "batch_size": bs,
               "seed": int(seed), "architecture": getattr(model, "craftlab_name", type(model).__name__),
               "data": data.name}
-    if method in SIDE_METHODS:
-        taps, view = side_spec(model, method, gap=gap, k=k, bits=bits, rank=rank, heads=heads)
-        src = sources(model, data, taps, view, cache, dev)
-        side = build_side(model, method, taps, data.num_classes, rank=rank, heads=heads, seed=seed).to(dev)
+    if isinstance(cfg, SideMethod):
+        taps, view = cfg.spec(model)
+        src = sources(model, data, taps, view, cfg.cache, dev)
+        with SeededRNG(seed):
+            side = cfg.build(model, taps, data.num_classes).to(dev)
         seen = AdaptedModel(model, side, taps, view)
         fit = fit_one(side, src["train"], src["val"], epochs=int(epochs), lr=lr, weight_decay=weight_decay,
                       batch_size=bs, seed=int(seed),
                       callback=None if callback is None else lambda rec: callback(dict(rec), seen))
-        config.update(taps=list(taps), cache=None if cache is None else str(cache))
-        if method != "linear":
-            config.update(rank=rank, heads=heads)
-        config.update({"gap": gap} if method == "last" else {"k": view.k, "bits": bits} if method == "miet" else {})
+        config.update(taps=list(taps), cache=None if cfg.cache is None else str(cfg.cache))
+        config.update(cfg.record())
+        if getattr(view, "method", None) == "miet":
+            config.update(k=view.k, bits=view.bits)
         return _side_result(model, method, fit, taps, view, src["test"], config)
-    from .baselines import finetune_full, finetune_lora
-
+    if not isinstance(cfg, FinetuneMethod):
+        raise TypeError(f"adaptation method {method!r} must subclass SideMethod or FinetuneMethod")
     kw = dict(optimizer="adamw", lr=lr, epochs=int(epochs), weight_decay=weight_decay, batch_size=bs, seed=int(seed),
               device=dev, progress=False,
               callback=None if callback is None else lambda rec, net: callback(dict(rec), net))
-    if method == "lora":
-        res = finetune_lora(model, data, rank=lora_rank, **kw)
-        config["lora_rank"] = lora_rank
-    else:
-        res = finetune_full(model, data, sam_rho=sam_rho, **kw)
-        config["sam_rho"] = sam_rho
+    res = cfg.finetune(model, data, **kw)
+    config.update(cfg.record())
     from ..evaluation import evaluate
     from ..train.finetune import eval_loader
 
@@ -293,8 +277,10 @@ def adapt_search(model: nn.Module, data: DataBundle, configs: Sequence[dict[str,
     import pandas as pd
 
     _check_common(model, data, method)
-    if method not in SIDE_METHODS:
-        raise ValueError(f"K-way search trains side networks ({', '.join(SIDE_METHODS)}), not {method!r}")
+    cls = ADAPT_METHODS.get(method)
+    if not cls.side:
+        side = [n for n in ADAPT_METHODS.names() if ADAPT_METHODS.get(n).side]
+        raise ValueError(f"K-way search trains side networks ({', '.join(side)}), not {method!r}")
     configs = [dict(c) for c in configs]
     if len(configs) < 1:
         raise ValueError(f"K-way search needs K >= 1 configurations, got K = {len(configs)}")
@@ -302,9 +288,9 @@ def adapt_search(model: nn.Module, data: DataBundle, configs: Sequence[dict[str,
     for c in configs:
         if set(c) - known:
             raise ValueError(f"unknown configuration key(s) {sorted(set(c) - known)}; use {sorted(known)}")
-        c.setdefault("lr", DEFAULT_LR[method])
+        c.setdefault("lr", cls.default_lr)
         c.setdefault("weight_decay", 0.05)
-        if method != "linear":
+        if "rank" in cls.option_names():
             c.setdefault("rank", DEFAULT_RANK)
         c.setdefault("seed", seed)
         _check_hyper(epochs, c["lr"], c["weight_decay"], c["seed"])

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..registry import ADAPT_METHODS
 from ._args import old_spelling
 
 EXAMPLES = """\
@@ -27,7 +28,8 @@ examples:
   craftlab adapt compare --seeds 0 1 2 --epochs 8 --out adapt.csv
   craftlab adapt bytes --k 4 --gap 2
 """
-METHOD_CHOICES = ("last", "miet", "linear", "lora", "full")
+METHOD_CHOICES = ADAPT_METHODS.names()
+"""Every registered adaptation method (read from craftlab/adapt/methods/ without importing them)."""
 
 
 def _bits(value: str) -> int | None:
@@ -78,8 +80,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="K side networks at once over a grid of lr x weight decay x rank")
     _common(s)
-    s.add_argument("--method", default="last", choices=("last", "miet", "linear"),
-                   help="a method whose K configurations train at once on one backbone pass")
+    s.add_argument("--method", default="last", choices=METHOD_CHOICES,
+                   help="a side method (last, miet, linear: a network on the frozen backbone's taps) whose K "
+                        "configurations train at once on one backbone pass")
     s.add_argument("--lr", type=float, nargs="+", default=None)
     s.add_argument("--weight-decay", type=float, nargs="+", default=[0.05])
     s.add_argument("--lsa-rank", type=int, nargs="+", default=None,
@@ -134,6 +137,9 @@ def run(a: argparse.Namespace) -> int:
         return 0
     if action == "bytes":
         return _bytes(a)
+    if action == "search" and not ADAPT_METHODS.get(a.method).side:  # said before the model and data load
+        side = [n for n in METHOD_CHOICES if ADAPT_METHODS.get(n).side]
+        raise ValueError(f"--method {a.method}: K-way search trains side networks ({', '.join(side)})")
     model, data = _load(a)
     common = dict(epochs=a.epochs, batch_size=a.batch_size, gap=a.gap, k=a.k, heads=a.lsa_heads,
                   cache=a.cache, device=a.device)
@@ -150,7 +156,8 @@ def run(a: argparse.Namespace) -> int:
         from ..adapt.recipes import DEFAULT_LR, DEFAULT_RANK, adapt_search
 
         lrs = a.lr or [DEFAULT_LR[a.method] * f for f in (0.3, 1.0, 3.0)]
-        ranks = [None] if a.method == "linear" else (a.lsa_rank or [DEFAULT_RANK])
+        has_rank = "rank" in ADAPT_METHODS.get(a.method).option_names()
+        ranks = (a.lsa_rank or [DEFAULT_RANK]) if has_rank else [None]
         configs = [{"lr": lr, "weight_decay": wd, **({} if r is None else {"rank": r})}
                    for lr, wd, r in itertools.product(lrs, a.weight_decay, ranks)]
         res = adapt_search(model, data, configs, a.method, seed=a.seed, bits=a.transfer_bits, **common)
@@ -161,7 +168,7 @@ def run(a: argparse.Namespace) -> int:
         if a.out:
             res.table.to_csv(a.out, index=False)
         return 0
-    from ..adapt.compare import compare_methods
+    from ..studies.adapt import compare_methods
 
     kw = {k: v for k, v in common.items() if k not in ("epochs", "gap", "k") and v is not None}
     kw.pop("cache", None)

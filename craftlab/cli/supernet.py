@@ -115,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..supernet.store import get_supernet, load_supernet, read_supernet_meta, save_supernet
 
     if args.preset == "notebook":
-        from ..supernet.study import prepare_notebook
+        from ..studies.supernet import prepare_notebook
 
         prepare_notebook(progress=not args.quiet)
         return 0

@@ -237,7 +237,7 @@ def _float_attention_bitops(model: str) -> float:
     """BitOPs of `model`'s attention matmuls on one test image, run in float (32 x 32): what a fixed PTQ setting
     leaves unquantized (0 for a CNN). ``model_stats`` counts Conv2d/Linear layers only."""
     from ..models import build_model
-    from ..supernet.study import float_attention_macs
+    from .supernet import float_attention_macs
 
     x = next(iter(_data(model).test))[0][:1]
     return float(float_attention_macs(build_model(model), x)) * 32 * 32

@@ -1,7 +1,7 @@
 """The supernet step of the composition study: the search's pick at a BitOPs budget as the last step (ViTs).
 
 The step replaces the pipeline's fixed post-training quantization: a mixed-precision supernet (per-bit LoRA, the
-supernet study's main recipe, :func:`craftlab.supernet.study.notebook_specs`) is trained on the pipeline's cached
+supernet study's main recipe, :func:`craftlab.studies.supernet.notebook_specs`) is trained on the pipeline's cached
 fine-tuning run (AdamW or SAM ρ = 0.05, same seed), and the evolutionary search picks a subnet at
 :data:`SUPERNET_BUDGET` of the FP32 model's BitOPs (the supernet claim's budget in the ledger) with the
 benchmark's search settings and budgets, so the AdamW pick is the one ``benchmarks/bench_supernet.py`` reports
@@ -33,7 +33,7 @@ def supernet_spec(model: str, sam_rho: float, seed: int) -> Any:
     >>> supernet_spec("vit-tiny", 0.05, 3).base_sam_rho
     0.05
     """
-    from ..supernet import study
+    from . import supernet as study
 
     return replace(study.notebook_specs((int(seed),))[f"per-bit/s{int(seed)}"], model=model,
                    base_sam_rho=float(sam_rho))
@@ -46,11 +46,12 @@ def supernet_cell(model: str, sam_rho: float, seed: int, data: Any) -> dict[str,
 
     from ..checkpoint import read_meta
     from ..compression.quant import model_stats
-    from ..supernet import evaluate_configs, get_supernet, load_supernet, study
+    from ..supernet import evaluate_configs, get_supernet, load_supernet
     from ..supernet.search import search_budgets
     from ..supernet.space import parse_budget
     from ..supernet.store import read_supernet_meta
     from ..train.runs import get_run
+    from . import supernet as study
 
     spec = supernet_spec(model, sam_rho, seed)
     path = get_supernet(spec)

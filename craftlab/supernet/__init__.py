@@ -56,11 +56,15 @@ _NAMES: dict[str, str] = {
     "SupernetSpec": ".store", "get_supernet": ".store", "save_supernet": ".store", "load_supernet": ".store",
     "SearchResult": ".search", "evolutionary_search": ".search", "search_budgets": ".search",
     "pareto_front": ".search", "evaluate_configs": ".search", "SearchReport": ".search",
-    "step_memory": ".train", "study": None, "BITOPS_CONVENTION": ".model", "select": ".search",
+    "step_memory": ".train", "BITOPS_CONVENTION": ".model", "select": ".search",
     "split_estimate": ".selection",
 }
 
-__all__ = list(_NAMES)
+_MODULES: dict[str, str] = {"study": "craftlab.studies.supernet"}
+"""``craftlab.supernet.study``: the study recipe moved to :mod:`craftlab.studies.supernet`; this alias keeps
+``from craftlab.supernet import study`` working for the app until it imports the new path."""
+
+__all__ = [*_NAMES, *_MODULES]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _NAMES)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _NAMES, _MODULES)

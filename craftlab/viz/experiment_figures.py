@@ -1,4 +1,4 @@
-"""Figures of experiment tables (:mod:`craftlab.analysis.experiments`): accuracy vs sparsity and vs bits with
+"""Figures of experiment tables (:mod:`craftlab.studies.experiments`): accuracy vs sparsity and vs bits with
 seed bands, sharpness-vs-drop scatters, grouped bars. They take the tidy tables of ``sweep_runs`` /
 ``sharpness_table`` and draw with :mod:`craftlab.viz.plots`.
 """

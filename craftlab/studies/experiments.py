@@ -22,8 +22,10 @@ power statement saying which effects the design could detect. With no true effec
 
 from __future__ import annotations
 
+from ..analysis.claims import CLAIM, claim_report, paired_gains, verdict
+from ..analysis.stats import spearman
 from ..settings import bits_label, parse_setting
-from .arms import (
+from .craft import (
     DEFAULT_BITS,
     arm_label,
     compress_kwargs,
@@ -34,8 +36,7 @@ from .arms import (
     setting_label,
     sweep_runs,
 )
-from .claims import CLAIM, claim_report, paired_gains, verdict
-from .sharpness_study import (
+from .craft_sharpness import (
     finite,
     probe_batches,
     rescale_attention,
@@ -45,7 +46,6 @@ from .sharpness_study import (
     spearman_table,
     spearman_test,
 )
-from .stats import spearman
 
 __all__ = [
     "CLAIM", "DEFAULT_BITS", "arm_label", "bits_label", "claim_report", "compress_kwargs", "compress_setting",

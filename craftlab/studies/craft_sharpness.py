@@ -1,4 +1,4 @@
-"""Sharpness of many runs: probe tables over the runs of :func:`craftlab.analysis.experiments.run_arms`,
+"""Sharpness of many runs: probe tables over the runs of :func:`craftlab.studies.craft.run_arms`,
 the scale-invariance demonstration, Spearman tables, and the second-order prediction of the loss jump.
 """
 
@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..analysis import stats
+from ..analysis.stats import spearman
 from ..data import DataBundle
 from ..probes._probe import preserved
 from ..settings import parse_setting
-from . import stats
-from .arms import compress_setting, load_run
-from .stats import spearman
+from .craft import compress_setting, load_run
 
 # ----------------------------------------------------------------------------------------------
 # sharpness of many runs

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import cache
-from .store import SupernetSpec, get_supernet, load_supernet
+from ..supernet.store import SupernetSpec, get_supernet, load_supernet
 
 OPERATOR_STUDY = {"resolution": {"resolutions": (14, 21, 28)}, "depth": {"depths": (2, 3, 4)},
                   "mlp_ratio": {"mlp_ratios": (1.0, 1.5, 2.0)}, "heads": {"heads": (2, 3, 4)}}
@@ -57,6 +57,31 @@ def notebook_specs(seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> d
     for op, kw in OPERATOR_STUDY.items():
         out[f"op:{op}"] = replace(main, w_bits=(8,), a_bits=(8,), **training, **kw)
     return out
+
+
+NO_DEGRADATION = "supernet-ni"
+"""The claims ledger's row of the paper's "about 95 % BitOPs reduction without degradation"."""
+
+
+def no_degradation(baseline: Any, treatment: Any) -> Any:
+    """The "without degradation" check: the non-inferiority verdict of `treatment` (the subnet searched under 5 %
+    of FP32 BitOPs) against `baseline` (FP32), paired by seed, with the ledger's effect of interest, margin and
+    kind (:func:`craftlab.analysis.power.endpoint_verdict` on :func:`craftlab.analysis.ledger.claim`
+    ``("supernet-ni")``); None with fewer than 2 seeds.
+
+    >>> no_degradation([0.95, 0.96, 0.94], [0.949, 0.957, 0.942]).status
+    'supports'
+    """
+    from ..analysis.ledger import claim
+    from ..analysis.power import endpoint_verdict
+
+    if len(baseline) != len(treatment):
+        raise ValueError(f"paired by seed: {len(baseline)} baseline values, {len(treatment)} treatment values")
+    if len(baseline) < 2:
+        return None
+    c = claim(NO_DEGRADATION)
+    return endpoint_verdict(list(baseline), list(treatment), c.effect, margin=c.margin, kind=c.kind,
+                            higher_is_better=c.higher_is_better, scale=100, unit=" pp")
 
 
 def float_attention_macs(model: Any, x: Any) -> int:
@@ -103,8 +128,8 @@ def standin_memory(model: str = "vit_base_patch16_224", batch: int = 2, image_si
     import torch
 
     from ..models import SeededRNG
-    from .build import build_supernet
-    from .train import step_memory
+    from ..supernet.build import build_supernet
+    from ..supernet.train import step_memory
 
     args = {"model": model, "batch": batch, "image_size": image_size, "modes": list(modes), "seed": seed, "recipe": 3,
             "torch": torch.__version__}
@@ -131,7 +156,7 @@ def main_search(seed: int, data: Any, supernet: Any = None, budgets: tuple[str, 
                 cache: bool = True, quick: bool = False) -> Any:
     """The study's search on the main supernet of `seed` (loaded from the cache unless given; evaluations cached):
     ``(supernet, SearchReport)``. ``quick=True``: the budgets and search settings of :data:`QUICK`."""
-    from .search import search_budgets
+    from ..supernet.search import search_budgets
 
     sn = supernet or load_supernet(get_supernet(notebook_specs((seed,))[f"per-bit/s{seed}"]))
     budgets = budgets or (QUICK["budgets"] if quick else BUDGETS)

@@ -1,7 +1,15 @@
-"""Arms × seeds of cached fine-tuning runs and their compression sweeps, as tidy tables.
+"""CrAFT's study: arms × seeds of cached fine-tuning runs and their compression sweeps, as tidy tables, and the
+CrAFT benchmark's grid with its paired claim checks (:func:`bench_table`, :func:`bench_claims`).
 
-Every fine-tuning run goes through :func:`craftlab.get_run`, so a (model, data, optimizer, ρ, ASAM, epochs,
-seed) combination is trained once and shared by every notebook, the app and the CLI.
+Every fine-tuning run of :func:`run_arms` goes through :func:`craftlab.get_run`, so a (model, data, optimizer, ρ,
+ASAM, epochs, seed) combination is trained once and shared by every notebook, the app and the CLI. The sharpness
+half of the study is :mod:`craftlab.studies.craft_sharpness`; notebooks 00–03 import both through
+:mod:`craftlab.studies.experiments` (``craftlab.experiments``).
+
+Example::
+
+    runs = run_arms({"AdamW": {}, "SAM ρ=0.05": {"sam_rho": 0.05}}, seeds=(0, 1, 2))
+    df = sweep_runs(runs, load_data_for(runs))
 """
 
 from __future__ import annotations
@@ -178,3 +186,85 @@ def sweep_runs(runs: pd.DataFrame, data: DataBundle, settings: Iterable[Mapping[
 
     df["bitops_per_mac"] = [bpm(w, a, k) for w, a, k in zip(df["w_bits"], df["a_bits"], df["kind"])]
     return df
+
+
+# ----------------------------------------------------------------------------------------------
+# the CrAFT benchmark (benchmarks/bench_craft.py): its grid, its table, its claim checks
+
+BENCH_ARMS: dict[str, tuple[float, bool]] = {"AdamW": (0.0, False), "SAM 0.05": (0.05, False),
+                                             "SAM 0.1": (0.1, False), "ASAM 0.5": (0.5, True)}
+"""The benchmark's arms: label -> (SAM ρ, adaptive); all on AdamW's schedule and seeds."""
+BENCH_BASELINE = "AdamW"
+BENCH_MODELS = ("vit-tiny", "resnet-tiny")
+BENCH_SEEDS = (0, 1, 2, 3, 4)
+BENCH_EPOCHS = 8
+BENCH_ALPHA = 0.05
+
+
+def bench_settings(name: str) -> list[Setting]:
+    """The benchmark's compression settings for model `name`: :func:`craftlab.settings_grid`, plus the
+    BatchNorm re-estimated ones for resnet-tiny (vit-tiny has no BatchNorm)."""
+    from ..distributed.sweep import settings_grid
+
+    grid = settings_grid()
+    if name == "resnet-tiny":
+        grid += [s for s in settings_grid(recalibrate_bn=True) if s.recalibrate_bn]
+    return grid
+
+
+def bench_table(models: Sequence[str] = BENCH_MODELS, seeds: Sequence[int] = BENCH_SEEDS,
+                arms: Mapping[str, tuple[float, bool]] = BENCH_ARMS, epochs: int = BENCH_EPOCHS,
+                data: str = "digits", log: Any = None) -> pd.DataFrame:
+    """Fine-tune every (model, seed, arm) from the zoo model (not through the run cache) and sweep its settings:
+    one row per (model, seed, arm, setting) with :func:`craftlab.sweep`'s columns and ``arch``, ``arm``,
+    ``seed``, ``train_time_s``. `log` (a file) gets one line per run.
+
+    >>> df = bench_table(models=("vit-tiny",), seeds=(0,), epochs=1)  # doctest: +SKIP
+    """
+    from ..train.finetune import finetune
+    from ..train.pretrain import create_model
+
+    frames = []
+    for name in models:
+        bundle = load_data(data, model=build_model(name))
+        settings = bench_settings(name)
+        for seed in seeds:
+            base = create_model(name, num_classes=bundle.num_classes, seed=seed)
+            for arm, (rho, adaptive) in arms.items():
+                t0 = time.perf_counter()
+                res = finetune(base, bundle, epochs=epochs, sam_rho=rho, adaptive=adaptive, seed=seed,
+                               progress=False)
+                wall = time.perf_counter() - t0
+                df = sweep({arm: res.model}, bundle, settings, progress=False)
+                df["arch"], df["arm"], df["seed"], df["train_time_s"] = name, arm, seed, wall
+                frames.append(df)
+                if log is not None:
+                    print(f"  {name} seed {seed} {arm}: FP {df.accuracy.iloc[0]:.3f} ({wall:.0f}s)", file=log,
+                          flush=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def bench_claims(df: pd.DataFrame, baseline: str = BENCH_BASELINE, arms: Sequence[str] | None = None,
+                 alpha: float = BENCH_ALPHA) -> tuple[pd.DataFrame, dict[tuple[str, str], Any]]:
+    """The claim check of every (model, arm ≠ baseline): accuracy differences to `baseline` paired by seed over
+    the compressed settings, paired t-test, Holm across that arm's settings
+    (:func:`craftlab.analysis.stats.compare_arms`), and its :func:`~craftlab.analysis.stats.claim_verdict`.
+    Returns (one table with ``arch`` and ``arm`` columns, {(arch, arm): Verdict}).
+
+    >>> table, verdicts = bench_claims(bench_table(models=("vit-tiny",), seeds=(0, 1)))  # doctest: +SKIP
+    """
+    from ..analysis.stats import claim_verdict, compare_arms
+
+    arms = [a for a in (BENCH_ARMS if arms is None else arms) if a != baseline]
+    frames, verdicts = [], {}
+    for arch, part in df.groupby("arch", sort=False):
+        compressed = part[part["setting"] != "FP32"]
+        for arm in arms:
+            cmp = compare_arms(compressed, baseline, arm, value="accuracy", test="t", correction="holm",
+                               alpha=alpha)
+            cmp["arch"], cmp["arm"] = arch, arm
+            frames.append(cmp)
+            verdicts[(arch, arm)] = claim_verdict(
+                cmp, claim=f"{arm} loses less accuracy under compression than {baseline} ({arch})", alpha=alpha,
+                scale=100, unit=" pts")
+    return pd.concat(frames, ignore_index=True), verdicts
