@@ -15,7 +15,8 @@ For every claim of :data:`craftlab.analysis.ledger.CLAIMS` (written down before 
 
 Writes ``results/claims.csv`` (one row per claim) and prints the RESULTS.md section.
 Run: ``python -m benchmarks.run claims`` (or ``python -m benchmarks.bench_claims [claim ids] [--max-seeds K]``:
-K caps the seeds below the rule's, recorded in the row's command; ``--report`` re-prints the section from
+K caps the seeds below the rule's, recorded in the row's command, ``--stage2-max K`` the second stage's;
+``--report`` re-prints the section from
 ``results/claims.csv``). Fine-tuning runs are cached (``craftlab.get_run``), and so are the adaptation arms'
 per-image results (:func:`_adapt_correct`).
 """
@@ -42,7 +43,10 @@ MIN_SEEDS, MAX_SEEDS = 5, 30
 EXTEND_MAX = 200
 """The second stage's seed limit (the power rule's own maximum). Written 2026-12-07, after the 30-seed SNT rows
 were inconclusive and before any of their seeds 30-199 was scored: a row inconclusive at ``MAX_SEEDS`` whose
-design cannot detect its effect of interest is extended once, to the rule's count, at most this."""
+design cannot detect its effect of interest is extended once, to the rule's count, at most this. This session's
+compute window (until 02:10 UTC, on a 2-core machine shared with other work) caps it further: the seeds pretrained by
+then, contiguous from 0 (``--stage2-max``, recorded in the row's command), fixed before any second-stage seed is
+looked at."""
 ALPHA = 0.05
 ARM_RHO = {"AdamW": 0.0, "SAM ρ=0.05": 0.05}
 # each non-CrAFT arm is a compression setting of the AdamW run
@@ -217,9 +221,9 @@ def resolve_rule(c: Claim) -> Claim:
     return replace(c, setting=chosen)
 
 
-def run_claim(c: Claim, max_seeds: int | None = None) -> dict:
+def run_claim(c: Claim, max_seeds: int | None = None, stage2_max: int | None = None) -> dict:
     """One ledger row; `max_seeds` caps a live claim's seeds below the rule's (a compute budget: the row's command
-    records it and the section says the rule was not met).
+    records it and the section says the rule was not met); `stage2_max` caps the second stage the same way.
 
     Two stages (:data:`EXTEND_MAX`): a live row still inconclusive after ``MAX_SEEDS`` seeds whose design could not
     detect its effect of interest is extended once to the rule's count (at most ``EXTEND_MAX``). That second look
@@ -242,12 +246,15 @@ def run_claim(c: Claim, max_seeds: int | None = None) -> dict:
         row["command"] = f"python -m benchmarks.bench_claims {c.id} --max-seeds {n}"
     elif max_seeds is None and (n2 := second_stage(row, need, c.effect)):
         first = row
+        n2 = min(n2, stage2_max or n2)
         df = _seeds(c, df, n2)
         row = _row(c, df, sd, source, need, t0)
         two = endpoint_verdict(df["baseline"], df["treatment"], c.effect, margin=c.margin, kind=c.kind,
                                alpha=ALPHA / 2, higher_is_better=c.higher_is_better, scale=100, unit=" pp")
         row.update(stage1_n=first["n"], stage1_status=first["status"], stage1_diff=first["mean_diff"],
                    stage1_detectable=first["detectable"], stage1_sd=first["sd_diff"], status_two_looks=two.status)
+        if n2 < min(need, EXTEND_MAX):
+            row["command"] = f"python -m benchmarks.bench_claims {c.id} --stage2-max {n2}"
     return row
 
 
@@ -341,7 +348,9 @@ def markdown(ledger: pd.DataFrame) -> str:
                   "seeds were scored): " + "; ".join(
             f"**{r['id']}**: {int(r['stage1_n'])} seeds gave {_f(r['stage1_diff'])} pp, {r['stage1_status']} "
             f"(could detect ±{100 * r['stage1_detectable']:.1f} pp); {r['n']} seeds give {_f(r['mean_diff'])} pp, "
-            f"**{r['status']}**; at α/2 for the two looks (Bonferroni): {r['status_two_looks']}" for r in ext) + "."]
+            f"**{r['status']}**; at α/2 for the two looks (Bonferroni): {r['status_two_looks']}"
+            + (f" (the compute budget of this run: `{r['command']}`)" if "--stage2-max" in str(r["command"]) else "")
+            for r in ext) + "."]
     short = [r for r in ledger.to_dict("records") if int(r["seeds_needed"]) > int(r["n"]) and
              r["status"] == "inconclusive"]
     if short:
@@ -366,9 +375,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         return ledger
     argv = list(argv or [])
     cap = int(argv.pop(argv.index("--max-seeds") + 1)) if "--max-seeds" in argv else None
+    cap2 = int(argv.pop(argv.index("--stage2-max") + 1)) if "--stage2-max" in argv else None
     ids = [a for a in argv if not a.startswith("-")]
     claims = [c for c in CLAIMS if not ids or c.id in ids]
-    rows = [run_claim(c, cap) for c in claims]
+    rows = [run_claim(c, cap, cap2) for c in claims]
     ledger = pd.DataFrame(rows)
     path = RESULTS / "claims.csv"
     if ids and path.exists():  # a subset: keep the other claims' rows
