@@ -229,7 +229,8 @@ def test_supernet_factor_main_effect_and_interaction_with_sam():
             y = np.round((y + rng.normal(0, 0.004)) / GRID) * GRID
             rows.append({"sam": sam, "bn": False, "compensation": "qwt-v2" if last == "qwt-v2" else "none",
                          "supernet": last == "supernet", "seed": s, "accuracy": y})
-    res = factorial.analyze(pd.DataFrame(rows))
+    t = pd.DataFrame(rows)
+    res = factorial.analyze(t)
     m = res.main.set_index("step")
     assert set(m.index) == {"SAM", "QwT-v2", "supernet"}
     for step, v in {"supernet": 0.07 - 0.02 / 2, "QwT-v2": 0.02}.items():
@@ -238,6 +239,11 @@ def test_supernet_factor_main_effect_and_interaction_with_sam():
     assert i.loc["SAM × supernet", "ci_low"] < -0.02 < i.loc["SAM × supernet", "ci_high"]
     assert i.loc["SAM × supernet", "word"] == "overlap"
     assert abs(i.loc["SAM × QwT-v2", "mean_diff"]) < 0.006
+    from craftlab.viz.compose_figures import interaction_figure
+
+    f = interaction_figure(t, "SAM", "supernet")  # the QwT-v2 cells have no supernet twin: left out
+    plain = t[~t["sam"] & ~t["supernet"] & (t["compensation"] == "none")]["accuracy"].mean()
+    assert np.isclose(f.data[0].y[0], 100 * plain)
 
 
 @pytest.mark.slow

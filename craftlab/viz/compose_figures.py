@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.factorial import FACTORS, STEPS
+from ..analysis.factorial import ALL_OFF, FACTORS, STEPS
 from ..analysis.stats import mean_ci
 
 __all__ = ["interaction_figure", "waterfall_figure"]
@@ -65,9 +65,12 @@ def interaction_figure(table: Any, step_x: str, step_line: str, value: str = "ac
     fx, onx, offx = STEPS[step_x]
     fl, onl, offl = STEPS[step_line]
     t = table[~table["bn_last"].astype(bool)].copy() if "bn_last" in table else table.copy()
-    for f in FACTORS:
+    for f, off in zip(FACTORS, ALL_OFF):
         if f not in t:
-            t[f] = {"sam": False, "bn": False, "compensation": "none", "snt": False}[f]
+            t[f] = off
+    others = [f for f in FACTORS if f not in (fx, fl)]  # keep the other factors' levels that have all four cells
+    four = t.groupby(others)[[fx, fl]].apply(lambda g: len({(a, b) for a, b in zip(g[fx], g[fl])}) == 4)
+    t = t.set_index(others).loc[four[four].index].reset_index() if others else t
     fig = go.Figure()
     for lvl, name in ((offl, f"{step_line} off"), (onl, f"{step_line} on")):
         ys, lows, highs = [], [], []
