@@ -192,7 +192,7 @@ def _loosest_accurate(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
 
 
 def hvp_costs(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], rounds: int = 5) -> dict[str, float]:
-    """Seconds (median of `rounds` interleaved rounds) of: building the gradient graph, one HVP through it, one
+    """CPU seconds (median of `rounds` interleaved rounds) of: building the gradient graph, one HVP through it, one
     batched HVP of 2 and of 4 vectors (``autograd.grad(..., is_grads_batched=True)``, vmap over the backward: what
     a block Lanczos would use), and a plain forward + backward."""
     from craftlab.probes._probe import math_attention, probing
@@ -220,9 +220,9 @@ def hvp_costs(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], rounds
                 "hvp_batched4": lambda: batched(4), "forward_backward": fwd_bwd}
         for _ in range(rounds + 1):  # the first round warms up
             for name, job in jobs.items():
-                t0 = time.perf_counter()
+                c0 = time.process_time()  # CPU time: robust to other jobs on a shared machine (one torch thread)
                 job()
-                times.setdefault(name, []).append(time.perf_counter() - t0)
+                times.setdefault(name, []).append(time.process_time() - c0)
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
@@ -262,8 +262,8 @@ def bench_model(name: str, batch: tuple[torch.Tensor, torch.Tensor], tol: float,
         "reference": ref, "hvp_costs": costs, "runs": runs, "median_s": med,
         "speedup": med["pyhessian"] / med["craftlab"],
         "median_cpu_s": med_cpu, "speedup_cpu": med_cpu["pyhessian"] / med_cpu["craftlab"], "median_hvp": med_hvp,
-        # where the time goes: graph + HVPs × one HVP's cost, the rest is the solver's own work (and load noise)
-        "predicted_s": {k: costs["graph"] + med_hvp[k] * costs["hvp"] for k in med_hvp},
+        # where the CPU time goes: graph + HVPs × one HVP's cost, the rest is the solver's own work
+        "predicted_cpu_s": {k: costs["graph"] + med_hvp[k] * costs["hvp"] for k in med_hvp},
         "max_rel_diff_craftlab_vs_pyhessian": max(agree),
         "max_rel_err_vs_reference": {k: max(_rel(x["eigenvalues"], ref["eigenvalues"]) for x in v)
                                      for k, v in runs.items()},
@@ -374,17 +374,17 @@ def main(argv: list[str] | None = None) -> dict:
               f"{100 * m['max_rel_err_vs_reference']['craftlab']:.3f}% / "
               f"{100 * m['max_rel_err_vs_reference']['pyhessian']:.3f}% | {m['median_s']['craftlab']:.2f} | "
               f"{m['median_s']['pyhessian']:.2f} | **{m['speedup']:.2f}×** | {m['speedup_cpu']:.2f}× |")
-    print("\nWhere the time goes (median of 5 interleaved rounds each; batched = one double backward for b vectors):\n")
+    print("\nWhere the time goes, in CPU seconds (median of 5 interleaved rounds each; batched = one double backward "
+          "for b vectors):\n")
     print("| model | graph (s) | 1 HVP (s) | 2 HVPs batched (s) | 4 HVPs batched (s) | forward+backward (s) | "
-          f"craftlab at tol {args.tol:g}: graph + HVPs × 1 HVP (s) vs measured (s) |")
+          f"craftlab at tol {args.tol:g}: graph + HVPs × 1 HVP vs measured (CPU s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         c = r["hvp_costs"]
         b2, b4 = c["hvp_batched2"], c["hvp_batched4"]
         print(f"| {r['model']} | {c['graph']:.3f} | {c['hvp']:.3f} | {b2:.3f} ({b2 / c['hvp']:.2f}× one) | "
               f"{b4:.3f} ({b4 / c['hvp']:.2f}× one) | {c['forward_backward']:.3f} | "
-              f"{r['predicted_s']['craftlab']:.2f} vs "
-              f"{r['median_s']['craftlab']:.2f} |")
+              f"{r['predicted_cpu_s']['craftlab']:.2f} vs {r['median_cpu_s']['craftlab']:.2f} |")
     if summary:
         print("\n| model | `sharpness_summary` first call (s) | warm median (s) | HVPs | λmax | trace ± stderr | "
               "ε-sharpness (ρ=0.05) |")
