@@ -6,17 +6,22 @@ On one 128-image ``digits`` validation batch, for vit-tiny, resnet-tiny and a sm
 * PyHessian (PyPI ``pyhessian`` 0.1): ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(top_n=2,
   maxIter=100, tol=TOL)``.
 
-Both stop on the same test, the relative change of the eigenvalue estimates between iterations
-(|new − old| / (|old| + 1e-6) < TOL, PyHessian's own criterion; craftlab applies it to the top-2 Ritz
-values), both build the gradient graph once and reuse it for every Hessian-vector product (HVP), and both
-timings include building that graph. Each is run once untimed (warm-up), then ``--repeats`` times in
-alternating order with seeds 0, 1, 2, ...; times are medians. A reference is computed once per model in
-float64 (craftlab Lanczos, tol 1e-9) to say which of the two is more accurate. craftlab's Lanczos also
-requires its Ritz error estimate to be below tol (PyHessian's test alone can stop early, on a plateau),
-so it is usually more accurate at the same tol; one extra PyHessian run at ``--tight-tol`` shows what
-matching that accuracy costs PyHessian. For k ≥ 2 craftlab's count includes the restarted Lanczos run in
-the orthogonal complement of the eigenvectors found, which is how it sees a repeated eigenvalue (a single
-Lanczos run cannot); PyHessian's deflated power iteration sees them by construction.
+Two comparisons, both timed in interleaved rounds (seeds 0, 1, 2, ..., the order alternating each round; after
+one untimed warm-up run each; times are medians, and include building the gradient graph, which both build once
+and reuse for every Hessian-vector product (HVP)):
+
+1. **Same tolerance** (``--tol``): both stop on the relative change of their estimates between iterations
+   (|new − old| / (|old| + 1e-6) < tol, PyHessian's own criterion); craftlab's Lanczos also requires its Ritz
+   error estimate below tol, so it is usually the more accurate of the two at the same tol.
+2. **Matched accuracy** (the headline): each tool at the loosest tolerance of ``--ladder`` at which every seed's
+   top-2 eigenvalues lie within ``--max-err`` (0.5 %) of a float64 reference (craftlab Lanczos in float64, tol
+   1e-9), found by walking the ladder from its loosest end, then timed. The reference is used to pick each
+   tool's tolerance, the same rule for both.
+
+For k ≥ 2 craftlab's count includes the restarted Lanczos run in the orthogonal complement of the eigenvectors
+found, which is how it sees a repeated eigenvalue (a single Lanczos run cannot); PyHessian's deflated power
+iteration sees them by construction. ``hvp_costs`` times the parts (graph, one HVP, batched HVPs through
+``is_grads_batched``, a forward + backward), to say where the time goes.
 
 Wrapper patches (nothing in site-packages is edited):
 
@@ -29,10 +34,10 @@ Wrapper patches (nothing in site-packages is edited):
 
 Usage::
 
-    python benchmarks/bench_hessian.py [--threads N] [--repeats 3] [--tol 1e-3]
-        [--models vit-tiny resnet-tiny small-cnn] [--no-summary]
+    python benchmarks/bench_hessian.py [--threads N] [--repeats 3] [--tol 1e-3] [--max-err 5e-3]
+        [--ladder 1e-2 3e-3 1e-3 3e-4 1e-4 3e-5] [--models vit-tiny resnet-tiny small-cnn] [--no-summary]
 
-Prints a markdown table and writes ``benchmarks/results/hessian.json``.
+Prints markdown tables and writes ``benchmarks/results/hessian.json``.
 """
 
 from __future__ import annotations
@@ -154,8 +159,75 @@ def _rel(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / abs(y) for x, y in zip(a, b))
 
 
+def _interleaved(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], tols: dict[str, float], max_iter: int,
+                 repeats: int, label: str) -> dict[str, list[dict]]:
+    """`repeats` rounds, seeds 0, 1, ...; each round runs both tools (each at its tolerance), the order alternating."""
+    runs: dict[str, list[dict]] = {"craftlab": [], "pyhessian": []}
+    for r in range(repeats):
+        for what in (["craftlab", "pyhessian"] if r % 2 == 0 else ["pyhessian", "craftlab"]):
+            fn = run_craftlab if what == "craftlab" else run_pyhessian
+            runs[what].append(fn(model, batch, tols[what], max_iter, seed=r))
+            print(f"[{label}] rep {r} {what} tol {tols[what]:g}: {runs[what][-1]}", flush=True)
+    return runs
+
+
+def _loosest_accurate(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], tool: str, ladder: list[float],
+                      max_iter: int, repeats: int, ref: list[float], max_err: float, label: str) -> dict[str, Any]:
+    """Walk `ladder` (loosest first) until every seed's top-2 values lie within `max_err` of the reference."""
+    fn = run_craftlab if tool == "craftlab" else run_pyhessian
+    tried = []
+    for tol in ladder:
+        errs, hvps = [], []
+        for seed in range(repeats):
+            out = fn(model, batch, tol, max_iter, seed=seed)
+            errs.append(_rel(out["eigenvalues"], ref))
+            hvps.append(out["n_hvp"])
+            if errs[-1] > max_err:
+                break
+        tried.append({"tol": tol, "max_rel_err": max(errs), "n_hvp": hvps, "seeds_run": len(errs)})
+        print(f"[{label}] {tool} tol {tol:g}: errors {[f'{e:.2e}' for e in errs]} HVPs {hvps}", flush=True)
+        if max(errs) <= max_err and len(errs) == repeats:
+            return {"tol": tol, "tried": tried}
+    return {"tol": None, "tried": tried}
+
+
+def hvp_costs(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], rounds: int = 5) -> dict[str, float]:
+    """CPU seconds (median of `rounds` interleaved rounds) of: building the gradient graph, one HVP through it, one
+    batched HVP of 2 and of 4 vectors (``autograd.grad(..., is_grads_batched=True)``, vmap over the backward: what
+    a block Lanczos would use), and a plain forward + backward."""
+    from craftlab.probes._probe import math_attention, probing
+    from craftlab.probes.hessian import HessianOperator
+
+    times: dict[str, list[float]] = {}
+    x, y = batch
+    with probing(model, None) as sel:
+        ps = [p for _, p in sel]
+        gen = torch.Generator().manual_seed(0)
+        vs = {b: [torch.randn((b, *p.shape), generator=gen) for p in ps] for b in (1, 2, 4)}
+        op = HessianOperator(model, [batch], ps, F.cross_entropy)
+        gs = op._graphs[0]
+
+        def batched(b: int) -> None:
+            with math_attention():
+                torch.autograd.grad(gs, ps, grad_outputs=vs[b], retain_graph=True, is_grads_batched=True)
+
+        def fwd_bwd() -> None:
+            with math_attention():
+                torch.autograd.grad(F.cross_entropy(model(x), y), ps)
+
+        jobs = {"graph": lambda: HessianOperator(model, [batch], ps, F.cross_entropy),
+                "hvp": lambda: op.matvec([v[0] for v in vs[1]]), "hvp_batched2": lambda: batched(2),
+                "hvp_batched4": lambda: batched(4), "forward_backward": fwd_bwd}
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, job in jobs.items():
+                c0 = time.process_time()  # CPU time: robust to other jobs on a shared machine (one torch thread)
+                job()
+                times.setdefault(name, []).append(time.process_time() - c0)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
+
+
 def bench_model(name: str, batch: tuple[torch.Tensor, torch.Tensor], tol: float, max_iter: int,
-                repeats: int, tight_tol: float) -> dict[str, Any]:
+                repeats: int, ladder: list[float], max_err: float) -> dict[str, Any]:
     model, weights = _model(name)
     print(f"[{name}] reference ...", flush=True)
     ref = reference(model, batch)
@@ -163,30 +235,39 @@ def bench_model(name: str, batch: tuple[torch.Tensor, torch.Tensor], tol: float,
           flush=True)
     run_craftlab(model, batch, tol, max_iter, seed=99)
     run_pyhessian(model, batch, tol, max_iter, seed=99)
-    runs: dict[str, list[dict]] = {"craftlab": [], "pyhessian": []}
-    for r in range(repeats):
-        order = ["craftlab", "pyhessian"] if r % 2 == 0 else ["pyhessian", "craftlab"]
-        for what in order:
-            fn = run_craftlab if what == "craftlab" else run_pyhessian
-            runs[what].append(fn(model, batch, tol, max_iter, seed=r))
-            print(f"[{name}] rep {r} {what}: {runs[what][-1]}", flush=True)
-    # PyHessian once more at a tolerance tight enough for craftlab-level accuracy (one run, seed 0)
-    tight = run_pyhessian(model, batch, tight_tol, max_iter, seed=0)
-    tight["tol"] = tight_tol
-    tight["rel_err_vs_reference"] = _rel(tight["eigenvalues"], ref["eigenvalues"])
-    print(f"[{name}] PyHessian tol {tight_tol:g}: {tight}", flush=True)
+    costs = hvp_costs(model, batch)
+    print(f"[{name}] HVP costs (s): {costs}", flush=True)
+    runs = _interleaved(model, batch, {"craftlab": tol, "pyhessian": tol}, max_iter, repeats, f"{name} same tol")
+    # matched accuracy: each tool at the loosest tolerance of the ladder at which all its seeds are within max_err
+    chosen = {tool: _loosest_accurate(model, batch, tool, ladder, max_iter, repeats, ref["eigenvalues"], max_err,
+                                      name) for tool in ("craftlab", "pyhessian")}
+    matched = None
+    if all(c["tol"] is not None for c in chosen.values()):
+        mruns = _interleaved(model, batch, {k: c["tol"] for k, c in chosen.items()}, max_iter, repeats,
+                             f"{name} matched")
+        mmed = {k: statistics.median(x["seconds"] for x in v) for k, v in mruns.items()}
+        mcpu = {k: statistics.median(x["cpu_seconds"] for x in v) for k, v in mruns.items()}
+        matched = {"tol": {k: c["tol"] for k, c in chosen.items()}, "runs": mruns, "median_s": mmed,
+                   "speedup": mmed["pyhessian"] / mmed["craftlab"], "median_cpu_s": mcpu,
+                   "speedup_cpu": mcpu["pyhessian"] / mcpu["craftlab"],
+                   "median_hvp": {k: statistics.median(x["n_hvp"] for x in v) for k, v in mruns.items()},
+                   "max_rel_err_vs_reference": {k: max(_rel(x["eigenvalues"], ref["eigenvalues"]) for x in v)
+                                                for k, v in mruns.items()}}
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(x["cpu_seconds"] for x in v) for k, v in runs.items()}
+    med_hvp = {k: statistics.median(x["n_hvp"] for x in v) for k, v in runs.items()}
     agree = [_rel(c["eigenvalues"], p["eigenvalues"]) for c, p in zip(runs["craftlab"], runs["pyhessian"])]
     return {
         "model": name, "weights": weights, "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "reference": ref, "runs": runs, "median_s": med, "speedup": med["pyhessian"] / med["craftlab"],
-        "median_cpu_s": med_cpu, "speedup_cpu": med_cpu["pyhessian"] / med_cpu["craftlab"],
-        "median_hvp": {k: statistics.median(x["n_hvp"] for x in v) for k, v in runs.items()},
+        "reference": ref, "hvp_costs": costs, "runs": runs, "median_s": med,
+        "speedup": med["pyhessian"] / med["craftlab"],
+        "median_cpu_s": med_cpu, "speedup_cpu": med_cpu["pyhessian"] / med_cpu["craftlab"], "median_hvp": med_hvp,
+        # where the CPU time goes: graph + HVPs × one HVP's cost, the rest is the solver's own work
+        "predicted_cpu_s": {k: costs["graph"] + med_hvp[k] * costs["hvp"] for k in med_hvp},
         "max_rel_diff_craftlab_vs_pyhessian": max(agree),
         "max_rel_err_vs_reference": {k: max(_rel(x["eigenvalues"], ref["eigenvalues"]) for x in v)
                                      for k, v in runs.items()},
-        "pyhessian_tight": tight,
+        "ladder": chosen, "matched": matched,
     }
 
 
@@ -239,8 +320,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tol", type=float, default=1e-3, help="relative-change tolerance for both (PyHessian's default)")
     ap.add_argument("--max-iter", type=int, default=100)
-    ap.add_argument("--tight-tol", type=float, default=1e-5,
-                    help="one extra PyHessian run at this tolerance, to compare at matched accuracy")
+    ap.add_argument("--ladder", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5],
+                    help="tolerances tried, loosest first, for the matched-accuracy comparison")
+    ap.add_argument("--max-err", type=float, default=5e-3,
+                    help="matched accuracy: every seed's top-2 values within this relative error of the reference")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-summary", action="store_true", help="skip timing sharpness_summary on the zoo models")
@@ -253,13 +336,15 @@ def main(argv: list[str] | None = None) -> dict:
     x, y = next(iter(load_data("digits").loader("val", batch_size=args.batch_size)))
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    rows = [bench_model(name, (x, y), args.tol, args.max_iter, args.repeats, args.tight_tol) for name in args.models]
+    rows = [bench_model(name, (x, y), args.tol, args.max_iter, args.repeats, args.ladder, args.max_err)
+            for name in args.models]
     summary = [] if args.no_summary else bench_summary(
         [m for m in args.models if m != "small-cnn"], (x, y), args.repeats)
     from importlib.metadata import version
 
     report = {
         "benchmark": "top-2 Hessian eigenvalues", "tol": args.tol, "max_iter": args.max_iter,
+        "ladder": args.ladder, "max_err": args.max_err,
         "repeats": args.repeats,
         "batch": {"dataset": "digits", "split": "val", "size": len(y), "shape": list(x.shape)},
         "environment": {"torch": torch.__version__, "pyhessian": version("pyhessian"),
@@ -272,14 +357,34 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(report, indent=2))
     print()
     print(report["table"])
-    print(f"\nPyHessian at tol {args.tight_tol:g} (one run, seed 0), to compare at matched accuracy:\n")
-    print("| model | HVPs | time (s) | max rel. err vs ref | craftlab median time (s) at tol "
-          f"{args.tol:g} | time ratio |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nMatched accuracy: each tool at the loosest tolerance of {args.ladder} at which all {args.repeats} "
+          f"seeds land within {100 * args.max_err:g} % of the float64 reference; then {args.repeats} interleaved "
+          "rounds at those tolerances:\n")
+    print("| model | tol craftlab / PyHessian | HVPs craftlab / PyHessian | max rel. err vs ref: craftlab / "
+          "PyHessian | time craftlab (s) | time PyHessian (s) | speed-up | CPU-time speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        t = r["pyhessian_tight"]
-        print(f"| {r['model']} | {t['n_hvp']} | {t['seconds']:.2f} | {100 * t['rel_err_vs_reference']:.3f}% | "
-              f"{r['median_s']['craftlab']:.2f} | {t['seconds'] / r['median_s']['craftlab']:.2f}× |")
+        m = r["matched"]
+        if m is None:
+            print(f"| {r['model']} | no tolerance of the ladder reached {100 * args.max_err:g} %: "
+                  f"{ {k: c['tried'][-1] for k, c in r['ladder'].items()} } | | | | | | |")
+            continue
+        print(f"| {r['model']} | {m['tol']['craftlab']:g} / {m['tol']['pyhessian']:g} | "
+              f"{m['median_hvp']['craftlab']:g} / {m['median_hvp']['pyhessian']:g} | "
+              f"{100 * m['max_rel_err_vs_reference']['craftlab']:.3f}% / "
+              f"{100 * m['max_rel_err_vs_reference']['pyhessian']:.3f}% | {m['median_s']['craftlab']:.2f} | "
+              f"{m['median_s']['pyhessian']:.2f} | **{m['speedup']:.2f}×** | {m['speedup_cpu']:.2f}× |")
+    print("\nWhere the time goes, in CPU seconds (median of 5 interleaved rounds each; batched = one double backward "
+          "for b vectors):\n")
+    print("| model | graph (s) | 1 HVP (s) | 2 HVPs batched (s) | 4 HVPs batched (s) | forward+backward (s) | "
+          f"craftlab at tol {args.tol:g}: graph + HVPs × 1 HVP vs measured (CPU s) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        c = r["hvp_costs"]
+        b2, b4 = c["hvp_batched2"], c["hvp_batched4"]
+        print(f"| {r['model']} | {c['graph']:.3f} | {c['hvp']:.3f} | {b2:.3f} ({b2 / c['hvp']:.2f}× one) | "
+              f"{b4:.3f} ({b4 / c['hvp']:.2f}× one) | {c['forward_backward']:.3f} | "
+              f"{r['predicted_cpu_s']['craftlab']:.2f} vs {r['median_cpu_s']['craftlab']:.2f} |")
     if summary:
         print("\n| model | `sharpness_summary` first call (s) | warm median (s) | HVPs | λmax | trace ± stderr | "
               "ε-sharpness (ρ=0.05) |")

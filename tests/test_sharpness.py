@@ -205,6 +205,65 @@ def test_lanczos_finds_repeated_eigenvalues(case):
                                rtol=0, atol=1e-4)
 
 
+def test_the_first_start_is_a_unit_draw_plus_the_unit_gradient():
+    """gradient_start = r/‖r‖ + g/‖g‖ (r from the seed's generator, g = A w for the loss ½ wᵀAw), and
+    top_hessian_eigenvalues starts from it; a zero gradient leaves the draw alone."""
+    from craftlab.probes._probe import flat, probing
+    from craftlab.probes.hessian import HessianOperator, eig_lanczos, gradient_start
+
+    a = _with_spectrum([6.0, 4.0, 3.0, 1.0, 0.5, -0.2, 0.1, 0.05])
+    model = _Quadratic(a, seed=2)
+    w = model.w.detach().clone()
+    for seed in (0, 3):
+        r = torch.randn(8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        g = a @ w
+        expected = r / r.norm() + g / g.norm()
+        with probing(model, None) as sel:
+            op = HessianOperator(model, [_BATCH], [p for _, p in sel], _value)
+            gen = torch.Generator().manual_seed(seed)
+            v0 = gradient_start(op, gen)
+            torch.testing.assert_close(v0, expected, rtol=1e-12, atol=1e-12)
+            gen = torch.Generator().manual_seed(seed)
+            direct = eig_lanczos(op, 2, 100, 1e-4, gen, False, v0=gradient_start(op, gen)).values
+        assert H.top_hessian_eigenvalues(model, _BATCH, k=2, seed=seed, loss_fn=_value).eigenvalues == direct
+    with torch.no_grad():
+        model.w.zero_()  # the gradient A w vanishes
+    with probing(model, None) as sel:
+        op = HessianOperator(model, [_BATCH], [p for _, p in sel], _value)
+        v0 = gradient_start(op, torch.Generator().manual_seed(0))
+    r = torch.randn(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(flat([v0]), r / r.norm(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_top_eigenvector_orthogonal_to_the_gradient_is_still_found():
+    """The gradient only biases the start: with w on the eigenvalue-4 eigenvector, g = 4 w has no component along
+    the top eigenvector (eigenvalue 10), and the random part of the start still finds it."""
+    spectrum = [10.0, 4.0, 3.0, 2.0, 1.0, 0.5] + [0.1] * 30
+    n = len(spectrum)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ q.T
+    model = _Quadratic(a)
+    with torch.no_grad():
+        model.w.copy_(q[:, 1])  # an eigenvector of eigenvalue 4: the gradient is 4 q1, orthogonal to q0
+    assert abs(float((a @ model.w.detach()) @ q[:, 0])) < 1e-12
+    for seed in range(3):
+        r = H.top_hessian_eigenvalues(model, _BATCH, k=2, seed=seed, tol=1e-10, loss_fn=_value)
+        assert r.converged
+        assert r.eigenvalues == pytest.approx([10.0, 4.0], rel=1e-8)
+
+
+def test_a_confirming_run_never_stops_on_its_first_product():
+    """With one Ritz value there is no gap: its error estimate is the residual, not r²/∞ = 0, so the 'below' stop
+    (which asks only the estimate) waits for a second product."""
+    from craftlab.probes.lanczos import _ritz_error, lanczos
+
+    assert _ritz_error(torch.tensor([2.0]), torch.tensor([0.5]), 3.0, 0) == 1.5
+    a = _with_spectrum([10.0, 5.0] + torch.linspace(0.05, 1.0, 40).tolist(), seed=3)
+    v0 = torch.randn(a.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alphas, _, _, status = lanczos(lambda v: a @ v, v0, 200, 1, 1e-8, below=100.0, below_tol=0.5)
+    assert status == "below" and len(alphas) >= 2
+
+
 def test_lanczos_solver_on_dense_matrices():
     """The solver alone (mv = A @ v) on random spectra with multiplicities, against eigvalsh."""
     from craftlab.probes.lanczos import top_eigenpairs
