@@ -34,7 +34,8 @@ METHODS = tuple(ARMS)
 """The methods offered: :data:`craftlab.adapt.compare.ARMS`, the one table (the reference rows carry its labels)."""
 CHEAP = ("linear probe", LAST, MIET)
 """Cheap on 2 CPU cores at small size (seconds per epoch on vit-tiny): the default live picks."""
-REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "adapt.csv"
+REFERENCE = "adapt.csv"
+"""The benchmark's table (``benchmarks/results/adapt.csv`` of a checkout: :func:`reference_path`)."""
 BENCH_COMMAND = "python -m benchmarks.run adapt"
 COLUMNS = ("arm", "method", "seed", "epochs", "test_accuracy", "trainable_params", "time_per_epoch_s",
            "memory_bytes", "bytes_per_image", "source", "command", "model", "data")
@@ -202,11 +203,12 @@ class AdaptView:
     @staticmethod
     def reference() -> list[dict[str, Any]]:
         """The benchmark's rows (8 epochs, 3 seeds), when this checkout has ``benchmarks/results/adapt.csv``."""
-        if not REFERENCE.exists():
+        path = reference_path()
+        if path is None:
             return []
         import pandas as pd
 
-        df = pd.read_csv(REFERENCE)
+        df = pd.read_csv(path)
         df = df.assign(epochs=8, source="benchmark (reference)", command=BENCH_COMMAND)
         return [{k: v for k, v in r.items() if k in COLUMNS} for r in df.to_dict("records")]
 
@@ -244,3 +246,11 @@ class AdaptView:
                         "s / epoch": round(g["time_per_epoch_s"].mean(), 2),
                         "bytes / image": int(g["bytes_per_image"].iloc[0]), "command": cmd})
         return pd.DataFrame(out, columns=cols)
+
+
+def reference_path() -> Path | None:
+    """The checkout's ``benchmarks/results/adapt.csv`` (found by the core, as the claims ledger is:
+    :func:`craftlab.analysis.ledger.results_file`), None where there is none (an installed wheel)."""
+    from craftlab.analysis.ledger import results_file
+
+    return results_file(REFERENCE)

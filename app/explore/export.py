@@ -16,7 +16,7 @@ from typing import Any
 
 from . import figures as figs
 from . import panels
-from .view import View
+from .session import View
 
 __all__ = ["export_view", "view_json"]
 
