@@ -126,6 +126,7 @@ class Explorer:
         self.jobs = Trainer(self.sam_rho)
         """The app's one trainer (runs take turns); the Train tab's service trains on it too."""
         sched = Scheduler(workers, on_idle=self.flush, on_error=self._background_error)
+        self._sched = sched
         self.points = Points(sched, PointStore(persist), max_points, max_compressed)
         self.shared = Shared(TransferArmLoader(data, epochs, seed, self.sam_rho, self.probe_size, max_models),
                              self.jobs, sched, self.points, Memo(max(4 * max_models, 16)))
@@ -138,7 +139,7 @@ class Explorer:
         self.curve_settings, self.curves, self.schedule_curves = c.curve_settings, c.curves, c.schedule_curves
         self.seed_arms, self.seed_points, self.verdict = c.seed_arms, c.seed_points, c.verdict
         self.missing_seed_runs, self.expected_seeds = c.missing_seed_runs, c.expected_seeds
-        self.sharpness, self.sharpness_table = sh.sharpness, sh.sharpness_table
+        self.sharpness, self.sharpness_table, self.cached_sharpness = sh.sharpness, sh.sharpness_table, sh.cached
         self.landscape, self.landscape_level, self.has_landscape = la.landscape, la.landscape_level, la.has_landscape
 
     @property
@@ -185,7 +186,7 @@ class Explorer:
         "sparsity_measured", "size_mb", "fp_size_mb", "n"}}}``; deterministic for given inputs.
         """
         setting = as_setting(setting, **kwargs)
-        with self.shared.sched.foreground():
+        with self._sched.foreground():
             loaded = self.arms(model, progress)
 
             cheap = self.cheap_baseline(model, setting)
@@ -203,7 +204,7 @@ class Explorer:
                     out["cheap_baseline"] = {"label": cheap.label(), "accuracy": cheap_point["accuracy"]}
                 return out
 
-            results = self.shared.sched.map(one, loaded)
+            results = self._sched.map(one, loaded)
         return {"model": model.strip(), "setting": setting.as_dict(), "setting_label": setting.label(),
                 "setting_text": setting.describe(), "arms": {la.arm.name: r for la, r in zip(loaded, results)}}
 
@@ -218,7 +219,7 @@ class Explorer:
 
     def pending(self) -> int:
         """Background jobs not yet done."""
-        return self.shared.sched.pending()
+        return self._sched.pending()
 
     def _background_error(self, err: BaseException) -> None:
         if isinstance(err, Cancelled):
@@ -244,8 +245,8 @@ class Explorer:
                 with self._lock:
                     self._warm_state["stage"] = "ready"
                 if probes and models:
-                    self.shared.sched.enqueue(1, ("sharpness", models[0]), self.sharpness, models[0])
-                    self.shared.sched.enqueue(1, ("landscape", models[0], setting.key()), self.landscape, models[0],
+                    self._sched.enqueue(1, ("sharpness", models[0]), self.sharpness, models[0])
+                    self._sched.enqueue(1, ("landscape", models[0], setting.key()), self.landscape, models[0],
                                         setting)
                 if curves:
                     self.schedule_curves(models, setting, priority=2)
@@ -305,7 +306,7 @@ class Explorer:
         """Warm-up stage, runs being fine-tuned (epochs done / total), extra-seed runs and background jobs pending."""
         with self._lock:
             state = dict(self._warm_state)
-        return {**state, "runs": self.jobs.status(), "pending": self.shared.sched.pending()}
+        return {**state, "runs": self.jobs.status(), "pending": self._sched.pending()}
 
     def flush(self) -> None:
         """Write the dirty on-disk point stores now (the background worker also does this when idle)."""
@@ -320,5 +321,5 @@ class Explorer:
         self.jobs.close()
         for t in self._warm_threads:
             t.join(60)
-        self.shared.sched.close()
+        self._sched.close()
         self.flush()

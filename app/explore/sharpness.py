@@ -70,6 +70,10 @@ class Sharpness:
             results = self.shared.sched.map(self._sharpness_of, loaded)
         return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, **r} for la, r in zip(loaded, results)}
 
+    def cached(self, model: str) -> dict[str, dict[str, Any] | None]:
+        """{role: the sharpness numbers of `model`'s arm (seed of the Explorer), or None}: never computes a probe."""
+        return {la.arm.role: self.shared.sharpness.get(la.point_prefix) for la in self.shared.arms(model)}
+
     def sharpness_table(self, model: str, setting: Setting, schedule: bool = True) -> pd.DataFrame:
         """One row per arm and seed whose sharpness and accuracy at `setting` are known: ``seed, role, label,
         lambda_max, trace, eps_sharpness, fp_accuracy, accuracy, accuracy_drop``. Missing sharpness numbers and
