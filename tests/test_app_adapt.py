@@ -128,8 +128,10 @@ def test_stop_ends_a_request_after_its_current_run_and_busy_says_what_runs(view)
     seen.append(str(view.busy))
     assert view.stop()
     t.join()
+    assert view.stopping
     view.busy = None
-    view._stop.clear()
+    view.clear_stop()
+    assert not view.stopping
     assert "[t] training linear probe, seed 5 (1 epoch), run 1 of 2" in seen[0]
     assert len(out[0]) == 1 and out[0][0]["seed"] == 5  # the second run never started
     assert not view.stop()  # idle: nothing to stop

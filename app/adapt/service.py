@@ -77,6 +77,15 @@ class AdaptView:
         self._stop.set()
         return True
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` asked the running request to stop (until :meth:`clear_stop`)."""
+        return self._stop.is_set()
+
+    def clear_stop(self) -> None:
+        """Forget a stop request (a new request starts, or the stopped one ended)."""
+        self._stop.clear()
+
     def estimate(self, methods: Sequence[str], epochs: Any, seeds: Sequence[int]) -> str:
         """How long a request would train, from the measured time per epoch of earlier live runs of each method
         (cached rows, else the benchmark's reference); what is cached costs nothing.

@@ -69,15 +69,15 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
                    "press **Stop**.", gr.skip(), gr.skip(), gr.skip())
             return
         av.busy = f"{tag} starting"
-        av._stop.clear()
+        av.clear_stop()
         try:
             yield (f"**{tag}** training what is not cached yet (one run at a time)…", gr.skip(), gr.skip(), gr.skip())
             with user_errors():
                 rows = av.run(methods, n_epochs, seed_list, progress=lambda f, d: progress(f, desc=d), tag=tag)
-            stopped = av._stop.is_set()
+            stopped = av.stopping
         finally:
             av.busy = None
-            av._stop.clear()
+            av.clear_stop()
         table = av.summary(rows + av.reference())
         now = sum(r["source"] == "live run (now)" for r in rows)
         head = (f"**{tag} stopped** after {len(rows)} of {len(methods) * len(seed_list)} run(s)" if stopped
