@@ -1,20 +1,18 @@
 """The CraftLab Gradio app: ``craftlab app`` or ``python -m craftlab_app`` (see :func:`craftlab_app.ui.launch`).
 
-Modules (the folder ``app/`` installs as the package ``craftlab_app``):
+One package per tab (the folder ``app/`` installs as the package ``craftlab_app``), each with a ``service``
+(what it computes; no Gradio), a ``view`` (Gradio layout and handlers) and ``texts`` (its words):
 
-* ``service`` — :class:`~craftlab_app.service.Explorer`, what the app computes: compress, curves, seeds and
-  the paired verdict (``sweeps``), sharpness, landscapes (``landscapes``: coarse then fine, cancellable),
-  training, over the two fine-tuning arms of a model;
-* ``arms`` — resolving a model into its arms (plain run and CrAFT twin, per seed) and loading them with their data;
-* ``training`` — ``make_run_spec`` (the one validation of a run request), the background runs, duration estimates;
-* ``concurrency`` — single-flight bounded LRU, cancellation, the foreground pool, the low-priority background
-  worker, and ``Deferred`` (the Explorer is built on a background thread while the page is served);
-* ``stores`` — the on-disk JSON caches (atomic writes, bounded landscape store);
-* ``view`` — one state object per browser tab: every panel is drawn from the session's current view and
-  titled with it; answers for a replaced view are dropped;
-* ``callbacks`` — every event handler; ``panels`` — the words of a view (cards, the interpretation sentence,
-  sharpness, presets, the URL of a view); ``figures`` — plotly figures of both arms (drawn with
-  :mod:`craftlab.viz.plots`); ``export`` — a view as JSON and HTML;
-* ``hub`` — the Hugging Face Hub check (the core's :func:`craftlab.models.check_hub`);
-* ``ui`` — Gradio layout and event wiring, ``launch``; ``texts`` — the page's static texts and its one script.
+* ``explore`` — a model's plain arm and its CrAFT twin under compression: :class:`~craftlab_app.explore.service.
+  Explorer` composed of its parts (``curves``: curves, seeds and the paired verdict; ``sharpness``; ``landscapes``:
+  coarse then fine, cancellable) over the shared ``points`` and ``arms``; ``handlers`` (its events), ``session``
+  (one state object per browser view), ``panels`` (the words of a view), ``figures``, ``export``, ``links``;
+* ``train`` — fine-tuning, pretraining and transfer runs (``make_run_spec``: the form's values into a ``RunSpec``);
+* ``supernet``, ``adapt``, ``compose`` — one paper's view each; ``learn`` — the Learn tab;
+* ``common`` — what every tab may use: ``concurrency`` (single-flight LRU, scheduler, ``Deferred``), ``stores``
+  (the on-disk JSON caches), ``jobs`` (background training jobs: the one trainer), ``errors`` (``user_errors``),
+  ``figures`` (the plotly frame), ``transfers`` (names of pairs fine-tuned from a pretraining run), ``hub``;
+* ``ui`` — the shell: builds the tabs, wires the events that cross tabs, ``launch``; ``texts`` — the page's style.
+
+A tab package imports ``common`` and ``craftlab``, never another tab (``tests/test_architecture.py``).
 """

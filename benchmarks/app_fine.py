@@ -84,7 +84,7 @@ def fine_vs_floor(ex: Any, model: str, settings: list[Any]) -> list[dict[str, An
 
 
 def _worker(model: str, k: int, epochs: int) -> list[dict[str, Any]]:
-    from craftlab_app.service import Explorer
+    from craftlab_app.explore.service import Explorer
 
     from craftlab.settings import make_setting
     from craftlab.threads import configure_threads

@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  landscape (quick): p50 {_pct(q, 0.5):.2f} s, p95 {_pct(q, 0.95):.2f} s", flush=True)
     while ex.pending():
         time.sleep(0.5)
-    from craftlab_app.service import as_setting
+    from craftlab_app.explore.service import as_setting
 
     from benchmarks.app_fine import fine_vs_floor, summary
 

@@ -141,3 +141,52 @@ def unchanged():
         assert before[2] == after[2], "train/eval mode changed"
 
     return check
+
+
+# ------------------------------------------------------------------------ the app's fixtures (tests/test_app*.py)
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server started by a test)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SMALL_EXPLORER = dict(epochs=1, sparsity_grid=(0.25, 0.5, 0.75), bits_grid=(8, 4), landscape_steps=5, path_steps=9,
+                      coarse_steps=None, probe_size=64)
+"""The app tests' Explorer: 1-epoch arms, short curve grids, 5 x 5 landscapes in one level, 64 probe images."""
+
+
+@pytest.fixture(scope="session")
+def small_explorer():
+    """``small_explorer(**kw)`` makes an Explorer with :data:`SMALL_EXPLORER`'s options (`kw` replace them)."""
+    from craftlab_app.explore.service import Explorer
+
+    def make(**kw):
+        return Explorer(**{**SMALL_EXPLORER, **kw})
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tab_services():
+    """The paper tabs' services :func:`served` launches with; a module overrides it (``{"adapt_service": view}``)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def served(small_explorer, tab_services):
+    """The whole app served in this process (no warm-up) around a one-seed Explorer, with the module's
+    :func:`tab_services` (the Supernet, Adapt and Compose tabs' browser tests)."""
+    from craftlab_app.ui import launch
+
+    ex = small_explorer(seeds=(0,), sparsity_grid=(0.5,), bits_grid=(4,))
+    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=ex, models=["vit-tiny"], threads=1,
+                  warm=False, **tab_services)
+    try:
+        yield demo
+    finally:
+        demo.close()
+        ex.close()

@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 
 import pytest
-from conftest import scaled
+from conftest import free_port, scaled
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
 pytest.importorskip("gradio_client")
 
-from craftlab_app.service import Explorer  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -33,23 +31,10 @@ EPOCHS = 1
 RAW = dict(model=MODEL, method="magnitude", sparsity=0.5, w_bits=None, a_bits=None)
 
 
-def small_explorer(**kw) -> Explorer:
-    opts = dict(epochs=EPOCHS, seeds=(0,), sparsity_grid=(0.25, 0.5, 0.75), bits_grid=(8, 4), landscape_steps=5,
-                path_steps=9, coarse_steps=None, probe_size=64)
-    opts.update(kw)
-    return Explorer(**opts)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def explorer():
+def explorer(small_explorer):
     before = torch.get_num_threads()
-    ex = small_explorer()
+    ex = small_explorer(seeds=(0,))
     torch.set_num_threads(1)  # what launch(threads=1) sets too; restored for the rest of the suite after
     ex.arms(MODEL)  # fine-tunes the two 1-epoch arms once per session (cached on disk afterwards)
     yield ex
@@ -139,7 +124,7 @@ def test_api_n_m_patterns_are_labelled_n_kept_of_m(served, client):
             assert arm["sparsity_measured"] == pytest.approx(1 - n / m, abs=0.01)
 
 
-def test_api_four_concurrent_clients_get_what_a_lone_client_gets(served, client):
+def test_api_four_concurrent_clients_get_what_a_lone_client_gets(small_explorer, served, client):
     settings = [dict(method="magnitude", sparsity=0.65, w_bits="6", a_bits=None),
                 dict(method="wanda", sparsity=0.4, w_bits=None, a_bits="5"),
                 dict(method="N:M", sparsity=0.0, w_bits="7", a_bits="7", granularity="tensor", pattern="1:4"),
@@ -156,7 +141,7 @@ def test_api_four_concurrent_clients_get_what_a_lone_client_gets(served, client)
     for t in threads:
         t.join(180)
     assert sorted(got) == [0, 1, 2, 3]
-    lone = small_explorer(persist=False)  # recomputes from scratch, one request at a time
+    lone = small_explorer(seeds=(0,), persist=False)  # recomputes from scratch, one request at a time
     try:
         for i, s in enumerate(settings):
             assert_same_answer(got[i], lone.compress(MODEL, **s))
@@ -231,7 +216,7 @@ def test_api_panels_are_of_the_sessions_view(served):
 
 def test_api_one_validation_per_view_and_every_follow_up_is_of_that_view(served, monkeypatch):
     """/compress validates the raw input once; the follow-ups read the session's view."""
-    from craftlab_app import callbacks
+    from craftlab_app.explore import handlers as callbacks
 
     from craftlab.settings import make_setting
 

@@ -23,9 +23,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
 
-from craftlab_app import adapt_service  # noqa: E402
-from craftlab_app.adapt_service import AdaptView, command  # noqa: E402
-from test_app_browser import browser, free_port  # noqa: E402,F401  (the real-browser fixture, shared)
+from craftlab_app.adapt import service as adapt_service  # noqa: E402
+from craftlab_app.adapt.service import AdaptView, command  # noqa: E402
+from test_app_browser import browser  # noqa: E402,F401  (the real-browser fixture, shared)
 
 import craftlab  # noqa: E402
 
@@ -97,10 +97,10 @@ def test_the_table_marks_sources_and_averages_seeds():
 
 
 def test_the_benchmark_reference_is_labelled_and_optional(monkeypatch, tmp_path):
-    if adapt_service.REFERENCE.exists():
+    if adapt_service.reference_path() is not None:
         ref = AdaptView.reference()
         assert ref and all(r["source"] == "benchmark (reference)" and r["epochs"] == 8 for r in ref)
-    monkeypatch.setattr(adapt_service, "REFERENCE", tmp_path / "absent.csv")  # an installed wheel has no CSV
+    monkeypatch.setattr(adapt_service, "REFERENCE", "absent-adapt.csv")  # an installed wheel has no CSV
     assert AdaptView.reference() == []
 
 
@@ -128,8 +128,10 @@ def test_stop_ends_a_request_after_its_current_run_and_busy_says_what_runs(view)
     seen.append(str(view.busy))
     assert view.stop()
     t.join()
+    assert view.stopping
     view.busy = None
-    view._stop.clear()
+    view.clear_stop()
+    assert not view.stopping
     assert "[t] training linear probe, seed 5 (1 epoch), run 1 of 2" in seen[0]
     assert len(out[0]) == 1 and out[0][0]["seed"] == 5  # the second run never started
     assert not view.stop()  # idle: nothing to stop
@@ -146,7 +148,7 @@ def test_the_estimate_comes_from_measured_times_and_skips_what_is_cached(view):
 
 def test_tab_switch_keeps_the_running_status_and_a_second_click_is_answered(view):
     import gradio as gr
-    from craftlab_app import adapt_view
+    from craftlab_app.adapt import view as adapt_view
 
     with gr.Blocks() as demo, gr.Tabs():
         adapt_view.build_tab(view)
@@ -165,19 +167,9 @@ def test_tab_switch_keeps_the_running_status_and_a_second_click_is_answered(view
 # ------------------------------------------------------------------------------------------------------ browser
 
 @pytest.fixture(scope="module")
-def served(view):
-    from craftlab_app.service import Explorer
-    from craftlab_app.ui import launch
-
-    ex = Explorer(epochs=1, seeds=(0,), sparsity_grid=(0.5,), bits_grid=(4,), landscape_steps=5, path_steps=9,
-                  coarse_steps=None, probe_size=64)
-    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=ex, models=["vit-tiny"], threads=1,
-                  warm=False, adapt_service=view)
-    try:
-        yield demo
-    finally:
-        demo.close()
-        ex.close()
+def tab_services(view):
+    """`served` (tests/conftest.py) launches the app with this tab's service."""
+    return {"adapt_service": view}
 
 
 def test_browser_adapt_tab_trains_the_ticked_method(browser, served, view):  # noqa: F811
@@ -212,13 +204,13 @@ def test_live_and_reference_rows_share_every_label():
     """One table of arms (craftlab.adapt.compare.ARMS): every method the tab offers has reference rows under the
     same label in the benchmark's table, and the benchmark, the curves and the ledger use those labels too."""
     import pandas as pd
-    from craftlab_app.adapt_service import METHODS, REFERENCE
+    from craftlab_app.adapt.service import METHODS, reference_path
 
     from benchmarks import bench_adapt
     from craftlab.adapt import compare, curves
     from craftlab.analysis.ledger import CLAIMS
 
-    reference = set(pd.read_csv(REFERENCE)["arm"])
+    reference = set(pd.read_csv(reference_path())["arm"])
     assert set(METHODS) == reference == set(compare.ARMS)
     assert bench_adapt.ARMS is compare.ARMS and set(curves.CURVE_ARMS) <= reference
     for claim in CLAIMS:

@@ -119,7 +119,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def served():
-    from craftlab_app.service import Explorer
+    from craftlab_app.explore.service import Explorer
     from craftlab_app.ui import launch
 
     before = torch.get_num_threads()

@@ -51,7 +51,7 @@ def _fresh(browser, url: str):
 def test_a_shared_link_opens_its_view_every_time_and_never_flashes_another(browser, served):
     """LOADS fresh browser contexts open one link (the second half while another user keeps the server
     computing): each shows the linked view and its controls, and no other view's tag ever appears."""
-    from craftlab_app import panels
+    from craftlab_app.explore import panels
 
     from craftlab.settings import make_setting
 

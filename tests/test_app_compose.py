@@ -14,9 +14,9 @@ except ImportError:  # run from the repository root as a package
 
 pytest.importorskip("gradio")
 
-from craftlab_app.compose_service import ComposeView  # noqa: E402
-from craftlab_app.compose_view import result_text, waterfall  # noqa: E402
-from test_app_browser import browser, free_port  # noqa: E402,F401  (the real-browser fixture, shared)
+from craftlab_app.compose.service import ComposeView  # noqa: E402
+from craftlab_app.compose.view import result_text, waterfall  # noqa: E402
+from test_app_browser import browser  # noqa: E402,F401  (the real-browser fixture, shared)
 
 from craftlab.studies.compose import Pipeline, read_study  # noqa: E402
 
@@ -73,19 +73,9 @@ def test_meaningless_pipelines_are_named(view):
 
 
 @pytest.fixture(scope="module")
-def served(view):
-    from craftlab_app.service import Explorer
-    from craftlab_app.ui import launch
-
-    ex = Explorer(epochs=1, seeds=(0,), sparsity_grid=(0.5,), bits_grid=(4,), landscape_steps=5, path_steps=9,
-                  coarse_steps=None, probe_size=64)
-    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=ex, models=["vit-tiny"], threads=1,
-                  warm=False, compose_service=view)
-    try:
-        yield demo
-    finally:
-        demo.close()
-        ex.close()
+def tab_services(view):
+    """`served` (tests/conftest.py) launches the app with this tab's service."""
+    return {"compose_service": view}
 
 
 AGREE = """(tag) => {

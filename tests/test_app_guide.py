@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from craftlab_app import panels  # noqa: E402
+from craftlab_app.explore import panels  # noqa: E402
 
 
 def verdict(status: str | None, plain_drop: float = 0.1, craft_drop: float = 0.05, n: int = 3) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from craftlab_app import links, panels  # noqa: E402
+from craftlab_app.explore import links, panels  # noqa: E402
 
 from craftlab.settings import make_setting  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The app's service, called directly (no Gradio, no HTTP): craftlab_app.service.Explorer and its parts
+"""The app's service, called directly (no Gradio, no HTTP): craftlab_app.explore.service.Explorer and its parts
 (arms, training, concurrency, stores, figures).
 
 Uses 1-epoch runs of vit-tiny (both arms) fine-tuned once per test session into the session's
@@ -21,13 +21,14 @@ np = pytest.importorskip("numpy")
 pytest.importorskip("pandas")
 pytest.importorskip("plotly")
 
-from craftlab_app import figures as figs  # noqa: E402
-from craftlab_app import panels  # noqa: E402
-from craftlab_app.concurrency import Cancelled, Memo, Scheduler, memo_call  # noqa: E402
-from craftlab_app.service import Explorer, as_setting  # noqa: E402
-from craftlab_app.stores import PointStore  # noqa: E402
-from craftlab_app.training import make_run_spec  # noqa: E402
-from craftlab_app.view import Views  # noqa: E402
+from craftlab_app.common.concurrency import Cancelled, Memo, Scheduler, memo_call  # noqa: E402
+from craftlab_app.common.stores import PointStore  # noqa: E402
+from craftlab_app.explore import figures as figs  # noqa: E402
+from craftlab_app.explore import panels  # noqa: E402
+from craftlab_app.explore.service import as_setting  # noqa: E402
+from craftlab_app.explore.session import Views  # noqa: E402
+from craftlab_app.train.figures import training_figure  # noqa: E402
+from craftlab_app.train.service import TrainService, make_run_spec  # noqa: E402
 
 import craftlab  # noqa: E402
 from craftlab import cache  # noqa: E402
@@ -37,16 +38,10 @@ MODEL = "vit-tiny"
 EPOCHS = 1
 
 
-def small_explorer(**kw) -> Explorer:
-    opts = dict(epochs=EPOCHS, sparsity_grid=(0.25, 0.5, 0.75), bits_grid=(8, 4), landscape_steps=5, path_steps=9,
-                coarse_steps=None, probe_size=64)
-    opts.update(kw)
-    return Explorer(**opts)
-
-
 @pytest.fixture(scope="module")
-def explorer():
-    """The app runs torch with one intra-op thread (see craftlab_app.service); the suite's setting is restored."""
+def explorer(small_explorer):
+    """The app runs torch with one intra-op thread (see craftlab_app.explore.service); the suite's setting is
+    restored."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     ex = small_explorer()
@@ -92,7 +87,7 @@ def test_settings_come_from_craftlab_settings_with_n_kept_of_m():
     ({"sparsity": 1.0}, "sparsity"), ({"w_bits": 9}, "w_bits"), ({"method": "lottery"}, "pruning method"),
     ({"method": "N:M", "pattern": "4:2"}, "N:M"), ({"granularity": "row"}, "granularity"),
 ])
-def test_bad_settings_are_refused_before_anything_runs(kwargs, words):
+def test_bad_settings_are_refused_before_anything_runs(small_explorer, kwargs, words):
     ex = small_explorer(persist=False)  # never loads a model: the setting is refused first
     try:
         with pytest.raises(ValueError, match=words):
@@ -167,7 +162,7 @@ def test_shared_models_are_never_mutated(explorer, unchanged):
         explorer.landscape(MODEL, make_setting("magnitude", 0.35, 6, None))
 
 
-def test_concurrent_requests_get_what_a_lone_request_gets(explorer):
+def test_concurrent_requests_get_what_a_lone_request_gets(small_explorer, explorer):
     settings = [make_setting("magnitude", 0.45, 6, None), make_setting("wanda", 0.55, None, 6),
                 make_setting("N:M", 0, 7, 7, "tensor", "1:4"), make_setting("wanda", 0.15, 5, None, "tensor"),
                 make_setting("magnitude", 0.85)]
@@ -204,7 +199,7 @@ def test_timm_model_offline_is_a_fast_clear_error(explorer, monkeypatch):
     with pytest.raises(RuntimeError, match="resnet18.*Hugging Face Hub.*unreachable"):
         explorer.compress("resnet18", method="magnitude", sparsity=0.5)
     with pytest.raises(RuntimeError, match="Hugging Face Hub"):
-        list(explorer.train_stream(make_run_spec("resnet18", "digits", "adamw", 0.05, False, 1, 0)))
+        list(TrainService(explorer).train_stream(make_run_spec("resnet18", "digits", "adamw", 0.05, False, 1, 0)))
     assert time.perf_counter() - t0 < scaled(10)
 
 
@@ -312,7 +307,7 @@ def test_n_m_curves_mark_the_patterns(explorer):
     assert [tr.x[0] for tr in fig.data if getattr(tr.marker, "symbol", None) == "star"] == [0.75, 0.75]
 
 
-def test_curve_points_persist_across_explorers(explorer):
+def test_curve_points_persist_across_explorers(small_explorer, explorer):
     setting = make_setting("magnitude", 0.5)
     wait_for_curves(explorer, setting)
     explorer.flush()
@@ -327,7 +322,8 @@ def test_curve_points_persist_across_explorers(explorer):
 def test_seeds_give_mean_sd_and_the_paired_verdict_of_the_shared_statistics(explorer):
     from craftlab.analysis.stats import claim_verdict, compare_arms
 
-    explorer.train_specs([s for s in explorer.missing_seed_runs(MODEL) if s.seed == 1])  # seed 1's arms (1 epoch)
+    seed_one = [s for s in explorer.missing_seed_runs(MODEL) if s.seed == 1]
+    TrainService(explorer).train_specs(seed_one)  # seed 1's arms (1 epoch)
     setting = make_setting("magnitude", 0.6)
     v = explorer.verdict(MODEL, setting, compute=True)
     n = len(v["seeds"])  # 2; 3 when a reused CRAFTLAB_HOME already holds seed 2's runs
@@ -358,7 +354,7 @@ def test_sharpness(explorer):
 
 
 @pytest.fixture
-def fresh(explorer):
+def fresh(small_explorer, explorer):
     """An explorer that reads and writes nothing under $CRAFTLAB_HOME/explore (so a reused CRAFTLAB_HOME, where an
     earlier session stored this test's points and landscapes, changes nothing)."""
     ex = small_explorer(persist=False)
@@ -412,14 +408,14 @@ def test_train_stream_reports_history_and_caches(explorer):
 
     spec = make_run_spec("resnet-tiny", "digits", "adamw", 0.1, False, 1, 0)
     shutil.rmtree(run_dir(spec), ignore_errors=True)  # a reused CRAFTLAB_HOME may hold it
-    states = list(explorer.train_stream(spec, twin=False, poll=0.2))
+    states = list(TrainService(explorer).train_stream(spec, twin=False, poll=0.2))
     last = states[-1]
     assert last["done"] and last["key"] == "resnet-tiny-digits-adamw+sam0.1-e1-s0"
     (run,) = last["runs"]
     assert (run["label"], run["role"]) == ("SAM ρ=0.1", "craft")  # craftlab.train.runs.arm_label
     assert len(run["history"]) == 1 and not run["cached"]
-    assert figs.training_figure(last).layout.height > 0
-    again = list(explorer.train_stream(spec, twin=False))
+    assert training_figure(last).layout.height > 0
+    again = list(TrainService(explorer).train_stream(spec, twin=False))
     assert len(again) == 1 and again[0]["runs"][0]["cached"]
     assert "resnet-tiny-digits-adamw+sam0.1-e1-s0" in [v for _, v in explorer.model_choices()]
 
@@ -504,7 +500,7 @@ def test_point_store_round_trip(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------------- issue 15
 
-def test_a_quick_landscape_is_coarse_then_the_fine_one_follows(explorer):
+def test_a_quick_landscape_is_coarse_then_the_fine_one_follows(small_explorer, explorer):
     ex = small_explorer(landscape_steps=9, path_steps=13, coarse_steps=(5, 9), persist=False)
     try:
         setting = make_setting("magnitude", 0.45)
@@ -531,7 +527,7 @@ def test_a_quick_landscape_is_coarse_then_the_fine_one_follows(explorer):
         ex.close()
 
 
-def test_the_fine_level_reuses_the_quick_one_and_equals_the_probes(explorer):
+def test_the_fine_level_reuses_the_quick_one_and_equals_the_probes(small_explorer, explorer):
     """The fine level after the quick one: path and plane in one pass, the quick level's points (and its
     second-order terms) not computed again, and the values those of a direct compression_path /
     compression_plane (a random line / plane with no compression) to 1e-6."""
@@ -549,7 +545,7 @@ def test_the_fine_level_reuses_the_quick_one_and_equals_the_probes(explorer):
                     path = L.line(la.model, probe, steps=13, distance=1.0, seed=0)
                     plane = L.plane(la.model, probe, steps=9, distance=1.0, seed=0)
                 else:
-                    comp = ex._compressed_model(la, setting)
+                    comp = ex.points.compressed_model(la, setting)
                     path = L.compression_path(la.model, comp, probe, steps=13, buffers=True)
                     plane = L.compression_plane(la.model, comp, probe, steps=9, distance=1.5, seed=0, buffers=True)
                     np.testing.assert_allclose(arm["path"].predicted, path.predicted, rtol=1e-6, atol=1e-6)
@@ -652,7 +648,7 @@ def test_panel_texts():
 def test_restore_reads_the_url_query():
     from urllib.parse import parse_qsl
 
-    from craftlab_app.callbacks import Callbacks
+    from craftlab_app.explore.handlers import Callbacks
 
     q = panels.query_of(MODEL, make_setting("wanda", 0.7, 4, 8), kind="surface")
 
@@ -754,7 +750,7 @@ def test_curves_of_a_compensated_setting_keep_its_compensation(explorer):
 ])
 def test_bad_compensation_input_is_named(explorer, kw, message):
     import gradio as gr
-    from craftlab_app.callbacks import Callbacks
+    from craftlab_app.explore.handlers import Callbacks
 
     with pytest.raises(ValueError, match=message):
         explorer.compress(MODEL, **kw)
@@ -765,7 +761,7 @@ def test_bad_compensation_input_is_named(explorer, kw, message):
 
 
 def test_no_weight_path_settings_have_a_landscape_note(explorer):
-    from craftlab_app.callbacks import Callbacks
+    from craftlab_app.explore.handlers import Callbacks
 
     cb = Callbacks(explorer)
     for comp, recipe, why in (("qwt", "uniform", "QwT adds side-path"), ("none", "repq", "RepQ-ViT")):
@@ -780,17 +776,17 @@ def test_no_weight_path_settings_have_a_landscape_note(explorer):
 def test_pretrain_then_fine_tune_a_pair_that_opens_in_explore(explorer):
     """Pretrain resnet-tiny (Adam + RepVGG branches, 2 epochs), fine-tune AdamW + CrAFT from it (1 epoch): the pair
     is an Explore model whose arms are the checkpoints craftlab.get_transfer makes, measured like any model."""
-    from craftlab_app.pretraining import make_pretrain_spec, make_transfer, pretrain_choices
-    from craftlab_app.transfers import PREFIX
+    from craftlab_app.common.transfers import PREFIX
+    from craftlab_app.train.service import make_pretrain_spec, make_transfer, pretrain_choices
 
     from craftlab.train.pretrain import get_transfer
 
     spec = make_pretrain_spec("resnet-tiny", "adam", 0.0, "repvgg", 2, 0)
-    states = list(explorer.pretrain_stream(spec, poll=0.2))
+    states = list(TrainService(explorer).pretrain_stream(spec, poll=0.2))
     assert states[-1]["done"] and states[-1]["runs"][0]["test_accuracy"] > 0.5
     assert len(states[-1]["runs"][0]["history"]) == 2
     assert spec.key in [k for _, k in pretrain_choices()]
-    states = list(explorer.transfer_stream(make_transfer(spec.key, "digits", 1, 0), poll=0.2))
+    states = list(TrainService(explorer).transfer_stream(make_transfer(spec.key, "digits", 1, 0), poll=0.2))
     final = states[-1]
     name = final["model"]
     assert final["done"] and name.startswith(PREFIX) and [r["label"] for r in final["runs"]] == ["AdamW", "SAM ρ=0.05"]
@@ -806,7 +802,7 @@ def test_pretrain_then_fine_tune_a_pair_that_opens_in_explore(explorer):
         assert arm["fp_accuracy"] == craftlab.evaluate(model, data.test)["accuracy"]
     with pytest.raises(ValueError, match="not a fine-tuning run from a pretraining run|no craftlab.json|checkpoint"):
         explorer.resolve(name + "x")
-    again = list(explorer.transfer_stream(make_transfer(spec.key, "digits", 1, 0), poll=0.2))
+    again = list(TrainService(explorer).transfer_stream(make_transfer(spec.key, "digits", 1, 0), poll=0.2))
     assert len(again) == 1 and all(r["cached"] for r in again[0]["runs"])  # cached: nothing trains twice
 
 
@@ -819,14 +815,14 @@ def test_pretrain_then_fine_tune_a_pair_that_opens_in_explore(explorer):
     (dict(sam_rho=-0.1), "rho must be in"),
 ])
 def test_bad_pretrain_requests_are_named(kw, message):
-    from craftlab_app.pretraining import make_pretrain_spec
+    from craftlab_app.train.service import make_pretrain_spec
 
     with pytest.raises(ValueError, match=message):
         make_pretrain_spec(**{"model": "resnet-tiny", **kw})
 
 
 def test_bad_transfer_requests_are_named():
-    from craftlab_app.pretraining import make_transfer
+    from craftlab_app.train.service import make_transfer
 
     with pytest.raises(ValueError, match="unknown pretrained run 'nope'"):
         make_transfer("nope")
@@ -852,7 +848,7 @@ def test_batch_size_keeps_default_run_keys():
 
 
 def test_sharpness_gap_and_scatter(explorer):
-    from craftlab_app.sharpness import MEASURES
+    from craftlab_app.explore.sharpness import MEASURES
 
     setting = make_setting("magnitude", 0.5, 4, 4)
     explorer.sharpness(MODEL)
@@ -905,7 +901,7 @@ def test_bn_with_qwt_v2_on_a_cnn_is_said_in_the_cards_not_in_the_log(explorer, r
 
 
 def test_the_learn_tab_reads_the_claims_ledger():
-    from craftlab_app.texts import LEARN, learn_text
+    from craftlab_app.learn.texts import LEARN, learn_text
 
     from craftlab.analysis import ledger
 

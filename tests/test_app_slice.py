@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
 
-from craftlab_app.callbacks import Callbacks  # noqa: E402
-from craftlab_app.figures import activation_gaps  # noqa: E402
-from craftlab_app.service import Explorer  # noqa: E402
+from craftlab_app.explore.figures import activation_gaps  # noqa: E402
+from craftlab_app.explore.handlers import Callbacks  # noqa: E402
+from craftlab_app.explore.service import Explorer  # noqa: E402
 
 from craftlab.probes.landscape import evaluate  # noqa: E402
 from craftlab.settings import make_setting  # noqa: E402

@@ -23,8 +23,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio")
 torch = pytest.importorskip("torch")
 
-from craftlab_app.supernet_service import SupernetView  # noqa: E402
-from test_app_browser import browser, free_port  # noqa: E402,F401  (the real-browser fixture, shared)
+from craftlab_app.supernet.service import SupernetView  # noqa: E402
+from test_app_browser import browser  # noqa: E402,F401  (the real-browser fixture, shared)
 
 import craftlab  # noqa: E402
 
@@ -142,7 +142,7 @@ def test_not_ready_and_failed_states_say_so():
 
 
 def test_figures_carry_the_budget_tag(supernet):
-    from craftlab_app.supernet_view import bits_figure, pareto_figure, result_text
+    from craftlab_app.supernet.view import bits_figure, pareto_figure, result_text
 
     pick = supernet.choose(4.0)
     tag = "[vit-tiny · budget 4% of FP32]"
@@ -159,19 +159,9 @@ def test_figures_carry_the_budget_tag(supernet):
 # ------------------------------------------------------------------------------------------------------ browser
 
 @pytest.fixture(scope="module")
-def served(supernet):
-    from craftlab_app.service import Explorer
-    from craftlab_app.ui import launch
-
-    ex = Explorer(epochs=1, seeds=(0,), sparsity_grid=(0.5,), bits_grid=(4,), landscape_steps=5, path_steps=9,
-                  coarse_steps=None, probe_size=64)
-    demo = launch(port=free_port(), prevent_thread_lock=True, explorer=ex, models=["vit-tiny"], threads=1,
-                  warm=False, supernet_service=supernet)
-    try:
-        yield demo
-    finally:
-        demo.close()
-        ex.close()
+def tab_services(supernet):
+    """`served` (tests/conftest.py) launches the app with this tab's service."""
+    return {"supernet_service": supernet}
 
 
 @pytest.fixture
@@ -225,7 +215,7 @@ def test_browser_typed_budgets_move_every_supernet_panel(page, supernet):
 
 
 def test_the_tab_offers_both_zoo_models_and_the_cnn_gets_per_subnet_batchnorm():
-    from craftlab_app.supernet_service import MODELS
+    from craftlab_app.supernet.service import MODELS
 
     assert MODELS == ("vit-tiny", "resnet-tiny")
     cnn, vit = SupernetView("resnet-tiny").spec(), SupernetView("vit-tiny").spec()

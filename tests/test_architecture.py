@@ -164,7 +164,7 @@ def test_core_never_imports_the_app():
 
 
 def test_modules_stay_short():
-    long = {str(p.relative_to(ROOT)): n for p in [*PKG.rglob("*.py"), *(ROOT / "app").glob("*.py")]
+    long = {str(p.relative_to(ROOT)): n for p in [*PKG.rglob("*.py"), *(ROOT / "app").rglob("*.py")]
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
@@ -206,3 +206,109 @@ def test_the_public_api_has_docstring_examples():
                and not inspect.ismodule(obj := getattr(craftlab, name))
                and not any(mark in (inspect.getdoc(obj) or "") for mark in ("Example", ">>>"))]
     assert missing == [], f"add an example to the docstring of: {missing}"
+
+
+# ----------------------------------------------------------------------------------------------------- the app
+APP = ROOT / "app"
+TABS = ("explore", "train", "supernet", "adapt", "compose", "learn")
+"""The app's tab packages (each ``service`` + ``view`` + ``texts``); ``common`` is what they share."""
+TAB_DIRECTIONS: set[tuple[str, str]] = set()
+"""(tab, tab) imports allowed between tabs: none — the shell (``ui.py``) wires what crosses tabs."""
+
+
+def app_graph() -> dict[str, set[str]]:
+    """{app module: app modules it imports} (dotted under ``craftlab_app``, anywhere in the module)."""
+    mods = {}
+    for path in APP.rglob("*.py"):
+        parts = list(path.relative_to(APP).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = path
+    out: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        if mod == "":
+            package = []
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else list(package)
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = [f"{target}.{a.name}".strip(".") for a in node.names] + [target]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("craftlab_app"):
+                target = node.module[len("craftlab_app"):].lstrip(".")
+                targets = [f"{target}.{a.name}".strip(".") for a in node.names] + [target]
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                    "LazyModule", "import_module") and node.args and isinstance(node.args[0], ast.Constant):
+                name = str(node.args[0].value)  # a lazily imported module of the same package
+                if name.startswith("."):
+                    targets = [".".join(package + [name.lstrip(".")])]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    found.add(t)
+        out[mod] = found
+    return out
+
+
+def _app_package(module: str) -> str:
+    head = module.split(".")[0]
+    return head if head in (*TABS, "common") else "shell"
+
+
+def test_the_app_is_one_package_per_tab():
+    for tab in TABS:
+        assert (APP / tab / "__init__.py").is_file() and (APP / tab / "view.py").is_file(), tab
+        assert (APP / tab / "texts.py").is_file(), f"the {tab} tab's words belong in app/{tab}/texts.py"
+    flat = sorted(p.name for p in APP.glob("*.py"))
+    assert flat == ["__init__.py", "__main__.py", "texts.py", "ui.py"], f"app/ holds packages and the shell: {flat}"
+
+
+def test_services_do_not_import_gradio():
+    for path in APP.rglob("service.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "gradio" for n in names), f"{path.relative_to(ROOT)} imports gradio"
+
+
+def test_a_tab_never_imports_another_tab_and_common_imports_no_tab():
+    bad = []
+    for mod, deps in app_graph().items():
+        src = _app_package(mod)
+        for dep in deps:
+            dst = _app_package(dep)
+            if src == dst or dst == "common":
+                continue
+            if dst == "shell" or src == "common" or (src in TABS and (src, dst) not in TAB_DIRECTIONS):
+                bad.append(f"craftlab_app.{mod} ({src}) imports craftlab_app.{dep} ({dst})")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_app_has_no_import_circle():
+    g = app_graph()
+    for edges in (g, {p: {_app_package(d) for m, ds in g.items() if _app_package(m) == p for d in ds} - {p}
+                      for p in {_app_package(m) for m in g}}):
+        state: dict[str, int] = {}
+
+        def visit(m: str, stack: list[str], edges: dict[str, set[str]] = edges, state: dict[str, int] = state) -> None:
+            state[m] = 1
+            for d in sorted(edges.get(m, ())):
+                if state.get(d) == 1:
+                    pytest.fail("app import circle: " + " -> ".join([*stack[stack.index(d):], d]))
+                if d not in state:
+                    visit(d, [*stack, d])
+            state[m] = 2
+
+        for m in sorted(edges):
+            if m not in state:
+                visit(m, [m])
+
+
+def test_the_app_reaches_no_attribute_by_type_ignore():
+    """Composition, not mixins: no part of the app reaches another's state behind the type checker's back."""
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in APP.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if "type: ignore[attr-defined]" in line]
+    assert not hits, f"type: ignore[attr-defined] in the app: {hits}"

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("gradio")
 
-from craftlab_app.service import Explorer  # noqa: E402
+from craftlab_app.explore.service import Explorer  # noqa: E402
 
 import craftlab  # noqa: E402
 from craftlab import experiments as ex  # noqa: E402

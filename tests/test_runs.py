@@ -99,3 +99,30 @@ def test_a_runspec_checks_its_fields(kw, match):
     """The core refuses a run that cannot train (it used to accept epochs=0: only the app checked)."""
     with pytest.raises(ValueError, match=match):
         RunSpec(**{"model": "vit-tiny", **kw})
+
+
+def test_find_run_and_the_unknown_model_error_read_the_run_cache():
+    """A cached run is found by its key (a damaged sidecar too: reading it names the damage); a name that is no
+    zoo name, run key or timm name is refused with the closest run keys and zoo names suggested."""
+    from craftlab import cache
+    from craftlab.checkpoint import CheckpointError, read_meta
+    from craftlab.train.runs import find_run, unknown_model
+
+    good, bad = cache.home() / "runs" / "zz-my-vit-run", cache.home() / "runs" / "zz-my-damaged-run"
+    for path in (good, bad):
+        path.mkdir(parents=True, exist_ok=True)
+    (good / "craftlab.json").write_text(json.dumps({"format": "craftlab-checkpoint", "architecture": "vit-tiny"}))
+    (bad / "craftlab.json").write_text("{not json")
+    try:
+        assert find_run("zz-my-vit-run") == good and find_run(" zz-my-damaged-run ") == bad
+        assert find_run("zz-no-such-run") is None and find_run("../runs") is None and find_run("") is None
+        with pytest.raises(CheckpointError, match="damaged"):
+            read_meta(find_run("zz-my-damaged-run"))
+        msg = str(unknown_model("zz-my-vit-rnu"))
+        assert "unknown model 'zz-my-vit-rnu'" in msg and "'zz-my-vit-run'" in msg  # a readable run is suggested
+        assert "'zz-my-damaged-run'" not in str(unknown_model("zz-my-damaged-rnu"))  # list_runs skips it
+        assert "'vit-tiny'" in str(unknown_model("vit-tiyn")) and "a timm model name" in msg
+    finally:
+        for path in (good, bad):
+            (path / "craftlab.json").unlink()
+            path.rmdir()

@@ -189,3 +189,101 @@ def prepare_notebook(seeds: tuple[int, ...] = (0, 1, 2), progress: bool = True) 
         print("memory: ViT-B-sized and ViT-S-sized stand-ins", flush=True)
     standin_memory()
     standin_memory(**QUICK["standin"])
+
+
+# ------------------------------------------------------------------ the app's Supernet view (issue 22: its recipe)
+
+VIEW_STAGES = ("loading the data", "fine-tuning the base model", "training the supernet", "searching subnets",
+               "uniform subnets and uniform PTQ", "test accuracy of the Pareto front")
+"""The steps of :func:`prepare_view`, in order (each skipped when cached)."""
+VIEW_UNIFORM = ((8, 8), (6, 6), (4, 8), (4, 6), (4, 4), (3, 4), (2, 4))
+"""Uniform subnets drawn beside the front (the same supernet at one bit-width everywhere)."""
+
+
+def view_spec(model: str = "vit-tiny", seed: int = 0, data: str = "digits") -> SupernetSpec:
+    """The study's main supernet (per-bit LoRA, progressive bits) on `model`: a CNN trains full weights instead
+    (LoRA needs Linear layers), each subnet then scored with its own BatchNorm statistics.
+
+    Example::
+
+        >>> view_spec("resnet-tiny").lora
+        'none'
+    """
+    main = notebook_specs((seed,))[f"per-bit/s{seed}"]
+    cnn = not model.startswith("vit")
+    return replace(main, model=model, data=data, **({"lora": "none"} if cnn else {}))
+
+
+def _view_budgets(sn: Any) -> tuple[Any, ...] | None:
+    """The study's quick budgets (3-6 % of FP32) where they fit (vit-tiny: the notebook's search, cached), else
+    four budgets spread between the smallest subnet and W8A8 (a CNN's FP32 stem caps its reduction)."""
+    low, refs = sn.bitops(sn.space.smallest()), sn.references()
+    if all(float(b.rstrip("%")) / 100 * refs["FP32"] >= low for b in QUICK["budgets"]):
+        return None
+    return tuple(low + f * (refs["W8A8"] - low) for f in (0.1, 0.25, 0.5, 0.75))
+
+
+def prepare_view(model: str = "vit-tiny", seed: int = 0, data: str = "digits",
+                 on_stage: Any = None) -> dict[str, Any]:
+    """Everything the app's Supernet view shows, computed once and cached: load (or train) :func:`view_spec`'s
+    supernet on its fine-tuned base, run the quick search at the study's budgets (:func:`main_search`), score the
+    uniform subnets (:data:`VIEW_UNIFORM`) and uniform PTQ of the base model (:data:`PTQ_SETTINGS`) on the
+    validation split, and the test accuracy of the Pareto front of all those points. `on_stage(i)` is called as
+    step ``VIEW_STAGES[i]`` starts. The extras are cached as JSON under ``$CRAFTLAB_HOME/explore/supernet`` (where
+    the app kept them), keyed by the spec and the supernet's fingerprint.
+
+    Returns ``{"supernet", "data", "report", "uniform", "ptq", "points", "front", "test", "front_gap",
+    "references", "smallest"}``: ``points`` are the search's and the uniform subnets' validation rows sorted by
+    BitOPs, ``test`` maps a configuration key to its test accuracy, ``front_gap`` is the front's mean validation −
+    test accuracy.
+
+    Example::
+
+        >>> view = prepare_view("vit-tiny")  # doctest: +SKIP
+        >>> view["front"][0]["label"], view["test"][view["front"][0]["config"].key()]  # doctest: +SKIP
+    """
+    from ..checkpoint import load_checkpoint
+    from ..data import load_data
+    from ..models import build_model
+    from ..train.runs import get_run
+    from . import SubnetConfig, evaluate_configs, pareto_front
+
+    def stage(i: int) -> None:
+        if on_stage is not None:
+            on_stage(i)
+
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in row.items() if k != "config"}, "config": row["config"].to_dict()}
+
+    spec = view_spec(model, seed, data)
+    stage(0)
+    data_bundle = load_data(spec.data, model=build_model(spec.model))
+    stage(1)
+    base_path = get_run(spec.base_run(), progress=False)
+    stage(2)
+    sn = load_supernet(get_supernet(spec))
+    stage(3)
+    _, report = main_search(seed, data_bundle, sn, budgets=_view_budgets(sn), quick=True)
+    stage(4)
+    space = sn.space
+    path = cache.subdir("explore") / "supernet" / f"{spec.key}-{sn.fingerprint()[:16]}-v2.json"
+    extras = cache.read_json(path) or {}
+    if "uniform" not in extras:
+        cfgs = [space.uniform(w, a) for w, a in VIEW_UNIFORM if w in space.w_bits and a in space.a_bits]
+        cfgs += [] if any(c == space.smallest() for c in cfgs) else [space.smallest()]
+        extras["uniform"] = [plain(p) for p in evaluate_configs(sn, data_bundle, cfgs, split="val")]
+        extras["ptq"] = ptq_baselines(load_checkpoint(base_path), data_bundle, PTQ_SETTINGS, split="val")
+    uniform = [{**p, "config": space.validate(SubnetConfig.from_dict(p["config"]))} for p in extras["uniform"]]
+    seen = {p["config"].key(): p for p in [*uniform, *report.points]}  # the search's own score wins a tie
+    points = sorted(seen.values(), key=lambda p: (p["bitops"], -p["accuracy"]))
+    front = pareto_front(points)
+    stage(5)
+    test = extras.setdefault("test", {})
+    todo = [p["config"] for p in front if p["config"].key() not in test]
+    for row in evaluate_configs(sn, data_bundle, todo, split="test") if todo else []:
+        test[row["config"].key()] = row["accuracy"]
+    gaps = [p["accuracy"] - test[p["config"].key()] for p in front]
+    cache.atomic_write_json(path, extras)
+    return {"supernet": sn, "data": data_bundle, "report": report, "uniform": uniform, "ptq": extras["ptq"],
+            "points": points, "front": front, "test": test, "front_gap": sum(gaps) / len(gaps),
+            "references": sn.references(), "smallest": min(points, key=lambda p: p["bitops"])}

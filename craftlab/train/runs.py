@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import cache
 from ..cache import num, slug
-from ..checkpoint import read_meta, scan_checkpoints
+from ..checkpoint import SIDECAR, read_meta, scan_checkpoints
 
 OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
 """How people read the optimizer names (``finetune(optimizer=...)``)."""
@@ -210,3 +210,42 @@ def list_runs() -> list[dict[str, Any]]:
                     "arm": meta.get("arm"), "run": meta.get("run"),
                     "test_accuracy": meta.get("metrics", {}).get("test_accuracy")})
     return out
+
+
+def find_run(key: str) -> Path | None:
+    """The folder of the cached run named `key` (a folder of ``$CRAFTLAB_HOME/runs`` with a sidecar, readable or
+    not: :func:`~craftlab.checkpoint.read_meta` then names a damaged one), else None. Cheap: no sidecar is read.
+
+    Example::
+
+        >>> find_run("no-such-run") is None
+        True
+    """
+    key = str(key).strip()
+    if not key or "/" in key or key in (".", ".."):
+        return None
+    path = cache.home() / "runs" / key
+    return path if (path / SIDECAR).is_file() else None
+
+
+def unknown_model(name: str) -> ValueError:
+    """The error for a model that is neither a zoo name, nor a cached run (:func:`list_runs`), nor a timm name:
+    it suggests the closest zoo names and run keys (else timm names).
+
+    Example::
+
+        >>> "did you mean 'vit-tiny'" in str(unknown_model("vit-tiyn"))
+        True
+    """
+    import difflib
+
+    from .._errors import unknown_name
+    from ..models import _timm_names, zoo_names
+
+    choices = [*zoo_names(), *sorted(r["key"] for r in list_runs())]
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    if not close:
+        close = difflib.get_close_matches(name, _timm_names(), n=3, cutoff=0.6)
+    return unknown_name("model", name, choices, suggestions=close,
+                        hint="use a zoo model (" + ", ".join(zoo_names()) + "), the key of a cached run, "
+                             "or a timm model name")

@@ -1,8 +1,8 @@
-"""Sharpness of the app's :class:`~craftlab_app.service.Explorer` (a mixin): both full-precision arms of a model,
+"""Sharpness, a part of the app's :class:`~craftlab_app.explore.service.Explorer`: both full-precision arms of a model,
 per seed, and the table behind the gap plot and the sharpness-vs-accuracy-drop scatter (issue 15).
 
-Seed 0's arms answer in the foreground (:meth:`SharpnessMixin.sharpness`); the extra seeds' arms are measured in
-the background (:meth:`SharpnessMixin.sharpness_table` queues them), so the scatter gains points as they come.
+Seed 0's arms answer in the foreground (:meth:`Sharpness.sharpness`); the extra seeds' arms are measured in
+the background (:meth:`Sharpness.sharpness_table` queues them), so the scatter gains points as they come.
 Each number is :func:`craftlab.probes.sharpness.sharpness_summary` on the probe batch, cached per checkpoint.
 """
 
@@ -15,19 +15,28 @@ import pandas as pd
 
 from craftlab.settings import Setting
 
+from ..common.concurrency import HVP_LOCK
 from .arms import Loaded
-from .concurrency import HVP_LOCK
+from .curves import Curves
+from .points import Shared
 
-__all__ = ["MEASURES", "SharpnessMixin"]
+__all__ = ["MEASURES", "Sharpness"]
 
 MEASURES = {"lambda_max": "λmax", "trace": "Hessian trace", "eps_sharpness": "ε-sharpness"}
 """The sharpness measures the app shows (column → how people read it); smaller = flatter for each."""
 
 
-class SharpnessMixin:
-    """λmax, Hessian trace and ε-sharpness per arm and seed (needs the Explorer's state)."""
+class Sharpness:
+    """λmax, Hessian trace and ε-sharpness per arm and seed, on the `shared` arms (the seeds' arms from `curves`).
 
-    sam_rho: float
+    Example::
+
+        >>> ex = Explorer()  # doctest: +SKIP
+        >>> ex.sharpness("resnet-tiny")  # {arm name: {"role", "label", "lambda_max", "trace", ...}}  # doctest: +SKIP
+    """
+
+    def __init__(self, shared: Shared, curves: Curves, sam_rho: float) -> None:
+        self.shared, self.curves, self.sam_rho = shared, curves, sam_rho
 
     def _sharpness_of(self, la: Loaded) -> dict[str, Any]:
         """The sharpness numbers of one loaded arm (computed once per checkpoint, then cached and persisted)."""
@@ -37,7 +46,7 @@ class SharpnessMixin:
 
         def compute() -> dict[str, Any]:
             probe_model = copy.deepcopy(la.model).requires_grad_(True)  # probes perturb weights in place
-            with HVP_LOCK:  # see craftlab_app.concurrency.HVP_LOCK
+            with HVP_LOCK:  # see craftlab_app.common.concurrency.HVP_LOCK
                 res = sharpness_summary(probe_model, la.ctx.probe, rho=self.sam_rho, seed=0)
             out = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                    for k, v in res.items()}
@@ -45,10 +54,10 @@ class SharpnessMixin:
             computed.append(True)
             return out
 
-        out = self._sharpness.get_or_compute(la.point_prefix, compute,  # type: ignore[attr-defined]
-                                             background=self._sched.in_background)  # type: ignore[attr-defined]
+        out = self.shared.sharpness.get_or_compute(la.point_prefix, compute,
+                                             background=self.shared.sched.in_background)
         if computed:
-            self._point_store.mark_dirty(la.point_prefix)  # type: ignore[attr-defined]
+            self.shared.points.store.mark_dirty(la.point_prefix)
         return out
 
     def sharpness(self, model: str, progress: Any = None) -> dict[str, dict[str, Any]]:
@@ -56,10 +65,14 @@ class SharpnessMixin:
 
         Measured on the probe batch with :func:`craftlab.probes.sharpness.sharpness_summary`; cached per checkpoint.
         """
-        with self._sched.foreground():  # type: ignore[attr-defined]
-            loaded = self.arms(model, progress)  # type: ignore[attr-defined]
-            results = self._sched.map(self._sharpness_of, loaded)  # type: ignore[attr-defined]
+        with self.shared.sched.foreground():
+            loaded = self.shared.arms(model, progress)
+            results = self.shared.sched.map(self._sharpness_of, loaded)
         return {la.arm.name: {"role": la.arm.role, "label": la.arm.label, **r} for la, r in zip(loaded, results)}
+
+    def cached(self, model: str) -> dict[str, dict[str, Any] | None]:
+        """{role: the sharpness numbers of `model`'s arm (seed of the Explorer), or None}: never computes a probe."""
+        return {la.arm.role: self.shared.sharpness.get(la.point_prefix) for la in self.shared.arms(model)}
 
     def sharpness_table(self, model: str, setting: Setting, schedule: bool = True) -> pd.DataFrame:
         """One row per arm and seed whose sharpness and accuracy at `setting` are known: ``seed, role, label,
@@ -67,18 +80,17 @@ class SharpnessMixin:
         points of the cached seeds are queued for the background with `schedule` (call again for them)."""
         rows = []
         cols = ["seed", "role", "label", *MEASURES, "fp_accuracy", "accuracy", "accuracy_drop"]
-        for seed, loaded in self.seed_arms(model).items():  # type: ignore[attr-defined]
+        for seed, loaded in self.curves.seed_arms(model).items():
             for la in loaded:
-                sharp = self._sharpness.get(la.point_prefix)  # type: ignore[attr-defined]
-                fp, cp = self._cached_point(la, Setting()), self._cached_point(la, setting)  # type: ignore[attr-defined]
+                sharp = self.shared.sharpness.get(la.point_prefix)
+                fp, cp = self.shared.points.cached(la, Setting()), self.shared.points.cached(la, setting)
                 if schedule and sharp is None:
-                    self._sched.enqueue(5 + 0.01 * seed, ("sharpness", la.fingerprint),  # type: ignore[attr-defined]
-                                        self._sharpness_of, la)
+                    self.shared.sched.enqueue(5 + 0.01 * seed, ("sharpness", la.fingerprint), self._sharpness_of, la)
                 if schedule:
                     for s, p in ((Setting(), fp), (setting, cp)):
                         if p is None:
-                            self._sched.enqueue(4 + 0.01 * seed, ("point", la.fingerprint, la.ctx.key,  # type: ignore[attr-defined]
-                                                                  s.key()), self._point, la, s)  # type: ignore[attr-defined]
+                            key = ("point", la.fingerprint, la.ctx.key, s.key())
+                            self.shared.sched.enqueue(4 + 0.01 * seed, key, self.shared.points.point, la, s)
                 if sharp is None or fp is None or cp is None:
                     continue
                 rows.append({"seed": seed, "role": la.arm.role, "label": la.arm.label,

@@ -9,7 +9,6 @@ checkpoint's content (every cache is keyed by it, so a checkpoint changed on dis
 
 from __future__ import annotations
 
-import difflib
 import json
 import threading
 from dataclasses import dataclass, field, fields, replace
@@ -20,40 +19,14 @@ import torch
 from torch import nn
 
 from craftlab import cache
-from craftlab._errors import unknown_name
 from craftlab.checkpoint import SIDECAR, WEIGHTS, CheckpointError, load_checkpoint, read_meta
-from craftlab.train.runs import RunSpec, arm_label, list_runs, run_dir
+from craftlab.train.runs import RunSpec, arm_label, find_run, list_runs, run_dir, unknown_model
 
-from .concurrency import Memo
-from .stores import EVAL_VERSION
+from ..common.concurrency import Memo
+from ..common.jobs import role_of
+from ..common.stores import EVAL_VERSION
 
-__all__ = ["Arm", "ArmLoader", "Context", "Loaded", "role_of", "unknown_model"]
-
-
-def role_of(spec: RunSpec) -> str:
-    """``"craft"`` for a run with SAM / ASAM, ``"plain"`` for the optimizer alone."""
-    return "craft" if spec.sam_rho > 0 else "plain"
-
-
-def run_keys() -> set[str]:
-    """Keys of the cached runs (folders of ``$CRAFTLAB_HOME/runs`` with a sidecar)."""
-    root = cache.home() / "runs"
-    if not root.exists():
-        return set()
-    return {p.name for p in root.iterdir() if p.is_dir() and (p / SIDECAR).exists()}
-
-
-def unknown_model(name: str) -> ValueError:
-    """The error for a model that is neither a zoo name, nor a cached run, nor a timm name."""
-    from craftlab.models import _timm_names, zoo_names
-
-    choices = [*zoo_names(), *sorted(run_keys())]
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    if not close:
-        close = difflib.get_close_matches(name, _timm_names(), n=3, cutoff=0.6)
-    return unknown_name("model", name, choices, suggestions=close,
-                        hint="use a zoo model (" + ", ".join(zoo_names()) + "), the key of a cached run, "
-                             "or a timm model name")
+__all__ = ["Arm", "ArmLoader", "Context", "Loaded"]
 
 
 @dataclass(frozen=True)
@@ -170,7 +143,7 @@ class ArmLoader:
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be a zoo name, a cached run or a timm name, got {model!r}")
         name = model.strip()
-        if name in run_keys():
+        if find_run(name) is not None:
             arms = self._resolve_run(name)
             own = arms[0].spec.seed if arms[0].spec is not None else None
             return arms if seed is None or seed == own else []
@@ -183,7 +156,7 @@ class ArmLoader:
         """A readable name of `model`: a zoo / timm name as is, a cached run as ``vit-tiny · digits · AdamW
         · 3 epochs · seed 0`` (its arm label, not its key)."""
         name = str(model).strip()
-        if name not in run_keys():
+        if find_run(name) is None:
             return name
         spec = next((a.spec for a in self._resolve_run(name) if a.path is not None), None)
         if spec is None:
@@ -194,7 +167,9 @@ class ArmLoader:
 
     def _resolve_run(self, name: str) -> list[Arm]:
         """A cached run's arms: its checkpoint and its twin (one arm when the sidecar names no run)."""
-        path = cache.home() / "runs" / name
+        path = find_run(name)
+        if path is None:
+            raise unknown_model(name)
         meta = read_meta(path)  # CheckpointError names a damaged sidecar
         spec = _spec_from_meta(meta)
         if spec is None:

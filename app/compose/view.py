@@ -1,7 +1,7 @@
 """The Compose tab (issue 20): tick the steps of a deployment pipeline — SAM fine-tuning (CrAFT), BatchNorm
 re-estimation (CNNs), a compensation — at each model's claims-ledger compression endpoint, and see the pipeline's
 accuracy, costs and the waterfall from the plain compressed model. Layout and handlers; the computations are
-:class:`craftlab_app.compose_service.ComposeView`."""
+:class:`craftlab_app.compose.service.ComposeView`."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ from typing import Any
 
 import gradio as gr
 
-from .callbacks import user_errors
-from .compose_service import COMPENSATIONS, MODELS, ComposeView
+from ..common.errors import user_errors
+from .service import COMPENSATIONS, MODELS, ComposeView
+from .texts import INTRO
 
 __all__ = ["build_tab", "result_text", "waterfall"]
-
-INTRO = """**Compose the methods** (issue 20: CraftLab's own study). Each paper measures its method alone; here the
-steps are stacked on one compressed model — fine-tune with SAM (CrAFT), re-estimate BatchNorm statistics (CNNs),
-compensate in closed form (QwT / QwT-v2) — at the compression setting where compensation has something to fix
-(the claims ledger's endpoint: vit-tiny W3A3 RepQ-ViT, resnet-tiny W4A4). Every number is paired by fine-tuning
-seed; the waterfall adds your ticked steps one at a time, each bar with its 95 % CI. The study's full reading —
-which gains add up, which overlap, which step harms — is the `compose` section of `benchmarks/RESULTS.md` and
-notebook 08."""
 
 
 def result_text(a: dict[str, Any]) -> str:

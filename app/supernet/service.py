@@ -30,13 +30,10 @@ Example::
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from typing import Any
-
-from craftlab.cache import atomic_write_json
 
 __all__ = ["MODELS", "REFERENCES", "SupernetView"]
 
@@ -46,11 +43,6 @@ BatchNorm re-estimation; without it every subnet of a CNN supernet collapses on 
 REFERENCES = ("FP32", "W8A8")
 """What a budget in % is a percentage of: the FP32 model's BitOPs, or W8A8's (searchable layers 8x8, the
 patch embedding and head FP32, as the supernet keeps them)."""
-UNIFORM = ((8, 8), (6, 6), (4, 8), (4, 6), (4, 4), (3, 4), (2, 4))
-"""Uniform subnets drawn beside the front (the same supernet at one bit-width everywhere)."""
-PTQ = ("W8A8", "W6A6", "W4A8", "W4A4")
-STAGES = ("loading the data", "fine-tuning the base model", "training the supernet", "searching subnets",
-          "uniform subnets and uniform PTQ", "test accuracy of the Pareto front")
 COLD_NOTE = ("from an empty cache this fine-tunes the base model, trains the supernet and searches: minutes on "
              "2 CPU cores, longer on a busy machine; a cached one loads in seconds")
 
@@ -72,14 +64,11 @@ class SupernetView:
     # ------------------------------------------------------------------ preparation
 
     def spec(self) -> Any:
-        """The :class:`~craftlab.supernet.SupernetSpec` of this view's supernet."""
-        from dataclasses import replace
-
+        """The :class:`~craftlab.supernet.SupernetSpec` of this view's supernet (:func:`craftlab.supernet.study.
+        view_spec`)."""
         from craftlab.supernet import study
 
-        main = study.notebook_specs((self.seed,))[f"per-bit/s{self.seed}"]
-        cnn = not self.model.startswith("vit")
-        return replace(main, model=self.model, data=self.data_name, **({"lora": "none"} if cnn else {}))
+        return study.view_spec(self.model, self.seed, self.data_name)
 
     def start(self) -> None:
         """Prepare in a background thread (once); :meth:`status` follows it."""
@@ -101,93 +90,36 @@ class SupernetView:
         """Enter stage `step` (None: done), recording how long the previous stage took."""
         now = time.perf_counter()
         if getattr(self, "_stage_t0", None) is not None:
-            self.stage_s[STAGES[self.step]] = now - self._stage_t0
+            self.stage_s[_stages()[self.step]] = now - self._stage_t0
         self._stage_t0 = now
         if step is not None:
-            self.step, self.stage = step, STAGES[step]
+            self.step, self.stage = step, _stages()[step]
 
     def prepare(self) -> None:
         """Load (or train) the supernet, search, evaluate the uniform subnets, uniform PTQ and the front's test
-        accuracies (cached). Idempotent."""
+        accuracies: the study's recipe, :func:`craftlab.supernet.study.prepare_view` (cached). Idempotent."""
         if self._ready.is_set():
             return
         with self._lock:
             self._started = True
             self.t0 = self.t0 or time.perf_counter()
-        from craftlab.checkpoint import load_checkpoint
-        from craftlab.data import load_data
-        from craftlab.models import build_model
-        from craftlab.supernet import evaluate_configs, get_supernet, load_supernet, pareto_front, study
-        from craftlab.train.runs import get_run
+        from craftlab.supernet import study
 
-        spec = self.spec()
         self.stage_s: dict[str, float] = {}
-        self._at(0)
-        data = load_data(spec.data, model=build_model(spec.model))
-        self._at(1)
-        base_path = get_run(spec.base_run(), progress=False)
-        self._at(2)
-        sn = load_supernet(get_supernet(spec))
-        self._at(3)
-        _, report = study.main_search(self.seed, data, sn, budgets=self._budgets(sn), quick=True)
-        self._at(4)
-        space = sn.space
-        extras = self._load_extras(sn)
-        if "uniform" not in extras:
-            cfgs = [space.uniform(w, a) for w, a in UNIFORM if w in space.w_bits and a in space.a_bits]
-            cfgs += [] if any(c == space.smallest() for c in cfgs) else [space.smallest()]
-            extras["uniform"] = [_plain(p) for p in evaluate_configs(sn, data, cfgs, split="val")]
-            base = load_checkpoint(base_path)
-            extras["ptq"] = study.ptq_baselines(base, data, PTQ, split="val")
-        uniform = [{**p, "config": space.validate(_config(p["config"]))} for p in extras["uniform"]]
-        seen = {p["config"].key(): p for p in [*uniform, *report.points]}  # the search's own score wins a tie
-        points = sorted(seen.values(), key=lambda p: (p["bitops"], -p["accuracy"]))
-        front = pareto_front(points)
-        self._at(5)
-        test = extras.setdefault("test", {})
-        todo = [p["config"] for p in front if p["config"].key() not in test]
-        for row in evaluate_configs(sn, data, todo, split="test") if todo else []:
-            test[row["config"].key()] = row["accuracy"]
-        gaps = [p["accuracy"] - test[p["config"].key()] for p in front]
-        self._save_extras(sn, extras)
-        picks = {_budget_key(r.budget): {"result": r, "how": "searched during preparation", "search_s": None}
-                 for r in report.results}
+        view = study.prepare_view(self.model, self.seed, self.data_name, on_stage=self._at)
         with self._lock:
-            self._picks.update(picks)
-            self.front_gap = sum(gaps) / len(gaps)
+            self.front_gap = view["front_gap"]
             # uniform PTQ keeps the attention matmuls in float: study.ptq_baselines counts them at 32x32
-            self.sn, self.data, self.report, self.uniform, self.ptq = sn, data, report, uniform, extras["ptq"]
-            self.refs = sn.references()
-            self.points, self.front, self._test = points, front, test
-            self.smallest = min(points, key=lambda p: p["bitops"])
+            self.sn, self.data, self.report = view["supernet"], view["data"], view["report"]
+            self.uniform, self.ptq, self.refs = view["uniform"], view["ptq"], view["references"]
+            self.points, self.front, self._test = view["points"], view["front"], view["test"]
+            self.smallest = view["smallest"]
+            self._picks.update({_budget_key(r.budget): {"result": r, "how": "searched during preparation",
+                                                        "search_s": None} for r in self.report.results})
         self._at(None)
         self.seconds = time.perf_counter() - (self.t0 or 0.0)
         self.stage = "ready"
         self._ready.set()
-
-    def _budgets(self, sn: Any) -> tuple[Any, ...] | None:
-        """The study's quick budgets (3-6 % of FP32) where they fit (vit-tiny: the notebook's search, cached),
-        else four budgets spread between the smallest subnet and W8A8 (a CNN's FP32 stem caps its reduction)."""
-        from craftlab.supernet import study
-
-        low, refs = sn.bitops(sn.space.smallest()), sn.references()
-        if all(float(b.rstrip("%")) / 100 * refs["FP32"] >= low for b in study.QUICK["budgets"]):
-            return None
-        return tuple(low + f * (refs["W8A8"] - low) for f in (0.1, 0.25, 0.5, 0.75))
-
-    def _extras_path(self, sn: Any) -> Any:
-        from craftlab import cache
-
-        return cache.subdir("explore") / "supernet" / f"{self.spec().key}-{sn.fingerprint()[:16]}-v2.json"
-
-    def _load_extras(self, sn: Any) -> dict[str, Any]:
-        try:
-            return json.loads(self._extras_path(sn).read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _save_extras(self, sn: Any, extras: dict[str, Any]) -> None:
-        atomic_write_json(self._extras_path(sn), extras)
 
     @property
     def ready(self) -> bool:
@@ -210,7 +142,7 @@ class SupernetView:
         if not self._started:
             return f"Open this tab (or pick a model) to prepare the {self.model} supernet."
         elapsed = time.perf_counter() - (self.t0 or time.perf_counter())
-        return (f"**Preparing the {self.model} supernet** — step {self.step + 1} of {len(STAGES)}: {self.stage}… "
+        return (f"**Preparing the {self.model} supernet** — step {self.step + 1} of {len(_stages())}: {self.stage}… "
                 f"({elapsed:.0f} s so far; {COLD_NOTE}; each step is skipped when cached)")
 
     # ------------------------------------------------------------------ budget lookups
@@ -295,12 +227,9 @@ def _budget_key(bitops: float) -> str:
     return f"{float(bitops):.9g}"
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-able copy of an evaluated row (the configuration as a dict)."""
-    return {**{k: v for k, v in row.items() if k != "config"}, "config": row["config"].to_dict()}
+def _stages() -> tuple[str, ...]:
+    """The steps of the preparation (the study's :data:`craftlab.supernet.study.VIEW_STAGES`; imported when asked:
+    the page is served before torch loads)."""
+    from craftlab.supernet.study import VIEW_STAGES
 
-
-def _config(d: dict[str, Any]) -> Any:
-    from craftlab.supernet import SubnetConfig
-
-    return SubnetConfig.from_dict(d)
+    return VIEW_STAGES

@@ -1,5 +1,7 @@
-"""Fine-tuning runs for the app: validated once into a :class:`~craftlab.train.runs.RunSpec`, trained one
-at a time in background threads, each at most once however many requests ask for it, with live history.
+"""Background training jobs of the app (fine-tuning, pretraining, transfers): trained one at a time in
+background threads, each at most once however many requests ask for it, with live history. Shared by the
+Explore tab (a model's missing arms) and the Train tab (the user's runs); the requests themselves are validated
+by the Train tab's service (:func:`craftlab_app.train.service.make_run_spec`) and by :class:`RunSpec`.
 """
 
 from __future__ import annotations
@@ -9,25 +11,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from craftlab._errors import unknown_name
 from craftlab.checkpoint import read_meta
 from craftlab.train import runs
 from craftlab.train.runs import RunSpec, arm_label, run_dir
 
-from .arms import role_of, unknown_model
 from .concurrency import Cancelled, lower_priority
 from .hub import check_hub
 
-__all__ = ["MAX_EPOCHS", "MAX_RHO", "Trainer", "make_run_spec"]
+__all__ = ["JobHost", "Trainer", "is_cached", "role_of"]
 
-MAX_EPOCHS = 200
-MAX_RHO = 10.0
-MAX_LR = 10.0
-MAX_BATCH = 4096
-DEFAULT_BATCH = 64
-"""The data's default training batch size (``craftlab.load_data``): a run asking for it is the default run."""
 Progress = Callable[[float, str], None]
 _TRAIN_LOCK = threading.Lock()
 """Fine-tuning runs in one process take turns: they seed torch's process-wide RNG (head initialisation,
@@ -35,82 +29,9 @@ dropout), so two runs in parallel threads would draw from one stream in a racy o
 would no longer be what its settings say."""
 
 
-def _whole(value: Any, what: str, low: int, high: int | None = None) -> int:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        f = float("nan")
-    if f != f or not f.is_integer() or f < low or (high is not None and f > high):
-        where = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{what} must be a whole number {where}, got {value!r}")
-    return int(f)
-
-
-def make_run_spec(model: str, data: str = "digits", optimizer: str = "adamw", sam_rho: Any = 0.0,
-                  adaptive: bool = False, epochs: Any = 8, seed: Any = 0, lr: Any = None,
-                  batch_size: Any = None) -> RunSpec:
-    """Read loose user input (a form, an API call) into a :class:`RunSpec`; ValueError names the problem.
-
-    The form's reading: names checked against what exists, sliders' floats as whole numbers, empty fields as
-    defaults, the form's upper limits; :class:`RunSpec` itself checks every field's range (the core's rule).
-    ``epochs`` and ``seed`` may be floats holding whole numbers (sliders send 3.0); ρ is in [0, 10]; ``lr`` is a peak
-    learning rate in (0, 10], or None / 0 / "" for the optimizer's default; ``batch_size`` a whole number in
-    [1, 4096], or None / "" for the data's default (64, which is also stored as None: the same run, the same key).
-
-    Example::
-
-        >>> make_run_spec("vit-tiny", "digits", "adamw", 0.05, False, 3.0).key
-        'vit-tiny-digits-adamw+sam0.05-e3-s0'
-    """
-    from craftlab.data import dataset_names
-    from craftlab.models import is_known_model
-
-    name, data = str(model).strip(), str(data).strip()
-    if not is_known_model(name):
-        raise unknown_model(name)
-    if data not in dataset_names() and not data.startswith("imagefolder:"):
-        raise unknown_name("dataset", data, dataset_names())
-    rho = _number(sam_rho)
-    if not 0 <= rho <= MAX_RHO:
-        raise ValueError(f"rho must be in [0, {MAX_RHO:g}], got {sam_rho!r}")
-    rate = None if lr is None or (isinstance(lr, str) and not lr.strip()) or lr == 0 else _number(lr)
-    if rate is not None and not 0 < rate <= MAX_LR:
-        raise ValueError(f"lr must be in (0, {MAX_LR:g}] (or empty for the optimizer's default), got {lr!r}")
-    bs = None if batch_size is None or (isinstance(batch_size, str) and not batch_size.strip()) else \
-        _whole(batch_size, "batch size", 1, MAX_BATCH)
-    return RunSpec(model=name, data=data, optimizer=optimizer, lr=rate,
-                   epochs=_whole(epochs, "epochs", 1, MAX_EPOCHS), sam_rho=rho, adaptive=bool(adaptive),
-                   seed=_whole(seed, "seed", 0), batch_size=None if bs == DEFAULT_BATCH else bs)
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def estimate_seconds(spec: RunSpec, twin: bool = True) -> float | None:
-    """Estimated fine-tuning time of `spec` (and its twin): seconds per epoch of the cached runs of the same
-    model and data (a SAM epoch costs two forward-backward passes), times the epochs; None when no such run
-    is cached yet."""
-    per_epoch = []
-    for r in runs.list_runs():
-        run = r.get("run") or {}
-        if run.get("model") != spec.model or run.get("data") != spec.data:
-            continue
-        try:
-            hist = read_meta(Path(r["path"])).get("history") or []
-        except (ValueError, OSError):
-            continue
-        times = [h["time_s"] for h in hist if isinstance(h.get("time_s"), (int, float))]
-        if times:
-            per_epoch.append(sorted(times)[len(times) // 2] / (2.0 if run.get("sam_rho") else 1.0))
-    if not per_epoch:
-        return None
-    base = sorted(per_epoch)[len(per_epoch) // 2] * spec.epochs
-    cost = (2.0 if spec.sam_rho else 1.0) + ((1.0 if spec.sam_rho else 2.0) if twin else 0.0)
-    return base * cost
+def role_of(spec: RunSpec) -> str:
+    """``"craft"`` for a run with SAM / ASAM, ``"plain"`` for the optimizer alone."""
+    return "craft" if spec.sam_rho > 0 else "plain"
 
 
 @dataclass
@@ -251,3 +172,12 @@ class Trainer:
                      "done": j.done.is_set(), "running": j.running, "text": j.describe(),
                      "error": None if j.error is None else str(j.error)}
                     for k, j in self._runs.items()]
+
+
+class JobHost(Protocol):
+    """What a tab that trains needs from the app: the one :class:`Trainer` (runs take turns) and the ρ of a
+    plain run's CrAFT twin. The Explore tab's :class:`~craftlab_app.explore.service.Explorer` is one (the shell,
+    ``ui.py``, hands it to the Train tab), so the Train tab never imports the Explore tab."""
+
+    jobs: Trainer
+    sam_rho: float

@@ -1,6 +1,6 @@
 """The Adapt tab (issue 13): frozen-backbone adaptation methods compared on accuracy, trainable parameters,
 training memory, time and bytes per image — live runs (cached) beside the benchmark's reference table.
-Layout, handlers and figures; the computations are :class:`craftlab_app.adapt_service.AdaptView`."""
+Layout, handlers and figures; the computations are :class:`craftlab_app.adapt.service.AdaptView`."""
 
 from __future__ import annotations
 
@@ -10,26 +10,11 @@ from typing import Any
 
 import gradio as gr
 
-from .adapt_service import CHEAP, METHODS, AdaptView
-from .callbacks import user_errors
+from ..common.errors import user_errors
+from .service import CHEAP, METHODS, AdaptView
+from .texts import INTRO
 
 __all__ = ["build_tab", "figures"]
-
-INTRO = """**Adapt a frozen backbone** (LAST, MIET — issue 13). The zoo's vit-tiny (pretrained on mnist5k) adapts to
-digits by: a **linear probe** on its final features; **LoRA** (rank 4 on qkv); **full** fine-tuning (± SAM);
-**LAST**, a low-rank attention side network over the frozen blocks' tokens (the backbone runs without a graph, so
-training memory is the side network's); **MIET**, the edge paradigm: a server sends each image's gathered features
-once and the device trains a small attention adaptor on them. Memory is what training holds — tensors saved for
-backward + gradients + optimizer state, measured on one batch of 64 — not the process's RSS. Bytes per image is
-what a server sends a device per image (fine-tuning on the device: the image); the edge variants trade it away:
-**LAST (g=2)** taps every second block, **MIET 8-/4-bit** sends quantized features. *What the papers claim*: LAST
-trains in ≈ 30 % of PEFT's memory and 60 % of its time at *higher* accuracy; MIET adapts on the edge from
-features at a fraction of the bytes. *What is measured here* (benchmark, 8 epochs, 3 seeds): LAST uses ~44 % of
-LoRA's memory but is *less* accurate (−2.3 pts, not significant after Holm); MIET is far cheaper to train and to
-feed but ~9 pts below LoRA. Rows marked **benchmark (reference)** come from `benchmarks/results/adapt.csv` (a
-source checkout only); **live run** rows are trained here at small size on request (in the background, one at a
-time; LoRA and full fine-tuning take longest) and cached under `$CRAFTLAB_HOME` — the table says which rows
-were trained now and which were read from the cache, and the command that reproduces each."""
 
 
 def figures(summary: Any, tag: str = "") -> tuple[Any, Any]:
@@ -84,15 +69,15 @@ def build_tab(service: AdaptView | None = None) -> AdaptView:
                    "press **Stop**.", gr.skip(), gr.skip(), gr.skip())
             return
         av.busy = f"{tag} starting"
-        av._stop.clear()
+        av.clear_stop()
         try:
             yield (f"**{tag}** training what is not cached yet (one run at a time)…", gr.skip(), gr.skip(), gr.skip())
             with user_errors():
                 rows = av.run(methods, n_epochs, seed_list, progress=lambda f, d: progress(f, desc=d), tag=tag)
-            stopped = av._stop.is_set()
+            stopped = av.stopping
         finally:
             av.busy = None
-            av._stop.clear()
+            av.clear_stop()
         table = av.summary(rows + av.reference())
         now = sum(r["source"] == "live run (now)" for r in rows)
         head = (f"**{tag} stopped** after {len(rows)} of {len(methods) * len(seed_list)} run(s)" if stopped

@@ -2,7 +2,7 @@
 validation when a page opens one.
 
 A link is opened by one page-load event that sets the controls *and* computes the view from the same
-values (:meth:`craftlab_app.callbacks.Callbacks.open_link`), so no other view is computed or shown first,
+values (:meth:`craftlab_app.explore.handlers.Callbacks.open_link`), so no other view is computed or shown first,
 and no later load answer can put the default model back. A link whose values the controls cannot show
 (``?sparsity=2``, ``?w=99``, ``?model=foo``, ``?method=N:M&nm=3:4``, an N:M sparsity that is not 1 − N/M) is
 refused as a whole, by name: the page says so and shows the default view, so the controls and the panels

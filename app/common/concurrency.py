@@ -14,7 +14,7 @@
   one that asked for it, and a :class:`Memo` lookup that retries when another caller's computation it
   was waiting for was given up.
 
-Nothing here knows about models or compression: :mod:`craftlab_app.service` builds on it.
+Nothing here knows about models or compression: :mod:`craftlab_app.explore.service` builds on it.
 """
 
 from __future__ import annotations

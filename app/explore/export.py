@@ -16,7 +16,7 @@ from typing import Any
 
 from . import figures as figs
 from . import panels
-from .view import View
+from .session import View
 
 __all__ = ["export_view", "view_json"]
 
@@ -39,8 +39,7 @@ def view_json(ex: Any, view: View) -> dict[str, Any]:
         "curves": {k: _frame_rows(curves[k]) for k in ("sparsity", "nm", "bits")},
         "curves_complete": curves["complete"], "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    sharp = ex._sharpness  # cached numbers only: exporting never computes a probe
-    out["sharpness"] = {la.arm.role: sharp.get(la.point_prefix) for la in ex.arms(view.model)}
+    out["sharpness"] = ex.cached_sharpness(view.model)  # cached numbers only: exporting never computes a probe
     level = ex.landscape_level(view.model, s)
     if level is not None:
         lands = ex.landscape(view.model, s, level=level)

@@ -1,4 +1,4 @@
-"""Loss landscapes of the app's :class:`~craftlab_app.service.Explorer` (a mixin): coarse first, fine later,
+"""Loss landscapes, a part of the app's :class:`~craftlab_app.explore.service.Explorer`: coarse first, fine later,
 given up when a newer request replaces the one that asked.
 
 A landscape of one arm under one setting is the 1-D slice along the compression direction
@@ -35,17 +35,20 @@ import torch.nn.functional as F
 
 from craftlab.settings import Setting
 
+from ..common.concurrency import HVP_LOCK, Memo, memo_call, raise_if
+from ..common.stores import LandscapeStore
 from .arms import Loaded
-from .concurrency import HVP_LOCK, memo_call, raise_if
+from .points import Shared, as_setting
 
-__all__ = ["LandscapesMixin", "cancellable_loss"]
+__all__ = ["Landscapes", "cancellable_loss"]
 
 Level = tuple[int, int]
 """(plane steps per axis, path steps) of one landscape resolution."""
 
 
 def cancellable_loss(cancelled: Callable[[], bool] | None) -> Callable[..., Any]:
-    """Cross-entropy that raises :class:`~craftlab_app.concurrency.Cancelled` first when `cancelled()` says so."""
+    """Cross-entropy that raises :class:`~craftlab_app.common.concurrency.Cancelled` first when `cancelled()`
+    says so."""
     if cancelled is None:
         return F.cross_entropy
 
@@ -60,7 +63,7 @@ def _with_second_order(path: Any, base: Any, compressed: Any, probe: Any, loss_f
                        known: dict[str, Any] | None = None) -> Any:
     """`path` with the 2nd-order prediction ``loss(0) + t g·δ + t²/2 δᵀHδ`` that ``compression_path`` adds with
     ``second_order=True``: the same terms (:func:`craftlab.probes.landscape.second_order_terms`), computed under
-    :data:`~craftlab_app.concurrency.HVP_LOCK` so that the grid's forward passes run outside it, or taken from
+    :data:`~craftlab_app.common.concurrency.HVP_LOCK` so that the grid's forward passes run outside it, or taken from
     `known` (the meta of a coarser level's path of the same models: the terms do not depend on the level)."""
     from dataclasses import replace
 
@@ -80,12 +83,22 @@ def _with_second_order(path: Any, base: Any, compressed: Any, probe: Any, loss_f
     return replace(path, predicted=predicted, meta=meta)
 
 
-class LandscapesMixin:
-    """Landscapes at coarse and fine levels, cached in memory and on disk (needs the Explorer's state)."""
+class Landscapes:
+    """Landscapes at coarse and fine `levels` (``(plane steps, path steps)``, coarse to fine) on one plane extent
+    (`distance`), of the `shared` arms, cached in memory (`max_landscapes`) and on disk (`persist`).
 
-    levels: tuple[Level, ...]
-    landscape_distance: float
-    probe_size: int
+    Example::
+
+        >>> ex = Explorer()  # doctest: +SKIP
+        >>> ex.landscape("vit-tiny", make_setting("wanda", 0.5), quick=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, shared: Shared, levels: tuple[Level, ...], distance: float, probe_size: int,
+                 max_landscapes: int = 48, persist: bool = True) -> None:
+        self.shared, self.levels = shared, levels
+        self.landscape_distance, self.probe_size = distance, probe_size
+        self._memo = Memo(max_landscapes)
+        self._store = LandscapeStore(persist)
 
     def _land_res(self, level: Level) -> tuple[int, int, float, str]:
         # "states": the slices move the BatchNorm statistics along with the weights (t = 0 is the original
@@ -98,14 +111,14 @@ class LandscapesMixin:
     def _cached_landscape(self, la: Loaded, setting: Setting, level: Level) -> dict[str, Any] | None:
         """One arm's landscape at `level` from memory, else from disk (then kept in memory), else None."""
         key = self._land_key(la, setting, level)
-        got = self._landscapes.get(key)  # type: ignore[attr-defined]
+        got = self._memo.get(key)
         if got is not None:
             return got
-        file = self._landscape_store.path(la.point_prefix, setting.key(), self._land_res(level),  # type: ignore[attr-defined]
+        file = self._store.path(la.point_prefix, setting.key(), self._land_res(level),
                                           self.probe_size)
-        stored = self._landscape_store.read(file)  # type: ignore[attr-defined]
+        stored = self._store.read(file)
         if stored is not None:
-            self._landscapes.put(key, stored)  # type: ignore[attr-defined]
+            self._memo.put(key, stored)
         return stored
 
     def _landscape_arm(self, la: Loaded, setting: Setting, level: Level,
@@ -113,11 +126,11 @@ class LandscapesMixin:
         from craftlab.probes import landscape as L
 
         plane_steps, path_steps = level
-        file = self._landscape_store.path(la.point_prefix, setting.key(), self._land_res(level),  # type: ignore[attr-defined]
+        file = self._store.path(la.point_prefix, setting.key(), self._land_res(level),
                                           self.probe_size)
 
         def compute() -> dict[str, Any]:
-            stored = self._landscape_store.read(file)  # type: ignore[attr-defined]
+            stored = self._store.read(file)
             if stored is not None:
                 return stored
             raise_if(cancelled)
@@ -134,7 +147,7 @@ class LandscapesMixin:
                     return L.line_and_plane(base, probe, line_steps=path_steps, plane_steps=plane_steps,
                                             distance=1.0, seed=0, loss_fn=loss_fn, reuse=reuse)
             else:
-                compressed = copy.deepcopy(self._compressed_model(la, setting)).requires_grad_(True)  # type: ignore[attr-defined]
+                compressed = copy.deepcopy(self.shared.points.compressed_model(la, setting)).requires_grad_(True)
 
                 # buffers=True: re-estimated BatchNorm statistics and folded offsets move along with the
                 # weights, so t = 0 is the original model (its statistics) and t = 1 the compressed one;
@@ -152,11 +165,11 @@ class LandscapesMixin:
                 known = next((r.meta for r in reuse if "grad_dot_delta" in r.meta), None)
                 path = _with_second_order(path, base, compressed, probe, loss_fn, known)
             out = {"path": path, "plane": plane, "seconds": time.perf_counter() - t0}
-            self._landscape_store.write(file, out)  # type: ignore[attr-defined]
+            self._store.write(file, out)
             return out
 
-        return memo_call(self._landscapes, self._land_key(la, setting, level), compute, cancelled,  # type: ignore[attr-defined]
-                         background=self._sched.in_background)  # type: ignore[attr-defined]
+        return memo_call(self._memo, self._land_key(la, setting, level), compute, cancelled,
+                         background=self.shared.sched.in_background)
 
     def _answer(self, loaded: list[Loaded], results: list[dict[str, Any]], setting: Setting,
                 level: Level) -> dict[str, dict[str, Any]]:
@@ -178,17 +191,15 @@ class LandscapesMixin:
         The finest level already cached answers at once. Otherwise the fine level is computed (default), or,
         with `quick`, the coarse one, the fine one being queued for the background (dropped if ``wanted()``
         says no by then). `level` forces one level (an index of ``levels``). `cancelled()` gives up (raises
-        :class:`~craftlab_app.concurrency.Cancelled`) within one forward pass.
+        :class:`~craftlab_app.common.concurrency.Cancelled`) within one forward pass.
 
         Returns ``{arm_name: {"role", "label", "setting_label", "resolution" ({"plane_steps", "path_steps",
         "distance", "final"}), "path", "plane", "seconds"}}``; cached per (checkpoint, setting, level).
         """
-        from .service import as_setting
-
         setting = as_setting(setting, **kwargs)
-        sched = self._sched  # type: ignore[attr-defined]
+        sched = self.shared.sched
         with contextlib.nullcontext() if sched.in_background else sched.foreground():
-            loaded = self.arms(model, progress)  # type: ignore[attr-defined]
+            loaded = self.shared.arms(model, progress)
             raise_if(cancelled)
             if level is None:
                 for lv in reversed(self.levels):
@@ -201,7 +212,7 @@ class LandscapesMixin:
             results = sched.map(lambda la: self._landscape_arm(la, setting, lv, cancelled), loaded,
                                 parallel_background=True)  # one low-priority thread per arm in the background
         if lv != self.levels[-1]:
-            closing = self._closing  # type: ignore[attr-defined]
+            closing = self.shared.closing
 
             def stop() -> bool:  # the fine level gives up when the app closes or the view that asked is replaced
                 return closing.is_set() or (wanted is not None and not wanted())
@@ -213,13 +224,13 @@ class LandscapesMixin:
     def landscape_level(self, model: str, setting: Setting) -> int | None:
         """Index of the finest level of `model`'s landscapes under `setting` available without computing, or None."""
         try:
-            loaded = [self._arms.loaded_if_cached(a) for a in self.resolve(model)]  # type: ignore[attr-defined]
+            loaded = [self.shared.loader.loaded_if_cached(a) for a in self.shared.loader.resolve(model)]
         except (ValueError, OSError):
             return None
         if any(la is None for la in loaded):
             return None
         for i in range(len(self.levels) - 1, -1, -1):
-            if all(self._land_key(la, setting, self.levels[i]) in self._landscapes for la in loaded):  # type: ignore[attr-defined]
+            if all(self._land_key(la, setting, self.levels[i]) in self._memo for la in loaded):
                 return i
         return None
 

@@ -34,7 +34,8 @@ METHODS = tuple(ARMS)
 """The methods offered: :data:`craftlab.adapt.compare.ARMS`, the one table (the reference rows carry its labels)."""
 CHEAP = ("linear probe", LAST, MIET)
 """Cheap on 2 CPU cores at small size (seconds per epoch on vit-tiny): the default live picks."""
-REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "adapt.csv"
+REFERENCE = "adapt.csv"
+"""The benchmark's table (``benchmarks/results/adapt.csv`` of a checkout: :func:`reference_path`)."""
 BENCH_COMMAND = "python -m benchmarks.run adapt"
 COLUMNS = ("arm", "method", "seed", "epochs", "test_accuracy", "trainable_params", "time_per_epoch_s",
            "memory_bytes", "bytes_per_image", "source", "command", "model", "data")
@@ -75,6 +76,15 @@ class AdaptView:
             return False
         self._stop.set()
         return True
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` asked the running request to stop (until :meth:`clear_stop`)."""
+        return self._stop.is_set()
+
+    def clear_stop(self) -> None:
+        """Forget a stop request (a new request starts, or the stopped one ended)."""
+        self._stop.clear()
 
     def estimate(self, methods: Sequence[str], epochs: Any, seeds: Sequence[int]) -> str:
         """How long a request would train, from the measured time per epoch of earlier live runs of each method
@@ -202,11 +212,12 @@ class AdaptView:
     @staticmethod
     def reference() -> list[dict[str, Any]]:
         """The benchmark's rows (8 epochs, 3 seeds), when this checkout has ``benchmarks/results/adapt.csv``."""
-        if not REFERENCE.exists():
+        path = reference_path()
+        if path is None:
             return []
         import pandas as pd
 
-        df = pd.read_csv(REFERENCE)
+        df = pd.read_csv(path)
         df = df.assign(epochs=8, source="benchmark (reference)", command=BENCH_COMMAND)
         return [{k: v for k, v in r.items() if k in COLUMNS} for r in df.to_dict("records")]
 
@@ -244,3 +255,11 @@ class AdaptView:
                         "s / epoch": round(g["time_per_epoch_s"].mean(), 2),
                         "bytes / image": int(g["bytes_per_image"].iloc[0]), "command": cmd})
         return pd.DataFrame(out, columns=cols)
+
+
+def reference_path() -> Path | None:
+    """The checkout's ``benchmarks/results/adapt.csv`` (found by the core, as the claims ledger is:
+    :func:`craftlab.analysis.ledger.results_file`), None where there is none (an installed wheel)."""
+    from craftlab.analysis.ledger import results_file
+
+    return results_file(REFERENCE)

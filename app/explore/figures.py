@@ -1,4 +1,4 @@
-"""Plotly figures of :mod:`craftlab_app.service` results: both fine-tuning arms side by side or overlaid.
+"""Plotly figures of :mod:`craftlab_app.explore.service` results: both fine-tuning arms side by side or overlaid.
 
 Every figure has an explicit height (Gradio renders autosized plotly figures at zero height). The
 plain arm is blue and the CrAFT (SAM) arm red throughout, in every figure.
@@ -6,7 +6,7 @@ plain arm is blue and the CrAFT (SAM) arm red throughout, in every figure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,83 +17,20 @@ from craftlab.probes.landscape import LineResult, PathResult, PlaneResult
 from craftlab.settings import Setting, bits_label
 from craftlab.viz.plots import (
     PALETTE,
-    TEMPLATE,
     accuracy_curve_figure,
     compression_path_figure,
     line_figure,
     plane_figure,
 )
 
-from .sweeps import BITS_X, bits_x
+from ..common.figures import CURVE_HEIGHT, ROLE_COLORS, empty_figure, layout, title_lines, wrap_title
+from .curves import BITS_X, bits_x
 
 __all__ = ["ROLE_COLORS", "bits_curve_figure", "empty_figure", "path_figure", "plane_figures",
-           "sharpness_gap_figure", "sharpness_scatter", "sparsity_curve_figure", "training_figure"]
+           "sharpness_gap_figure", "sharpness_scatter", "sparsity_curve_figure", "wrap_title"]
 
-ROLE_COLORS = {"plain": PALETTE[0], "craft": PALETTE[1]}
-CURVE_HEIGHT = 360
 LANDSCAPE_HEIGHT = 420
 ACC = "test accuracy (%)"
-
-
-def wrap_title(title: str, width: int = 72) -> str:
-    """`title` with its lines (``<br>``-separated; ``<sup>`` lines kept as such) wrapped at `width` characters,
-    so that plotly, which never wraps, does not cut a long title at the figure's edges. A view tag
-    (``[model · setting]``) is never split.
-
-    Example::
-
-        >>> wrap_title("a " * 40 + "[vit-tiny · wanda 70%]").split("<br>")[-1]
-        'a a a a [vit-tiny · wanda 70%]'
-    """
-    import re
-    import textwrap
-
-    lines: list[str] = []
-    for part in title.split("<br>"):
-        sup = part.startswith("<sup>") and part.endswith("</sup>")
-        text = part[5:-6] if sup else part
-        tags = re.findall(r"\[[^\]]*\]", text)
-        protected = text
-        for i, t in enumerate(tags):  # a placeholder as long as the tag, without spaces: wrapped as one word
-            protected = protected.replace(t, chr(0xE000 + i) * len(t), 1)
-        for ln in textwrap.wrap(protected, width, break_on_hyphens=False, break_long_words=False) or [""]:
-            for i, t in enumerate(tags):
-                ln = ln.replace(chr(0xE000 + i) * len(t), t)
-            lines.append(f"<sup>{ln}</sup>" if sup else ln)
-    return "<br>".join(lines)
-
-
-def _title_lines(title: str | None) -> int:
-    return 0 if not title else title.count("<br>") + 1
-
-
-def _layout(fig: go.Figure, title: str | None, height: int, **kw: Any) -> go.Figure:
-    """The app's frame of a figure. Differs from ``craftlab.viz.plots``' own frame in the legend (left, just
-    above the plot, where the app's long arm labels fit), titles wrapped to the figure (:func:`wrap_title`) with
-    a top margin that fits them, and axis margins that grow to fit their labels."""
-    title = wrap_title(title) if title else title
-    top = 30 + 20 * _title_lines(title)
-    fig.update_layout(title=title, height=int(height) + max(0, top - 70), template=TEMPLATE, autosize=True,
-                      margin={"l": 60, "r": 20, "t": top, "b": 50},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
-                      **kw)
-    fig.update_xaxes(automargin=True)
-    fig.update_yaxes(automargin=True)
-    return fig
-
-
-def empty_figure(message: str, height: int = CURVE_HEIGHT) -> go.Figure:
-    """A blank figure carrying `message` (while something is being computed, or on no data), wrapped into
-    lines of at most 80 characters so that a long explanation is never cut at the figure's edges."""
-    import textwrap
-
-    lines = [w for part in message.split("<br>") for w in (textwrap.wrap(part, 80, break_on_hyphens=False) or [""])]
-    fig = go.Figure()
-    fig.add_annotation(text="<br>".join(lines), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font={"size": 14, "color": "grey"})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _layout(fig, None, height)
 
 
 def _recolor(fig: go.Figure, roles: Mapping[str, str]) -> None:
@@ -284,7 +221,7 @@ def path_figure(landscapes: Mapping[str, Mapping[str, Any]], height: int = LANDS
         title = f"Loss along a random filter-normalized direction (no compression selected) {tag}<br><sup>{note}</sup>"
         xt = "α"
     fig.add_vline(x=0.0, line={"dash": "dot", "color": "grey", "width": 1})
-    return _layout(fig, title, height, xaxis_title=xt, yaxis_title="loss (probe batch)")
+    return layout(fig, title, height, xaxis_title=xt, yaxis_title="loss (probe batch)")
 
 
 def plane_figures(landscapes: Mapping[str, Mapping[str, Any]], kind: str = "contour", log: bool = True,
@@ -323,29 +260,6 @@ def plane_figures(landscapes: Mapping[str, Mapping[str, Any]], kind: str = "cont
     return figs
 
 
-def training_figure(state: Mapping[str, Any] | None, height: int = CURVE_HEIGHT,
-                    title: str = "Fine-tuning: loss per epoch") -> go.Figure:
-    """Live fine-tuning curves: train loss (solid) and validation loss (dashed) per epoch for each run."""
-    runs: Sequence[Mapping[str, Any]] = (state or {}).get("runs", [])
-    if not runs or not any(r.get("history") for r in runs):
-        return empty_figure("the loss curve appears here after the first epoch", height)
-    fig = go.Figure()
-    for r in runs:
-        color = ROLE_COLORS.get(r.get("role", "plain"), PALETTE[2])
-        h = r.get("history") or []
-        ep = [x["epoch"] for x in h]
-        fig.add_trace(go.Scatter(x=ep, y=[x["train_loss"] for x in h], mode="lines+markers",
-                                 name=f"{r['label']}: train loss", line={"color": color, "width": 2}))
-        fig.add_trace(go.Scatter(x=ep, y=[x["val_loss"] for x in h], mode="lines+markers",
-                                 name=f"{r['label']}: val loss", line={"color": color, "width": 2, "dash": "dash"},
-                                 customdata=[[100 * x["val_accuracy"]] for x in h],
-                                 hovertemplate="epoch %{x}<br>val loss %{y:.4g}<br>val acc %{customdata[0]:.1f}%"
-                                               "<extra></extra>"))
-    epochs = max(int(r.get("epochs") or 1) for r in runs)
-    fig.update_xaxes(range=[0.5, epochs + 0.5], dtick=1 if epochs <= 20 else None)
-    return _layout(fig, title, height, xaxis_title="epoch", yaxis_title="cross-entropy")
-
-
 # ----------------------------------------------------------------------------------------------------- sharpness
 
 SHARP_HEIGHT = 340
@@ -372,7 +286,7 @@ def sharpness_gap_figure(table: pd.DataFrame, tag: str, measures: Mapping[str, s
     span = max(10.0, *(abs(r) for r in rel)) * 1.25
     fig.update_yaxes(range=[-span, span], ticksuffix="%")
     seeds = f"mean of {n} seeds" if n > 1 else "seed 0"
-    return _layout(fig, f"Sharpness gap: CrAFT − {labels['plain']}, relative to {labels['plain']} {tag}<br><sup>"
+    return layout(fig, f"Sharpness gap: CrAFT − {labels['plain']}, relative to {labels['plain']} {tag}<br><sup>"
                         f"smaller = flatter: below 0, CrAFT's minimum is flatter by that measure ({seeds})</sup>",
                    height, yaxis_title=f"(CrAFT − {labels['plain']}) / {labels['plain']}")
 
@@ -398,7 +312,7 @@ def sharpness_scatter(table: pd.DataFrame, measure: str, measure_label: str, tag
     title = wrap_title(str(fig.layout.title.text or ""), 60)
     fig.update_layout(xaxis_title=f"{measure_label} at the fine-tuned weights (smaller = flatter)",
                       yaxis_title="accuracy drop (pts)", title={"text": title, "font": {"size": 13}},
-                      margin={"t": 30 + 20 * _title_lines(title)})
+                      margin={"t": 30 + 20 * title_lines(title)})
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
     return fig

@@ -1,6 +1,6 @@
 """The words of a view: the accuracy cards, the summary, the one interpretation sentence, sharpness, the
 presets of the guided tour and the URL of a view. Pure functions of service results (no Gradio), so they are
-tested directly and every panel is titled with its view's tag (:func:`craftlab_app.view.tag`).
+tested directly and every panel is titled with its view's tag (:func:`craftlab_app.explore.session.tag`).
 """
 
 from __future__ import annotations
@@ -14,20 +14,14 @@ from urllib.parse import urlencode
 
 from craftlab.settings import Setting, make_setting
 
+from ..common.errors import one_line
+
 __all__ = ["PRESETS", "Preset", "cards", "fmt_num", "guide_text", "interpretation", "one_line", "preset_of", "query_of",
            "sharpness_text", "summary"]
 
 ROLES = ("plain", "craft")
 ROLE_TITLES = {"plain": "", "craft": "CrAFT · "}
 """Put before an arm's label (``craftlab.train.runs.arm_label``: ``AdamW``, ``SAM ρ=0.05``) on its card."""
-
-
-def one_line(err: BaseException | str) -> str:
-    """An error message as one line that a browser toast (which renders HTML) shows whole: newlines folded,
-    and ``<`` ``>`` written as ``‹`` ``›`` (``<urlopen error ...>`` would otherwise be swallowed as a tag)."""
-    text = str(err) or type(err).__name__
-    text = text.replace(">=", "≥").replace("<=", "≤")  # not "›=" below
-    return " ".join(text.split()).replace("<", "‹").replace(">", "›")
 
 
 def fmt_num(x: float | None) -> str:

@@ -1,6 +1,6 @@
-"""Every event handler of the CraftLab app: thin wrappers around a :class:`~craftlab_app.service.Explorer`.
+"""The Explore tab's event handlers: thin wrappers around a :class:`~craftlab_app.explore.service.Explorer`.
 
-The one rule: a control change opens a new **view** (:mod:`craftlab_app.view`) in ``/compress`` — the one
+The one rule: a control change opens a new **view** (:mod:`craftlab_app.explore.session`) in ``/compress`` — the one
 validation of the raw input (``make_setting``) — and every panel is then drawn from that view, titled with
 its tag, by follow-ups that drop their answer (``gr.skip()``) when the session has opened a newer view in the
 meantime; a landscape computation for a replaced view gives up within one forward pass. So the cards, the
@@ -9,53 +9,28 @@ curves (with their stars), the sharpness and the landscapes always show the same
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from craftlab.settings import make_setting
 
+from ..common.concurrency import Cancelled
+from ..common.errors import LazyModule, one_line, user_errors
 from . import links, panels
-from .concurrency import Cancelled
-from .train_callbacks import TrainCallbacks
-from .view import View, Views
+from .session import View, Views
 
 if TYPE_CHECKING:  # torch, timm and plotly load in the background, after the page is served
     from .service import Explorer
 
 
-class _Lazy:
-    """A module imported on first use (the figures pull in plotly and torch; the page does not need them)."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self._name, __package__), attr)
-
-
-figs = _Lazy(".figures")
+figs = LazyModule(".figures", __package__)
 
 __all__ = ["Callbacks", "user_errors"]
 
 PANEL_OUTPUTS = 8
 """summary, plain card, craft card, interpretation, guide, sparsity curve, bits curve, BN checkbox (the link
 is drawn by :meth:`Callbacks.link`, which knows the landscape's kind and scale)."""
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors craftlab raises for bad input (ValueError, CheckpointError, ...) into a gr.Error whose
-    one-line message names the problem (no traceback in the server log); the app keeps serving."""
-    try:
-        yield
-    except gr.Error:
-        raise
-    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as err:
-        raise gr.Error(panels.one_line(err), print_exception=False) from None
 
 
 def _session(request: gr.Request | None) -> str:
@@ -78,9 +53,8 @@ def _compensation(value: Any) -> str | None:
     return None if text.lower() in ("", "none") else text
 
 
-class Callbacks(TrainCallbacks):
-    """Every event handler of the app (plain methods, testable without a server); the Train tab's are in
-    :class:`~craftlab_app.train_callbacks.TrainCallbacks`."""
+class Callbacks:
+    """Every event handler of the Explore tab (plain methods, testable without a server)."""
 
     def __init__(self, explorer: Explorer) -> None:
         self.ex = explorer
@@ -112,8 +86,8 @@ class Callbacks(TrainCallbacks):
     def open_link(self, model: str, method: str, sparsity: float, w_bits: Any, a_bits: Any, granularity: str,
                   pattern: str, bn: bool, recipe: str, compensation: str, kind: str, scale: str,
                   request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        """Page load: the controls and the view of the URL's query (:func:`craftlab_app.links.parse_link`), or
-        of the controls as they are (in :data:`~craftlab_app.links.CONTROL_KEYS` order) when the page
+        """Page load: the controls and the view of the URL's query (:func:`craftlab_app.explore.links.parse_link`), or
+        of the controls as they are (in :data:`~craftlab_app.explore.links.CONTROL_KEYS` order) when the page
         has no link. One event sets the controls and computes the view from the same values, so no other view
         is shown first and no late answer puts the default model back; a refused link is named in a warning
         and the default view is shown. Returns the 12 controls, the answer and the view (all skipped when the
@@ -125,7 +99,7 @@ class Callbacks(TrainCallbacks):
             models = [v for _, v in self.ex.model_choices()]
         asked, problem = links.parse_link(query, defaults, models)
         if problem is not None:
-            gr.Warning(f"This link was not opened: {panels.one_line(problem)}. Showing the default view.")
+            gr.Warning(f"This link was not opened: {one_line(problem)}. Showing the default view.")
         use = asked or defaults
         try:
             answer, view = self._compress_values(use, request, progress)
@@ -382,7 +356,7 @@ class Callbacks(TrainCallbacks):
         seed_text = (f" · extra seeds: {seeds['done']}/{seeds['total']} runs fine-tuned in the background"
                      if seeds["done"] < seeds["total"] else "")
         if st["stage"] == "failed":
-            return f"**Preparing the default models failed:** {panels.one_line(st['error'])}", gr.Timer(active=False)
+            return f"**Preparing the default models failed:** {one_line(st['error'])}", gr.Timer(active=False)
         if st["stage"] == "ready" or (st["stage"] == "idle" and not training):
             extra = " · filling in curves and landscapes in the background" if st["pending"] else ""
             busy = bool(st["pending"]) or bool(seed_text)

@@ -1,4 +1,4 @@
-"""Curves, seeds and the paired verdict of the app's :class:`~craftlab_app.service.Explorer` (a mixin).
+"""Curves, seeds and the paired verdict: a part of the app's :class:`~craftlab_app.explore.service.Explorer`.
 
 * **Curves at the other current settings.** The accuracy-vs-sparsity curve is drawn at the chosen bits (and
   BatchNorm choice), the accuracy-vs-bits curve at the chosen pruning and activation bits, so the current
@@ -7,13 +7,14 @@
 * **Seeds.** A zoo or timm model's arms exist for every seed of ``Explorer.seeds`` (the extra seeds are
   fine-tuned in the background); a curve point is measured on each seed's arms, and the curves show the
   mean with a ±1 sd band over the seeds available.
-* **Verdict.** :meth:`SweepsMixin.verdict` pairs the arms by seed at the current setting with
+* **Verdict.** :meth:`Curves.verdict` pairs the arms by seed at the current setting with
   :func:`craftlab.analysis.stats.compare_arms` and :func:`craftlab.analysis.stats.claim_verdict`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,11 +23,13 @@ import pandas as pd
 
 from craftlab.settings import Setting, make_setting, parse_pattern
 
+from ..common.concurrency import raise_if
+from ..common.jobs import is_cached
 from .arms import Loaded
 from .links import NM_PATTERNS
-from .training import is_cached
+from .points import Shared
 
-__all__ = ["BITS_X", "NM_PATTERNS", "SweepsMixin", "bits_x"]
+__all__ = ["BITS_X", "NM_PATTERNS", "Curves", "bits_x"]
 
 BITS_X = {16: 9.0, None: 10.0}
 """x positions of 16-bit and float weights on the accuracy-vs-bits axis (2..8 sit at their value)."""
@@ -57,12 +60,21 @@ def _prune(setting: Setting) -> dict[str, Any]:
     return {"method": setting.method, "sparsity": setting.sparsity}
 
 
-class SweepsMixin:
-    """Curve settings, curve tables over seeds, seed points and the verdict (needs the Explorer's state)."""
+class Curves:
+    """Curve settings, curve tables over seeds, seed points and the verdict, on the `shared` arms and points.
 
-    seeds: tuple[int, ...]
-    sparsity_grid: tuple[float, ...]
-    bits_grid: tuple[int, ...]
+    Example::
+
+        >>> ex = Explorer()  # doctest: +SKIP
+        >>> ex.curves("vit-tiny", make_setting("wanda", 0.5))["done"]  # doctest: +SKIP
+    """
+
+    def __init__(self, shared: Shared, seed: int, seeds: tuple[int, ...], sparsity_grid: tuple[float, ...],
+                 bits_grid: tuple[int, ...]) -> None:
+        self.shared, self.seed, self.seeds = shared, seed, seeds
+        self.sparsity_grid, self.bits_grid = sparsity_grid, bits_grid
+        self._settings: dict[str, list[tuple[str, str, float, Setting]]] = {}
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ which settings a curve holds
 
@@ -72,7 +84,7 @@ class SweepsMixin:
         ``bits`` (weight bits of the grid, 16 and float, at its pruning and activation bits)."""
         setting = setting or Setting()
         key = setting.key()
-        cached = self._curve_settings.get(key)  # type: ignore[attr-defined]
+        cached = self._settings.get(key)
         if cached is not None:  # made once per setting: the app polls curves every second or so
             return cached
         bn = setting.recalibrate_bn
@@ -93,10 +105,10 @@ class SweepsMixin:
         for b in (*sorted(set(self.bits_grid)), 16, None):
             q = {**_quant(setting), "w_bits": b}
             out.append(("bits", series, bits_x(b), _point(setting, recalibrate_bn=bn, **_prune(setting), **q)))
-        with self._lock:  # type: ignore[attr-defined]
-            if len(self._curve_settings) > 256:  # type: ignore[attr-defined]
-                self._curve_settings.clear()  # type: ignore[attr-defined]
-            self._curve_settings[key] = out  # type: ignore[attr-defined]
+        with self._lock:
+            if len(self._settings) > 256:
+                self._settings.clear()
+            self._settings[key] = out
         return out
 
     # ------------------------------------------------------------------ seeds
@@ -104,21 +116,21 @@ class SweepsMixin:
     def seed_arms(self, model: str, load: bool = True) -> dict[int, list[Loaded]]:
         """{seed: loaded arms} of `model` for the seeds whose runs are cached (the primary seed is fine-tuned
         if needed). A cached run's key has its own seed only."""
-        out = {self.seed: self.arms(model)}  # type: ignore[attr-defined]
+        out = {self.seed: self.shared.arms(model)}
         for seed in self.seeds:
             if seed == self.seed:
                 continue
-            arms = self._arms.resolve(model, seed)  # type: ignore[attr-defined]
+            arms = self.shared.loader.resolve(model, seed)
             if arms and all(a.path is not None or is_cached(a.spec) for a in arms):
                 if load:
-                    out[seed] = self._sched.map(self._load, arms)  # type: ignore[attr-defined]
+                    out[seed] = self.shared.sched.map(self.shared.load, arms)
         return dict(sorted(out.items()))
 
     def missing_seed_runs(self, model: str) -> list[Any]:
         """RunSpecs of `model`'s extra-seed arms not fine-tuned yet."""
         out = []
         for seed in self.seeds:
-            for a in self._arms.resolve(model, seed):  # type: ignore[attr-defined]
+            for a in self.shared.loader.resolve(model, seed):
                 if a.path is None and not is_cached(a.spec):
                     out.append(a.spec)
         return out
@@ -128,8 +140,6 @@ class SweepsMixin:
         """Accuracy of every cached seed's arms at `setting` (and in full precision): columns ``seed, role,
         label, fp_accuracy, accuracy, n``. `compute`: measure missing points now (in parallel); else only
         what is cached."""
-        from .concurrency import raise_if
-
         rows, todo = [], []
         for seed, loaded in self.seed_arms(model).items():
             for la in loaded:
@@ -138,15 +148,15 @@ class SweepsMixin:
         def one(item: tuple[int, Loaded]) -> dict[str, Any] | None:
             seed, la = item
             raise_if(cancelled)
-            get = self._point if compute else self._cached_point  # type: ignore[attr-defined]
+            get = self.shared.points.point if compute else self.shared.points.cached
             fp, cp = get(la, Setting()), get(la, setting)
             if fp is None or cp is None:
                 return None
             return {"seed": seed, "role": la.arm.role, "label": la.arm.label, "fp_accuracy": fp["accuracy"],
                     "accuracy": cp["accuracy"], "n": cp["n"]}
 
-        with self._sched.foreground() if compute else contextlib.nullcontext():  # type: ignore[attr-defined]
-            for r in self._sched.map(one, todo) if compute else [one(t) for t in todo]:  # type: ignore[attr-defined]
+        with self.shared.sched.foreground() if compute else contextlib.nullcontext():
+            for r in self.shared.sched.map(one, todo) if compute else [one(t) for t in todo]:
                 if r is not None:
                     rows.append(r)
         return pd.DataFrame(rows, columns=["seed", "role", "label", "fp_accuracy", "accuracy", "n"])
@@ -192,7 +202,7 @@ class SweepsMixin:
         try:
             if model in zoo_names():
                 return list(self.seeds)
-            return [s for s in self.seeds if (arms := self._arms.resolve(model, s))  # type: ignore[attr-defined]
+            return [s for s in self.seeds if (arms := self.shared.loader.resolve(model, s))
                     and all(a.path is not None or is_cached(a.spec) for a in arms)]
         except ValueError:
             return [self.seed]
@@ -217,7 +227,7 @@ class SweepsMixin:
         for seed, loaded in seeds.items():
             for la in loaded:
                 for curve, series, x, s in points:
-                    p = self._cached_point(la, s)  # type: ignore[attr-defined]
+                    p = self.shared.points.cached(la, s)
                     if p is None:
                         missing.append((seed, la, s))
                         continue
@@ -233,8 +243,8 @@ class SweepsMixin:
         if schedule and missing:
             base = -time.time() if priority is None else priority
             for seed, la, s in missing:
-                self._sched.enqueue(base + (0.0 if seed == self.seed else 0.5),  # type: ignore[attr-defined]
-                                    ("point", la.fingerprint, la.ctx.key, s.key()), self._point, la, s,
+                self.shared.sched.enqueue(base + (0.0 if seed == self.seed else 0.5),
+                                    ("point", la.fingerprint, la.ctx.key, s.key()), self.shared.points.point, la, s,
                                     wanted=wanted)
         total = len(points) * sum(len(v) for v in seeds.values())
         cols = {"sparsity": ["arm", "role", "label", "method", "sparsity", "accuracy", "seed"],

@@ -1,32 +1,35 @@
 """What the CraftLab app computes: a plain fine-tuned model and its CrAFT (SAM) twin under compression.
 
 :class:`Explorer` is what the app (and a notebook) calls. For a *model* (a zoo name, a timm name, or the
-key of a cached run) it resolves the two fine-tuning **arms** (:mod:`craftlab_app.arms`) — fine-tuning
-whichever is not cached yet (:mod:`craftlab_app.training`) — and answers:
+key of a cached run) it resolves the two fine-tuning **arms** (:mod:`craftlab_app.explore.arms`) — fine-tuning
+whichever is not cached yet (on the app's one trainer, :mod:`craftlab_app.common.jobs`) — and answers:
 
 * :meth:`Explorer.compress`: full-precision and compressed test accuracy of both arms for one setting;
 * :meth:`Explorer.curves`: accuracy-vs-sparsity and accuracy-vs-bits curves *at the other current settings*,
   over the seeds (points computed in the background, persisted under ``$CRAFTLAB_HOME/explore``;
-  :mod:`craftlab_app.sweeps`);
+  :mod:`craftlab_app.explore.curves`);
 * :meth:`Explorer.verdict`: both arms over the seeds at one setting, mean ± sd and the paired verdict of
   :mod:`craftlab.analysis.stats` (``Explorer.seeds``: the zoo models' extra seeds are fine-tuned in the
   background);
 * :meth:`Explorer.sharpness`: λmax, Hessian trace and ε-sharpness of both full-precision arms, and
-  :meth:`Explorer.sharpness_table` per arm and seed beside the accuracy drop (:mod:`craftlab_app.sharpness`);
+  :meth:`Explorer.sharpness_table` per arm and seed beside the accuracy drop (:mod:`craftlab_app.explore.sharpness`);
 * :meth:`Explorer.landscape`: the loss along the compression direction ``w + t (C(w) − w)`` and on the
   plane it spans with a random direction, the compressed point marked; coarse first, then fine, and
-  given up when a newer request replaces the one that asked (:mod:`craftlab_app.landscapes`);
-* :meth:`Explorer.train_stream`: fine-tune a run (and its twin) with live history; :meth:`Explorer.pretrain_stream`
-  and :meth:`Explorer.transfer_stream`: pretrain a "foundation" and fine-tune a pair from it
-  (:mod:`craftlab_app.pretraining`), which is then an Explore model (:mod:`craftlab_app.transfers`).
+  given up when a newer request replaces the one that asked (:mod:`craftlab_app.explore.landscapes`);
+* a pair fine-tuned from the user's own pretraining run (the Train tab) is an Explore model too
+  (:mod:`craftlab_app.explore.transfers`).
+
+The Explorer is *composed*: its parts — :class:`~.curves.Curves`, :class:`~.sharpness.Sharpness`,
+:class:`~.landscapes.Landscapes` — each receive the state they share (:class:`~.points.Shared`: the arms, the
+points, the scheduler, the one trainer), and the Explorer's public methods are theirs.
 
 Inputs are validated once, at the boundary: methods take a :class:`craftlab.settings.Setting` (or
 :func:`craftlab.settings.make_setting` keyword arguments, turned into one Setting) and a
-:class:`craftlab.train.runs.RunSpec` (see :func:`craftlab_app.training.make_run_spec`), and trust them.
+:class:`craftlab.train.runs.RunSpec`, and trust them.
 
 Everything is cached and keyed by every input that matters: the checkpoint's content hash, the data
 the numbers are measured on, and the normalized Setting. Caches are bounded LRUs and computations are
-*single-flight* (:mod:`craftlab_app.concurrency`): concurrent callers asking for the same thing share one
+*single-flight* (:mod:`craftlab_app.common.concurrency`): concurrent callers asking for the same thing share one
 computation. A compressed model is kept (a small LRU per arm and setting), so the landscape of the
 setting just asked reuses the model ``compress`` made. Shared models are never mutated: compression
 returns new models and every probe runs on a private deep copy, so any number of threads may call an
@@ -40,57 +43,35 @@ machine, multi-threaded kernels can be 10-20x slower than one thread).
 
 from __future__ import annotations
 
-import re
 import threading
-import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from craftlab._errors import check_sparsity
-from craftlab.compression import pipeline
-from craftlab.settings import DEFAULT_SETTING, Setting, make_setting, parse_bits, parse_setting
-from craftlab.train.runs import RunSpec
+from craftlab.settings import DEFAULT_SETTING, Setting, parse_bits
 
+from ..common.concurrency import Cancelled, Memo, Scheduler
+from ..common.jobs import Trainer
+from ..common.stores import PointStore
 from .arms import Arm, Loaded
-from .concurrency import Cancelled, Memo, Scheduler
-from .landscapes import LandscapesMixin
-from .pretraining import PretrainMixin
-from .sharpness import SharpnessMixin
-from .stores import LandscapeStore, PointStore
-from .sweeps import SweepsMixin
-from .training import Trainer, is_cached, make_run_spec
+from .curves import Curves
+from .landscapes import Landscapes
+from .points import Points, Progress, Shared, as_setting
+from .sharpness import Sharpness
 from .transfers import TransferArmLoader
 
 __all__ = ["BITS_GRID", "SEEDS", "SPARSITY_GRID", "Explorer", "as_setting"]
 
-"""Pruning methods offered: unstructured magnitude (global), Wanda (per row), N:M semi-structured."""
 SPARSITY_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """Sparsities of the accuracy-vs-sparsity curves (0.05 ... 0.95; 0 is the full-precision point)."""
 BITS_GRID = (8, 7, 6, 5, 4, 3, 2)
 """Bit-widths of the accuracy-vs-bits curves (16 and float weights are added)."""
 SEEDS = (0, 1, 2)
 """Seeds of a zoo / timm model's arms: seed 0 answers at once, the others are fine-tuned in the background."""
-Progress = Callable[[float, str], None]
-def as_setting(setting: Setting | str | Mapping[str, Any] | None = None, **kwargs: Any) -> Setting:
-    """A :class:`Setting` as given, from a label (``"wanda 2:4 + W4A8"``), or from make_setting arguments
-    (a mapping or keywords): one validation either way."""
-    if isinstance(setting, Setting):
-        if kwargs:
-            raise TypeError("give either a Setting or keyword arguments, not both")
-        return setting
-    if setting is None:
-        return make_setting(**kwargs)
-    if kwargs:
-        raise TypeError("give either a setting or keyword arguments, not both")
-    return parse_setting(dict(setting) if isinstance(setting, Mapping) else setting)
 
 
-class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
+class Explorer:
     """Cached, thread-safe sweeps and probes over the two fine-tuning arms of a model.
 
     Args:
@@ -137,22 +118,29 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
         coarse = tuple(int(v) for v in coarse_steps) if coarse_steps else None
         self.levels = (coarse, fine) if coarse and coarse[0] < fine[0] and coarse[1] <= fine[1] else (fine,)
         self.persist = persist
-        self._arms = TransferArmLoader(data, epochs, seed, self.sam_rho, self.probe_size, max_models)
-        self._trainer = Trainer(self.sam_rho)
-        self._points = Memo(max_points)
-        self._compressed = Memo(max_compressed)
-        self._landscapes = Memo(max_landscapes)
-        self._sharpness = Memo(max(4 * max_models, 16))
-        self._point_store = PointStore(persist)
-        self._landscape_store = LandscapeStore(persist)
-        self._curve_settings: dict[str, list[tuple[str, str, float, Setting]]] = {}
         self._lock = threading.Lock()
         self._warm_state: dict[str, Any] = {"stage": "idle", "models": [], "error": None, "seed_runs": None}
-        self._sched = Scheduler(workers, on_idle=self.flush, on_error=self._background_error)
-        self._closing = threading.Event()
         self._warm_threads: list[threading.Thread] = []
         self._seed_lock = threading.Lock()
         self._seeding: set[str] = set()
+        self.jobs = Trainer(self.sam_rho)
+        """The app's one trainer (runs take turns); the Train tab's service trains on it too."""
+        sched = Scheduler(workers, on_idle=self.flush, on_error=self._background_error)
+        self._sched = sched
+        self.points = Points(sched, PointStore(persist), max_points, max_compressed)
+        self.shared = Shared(TransferArmLoader(data, epochs, seed, self.sam_rho, self.probe_size, max_models),
+                             self.jobs, sched, self.points, Memo(max(4 * max_models, 16)))
+        # the parts, each given the shared state; the Explorer's public methods below are theirs
+        self.curve_part = Curves(self.shared, seed, self.seeds, self.sparsity_grid, self.bits_grid)
+        self.sharpness_part = Sharpness(self.shared, self.curve_part, self.sam_rho)
+        self.landscape_part = Landscapes(self.shared, self.levels, self.landscape_distance, self.probe_size,
+                                         max_landscapes, persist)
+        c, sh, la = self.curve_part, self.sharpness_part, self.landscape_part
+        self.curve_settings, self.curves, self.schedule_curves = c.curve_settings, c.curves, c.schedule_curves
+        self.seed_arms, self.seed_points, self.verdict = c.seed_arms, c.seed_points, c.verdict
+        self.missing_seed_runs, self.expected_seeds = c.missing_seed_runs, c.expected_seeds
+        self.sharpness, self.sharpness_table, self.cached_sharpness = sh.sharpness, sh.sharpness_table, sh.cached
+        self.landscape, self.landscape_level, self.has_landscape = la.landscape, la.landscape_level, la.has_landscape
 
     @property
     def resolution(self) -> tuple[int, int, float]:
@@ -163,15 +151,15 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, value) pairs for a model picker: the zoo (both arms), then every cached run."""
-        return self._arms.model_choices()
+        return self.shared.loader.model_choices()
 
     def resolve(self, model: str) -> list[Arm]:
         """The arms of `model` (plain first), without building anything (see :meth:`ArmLoader.resolve`)."""
-        return self._arms.resolve(model)
+        return self.shared.loader.resolve(model)
 
     def describe(self, model: str) -> str:
         """A readable name of `model` (a cached run's model, data, arm, epochs and seed instead of its key)."""
-        return self._arms.describe(model)
+        return self.shared.loader.describe(model)
 
     def has_batchnorm(self, model: str) -> bool:
         """True when `model`'s arms have BatchNorm layers (BN re-estimation after pruning applies), from
@@ -179,84 +167,14 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
         from torch.nn.modules.batchnorm import _BatchNorm
 
         try:
-            loaded = [self._arms.loaded_if_cached(a) for a in self.resolve(model)]
+            loaded = [self.shared.loader.loaded_if_cached(a) for a in self.resolve(model)]
         except (ValueError, OSError):
             return False
         return any(la is not None and any(isinstance(m, _BatchNorm) for m in la.model.modules()) for la in loaded)
 
     def arms(self, model: str, progress: Progress | None = None) -> list[Loaded]:
         """Load (fine-tuning first when needed) the arms of `model`; progress(fraction, text) while training."""
-        arms = self.resolve(model)
-        missing = [a.spec for a in arms if a.path is None and not is_cached(a.spec)]
-        if missing:
-            self._trainer.train(missing, progress=progress)  # type: ignore[arg-type]
-        return self._sched.map(self._load, arms)
-
-    def _load(self, arm: Arm) -> Loaded:
-        loaded = self._arms.load(arm)
-        points, sharp = self._point_store.load_once(loaded.point_prefix)
-        for k, v in points.items():
-            self._points.put((*loaded.point_prefix, k), v)
-        if sharp is not None:
-            self._sharpness.put(loaded.point_prefix, sharp)
-        return loaded
-
-    # ------------------------------------------------------------------ fine-tuning runs
-
-    def train_specs(self, specs: Sequence[RunSpec], progress: Progress | None = None) -> list[Path]:
-        """Fine-tune the uncached `specs` (one after the other, each once even if asked for concurrently);
-        their checkpoint folders."""
-        return self._trainer.train(specs, progress)
-
-    def train_stream(self, spec: RunSpec | Mapping[str, Any], twin: bool = True,
-                     poll: float = 0.5) -> Iterator[dict[str, Any]]:
-        """Fine-tune `spec` (and, with `twin`, its plain / SAM twin); yield the live state every `poll` s.
-
-        `spec` is a :class:`RunSpec` (trusted) or the arguments of :func:`make_run_spec`. See
-        :meth:`craftlab_app.training.Trainer.stream` for the states yielded.
-        """
-        if not isinstance(spec, RunSpec):
-            spec = make_run_spec(**spec)
-        return self._trainer.stream(spec, twin=twin, poll=poll)
-
-    # ------------------------------------------------------------------ points (accuracy of one setting)
-
-    def _compressed_model(self, la: Loaded, setting: Setting) -> nn.Module:
-        """`la`'s model compressed by `setting` (shared: read it, or deep-copy it). Kept in a small LRU for
-        foreground requests (the landscape of the setting just asked reuses it), not for background sweeps."""
-        def make() -> nn.Module:
-            with warnings.catch_warnings():  # the cards say it (panels.cards); the server log stays clean
-                warnings.filterwarnings("ignore", message=re.escape(pipeline.BN_QWT2_CLASH[:40]))
-                return pipeline.compress(la.model, calib=la.ctx.calib, **setting.compress_kwargs())
-
-        return self._compressed.get_or_compute((*la.point_prefix, setting.key()), make,
-                                               store=not self._sched.in_background,
-                                               background=self._sched.in_background)
-
-    def _point(self, loaded: Loaded, setting: Setting) -> dict[str, Any]:
-        """Accuracy/loss (and size, measured sparsity) of one arm under one setting; cached."""
-        from craftlab.compression.pipeline import measure
-
-        computed = []
-
-        def compute() -> dict[str, Any]:
-            t0 = time.perf_counter()
-            model = loaded.model if setting.is_identity else self._compressed_model(loaded, setting)
-            res = measure(model, loaded.ctx.test, loaded.ctx.example)  # the core's numbers; it only reads the model
-            computed.append(True)
-            return {**res, "seconds": time.perf_counter() - t0}
-
-        out = self._points.get_or_compute((*loaded.point_prefix, setting.key()), compute,
-                                          background=self._sched.in_background)
-        if computed:  # after the memo holds it, so a flush in between cannot miss it
-            self._point_store.mark_dirty(loaded.point_prefix)
-        return out
-
-    def _has_point(self, loaded: Loaded, setting: Setting) -> bool:
-        return (*loaded.point_prefix, setting.key()) in self._points
-
-    def _cached_point(self, loaded: Loaded, setting: Setting) -> dict[str, Any] | None:
-        return self._points.get((*loaded.point_prefix, setting.key()))
+        return self.shared.arms(model, progress)
 
     def compress(self, model: str, setting: Setting | str | None = None, progress: Progress | None = None,
                  **kwargs: Any) -> dict[str, Any]:
@@ -274,15 +192,16 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
             cheap = self.cheap_baseline(model, setting)
 
             def one(la: Loaded) -> dict[str, Any]:
-                fp = self._point(la, DEFAULT_SETTING)
-                cp = self._point(la, setting)
+                fp = self.points.point(la, DEFAULT_SETTING)
+                cp = self.points.point(la, setting)
                 out = {"role": la.arm.role, "label": la.arm.label, "checkpoint": la.path.name,
                        "fp_accuracy": fp["accuracy"], "compressed_accuracy": cp["accuracy"],
                        "accuracy_drop": fp["accuracy"] - cp["accuracy"], "fp_loss": fp["loss"],
                        "compressed_loss": cp["loss"], "sparsity_measured": cp["sparsity_measured"],
                        "size_mb": cp["size_mb"], "fp_size_mb": fp["size_mb"], "n": cp["n"]}
                 if cheap is not None:  # the same compression with BN re-estimated and no compensation
-                    out["cheap_baseline"] = {"label": cheap.label(), "accuracy": self._point(la, cheap)["accuracy"]}
+                    cheap_point = self.points.point(la, cheap)
+                    out["cheap_baseline"] = {"label": cheap.label(), "accuracy": cheap_point["accuracy"]}
                 return out
 
             results = self._sched.map(one, loaded)
@@ -357,9 +276,9 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
                 runs = self._warm_state["seed_runs"] or {"done": 0, "total": 0}
                 self._warm_state["seed_runs"] = {"done": runs["done"], "total": runs["total"] + len(specs)}
             for spec in specs:
-                if self._closing.is_set():
+                if self.shared.closing.is_set():
                     return
-                self._trainer.train([spec], background=True)
+                self.jobs.train([spec], background=True)
                 with self._lock:
                     runs = self._warm_state["seed_runs"]
                     self._warm_state["seed_runs"] = {"done": runs["done"] + 1, "total": runs["total"]}
@@ -387,18 +306,19 @@ class Explorer(SweepsMixin, LandscapesMixin, SharpnessMixin, PretrainMixin):
         """Warm-up stage, runs being fine-tuned (epochs done / total), extra-seed runs and background jobs pending."""
         with self._lock:
             state = dict(self._warm_state)
-        return {**state, "runs": self._trainer.status(), "pending": self._sched.pending()}
+        return {**state, "runs": self.jobs.status(), "pending": self._sched.pending()}
 
     def flush(self) -> None:
         """Write the dirty on-disk point stores now (the background worker also does this when idle)."""
-        for prefix in self._point_store.take_dirty():
-            self._point_store.write(prefix, self._points.with_prefix(prefix), self._sharpness.get(prefix))
+        store = self.points.store
+        for prefix in store.take_dirty():
+            store.write(prefix, self.points.memo.with_prefix(prefix), self.shared.sharpness.get(prefix))
 
     def close(self) -> None:
         """Stop the background work — extra-seed runs (after their current epoch), the warm-up, the worker —
         then write the point stores and stop the thread pool."""
-        self._closing.set()
-        self._trainer.close()
+        self.shared.closing.set()
+        self.jobs.close()
         for t in self._warm_threads:
             t.join(60)
         self._sched.close()

@@ -1,0 +1,1 @@
+"""The Adapt tab: adapting a frozen backbone (LAST, MIET and the baselines)."""

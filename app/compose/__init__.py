@@ -1,0 +1,1 @@
+"""The Compose tab: the composition study's pipelines, step by step."""

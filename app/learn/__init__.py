@@ -1,0 +1,1 @@
+"""The Learn tab: what the page shows and what the claims ledger found."""

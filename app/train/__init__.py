@@ -1,0 +1,1 @@
+"""The Train tab: fine-tuning, pretraining and transfer runs (service: ``TrainService``)."""
