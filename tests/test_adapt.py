@@ -14,8 +14,8 @@ from torch import nn
 
 import craftlab
 from craftlab.adapt import miet, parallel, recipes, side, taps
-from craftlab.adapt.memory import SavedTensorMeter, measure_step
 from craftlab.compression.quant import quantize_tensor
+from craftlab.measure.memory import SavedTensorMeter, measure_step
 
 
 def _manual_taps(model, x):

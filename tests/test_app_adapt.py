@@ -201,18 +201,19 @@ def test_browser_adapt_tab_trains_the_ticked_method(browser, served, view):  # n
 
 
 def test_live_and_reference_rows_share_every_label():
-    """One table of arms (craftlab.adapt.compare.ARMS): every method the tab offers has reference rows under the
+    """One table of arms (craftlab.adapt.methods.ARMS): every method the tab offers has reference rows under the
     same label in the benchmark's table, and the benchmark, the curves and the ledger use those labels too."""
     import pandas as pd
     from craftlab_app.adapt.service import METHODS, reference_path
 
     from benchmarks import bench_adapt
-    from craftlab.adapt import compare, curves
+    from craftlab.adapt.methods import ARMS
     from craftlab.analysis.ledger import CLAIMS
+    from craftlab.studies.adapt import CURVE_ARMS
 
     reference = set(pd.read_csv(reference_path())["arm"])
-    assert set(METHODS) == reference == set(compare.ARMS)
-    assert bench_adapt.ARMS is compare.ARMS and set(curves.CURVE_ARMS) <= reference
+    assert set(METHODS) == reference == set(ARMS)
+    assert bench_adapt.ARMS is ARMS and set(CURVE_ARMS) <= reference
     for claim in CLAIMS:
         if claim.paper in ("LAST", "MIET"):
             assert {claim.baseline, claim.treatment} <= reference, claim.id

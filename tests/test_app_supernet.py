@@ -42,7 +42,7 @@ def supernet():
 
 
 def test_a_studied_budget_is_a_lookup_of_the_cores_search(supernet):
-    from craftlab.supernet import study
+    from craftlab.studies import supernet as study
 
     fp32 = supernet.refs["FP32"]
     for r, text in zip(supernet.report.results, study.QUICK["budgets"]):
@@ -58,7 +58,7 @@ def test_a_studied_budget_is_a_lookup_of_the_cores_search(supernet):
 
 @pytest.mark.parametrize("pct", [50.0, 7.0])
 def test_a_budget_outside_the_studied_range_is_searched_at_that_budget(supernet, pct):
-    from craftlab.supernet import study
+    from craftlab.studies import supernet as study
     from craftlab.supernet.search import evolutionary_search
 
     if pct < supernet.minimum_pct():

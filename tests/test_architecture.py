@@ -22,7 +22,7 @@ LAYERS = [
     (2, ("train.sam", "train.sam_modes", "compression", "probes", "analysis.stats", "analysis.rank", "analysis.power",
          "transforms", "measure",
          # the paper packages, per module: their algorithms here, their recipes in layer 3
-         "adapt.taps", "adapt.side", "adapt.miet", "adapt.memory", "adapt.parallel",
+         "adapt.taps", "adapt.side", "adapt.miet", "adapt.parallel",
          "supernet", "supernet.attention", "supernet.layers", "supernet.lora", "supernet.model", "supernet.space",
          "supernet.build")),
     (3, ("train", "compression.pipeline", "analysis", "adapt", "distributed", "studies",

@@ -3,7 +3,7 @@ probe, LoRA, full fine-tuning (± SAM), LAST and MIET — on accuracy, trainable
 per epoch and bytes sent per image.
 
 Runs are live and cached: each (method, epochs, seed) is trained once with
-:func:`craftlab.adapt.compare.compare_methods` on the zoo's vit-tiny (mnist5k-pretrained) → digits and its row is
+:func:`craftlab.studies.adapt.compare_methods` on the zoo's vit-tiny (mnist5k-pretrained) → digits and its row is
 kept under ``$CRAFTLAB_HOME/explore/adapt`` with the command that reproduces it; a row read back from there is
 marked *cached*. The benchmark's table (``benchmarks/results/adapt.csv``, 8 epochs, 3 seeds:
 ``python -m benchmarks.run adapt``) is shown beside them as a labelled reference only when this is a source
@@ -25,13 +25,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from craftlab.adapt.compare import ARMS, LAST, MIET
+from craftlab.adapt.methods import ARMS, LAST, MIET
 from craftlab.cache import atomic_write_json
 
 __all__ = ["ARMS", "CHEAP", "METHODS", "AdaptView", "command"]
 
 METHODS = tuple(ARMS)
-"""The methods offered: :data:`craftlab.adapt.compare.ARMS`, the one table (the reference rows carry its labels)."""
+"""The methods offered: :data:`craftlab.adapt.methods.ARMS`, the one table (the reference rows carry its labels)."""
 CHEAP = ("linear probe", LAST, MIET)
 """Cheap on 2 CPU cores at small size (seconds per epoch on vit-tiny): the default live picks."""
 REFERENCE = "adapt.csv"
@@ -43,7 +43,7 @@ COLUMNS = ("arm", "method", "seed", "epochs", "test_accuracy", "trainable_params
 
 def command(arm: str, epochs: int, seed: int, model: str = "vit-tiny", data: str = "digits") -> str:
     """The command line that trains `arm` as the live run does (accuracy and parameters; the memory and bytes
-    columns come from :func:`craftlab.adapt.compare.compare_methods`)."""
+    columns come from :func:`craftlab.studies.adapt.compare_methods`)."""
     kw = dict(ARMS[arm])
     parts = [f"craftlab adapt train --method {kw.pop('method')}", f"--epochs {epochs}", f"--seed {seed}"]
     parts += [f"--model {model}"] if model != "vit-tiny" else []
@@ -175,7 +175,7 @@ class AdaptView:
         """Rows of every (method, seed): cached ones at once, the others trained now (one at a time). While it
         runs, :attr:`busy` says what is training; :meth:`stop` ends it after the current run (the rows so far
         are returned)."""
-        from craftlab.adapt.compare import compare_methods
+        from craftlab.studies.adapt import compare_methods
 
         methods, epochs, seeds = self.check(methods, epochs, seeds)
         todo = [(m, s) for m in methods for s in seeds]

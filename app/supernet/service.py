@@ -1,7 +1,7 @@
 """The supernet view's computations (issues 12 and 25; no Gradio): a BitOPs budget → the subnet the core's search
 picks at that budget, its per-layer bits, its accuracy and its place beside the Pareto front.
 
-The supernet is the study's main one (:func:`craftlab.supernet.study.notebook_specs`: per-bit LoRA, progressive
+The supernet is the study's main one (:func:`craftlab.studies.supernet.notebook_specs`: per-bit LoRA, progressive
 bits, seed 0) built on a zoo model fine-tuned on digits: vit-tiny (the supernet notebook 05 and
 ``craftlab supernet train --preset notebook`` cache) or resnet-tiny (full-weight training, as LoRA needs Linear
 layers; every subnet scored and exported with its own BatchNorm statistics re-estimated on the 128 calibration
@@ -64,9 +64,9 @@ class SupernetView:
     # ------------------------------------------------------------------ preparation
 
     def spec(self) -> Any:
-        """The :class:`~craftlab.supernet.SupernetSpec` of this view's supernet (:func:`craftlab.supernet.study.
+        """The :class:`~craftlab.supernet.SupernetSpec` of this view's supernet (:func:`craftlab.studies.supernet.
         view_spec`)."""
-        from craftlab.supernet import study
+        from craftlab.studies import supernet as study
 
         return study.view_spec(self.model, self.seed, self.data_name)
 
@@ -97,13 +97,13 @@ class SupernetView:
 
     def prepare(self) -> None:
         """Load (or train) the supernet, search, evaluate the uniform subnets, uniform PTQ and the front's test
-        accuracies: the study's recipe, :func:`craftlab.supernet.study.prepare_view` (cached). Idempotent."""
+        accuracies: the study's recipe, :func:`craftlab.studies.supernet.prepare_view` (cached). Idempotent."""
         if self._ready.is_set():
             return
         with self._lock:
             self._started = True
             self.t0 = self.t0 or time.perf_counter()
-        from craftlab.supernet import study
+        from craftlab.studies import supernet as study
 
         self.stage_s: dict[str, float] = {}
         view = study.prepare_view(self.model, self.seed, self.data_name, on_stage=self._at)
@@ -186,7 +186,7 @@ class SupernetView:
         """The subnet :func:`~craftlab.supernet.search.evolutionary_search` picks under `budget` (% of `reference`
         for a bare number; ``"120M"``...): a lookup when this budget was searched, else a short live search
         (cached per budget). ValueError naming the range when the budget is out of it."""
-        from craftlab.supernet import study
+        from craftlab.studies import supernet as study
         from craftlab.supernet.search import evolutionary_search
 
         if not self.ready:
@@ -228,8 +228,8 @@ def _budget_key(bitops: float) -> str:
 
 
 def _stages() -> tuple[str, ...]:
-    """The steps of the preparation (the study's :data:`craftlab.supernet.study.VIEW_STAGES`; imported when asked:
+    """The steps of the preparation (the study's :data:`craftlab.studies.supernet.VIEW_STAGES`; imported when asked:
     the page is served before torch loads)."""
-    from craftlab.supernet.study import VIEW_STAGES
+    from craftlab.studies.supernet import VIEW_STAGES
 
     return VIEW_STAGES

@@ -187,7 +187,7 @@ def adapt_model(model: nn.Module, data: DataBundle, method: str = "last", *, epo
         cache: side methods: None (the backbone runs on every batch), ``"memory"`` (tapped once) or a folder
             (the on-disk feature cache, which refuses stale entries).
         callback: called after each epoch with a copy of the epoch's record and the image → logits model as
-            trained so far (to evaluate it, e.g. on the test split: :func:`craftlab.adapt.curves.adapt_curves`;
+            trained so far (to evaluate it, e.g. on the test split: :func:`craftlab.studies.adapt.adapt_curves`;
             not to change it). Its time is not in the records' ``time_s``.
         options: a registered method's own options (its config fields) beyond the ones above.
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .memory import TrainingMemory, measure_step
+from ..measure.memory import TrainingMemory, measure_step
 from .methods import SideMethod
 from .recipes import configure
 from .taps import tap_batch
@@ -46,7 +46,7 @@ class Step:
         return float(loss.detach())
 
     def memory(self) -> TrainingMemory:
-        """What one step holds (:func:`~craftlab.adapt.memory.measure_step`; it trains one step)."""
+        """What one step holds (:func:`~craftlab.measure.memory.measure_step`; it trains one step)."""
         return measure_step(self.loss_fn, self.net, self.optimizer, frozen=self.frozen, inputs=self.inputs)
 
 

@@ -245,8 +245,8 @@ def prepare_view(model: str = "vit-tiny", seed: int = 0, data: str = "digits",
     from ..checkpoint import load_checkpoint
     from ..data import load_data
     from ..models import build_model
+    from ..supernet import SubnetConfig, evaluate_configs, pareto_front
     from ..train.runs import get_run
-    from . import SubnetConfig, evaluate_configs, pareto_front
 
     def stage(i: int) -> None:
         if on_stage is not None:

@@ -60,11 +60,7 @@ _NAMES: dict[str, str] = {
     "split_estimate": ".selection",
 }
 
-_MODULES: dict[str, str] = {"study": "craftlab.studies.supernet"}
-"""``craftlab.supernet.study``: the study recipe moved to :mod:`craftlab.studies.supernet`; this alias keeps
-``from craftlab.supernet import study`` working for the app until it imports the new path."""
-
-__all__ = [*_NAMES, *_MODULES]
+__all__ = [*_NAMES]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _NAMES, _MODULES)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _NAMES)
