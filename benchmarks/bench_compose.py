@@ -3,7 +3,7 @@
 Full factorial, paired by seed, at the claims ledger's compression endpoint of each model (vit-tiny
 ``W3A3 repq``, resnet-tiny ``W4A4``): fine-tuning {AdamW, SAM ρ=0.05} × BN re-estimation {off, on} (resnet-tiny
 only) × compensation {none, QwT, QwT-v2}; fine-tuning seeds from the cache the ledger filled (``craftlab.get_run``).
-The pretraining (SNT) and supernet steps are designed but not run here.
+The pretraining (SNT) factor and the supernet step are designs of their own (below).
 
 Seeds by the ledger's power rule: a pilot of ``PILOT`` seeds gives each main effect's, named interaction's and the
 additivity test's sd of the per-seed contrast; :func:`seeds_by_rule` asks
@@ -13,7 +13,8 @@ fewer than the pilot's seeds (the pilot is part of the run). Per-step costs: eve
 step by step (:func:`craftlab.studies.compose_costs.step_costs`) on ``COST_SEEDS``.
 
 The SNT pretraining factor runs as its own design on resnet-tiny (``design="snt"``, ``results/compose_snt.csv``;
-``--no-snt`` skips it). Writes ``results/compose.csv`` (one row per pipeline × seed), ``results/compose_seeds.csv``
+``--no-snt`` skips it); the supernet step on vit-tiny (``design="supernet"``, ``results/compose_supernet.csv``;
+``--no-supernet`` skips it). Writes ``results/compose.csv`` (one row per pipeline × seed), ``results/compose_seeds.csv``
 (the rule per effect)
 and ``results/compose_costs.csv`` (one row per step × pipeline × cost seed) and prints the RESULTS.md section.
 Run: ``python -m benchmarks.run compose`` (or ``python -m benchmarks.bench_compose [--seeds N]``: N seeds, no rule;
@@ -312,6 +313,51 @@ def snt_section(t: pd.DataFrame, rule: pd.DataFrame, step_cost: dict[str, dict] 
     return out
 
 
+def supernet_section(t: pd.DataFrame, rule: pd.DataFrame) -> list[str]:
+    """The supernet step on vit-tiny (design 'supernet'): cells with both BitOPs counts, effects, the SAM ×
+    supernet interaction and the waterfalls in both orders, each step with its cost."""
+    res = factorial.analyze(t)
+    n = t["seed"].nunique()
+    out = [f"### vit-tiny — the supernet step, design 'supernet', {n} paired seeds", "",
+           f"Fine-tuning {{AdamW, SAM ρ=0.05}} × the last step {{{endpoint_setting('vit-tiny')} PTQ, PTQ + QwT-v2, the "
+           "supernet's pick at 5 % of the FP32 BitOPs}: the study's main supernet (per-bit LoRA) trained on the same "
+           "seed's fine-tuned run, the pick of the supernet benchmark's search (the AdamW pick is its number). "
+           "The two BitOPs columns: Conv/Linear layers only (`model_stats`), and with the attention matmuls as the "
+           "model runs them (float after PTQ, at the subnet's activation bits after the supernet step; the "
+           "supernet keeps the patch embedding and head in FP32, PTQ quantizes them).", ""]
+    out += rule_lines("vit-tiny", rule, res, n)
+    out += ["| pipeline | accuracy % | BitOPs Conv/Linear (M) | BitOPs with attention (M) | fine-tuning + supernet "
+            "s | search or calibration s | the pick (seed 0) |", "|---|---|---|---|---|---|---|"]
+    cells = t.groupby("label", sort=False)[["accuracy", "bitops", "bitops_total", "train_s", "calib_s"]].mean()
+    first = t[t["seed"] == t["seed"].min()].set_index("label")["setting"]
+    out += [f"| {label} | {100 * r['accuracy']:.1f} | {r['bitops'] / 1e6:.1f} | {r['bitops_total'] / 1e6:.1f} | "
+            f"{r['train_s']:.0f} | {r['calib_s']:.1f} | {first.get(label, '')} |" for label, r in cells.iterrows()]
+    out += ["", "Main effects (pp, 95 % CI, paired t): " + "; ".join(
+        f"{r['step']} {_ci(r)}, p = {r['p']:.2g}" for r in res.main.to_dict("records")) + "."]
+    out += ["", "Two-way interactions (Holm over the family): " + "; ".join(
+        f"{r['step']} {_ci(r)}, Holm p = {r['p_adj']:.2g} → **{r['word']}**" + (
+            f" (finds ±{100 * r['detectable']:.1f} pp with 80 % power)" if r["word"] == "inconclusive" else "")
+        for r in res.interactions.to_dict("records")) + "."]
+    tr = t[~t["supernet"]].groupby("sam")["train_s"].median()
+    sn = t[t["supernet"]]
+    ptq = t[~t["supernet"] & (t["compensation"] == "none")]
+    cost = {"SAM": {"seconds": float(tr[True] - tr[False]), "what": "fine-tuning", "d_params": 0.0, "d_bitops": 0.0},
+            "supernet": {"seconds": float((sn["train_s"] - sn["seed"].map(ptq.groupby("seed")["train_s"].first()))
+                                          .median() + sn["calib_s"].median()),
+                         "what": "supernet training and search", "d_params": 0.0,
+                         "d_bitops": float(sn["bitops"].mean() - ptq["bitops"].mean())}}
+    for order in (["SAM", "supernet"], ["supernet", "SAM"]):
+        text, bad = waterfall_reading(factorial.waterfall(t, order), cost)
+        out += ["", f"Waterfall ({' → '.join(order)}): {text}. " + (
+            "Not worth its cost in this order (increment not significantly > 0, computed): " + "; ".join(bad) + "."
+            if bad else "Every step of this order pays.")]
+    ratio = sn["bitops_total"].mean() / ptq["bitops_total"].mean()
+    out += ["", f"Cost of the supernet step in BitOPs: {sn['bitops'].mean() / ptq['bitops'].mean():.2f}× the PTQ "
+                f"setting's Conv/Linear BitOPs (FP32 first and last layers, wider activations), {ratio:.2f}× its "
+                "BitOPs with the attention matmuls as they run (PTQ leaves them in float)."]
+    return out
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     argv = list(argv or [])
     fixed = int(argv[argv.index("--seeds") + 1]) if "--seeds" in argv else None
@@ -345,6 +391,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         t.to_csv(RESULTS / "compose_snt.csv", index=False)
         resnet = MODELS.index("resnet-tiny")
         lines += snt_section(t, rule, step_cost_lines("resnet-tiny", tables[resnet], all_costs[resnet])[1]) + [""]
+    if "--no-supernet" not in argv:  # the supernet step on vit-tiny (design 'supernet')
+        t0 = time.perf_counter()
+        rule = seeds_by_rule(compose("vit-tiny", "supernet", fixed or PILOT, budget=10_000))
+        rules.append(rule.assign(model="vit-tiny (supernet)"))
+        t = compose("vit-tiny", "supernet", fixed or design_seeds(rule, "vit-tiny"), budget=10_000)
+        walls["vit-tiny supernet"] = time.perf_counter() - t0
+        t.to_csv(RESULTS / "compose_supernet.csv", index=False)
+        lines += supernet_section(t, rule) + [""]
     df = pd.concat(tables, ignore_index=True)
     df.to_csv(RESULTS / "compose.csv", index=False)
     costs_df = pd.concat(all_costs, ignore_index=True)
@@ -356,8 +410,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     head = [f"Design: full factorial at each model's claims-ledger compression endpoint, {how}, paired by seed "
             "(every pipeline compresses the same cached AdamW / SAM ρ=0.05 run). BN re-estimation follows the "
             "ledger's protocol (after the whole compression, quantizers on, before compensation). The SNT pretraining "
-            "factor is its own design on resnet-tiny (last subsection). Not run: the supernet pick (designed in "
-            "`craftlab.studies.compose`, a supernet training per seed). Train s: the cached run's fine-tuning time. "
+            "factor is its own design on resnet-tiny, the supernet step its own on vit-tiny (last subsections). "
+            "Train s: the cached run's fine-tuning time. "
             "Per-step costs are wall times on a shared 2-core "
             f"machine: medians over {len(COST_SEEDS)} seeds × every pipeline, comparable within this run only"
             + (f" (1-min load average while timing: median {costs_df['load_1m'].median():.1f}, range "

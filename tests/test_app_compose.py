@@ -25,7 +25,8 @@ def _table() -> pd.DataFrame:
     """The committed study when the checkout has it, else a small synthetic full design (no training)."""
     study = read_study()
     if study is not None:
-        return study
+        sn = read_study(design="supernet")  # the supernet step's own cells, when the checkout has them
+        return study if sn is None else pd.concat([study, sn[sn["supernet"]]], ignore_index=True)
     rng, rows = np.random.default_rng(0), []
     for model, setting, bns in (("resnet-tiny", "W4A4", (False, True)), ("vit-tiny", "W3A3 repq", (False,))):
         for seed in range(4):
@@ -61,6 +62,28 @@ def test_answer_is_the_study_rows_and_the_paired_gain(view):
     assert a["tag"] in text and a["tag"] in fig.layout.title.text
     none = view.answer("resnet-tiny", False, False, "none")
     assert none["accuracy"] == pytest.approx(plain.mean()) and none["waterfall"] is None
+
+
+def test_supernet_step_is_the_supernet_designs_rows(view):
+    from craftlab.analysis.stats import compare_paired
+
+    sn = read_study(design="supernet")
+    if sn is None or read_study() is None:
+        pytest.skip("no committed composition study in this checkout")
+    a = ComposeView().answer("vit-tiny", sam=False, bn=False, compensation="none", supernet=True)  # the files
+    mine = sn[sn["label"] == "AdamW → supernet pick ≤ 5%"].set_index("seed")["accuracy"]
+    full = read_study()
+    plain = full[(full["model"] == "vit-tiny") & (full["label"] == "AdamW → W3A3 repq")].set_index("seed")["accuracy"]
+    seeds = mine.index.intersection(plain.index)
+    assert a["label"] == "AdamW → supernet pick ≤ 5%" and a["n"] == len(seeds)
+    assert a["accuracy"] == pytest.approx(mine[seeds].mean())
+    assert a["gain"] == pytest.approx(compare_paired(plain[seeds], mine[seeds]).mean_diff)
+    assert list(a["waterfall"]["step"])[1:] == ["supernet"] and a["bitops_total"] < a["bitops"] * 1.2
+    assert "with the attention matmuls as they run" in result_text(view.answer("vit-tiny", False, False, "none"))
+    with pytest.raises(ValueError, match="the supernet pick is the pipeline's compression"):
+        view.answer("vit-tiny", False, False, "QwT-v2", supernet=True)
+    with pytest.raises(ValueError, match="CNN subnet"):
+        view.answer("resnet-tiny", False, False, "none", supernet=True)
 
 
 def test_meaningless_pipelines_are_named(view):
@@ -103,6 +126,12 @@ def test_browser_ticking_a_step_moves_every_panel(browser, served):  # noqa: F81
         page.wait_for_function("() => ((document.querySelector('#compose-result') || {}).textContent || '')"
                                ".includes('a ViT has no BatchNorm')", timeout=scaled_ms(120_000), polling=250)
         assert page.locator(".toast-body").count() == 0
+        if read_study(design="supernet") is not None:  # the supernet step replaces the PTQ setting (ViTs)
+            page.locator("#compose-bn input").uncheck()
+            page.locator("#compose-comp label", has_text="none").click()
+            page.locator("#compose-supernet input").check()
+            page.wait_for_function(AGREE, arg="[vit-tiny · SAM ρ=0.05 → supernet pick ≤ 5%]",
+                                   timeout=scaled_ms(120_000), polling=250)
     finally:
         page.close()
     assert not errors, errors

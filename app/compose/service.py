@@ -35,6 +35,11 @@ class ComposeView:
 
                 study = self._given if self._given is not None else read_study()
                 part = None if study is None else study[study["model"] == model]
+                extra = read_study(design="supernet") if self._given is None else None
+                if part is not None and extra is not None and (extra["model"] == model).any():
+                    import pandas as pd  # the supernet design's own cells (its PTQ cells are the full design's)
+
+                    part = pd.concat([part, extra[(extra["model"] == model) & extra["supernet"]]], ignore_index=True)
                 if part is None or part.empty:
                     part = compose(model, design="full", seeds=self._live_seeds, progress=False)
                     self._sources[model] = f"a live design ({self._live_seeds} seeds, cached under CRAFTLAB_HOME)"
@@ -43,10 +48,12 @@ class ComposeView:
                 self._tables[model] = part.reset_index(drop=True)
             return self._tables[model]
 
-    def answer(self, model: str, sam: bool, bn: bool, compensation: str) -> dict[str, Any]:
+    def answer(self, model: str, sam: bool, bn: bool, compensation: str, supernet: bool = False) -> dict[str, Any]:
         """The pipeline of the ticked steps: ``label``, ``tag``, accuracy mean/sd, the plain compressed model's,
-        the paired gain with its CI, size, BitOPs, parameters added, training and calibration seconds, and the
-        waterfall table. ValueError (the core's message) for a pipeline that means nothing."""
+        the paired gain with its CI, size, BitOPs (Conv/Linear; ``bitops_total`` with the attention matmuls as they
+        run), parameters added, training and calibration seconds, and the waterfall table. `supernet`: the
+        supernet's pick at 5 % of FP32 BitOPs replaces the fixed PTQ setting (ViTs). ValueError (the core's message)
+        for a pipeline that means nothing."""
         from craftlab.analysis import factorial
         from craftlab.analysis.stats import compare_paired
         from craftlab.studies.compose import Pipeline, endpoint_setting
@@ -57,7 +64,9 @@ class ComposeView:
             raise ValueError(f"compensation {compensation!r}: choose one of {list(COMPENSATIONS)}")
         comp = COMPENSATIONS[compensation]
         setting = endpoint_setting(model)
-        pipe = Pipeline(model, "sam" if sam else "adamw", setting, bool(bn), comp).validate()
+        ft = "sam" if sam else "adamw"
+        pipe = (Pipeline(model, ft, None, bool(bn), comp, supernet=True) if supernet
+                else Pipeline(model, ft, setting, bool(bn), comp)).validate()
         plain = Pipeline(model, "adamw", setting)
         t = self.table(model)
         rows = t[t["label"] == pipe.label].set_index("seed").sort_index()
@@ -66,13 +75,16 @@ class ComposeView:
         if not len(seeds):
             raise ValueError(f"the study has no cells of {pipe.label!r}")
         c = compare_paired(base.loc[seeds, "accuracy"], rows.loc[seeds, "accuracy"])
-        order = [name for name, on in (("SAM", sam), ("BN", bn), (compensation, comp is not None)) if on]
+        order = [name for name, on in (("SAM", sam), ("BN", bn), (compensation, comp is not None),
+                                       ("supernet", supernet)) if on]
         wf = factorial.waterfall(t, order) if order else None
         acc = rows.loc[seeds, "accuracy"]
         return {"model": model, "label": pipe.label, "tag": f"[{model} · {pipe.label}]", "setting": setting,
                 "n": len(seeds), "accuracy": float(acc.mean()), "sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                 "plain": float(base.loc[seeds, "accuracy"].mean()), "gain": c.mean_diff, "ci_low": c.ci_low,
                 "ci_high": c.ci_high, "p": c.p, "size_mb": float(rows["size_mb"].mean()),
-                "bitops": float(rows["bitops"].mean()), "params_added": int(rows["params_added"].max()),
+                "bitops": float(rows["bitops"].mean()),
+                "bitops_total": float(rows["bitops_total"].mean()) if "bitops_total" in rows else float("nan"),
+                "params_added": int(rows["params_added"].max()),
                 "train_s": float(rows["train_s"].mean()), "calib_s": float(rows["calib_s"].mean()),
                 "waterfall": wf, "order": order, "source": self._sources.get(model, "")}

@@ -26,7 +26,10 @@ def result_text(a: dict[str, Any]) -> str:
             f"p = {p:.2g}{sig}.")
     return (f"### {a['tag']}\n<span class='big'>{100 * a['accuracy']:.1f}%</span> ± {100 * a['sd']:.1f} test accuracy "
             f"(mean ± sd of {a['n']} paired seeds; plain compressed {100 * a['plain']:.1f}%){gain}\n\n"
-            f"weights {a['size_mb']:.3f} MB · {a['bitops'] / 1e6:.1f} M BitOPs · {a['params_added']:,} parameters "
+            f"weights {a['size_mb']:.3f} MB · {a['bitops'] / 1e6:.1f} M BitOPs (Conv/Linear"
+            + (f"; {a['bitops_total'] / 1e6:.1f} M with the attention matmuls as they run" if
+               math.isfinite(a.get("bitops_total", float("nan"))) and a["bitops_total"] != a["bitops"] else "")
+            + f") · {a['params_added']:,} parameters "
             f"added · fine-tuning {a['train_s']:.0f} s · compression + calibration {a['calib_s']:.2f} s\n\n"
             f"_From {a['source']}._")
 
@@ -48,10 +51,10 @@ def build_tab(service: ComposeView | None = None) -> ComposeView:
     """The tab inside the caller's Blocks; returns its service."""
     service = service or ComposeView()
 
-    def show(model: str, sam: bool, bn: bool, compensation: str) -> tuple[Any, Any]:
+    def show(model: str, sam: bool, bn: bool, compensation: str, supernet: bool) -> tuple[Any, Any]:
         try:
             with user_errors():
-                a = service.answer(model, bool(sam), bool(bn), compensation)
+                a = service.answer(model, bool(sam), bool(bn), compensation, bool(supernet))
         except gr.Error as err:
             return f"### [{model}]\n**This pipeline means nothing:** {err.message}", gr.skip()
         except ValueError as err:
@@ -65,9 +68,11 @@ def build_tab(service: ComposeView | None = None) -> ComposeView:
             sam = gr.Checkbox(False, label="fine-tune with SAM (CrAFT)", elem_id="compose-sam")
             bn = gr.Checkbox(False, label="re-estimate BatchNorm statistics (CNNs)", elem_id="compose-bn")
             comp = gr.Radio(list(COMPENSATIONS), value="none", label="compensation", elem_id="compose-comp")
+            supernet = gr.Checkbox(False, label="supernet pick ≤ 5 % BitOPs instead of PTQ (ViTs)",
+                                   elem_id="compose-supernet")
         text = gr.Markdown(elem_id="compose-result")
         plot = gr.Plot(elem_id="compose-waterfall")
-        inputs = [model, sam, bn, comp]
+        inputs = [model, sam, bn, comp, supernet]
         gr.on([tab.select, *[x.change for x in inputs]], show, inputs=inputs, outputs=[text, plot],
               api_name="compose", trigger_mode="always_last", concurrency_limit=1, show_progress="minimal")
     return service

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from craftlab.registry import COMPENSATION_METHODS, PRUNE_SCORERS
+from craftlab.registry import COMPENSATION_METHODS, PRUNE_SCORERS, QUANT_RECIPES
 from craftlab.settings import make_setting
 
 __all__ = ["BITS_CHOICES", "COMPENSATION_CHOICES", "CONTROL_KEYS", "INITIAL", "LINK_KEYS", "PATTERN_CHOICES",
@@ -25,7 +25,8 @@ BITS_CHOICES = [("float", "None"), ("16", "16"), ("8", "8"), ("7", "7"), ("6", "
 """Bit-widths offered; a typed value that is not one of these labels is sent as typed (and refused by name)."""
 INITIAL = {"method": "magnitude", "sparsity": 0.5, "w_bits": "None", "a_bits": "None", "granularity": "channel",
            "pattern": "2:4", "kind": "contour", "scale": "log10", "recipe": "uniform", "compensation": "none"}
-RECIPE_CHOICES = [("uniform", "uniform"), ("RepQ-ViT", "repq")]
+RECIPE_CHOICES = QUANT_RECIPES.choices()
+"""Quantization recipes offered: every registered one (craftlab.registry.QUANT_RECIPES), the default first."""
 COMPENSATION_CHOICES = [("none", "none"), *((f"{c.label} ({c.blurb})", name)
                                             for name, c in COMPENSATION_METHODS.all().items())]
 """Compensations offered: the value sent is what make_setting parses ("none" = no compensation)."""

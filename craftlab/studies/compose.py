@@ -366,12 +366,22 @@ def compose(model: str = "vit-tiny", design: str = "full", seeds: int | list[int
     return pd.DataFrame(rows)
 
 
-def read_study(path: Any = None) -> Any:
-    """The composition study's table (``benchmarks/results/compose.csv`` of the checkout, or `path`; the
-    benchmark writes it), or None when there is none: then compute with :func:`compose`."""
+def read_study(path: Any = None, design: str = "full") -> Any:
+    """The composition study's table of `design` (the checkout's ``benchmarks/results/compose.csv`` for the full
+    design, ``compose_<design>.csv`` for the others; or `path`; the benchmark writes them), or None when there is
+    none: then compute with :func:`compose`.
+
+    >>> read_study(design="half")
+    Traceback (most recent call last):
+    ...
+    ValueError: design 'half': choose one of ['full', 'fractional', 'snt', 'supernet']
+    """
     import pandas as pd
 
     from ..analysis.ledger import results_file
 
-    where = results_file("compose.csv", path, "CRAFTLAB_COMPOSE_TABLE")
+    if design not in DESIGNS:
+        raise ValueError(f"design {design!r}: choose one of {list(DESIGNS)}")
+    name = "compose.csv" if design == "full" else f"compose_{design}.csv"
+    where = results_file(name, path, "CRAFTLAB_COMPOSE_TABLE" if design == "full" else None)
     return None if where is None else pd.read_csv(where)
