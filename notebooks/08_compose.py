@@ -28,8 +28,9 @@
 # {off, on} (CNNs only: a ViT has no BatchNorm) × compensation {none, QwT, QwT-v2}. Every pipeline of a seed
 # compresses the same cached fine-tuning run, so seed-to-seed noise cancels in each contrast. The pretraining
 # (SNT) factor is a design of its own on resnet-tiny (`design="snt"`: the SNT study's per-seed pretraining runs,
-# Adam or the repvgg stand-in, fine-tuned on digits), read at the end from the benchmark's table; the supernet step
-# is designed in `craftlab.studies.compose` but not run (a supernet training per seed).
+# Adam or the repvgg stand-in, fine-tuned on digits), read at the end from the benchmark's table; so is the
+# supernet step on vit-tiny (`design="supernet"`: the mixed-precision supernet's pick at 5 % of the FP32 BitOPs
+# in place of the fixed PTQ setting, a supernet training per seed and arm).
 #
 # **This notebook** reads the benchmark's table (`benchmarks/results/compose.csv`, written by
 # `python -m benchmarks.run compose`) when it is present, and otherwise runs a reduced live design
@@ -164,3 +165,30 @@ if SNT_CSV.is_file():
         print("  ", line)
 else:
     print("no compose_snt.csv in this checkout: python -m benchmarks.run compose writes it")
+
+# %% [markdown]
+# ## The supernet step (vit-tiny)
+# Instead of the fixed W3A3 RepQ-ViT setting, the supernet's pick at 5 % of the FP32 BitOPs (the supernet claim's
+# budget): does it pay, and does SAM's gain survive it? Read from the benchmark's `compose_supernet.csv` (a
+# supernet training per seed and arm; `craftlab.compose("vit-tiny", design="supernet", seeds=N)` computes it).
+# The two BitOPs counts differ: PTQ quantizes every Conv/Linear layer but leaves the attention matmuls in float;
+# the supernet keeps the patch embedding and head in FP32 and quantizes the attention matmuls.
+
+# %%
+SN_CSV = CSV.with_name("compose_supernet.csv")
+if SN_CSV.is_file():
+    sn_table = pd.read_csv(SN_CSV)
+    res = factorial.analyze(sn_table)
+    cells = sn_table.groupby("label", sort=False)[["accuracy", "bitops", "bitops_total"]].mean()
+    print(f"{sn_table['seed'].nunique()} paired seeds")
+    for label, r in cells.iterrows():
+        print(f"  {label:36s} {100 * r['accuracy']:5.1f} %   {r['bitops'] / 1e6:6.1f} M BitOPs Conv/Linear, "
+              f"{r['bitops_total'] / 1e6:6.1f} M with the attention matmuls")
+    for line in res.lines:
+        print("  ", line)
+    orders = ("SAM → supernet", "supernet → SAM")
+    waterfall_figure({o: factorial.waterfall(sn_table, o.split(" → ")) for o in orders},
+                     title="vit-tiny: SAM and the supernet step").show()
+    interaction_figure(sn_table, "SAM", "supernet", title="vit-tiny: SAM × supernet").show()
+else:
+    print("no compose_supernet.csv in this checkout: python -m benchmarks.run compose writes it")
