@@ -19,20 +19,24 @@ examples:
   craftlab compose --model resnet-tiny --design full --seeds 5
   craftlab compose --model vit-tiny --design fractional --seeds 3 --json
   craftlab compose --model resnet-tiny --compression "wanda 70%" --design fractional --seeds 3
+  craftlab compose --model vit-tiny --design supernet --seeds 3
 """
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``compose`` to the ``craftlab`` subparsers."""
+    from ..studies.compose import DESIGNS  # light: the study imports torch only when it computes
     p = subparsers.add_parser("compose", help="the composition study: which gains add up, which overlap",
                               description="Run a factorial (or fractional) design of fine-tuning (AdamW/SAM) × BN "
                                           "re-estimation (CNNs) × compensation (none/QwT/QwT-v2) at the ledger's "
                                           "compression endpoint, paired by seed, from cached runs.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit-tiny", help="vit-tiny or resnet-tiny (default vit-tiny)")
-    p.add_argument("--design", default="full", choices=("full", "fractional", "snt"),
+    p.add_argument("--design", default="full", choices=DESIGNS,
                    help="full factorial; fractional: the documented fractional design (fewer runs); snt: the SNT "
-                        "pretraining factor (Adam / repvgg per seed) × the rest (CNNs)")
+                        "pretraining factor (Adam / repvgg per seed) × the rest (CNNs); supernet: the supernet's "
+                        "pick at 5%% of FP32 BitOPs in place of the PTQ setting, × SAM (ViTs; a supernet training "
+                        "per seed and arm)")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     p.add_argument("--compression", default=None, help="setting label (default: the ledger's primary endpoint)")
     p.add_argument("--budget", type=int, default=None, help="most compress+evaluate runs (default 300)")
