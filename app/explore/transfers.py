@@ -4,8 +4,8 @@ is left out (the cards then say the model has one arm)."""
 
 from __future__ import annotations
 
-from craftlab import cache
-from craftlab.checkpoint import read_meta, scan_checkpoints
+from craftlab.checkpoint import read_meta
+from craftlab.train.pretrain_runs import find_transfer, list_transfers
 from craftlab.train.runs import arm_label
 
 from ..common.jobs import role_of
@@ -27,15 +27,14 @@ class TransferArmLoader(ArmLoader):
     def transfers(self) -> list[tuple[str, Transfer]]:
         """(name, plain-or-only run) of every cached transfer pair, one entry per pair."""
         pairs: dict[str, Transfer] = {}
-        for path, _ in scan_checkpoints(cache.home() / "pretrain"):
-            for _, sub in scan_checkpoints(path / "finetune"):
-                try:
-                    t = from_record(sub["transfer"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                pair = (t.twin(0.0) if t.sam_rho else t).key
-                if pair not in pairs or not t.sam_rho:  # named by the plain run when there is one
-                    pairs[pair] = t
+        for _, sub in list_transfers():
+            try:
+                t = from_record(sub["transfer"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            pair = (t.twin(0.0) if t.sam_rho else t).key
+            if pair not in pairs or not t.sam_rho:  # named by the plain run when there is one
+                pairs[pair] = t
         return sorted(((transfer_name(t), t) for t in pairs.values()), key=lambda x: x[0])
 
     def model_choices(self) -> list[tuple[str, str]]:
@@ -45,9 +44,10 @@ class TransferArmLoader(ArmLoader):
     def _transfer(self, name: str) -> Transfer:
         rel = name[len(PREFIX):]
         pkey, _, run = rel.partition("/")
-        if not pkey or not run or "/" in run or ".." in rel:
-            raise ValueError(f"model {name!r}: a transfer model is named pretrained:<pretrain key>/<run>")
-        path = cache.home() / "pretrain" / pkey / "finetune" / run
+        try:
+            path = find_transfer(pkey, run)
+        except ValueError:
+            raise ValueError(f"model {name!r}: a transfer model is named pretrained:<pretrain key>/<run>") from None
         try:
             return from_record(read_meta(path)["transfer"])
         except (KeyError, TypeError) as err:

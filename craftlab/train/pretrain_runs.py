@@ -137,6 +137,34 @@ def list_pretrains() -> list[dict[str, Any]]:
     return out
 
 
+def list_transfers() -> list[tuple[Path, dict[str, Any]]]:
+    """Every cached fine-tuning run that starts from a cached pretraining run: ``(folder, sidecar)`` pairs (the
+    folders :func:`transfer_dir` names; unreadable sidecars are skipped).
+
+    Example::
+
+        >>> all(path.parent.name == "finetune" for path, _ in list_transfers())
+        True
+    """
+    return [(sub, meta) for path, _ in scan_checkpoints(cache.home() / "pretrain")
+            for sub, meta in scan_checkpoints(path / "finetune")]
+
+
+def find_transfer(pretrain_key: str, run: str) -> Path:
+    """The folder of the fine-tuning run `run` from the pretraining run `pretrain_key` (ValueError naming the
+    problem for a malformed name; the folder may not exist).
+
+    Example::
+
+        >>> find_transfer("resnet-tiny-mnist5k-adam-lr0.002-e6-s0", "digits-adamw-e8-s0").name
+        'digits-adamw-e8-s0'
+    """
+    for part in (pretrain_key, run):
+        if not part or "/" in part or part in (".", "..") or ".." in part:
+            raise ValueError(f"a transfer run is named <pretrain key>/<run>, got {pretrain_key!r}/{run!r}")
+    return cache.home() / "pretrain" / pretrain_key / "finetune" / run
+
+
 def spec_record(spec: PretrainSpec) -> dict[str, Any]:
     """What a pretraining checkpoint's sidecar records under ``"pretrain"``: the resolved spec and every parameter
     of its transform (defaults included, so that a changed default does not pass for a cached run)."""
