@@ -273,6 +273,16 @@ def _pretrain_seconds(seeds: list[int]) -> dict[str, float]:
                                   ["metrics"]["train_time_s"] for s in seeds])) for arm in ("Adam", "repvgg")}
 
 
+def effect_lines(res: factorial.FactorialResult) -> list[str]:
+    """A design's main effects and its two-way interactions (Holm family), each with its CI and word."""
+    return ["", "Main effects (pp, 95 % CI, paired t): " + "; ".join(
+        f"{r['step']} {_ci(r)}, p = {r['p']:.2g}" for r in res.main.to_dict("records")) + ".",
+            "", "Two-way interactions (Holm over the family): " + "; ".join(
+        f"{r['step']} {_ci(r)}, Holm p = {r['p_adj']:.2g} → **{r['word']}**" + (
+            f" (finds ±{100 * r['detectable']:.1f} pp with 80 % power)" if r["word"] == "inconclusive" else "")
+        for r in res.interactions.to_dict("records")) + "."]
+
+
 def snt_section(t: pd.DataFrame, rule: pd.DataFrame, step_cost: dict[str, dict] | None = None) -> list[str]:
     """The SNT pretraining factor on resnet-tiny (design 'snt'): cells, the rule's seeds, effects, interactions,
     additivity and a waterfall with each step's cost."""
@@ -290,12 +300,7 @@ def snt_section(t: pd.DataFrame, rule: pd.DataFrame, step_cost: dict[str, dict] 
     out += ["| pipeline | accuracy % | fine-tuning s |", "|---|---|---|"]
     cells = t.groupby("label", sort=False)[["accuracy", "train_s"]].mean()
     out += [f"| {label} | {100 * r['accuracy']:.1f} | {r['train_s']:.1f} |" for label, r in cells.iterrows()]
-    out += ["", "Main effects (pp, 95 % CI, paired t): " + "; ".join(
-        f"{r['step']} {_ci(r)}, p = {r['p']:.2g}" for r in res.main.to_dict("records")) + "."]
-    out += ["", "Two-way interactions (Holm over the family): " + "; ".join(
-        f"{r['step']} {_ci(r)}, Holm p = {r['p_adj']:.2g} → **{r['word']}**" + (
-            f" (finds ±{100 * r['detectable']:.1f} pp with 80 % power)" if r["word"] == "inconclusive" else "")
-        for r in res.interactions.to_dict("records")) + "."]
+    out += effect_lines(res)
     for r in res.additivity.to_dict("records"):
         out += ["", f"Additivity ({r['step']}): full gain {_pp(r['full_gain'])} pp, parts alone "
                     f"{_pp(r['sum_of_parts'])} pp; observed − sum {_ci(r)}, p = {r['p']:.2g} → **{r['word']}**."]
@@ -332,12 +337,7 @@ def supernet_section(t: pd.DataFrame, rule: pd.DataFrame) -> list[str]:
     first = t[t["seed"] == t["seed"].min()].set_index("label")["setting"]
     out += [f"| {label} | {100 * r['accuracy']:.1f} | {r['bitops'] / 1e6:.1f} | {r['bitops_total'] / 1e6:.1f} | "
             f"{r['train_s']:.0f} | {r['calib_s']:.1f} | {first.get(label, '')} |" for label, r in cells.iterrows()]
-    out += ["", "Main effects (pp, 95 % CI, paired t): " + "; ".join(
-        f"{r['step']} {_ci(r)}, p = {r['p']:.2g}" for r in res.main.to_dict("records")) + "."]
-    out += ["", "Two-way interactions (Holm over the family): " + "; ".join(
-        f"{r['step']} {_ci(r)}, Holm p = {r['p_adj']:.2g} → **{r['word']}**" + (
-            f" (finds ±{100 * r['detectable']:.1f} pp with 80 % power)" if r["word"] == "inconclusive" else "")
-        for r in res.interactions.to_dict("records")) + "."]
+    out += effect_lines(res)
     tr = t[~t["supernet"]].groupby("sam")["train_s"].median()
     sn = t[t["supernet"]]
     ptq = t[~t["supernet"] & (t["compensation"] == "none")]
