@@ -345,14 +345,15 @@ def markdown(ledger: pd.DataFrame) -> str:
     ext = [r for r in ledger.to_dict("records") if "stage1_n" in r and pd.notna(r.get("stage1_n"))]
     if ext:
         lines += ["", "Extended in a second stage (two looks at the data; the second stage was decided before its "
-                  "seeds were scored): " + "; ".join(
+                  "seeds were scored; their runs and per-image results were made ahead by a background loop over the "
+                  "same functions and cached, so the wall time above leaves them out): " + "; ".join(
             f"**{r['id']}**: {int(r['stage1_n'])} seeds gave {_f(r['stage1_diff'])} pp, {r['stage1_status']} "
             f"(could detect ±{100 * r['stage1_detectable']:.1f} pp); {r['n']} seeds give {_f(r['mean_diff'])} pp, "
             f"**{r['status']}**; at α/2 for the two looks (Bonferroni): {r['status_two_looks']}"
             + (f" (the compute budget of this run: `{r['command']}`)" if "--stage2-max" in str(r["command"]) else "")
             for r in ext) + "."]
     short = [r for r in ledger.to_dict("records") if int(r["seeds_needed"]) > int(r["n"]) and
-             r["status"] == "inconclusive"]
+             r["status"] == "inconclusive" and not r["detectable"] <= r["effect"]]
     if short:
         lines += ["", "Inconclusive and not powered here (the rule asks more seeds than were run): " + "; ".join(
             f"**{r['id']}**: the pilot's sd of the paired difference is {100 * r['pilot_sd']:.1f} pp against a "
