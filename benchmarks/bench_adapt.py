@@ -44,18 +44,21 @@ def tiny_table(seeds, epochs):
     g = df.groupby("arm", sort=False)
     summ = g.agg(acc=("test_accuracy", "mean"), sd=("test_accuracy", "std"), params=("trainable_params", "first"),
                  saved=("saved_bytes", "first"), grads=("grad_bytes", "first"), opt=("optimizer_bytes", "first"),
+                 inp=("input_bytes", "first"),
                  mem=("memory_bytes", "first"), epoch_s=("time_per_epoch_s", "mean"), sent=("bytes_per_image", "first"),
                  lr=("lr", "first"))
     ref = summ.loc[LORA]
     print(f"### vit-tiny → digits ({len(seeds)} seeds, {epochs} epochs, batch 64; memory: one step at batch 64)\n")
-    print("| method | lr | test accuracy (mean ± sd) | trainable params | saved / grads / optimizer (MB) | "
+    print("| method | lr | test accuracy (mean ± sd) | trainable params | saved / grads / optimizer / input (MB) | "
           "memory (MB) | vs LoRA | time / epoch (s) | vs LoRA | bytes / image sent |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arm, r in summ.iterrows():
         print(f"| {arm} | {r.lr:g} | {100 * r.acc:.1f} ± {100 * r.sd:.1f} | {int(r.params):,} | "
-              f"{_mb(r.saved)} / {_mb(r.grads)} / {_mb(r.opt)} | {_mb(r.mem)} | {r.mem / ref.mem:.0%} | "
+              f"{_mb(r.saved)} / {_mb(r.grads)} / {_mb(r.opt)} / {_mb(r.inp)} | {_mb(r.mem)} | {r.mem / ref.mem:.0%} | "
               f"{r.epoch_s:.3f} | {r.epoch_s / ref.epoch_s:.0%} | {int(r.sent):,} |")
-    print("\nLAST trains with the frozen backbone run on every batch (no cache); the linear probe and MIET's device "
+    print("\nMemory: one training step's saved tensors, gradients, optimizer state and input (the image batch; for "
+          "the side methods the tapped features they train on). "
+          "LAST trains with the frozen backbone run on every batch (no cache); the linear probe and MIET's device "
           "train on features tapped / received once. Full fine-tuning and LoRA (on the device) receive the image "
           "itself; full fine-tuning on a device also receives the whole model once "
           f"({miet.model_bytes(model):,} bytes).\n")
