@@ -42,8 +42,6 @@ def supernet_spec(model: str, sam_rho: float, seed: int) -> Any:
 def supernet_cell(model: str, sam_rho: float, seed: int, data: Any) -> dict[str, Any]:
     """Train (or load) the step's supernet, pick a subnet at :data:`SUPERNET_BUDGET` and measure it on
     ``data.test``: the composition study's row fields (accuracy, sizes, times, the pick's label)."""
-    import torch
-
     from ..checkpoint import read_meta
     from ..compression.quant import model_stats
     from ..supernet import evaluate_configs, get_supernet, load_supernet
@@ -52,6 +50,7 @@ def supernet_cell(model: str, sam_rho: float, seed: int, data: Any) -> dict[str,
     from ..supernet.store import read_supernet_meta
     from ..train.runs import get_run
     from . import supernet as study
+    from .compose import _train_seconds
 
     spec = supernet_spec(model, sam_rho, seed)
     path = get_supernet(spec)
@@ -67,13 +66,9 @@ def supernet_cell(model: str, sam_rho: float, seed: int, data: Any) -> dict[str,
     cfg = result.best["config"]
     search_s = time.perf_counter() - t0
     test = evaluate_configs(sn, data, [cfg], split="test")[0]
-    net = sn.export(cfg).eval()
-    with torch.no_grad():
-        x = next(iter(data.test))[0][:1]
-    stats = model_stats(net, x)
+    stats = model_stats(sn.export(cfg).eval(), next(iter(data.test))[0][:1])
     meta = read_supernet_meta(path)
-    base = read_meta(get_run(spec.base_run(), progress=False))
-    base_s = float(sum(h.get("time_s", 0.0) for h in base.get("history", []) if isinstance(h, dict)))
+    base_s = _train_seconds(read_meta(get_run(spec.base_run(), progress=False)))
     return {"accuracy": float(test["accuracy"]), "n_images": int(test["n"]), "size_mb": float(stats["size_mb"]),
             "bitops": float(stats["bitops"]), "params": int(stats["params"]),
             "params_added": 0,  # the LoRA deltas are folded into the exported subnet's quantized weights
