@@ -196,3 +196,13 @@ def test_time_interleaved_restores_the_threads_and_leaves_the_policy_alone():
     assert torch.get_num_threads() == before and threads._EXPLICIT == explicit
     with pytest.raises(ValueError, match="reps"):
         time_interleaved({"x": lambda: None}, reps=0)
+
+
+def test_trainable_params_count_the_trained_net_not_the_frozen_backbone():
+    """A side method's step runs a frozen backbone whose weights still have requires_grad: they are resident and
+    counted in total_params, never as trainable."""
+    backbone, head = nn.Linear(4, 4), nn.Linear(4, 2)  # 20 and 10 parameters
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 0])
+    opt = torch.optim.AdamW(head.parameters())
+    mem = measure_step(lambda: F.cross_entropy(head(backbone(x).detach()), y), head, opt, frozen=[backbone])
+    assert mem.trainable_params == 10 and mem.total_params == 30

@@ -215,7 +215,8 @@ def _measure(model: nn.Module, optimizer: torch.optim.Optimizer, run: Callable[[
     return TrainingMemory(
         saved_bytes=meter.peak_bytes, grad_bytes=grads, optimizer_bytes=optimizer_state_bytes(optimizer) + transient,
         input_bytes=tensor_bytes(inputs), weights_bytes=sum(t.numel() * t.element_size() for t in resident),
-        trainable_params=sum(p.numel() for p in params if p.requires_grad), total_params=sum(p.numel() for p in params),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),  # the trained net's only
+        total_params=sum(p.numel() for p in params),
         cuda_peak_bytes=peak)
 
 

@@ -92,7 +92,7 @@ def compare_methods(model: nn.Module, data: DataBundle, arms: Mapping[str, Mappi
             res = adapt_model(model, data, method, epochs=epochs, seed=seed, **kw)
             if progress:
                 print(f"  {label} seed {seed}: test {res.metrics['test_accuracy']:.3f} "
-                      f"({time.perf_counter() - t0:.1f} s)")
+                      f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
             rows.append({"arm": label, "method": method, "seed": seed, **res.metrics,
                          "trainable_params": res.trainable_params, "time_per_epoch_s": res.time_per_epoch_s,
                          "saved_bytes": mem["saved_bytes"], "grad_bytes": mem["grad_bytes"],
