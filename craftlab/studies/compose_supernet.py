@@ -50,7 +50,6 @@ def supernet_cell(model: str, sam_rho: float, seed: int, data: Any) -> dict[str,
     from ..supernet.store import read_supernet_meta
     from ..train.runs import get_run
     from . import supernet as study
-    from .compose import _train_seconds
 
     spec = supernet_spec(model, sam_rho, seed)
     path = get_supernet(spec)
@@ -68,7 +67,8 @@ def supernet_cell(model: str, sam_rho: float, seed: int, data: Any) -> dict[str,
     test = evaluate_configs(sn, data, [cfg], split="test")[0]
     stats = model_stats(sn.export(cfg).eval(), next(iter(data.test))[0][:1])
     meta = read_supernet_meta(path)
-    base_s = _train_seconds(read_meta(get_run(spec.base_run(), progress=False)))
+    history = read_meta(get_run(spec.base_run(), progress=False)).get("history", [])
+    base_s = float(sum(h.get("time_s", 0.0) for h in history if isinstance(h, dict)))  # the base run's training
     return {"accuracy": float(test["accuracy"]), "n_images": int(test["n"]), "size_mb": float(stats["size_mb"]),
             "bitops": float(stats["bitops"]), "params": int(stats["params"]),
             "params_added": 0,  # the LoRA deltas are folded into the exported subnet's quantized weights
