@@ -382,23 +382,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         all_costs.append(costs)
         tables.append(t)
         lines += section(model, t, rule, costs) + [""]
-    if "--no-snt" not in argv:  # the SNT pretraining factor on resnet-tiny (design 'snt')
+    def side_design(model: str, design: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """A design of its own (seeds by the rule unless --seeds), timed, its table in compose_<design>.csv."""
         t0 = time.perf_counter()
-        rule = seeds_by_rule(compose("resnet-tiny", "snt", fixed or PILOT, budget=10_000))
-        rules.append(rule.assign(model="resnet-tiny (snt)"))
-        t = compose("resnet-tiny", "snt", fixed or design_seeds(rule, "resnet-tiny"), budget=10_000)
-        walls["resnet-tiny snt"] = time.perf_counter() - t0
-        t.to_csv(RESULTS / "compose_snt.csv", index=False)
+        rule = seeds_by_rule(compose(model, design, fixed or PILOT, budget=10_000))
+        rules.append(rule.assign(model=f"{model} ({design})"))
+        t = compose(model, design, fixed or design_seeds(rule, model), budget=10_000)
+        walls[f"{model} {design}"] = time.perf_counter() - t0
+        t.to_csv(RESULTS / f"compose_{design}.csv", index=False)
+        return t, rule
+
+    if "--no-snt" not in argv:  # the SNT pretraining factor on resnet-tiny (design 'snt')
+        t, rule = side_design("resnet-tiny", "snt")
         resnet = MODELS.index("resnet-tiny")
         lines += snt_section(t, rule, step_cost_lines("resnet-tiny", tables[resnet], all_costs[resnet])[1]) + [""]
     if "--no-supernet" not in argv:  # the supernet step on vit-tiny (design 'supernet')
-        t0 = time.perf_counter()
-        rule = seeds_by_rule(compose("vit-tiny", "supernet", fixed or PILOT, budget=10_000))
-        rules.append(rule.assign(model="vit-tiny (supernet)"))
-        t = compose("vit-tiny", "supernet", fixed or design_seeds(rule, "vit-tiny"), budget=10_000)
-        walls["vit-tiny supernet"] = time.perf_counter() - t0
-        t.to_csv(RESULTS / "compose_supernet.csv", index=False)
-        lines += supernet_section(t, rule) + [""]
+        lines += supernet_section(*side_design("vit-tiny", "supernet")) + [""]
     df = pd.concat(tables, ignore_index=True)
     df.to_csv(RESULTS / "compose.csv", index=False)
     costs_df = pd.concat(all_costs, ignore_index=True)
