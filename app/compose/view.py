@@ -30,8 +30,10 @@ def result_text(a: dict[str, Any]) -> str:
             + (f"; {a['bitops_total'] / 1e6:.1f} M with the attention matmuls as they run" if
                math.isfinite(a.get("bitops_total", float("nan"))) and a["bitops_total"] != a["bitops"] else "")
             + f") · {a['params_added']:,} parameters "
-            f"added · fine-tuning {a['train_s']:.0f} s · compression + calibration {a['calib_s']:.2f} s\n\n"
-            f"_From {a['source']}._")
+            + (f"added · fine-tuning + supernet training {a['train_s']:.0f} s · subnet search {a['calib_s']:.2f} s\n\n"
+               if "supernet pick" in a["label"] else
+               f"added · fine-tuning {a['train_s']:.0f} s · compression + calibration {a['calib_s']:.2f} s\n\n")
+            + f"_From {a['source']}._")
 
 
 def waterfall(a: dict[str, Any]) -> Any:
